@@ -1,0 +1,132 @@
+"""The result object every characteristic's comparison returns.
+
+A :class:`ComparisonResult` carries the headline figure (a Jaccard agreement), the
+statistics around it (chance baseline, chance-corrected score, bootstrap CI), the
+verdict against a threshold, and the evidence the report shows. It is plain data so it
+can ride on pytest reports (``user_properties``) through pytest-xdist as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+ThresholdOn = Literal["raw", "corrected", "ci_lower"]
+THRESHOLD_ON_CHOICES: tuple[str, ...] = ("raw", "corrected", "ci_lower")
+
+CHARACTERISTIC_TITLES: dict[str, str] = {
+    "prediction_errors": "prediction errors",
+    "data_representation": "data representation",
+    "data_distribution": "data distribution",
+    "adversarial_vulnerability": "adversarial vulnerability",
+}
+
+
+@dataclass
+class ComparisonResult:
+    """One characteristic compared between two models."""
+
+    characteristic: str
+    reference: str
+    candidate: str
+    figure_name: str
+    figure: float
+    n: int
+    threshold: float | None = None
+    threshold_on: str = "raw"
+    gating: bool = True
+    chance: float | None = None
+    corrected: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    ci_level: float = 0.95
+    k: int | None = None
+    stage: str | None = None
+    noise_floor: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    sweep: dict[str, float] = field(default_factory=dict)
+    evidence: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def title(self) -> str:
+        return CHARACTERISTIC_TITLES.get(self.characteristic, self.characteristic)
+
+    @property
+    def judged_value(self) -> float | None:
+        """The number the threshold is compared with (raw, corrected or CI lower bound)."""
+        if self.threshold_on == "corrected":
+            return self.corrected
+        if self.threshold_on == "ci_lower":
+            return self.ci_low
+        return self.figure
+
+    @property
+    def passed(self) -> bool:
+        """True when there is no threshold or the judged value reaches it."""
+        if self.threshold is None:
+            return True
+        value = self.judged_value
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return False
+        return value >= self.threshold
+
+    @property
+    def verdict(self) -> str:
+        if self.passed:
+            return "PASS"
+        return "FAIL" if self.gating else "DIVERGES"
+
+    def summary(self) -> str:
+        """One line: figure, CI, chance, threshold, models, K and n."""
+        parts = [f"{self.title}: {self.figure_name} {_fmt(self.figure)}"]
+        extra = []
+        if self.ci_low is not None and self.ci_high is not None:
+            extra.append(f"{self.ci_level:.0%} CI {_fmt(self.ci_low)}–{_fmt(self.ci_high)}")
+        if self.chance is not None:
+            extra.append(f"chance {_fmt(self.chance)}")
+        if self.corrected is not None:
+            extra.append(f"corrected {_fmt(self.corrected)}")
+        if self.noise_floor is not None:
+            extra.append(f"self-agreement {_fmt(self.noise_floor)}")
+        if extra:
+            parts.append(f"({', '.join(extra)})")
+        if self.threshold is not None:
+            relation = ">=" if self.passed else "<"
+            judged = "" if self.threshold_on == "raw" else f" [{self.threshold_on.replace('_', ' ')}]"
+            parts.append(f"{relation} threshold {_fmt(self.threshold)}{judged}")
+        where = [f"{self.reference} vs {self.candidate}"]
+        if self.stage:
+            where.append(self.stage)
+        if self.k is not None:
+            where.append(f"K={self.k}")
+        where.append(f"n={self.n}")
+        return " ".join(parts) + " — " + ", ".join(where)
+
+    def failure_message(self, fix: str) -> str:
+        return f"{self.summary()}\n  fix: {fix}"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, default=_json_default)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ComparisonResult":
+        return cls(**json.loads(text))
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float) and math.isnan(value):
+        return "nan"
+    if value != 0 and abs(value) < 0.01:
+        return f"{value:.2g}"
+    return f"{value:.3f}".rstrip("0").rstrip(".") if abs(value) < 1000 else f"{value:.0f}"
+
+
+def _json_default(value: Any) -> Any:
+    # numpy scalars and arrays
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
