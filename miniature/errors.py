@@ -1,0 +1,19 @@
+"""Errors miniature raises for bad input: one line saying what was tried and the fix."""
+
+from __future__ import annotations
+
+
+class MiniatureError(Exception):
+    """Base class: a problem with the user's input or environment, not a bug."""
+
+
+class ModelReferenceError(MiniatureError):
+    """A model alias, id or directory that cannot be resolved or loaded."""
+
+
+class DataError(MiniatureError):
+    """A data file or dataset that is missing, empty or has the wrong schema."""
+
+
+class CacheWarning(UserWarning):
+    """A cache file was unreadable or partial; it is recomputed."""

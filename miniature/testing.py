@@ -1,0 +1,101 @@
+"""Tiny offline models for tests and examples: a locally trained WordPiece tokenizer and
+randomly initialised BERT/DistilBERT models of different sizes, saved with
+``save_pretrained`` so every loading path is exercised for real, with no hub.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .synthetic import news_sentences, sentiment_reviews
+
+#: name -> (architecture, layers, hidden size, heads, init seed)
+TINY_MODELS: dict[str, tuple[str, int, int, int, int]] = {
+    "reference": ("bert", 4, 64, 4, 0),       # the "large" model
+    "small": ("bert", 2, 32, 2, 1),           # a 2-layer smaller sibling
+    "distil": ("distilbert", 2, 32, 2, 2),    # DistilBERT-shaped
+    "reinit": ("bert", 4, 64, 4, 3),          # same shape as reference, other initialisation
+}
+
+
+@dataclass(frozen=True)
+class TinyModels:
+    root: Path
+    tokenizer_dir: Path
+    paths: dict[str, Path]
+
+    def __getitem__(self, name: str) -> Path:
+        return self.paths[name]
+
+
+def train_tokenizer(directory: Path, *, vocab_size: int = 600) -> Path:
+    """Train a lower-cased WordPiece tokenizer on the project's own text; save it."""
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertTokenizerFast
+
+    corpus = [r.text for r in sentiment_reviews(600, seed=11)] + news_sentences(200, seed=11)
+    trainer = BertWordPieceTokenizer(lowercase=True)
+    trainer.train_from_iterator(corpus, vocab_size=vocab_size, min_frequency=1)
+    directory.mkdir(parents=True, exist_ok=True)
+    trainer.save_model(str(directory))
+    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), model_max_length=128)
+    tokenizer.save_pretrained(str(directory))
+    return directory
+
+
+def make_tiny_model(
+    directory: Path,
+    tokenizer_dir: Path,
+    *,
+    architecture: str = "bert",
+    layers: int = 2,
+    hidden: int = 32,
+    heads: int = 2,
+    seed: int = 0,
+    num_labels: int = 2,
+    head: str = "classification",
+) -> Path:
+    """Save a randomly initialised model (safetensors) with the tokenizer beside it."""
+    import torch
+    import transformers
+    from transformers import BertTokenizerFast
+
+    tokenizer = BertTokenizerFast.from_pretrained(str(tokenizer_dir))
+    common = dict(vocab_size=tokenizer.vocab_size, max_position_embeddings=128,
+                  num_labels=num_labels, pad_token_id=tokenizer.pad_token_id)
+    if architecture == "bert":
+        config = transformers.BertConfig(hidden_size=hidden, num_hidden_layers=layers,
+                                         num_attention_heads=heads, intermediate_size=hidden * 2,
+                                         **common)
+        classes = {"classification": transformers.BertForSequenceClassification,
+                   "qa": transformers.BertForQuestionAnswering,
+                   "masked-lm": transformers.BertForMaskedLM,
+                   "encoder": transformers.BertModel}
+    elif architecture == "distilbert":
+        config = transformers.DistilBertConfig(dim=hidden, n_layers=layers, n_heads=heads,
+                                               hidden_dim=hidden * 2, **common)
+        classes = {"classification": transformers.DistilBertForSequenceClassification,
+                   "qa": transformers.DistilBertForQuestionAnswering,
+                   "masked-lm": transformers.DistilBertForMaskedLM,
+                   "encoder": transformers.DistilBertModel}
+    else:
+        raise ValueError(f"architecture must be 'bert' or 'distilbert', got {architecture!r}")
+    config.id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
+    config.label2id = {v: k for k, v in config.id2label.items()}
+    torch.manual_seed(seed)
+    model = classes[head](config)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(directory), safe_serialization=True)
+    tokenizer.save_pretrained(str(directory))
+    return directory
+
+
+def make_tiny_models(root: Path) -> TinyModels:
+    """Build the tokenizer and every model in :data:`TINY_MODELS` under ``root``."""
+    tokenizer_dir = train_tokenizer(root / "tokenizer")
+    paths = {}
+    for name, (architecture, layers, hidden, heads, seed) in TINY_MODELS.items():
+        paths[name] = make_tiny_model(root / name, tokenizer_dir, architecture=architecture,
+                                      layers=layers, hidden=hidden, heads=heads, seed=seed)
+    return TinyModels(root=root, tokenizer_dir=tokenizer_dir, paths=paths)
