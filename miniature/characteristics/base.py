@@ -48,6 +48,9 @@ class ComparisonResult:
     details: dict[str, Any] = field(default_factory=dict)
     sweep: dict[str, float] = field(default_factory=dict)
     evidence: list[dict[str, Any]] = field(default_factory=list)
+    #: further conditions beyond the threshold, each {"name", "value", "limit", "passed"}
+    #: (e.g. the attack's "% accuracy drop within a tolerance of the reference's")
+    conditions: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def title(self) -> str:
@@ -65,6 +68,8 @@ class ComparisonResult:
     @property
     def passed(self) -> bool:
         """True when there is no threshold or the judged value reaches it."""
+        if any(not condition["passed"] for condition in self.conditions):
+            return False
         if self.threshold is None:
             return True
         value = self.judged_value
@@ -96,6 +101,10 @@ class ComparisonResult:
             relation = ">=" if self.passed else "<"
             judged = "" if self.threshold_on == "raw" else f" [{self.threshold_on.replace('_', ' ')}]"
             parts.append(f"{relation} threshold {_fmt(self.threshold)}{judged}")
+        for condition in self.conditions:
+            if not condition["passed"]:
+                parts.append(f"; {condition['name']} {_fmt(condition['value'])} beyond limit "
+                             f"{_fmt(condition['limit'])}")
         where = [f"{self.reference} vs {self.candidate}"]
         if self.stage:
             where.append(self.stage)

@@ -1,0 +1,235 @@
+"""Output cache: expensive per-item outputs stored by fingerprint, written atomically.
+
+Everything is stored as ``.npz`` (loaded with ``allow_pickle=False``) or JSON, never
+pickle, under ``<root>/<kind>/<key>``. Writes go to a temporary file in the same folder
+and are renamed into place, so a crash never leaves a half-written entry. Long
+computations are saved chunk by chunk and resume where they stopped. A corrupted entry
+is reported as a :class:`~miniature.errors.CacheWarning` and recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import CacheWarning, MiniatureError
+
+Arrays = dict[str, np.ndarray]
+
+
+def fingerprint(*parts: Any) -> str:
+    """A stable hash of JSON-able parts (strings, numbers, lists, dicts)."""
+    text = json.dumps(parts, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+def fingerprint_texts(texts: Iterable[str]) -> str:
+    """A content hash of a sequence of texts (order matters)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for text in texts:
+        data = str(text).encode("utf-8")
+        digest.update(len(data).to_bytes(8, "little") + data)
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
+    """Call ``write(handle)`` on a temporary file beside ``path``, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
+                                         delete=False)
+    try:
+        with handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+class OutputCache:
+    """Per-item outputs keyed by ``(kind, key)``; ``root=None`` disables storing.
+
+    ``refresh=True`` ignores what is stored (and overwrites it). ``hits`` and ``misses``
+    count lookups, so a run can report what it reused.
+    """
+
+    def __init__(self, root: Path | str | None, *, refresh: bool = False) -> None:
+        self.root = Path(root).expanduser() if root is not None else None
+        self.refresh = refresh
+        self.hits = 0
+        self.misses = 0
+        if self.root is not None:
+            self._check_writable(self.root)
+
+    @staticmethod
+    def _check_writable(root: Path) -> None:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            probe = tempfile.NamedTemporaryFile(dir=root, prefix=".probe.", delete=True)
+            probe.close()
+        except OSError as error:
+            raise MiniatureError(
+                f"cache dir {str(root)!r} is not writable ({error.strerror or error}); fix: pass "
+                "--cache-dir with a writable folder, or --no-cache to compute without storing"
+            ) from None
+
+    @property
+    def enabled(self) -> bool:
+        return self.root is not None
+
+    def path(self, kind: str, key: str, suffix: str = ".npz") -> Path:
+        if self.root is None:
+            raise RuntimeError("cache is disabled")
+        return self.root / kind / f"{key}{suffix}"
+
+    # -- arrays ----------------------------------------------------------------------------
+    def load_arrays(self, kind: str, key: str) -> Arrays | None:
+        """The stored arrays, or None when absent, refreshed or unreadable (warned)."""
+        if self.root is None or self.refresh:
+            return None
+        return _read_npz(self.path(kind, key))
+
+    def save_arrays(self, kind: str, key: str, arrays: Arrays) -> None:
+        if self.root is None:
+            return
+        atomic_write_bytes(self.path(kind, key), lambda handle: np.savez(handle, **arrays))
+
+    def arrays(self, kind: str, key: str, compute: Callable[[], Arrays]) -> Arrays:
+        """Load ``(kind, key)`` or compute, store and return it."""
+        stored = self.load_arrays(kind, key)
+        if stored is not None:
+            self.hits += 1
+            return stored
+        self.misses += 1
+        result = compute()
+        self.save_arrays(kind, key, result)
+        return result
+
+    def chunked(
+        self,
+        kind: str,
+        key: str,
+        n_items: int,
+        compute: Callable[[slice], Arrays],
+        *,
+        chunk_size: int = 1024,
+    ) -> Arrays:
+        """Compute per-item arrays over ``range(n_items)`` in chunks, each saved as it ends.
+
+        An interrupted run leaves its finished chunks; the next run loads them and computes
+        only the rest. When all chunks are there they are joined into one entry.
+        """
+        stored = self.load_arrays(kind, key)
+        if stored is not None:
+            self.hits += 1
+            return stored
+        self.misses += 1
+        chunks: list[Arrays] = []
+        for start in range(0, n_items, chunk_size):
+            part = slice(start, min(start + chunk_size, n_items))
+            chunk_key = f"{key}.part{start:09d}-{part.stop:09d}"
+            loaded = self.load_arrays(kind, chunk_key)
+            if loaded is None:
+                loaded = compute(part)
+                if n_items > chunk_size:
+                    self.save_arrays(kind, chunk_key, loaded)
+            chunks.append(loaded)
+        joined = {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
+        self.save_arrays(kind, key, joined)
+        if self.root is not None:
+            for start in range(0, n_items, chunk_size):
+                stop = min(start + chunk_size, n_items)
+                self.path(kind, f"{key}.part{start:09d}-{stop:09d}").unlink(missing_ok=True)
+        return joined
+
+    # -- JSON records ----------------------------------------------------------------------
+    def load_json(self, kind: str, key: str) -> Any | None:
+        if self.root is None or self.refresh:
+            return None
+        path = self.path(kind, key, ".json")
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text("utf-8"))
+        except (OSError, ValueError) as error:
+            _warn_corrupt(path, error)
+            return None
+
+    def save_json(self, kind: str, key: str, value: Any) -> None:
+        if self.root is None:
+            return
+        atomic_write_text(self.path(kind, key, ".json"), json.dumps(value, sort_keys=True))
+
+    def records(
+        self,
+        kind: str,
+        key: str,
+        items: Sequence[Any],
+        compute: Callable[[Any], dict[str, Any]],
+        *,
+        progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
+    ) -> list[dict[str, Any]]:
+        """One JSON record per item, appended to a journal as each item finishes.
+
+        For slow per-item work (an adversarial attack): an interrupted run resumes at the
+        first item with no record. A truncated last line (a crash mid-write) is dropped.
+        """
+        done: dict[int, dict[str, Any]] = {}
+        journal = self.path(kind, key, ".jsonl") if self.root is not None else None
+        if journal is not None and journal.exists() and not self.refresh:
+            for line in journal.read_text("utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                    done[int(record["index"])] = record
+                except (ValueError, KeyError, TypeError):
+                    warnings.warn(CacheWarning(f"dropped an unreadable line in {journal}; "
+                                               "that item is recomputed"), stacklevel=2)
+        elif journal is not None and journal.exists():
+            journal.unlink()
+        if done and len(done) == len(items):
+            self.hits += 1
+        else:
+            self.misses += 1
+        todo = [i for i in range(len(items)) if i not in done]
+        iterator: Iterable[int] = progress(todo) if progress is not None else todo
+        for index in iterator:
+            record = dict(compute(items[index]))
+            record["index"] = index
+            done[index] = record
+            if journal is not None:
+                journal.parent.mkdir(parents=True, exist_ok=True)
+                with open(journal, "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(record, sort_keys=True) + "\n")
+                    handle.flush()
+                    os.fsync(handle.fileno())
+        return [done[i] for i in range(len(items))]
+
+
+def _read_npz(path: Path) -> Arrays | None:
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except Exception as error:  # noqa: BLE001 - any unreadable file is recomputed
+        _warn_corrupt(path, error)
+        return None
+
+
+def _warn_corrupt(path: Path, error: BaseException) -> None:
+    warnings.warn(CacheWarning(f"cache file {path} is unreadable ({type(error).__name__}: "
+                               f"{error}); recomputing it"), stacklevel=3)
