@@ -1,0 +1,185 @@
+"""Task data from local files (jsonl, json, csv, parquet) or ``datasets`` names.
+
+Every loader validates against the task's schema and raises :class:`DataError` naming the
+source, the column and the fix: missing columns, empty data and wrong types never surface
+as a KeyError from deep inside a characteristic.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import DataError
+
+FILE_FORMATS = (".jsonl", ".json", ".csv", ".parquet")
+
+
+def load_records(source: str | Path, *, split: str | None = None) -> list[dict[str, Any]]:
+    """Rows of a local file or of a ``datasets`` dataset (``name`` or ``name:split``)."""
+    text = str(source)
+    path = Path(text).expanduser()
+    if path.is_file():
+        return _read_file(path)
+    if path.is_dir() or text.startswith((".", "/", "~")) or path.suffix.lower() in FILE_FORMATS:
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise DataError(f"data {text!r}: the path {what}; fix: pass a {'/'.join(FILE_FORMATS)} "
+                        "file or a `datasets` name such as 'imdb:test'")
+    name, _, named_split = text.partition(":")
+    return _load_hub_dataset(name, split or named_split or "test")
+
+
+def _read_file(path: Path) -> list[dict[str, Any]]:
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".jsonl":
+            rows = []
+            for number, line in enumerate(path.read_text("utf-8").splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except ValueError as error:
+                    raise DataError(f"data {str(path)!r}: line {number} is not valid JSON "
+                                    f"({error.msg}); fix: one JSON object per line") from None
+        elif suffix == ".json":
+            loaded = json.loads(path.read_text("utf-8"))
+            rows = loaded.get("data", loaded) if isinstance(loaded, dict) else loaded
+            if isinstance(rows, list) and rows and isinstance(rows[0], dict) and "paragraphs" in rows[0]:
+                rows = _flatten_squad(rows)
+        elif suffix == ".csv":
+            import pandas as pd
+
+            rows = pd.read_csv(path, keep_default_na=False).to_dict("records")
+        elif suffix == ".parquet":
+            import pandas as pd
+
+            rows = pd.read_parquet(path).to_dict("records")
+        else:
+            raise DataError(f"data {str(path)!r}: unsupported format {suffix or '(no suffix)'}; "
+                            f"fix: use one of {', '.join(FILE_FORMATS)}")
+    except UnicodeDecodeError:
+        raise DataError(f"data {str(path)!r} is not UTF-8 text; fix: re-encode it as UTF-8") from None
+    except ValueError as error:
+        if isinstance(error, DataError):
+            raise
+        raise DataError(f"data {str(path)!r} could not be parsed as {suffix} ({error}); fix: "
+                        "check the file's format") from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise DataError(f"data {str(path)!r}: expected a list of records (objects); fix: one "
+                        "object per row with named columns")
+    if not rows:
+        raise DataError(f"data {str(path)!r} is empty (0 rows); fix: pass a file with items")
+    return rows
+
+
+def _flatten_squad(articles: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """SQuAD's nested JSON (data → paragraphs → qas) as flat question rows."""
+    rows = []
+    for article in articles:
+        for paragraph in article.get("paragraphs", []):
+            for qa in paragraph.get("qas", []):
+                answers = qa.get("answers", [])
+                rows.append({
+                    "id": qa.get("id"),
+                    "question": qa.get("question"),
+                    "context": paragraph.get("context"),
+                    "answers": {"text": [a["text"] for a in answers],
+                                "answer_start": [a["answer_start"] for a in answers]},
+                })
+    return rows
+
+
+def _load_hub_dataset(name: str, split: str) -> list[dict[str, Any]]:
+    try:
+        import datasets
+
+        dataset = datasets.load_dataset(name, split=split)
+    except Exception as error:  # noqa: BLE001 - any failure here is the user's source
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(f"data {name!r} (split {split!r}): could not load it as a local file or "
+                        f"from the `datasets` hub ({first}); fix: check the name and split, or "
+                        "pass a local jsonl/csv/parquet file") from None
+    rows = [dict(row) for row in dataset]
+    if not rows:
+        raise DataError(f"data {name!r} split {split!r} is empty; fix: choose another split")
+    return rows
+
+
+def require_columns(rows: Sequence[dict[str, Any]], columns: dict[str, type | tuple[type, ...]],
+                    source: str) -> None:
+    """Every row has each column with a value of the given type(s); else a clear DataError."""
+    if not rows:
+        raise DataError(f"data {source!r} is empty (0 rows); fix: pass a file with items")
+    available = sorted(rows[0])
+    for column, kind in columns.items():
+        for number, row in enumerate(rows):
+            if column not in row:
+                raise DataError(f"data {source!r}: row {number} has no column {column!r} "
+                                f"(columns: {', '.join(map(str, available))}); fix: rename the "
+                                f"column or pass the matching --*-column option")
+            value = row[column]
+            if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+                names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+                raise DataError(f"data {source!r}: column {column!r} in row {number} is "
+                                f"{type(value).__name__} ({str(value)[:40]!r}), expected {names}; "
+                                "fix: correct the value or choose another column")
+
+
+@dataclass
+class TextData:
+    """Texts with optional integer labels, as a classification task or OOD set uses them."""
+
+    source: str
+    texts: list[str]
+    labels: list[int] | None = None
+    label_names: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def load_text_data(
+    source: str | Path,
+    *,
+    text_column: str = "text",
+    label_column: str | None = "label",
+    split: str | None = None,
+    limit: int | None = None,
+) -> TextData:
+    """Texts (and labels, if ``label_column``) from a file or dataset, validated.
+
+    String labels are mapped to integers in sorted order (recorded in ``label_names``).
+    Empty or whitespace-only texts are refused: they have no content to compare.
+    """
+    rows = load_records(source, split=split)
+    if limit is not None:
+        rows = rows[:limit]
+    name = str(source)
+    columns: dict[str, Any] = {text_column: str}
+    if label_column is not None:
+        columns[label_column] = (int, str)
+    require_columns(rows, columns, name)
+    texts = [row[text_column] for row in rows]
+    blank = [i for i, t in enumerate(texts) if not t.strip()]
+    if blank:
+        raise DataError(f"data {name!r}: {len(blank)} empty or whitespace-only text(s) in column "
+                        f"{text_column!r} (first at row {blank[0]}); fix: remove them")
+    if label_column is None:
+        return TextData(source=name, texts=texts)
+    raw = [row[label_column] for row in rows]
+    if all(isinstance(v, int) for v in raw):
+        return TextData(source=name, texts=texts, labels=[int(v) for v in raw])
+    names = sorted({str(v) for v in raw})
+    index = {label: i for i, label in enumerate(names)}
+    return TextData(source=name, texts=texts, labels=[index[str(v)] for v in raw], label_names=names)
+
+
+def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Write rows as UTF-8 jsonl atomically."""
+    from .cache import atomic_write_text
+
+    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
