@@ -183,3 +183,50 @@ def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     from .cache import atomic_write_text
 
     atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+@dataclass
+class TaskData:
+    """The data sets a gate uses, by role."""
+
+    train: TextData
+    holdout: TextData
+    test: TextData
+    challenge: TextData
+    #: per challenge item: True if known to be out-of-distribution (None when unknown)
+    challenge_is_ood: list[bool] | None = None
+
+    def role(self, name: str) -> TextData:
+        return getattr(self, name)
+
+
+ROLES = ("train", "holdout", "test", "challenge")
+
+
+def builtin_sentiment_data(*, seed: int = 0, scale: float = 1.0) -> TaskData:
+    """The embedded offline default: generated reviews (ID) and news sentences (OOD).
+
+    Train 1,000 / held-out 300 / test 500 reviews; the challenge set mixes 150 unseen
+    reviews (in-distribution) with 300 news sentences (out-of-distribution), so the OOD
+    detector's AUROC can be measured too. ``scale`` shrinks every set (for quick runs).
+    """
+    from .synthetic import news_sentences, sentiment_reviews
+
+    sizes = {name: max(20, int(round(size * scale)))
+             for name, size in dict(train=1000, holdout=300, test=500, extra=150, news=300).items()}
+    reviews = sentiment_reviews(sizes["train"] + sizes["holdout"] + sizes["test"] + sizes["extra"],
+                                seed=seed)
+    cuts = [sizes["train"], sizes["train"] + sizes["holdout"],
+            sizes["train"] + sizes["holdout"] + sizes["test"]]
+    parts = [reviews[:cuts[0]], reviews[cuts[0]:cuts[1]], reviews[cuts[1]:cuts[2]], reviews[cuts[2]:]]
+
+    def as_data(name: str, items: list) -> TextData:
+        return TextData(source=f"builtin:{name}", texts=[i.text for i in items],
+                        labels=[i.label for i in items])
+
+    news = news_sentences(sizes["news"], seed=seed + 1)
+    extra = parts[3]
+    challenge = TextData(source="builtin:challenge", texts=[i.text for i in extra] + news)
+    return TaskData(train=as_data("train", parts[0]), holdout=as_data("holdout", parts[1]),
+                    test=as_data("test", parts[2]), challenge=challenge,
+                    challenge_is_ood=[False] * len(extra) + [True] * len(news))

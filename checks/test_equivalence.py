@@ -1,0 +1,17 @@
+"""The equivalence checks a gate run executes: one test per (characteristic, model pair).
+
+Run them with ``pytest --reference MODEL --candidate MODEL``. Reference-vs-candidate pairs
+gate the run; candidate-vs-candidate pairs are reported (``--gate-all-pairs`` to gate them).
+"""
+
+
+def test_prediction_errors(prediction_errors, model_pair):
+    prediction_errors.check(model_pair)
+
+
+def test_data_representation(data_representation, model_pair, stage):
+    data_representation.check(model_pair, stage=stage)
+
+
+def test_data_distribution(data_distribution, model_pair):
+    data_distribution.check(model_pair)

@@ -1,0 +1,267 @@
+"""The shared engine behind every check: compute or load cached outputs, compare, explain.
+
+A :class:`Gate` is built once per pytest process from the resolved options. It resolves
+the models, loads them lazily (once each), loads the data, computes per-item outputs
+through the :class:`~miniature.cache.OutputCache`, and memoises each comparison. The
+characteristic modules do the arithmetic; the gate only feeds them arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import options as opt
+from .cache import OutputCache, fingerprint, fingerprint_texts
+from .characteristics.base import ComparisonResult
+from .data import ROLES, TaskData, TextData, builtin_sentiment_data, load_text_data
+from .errors import MiniatureError
+from .models import ModelSpec, ModelWrapper, resolve_model
+
+CHARACTERISTICS = ("prediction_errors", "data_representation", "data_distribution",
+                   "adversarial_vulnerability")
+
+THRESHOLD_OPTION = {
+    "prediction_errors": opt.THRESHOLD_ERRORS,
+    "data_representation": opt.THRESHOLD_REPRESENTATION,
+    "data_distribution": opt.THRESHOLD_DISTRIBUTION,
+    "adversarial_vulnerability": opt.THRESHOLD_ATTACK,
+}
+
+FIXES = {
+    "prediction_errors": "the candidate errs on other items than the reference; read the negative "
+    "flips in the report, compress with more task data, or lower --threshold-errors if this is acceptable",
+    "data_representation": "the candidate arranges the data differently (other nearest neighbours); "
+    "distil on the reference's representations, or lower --threshold-representation if only labels matter",
+    "data_distribution": "the candidate flags other items as out-of-distribution; check the items "
+    "flagged by one model only in the report, or lower --threshold-distribution",
+    "adversarial_vulnerability": "the candidate breaks under attack on other items or much more "
+    "often; add adversarial training, or relax --threshold-attack / --attack-drop-tolerance",
+}
+
+BEFORE, AFTER = "before fine-tuning", "after fine-tuning"
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two models to compare; ``gating`` pairs (reference vs candidate) can fail the run."""
+
+    reference: str
+    candidate: str
+    gating: bool
+
+    @property
+    def id(self) -> str:
+        return f"{self.reference}-vs-{self.candidate}"
+
+
+class Gate:
+    """Everything one gate run computes, shared by all checks of a process."""
+
+    def __init__(self, settings: opt.Settings, *, data: TaskData | None = None) -> None:
+        self.settings = settings
+        if not settings.reference:
+            raise MiniatureError(f"no reference model; fix: pass {opt.REFERENCE} MODEL")
+        cache_root = None if settings[opt.NO_CACHE] else settings[opt.CACHE_DIR]
+        self.cache = OutputCache(cache_root, refresh=settings[opt.REFRESH])
+        self.specs: dict[str, ModelSpec] = {}
+        self.names: list[str] = []
+        self.reference = self._add(settings.reference)
+        self.candidates = [self._add(c) for c in settings.candidates]
+        self.base_specs: dict[str, ModelSpec] = {}
+        bases = [settings[opt.REFERENCE_BASE]] + list(settings[opt.CANDIDATE_BASE] or [])
+        for name, base in zip(self.names, bases):
+            if base:
+                self.base_specs[name] = resolve_model(base)
+        self._data = data
+        self._wrappers: dict[tuple[str, str], ModelWrapper] = {}
+        self._results: dict[tuple[str, str, str | None], ComparisonResult] = {}
+        self._file_fingerprints: dict[str, str] = {}
+
+    # -- models ----------------------------------------------------------------------------
+    def _add(self, reference: str) -> str:
+        spec = resolve_model(reference)
+        name = spec.name
+        suffix = 2
+        while name in self.specs:
+            name = f"{spec.name}#{suffix}"
+            suffix += 1
+        self.specs[name] = spec
+        self.names.append(name)
+        return name
+
+    def pairs(self) -> list[Pair]:
+        """Reference vs each candidate (gating), then candidates with each other (reported)."""
+        gating_all = bool(self.settings[opt.GATE_ALL_PAIRS])
+        pairs = [Pair(self.reference, c, True) for c in self.candidates]
+        for i, first in enumerate(self.candidates):
+            for second in self.candidates[i + 1:]:
+                pairs.append(Pair(first, second, gating_all))
+        return pairs
+
+    def stages(self) -> list[str | None]:
+        """Representation stages: before/after fine-tuning when base checkpoints are known."""
+        if self.base_specs and len(self.base_specs) == len(self.names):
+            return [BEFORE, AFTER]
+        return [None]
+
+    @property
+    def device(self) -> str:
+        device = self.settings[opt.DEVICE]
+        if device == "auto":
+            import torch
+
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return device
+
+    def wrapper(self, name: str, *, stage: str | None = None) -> ModelWrapper:
+        """The loaded model (once per process); ``stage=BEFORE`` loads the base checkpoint."""
+        from .models import load_model
+
+        key = (name, stage or "")
+        if key not in self._wrappers:
+            spec = self.base_specs[name] if stage == BEFORE else self.specs[name]
+            head = "encoder" if stage == BEFORE else "classification"
+            wrapper = load_model(
+                spec, head=head, device=self.device,
+                trust_remote_code=self.settings[opt.TRUST_REMOTE_CODE],
+                allow_pickle=self.settings[opt.ALLOW_PICKLE],
+                max_length=self.settings[opt.MAX_LENGTH], batch_size=self.settings[opt.BATCH_SIZE],
+                pooling=self.settings[opt.POOLING],
+            )
+            wrapper.name = name
+            self._wrappers[key] = wrapper
+        return self._wrappers[key]
+
+    # -- data ------------------------------------------------------------------------------
+    @property
+    def data(self) -> TaskData:
+        if self._data is None:
+            self._data = self._load_data()
+        return self._data
+
+    def _load_data(self) -> TaskData:
+        s = self.settings
+        flags = {"train": opt.TRAIN_DATA, "holdout": opt.HOLDOUT_DATA, "test": opt.TEST_DATA,
+                 "challenge": opt.CHALLENGE_DATA}
+        given = {role: s[flag] for role, flag in flags.items() if s[flag]}
+        builtin = builtin_sentiment_data(seed=0) if len(given) < len(flags) else None
+        sets: dict[str, TextData] = {}
+        for role in ROLES:
+            if role in given:
+                sets[role] = load_text_data(
+                    given[role], text_column=s[opt.TEXT_COLUMN],
+                    label_column=None if role == "challenge" else s[opt.LABEL_COLUMN],
+                    limit=s[opt.DATA_LIMIT])
+            else:
+                sets[role] = _limit(builtin.role(role), s[opt.DATA_LIMIT])  # type: ignore[union-attr]
+        is_ood = None
+        if "challenge" not in given and builtin is not None and builtin.challenge_is_ood:
+            is_ood = builtin.challenge_is_ood[: len(sets["challenge"])]
+        return TaskData(challenge_is_ood=is_ood, **sets)
+
+    # -- outputs ---------------------------------------------------------------------------
+    def outputs(self, name: str, role: str, *, stage: str | None = None) -> dict[str, np.ndarray]:
+        """Per-item ``embeddings`` (and ``logits`` after fine-tuning) of one data set, cached."""
+        data = self.data.role(role)
+        key = fingerprint(
+            "outputs", self._model_fingerprint(name, stage), fingerprint_texts(data.texts),
+            self.settings[opt.POOLING], self.settings[opt.MAX_LENGTH], stage or "task",
+        )
+
+        def compute(part: slice) -> dict[str, np.ndarray]:
+            wrapper = self.wrapper(name, stage=stage)
+            texts = data.texts[part]
+            if stage == BEFORE:
+                return {"embeddings": wrapper.encode(texts)}
+            embeddings, logits = wrapper.encode_and_classify(texts)
+            return {"embeddings": embeddings, "logits": logits}
+
+        return self.cache.chunked("outputs", key, len(data), compute, chunk_size=1024)
+
+    def _model_fingerprint(self, name: str, stage: str | None) -> str:
+        """Weights fingerprint without loading the model when it is a local directory."""
+        from pathlib import Path
+
+        from .models import fingerprint_files
+
+        spec = self.base_specs[name] if stage == BEFORE else self.specs[name]
+        if spec.is_local:
+            if spec.source not in self._file_fingerprints:
+                self._file_fingerprints[spec.source] = fingerprint_files(Path(spec.source))
+            return self._file_fingerprints[spec.source]
+        return self.wrapper(name, stage=stage).fingerprint
+
+    # -- comparisons -----------------------------------------------------------------------
+    def threshold(self, characteristic: str) -> float | None:
+        return self.settings[THRESHOLD_OPTION[characteristic]]
+
+    def compare(self, characteristic: str, pair: Pair, *, stage: str | None = None) -> ComparisonResult:
+        """The memoised comparison of one characteristic for one pair (and stage)."""
+        key = (characteristic, pair.id, stage)
+        if key not in self._results:
+            compute = getattr(self, f"_compare_{characteristic}")
+            self._results[key] = compute(pair, stage)
+        return self._results[key]
+
+    def _common(self, characteristic: str, pair: Pair) -> dict[str, Any]:
+        return dict(reference=pair.reference, candidate=pair.candidate,
+                    threshold=self.threshold(characteristic),
+                    threshold_on=self.settings[opt.THRESHOLD_ON], gating=pair.gating,
+                    n_bootstrap=self.settings[opt.BOOTSTRAP], seed=self.settings[opt.SEED])
+
+    def correct(self, name: str) -> np.ndarray:
+        """Per test item: does the model predict the gold label?"""
+        labels = self.data.test.labels
+        if labels is None:
+            raise MiniatureError("the test data has no labels; fix: pass --label-column")
+        logits = self.outputs(name, "test")["logits"]
+        return logits.argmax(axis=1) == np.asarray(labels)
+
+    def _compare_prediction_errors(self, pair: Pair, stage: str | None) -> ComparisonResult:
+        from .characteristics.prediction_errors import compare_prediction_errors
+
+        return compare_prediction_errors(
+            self.correct(pair.reference), self.correct(pair.candidate),
+            item_texts=self.data.test.texts, **self._common("prediction_errors", pair))
+
+    def _compare_data_representation(self, pair: Pair, stage: str | None) -> ComparisonResult:
+        from .characteristics.representation import compare_representation
+
+        n = len(self.data.test)
+        ks = tuple(k for k in self.settings[opt.K_SWEEP] if k < n)
+        return compare_representation(
+            self.outputs(pair.reference, "test", stage=stage)["embeddings"],
+            self.outputs(pair.candidate, "test", stage=stage)["embeddings"],
+            k=self.settings[opt.K], ks=ks, stage=stage, item_texts=self.data.test.texts,
+            **self._common("data_representation", pair))
+
+    def _compare_data_distribution(self, pair: Pair, stage: str | None) -> ComparisonResult:
+        from .characteristics.distribution import compare_distribution
+
+        def feats(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            return tuple(self.outputs(name, role)["embeddings"]  # type: ignore[return-value]
+                         for role in ("train", "holdout", "challenge"))
+
+        n_train = len(self.data.train)
+        ks = tuple(k for k in self.settings[opt.K_SWEEP] if k < n_train)
+        labels = self.data.challenge_is_ood
+        return compare_distribution(
+            feats(pair.reference), feats(pair.candidate), k=self.settings[opt.K],
+            keep=self.settings[opt.OOD_KEEP], ks=ks,
+            challenge_is_ood=np.asarray(labels) if labels is not None else None,
+            item_texts=self.data.challenge.texts, **self._common("data_distribution", pair))
+
+    def _compare_adversarial_vulnerability(self, pair: Pair, stage: str | None) -> ComparisonResult:
+        raise NotImplementedError  # replaced when the attack lands
+
+
+def _limit(data: TextData, limit: int | None) -> TextData:
+    if limit is None or len(data) <= limit:
+        return data
+    labels = data.labels[:limit] if data.labels is not None else None
+    return TextData(source=data.source, texts=data.texts[:limit], labels=labels,
+                    label_names=data.label_names)
+

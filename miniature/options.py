@@ -1,0 +1,256 @@
+"""The plugin's options: names (as constants the tests import), parsers, defaults, ini keys.
+
+No heavy imports here: ``pytest --help`` loads this module. Each option has an ini
+equivalent ``miniature_<name>`` in ``[tool.pytest.ini_options]``; the command line
+overrides the ini value. Parsers raise ``argparse.ArgumentTypeError`` so a bad value
+fails at parse time naming the option and what it accepts.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+GROUP = "miniature"
+
+REFERENCE = "--reference"
+CANDIDATE = "--candidate"
+REFERENCE_BASE = "--reference-base"
+CANDIDATE_BASE = "--candidate-base"
+TASK = "--task"
+TRAIN_DATA = "--train-data"
+HOLDOUT_DATA = "--holdout-data"
+TEST_DATA = "--test-data"
+CHALLENGE_DATA = "--challenge-data"
+TEXT_COLUMN = "--text-column"
+LABEL_COLUMN = "--label-column"
+LABEL_MAP = "--label-map"
+DATA_LIMIT = "--data-limit"
+K = "--k"
+K_SWEEP = "--k-sweep"
+THRESHOLD_ERRORS = "--threshold-errors"
+THRESHOLD_REPRESENTATION = "--threshold-representation"
+THRESHOLD_DISTRIBUTION = "--threshold-distribution"
+THRESHOLD_ATTACK = "--threshold-attack"
+ATTACK_DROP_TOLERANCE = "--attack-drop-tolerance"
+THRESHOLD_ON = "--threshold-on"
+OOD_KEEP = "--ood-keep"
+BOOTSTRAP = "--bootstrap"
+GATE_ALL_PAIRS = "--gate-all-pairs"
+NOISE_FLOOR = "--noise-floor"
+POOLING = "--pooling"
+BATCH_SIZE = "--batch-size"
+MAX_LENGTH = "--max-length"
+DEVICE = "--device"
+SEED = "--seed"
+CACHE_DIR = "--cache-dir"
+NO_CACHE = "--no-cache"
+REFRESH = "--refresh"
+REPORT_DIR = "--report-dir"
+TRUST_REMOTE_CODE = "--trust-remote-code"
+ALLOW_PICKLE = "--allow-pickle"
+FINETUNE = "--finetune"
+ATTACK_MODEL = "--attack-model"
+ATTACK_SIZE = "--attack-size"
+ATTACK_TOP_K = "--attack-top-k"
+
+TASKS = ("classification", "qa")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+POOLINGS = ("cls", "mean")
+THRESHOLD_ON_CHOICES = ("raw", "corrected", "ci_lower")
+
+
+# -- parsers -------------------------------------------------------------------------------
+def choice(*accepted: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        text = str(value).strip().lower()
+        if text not in accepted:
+            raise argparse.ArgumentTypeError(f"{value!r} is not one of {', '.join(accepted)}")
+        return text
+
+    parse.__name__ = "choice"
+    return parse
+
+
+def integer(minimum: int | None = None) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+        if minimum is not None and number < minimum:
+            raise argparse.ArgumentTypeError(f"{number} is below the minimum {minimum}")
+        return number
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def fraction(value: str) -> float:
+    """A number in [0, 1] (thresholds on Jaccard figures)."""
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number in [0, 1]") from None
+    if not 0.0 <= number <= 1.0:
+        raise argparse.ArgumentTypeError(f"{number} is outside [0, 1]")
+    return number
+
+
+def open_fraction(value: str) -> float:
+    """A number strictly between 0 and 1 (the fraction of held-out items kept as ID)."""
+    number = fraction(value)
+    if number in (0.0, 1.0):
+        raise argparse.ArgumentTypeError(f"{number} must be strictly between 0 and 1")
+    return number
+
+
+def non_negative(value: str) -> float:
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{number} is negative")
+    return number
+
+
+def int_list(value: str) -> tuple[int, ...]:
+    """Comma-separated positive integers, e.g. ``1,5,10,20``."""
+    parts = [p for p in str(value).replace(" ", "").split(",") if p]
+    try:
+        numbers = tuple(sorted({int(p) for p in parts}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a comma-separated list of whole numbers") from None
+    if not numbers or numbers[0] < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} must list whole numbers >= 1")
+    return numbers
+
+
+def text(value: str) -> str:
+    stripped = str(value).strip()
+    if not stripped:
+        raise argparse.ArgumentTypeError("empty value")
+    return stripped
+
+
+def path(value: str) -> Path:
+    return Path(text(value)).expanduser()
+
+
+def boolean(value: str | bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    lowered = str(value).strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"{value!r} is not true/false")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One command-line option with its ini twin."""
+
+    flag: str
+    help: str
+    parse: Callable[[str], Any] = text
+    default: Any = None
+    multiple: bool = False
+    switch: bool = False
+    metavar: str | None = None
+
+    @property
+    def dest(self) -> str:
+        return "miniature_" + self.flag.lstrip("-").replace("-", "_")
+
+    @property
+    def ini(self) -> str:
+        return self.dest
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(REFERENCE, "the large model to compare against: an alias (bert-large, ...), a Hugging Face id or a directory", metavar="MODEL"),
+    Option(CANDIDATE, "a compressed model to check; repeat for several (candidates are also compared with each other)", multiple=True, metavar="MODEL"),
+    Option(REFERENCE_BASE, "the reference's checkpoint before fine-tuning (adds the 'before fine-tuning' representation check)", metavar="MODEL"),
+    Option(CANDIDATE_BASE, "each candidate's checkpoint before fine-tuning, in --candidate order", multiple=True, metavar="MODEL"),
+    Option(TASK, "task of the checkpoints: classification or qa (extractive, SQuAD 2.0 rules)", choice(*TASKS), "classification"),
+    Option(TRAIN_DATA, "in-distribution training data (OOD index; fine-tuning); default: the built-in sentiment data", metavar="FILE|DATASET"),
+    Option(HOLDOUT_DATA, "held-out in-distribution data that sets the OOD threshold", metavar="FILE|DATASET"),
+    Option(TEST_DATA, "test data for prediction errors and representation", metavar="FILE|DATASET"),
+    Option(CHALLENGE_DATA, "challenge data checked for out-of-distribution items (the paper: NewsQA)", metavar="FILE|DATASET"),
+    Option(TEXT_COLUMN, "text column of classification data", text, "text"),
+    Option(LABEL_COLUMN, "label column of classification data", text, "label"),
+    Option(LABEL_MAP, "map model label names to data labels, e.g. NEGATIVE=0,POSITIVE=1", metavar="MAP"),
+    Option(DATA_LIMIT, "use at most this many items of each data set", integer(1), metavar="N"),
+    Option(K, "neighbours K for representation and OOD detection (the paper: 10)", integer(1), 10),
+    Option(K_SWEEP, "values of K for the sensitivity figure", int_list, (1, 5, 10, 20, 50, 100), metavar="K,K,..."),
+    Option(THRESHOLD_ERRORS, "minimum error-set Jaccard", fraction, 0.5, metavar="J"),
+    Option(THRESHOLD_REPRESENTATION, "minimum mean kNN Jaccard", fraction, 0.5, metavar="J"),
+    Option(THRESHOLD_DISTRIBUTION, "minimum OOD-set Jaccard", fraction, 0.5, metavar="J"),
+    Option(THRESHOLD_ATTACK, "minimum Jaccard of the sets of successfully attacked items", fraction, 0.5, metavar="J"),
+    Option(ATTACK_DROP_TOLERANCE, "max extra %% accuracy drop under attack, in percentage points over the reference's", non_negative, 10.0, metavar="PP"),
+    Option(THRESHOLD_ON, "compare thresholds with the raw figure, the chance-corrected one, or the CI's lower bound", choice(*THRESHOLD_ON_CHOICES), "raw"),
+    Option(OOD_KEEP, "fraction of held-out in-distribution items the OOD threshold keeps", open_fraction, 0.95, metavar="F"),
+    Option(BOOTSTRAP, "bootstrap resamples for confidence intervals (0: none)", integer(0), 1000, metavar="N"),
+    Option(GATE_ALL_PAIRS, "candidate-vs-candidate pairs fail the run too (default: reported only)", boolean, False, switch=True),
+    Option(NOISE_FLOOR, "also compare the reference with a reloaded copy of itself", boolean, False, switch=True),
+    Option(POOLING, "sentence vector: cls (the paper) or mean", choice(*POOLINGS), "cls"),
+    Option(BATCH_SIZE, "items per forward pass", integer(1), 32, metavar="N"),
+    Option(MAX_LENGTH, "max tokens per item (longer ones are truncated and counted)", integer(8), 128, metavar="N"),
+    Option(DEVICE, "auto, cpu, cuda or mps", choice(*DEVICES), "auto"),
+    Option(SEED, "seed for sampling, bootstrap and fine-tuning", integer(0), 0, metavar="N"),
+    Option(CACHE_DIR, "where model outputs are cached", path, Path(".miniature-cache"), metavar="DIR"),
+    Option(NO_CACHE, "compute everything, store nothing", boolean, False, switch=True),
+    Option(REFRESH, "recompute and overwrite cached outputs", boolean, False, switch=True),
+    Option(REPORT_DIR, "where the summary page and JSON are written", path, Path("reports"), metavar="DIR"),
+    Option(TRUST_REMOTE_CODE, "allow code shipped with a model to run (off by default)", boolean, False, switch=True),
+    Option(ALLOW_PICKLE, "allow pickle (*.bin) weights when no safetensors exist (off by default)", boolean, False, switch=True),
+    Option(FINETUNE, "fine-tune each model on --train-data first; compare before and after", boolean, False, switch=True),
+    Option(ATTACK_MODEL, "masked LM proposing BERT-Attack substitutions (the paper: bert-base)", text, "bert-base", metavar="MODEL"),
+    Option(ATTACK_SIZE, "items attacked per model (the paper: 1000)", integer(1), 200, metavar="N"),
+    Option(ATTACK_TOP_K, "BERT-Attack's K: most important words perturbed (the paper: 3)", integer(1), 3, metavar="K"),
+)
+
+BY_FLAG: dict[str, Option] = {option.flag: option for option in OPTIONS}
+
+
+@dataclass
+class Settings:
+    """Resolved option values (command line over ini over default), keyed by flag name."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, flag: str) -> Any:
+        return self.values[flag]
+
+    @property
+    def reference(self) -> str | None:
+        return self.values[REFERENCE]
+
+    @property
+    def candidates(self) -> list[str]:
+        return list(self.values[CANDIDATE] or [])
+
+
+def resolve(option: Option, cli_value: Any, ini_value: Any) -> Any:
+    """Command line over ini over default; ini strings go through the same parser."""
+    if option.switch:
+        if cli_value:
+            return True
+        return option.parse(ini_value) if ini_value not in (None, "", []) else option.default
+    if cli_value not in (None, []):
+        return cli_value
+    if ini_value not in (None, "", []):
+        if option.multiple:
+            items = ini_value if isinstance(ini_value, list) else str(ini_value).split()
+            return [option.parse(item) for item in items]
+        try:
+            return option.parse(ini_value)
+        except argparse.ArgumentTypeError as error:
+            raise ValueError(f"ini option {option.ini} = {ini_value!r}: {error}") from None
+    return [] if option.multiple else option.default

@@ -1,0 +1,273 @@
+"""pytest hooks and fixtures of miniature (registered through the ``pytest11`` entry point).
+
+Kept thin: options come from :mod:`miniature.options`, the work is done by
+:class:`miniature.engine.Gate`, heavy imports happen inside fixtures and hooks, so
+``pytest --help`` and projects that do not use miniature pay nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from . import options as opt
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .characteristics.base import ComparisonResult
+    from .engine import Gate, Pair
+
+RESULT_PROPERTY = "miniature_result"
+CHECK_MARKER = "miniature_check"
+INFORMATIONAL_MARKER = "miniature_informational"
+CHECKS_DIR = "checks"
+
+SETTINGS_KEY = pytest.StashKey["opt.Settings"]()
+GATE_KEY = pytest.StashKey["Gate | Exception"]()
+RESULTS_KEY = pytest.StashKey["list[ComparisonResult]"]()
+REPORT_PATH_KEY = pytest.StashKey["Any"]()
+
+
+def skip_reason() -> str:
+    from .models import all_aliases
+
+    return (f"miniature: no {opt.REFERENCE} given, so the equivalence checks were skipped; run "
+            f"`pytest {opt.REFERENCE} MODEL {opt.CANDIDATE} MODEL` (aliases: {', '.join(all_aliases())}; "
+            "or Hugging Face ids or local directories)")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup(opt.GROUP, "miniature: does a compressed model still behave like the reference?")
+    for option in opt.OPTIONS:
+        kwargs: dict[str, Any] = {"dest": option.dest, "help": option.help}
+        if option.switch:
+            kwargs.update(action="store_true", default=False)
+        else:
+            kwargs.update(type=option.parse, default=None)
+            if option.multiple:
+                kwargs["action"] = "append"
+            if option.metavar:
+                kwargs["metavar"] = option.metavar
+        if option.default not in (None, False, [], ()):
+            kwargs["help"] += f" (default: {_show(option.default)})"
+        group.addoption(option.flag, **kwargs)
+        parser.addini(option.ini, help=f"{option.help} (same as {option.flag})",
+                      type="linelist" if option.multiple else "string", default=None)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", f"{CHECK_MARKER}: a miniature equivalence check (needs {opt.REFERENCE})")
+    config.addinivalue_line("markers", f"{INFORMATIONAL_MARKER}: a candidate-vs-candidate comparison, reported but not gating")
+    values = {}
+    for option in opt.OPTIONS:
+        cli = config.getoption(option.dest)
+        ini = config.getini(option.ini)
+        try:
+            values[option.flag] = opt.resolve(option, cli, ini)
+        except (ValueError, argparse.ArgumentTypeError) as error:
+            raise pytest.UsageError(f"{error} (accepted: {option.help})") from None
+    settings = opt.Settings(values)
+    config.stash[SETTINGS_KEY] = settings
+    config.stash[RESULTS_KEY] = []
+    config.pluginmanager.register(ResultCollector(config), "miniature-results")
+    if settings.candidates and not settings.reference:
+        raise pytest.UsageError(f"{opt.CANDIDATE} given without {opt.REFERENCE}; fix: pass "
+                                f"{opt.REFERENCE} MODEL (the large model the candidates replace)")
+    if settings.reference:
+        from .errors import MiniatureError
+        from .models import resolve_model
+
+        for reference in [settings.reference, *settings.candidates]:
+            try:
+                resolve_model(reference)
+            except MiniatureError as error:
+                raise pytest.UsageError(str(error)) from None
+        _default_to_checks(config)
+        split = _split_path_options(config)
+        if split and config.inipath is None:
+            config.issue_config_time_warning(pytest.PytestConfigWarning(
+                "miniature: pytest read the model directories as test paths when it chose the "
+                f"rootdir ({config.rootpath}), so the project's ini settings were not found; fix: "
+                f"write the option with '=', e.g. {split[0]}"), stacklevel=2)
+
+
+def _default_to_checks(config: pytest.Config) -> None:
+    """A gate run with no paths given collects ``checks/`` instead of the project's tests."""
+    source = getattr(config, "args_source", None)
+    if source is None or source == pytest.Config.ArgsSource.ARGS:
+        return
+    for root in (config.rootpath, config.invocation_params.dir):
+        checks = root / CHECKS_DIR
+        if checks.is_dir():
+            config.args[:] = [str(checks)]
+            return
+
+
+def _split_path_options(config: pytest.Config) -> list[str]:
+    """Model directories given as a separate word (``--reference DIR``), which pytest took
+    for test paths when it chose the rootdir and ini file, before this plugin loaded."""
+    args = list(config.invocation_params.args)
+    flags = {opt.REFERENCE, opt.CANDIDATE, opt.REFERENCE_BASE, opt.CANDIDATE_BASE, opt.ATTACK_MODEL}
+    found = []
+    for flag, value in zip(args, args[1:]):
+        if flag in flags and (config.invocation_params.dir / value).exists():
+            found.append(f"{flag}={value}")
+    return found
+
+
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
+    settings = config.stash.get(SETTINGS_KEY, None)
+    if settings is None or not settings.reference:
+        return None
+    return [f"miniature: reference {settings.reference}; candidates "
+            f"{', '.join(settings.candidates) or '(none)'}"]
+
+
+def gate_for(config: pytest.Config) -> "Gate":
+    """The process's :class:`Gate`, built on first use; a bad setup fails every check alike."""
+    __tracebackhide__ = True
+    if GATE_KEY not in config.stash:
+        from .engine import Gate
+        from .errors import MiniatureError
+
+        try:
+            config.stash[GATE_KEY] = Gate(config.stash[SETTINGS_KEY])
+        except MiniatureError as error:
+            config.stash[GATE_KEY] = error
+    gate = config.stash[GATE_KEY]
+    if isinstance(gate, Exception):
+        pytest.fail(str(gate), pytrace=False)
+    return gate
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "model_pair" not in metafunc.fixturenames:
+        return
+    settings = metafunc.config.stash[SETTINGS_KEY]
+    if not settings.reference:
+        metafunc.parametrize("model_pair", [pytest.param(None, id="no-reference", marks=[
+            pytest.mark.skip(reason=skip_reason()), getattr(pytest.mark, CHECK_MARKER)])])
+        if "stage" in metafunc.fixturenames:
+            metafunc.parametrize("stage", [None], ids=["-"])
+        return
+    gate = gate_for(metafunc.config)
+    params = []
+    for pair in gate.pairs():
+        marks = [getattr(pytest.mark, CHECK_MARKER)]
+        if not pair.gating:
+            marks.append(getattr(pytest.mark, INFORMATIONAL_MARKER))
+        params.append(pytest.param(pair, id=pair.id, marks=marks))
+    if not params:
+        params.append(pytest.param(None, id="no-candidate", marks=[
+            pytest.mark.skip(reason=f"miniature: no {opt.CANDIDATE} given; fix: pass {opt.CANDIDATE} MODEL")]))
+    metafunc.parametrize("model_pair", params)
+    if "stage" in metafunc.fixturenames:
+        stages = gate.stages()
+        metafunc.parametrize("stage", stages, ids=[(s or "task").replace(" ", "-") for s in stages])
+
+
+class Check:
+    """One characteristic's check: compare a pair, attach the result, fail with the reason."""
+
+    def __init__(self, characteristic: str, request: pytest.FixtureRequest) -> None:
+        self.characteristic = characteristic
+        self.request = request
+
+    def check(self, pair: "Pair", *, stage: str | None = None) -> "ComparisonResult":
+        """Compare ``pair``; fail the test if a gating pair is below its threshold."""
+        __tracebackhide__ = True
+        from .engine import FIXES
+
+        gate = gate_for(self.request.config)
+        from .errors import MiniatureError
+
+        try:
+            result = gate.compare(self.characteristic, pair, stage=stage)
+        except MiniatureError as error:
+            pytest.fail(str(error), pytrace=False)
+        self.request.node.user_properties.append((RESULT_PROPERTY, result.to_json()))
+        if not result.passed and result.gating:
+            pytest.fail(result.failure_message(FIXES[self.characteristic]), pytrace=False)
+        return result
+
+
+@pytest.fixture
+def prediction_errors(request: pytest.FixtureRequest) -> Check:
+    """Check that the candidate errs on the same items as the reference."""
+    return Check("prediction_errors", request)
+
+
+@pytest.fixture
+def data_representation(request: pytest.FixtureRequest) -> Check:
+    """Check that items keep their nearest neighbours under the candidate."""
+    return Check("data_representation", request)
+
+
+@pytest.fixture
+def data_distribution(request: pytest.FixtureRequest) -> Check:
+    """Check that the candidate flags the same challenge items as out-of-distribution."""
+    return Check("data_distribution", request)
+
+
+@pytest.fixture
+def adversarial_vulnerability(request: pytest.FixtureRequest) -> Check:
+    """Check that the candidate breaks under attack on the same items, no more often."""
+    return Check("adversarial_vulnerability", request)
+
+
+class ResultCollector:
+    """Gathers the results riding on test reports (so it works under pytest-xdist too)."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when != "call":
+            return
+        from .characteristics.base import ComparisonResult
+
+        for name, value in report.user_properties:
+            if name == RESULT_PROPERTY:
+                self.config.stash[RESULTS_KEY].append(ComparisonResult.from_json(value))
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    settings = config.stash.get(SETTINGS_KEY, None)
+    if settings is None:
+        return
+    if not settings.reference:
+        skipped = terminalreporter.stats.get("skipped", [])
+        if any(CHECK_MARKER in getattr(r, "keywords", {}) for r in skipped):
+            terminalreporter.write_line(skip_reason(), yellow=True)
+        return
+    results = config.stash.get(RESULTS_KEY, [])
+    if not results:
+        return
+    from .report import summary_table
+
+    terminalreporter.write_sep("=", "miniature summary")
+    for line in summary_table(results):
+        terminalreporter.write_line(line)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    if hasattr(config, "workerinput"):
+        return  # under pytest-xdist only the controller writes reports
+    settings = config.stash.get(SETTINGS_KEY, None)
+    results = config.stash.get(RESULTS_KEY, [])
+    if settings is None or not settings.reference or not results:
+        return
+    from .report import write_json
+
+    path = write_json(results, settings, settings[opt.REPORT_DIR])
+    config.stash[REPORT_PATH_KEY] = path
+
+
