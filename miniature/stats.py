@@ -18,6 +18,7 @@ from scipy import stats as _scipy_stats
 __all__ = [
     "jaccard",
     "jaccard_rows",
+    "jaccard_batch",
     "chance_jaccard",
     "chance_corrected",
     "paired_bootstrap_ci",
@@ -100,6 +101,20 @@ def jaccard_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     nonempty = union > 0
     result[nonempty] = inter[nonempty] / union[nonempty]
     return result
+
+
+def jaccard_batch(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Jaccard coefficient of boolean masks along the last axis (e.g. bootstrap replicates).
+
+    ``a`` and ``b`` are (..., n) masks; returns an array of shape (...). Both-empty gives 1.0.
+    """
+    a = np.asarray(a, dtype=bool)
+    b = np.asarray(b, dtype=bool)
+    if a.shape != b.shape:
+        raise ValueError(f"jaccard_batch needs masks of the same shape, got {a.shape} and {b.shape}")
+    union = np.count_nonzero(a | b, axis=-1)
+    inter = np.count_nonzero(a & b, axis=-1)
+    return np.where(union == 0, 1.0, inter / np.maximum(union, 1))
 
 
 def chance_jaccard(n: int, a: int, b: int) -> float:

@@ -1,0 +1,144 @@
+"""Prediction errors (paper, section 3): do two models get the same items wrong?
+
+Each model's error set E is the set of evaluation items it answers incorrectly; the
+agreement is the Jaccard coefficient of the two error sets. Alongside it this module
+reports what the paper discusses in words (accuracies, whether the reference's errors
+are a subset of the candidate's) and what a reviewer asks next: how many items flip
+from right to wrong, and whether that asymmetry is significant (exact McNemar test).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from miniature.characteristics.base import THRESHOLD_ON_CHOICES, ComparisonResult
+from miniature.stats import chance_corrected, chance_jaccard, jaccard, jaccard_batch, mcnemar_exact, paired_bootstrap_ci
+
+__all__ = ["error_mask", "compare_prediction_errors"]
+
+
+def error_mask(predictions: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """True for every item whose prediction differs from its label (the model's error set).
+
+    Works for class ids, strings or any values numpy compares element-wise. With
+    multi-dimensional rows (e.g. token tags) an item is wrong if any element differs.
+    """
+    predictions = np.asarray(predictions)
+    labels = np.asarray(labels)
+    if predictions.shape != labels.shape:
+        raise ValueError(
+            f"predictions have shape {predictions.shape} but labels have shape {labels.shape}; "
+            f"give one prediction per labelled item"
+        )
+    wrong = np.asarray(predictions != labels, dtype=bool)
+    if wrong.ndim > 1:
+        wrong = wrong.reshape(wrong.shape[0], -1).any(axis=1)
+    return wrong
+
+
+def compare_prediction_errors(
+    reference_correct: np.ndarray,
+    candidate_correct: np.ndarray,
+    *,
+    reference: str,
+    candidate: str,
+    threshold: float | None = None,
+    threshold_on: str = "raw",
+    gating: bool = True,
+    n_bootstrap: int = 1000,
+    seed: int | None = 0,
+    item_texts: Sequence[str] | None = None,
+    max_evidence: int = 20,
+) -> ComparisonResult:
+    """Compare two models' error sets on the same items (paper, section 3).
+
+    ``reference_correct`` and ``candidate_correct`` are boolean per-item correctness in
+    the same item order. The figure is the Jaccard coefficient of the error sets (1.0
+    when neither model errs); chance is that of random error sets of the same sizes.
+    Evidence lists negative flips (reference right, candidate wrong) first, then
+    positive flips.
+    """
+    reference_ok = _correctness(reference_correct, "reference_correct")
+    candidate_ok = _correctness(candidate_correct, "candidate_correct")
+    if reference_ok.shape != candidate_ok.shape:
+        raise ValueError(
+            f"reference_correct has {reference_ok.size} items but candidate_correct has "
+            f"{candidate_ok.size}; score both models on the same items"
+        )
+    n = reference_ok.size
+    if n == 0:
+        raise ValueError("no items to compare: reference_correct and candidate_correct are empty")
+    if threshold_on not in THRESHOLD_ON_CHOICES:
+        raise ValueError(f"threshold_on must be one of {', '.join(THRESHOLD_ON_CHOICES)}; got {threshold_on!r}")
+    if item_texts is not None and len(item_texts) != n:
+        raise ValueError(f"item_texts has {len(item_texts)} entries but there are {n} items; pass one text per item")
+
+    reference_errors = ~reference_ok
+    candidate_errors = ~candidate_ok
+    figure = jaccard(reference_errors, candidate_errors)
+    chance = chance_jaccard(n, int(reference_errors.sum()), int(candidate_errors.sum()))
+    ci_low = ci_high = None
+    if n_bootstrap and n_bootstrap > 0:
+        ci_low, ci_high = paired_bootstrap_ci(
+            jaccard_batch, reference_errors, candidate_errors,
+            n_resamples=n_bootstrap, seed=seed, vectorized=True,
+        )
+
+    negative = reference_ok & ~candidate_ok
+    positive = ~reference_ok & candidate_ok
+    details = {
+        "reference_accuracy": float(reference_ok.mean()),
+        "candidate_accuracy": float(candidate_ok.mean()),
+        "reference_errors": int(reference_errors.sum()),
+        "candidate_errors": int(candidate_errors.sum()),
+        "reference_errors_subset_of_candidate": bool(not (reference_errors & ~candidate_errors).any()),
+        "agreement_rate": float((reference_ok == candidate_ok).mean()),
+        "negative_flips": int(negative.sum()),
+        "positive_flips": int(positive.sum()),
+        "mcnemar_p": mcnemar_exact(int(negative.sum()), int(positive.sum())),
+    }
+
+    evidence: list[dict] = []
+    for kind, flips in (("negative flip", negative), ("positive flip", positive)):
+        for index in np.flatnonzero(flips):
+            if len(evidence) >= max_evidence:
+                break
+            entry: dict = {"index": int(index), "kind": kind}
+            if item_texts is not None:
+                entry["text"] = item_texts[index]
+            evidence.append(entry)
+
+    return ComparisonResult(
+        characteristic="prediction_errors",
+        reference=reference,
+        candidate=candidate,
+        figure_name="error-set Jaccard",
+        figure=figure,
+        n=n,
+        threshold=threshold,
+        threshold_on=threshold_on,
+        gating=gating,
+        chance=chance,
+        corrected=chance_corrected(figure, chance),
+        ci_low=ci_low,
+        ci_high=ci_high,
+        details=details,
+        evidence=evidence,
+    )
+
+
+def _correctness(values: np.ndarray, name: str) -> np.ndarray:
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array of per-item correctness, got shape {array.shape}")
+    if array.dtype != np.bool_:
+        if array.size and not np.isin(array, (0, 1)).all():
+            raise ValueError(
+                f"{name} must be booleans (True = answered correctly); to build it from "
+                f"predictions use ~error_mask(predictions, labels)"
+            )
+        array = array.astype(bool)
+    return array
+
