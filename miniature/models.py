@@ -9,6 +9,7 @@ dynamically padded batches, giving results back in input order.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import re
@@ -102,14 +103,8 @@ def resolve_model(reference: str) -> ModelSpec:
     if "/" in text and _HUB_ID.match(text):
         return ModelSpec(name=text, source=text, is_local=False)
     # a bare word that is neither an alias nor a directory
-    close = [a for a in all_aliases() if _similar(a, key)]
+    close = difflib.get_close_matches(key, all_aliases(), n=3, cutoff=0.75)
     raise ModelReferenceError(_unknown_alias(reference, close))
-
-
-def _similar(a: str, b: str) -> bool:
-    import difflib
-
-    return difflib.SequenceMatcher(None, a, b).ratio() >= 0.75
 
 
 def _unknown_alias(reference: str, close: Sequence[str] = ()) -> str:

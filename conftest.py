@@ -1,0 +1,31 @@
+"""Shared fixtures of the project's own tests (the gate's checks live in checks/)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory):
+    """A locally trained tokenizer and tiny random BERT/DistilBERT models on disk."""
+    from miniature.testing import make_tiny_models
+
+    return make_tiny_models(tmp_path_factory.mktemp("tiny-models"))
+
+
+@pytest.fixture
+def gate_checks(request: pytest.FixtureRequest) -> pytest.Pytester:
+    """A pytester project holding a copy of the shipped checks."""
+    from pathlib import Path
+
+    # pytester restores sys.modules after each in-process run; a second import of faiss's
+    # SWIG module then crashes on dealloc, so import the heavy modules before it snapshots
+    import faiss  # noqa: F401
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+    pytester: pytest.Pytester = request.getfixturevalue("pytester")
+    source = Path(__file__).parent / "checks" / "test_equivalence.py"
+    pytester.mkdir("checks")
+    (pytester.path / "checks" / "test_equivalence.py").write_text(source.read_text())
+    return pytester
