@@ -254,3 +254,18 @@ def resolve(option: Option, cli_value: Any, ini_value: Any) -> Any:
         except argparse.ArgumentTypeError as error:
             raise ValueError(f"ini option {option.ini} = {ini_value!r}: {error}") from None
     return [] if option.multiple else option.default
+
+
+def make_settings(**overrides: Any) -> Settings:
+    """Settings with defaults, overridden by keyword (``reference="x"``, ``k=5``, ...).
+
+    For using the engine from Python (the CLI, notebooks, tests) without pytest.
+    """
+    values = {option.flag: ([] if option.multiple else option.default) for option in OPTIONS}
+    for name, value in overrides.items():
+        flag = "--" + name.replace("_", "-")
+        if flag not in BY_FLAG:
+            raise TypeError(f"unknown setting {name!r}; known: "
+                            f"{', '.join(o.flag.lstrip('-').replace('-', '_') for o in OPTIONS)}")
+        values[flag] = value
+    return Settings(values)
