@@ -15,3 +15,7 @@ def test_data_representation(data_representation, model_pair, stage):
 
 def test_data_distribution(data_distribution, model_pair):
     data_distribution.check(model_pair)
+
+
+def test_adversarial_vulnerability(adversarial_vulnerability, model_pair):
+    adversarial_vulnerability.check(model_pair)

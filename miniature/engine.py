@@ -79,6 +79,7 @@ class Gate:
         self._wrappers: dict[tuple[str, str], ModelWrapper] = {}
         self._results: dict[tuple[str, str, str | None], ComparisonResult] = {}
         self._file_fingerprints: dict[str, str] = {}
+        self._attacks: dict[str, list[dict[str, Any]]] = {}
 
     # -- models ----------------------------------------------------------------------------
     def _add(self, reference: str) -> str:
@@ -254,9 +255,45 @@ class Gate:
             challenge_is_ood=np.asarray(labels) if labels is not None else None,
             item_texts=self.data.challenge.texts, **self._common("data_distribution", pair))
 
-    def _compare_adversarial_vulnerability(self, pair: Pair, stage: str | None) -> ComparisonResult:
-        raise NotImplementedError  # replaced when the attack lands
+    def attack_wrapper(self) -> ModelWrapper:
+        """The masked LM that proposes BERT-Attack's substitutions (loaded once)."""
+        from .models import load_model
 
+        key = ("__attack_model__", "")
+        if key not in self._wrappers:
+            self._wrappers[key] = load_model(
+                self.settings[opt.ATTACK_MODEL], head="masked-lm", device=self.device,
+                trust_remote_code=self.settings[opt.TRUST_REMOTE_CODE],
+                allow_pickle=self.settings[opt.ALLOW_PICKLE],
+                max_length=self.settings[opt.MAX_LENGTH], batch_size=self.settings[opt.BATCH_SIZE])
+        return self._wrappers[key]
+
+    def attack_outcomes(self, name: str) -> list[dict[str, Any]]:
+        """BERT-Attack outcomes for one target on the seeded test sample (cached, resumable)."""
+        from .characteristics.adversarial import AttackSettings, attack_model_outcomes, sample_items
+
+        if name not in self._attacks:
+            test = self.data.test
+            if test.labels is None:
+                raise MiniatureError("the test data has no labels to attack; fix: pass --label-column")
+            index = sample_items(len(test), self.settings[opt.ATTACK_SIZE], self.settings[opt.SEED])
+            self._attacks[name] = attack_model_outcomes(
+                self.attack_wrapper(), self.wrapper(name),
+                [test.texts[i] for i in index], [test.labels[i] for i in index],
+                settings=AttackSettings(top_k_words=self.settings[opt.ATTACK_TOP_K],
+                                        max_length=self.settings[opt.MAX_LENGTH]),
+                cache=self.cache, seed=self.settings[opt.SEED])
+        return self._attacks[name]
+
+    def _compare_adversarial_vulnerability(self, pair: Pair, stage: str | None) -> ComparisonResult:
+        from .characteristics.adversarial import compare_adversarial, transfer_predictions
+
+        reference = self.attack_outcomes(pair.reference)
+        candidate = self.attack_outcomes(pair.candidate)
+        common = self._common("adversarial_vulnerability", pair)
+        return compare_adversarial(
+            reference, candidate, drop_tolerance=self.settings[opt.ATTACK_DROP_TOLERANCE],
+            transfer=transfer_predictions(reference, self.wrapper(pair.candidate)), **common)
 
 def _limit(data: TextData, limit: int | None) -> TextData:
     if limit is None or len(data) <= limit:

@@ -98,4 +98,7 @@ def make_tiny_models(root: Path) -> TinyModels:
     for name, (architecture, layers, hidden, heads, seed) in TINY_MODELS.items():
         paths[name] = make_tiny_model(root / name, tokenizer_dir, architecture=architecture,
                                       layers=layers, hidden=hidden, heads=heads, seed=seed)
+    # the attack model of BERT-Attack: a masked LM sharing the tokenizer
+    paths["attacker"] = make_tiny_model(root / "attacker", tokenizer_dir, layers=2, hidden=32,
+                                        heads=2, seed=4, head="masked-lm")
     return TinyModels(root=root, tokenizer_dir=tokenizer_dir, paths=paths)

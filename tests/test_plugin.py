@@ -21,7 +21,7 @@ def test_help_lists_every_option_in_one_group(pytester: pytest.Pytester) -> None
 def test_without_reference_checks_skip_with_one_clear_line(gate_checks: pytest.Pytester) -> None:
     gate_checks.makepyfile(test_own="def test_project():\n    assert 1 + 1 == 2\n")
     result = gate_checks.runpytest("-rs")
-    result.assert_outcomes(passed=1, skipped=3)
+    result.assert_outcomes(passed=1, skipped=4)
     out = result.stdout.str()
     assert out.count(f"miniature: no {opt.REFERENCE} given") >= 1
     result.stdout.fnmatch_lines([f"miniature: no {opt.REFERENCE} given, so the equivalence checks were skipped; run*"])
@@ -93,13 +93,15 @@ def test_model_against_itself_passes_every_check_with_agreement_one(
     reference = str(tiny_models["reference"])
     result = gate_checks.runpytest(f"--reference={reference}", f"--candidate={reference}",
                                    f"--cache-dir={gate_checks.path / 'cache'}", "--bootstrap=50",
-                                   f"--report-dir={gate_checks.path / 'reports'}", "--data-limit=200")
-    result.assert_outcomes(passed=3)
+                                   f"--report-dir={gate_checks.path / 'reports'}", "--data-limit=200",
+                                   f"--attack-model={tiny_models['attacker']}", "--attack-size=20")
+    result.assert_outcomes(passed=4)
     payload = json.loads((gate_checks.path / "reports" / "latest.json").read_text())
     figures = {r["characteristic"]: r["figure"] for r in payload["results"]}
-    assert set(figures) == {"prediction_errors", "data_representation", "data_distribution"}
+    assert set(figures) == {"prediction_errors", "data_representation", "data_distribution",
+                            "adversarial_vulnerability"}
     assert all(value == 1.0 for value in figures.values()), figures
-    result.stdout.fnmatch_lines(["*miniature summary*", "reference vs reference#2*PASS 1*PASS 1*PASS 1*"])
+    result.stdout.fnmatch_lines(["*miniature summary*", "reference vs reference#2*PASS 1*PASS 1*PASS 1*PASS 1*"])
 
 
 @pytest.mark.slow
@@ -109,7 +111,7 @@ def test_differently_initialised_model_fails_representation_readably(
         f"--reference={tiny_models['reference']}", f"--candidate={tiny_models['reinit']}",
         f"--cache-dir={gate_checks.path / 'cache'}", "--bootstrap=50", "--data-limit=200",
         f"--report-dir={gate_checks.path / 'reports'}", "-k", "representation")
-    result.assert_outcomes(failed=1, deselected=2)
+    result.assert_outcomes(failed=1, deselected=3)
     result.stdout.fnmatch_lines([
         "data representation: kNN Jaccard * (95% CI *, chance *) < threshold 0.5 — reference vs reinit, K=10, n=200",
         "  fix: *--threshold-representation*",
@@ -125,7 +127,7 @@ def test_candidate_pairs_inform_without_failing(gate_checks: pytest.Pytester, ti
             f"--report-dir={gate_checks.path / 'reports'}", "-k", "representation"]
     result = gate_checks.runpytest(*args)
     # reference vs its copy passes, reference vs reinit fails, copy vs reinit diverges but only informs
-    result.assert_outcomes(passed=2, failed=1, deselected=6)
+    result.assert_outcomes(passed=2, failed=1, deselected=9)
     result.stdout.fnmatch_lines(["reference#2 vs reinit*DIVERGES*"])
     gated = gate_checks.runpytest(*args, "--gate-all-pairs")
-    gated.assert_outcomes(passed=1, failed=2, deselected=6)
+    gated.assert_outcomes(passed=1, failed=2, deselected=9)
