@@ -80,6 +80,13 @@ class Gate:
         self._results: dict[tuple[str, str, str | None], ComparisonResult] = {}
         self._file_fingerprints: dict[str, str] = {}
         self._attacks: dict[str, list[dict[str, Any]]] = {}
+        self._finetuned: dict[str, ModelSpec] = {}
+        self._label_maps: dict[str, Any] = {}
+        self.noise_model: str | None = None
+        if settings[opt.NOISE_FLOOR]:
+            # the reference once more: re-fine-tuned with another seed, or simply reloaded
+            self.noise_model = f"{self.reference}~copy"
+            self.specs[self.noise_model] = self.specs[self.reference]
 
     # -- models ----------------------------------------------------------------------------
     def _add(self, reference: str) -> str:
@@ -104,9 +111,37 @@ class Gate:
 
     def stages(self) -> list[str | None]:
         """Representation stages: before/after fine-tuning when base checkpoints are known."""
-        if self.base_specs and len(self.base_specs) == len(self.names):
+        if self.settings[opt.FINETUNE] or (self.base_specs and len(self.base_specs) == len(self.names)):
             return [BEFORE, AFTER]
         return [None]
+
+    def spec(self, name: str, stage: str | None = None) -> ModelSpec:
+        """Where a model's checkpoint for ``stage`` is: the base one before fine-tuning,
+        else the task checkpoint (fine-tuned here first with ``--finetune``)."""
+        finetuning = bool(self.settings[opt.FINETUNE])
+        if stage == BEFORE:
+            return self.specs[name] if finetuning else self.base_specs[name]
+        if not finetuning:
+            return self.specs[name]
+        if name not in self._finetuned:
+            self._finetuned[name] = self._finetune(name)
+        return self._finetuned[name]
+
+    def _finetune(self, name: str) -> ModelSpec:
+        from .finetune import finetune
+
+        if self.cache.root is None:
+            import tempfile
+
+            root = tempfile.mkdtemp(prefix="miniature-finetuned-")
+        else:
+            root = self.cache.root / "finetuned"
+        seed = self.settings[opt.SEED] + (1 if name == self.noise_model else 0)
+        path = finetune(self.specs[name].source, "classification", self.data.train,
+                        output_root=root, seed=seed, max_length=self.settings[opt.MAX_LENGTH],
+                        trust_remote_code=self.settings[opt.TRUST_REMOTE_CODE],
+                        allow_pickle=self.settings[opt.ALLOW_PICKLE])
+        return ModelSpec(name=name, source=str(path), is_local=True)
 
     @property
     def device(self) -> str:
@@ -123,7 +158,7 @@ class Gate:
 
         key = (name, stage or "")
         if key not in self._wrappers:
-            spec = self.base_specs[name] if stage == BEFORE else self.specs[name]
+            spec = self.spec(name, stage)
             head = "encoder" if stage == BEFORE else "classification"
             wrapper = load_model(
                 spec, head=head, device=self.device,
@@ -188,7 +223,7 @@ class Gate:
 
         from .models import fingerprint_files
 
-        spec = self.base_specs[name] if stage == BEFORE else self.specs[name]
+        spec = self.spec(name, stage)
         if spec.is_local:
             if spec.source not in self._file_fingerprints:
                 self._file_fingerprints[spec.source] = fingerprint_files(Path(spec.source))
@@ -204,7 +239,11 @@ class Gate:
         key = (characteristic, pair.id, stage)
         if key not in self._results:
             compute = getattr(self, f"_compare_{characteristic}")
-            self._results[key] = compute(pair, stage)
+            result = compute(pair, stage)
+            if self.noise_model is not None:
+                floor = compute(Pair(self.reference, self.noise_model, False), stage)
+                result.noise_floor = floor.figure
+            self._results[key] = result
         return self._results[key]
 
     def _common(self, characteristic: str, pair: Pair) -> dict[str, Any]:
@@ -219,7 +258,33 @@ class Gate:
         if labels is None:
             raise MiniatureError("the test data has no labels; fix: pass --label-column")
         logits = self.outputs(name, "test")["logits"]
-        return logits.argmax(axis=1) == np.asarray(labels)
+        predicted = logits.argmax(axis=1)
+        translation = self.label_translation(name)
+        if translation is not None:
+            predicted = translation[predicted]
+        return predicted == np.asarray(labels)
+
+    def label_translation(self, name: str) -> np.ndarray | None:
+        """Model label id -> data label id, after checking the model's label map against
+        the reference's and the data's (a clear error when they disagree)."""
+        from transformers import AutoConfig
+
+        from .tasks.classification import _translation, check_label_maps, id2label
+
+        if name not in self._label_maps:
+            def config(model: str) -> Any:
+                return AutoConfig.from_pretrained(self.spec(model).source,
+                                                  trust_remote_code=self.settings[opt.TRUST_REMOTE_CODE])
+
+            reference = config(self.reference)
+            mapping = check_label_maps(
+                reference, config(name) if name != self.reference else reference,
+                self.data.test.labels or [], label_map=self.settings[opt.LABEL_MAP],
+                reference_name=f"{self.reference} (reference)", candidate_name=name,
+                data_label_names=self.data.test.label_names)
+            self._label_maps[name] = (None if mapping is None
+                                      else _translation(id2label(config(name)), mapping, name))
+        return self._label_maps[name]
 
     def _compare_prediction_errors(self, pair: Pair, stage: str | None) -> ComparisonResult:
         from .characteristics.prediction_errors import compare_prediction_errors
