@@ -109,3 +109,190 @@ def news_sentences(n: int, *, seed: int = 0) -> list[str]:
         )
         out.append(sentence[0].upper() + sentence[1:])
     return out
+
+
+# -- extractive question answering (SQuAD 2.0-like and NewsQA-like) --------------------------
+# Invented people, places and dates: every answer is a span of the generated context, and a
+# share of questions ask for something the context never says (SQuAD 2.0's unanswerable).
+from typing import TYPE_CHECKING  # noqa: E402
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .tasks.qa import QAExample
+_QA_FIRST = [
+    "Mira", "Oren", "Talia", "Bastian", "Ilse", "Corvin", "Nadia", "Teodor", "Linnea",
+    "Emeric", "Sabine", "Jorah", "Petra", "Aldo", "Yusra", "Fenna", "Caspar", "Odile",
+]
+_QA_LAST = [
+    "Talvek", "Basquill", "Quennell", "Harrowgate", "Pellam", "Corriveau", "Damaske",
+    "Ferrand", "Ivanko", "Marlowe", "Ostergaard", "Vantreck", "Selwyn", "Brauley",
+]
+_QA_PLACES = [
+    "Velmora", "Port Kessing", "Aldridge Falls", "Castelmoor", "Brennick", "Sundholm",
+    "Caraway Bay", "Mistral Hill", "Tarnow Vale", "New Halden", "Greyfen", "Lorimund",
+    "Ashcombe", "Kelvarra",
+]
+_QA_OCCUPATIONS = [
+    "clockmaker", "botanist", "cartographer", "violinist", "engineer", "glassblower",
+    "astronomer", "architect", "chemist", "novelist", "shipbuilder", "painter",
+]
+_QA_INSTITUTIONS = [
+    "Observatory", "Music Academy", "Glassworks", "Map Society", "Free Library",
+    "Rowing Club", "Botanical Garden", "School of Design",
+]
+_QA_WORKS = [
+    "a clock that ran for a century", "a map of the northern rivers",
+    "a cantata for three choirs", "a bridge over the river Ostra",
+    "a catalogue of alpine mosses", "a novel about lighthouse keepers",
+    "a telescope made of recycled brass", "a ferry that crossed the bay in winter",
+]
+_QA_MONTHS = [
+    "January", "February", "March", "April", "May", "June", "July", "August",
+    "September", "October", "November", "December",
+]
+_QA_WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+_QA_PROJECTS = ["sea wall", "tram line", "water plant", "harbour bridge", "grain terminal",
+                "flood barrier", "district hospital", "ring road"]
+_QA_CURRENCIES = ["crowns", "marks", "florins", "talers"]
+
+
+class _Paragraph:
+    """Builds a context piece by piece, remembering where each answer starts."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.spans: dict[str, tuple[str, int]] = {}
+
+    def add(self, *pieces: str | tuple[str, str]) -> None:
+        for piece in pieces:
+            if isinstance(piece, tuple):
+                key, value = piece
+                self.spans[key] = (value, len(self.text))
+                self.text += value
+            else:
+                self.text += piece
+
+
+def _qa_example(identifier: str, question: str, paragraph: _Paragraph,
+                key: str | None) -> QAExample:
+    from .tasks.qa import QAExample
+
+    if key is None:
+        return QAExample(identifier, question, paragraph.text)
+    text, start = paragraph.spans[key]
+    return QAExample(identifier, question, paragraph.text, (text,), (start,))
+
+
+def _unanswerable_positions(rng: random.Random, n: int, share: float) -> set[int]:
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"unanswerable must be a share in [0, 1], got {share}")
+    return set(rng.sample(range(n), round(n * share)))
+
+
+def qa_items(n: int, seed: int = 0, unanswerable: float = 0.33) -> list[QAExample]:
+    """``n`` short SQuAD 2.0-style items (:class:`~miniature.tasks.qa.QAExample`).
+
+    Each is a generated biography of an invented person; answers are spans of it, and
+    ``round(n * unanswerable)`` questions ask what the paragraph never says.
+    """
+    rng = random.Random(seed)
+    empty = _unanswerable_positions(rng, n, unanswerable)
+    items = []
+    for i in range(n):
+        first, last = rng.choice(_QA_FIRST), rng.choice(_QA_LAST)
+        name = f"{first} {last}"
+        birthplace, home = rng.sample(_QA_PLACES, 2)
+        born, moved = sorted(rng.sample(range(1780, 1960), 2))
+        moved = max(moved, born + 18)
+        occupation = rng.choice(_QA_OCCUPATIONS)
+        article = "an" if occupation[0] in "aeiou" else "a"
+        institution = f"{home} {rng.choice(_QA_INSTITUTIONS)}"
+        work = rng.choice(_QA_WORKS)
+        p = _Paragraph()
+        if rng.random() < 0.5:
+            p.add(f"{name} was {article} ", ("occupation", occupation), " born in ",
+                  ("birthplace", birthplace), " in ", ("born", str(born)), ". ")
+        else:
+            p.add("Born in ", ("birthplace", birthplace), " in ", ("born", str(born)),
+                  f", {name} trained as {article} ", ("occupation", occupation), ". ")
+        p.add("In ", ("moved", str(moved)), f", {first} moved to ", ("home", home),
+              ", where they founded the ", ("institution", institution), ". ")
+        p.add(f"{last} is best remembered for ", ("work", work), ".")
+        if rng.random() < 0.5:
+            p.add(f" The family name {last} is still common in {home}.")
+        answerable = [
+            (f"Where was {name} born?", "birthplace"),
+            (f"In which year was {name} born?", "born"),
+            (f"What was {name}'s profession?", "occupation"),
+            (f"Where did {name} move in {moved}?", "home"),
+            (f"When did {first} move to {home}?", "moved"),
+            (f"What did {name} found in {home}?", "institution"),
+            (f"What is {last} best remembered for?", "work"),
+        ]
+        other = rng.choice([f for f in _QA_FIRST if f != first])
+        unanswerable_questions = [
+            f"Where did {name} die?",
+            f"Who taught {name} to be {article} {occupation}?",
+            f"In which year did {first} leave {home}?",
+            f"Where was {other} {last} born?",
+            f"What did {name} found in {birthplace}?",
+        ]
+        identifier = f"qa-{seed}-{i:05d}"
+        if i in empty:
+            items.append(_qa_example(identifier, rng.choice(unanswerable_questions), p, None))
+        else:
+            question, key = rng.choice(answerable)
+            items.append(_qa_example(identifier, question, p, key))
+    return items
+
+
+def _news_filler(rng: random.Random) -> str:
+    sentence = (f"{rng.choice(_NEWS_SUBJECTS)} {rng.choice(_NEWS_VERBS)} "
+                f"{rng.choice(_NEWS_OBJECTS)}{rng.choice(_NEWS_TAILS)}")
+    return sentence[0].upper() + sentence[1:]
+
+
+def news_qa_items(n: int, seed: int = 0, unanswerable: float = 0.1) -> list[QAExample]:
+    """``n`` NewsQA-style items: long news stories (several times a :func:`qa_items`
+    paragraph) with questions on facts buried among unrelated reports; the challenge
+    set for a model fine-tuned on :func:`qa_items`.
+    """
+    rng = random.Random(seed + 7919)
+    empty = _unanswerable_positions(rng, n, unanswerable)
+    items = []
+    for i in range(n):
+        city = rng.choice(_QA_PLACES)
+        spokesperson = f"{rng.choice(_QA_FIRST)} {rng.choice(_QA_LAST)}"
+        agency = rng.choice(_NEWS_SUBJECTS)
+        project = rng.choice(_QA_PROJECTS)
+        weekday = rng.choice(_QA_WEEKDAYS)
+        residents = f"{rng.randrange(2, 90)},{rng.randrange(0, 10)}00"
+        cost = f"{rng.randrange(3, 900)} million {rng.choice(_QA_CURRENCIES)}"
+        date = f"{rng.choice(_QA_MONTHS)} {rng.randrange(1, 29)}"
+        p = _Paragraph()
+        p.add(("city", city), f", {date} -- ")
+        p.add(" ".join(_news_filler(rng) for _ in range(rng.randrange(2, 5))), " ")
+        p.add(f"Plans for a new {project} were confirmed on ", ("weekday", weekday), ", said ",
+              ("spokesperson", spokesperson), f", speaking for {agency}. ")
+        p.add(" ".join(_news_filler(rng) for _ in range(rng.randrange(2, 5))), " ")
+        p.add(f"The {project} will cost ", ("cost", cost), " and should protect about ",
+              ("residents", residents), " residents. ")
+        p.add(" ".join(_news_filler(rng) for _ in range(rng.randrange(3, 7))))
+        answerable = [
+            (f"Who spoke for {agency} about the {project}?", "spokesperson"),
+            (f"How much will the new {project} cost?", "cost"),
+            (f"How many residents should the {project} protect?", "residents"),
+            (f"On which day were the plans for the {project} confirmed?", "weekday"),
+            ("Where was the story reported from?", "city"),
+        ]
+        unanswerable_questions = [
+            f"When will the {project} be finished?",
+            f"Who designed the {project}?",
+            f"How long is the new {project}?",
+        ]
+        identifier = f"newsqa-{seed}-{i:05d}"
+        if i in empty:
+            items.append(_qa_example(identifier, rng.choice(unanswerable_questions), p, None))
+        else:
+            question, key = rng.choice(answerable)
+            items.append(_qa_example(identifier, question, p, key))
+    return items

@@ -1,0 +1,150 @@
+"""The ``miniature`` command line: one function per subcommand, kept in a registry.
+
+To add a subcommand, write ``def _my_arguments(parser)`` that declares its options and
+decorate its handler::
+
+    @command("demo", help="...", arguments=_demo_arguments)
+    def demo_command(args: argparse.Namespace) -> int: ...
+
+Errors of type :class:`~miniature.errors.MiniatureError` (bad input, with the fix) are
+printed as one line ``miniature: error: ...`` on stderr with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import MiniatureError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its name, one-line help, option declarations and handler."""
+
+    name: str
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    handler: Handler
+
+
+#: Subcommands by name, in the order they were registered (the order ``--help`` lists).
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, *, help: str,
+            arguments: Callable[[argparse.ArgumentParser], None]) -> Callable[[Handler], Handler]:
+    """Register the decorated function as the handler of subcommand ``name``."""
+
+    def register(handler: Handler) -> Handler:
+        if name in COMMANDS:
+            raise ValueError(f"subcommand {name!r} is registered twice")
+        COMMANDS[name] = Command(name, help, arguments, handler)
+        return handler
+
+    return register
+
+
+def default_output_dir() -> Path:
+    """Where fine-tuned models go unless ``--output-dir``: $MINIATURE_CACHE_DIR/finetuned
+    (default ~/.cache/miniature/finetuned)."""
+    root = os.environ.get("MINIATURE_CACHE_DIR") or os.path.join("~", ".cache", "miniature")
+    return Path(root).expanduser() / "finetuned"
+
+
+# -- finetune ---------------------------------------------------------------------------------
+def _finetune_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="alias, Hugging Face id or local model directory")
+    parser.add_argument("--task", choices=("classification", "qa"), default="classification",
+                        help="classification (text + label columns) or qa (SQuAD rows: id, "
+                             "question, context, answers); default: %(default)s")
+    parser.add_argument("--train", required=True, metavar="FILE",
+                        help="training data: a jsonl/json/csv/parquet file or a `datasets` name "
+                             "such as 'imdb:train'")
+    parser.add_argument("--text-column", default="text", help="default: %(default)s")
+    parser.add_argument("--label-column", default="label", help="default: %(default)s")
+    parser.add_argument("--epochs", type=float, default=3.0, help="default: %(default)s")
+    parser.add_argument("--learning-rate", type=float, default=5e-5, help="default: %(default)s")
+    parser.add_argument("--batch-size", type=int, default=16, help="default: %(default)s")
+    parser.add_argument("--max-steps", type=int, default=-1,
+                        help="stop after this many steps (overrides --epochs); default: off")
+    parser.add_argument("--max-length", type=int, default=128,
+                        help="tokens per item (per window for qa); default: %(default)s")
+    parser.add_argument("--doc-stride", type=int, default=64,
+                        help="qa: tokens shared by consecutive windows over a long context; "
+                             "default: %(default)s")
+    parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    parser.add_argument("--output-dir", type=Path, default=None,
+                        help="folder of fine-tuned models (one sub-folder per fingerprint); "
+                             "default: $MINIATURE_CACHE_DIR/finetuned or ~/.cache/miniature/finetuned")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+@command("finetune", help="fine-tune a model on a task and print the folder of the result",
+         arguments=_finetune_arguments)
+def finetune_command(args: argparse.Namespace) -> int:
+    """Fine-tune (or reuse a stored fine-tuned copy) and print its folder on stdout."""
+    from .data import load_records, load_text_data
+    from .finetune import finetune
+    from .tasks.qa import qa_examples_from_records
+
+    train: object
+    if args.task == "qa":
+        train = qa_examples_from_records(load_records(args.train, split="train"), str(args.train))
+    else:
+        train = load_text_data(args.train, text_column=args.text_column,
+                               label_column=args.label_column, split="train")
+    path = finetune(args.model, args.task, train,  # type: ignore[arg-type]
+                    output_root=args.output_dir or default_output_dir(), epochs=args.epochs,
+                    learning_rate=args.learning_rate, batch_size=args.batch_size,
+                    max_steps=args.max_steps, seed=args.seed, max_length=args.max_length,
+                    doc_stride=args.doc_stride, progress=not args.no_progress)
+    print(path)
+    return 0
+
+
+# -- entry point ------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one sub-parser per registered command."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="miniature",
+        description="Check whether a compressed model still behaves like the large model it "
+                    "replaces.")
+    parser.add_argument("--version", action="version", version=f"miniature {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for entry in COMMANDS.values():
+        sub = subparsers.add_parser(entry.name, help=entry.help, description=entry.help)
+        entry.arguments(sub)
+        sub.set_defaults(handler=entry.handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; the exit status (0 ok, 2 bad input or usage)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(argv) if argv is not None else None)
+    except SystemExit as exit_:  # --help, --version or a usage error (already printed)
+        return exit_.code if isinstance(exit_.code, int) else 2
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(handler(args))
+    except MiniatureError as error:
+        message = " ".join(str(error).split())
+        print(f"{parser.prog}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
