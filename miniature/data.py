@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -137,9 +138,23 @@ class TextData:
     texts: list[str]
     labels: list[int] | None = None
     label_names: list[str] = field(default_factory=list)
+    #: second segments of text pairs (extractive QA: the contexts of the questions in texts)
+    pairs: list[str] | None = None
+    #: the task's own items when they carry more than text and label (QA examples)
+    examples: list[Any] | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    def head(self, limit: int | None) -> "TextData":
+        """The first ``limit`` items (all of them when ``limit`` is None)."""
+        if limit is None or len(self) <= limit:
+            return self
+        return TextData(source=self.source, texts=self.texts[:limit],
+                        labels=self.labels[:limit] if self.labels is not None else None,
+                        label_names=self.label_names,
+                        pairs=self.pairs[:limit] if self.pairs is not None else None,
+                        examples=self.examples[:limit] if self.examples is not None else None)
 
 
 def load_text_data(
@@ -230,3 +245,39 @@ def builtin_sentiment_data(*, seed: int = 0, scale: float = 1.0) -> TaskData:
     return TaskData(train=as_data("train", parts[0]), holdout=as_data("holdout", parts[1]),
                     test=as_data("test", parts[2]), challenge=challenge,
                     challenge_is_ood=[False] * len(extra) + [True] * len(news))
+
+
+def qa_data(source: str, examples: Sequence[Any]) -> TextData:
+    """Extractive-QA items as TextData: questions in ``texts``, contexts in ``pairs``."""
+    examples = list(examples)
+    return TextData(source=source, texts=[e.question for e in examples],
+                    pairs=[e.context for e in examples], examples=examples)
+
+
+def load_qa_data(source: str | Path, *, split: str | None = None, limit: int | None = None) -> TextData:
+    """SQuAD-format QA items (flat rows or SQuAD's nested JSON), validated."""
+    from .tasks.qa import qa_examples_from_records
+
+    rows = load_records(source, split=split)
+    return qa_data(str(source), qa_examples_from_records(rows, str(source))).head(limit)
+
+
+def builtin_qa_data(*, seed: int = 0, scale: float = 1.0) -> TaskData:
+    """Generated SQuAD 2.0-style items (ID) and NewsQA-style long news items (OOD).
+
+    Train 600 / held-out 200 / test 300 biographies; the challenge set mixes 100 unseen
+    biographies (in-distribution) with 200 news stories (out-of-distribution).
+    """
+    from .synthetic import news_qa_items, qa_items
+
+    sizes = {name: max(20, int(round(size * scale)))
+             for name, size in dict(train=600, holdout=200, test=300, extra=100, news=200).items()}
+    items = qa_items(sum(sizes[k] for k in ("train", "holdout", "test", "extra")), seed=seed)
+    cuts = list(accumulate([sizes["train"], sizes["holdout"], sizes["test"]]))
+    parts = [items[:cuts[0]], items[cuts[0]:cuts[1]], items[cuts[1]:cuts[2]], items[cuts[2]:]]
+    news = news_qa_items(sizes["news"], seed=seed + 1)
+    return TaskData(train=qa_data("builtin-qa:train", parts[0]),
+                    holdout=qa_data("builtin-qa:holdout", parts[1]),
+                    test=qa_data("builtin-qa:test", parts[2]),
+                    challenge=qa_data("builtin-qa:challenge", parts[3] + news),
+                    challenge_is_ood=[False] * len(parts[3]) + [True] * len(news))

@@ -16,8 +16,9 @@ import numpy as np
 from . import options as opt
 from .cache import OutputCache, fingerprint, fingerprint_texts
 from .characteristics.base import ComparisonResult
-from .data import ROLES, TaskData, TextData, builtin_sentiment_data, load_text_data
-from .errors import MiniatureError
+from .data import (ROLES, TaskData, TextData, builtin_qa_data, builtin_sentiment_data, load_qa_data,
+                   load_text_data)
+from .errors import MiniatureError, NotApplicable
 from .models import ModelSpec, ModelWrapper, resolve_model
 
 CHARACTERISTICS = ("prediction_errors", "data_representation", "data_distribution",
@@ -137,11 +138,21 @@ class Gate:
         else:
             root = self.cache.root / "finetuned"
         seed = self.settings[opt.SEED] + (1 if name == self.noise_model else 0)
-        path = finetune(self.specs[name].source, "classification", self.data.train,
+        train = self.data.train.examples if self.task == "qa" else self.data.train
+        path = finetune(self.specs[name].source, self.task, train,
                         output_root=root, seed=seed, max_length=self.settings[opt.MAX_LENGTH],
                         trust_remote_code=self.settings[opt.TRUST_REMOTE_CODE],
                         allow_pickle=self.settings[opt.ALLOW_PICKLE])
         return ModelSpec(name=name, source=str(path), is_local=True)
+
+    @property
+    def task(self) -> str:
+        return self.settings[opt.TASK]
+
+    @property
+    def head(self) -> str:
+        """The task head of the checkpoints: classification or extractive QA."""
+        return "qa" if self.task == "qa" else "classification"
 
     @property
     def device(self) -> str:
@@ -159,7 +170,7 @@ class Gate:
         key = (name, stage or "")
         if key not in self._wrappers:
             spec = self.spec(name, stage)
-            head = "encoder" if stage == BEFORE else "classification"
+            head = "encoder" if stage == BEFORE else self.head
             wrapper = load_model(
                 spec, head=head, device=self.device,
                 trust_remote_code=self.settings[opt.TRUST_REMOTE_CODE],
@@ -183,16 +194,20 @@ class Gate:
         flags = {"train": opt.TRAIN_DATA, "holdout": opt.HOLDOUT_DATA, "test": opt.TEST_DATA,
                  "challenge": opt.CHALLENGE_DATA}
         given = {role: s[flag] for role, flag in flags.items() if s[flag]}
-        builtin = builtin_sentiment_data(seed=0) if len(given) < len(flags) else None
+        builtin = None
+        if len(given) < len(flags):
+            builtin = builtin_qa_data() if self.task == "qa" else builtin_sentiment_data()
         sets: dict[str, TextData] = {}
         for role in ROLES:
-            if role in given:
+            if role not in given:
+                sets[role] = builtin.role(role).head(s[opt.DATA_LIMIT])  # type: ignore[union-attr]
+            elif self.task == "qa":
+                sets[role] = load_qa_data(given[role], limit=s[opt.DATA_LIMIT])
+            else:
                 sets[role] = load_text_data(
                     given[role], text_column=s[opt.TEXT_COLUMN],
                     label_column=None if role == "challenge" else s[opt.LABEL_COLUMN],
                     limit=s[opt.DATA_LIMIT])
-            else:
-                sets[role] = _limit(builtin.role(role), s[opt.DATA_LIMIT])  # type: ignore[union-attr]
         is_ood = None
         if "challenge" not in given and builtin is not None and builtin.challenge_is_ood:
             is_ood = builtin.challenge_is_ood[: len(sets["challenge"])]
@@ -203,15 +218,16 @@ class Gate:
         """Per-item ``embeddings`` (and ``logits`` after fine-tuning) of one data set, cached."""
         data = self.data.role(role)
         key = fingerprint(
-            "outputs", self._model_fingerprint(name, stage), fingerprint_texts(data.texts),
-            self.settings[opt.POOLING], self.settings[opt.MAX_LENGTH], stage or "task",
+            "outputs", self._model_fingerprint(name, stage), _data_fingerprint(data),
+            self.settings[opt.POOLING], self.settings[opt.MAX_LENGTH], stage or "task", self.task,
         )
 
         def compute(part: slice) -> dict[str, np.ndarray]:
             wrapper = self.wrapper(name, stage=stage)
             texts = data.texts[part]
-            if stage == BEFORE:
-                return {"embeddings": wrapper.encode(texts)}
+            if stage == BEFORE or self.task == "qa":
+                pairs = data.pairs[part] if data.pairs is not None else None
+                return {"embeddings": wrapper.encode(texts, pairs=pairs)}
             embeddings, logits = wrapper.encode_and_classify(texts)
             return {"embeddings": embeddings, "logits": logits}
 
@@ -253,7 +269,9 @@ class Gate:
                     n_bootstrap=self.settings[opt.BOOTSTRAP], seed=self.settings[opt.SEED])
 
     def correct(self, name: str) -> np.ndarray:
-        """Per test item: does the model predict the gold label?"""
+        """Per test item: does the model predict the gold label (QA: the exact answer)?"""
+        if self.task == "qa":
+            return self._qa_correct(name)
         labels = self.data.test.labels
         if labels is None:
             raise MiniatureError("the test data has no labels; fix: pass --label-column")
@@ -263,6 +281,20 @@ class Gate:
         if translation is not None:
             predicted = translation[predicted]
         return predicted == np.asarray(labels)
+
+    def _qa_correct(self, name: str) -> np.ndarray:
+        """Exact match under SQuAD 2.0 rules of the model's answers ("" = no answer), cached."""
+        from .tasks.qa import predict_qa, qa_correct
+
+        test = self.data.test
+        doc_stride = max(8, self.settings[opt.MAX_LENGTH] // 3)
+        key = fingerprint("qa-answers", self._model_fingerprint(name, None), _data_fingerprint(test),
+                          self.settings[opt.MAX_LENGTH], doc_stride)
+        answers = self.cache.load_json("answers", key)
+        if answers is None or len(answers) != len(test):
+            answers = predict_qa(self.wrapper(name), test.examples, doc_stride=doc_stride)
+            self.cache.save_json("answers", key, answers)
+        return qa_correct(answers, test.examples)
 
     def label_translation(self, name: str) -> np.ndarray | None:
         """Model label id -> data label id, after checking the model's label map against
@@ -337,6 +369,9 @@ class Gate:
         """BERT-Attack outcomes for one target on the seeded test sample (cached, resumable)."""
         from .characteristics.adversarial import AttackSettings, attack_model_outcomes, sample_items
 
+        if self.task != "classification":
+            raise NotApplicable("the adversarial check attacks a sentiment classifier, as the paper "
+                                "does on IMDB; run it with --task classification")
         if name not in self._attacks:
             test = self.data.test
             if test.labels is None:
@@ -360,10 +395,9 @@ class Gate:
             reference, candidate, drop_tolerance=self.settings[opt.ATTACK_DROP_TOLERANCE],
             transfer=transfer_predictions(reference, self.wrapper(pair.candidate)), **common)
 
-def _limit(data: TextData, limit: int | None) -> TextData:
-    if limit is None or len(data) <= limit:
-        return data
-    labels = data.labels[:limit] if data.labels is not None else None
-    return TextData(source=data.source, texts=data.texts[:limit], labels=labels,
-                    label_names=data.label_names)
+def _data_fingerprint(data: TextData) -> str:
+    """Content hash of a data set's texts (and pair segments)."""
+    if data.pairs is None:
+        return fingerprint_texts(data.texts)
+    return fingerprint(fingerprint_texts(data.texts), fingerprint_texts(data.pairs))
 

@@ -15,5 +15,9 @@ class DataError(MiniatureError):
     """A data file or dataset that is missing, empty or has the wrong schema."""
 
 
+class NotApplicable(MiniatureError):
+    """A check that does not apply to this run (e.g. the sentiment attack on a QA task)."""
+
+
 class CacheWarning(UserWarning):
     """A cache file was unreadable or partial; it is recomputed."""

@@ -204,11 +204,16 @@ def load_model(
         tokenizer = transformers.AutoTokenizer.from_pretrained(
             spec.source, trust_remote_code=trust_remote_code
         )
-        model = auto.from_pretrained(
-            spec.source,
-            trust_remote_code=trust_remote_code,
-            use_safetensors=None if allow_pickle else True,
-        )
+        from .compress import load_quantized, read_record
+
+        if spec.is_local and read_record(spec.source, method="int8") is not None:
+            model = load_quantized(spec.source, head)  # an int8 folder from `miniature compress`
+        else:
+            model = auto.from_pretrained(
+                spec.source,
+                trust_remote_code=trust_remote_code,
+                use_safetensors=None if allow_pickle else True,
+            )
     except ModelReferenceError:
         raise
     except (OSError, ValueError, EnvironmentError) as error:
@@ -365,12 +370,16 @@ class ModelWrapper:
                     results[item] = rows[position]
         return np.stack(results)  # type: ignore[arg-type]
 
-    def encode(self, texts: Sequence[str], *, pooling: str | None = None) -> "np.ndarray":
-        """(n, d) float32 sentence vectors: the [CLS] token's last hidden state, or mean pooling."""
+    def encode(self, texts: Sequence[str], *, pooling: str | None = None,
+               pairs: Sequence[str] | None = None) -> "np.ndarray":
+        """(n, d) float32 sentence vectors: the [CLS] token's last hidden state, or mean pooling.
+
+        With ``pairs`` each item is the text pair (text, pair), e.g. (question, context).
+        """
         pooling = pooling or self.pooling
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-        return self.run(self.tokenize(texts), lambda out, batch: pool(out, batch, pooling),
+        return self.run(self.tokenize(texts, pairs), lambda out, batch: pool(out, batch, pooling),
                         description="encoding")
 
     def logits(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> "np.ndarray":

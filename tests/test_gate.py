@@ -82,3 +82,26 @@ def test_mismatched_label_maps_fail_the_errors_check_clearly(tiny_models, tmp_pa
                                 label_map="NEGATIVE=0,POSITIVE=1"))
     result = mapped.compare("prediction_errors", mapped.pairs()[0])
     assert 0.0 <= result.figure <= 1.0
+
+
+def test_qa_task_errors_follow_squad_exact_match(tiny_models, tmp_path: Path) -> None:
+    from miniature.tasks.qa import predict_qa, qa_correct
+    from miniature.testing import make_tiny_model
+
+    paths = [make_tiny_model(tmp_path / f"qa{seed}", tiny_models.tokenizer_dir, layers=2, hidden=32,
+                             heads=2, seed=seed, head="qa") for seed in (5, 6)]
+    gate = Gate(make_settings(reference=str(paths[0]), candidate=[str(paths[1])], task="qa",
+                              cache_dir=tmp_path / "cache", data_limit=40, bootstrap=0, max_length=64))
+    test = gate.data.test
+    assert test.examples is not None and test.pairs == [e.context for e in test.examples]
+    result = gate.compare("prediction_errors", gate.pairs()[0])
+    wrong = [~qa_correct(predict_qa(load_model(str(p), head="qa", max_length=64), test.examples,
+                                    doc_stride=21), test.examples) for p in paths]
+    union = (wrong[0] | wrong[1]).sum()
+    assert result.figure == pytest.approx((wrong[0] & wrong[1]).sum() / union if union else 1.0)
+    representation = gate.compare("data_representation", gate.pairs()[0])
+    assert 0.0 <= representation.figure < 1.0
+    from miniature.errors import NotApplicable
+
+    with pytest.raises(NotApplicable, match="--task classification"):
+        gate.compare("adversarial_vulnerability", gate.pairs()[0])
