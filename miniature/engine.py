@@ -8,6 +8,7 @@ characteristic modules do the arithmetic; the gate only feeds them arrays.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ from .cache import OutputCache, fingerprint, fingerprint_texts
 from .characteristics.base import ComparisonResult
 from .data import (ROLES, TaskData, TextData, builtin_qa_data, builtin_sentiment_data, load_qa_data,
                    load_text_data)
-from .errors import MiniatureError, NotApplicable
+from .errors import DataWarning, MiniatureError, NotApplicable
 from .models import ModelSpec, ModelWrapper, resolve_model
 
 CHARACTERISTICS = ("prediction_errors", "data_representation", "data_distribution",
@@ -82,6 +83,8 @@ class Gate:
         self._file_fingerprints: dict[str, str] = {}
         self._attacks: dict[str, list[dict[str, Any]]] = {}
         self._finetuned: dict[str, ModelSpec] = {}
+        #: items per saved chunk of outputs: an interrupted run resumes at the last chunk
+        self.chunk_size = 1024
         self._label_maps: dict[str, Any] = {}
         self.noise_model: str | None = None
         if settings[opt.NOISE_FLOOR]:
@@ -211,6 +214,14 @@ class Gate:
         is_ood = None
         if "challenge" not in given and builtin is not None and builtin.challenge_is_ood:
             is_ood = builtin.challenge_is_ood[: len(sets["challenge"])]
+        for role, data in sets.items():
+            items = list(zip(data.texts, data.pairs or data.texts))
+            duplicates = len(items) - len(set(items))
+            if duplicates:
+                warnings.warn(DataWarning(
+                    f"the {role} data ({data.source}) holds {duplicates} duplicate item(s); "
+                    "duplicates are each other's nearest neighbours and tie exactly (ties are "
+                    "broken by item order); remove them unless they are meant"), stacklevel=2)
         return TaskData(challenge_is_ood=is_ood, **sets)
 
     # -- outputs ---------------------------------------------------------------------------
@@ -222,16 +233,45 @@ class Gate:
             self.settings[opt.POOLING], self.settings[opt.MAX_LENGTH], stage or "task", self.task,
         )
 
+        truncated = []
+
         def compute(part: slice) -> dict[str, np.ndarray]:
             wrapper = self.wrapper(name, stage=stage)
             texts = data.texts[part]
             if stage == BEFORE or self.task == "qa":
                 pairs = data.pairs[part] if data.pairs is not None else None
-                return {"embeddings": wrapper.encode(texts, pairs=pairs)}
-            embeddings, logits = wrapper.encode_and_classify(texts)
-            return {"embeddings": embeddings, "logits": logits}
+                arrays = {"embeddings": wrapper.encode(texts, pairs=pairs)}
+            else:
+                embeddings, logits = wrapper.encode_and_classify(texts)
+                arrays = {"embeddings": embeddings, "logits": logits}
+            truncated.append(wrapper.truncated)
+            return arrays
 
-        return self.cache.chunked("outputs", key, len(data), compute, chunk_size=1024)
+        arrays = self.cache.chunked("outputs", key, len(data), compute, chunk_size=self.chunk_size)
+        where = f"model {name!r} on the {role} data ({data.source})"
+        if sum(truncated):
+            warnings.warn(DataWarning(
+                f"{where}: {sum(truncated)} of {len(data)} items are longer than --max-length "
+                f"{self.settings[opt.MAX_LENGTH]} tokens and were truncated; raise --max-length "
+                "to compare whole texts"), stacklevel=2)
+        self._check_embeddings(arrays["embeddings"], where)
+        return arrays
+
+    @staticmethod
+    def _check_embeddings(embeddings: np.ndarray, where: str) -> None:
+        """Non-finite vectors are an error; all-zero ones a warning (their neighbours are ties)."""
+        finite = np.isfinite(embeddings).all(axis=1)
+        if not finite.all():
+            raise MiniatureError(
+                f"{where}: {int((~finite).sum())} of {len(embeddings)} embeddings contain NaN or "
+                "inf (often a float16 overflow or a diverged checkpoint); fix: run the model in "
+                "float32 (--device cpu) or check its weights")
+        zero = ~np.any(embeddings, axis=1)
+        if zero.any():
+            warnings.warn(DataWarning(
+                f"{where}: {int(zero.sum())} of {len(embeddings)} embeddings are all zero; they are "
+                "equally far from everything, so their neighbours are ties broken by item order"),
+                stacklevel=3)
 
     def _model_fingerprint(self, name: str, stage: str | None) -> str:
         """Weights fingerprint without loading the model when it is a local directory."""
@@ -255,10 +295,14 @@ class Gate:
         key = (characteristic, pair.id, stage)
         if key not in self._results:
             compute = getattr(self, f"_compare_{characteristic}")
-            result = compute(pair, stage)
-            if self.noise_model is not None:
-                floor = compute(Pair(self.reference, self.noise_model, False), stage)
-                result.noise_floor = floor.figure
+            try:
+                result = compute(pair, stage)
+                if self.noise_model is not None:
+                    floor = compute(Pair(self.reference, self.noise_model, False), stage)
+                    result.noise_floor = floor.figure
+            except ValueError as error:  # the numeric layer's input checks
+                raise MiniatureError(f"{characteristic.replace('_', ' ')}, {pair.reference} vs "
+                                     f"{pair.candidate}: {error}") from None
             self._results[key] = result
         return self._results[key]
 

@@ -21,3 +21,7 @@ class NotApplicable(MiniatureError):
 
 class CacheWarning(UserWarning):
     """A cache file was unreadable or partial; it is recomputed."""
+
+
+class DataWarning(UserWarning):
+    """Data that still gives a result, but one to read with care (truncation, ties, zeros)."""

@@ -73,9 +73,14 @@ def sentiment_reviews(n: int, *, seed: int = 0, noise: float = 0.08) -> list[Lab
     """
     rng = random.Random(seed)
     items = []
+    seen: set[str] = set()
     for i in range(n):
         label = i % 2
-        items.append(LabelledText(_review(rng, label, noise), label))
+        text = _review(rng, label, noise)
+        while text in seen:  # distinct items: exact duplicates would tie in every kNN list
+            text = _review(rng, label, noise)
+        seen.add(text)
+        items.append(LabelledText(text, label))
     rng.shuffle(items)
     return items
 
@@ -101,12 +106,16 @@ def _review(rng: random.Random, label: int, noise: float) -> str:
 def news_sentences(n: int, *, seed: int = 0) -> list[str]:
     """``n`` news-style sentences: the out-of-distribution challenge set for reviews."""
     rng = random.Random(seed)
-    out = []
-    for _ in range(n):
+    out: list[str] = []
+    seen: set[str] = set()
+    while len(out) < n:
         sentence = (
             f"{rng.choice(_NEWS_SUBJECTS)} {rng.choice(_NEWS_VERBS)} "
             f"{rng.choice(_NEWS_OBJECTS)}{rng.choice(_NEWS_TAILS)}"
         )
+        if len(seen) < 9000 and sentence in seen:  # distinct while the templates allow it
+            continue
+        seen.add(sentence)
         out.append(sentence[0].upper() + sentence[1:])
     return out
 
