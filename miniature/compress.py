@@ -1,0 +1,510 @@
+"""Compress a model three ways, so a gate has real candidates to check out of the box.
+
+:func:`compress` turns a reference model directory into a loadable candidate directory
+(the reference's tokenizer, its config and a record ``miniature_compression.json`` of
+what was done, from what, with which library versions):
+
+* ``int8``: dynamic int8 quantization of every ``nn.Linear``
+  (``torch.ao.quantization.quantize_dynamic``). A quantized model has no safetensors
+  form, so the int8 weights, their scales and zero points and the fp32 biases are stored
+  as plain tensors in ``model_int8.safetensors`` (all other weights in fp32 beside them).
+  :func:`load_quantized` rebuilds the fp32 architecture from ``config.json`` (no code from
+  the folder runs, nothing is unpickled), quantizes the same modules and sets the stored
+  int8 weights exactly; :func:`miniature.models.load_model` does this transparently.
+* ``prune``: unstructured L1 magnitude pruning of the encoder's Linear weights to a
+  sparsity (``torch.nn.utils.prune``, over all layers at once or layer by layer), made
+  permanent, saved as safetensors.
+* ``layers``: keep a subset of the encoder layers (default every other one, ending with
+  the last, whose output the task head was trained on); BERT (``encoder.layer``) and
+  DistilBERT (``transformer.layer``). Saved as safetensors.
+
+Results are built in a temporary sibling folder and renamed into place; asking again
+for the same compression of the same reference files returns the stored folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import MiniatureError, ModelReferenceError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+METHODS = ("int8", "prune", "layers")
+PRUNE_SCOPES = ("global", "layer")
+QSCHEMES = ("per-channel", "per-tensor")
+RECORD_NAME = "miniature_compression.json"
+INT8_WEIGHTS = "model_int8.safetensors"
+#: Bump when a method's output changes, so older folders are rebuilt rather than reused.
+FORMAT_VERSION = 1
+_HEAD_SUFFIXES = (("ForSequenceClassification", "classification"),
+                  ("ForQuestionAnswering", "qa"), ("ForMaskedLM", "masked-lm"))
+
+
+class CompressionError(MiniatureError, ValueError):
+    """A bad compression request (option value, model shape, output folder), with the fix."""
+
+
+# -- public API -------------------------------------------------------------------------------
+def compress(
+    reference_dir: str | Path,
+    output_dir: str | Path,
+    *,
+    method: str,
+    sparsity: float = 0.5,
+    prune_scope: str = "global",
+    keep_layers: Sequence[int] | None = None,
+    qscheme: str = "per-channel",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Compress the model in ``reference_dir`` with ``method``; the folder of the result.
+
+    ``sparsity`` (prune) is the fraction of encoder Linear weights set to zero, in
+    [0, 1); ``prune_scope`` ``global`` ranks all those weights together, ``layer`` prunes
+    each matrix to the sparsity. ``keep_layers`` (layers) lists encoder layer indices to
+    keep (0-based); default every other layer, ending with the last. ``qscheme`` (int8)
+    is ``per-channel`` (one scale per output row) or ``per-tensor``.
+
+    If ``output_dir`` already holds this compression of the same reference files it is
+    returned as is; if it holds anything else, :class:`CompressionError` unless
+    ``overwrite``.
+    """
+    from .models import fingerprint_files, resolve_model
+
+    settings = _check_settings(method, sparsity=sparsity, prune_scope=prune_scope,
+                               keep_layers=keep_layers, qscheme=qscheme)
+    spec = resolve_model(str(reference_dir))
+    if not spec.is_local:
+        raise CompressionError(f"reference {str(reference_dir)!r} is not a local directory; fix: "
+                               "save the model with save_pretrained and pass its folder")
+    if read_record(spec.source, method="int8") is not None:
+        raise CompressionError(f"reference {spec.source!r} is already int8-quantized; fix: "
+                               "compress its fp32 source model instead")
+    output = Path(output_dir).expanduser()
+    if output.resolve() == Path(spec.source).resolve():
+        raise CompressionError(f"output_dir {str(output)!r} is the reference's own folder; fix: "
+                               "pass another --output-dir")
+    source_print = fingerprint_files(Path(spec.source))
+    existing = read_record(output) if output.exists() else None
+    if existing is not None and _same_job(existing, method, settings, source_print):
+        return output
+    if output.exists() and any(output.iterdir()) and not overwrite:
+        what = ("another compression" if existing is not None else "other files")
+        raise CompressionError(f"output_dir {str(output)!r} already holds {what}; fix: pass "
+                               "another --output-dir, or --overwrite (overwrite=True) to replace it")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp"))
+    try:
+        built = work / "model"
+        measured, head, architecture = _build(spec, method, settings, built, progress=progress)
+        record = _record(spec, source_print, method, settings, head, architecture, measured)
+        from .cache import atomic_write_text
+
+        atomic_write_text(built / RECORD_NAME, json.dumps(record, indent=2, sort_keys=True))
+        if output.exists():
+            shutil.rmtree(output)
+        os.rename(built, output)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return output
+
+
+def read_record(path: str | Path, *, method: str | None = None) -> dict[str, Any] | None:
+    """The compression record of a model folder (None if it has none, or another method)."""
+    file = Path(path) / RECORD_NAME
+    if not file.is_file():
+        return None
+    try:
+        record = json.loads(file.read_text("utf-8"))
+    except ValueError as error:
+        raise ModelReferenceError(f"model folder {str(path)!r}: {RECORD_NAME} is not valid JSON "
+                                  f"({error}); fix: re-create the folder with `miniature "
+                                  "compress`") from None
+    if not isinstance(record, dict) or (method is not None and record.get("method") != method):
+        return None
+    return record
+
+
+def load_quantized(path: str | Path, head: str = "auto") -> "torch.nn.Module":
+    """Rebuild an int8 folder written by :func:`compress` (no pickle, no code from the folder).
+
+    ``head`` is ``auto`` (the architecture that was quantized), ``encoder`` (its base
+    model) or the head it was quantized with (``classification``, ``qa``, ``masked-lm``).
+    The int8 weights, scales and zero points are set exactly as stored.
+    """
+    import torch
+    import transformers
+    from safetensors.torch import load_file
+
+    folder = Path(path)
+    record = read_record(folder, method="int8")
+    if record is None:
+        raise ModelReferenceError(f"model folder {str(folder)!r} has no int8 {RECORD_NAME}; fix: "
+                                  "create it with `miniature compress --method int8`")
+    stored_head = record.get("head", "encoder")
+    head = stored_head if head == "auto" else head
+    if head not in (stored_head, "encoder"):
+        raise ModelReferenceError(
+            f"model folder {str(folder)!r} holds an int8 {stored_head} model, which has no "
+            f"{head} head; fix: load it with head={stored_head!r} (or 'encoder'), or quantize a "
+            f"model fine-tuned for {head}")
+    transformers.logging.set_verbosity_error()
+    config = transformers.AutoConfig.from_pretrained(str(folder))
+    with _quiet_init():
+        model = _auto_classes()[head].from_config(config)
+    tensors = load_file(str(folder / INT8_WEIGHTS))
+    modules: dict[str, dict[str, Any]] = record.get("quantized_modules", {})
+    rename = _key_map(model, stored_head, head)
+    plain = {rename(k): v for k, v in tensors.items() if not k.startswith("int8::")}
+    plain = {k: v for k, v in plain.items() if k is not None}
+    quantized = {rename(name): info for name, info in modules.items()}
+    quantized = {k: v for k, v in quantized.items() if k is not None}
+    expected = {k for k in model.state_dict()
+                if not any(k.startswith(name + ".") for name in quantized)}
+    missing = sorted(expected - set(plain) - _tied_keys(model))
+    if missing:
+        raise ModelReferenceError(f"model folder {str(folder)!r}: {INT8_WEIGHTS} lacks "
+                                  f"{len(missing)} weight(s) (first {missing[0]!r}); fix: re-create "
+                                  "the folder with `miniature compress --method int8`")
+    model.load_state_dict(plain, strict=False)
+    by_stored = {rename(name): name for name in modules}
+    with _quiet_quantization():
+        from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
+
+        model = quantize_dynamic(model, {name: default_dynamic_qconfig for name in quantized},
+                                 dtype=torch.qint8)
+        for name, info in quantized.items():
+            stored = by_stored[name]
+            module = model.get_submodule(name)
+            weight = _quantized_tensor(tensors, stored, info)
+            bias = tensors.get(f"int8::{stored}.bias")
+            module.set_weight_bias(weight, bias)
+    model.eval()
+    return model
+
+
+def encoder_linear_weights(model: "torch.nn.Module") -> dict[str, "torch.Tensor"]:
+    """The weight matrices of the Linear modules inside the encoder layers, by module name."""
+    import torch
+
+    container, _ = _layer_container(model)
+    return {name: module.weight for name, module in container.named_modules()
+            if isinstance(module, torch.nn.Linear)}
+
+
+def measured_sparsity(model: "torch.nn.Module") -> float:
+    """The fraction of exactly-zero entries over all encoder Linear weight matrices."""
+    weights = list(encoder_linear_weights(model).values())
+    zeros = sum(int((w == 0).sum()) for w in weights)
+    return zeros / max(1, sum(w.numel() for w in weights))
+
+
+def encoder_layer_count(model: "torch.nn.Module") -> int:
+    """How many transformer layers the encoder has."""
+    container, attribute = _layer_container(model)
+    return len(getattr(container, attribute))
+
+
+def default_keep_layers(num_layers: int) -> list[int]:
+    """Every other layer, ending with the last (1, 3, 5 of 6): the task head reads the last."""
+    return list(range(num_layers - 1, -1, -2))[::-1]
+
+
+# -- settings ---------------------------------------------------------------------------------
+def _check_settings(method: str, *, sparsity: float, prune_scope: str,
+                    keep_layers: Sequence[int] | None, qscheme: str) -> dict[str, Any]:
+    if method not in METHODS:
+        raise CompressionError(f"unknown compression method {method!r}; fix: pass --method "
+                               f"(method=) one of {', '.join(METHODS)}")
+    if method == "prune":
+        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) \
+                or not 0.0 <= float(sparsity) < 1.0:
+            raise CompressionError(f"sparsity={sparsity!r} is outside [0, 1); fix: pass --sparsity "
+                                   "(sparsity=) the fraction of weights to zero, e.g. 0.5")
+        if prune_scope not in PRUNE_SCOPES:
+            raise CompressionError(f"prune_scope={prune_scope!r} is unknown; fix: pass "
+                                   f"--prune-scope (prune_scope=) one of {', '.join(PRUNE_SCOPES)}")
+        return {"sparsity": float(sparsity), "prune_scope": prune_scope}
+    if method == "layers":
+        if keep_layers is None:
+            return {"keep_layers": None}
+        layers = list(keep_layers)
+        if not layers or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
+            raise CompressionError(f"keep_layers={keep_layers!r} must be a non-empty list of layer "
+                                   "indices; fix: pass --keep-layers (keep_layers=) e.g. 1,3,5")
+        if len(set(layers)) != len(layers):
+            raise CompressionError(f"keep_layers={layers} repeats a layer; fix: list each layer "
+                                   "index once in --keep-layers (keep_layers=)")
+        return {"keep_layers": sorted(layers)}
+    if qscheme not in QSCHEMES:
+        raise CompressionError(f"qscheme={qscheme!r} is unknown; fix: pass --qscheme (qscheme=) "
+                               f"one of {', '.join(QSCHEMES)}")
+    return {"qscheme": qscheme}
+
+
+def _same_job(record: dict[str, Any], method: str, settings: dict[str, Any], source_print: str) -> bool:
+    return (record.get("format") == FORMAT_VERSION and record.get("method") == method
+            and record.get("requested") == settings
+            and record.get("source", {}).get("fingerprint") == source_print)
+
+
+# -- building ---------------------------------------------------------------------------------
+def _auto_classes() -> dict[str, Any]:
+    import transformers
+
+    return {"encoder": transformers.AutoModel,
+            "classification": transformers.AutoModelForSequenceClassification,
+            "qa": transformers.AutoModelForQuestionAnswering,
+            "masked-lm": transformers.AutoModelForMaskedLM}
+
+
+def detect_head(config: Any) -> str:
+    """The task head a config's architecture carries (``encoder`` when none is known)."""
+    for architecture in getattr(config, "architectures", None) or []:
+        for suffix, head in _HEAD_SUFFIXES:
+            if architecture.endswith(suffix):
+                return head
+    return "encoder"
+
+
+def _build(spec: Any, method: str, settings: dict[str, Any], built: Path, *,
+           progress: bool) -> tuple[dict[str, Any], str, str]:
+    import transformers
+
+    from .models import load_model
+
+    transformers.logging.set_verbosity_error()
+    config = transformers.AutoConfig.from_pretrained(spec.source)
+    head = detect_head(config)
+    model = load_model(spec, head=head).model
+    # a fresh tokenizer: the wrapper's copy has its model_max_length changed for encoding
+    tokenizer = transformers.AutoTokenizer.from_pretrained(spec.source)
+    before = _count(model)
+    steps = {"int8": _quantize, "prune": _prune, "layers": _drop_layers}
+    with _bar(progress, f"compress {method} [{spec.name}]") as bar:
+        measured = steps[method](model, settings, built)
+        bar.update(1)
+    tokenizer.save_pretrained(str(built))
+    measured["parameters_before"] = before
+    measured.setdefault("parameters_after", _count(model))
+    return measured, head, type(model).__name__
+
+
+@contextlib.contextmanager
+def _bar(progress: bool, description: str) -> Iterator[Any]:
+    from tqdm.auto import tqdm
+
+    with tqdm(total=1, desc=description, unit="step", disable=not progress, leave=False) as bar:
+        yield bar
+
+
+def _count(model: Any) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def _quantize(model: Any, settings: dict[str, Any], built: Path) -> dict[str, Any]:
+    import torch
+    from safetensors.torch import save_file
+
+    with _quiet_quantization():
+        from torch.ao.quantization import (default_dynamic_qconfig, per_channel_dynamic_qconfig,
+                                           quantize_dynamic)
+        from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+        qconfig = per_channel_dynamic_qconfig if settings["qscheme"] == "per-channel" \
+            else default_dynamic_qconfig
+        quantized = quantize_dynamic(model, {torch.nn.Linear: qconfig}, dtype=torch.qint8,
+                                     inplace=False)
+        tensors: dict[str, torch.Tensor] = {}
+        modules: dict[str, dict[str, Any]] = {}
+        for name, module in quantized.named_modules():
+            if not isinstance(module, DynamicLinear):
+                continue
+            weight, bias = module._weight_bias()
+            scheme = weight.qscheme()
+            tensors[f"int8::{name}.weight"] = weight.int_repr().contiguous()
+            if scheme == torch.per_channel_affine:
+                tensors[f"int8::{name}.scale"] = weight.q_per_channel_scales().double().contiguous()
+                tensors[f"int8::{name}.zero_point"] = weight.q_per_channel_zero_points().long().contiguous()
+                modules[name] = {"qscheme": "per_channel_affine", "axis": int(weight.q_per_channel_axis())}
+            elif scheme == torch.per_tensor_affine:
+                tensors[f"int8::{name}.scale"] = torch.tensor(weight.q_scale(), dtype=torch.float64)
+                tensors[f"int8::{name}.zero_point"] = torch.tensor(weight.q_zero_point(), dtype=torch.int64)
+                modules[name] = {"qscheme": "per_tensor_affine"}
+            else:  # pragma: no cover - quantize_dynamic makes only the two above
+                raise CompressionError(f"module {name}: unsupported quantization scheme {scheme}")
+            modules[name]["shape"] = list(weight.shape)
+            if bias is not None:
+                tensors[f"int8::{name}.bias"] = bias.detach().float().contiguous().clone()
+    for key, value in model.state_dict().items():
+        if not any(key.startswith(name + ".") for name in modules):
+            tensors[key] = value.detach().contiguous().clone()
+    built.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(built / INT8_WEIGHTS), metadata={"format": "pt", "miniature": "int8"})
+    model.config.save_pretrained(str(built))
+    return {"quantized_modules": modules, "quantized_count": len(modules),
+            "quantization_engine": str(torch.backends.quantized.engine),
+            "weights_bytes": (built / INT8_WEIGHTS).stat().st_size}
+
+
+def _prune(model: Any, settings: dict[str, Any], built: Path) -> dict[str, Any]:
+    import torch
+    from torch.nn.utils import prune
+
+    modules = [module for module in _layer_container(model)[0].modules()
+               if isinstance(module, torch.nn.Linear)]
+    before = measured_sparsity(model)
+    amount = settings["sparsity"]
+    if amount > 0:
+        if settings["prune_scope"] == "global":
+            prune.global_unstructured([(m, "weight") for m in modules],
+                                      pruning_method=prune.L1Unstructured, amount=amount)
+        else:
+            for module in modules:
+                prune.l1_unstructured(module, "weight", amount=amount)
+        for module in modules:
+            prune.remove(module, "weight")
+    model.save_pretrained(str(built), safe_serialization=True)
+    return {"encoder_sparsity_before": before, "encoder_sparsity": measured_sparsity(model),
+            "pruned_matrices": len(modules),
+            "encoder_weights": int(sum(m.weight.numel() for m in modules))}
+
+
+def _drop_layers(model: Any, settings: dict[str, Any], built: Path) -> dict[str, Any]:
+    import torch
+
+    container, attribute = _layer_container(model)
+    layers = getattr(container, attribute)
+    total = len(layers)
+    keep = settings["keep_layers"]
+    if keep is None:
+        if total < 2:
+            raise CompressionError(f"the model has {total} encoder layer, so there is none to "
+                                   "drop; fix: compress it another way (--method int8 or prune)")
+        keep = default_keep_layers(total)
+    bad = [i for i in keep if not 0 <= i < total]
+    if bad:
+        raise CompressionError(f"keep_layers: layer {bad[0]} is out of range; the model has "
+                               f"{total} encoder layers (0..{total - 1}); fix: pass --keep-layers "
+                               f"(keep_layers=) indices between 0 and {total - 1}")
+    kept = torch.nn.ModuleList([layers[i] for i in keep])
+    for position, layer in enumerate(kept):
+        for module in layer.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = position
+    setattr(container, attribute, kept)
+    model.config.num_hidden_layers = len(keep)  # DistilBERT maps this to n_layers
+    model.save_pretrained(str(built), safe_serialization=True)
+    return {"kept_layers": list(keep), "layers_before": total, "layers_after": len(keep)}
+
+
+def _layer_container(model: Any) -> tuple[Any, str]:
+    """The module holding the encoder's layer list and the list's attribute name."""
+    import torch
+
+    base = getattr(model, "base_model", model)
+    for holder in ("encoder", "transformer"):
+        container = getattr(base, holder, None)
+        if container is not None and isinstance(getattr(container, "layer", None),
+                                                torch.nn.ModuleList):
+            return container, "layer"
+    raise CompressionError(f"cannot find the encoder layers of a {type(model).__name__} "
+                           "(looked for encoder.layer and transformer.layer); fix: compress a "
+                           "BERT- or DistilBERT-style model")
+
+
+def _record(spec: Any, source_print: str, method: str, settings: dict[str, Any], head: str,
+            architecture: str, measured: dict[str, Any]) -> dict[str, Any]:
+    import platform
+
+    import torch
+    import transformers
+
+    from . import __version__
+
+    resolved = dict(settings)
+    if method == "layers":
+        resolved["keep_layers"] = measured["kept_layers"]
+    record: dict[str, Any] = {
+        "format": FORMAT_VERSION, "method": method, "requested": settings, "settings": resolved,
+        "head": head, "architecture": architecture,
+        "source": {"name": spec.name, "path": spec.source, "fingerprint": source_print},
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"miniature": __version__, "torch": torch.__version__,
+                     "transformers": transformers.__version__,
+                     "python": platform.python_version()},
+    }
+    if method == "int8":
+        record["quantized_modules"] = measured.pop("quantized_modules")
+    record["measured"] = measured
+    return record
+
+
+# -- loading helpers --------------------------------------------------------------------------
+def _key_map(model: Any, stored_head: str, head: str) -> Any:
+    """Map stored names to ``model``'s names (stripping the base prefix for an encoder)."""
+    prefix = getattr(model, "base_model_prefix", "")
+    if head == stored_head or not prefix:
+        return lambda key: key
+
+    def rename(key: str) -> str | None:
+        return key[len(prefix) + 1:] if key.startswith(prefix + ".") else None
+
+    return rename
+
+
+def _tied_keys(model: Any) -> set[str]:
+    """State-dict keys that share storage with an earlier key (tied embeddings)."""
+    seen: dict[int, str] = {}
+    tied = set()
+    for key, value in model.state_dict(keep_vars=True).items():
+        pointer = value.data_ptr()
+        if pointer in seen:
+            tied.add(key)
+        else:
+            seen[pointer] = key
+    return tied
+
+
+def _quantized_tensor(tensors: dict[str, Any], name: str, info: dict[str, Any]) -> "torch.Tensor":
+    import torch
+
+    values = tensors[f"int8::{name}.weight"]
+    scale = tensors[f"int8::{name}.scale"]
+    zero_point = tensors[f"int8::{name}.zero_point"]
+    if info["qscheme"] == "per_channel_affine":
+        return torch._make_per_channel_quantized_tensor(values, scale, zero_point, info["axis"])
+    return torch._make_per_tensor_quantized_tensor(values, float(scale), int(zero_point))
+
+
+@contextlib.contextmanager
+def _quiet_quantization() -> Iterator[None]:
+    """torch.ao.quantization warns that it is deprecated on every call; say it once, in docs."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.ao.quantization is deprecated.*")
+        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.ao")
+        yield
+
+
+@contextlib.contextmanager
+def _quiet_init() -> Iterator[None]:
+    """Skip the random initialisation of weights that are overwritten right after."""
+    try:
+        from transformers.modeling_utils import no_init_weights
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    with no_init_weights():
+        yield

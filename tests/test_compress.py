@@ -1,0 +1,181 @@
+"""Compression (#8): each method's saved folder loads with load_model and differs from the
+reference as intended, measured on the reloaded model; bad requests fail clearly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from miniature.compress import (RECORD_NAME, CompressionError, compress, default_keep_layers,
+                                encoder_layer_count, encoder_linear_weights, measured_sparsity,
+                                read_record)
+from miniature.models import fingerprint_files, load_model
+
+TEXTS = ["the film was wonderful and the cast was warm", "a dull, tedious script",
+         "city council approved the annual budget", "I thought the ending was not boring",
+         "the soundtrack seemed really clever. Worth the ticket."] * 4
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("compressed")
+
+
+def _logits(path: Path) -> np.ndarray:
+    return load_model(str(path), head="classification").logits(TEXTS)
+
+
+@pytest.mark.parametrize("qscheme", ["per-channel", "per-tensor"])
+def test_int8_reloads_as_qint8_linears_close_to_reference(tiny_models, out, qscheme) -> None:
+    import torch
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    path = compress(tiny_models["reference"], out / f"int8-{qscheme}", method="int8",
+                    qscheme=qscheme, progress=False)
+    wrapper = load_model(str(path), head="classification")
+    reference = load_model(str(tiny_models["reference"]), head="classification").model
+    linear_names = [n for n, m in reference.named_modules() if isinstance(m, torch.nn.Linear)]
+    quantized = {n: m for n, m in wrapper.model.named_modules() if isinstance(m, DynamicLinear)}
+    assert sorted(quantized) == sorted(linear_names) and len(quantized) >= 4 * 6
+    expected_scheme = torch.per_channel_affine if qscheme == "per-channel" else torch.per_tensor_affine
+    for name, module in quantized.items():
+        weight = module.weight()
+        assert weight.dtype == torch.qint8 and weight.qscheme() == expected_scheme
+        # what was reloaded is what quantization made (int8 codes within half a step)
+        fp32 = reference.get_submodule(name).weight.detach()
+        step = weight.q_per_channel_scales()[:, None] if qscheme == "per-channel" else weight.q_scale()
+        assert torch.all((weight.dequantize() - fp32).abs() <= step / 2 + 1e-6)
+    a, b = _logits(tiny_models["reference"]), wrapper.logits(TEXTS)
+    assert not np.array_equal(a, b)
+    assert np.abs(a - b).max() < 0.05 * max(1.0, np.abs(a).max())
+    assert "model.safetensors" not in {p.name for p in path.iterdir()}
+
+
+def test_int8_weights_reload_exactly(tiny_models, out) -> None:
+    """Loading sets the stored int8 codes and scales bit for bit (no re-quantization)."""
+    from safetensors.torch import load_file
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    path = compress(tiny_models["reference"], out / "int8-exact", method="int8", progress=False)
+    stored = load_file(str(path / "model_int8.safetensors"))
+    model = load_model(str(path), head="classification").model
+    checked = 0
+    for name, module in model.named_modules():
+        if isinstance(module, DynamicLinear):
+            weight = module.weight()
+            assert np.array_equal(weight.int_repr().numpy(), stored[f"int8::{name}.weight"].numpy())
+            assert np.allclose(weight.q_per_channel_scales().numpy(),
+                               stored[f"int8::{name}.scale"].numpy(), rtol=0, atol=0)
+            checked += 1
+    assert checked == len(read_record(path)["quantized_modules"])
+    # the encoder alone loads from the same folder too
+    encoder = load_model(str(path), head="encoder")
+    assert encoder.encode(TEXTS).shape == (len(TEXTS), 64)
+
+
+@pytest.mark.parametrize(("scope", "sparsity"), [("global", 0.5), ("layer", 0.3)])
+def test_prune_reaches_the_requested_sparsity(tiny_models, out, scope, sparsity) -> None:
+    path = compress(tiny_models["reference"], out / f"prune-{scope}", method="prune",
+                    sparsity=sparsity, prune_scope=scope, progress=False)
+    model = load_model(str(path), head="classification").model
+    assert measured_sparsity(model) == pytest.approx(sparsity, abs=1e-3)
+    reference = load_model(str(tiny_models["reference"]), head="classification").model
+    assert measured_sparsity(reference) < 0.01
+    weights = encoder_linear_weights(model)
+    if scope == "layer":
+        for name, weight in weights.items():
+            assert float((weight == 0).float().mean()) == pytest.approx(sparsity, abs=0.01), name
+    # the smallest-magnitude weights went: every kept weight is at least as large as any pruned one
+    kept, pruned = [], []
+    for name, weight in weights.items():
+        original = reference.get_submodule(f"bert.encoder.{name}").weight.detach().abs()
+        if scope == "layer":
+            assert original[weight == 0].max() <= original[weight != 0].min()
+        kept.append(original[weight != 0])
+        pruned.append(original[weight == 0])
+    if scope == "global":
+        import torch
+
+        assert torch.cat(pruned).max() <= torch.cat(kept).min()
+    assert not np.allclose(_logits(path), _logits(tiny_models["reference"]), atol=1e-6)
+    record = json.loads((path / RECORD_NAME).read_text())
+    assert record["measured"]["encoder_sparsity"] == pytest.approx(sparsity, abs=1e-3)
+
+
+@pytest.mark.parametrize(("model", "keep", "expected"), [
+    ("reference", None, [1, 3]),      # BERT, 4 layers: every other, ending with the last
+    ("reference", [0, 2], [0, 2]),
+    ("distil", None, [1]),            # DistilBERT, 2 layers
+])
+def test_layers_keep_the_chosen_reference_layers(tiny_models, out, model, keep, expected) -> None:
+    path = compress(tiny_models[model], out / f"layers-{model}-{keep}", method="layers",
+                    keep_layers=keep, progress=False)
+    small = load_model(str(path), head="classification").model
+    full = load_model(str(tiny_models[model]), head="classification").model
+    assert encoder_layer_count(small) == encoder_layer_count(full) // 2 == len(expected)
+    assert small.config.num_hidden_layers == len(expected)
+    prefix = "bert.encoder.layer" if model == "reference" else "distilbert.transformer.layer"
+    small_state, full_state = small.state_dict(), full.state_dict()
+    for new, old in enumerate(expected):
+        for key, value in full_state.items():
+            if key.startswith(f"{prefix}.{old}."):
+                twin = key.replace(f"{prefix}.{old}.", f"{prefix}.{new}.")
+                assert np.array_equal(small_state[twin].numpy(), value.numpy()), twin
+    others = [k for k in full_state if not k.startswith(prefix)]
+    assert all(np.array_equal(small_state[k].numpy(), full_state[k].numpy()) for k in others)
+    assert read_record(path)["settings"]["keep_layers"] == expected
+    assert _logits(path).shape == (len(TEXTS), 2)
+
+
+def test_default_keep_layers_ends_with_the_last() -> None:
+    assert default_keep_layers(6) == [1, 3, 5]
+    assert default_keep_layers(12) == [1, 3, 5, 7, 9, 11]
+    assert default_keep_layers(5) == [0, 2, 4]
+
+
+def test_result_has_tokenizer_and_record_and_is_reused(tiny_models, out) -> None:
+    path = compress(tiny_models["reference"], out / "reuse", method="prune", progress=False)
+    assert {"tokenizer.json", "vocab.txt", "config.json", RECORD_NAME} <= {p.name for p in path.iterdir()}
+    record = read_record(path)
+    assert record["method"] == "prune" and record["settings"] == {"sparsity": 0.5, "prune_scope": "global"}
+    assert record["source"]["fingerprint"] == fingerprint_files(tiny_models["reference"])
+    assert {"torch", "transformers", "miniature"} <= set(record["versions"]) and record["created"]
+    stamp = (path / "model.safetensors").stat().st_mtime_ns
+    assert compress(tiny_models["reference"], path, method="prune", progress=False) == path
+    assert (path / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not rebuilt
+    with pytest.raises(CompressionError, match="already holds another compression.*--overwrite"):
+        compress(tiny_models["reference"], path, method="prune", sparsity=0.3, progress=False)
+    compress(tiny_models["reference"], path, method="prune", sparsity=0.3, overwrite=True,
+             progress=False)
+    assert read_record(path)["settings"]["sparsity"] == 0.3
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    (dict(method="prune", sparsity=1.0), r"sparsity=1.0 is outside \[0, 1\); fix: pass --sparsity"),
+    (dict(method="prune", sparsity=-0.1), r"sparsity=-0.1 is outside \[0, 1\)"),
+    (dict(method="distill"), "unknown compression method 'distill'; fix: pass --method .*int8, prune, layers"),
+    (dict(method="layers", keep_layers=[0, 4]), r"layer 4 is out of range.*4 encoder layers \(0..3\); fix: pass --keep-layers"),
+    (dict(method="layers", keep_layers=[1, 1]), "repeats a layer; fix:.*--keep-layers"),
+    (dict(method="layers", keep_layers=[]), "non-empty list.*--keep-layers"),
+    (dict(method="prune", prune_scope="row"), "prune_scope='row' is unknown; fix: pass --prune-scope"),
+    (dict(method="int8", qscheme="int4"), "qscheme='int4' is unknown; fix: pass --qscheme"),
+])
+def test_bad_requests_name_the_option_and_fix(tiny_models, tmp_path, kwargs, message) -> None:
+    with pytest.raises(CompressionError, match=message):
+        compress(tiny_models["reference"], tmp_path / "x", progress=False, **kwargs)
+    assert not (tmp_path / "x").exists()
+
+
+def test_int8_of_int8_and_missing_reference_are_refused(tiny_models, out, tmp_path) -> None:
+    from miniature.errors import ModelReferenceError
+
+    path = compress(tiny_models["reference"], out / "int8-exact", method="int8", progress=False)
+    with pytest.raises(CompressionError, match="already int8-quantized; fix"):
+        compress(path, tmp_path / "again", method="prune", progress=False)
+    with pytest.raises(ModelReferenceError, match="does not exist"):
+        compress(tmp_path / "nowhere", tmp_path / "y", method="int8", progress=False)
+    with pytest.raises(ModelReferenceError, match="has no masked-lm head; fix"):
+        load_model(str(path), head="masked-lm")
