@@ -91,7 +91,10 @@ def test_remote_code_is_refused_unless_trusted(tiny_models, tmp_path: Path) -> N
 
 
 def test_unreachable_hub_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import time
     with pytest.raises(ModelReferenceError) as info:
         load_model("miniature-tests/does-not-exist")
     message = str(info.value)
