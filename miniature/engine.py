@@ -345,7 +345,7 @@ class Gate:
         the reference's and the data's (a clear error when they disagree)."""
         from transformers import AutoConfig
 
-        from .tasks.classification import _translation, check_label_maps, id2label
+        from .tasks.classification import check_label_maps, id2label, translation_table
 
         if name not in self._label_maps:
             def config(model: str) -> Any:
@@ -359,7 +359,7 @@ class Gate:
                 reference_name=f"{self.reference} (reference)", candidate_name=name,
                 data_label_names=self.data.test.label_names)
             self._label_maps[name] = (None if mapping is None
-                                      else _translation(id2label(config(name)), mapping, name))
+                                      else translation_table(id2label(config(name)), mapping, name))
         return self._label_maps[name]
 
     def _compare_prediction_errors(self, pair: Pair, stage: str | None) -> ComparisonResult:
