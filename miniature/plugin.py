@@ -27,6 +27,8 @@ SETTINGS_KEY = pytest.StashKey["opt.Settings"]()
 GATE_KEY = pytest.StashKey["Gate | Exception"]()
 RESULTS_KEY = pytest.StashKey["list[ComparisonResult]"]()
 REPORT_PATH_KEY = pytest.StashKey["Any"]()
+STARTED_KEY = pytest.StashKey[float]()
+PREVIOUS_KEY = pytest.StashKey["dict[str, Any] | None"]()
 
 
 def skip_reason() -> str:
@@ -77,6 +79,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SETTINGS_KEY] = settings
     config.stash[RESULTS_KEY] = []
     config.pluginmanager.register(ResultCollector(config), "miniature-results")
+    _configure_reports(config, settings)
     if settings.candidates and not settings.reference:
         raise pytest.UsageError(f"{opt.CANDIDATE} given without {opt.REFERENCE}; fix: pass "
                                 f"{opt.REFERENCE} MODEL (the large model the candidates replace)")
@@ -238,6 +241,27 @@ class ResultCollector:
                 self.config.stash[RESULTS_KEY].append(ComparisonResult.from_json(value))
 
 
+def _configure_reports(config: pytest.Config, settings: "opt.Settings") -> None:
+    """Note the start time, read ``--compare-to`` (a usage error if unusable), add the
+    pytest-html columns and extras when pytest-html is loaded."""
+    import time
+
+    config.stash[STARTED_KEY] = time.time()
+    config.stash[PREVIOUS_KEY] = None
+    if config.pluginmanager.hasplugin("html"):
+        from .html import HtmlReportHooks
+
+        config.pluginmanager.register(HtmlReportHooks(), "miniature-html")
+    previous = settings[opt.COMPARE_TO]
+    if previous is not None and not hasattr(config, "workerinput"):
+        from .report import ReportError, load_report
+
+        try:
+            config.stash[PREVIOUS_KEY] = load_report(previous)
+        except ReportError as error:
+            raise pytest.UsageError(str(error)) from None
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     settings = config.stash.get(SETTINGS_KEY, None)
     if settings is None:
@@ -250,11 +274,22 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     results = config.stash.get(RESULTS_KEY, [])
     if not results:
         return
-    from .report import summary_table
+    from .report import change_lines, compare_results, model_order, summary_table
 
+    names = model_order(settings)
     terminalreporter.write_sep("=", "miniature summary")
-    for line in summary_table(results):
+    for line in summary_table(results, names):
         terminalreporter.write_line(line)
+    previous = config.stash.get(PREVIOUS_KEY, None)
+    if previous is not None:
+        for line in change_lines(compare_results(previous["results"], results, names), previous["path"]):
+            terminalreporter.write_line(line, bold="  << " in line)
+    paths = config.stash.get(REPORT_PATH_KEY, None)
+    if isinstance(paths, str):
+        terminalreporter.write_line(paths, red=True)
+    elif paths is not None:
+        terminalreporter.write_line(f"miniature report: {paths.page} (latest: {paths.latest_page})")
+        terminalreporter.write_line(f"miniature JSON:   {paths.json} (latest: {paths.latest_json})")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -265,9 +300,19 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     results = config.stash.get(RESULTS_KEY, [])
     if settings is None or not settings.reference or not results:
         return
-    from .report import write_json
+    import time
 
-    path = write_json(results, settings, settings[opt.REPORT_DIR])
-    config.stash[REPORT_PATH_KEY] = path
+    from .report import write_reports
+
+    started = config.stash.get(STARTED_KEY, None)
+    try:
+        config.stash[REPORT_PATH_KEY] = write_reports(
+            results, settings, settings[opt.REPORT_DIR],
+            duration_s=None if started is None else time.time() - started,
+            previous=config.stash.get(PREVIOUS_KEY, None))
+    except OSError as error:
+        config.stash[REPORT_PATH_KEY] = (f"miniature: could not write the report to "
+                                         f"{settings[opt.REPORT_DIR]} ({error}); fix: pass a writable "
+                                         f"{opt.REPORT_DIR}")
 
 
