@@ -187,12 +187,14 @@ class Check:
         """Compare ``pair``; fail the test if a gating pair is below its threshold."""
         __tracebackhide__ = True
         from .engine import FIXES
+        from .errors import MiniatureError, NotApplicable
 
         gate = gate_for(self.request.config)
-        from .errors import MiniatureError
 
         try:
             result = gate.compare(self.characteristic, pair, stage=stage)
+        except NotApplicable as error:
+            pytest.skip(f"miniature: {error}")
         except MiniatureError as error:
             pytest.fail(str(error), pytrace=False)
         self.request.node.user_properties.append((RESULT_PROPERTY, result.to_json()))
