@@ -38,15 +38,6 @@ from miniature.testing import make_tiny_model, train_tokenizer
 N_ATTACKED = 12
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def adv_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:

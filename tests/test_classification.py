@@ -26,15 +26,6 @@ def config(labels):
     return transformers.BertConfig(id2label=labels, label2id={v: k for k, v in labels.items()})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):

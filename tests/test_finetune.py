@@ -25,16 +25,6 @@ def no_training(*args, **kwargs):
     raise AssertionError("training started, but this should have been a cache hit")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two shared cores: one torch thread avoids oversubscription stalls."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
