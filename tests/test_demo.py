@@ -1,0 +1,116 @@
+"""The embedded default (#8): the demo's pieces, and the quick demo end to end (slow)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from miniature import demo as demo_module
+from miniature.demo import (MODEL_NAMES, SHIPPED_CHECKS, SIZES, build_attack_model, demo,
+                            result_passed,
+                            gate_arguments)
+from miniature.errors import MiniatureError
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+
+def test_shipped_checks_copy_is_the_repository_file() -> None:
+    assert SHIPPED_CHECKS == (REPOSITORY / "checks" / "test_equivalence.py").read_text("utf-8")
+
+
+def test_gate_arguments_are_the_plugin_command_line(tmp_path: Path) -> None:
+    models = {name: tmp_path / MODEL_NAMES[name] for name in MODEL_NAMES}
+    args = gate_arguments(models, ["reference", "int8"], tmp_path / "lm", cache=tmp_path,
+                          report_dir=tmp_path / "r", plan=SIZES["quick"], attack_size=None,
+                          html=False)
+    assert args[0] == str(REPOSITORY / "checks")
+    assert f"--reference={models['reference']}" in args
+    assert [a for a in args if a.startswith("--candidate=")] == [
+        f"--candidate={models['reference']}", f"--candidate={models['int8']}"]
+    assert f"--attack-model={tmp_path / 'lm'}" in args and f"--cache-dir={tmp_path / 'gate'}" in args
+    assert f"--attack-size={SIZES['quick'].attack_size}" in args
+    assert f"--data-limit={SIZES['quick'].data_limit}" in args
+    full = gate_arguments(models, ["int8"], tmp_path / "lm", cache=tmp_path, report_dir=tmp_path,
+                          plan=SIZES["full"], attack_size=7, html=True)
+    assert "--attack-size=7" in full and not any(a.startswith("--data-limit") for a in full)
+    assert f"--html={tmp_path / 'report.html'}" in full and "--self-contained-html" in full
+
+
+def test_full_size_uses_at_least_1000_items() -> None:
+    from miniature.data import builtin_sentiment_data
+
+    data = builtin_sentiment_data()
+    total = sum(len(data.role(r)) for r in ("train", "holdout", "test", "challenge"))
+    assert SIZES["full"].data_limit is None and total >= 1000
+    quick = demo_module._demo_data(SIZES["quick"])
+    assert len(quick.train) == len(quick.test) == SIZES["quick"].data_limit
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    (dict(size="huge"), "unknown demo size 'huge'; fix: pass one of full, quick"),
+    (dict(candidates=["int4"]), "unknown demo candidate.*'int4'.*fix: pass --candidates"),
+    (dict(attack_size=0), "attack_size=0 must be >= 1; fix: pass --attack-size"),
+])
+def test_bad_demo_requests_are_clear(tmp_path: Path, kwargs, message) -> None:
+    with pytest.raises(MiniatureError, match=message):
+        demo(cache_dir=tmp_path, report_dir=tmp_path, progress=False, **kwargs)
+
+
+@pytest.mark.slow
+def test_attack_model_fits_only_the_head_and_learns(tmp_path: Path) -> None:
+    """The MLM head learns (held-out masked-token accuracy rises); the encoder is untouched."""
+    import torch
+    from safetensors.torch import load_file
+
+    from miniature.data import builtin_sentiment_data
+    from miniature.models import load_model, packaged_model_dir
+
+    data = builtin_sentiment_data()
+    path = build_attack_model(tmp_path, data.train.texts[:200], data.holdout.texts[:60], steps=60,
+                              rounds=1, progress=False)
+    record = json.loads((path / demo_module.ATTACK_LM_RECORD).read_text())
+    assert record["eval_after"]["top10"] > record["eval_before"]["top10"] + 0.2
+    assert record["eval_after"]["loss"] < record["eval_before"]["loss"]
+    wrapper = load_model(str(path), head="masked-lm")
+    assert type(wrapper.model).__name__ == "BertForMaskedLM"
+    original = load_file(str(packaged_model_dir("all-minilm-l6-v2") / "model.safetensors"))
+    state = wrapper.model.state_dict()
+    for key, value in original.items():
+        name = key if key.startswith("bert.") else f"bert.{key}"
+        if name in state:
+            assert torch.equal(state[name], value), name
+    # cached: the same request returns the same folder without refitting
+    stamp = (path / "model.safetensors").stat().st_mtime_ns
+    again = build_attack_model(tmp_path, data.train.texts[:200], data.holdout.texts[:60],
+                               steps=60, rounds=1, progress=False)
+    assert again == path and (path / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.slow
+def test_quick_demo_figures_in_unit_range_and_reference_passes_against_itself(tmp_path: Path) -> None:
+    """``miniature demo --quick`` end to end, in a fresh cache (cold)."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "miniature.cli", "demo", "--quick", "--no-progress",
+         f"--cache-dir={tmp_path / 'cache'}", f"--report-dir={tmp_path / 'reports'}"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 0, output[-3000:]
+    payload = json.loads((tmp_path / "reports" / "latest.json").read_text())
+    results = payload["results"]
+    reference = MODEL_NAMES["reference"]
+    candidates = {r["candidate"] for r in results if r["reference"] == reference}
+    assert candidates == {f"{reference}#2", *(MODEL_NAMES[n] for n in ("int8", "prune", "layers"))}
+    characteristics = {"prediction_errors", "data_representation", "data_distribution",
+                       "adversarial_vulnerability"}
+    assert {r["characteristic"] for r in results} == characteristics
+    for result in results:
+        assert 0.0 <= result["figure"] <= 1.0, result
+    own = [r for r in results if r["candidate"] == f"{reference}#2" and r["reference"] == reference]
+    assert {r["characteristic"] for r in own} == characteristics
+    assert all(result_passed(r) and r["figure"] == 1.0 for r in own), own
+    assert "miniature summary" in completed.stdout
+    assert f"{reference} vs {reference}#2" in completed.stdout
