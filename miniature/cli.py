@@ -179,6 +179,9 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-html", action="store_true", help="skip the HTML report")
     parser.add_argument("--strict", action="store_true",
                         help="exit 1 when any candidate fails a check, as a CI gate does")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="torch CPU threads (default: one per core); 1 is faster on cores "
+                             "shared with other jobs")
     parser.add_argument("--no-progress", action="store_true", help="hide progress output")
 
 
@@ -192,7 +195,7 @@ def demo_command(args: argparse.Namespace) -> int:
     candidates = [c.strip() for c in args.candidates.split(",") if c.strip()]
     result = demo(size=args.size, cache_dir=args.cache_dir, report_dir=args.report_dir,
                   candidates=candidates, attack_size=args.attack_size, html=not args.no_html,
-                  progress=not args.no_progress)
+                  progress=not args.no_progress, threads=args.threads)
     if result.exit_code not in (0, 1) or result.report_json is None:
         return result.exit_code or 1  # pytest could not run the gate (usage, internal error)
     if result.self_check_passed() is False:

@@ -11,8 +11,7 @@ import pytest
 
 from miniature import demo as demo_module
 from miniature.demo import (MODEL_NAMES, SHIPPED_CHECKS, SIZES, build_attack_model, demo,
-                            result_passed,
-                            gate_arguments)
+                            gate_arguments, result_passed)
 from miniature.errors import MiniatureError
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -54,6 +53,7 @@ def test_full_size_uses_at_least_1000_items() -> None:
     (dict(size="huge"), "unknown demo size 'huge'; fix: pass one of full, quick"),
     (dict(candidates=["int4"]), "unknown demo candidate.*'int4'.*fix: pass --candidates"),
     (dict(attack_size=0), "attack_size=0 must be >= 1; fix: pass --attack-size"),
+    (dict(threads=0), "threads=0 must be >= 1; fix: pass --threads"),
 ])
 def test_bad_demo_requests_are_clear(tmp_path: Path, kwargs, message) -> None:
     with pytest.raises(MiniatureError, match=message):
@@ -94,7 +94,7 @@ def test_attack_model_fits_only_the_head_and_learns(tmp_path: Path) -> None:
 def test_quick_demo_figures_in_unit_range_and_reference_passes_against_itself(tmp_path: Path) -> None:
     """``miniature demo --quick`` end to end, in a fresh cache (cold)."""
     completed = subprocess.run(
-        [sys.executable, "-m", "miniature.cli", "demo", "--quick", "--no-progress",
+        [sys.executable, "-m", "miniature.cli", "demo", "--quick", "--no-progress", "--threads=1",
          f"--cache-dir={tmp_path / 'cache'}", f"--report-dir={tmp_path / 'reports'}"],
         capture_output=True, text=True, cwd=tmp_path, timeout=900)
     output = completed.stdout + completed.stderr
