@@ -33,9 +33,8 @@ _OPENERS = [
     "From start to finish, ", "My friends agreed that ", "Sadly or not, ",
 ]
 _CLOSERS = [
-    "", "", " I would watch it again.", " I left the cinema early.", " Worth the ticket.",
-    " Not worth the ticket.", " The popcorn was fine.", " My kids had opinions too.",
-    " It ran for two hours.", " The theatre was half empty.",
+    "", "", "", " The popcorn was fine.", " My kids had opinions too.",
+    " It ran for two hours.", " The theatre was half empty.", " We saw it on a Sunday.",
 ]
 _NEWS_SUBJECTS = [
     "the central bank", "the finance minister", "city council", "the weather service",
@@ -65,20 +64,28 @@ class LabelledText:
     label: int
 
 
-def sentiment_reviews(n: int, *, seed: int = 0, noise: float = 0.08) -> list[LabelledText]:
-    """``n`` short reviews, balanced positive (1) / negative (0).
+def sentiment_reviews(n: int, *, seed: int = 0, noise: float = 0.08,
+                      mixed: float = 0.65) -> list[LabelledText]:
+    """``n`` short reviews, balanced positive (1) / negative (0), all distinct.
 
-    Each review has one or two clauses; negation ("not") flips a clause, and a ``noise``
-    fraction carries a contrary second clause, so the task is learnable but not trivial.
+    Like real reviews, many are mixed: the verdict is carried by the clause after "but",
+    by the main clause after "although", or by the first clause before "even if", and
+    "not" flips a clause. So the label depends on structure, not only on which words occur
+    (a bag of words cannot reach 100 %), and models of different sizes err on different
+    items. ``mixed`` is the fraction of such mixed reviews (0: every review is plain, an
+    easy task for tiny test models). A ``noise`` fraction adds a contrary remark that does
+    not change the verdict.
     """
+    if not 0.0 <= mixed <= 1.0:
+        raise ValueError(f"mixed must be in [0, 1], got {mixed}")
     rng = random.Random(seed)
     items = []
     seen: set[str] = set()
     for i in range(n):
         label = i % 2
-        text = _review(rng, label, noise)
+        text = _review(rng, label, noise, mixed)
         while text in seen:  # distinct items: exact duplicates would tie in every kNN list
-            text = _review(rng, label, noise)
+            text = _review(rng, label, noise, mixed)
         seen.add(text)
         items.append(LabelledText(text, label))
     rng.shuffle(items)
@@ -93,12 +100,21 @@ def _clause(rng: random.Random, positive: bool) -> str:
     return f"{rng.choice(_SUBJECTS)} {verb} {rng.choice(_INTENSIFIERS)}{adjective}"
 
 
-def _review(rng: random.Random, label: int, noise: float) -> str:
-    text = rng.choice(_OPENERS) + _clause(rng, bool(label))
-    if rng.random() < 0.5:
-        contrary = rng.random() < noise
-        joiner = rng.choice([", and ", ", while ", " and "]) if not contrary else ", but "
-        text += joiner + _clause(rng, bool(label) != contrary)
+def _review(rng: random.Random, label: int, noise: float, mixed: float) -> str:
+    verdict, other = bool(label), not bool(label)
+    shape = rng.random()
+    if shape >= mixed:  # plain: one clause, or two that agree
+        text = rng.choice(_OPENERS) + _clause(rng, verdict)
+        if rng.random() < 0.5:
+            text += rng.choice([", and ", ", while ", " and "]) + _clause(rng, verdict)
+    elif shape < mixed * 0.45:  # contrast: the clause after "but" carries the verdict
+        text = rng.choice(_OPENERS) + _clause(rng, other) + ", but " + _clause(rng, verdict)
+    elif shape < mixed * 0.75:  # concession: the main clause carries it
+        text = "Although " + _clause(rng, other) + ", " + _clause(rng, verdict)
+    else:  # the verdict first, a reservation after
+        text = rng.choice(_OPENERS) + _clause(rng, verdict) + ", even if " + _clause(rng, other)
+    if rng.random() < noise * mixed:
+        text += ". Still, " + _clause(rng, other) + " in places"
     text = text[0].upper() + text[1:] + "." + rng.choice(_CLOSERS)
     return text
 
