@@ -76,8 +76,9 @@ SIZES: dict[str, DemoSize] = {
     # train 1,000 / held-out 300 / test 500 / challenge 450 (150 reviews + 300 news)
     "full": DemoSize("full", None, finetune_epochs=2.0, attack_size=20, lm_head_steps=300,
                      lm_mask_rounds=2, bootstrap=1000),
-    # 300 per set (the challenge set keeps 150 reviews + 150 news): for CI
-    "quick": DemoSize("quick", 300, finetune_epochs=2.0, attack_size=6, lm_head_steps=100,
+    # 300 per set (the challenge set keeps 150 reviews + 150 news): for CI; 4 epochs, since
+    # 2 on 300 mixed reviews left the reference near chance (54 %); 4 reached 86 %
+    "quick": DemoSize("quick", 300, finetune_epochs=4.0, attack_size=6, lm_head_steps=100,
                       lm_mask_rounds=1, bootstrap=200),
 }
 
