@@ -299,19 +299,6 @@ def _dumps(payload: Mapping[str, Any]) -> str:
     return json.dumps(payload, indent=2, sort_keys=True, default=str)
 
 
-def write_json(results: Sequence[ComparisonResult], settings: Any, report_dir: Path) -> Path:
-    """Write ``miniature-<timestamp>.json`` (never overwriting) and ``latest.json``."""
-    from .cache import atomic_write_text
-
-    report_dir = Path(report_dir)
-    report_dir.mkdir(parents=True, exist_ok=True)
-    text = _dumps(report_payload(results, settings))
-    path = report_dir / f"miniature-{_free_stamp(report_dir)}.json"
-    atomic_write_text(path, text)
-    atomic_write_text(report_dir / LATEST_JSON, text)
-    return path
-
-
 def write_reports(results: Sequence[ComparisonResult], settings: Any, report_dir: Path, *,
                   duration_s: float | None = None, previous: Mapping[str, Any] | None = None) -> ReportPaths:
     """Write the JSON and the summary page, each timestamped plus a 'latest' copy.
