@@ -217,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         equal = bool((logits["textattack-128"].argmax(1) == mini.argmax(1)).all())
         print(f"\ngoal >= 2x the queries/s of textattack-128: {speed:.3f}x -> "
               f"{'MET' if speed >= 2 else 'MISSED'}; identical predictions: {'yes' if equal else 'NO'}")
+    if args.quick:
+        print("note: --quick is a smoke test at a small size; the goals are judged on a full run")
     h.write_json(args.json, {"machine": info, "settings": payload, "timing": timing, "memory": memory})
     return 0
 

@@ -145,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{'MET' if h.median(gate_ratio) >= 20 else 'MISSED'}")
     print(f"figures identical cold vs warm: {'yes' if identical else 'NO'}  "
           + ", ".join(f"{k.split(' ')[0]}={v:.3f}" for k, v in results["cold"][0]["figures"].items()))
+    if args.quick:
+        print("note: --quick is a smoke test at a small size; the goals are judged on a full run")
     h.write_json(args.json, {"machine": info, "results": results})
     return 0
 

@@ -283,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{'MET' if inputs + extra <= 3 * inputs else 'MISSED'}")
     if args.profile:
         print(h.run_worker(__file__, ["--worker", "profile", "--payload", json.dumps(payload)])["log"])
+    if args.quick:
+        print("note: --quick is a smoke test at a small size; the goals are judged on a full run")
     h.write_json(args.json, {"machine": info, "settings": payload, "timing": timing, "memory": memory})
     return 0
 
