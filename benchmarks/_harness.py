@@ -296,6 +296,17 @@ def apply_threads(args: argparse.Namespace) -> str:
     return f"workers limited to {value} thread(s) (OMP/OPENBLAS/MKL_NUM_THREADS={value})"
 
 
+def scratch_dir(prefix: str) -> Path:
+    """A temporary folder removed when this (parent) process exits."""
+    import atexit
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 def write_json(path: Path | None, data: dict[str, Any]) -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

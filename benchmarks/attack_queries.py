@@ -30,7 +30,6 @@ import argparse
 import json
 import random
 import sys
-import tempfile
 from pathlib import Path
 
 import _harness as h
@@ -171,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     info = h.machine_info()
     h.print_machine(info)
     print(threads)
-    scratch = Path(tempfile.mkdtemp(prefix="miniature-bench-attack-"))
+    scratch = h.scratch_dir("miniature-bench-attack-")
     payload = dict(n_texts=n_texts, seed=args.seed, max_length=args.max_length, group=args.group,
                    rounds=rounds, slow_once=not args.every_round, variants=variants,
                    memory_batches=args.memory_batches, scratch=str(scratch))

@@ -24,7 +24,6 @@ import argparse
 import json
 import math
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -107,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     info = h.machine_info()
     h.print_machine(info)
     print(threads)
-    scratch = Path(tempfile.mkdtemp(prefix="miniature-bench-cache-"))
+    scratch = h.scratch_dir("miniature-bench-cache-")
     paths = h.run_worker(__file__, ["--worker", "setup", "--payload",
                                     json.dumps({"root": str(scratch / "models")})])["paths"]
     print(f"\nfull gate, tiny models (reference 4x64 BERT vs candidate 2x32 BERT, attack model "

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import _harness as h
@@ -150,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     info = h.machine_info()
     h.print_machine(info)
     print(threads)
-    scratch = Path(tempfile.mkdtemp(prefix="miniature-bench-encoding-"))
+    scratch = h.scratch_dir("miniature-bench-encoding-")
     payload = dict(n=n, batch_size=args.batch_size, max_length=args.max_length, chunk=chunk,
                    min_words=args.min_words, max_words=args.max_words, seed=args.seed,
                    rounds=rounds, scratch=str(scratch))

@@ -29,7 +29,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -191,7 +190,7 @@ def time_demo(args: argparse.Namespace) -> list[list[str]]:
     exe = str(beside) if beside.exists() else (shutil.which("miniature") or "")
     command = [exe, "demo"] if exe else [sys.executable, "-m", "miniature.cli", "demo"]
     command += args.demo_args.split() if args.demo_args else []
-    cache = Path(tempfile.mkdtemp(prefix="miniature-bench-demo-"))
+    cache = h.scratch_dir("miniature-bench-demo-")
     rows = []
     print(f"\nminiature demo ({' '.join(command[1:])}), MINIATURE_CACHE_DIR={cache}")
     for run in ("cold", "warm"):
@@ -247,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\n" + h.table(["run", "wall", "peak RSS", "status"], demo_rows))
         h.write_json(args.json, {"machine": info, "demo": demo_rows})
         return 0
-    root = args.models_dir or Path(tempfile.mkdtemp(prefix="miniature-bench-gate-"))
+    root = args.models_dir or h.scratch_dir("miniature-bench-gate-")
     marker = root / "paths.json"
     if marker.exists():
         paths = json.loads(marker.read_text())
@@ -262,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
           f"attack on {attack_size} per model with {args.attack_model}, cold cache, one fresh "
           "process\n")
     payload = dict(paths=paths, items=items, attack_size=attack_size, attack_model=args.attack_model,
-                   cache_dir=tempfile.mkdtemp(prefix="miniature-bench-gate-cache-"),
+                   cache_dir=str(h.scratch_dir("miniature-bench-gate-cache-")),
                    bootstrap=args.bootstrap, device=args.device, profile=args.profile, top=args.top)
     result = h.run_worker(__file__, ["--worker", "gate", "--payload", json.dumps(payload)])
     print(result["log"])
@@ -288,8 +287,11 @@ def main(argv: list[str] | None = None) -> int:
     spent = attack["forward_seconds"]
     targets = sum(v for k, v in spent.items() if k != "__attack_model__")
     masked_lm = spent.get("__attack_model__", 0.0)
-    print(f"\nattack: queries per attacked item: reference {queries['reference'] or 0:.1f}, "
-          f"candidate {queries['candidate'] or 0:.1f}; {total_queries} target queries in all, "
+    def per_item(value: float | None) -> str:
+        return "n/a (none attacked)" if value is None else f"{value:.1f}"
+
+    print(f"\nattack: queries per attacked item: reference {per_item(queries['reference'])}, "
+          f"candidate {per_item(queries['candidate'])}; {total_queries} target queries in all, "
           f"{total_queries / attack['seconds']:.1f} per second of the attack phase; skipped "
           f"(already wrong): {ref['skipped']} / {cand['skipped']} of {attack_size}; successful: "
           f"{ref['successful']} / {cand['successful']}")

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import _harness as h
@@ -246,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nkNN Jaccard: n={n}, d={args.d}, K={args.k}, two float32 matrices "
           f"({h.mib(inputs)} together), {args.clusters} clusters, {args.duplicates:.0%} duplicate "
           f"rows; {rounds} round(s)\n")
-    scratch = Path(tempfile.mkdtemp(prefix="miniature-bench-knn-"))
+    scratch = h.scratch_dir("miniature-bench-knn-")
     payload.update(variants=variants, rounds=rounds, scratch=str(scratch))
     print("timing: one process, every variant once per round, the order rotating")
     timing = h.run_worker(__file__, ["--worker", "timing", "--payload", json.dumps(payload)])
