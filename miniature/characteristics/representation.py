@@ -188,9 +188,13 @@ def normalized_float32(values: np.ndarray, name: str) -> np.ndarray:
             f"fp16/bf16 overflow or a diverged model; compute embeddings in float32"
         )
     vectors = np.array(array, dtype=np.float32, order="C", copy=True)
-    norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
-    nonzero = norms > 0
-    vectors[nonzero] = (vectors[nonzero] / norms[nonzero, None]).astype(np.float32)
+    # In float64, a block of rows at a time: never a float64 copy of the whole matrix.
+    step = max(1, _RESCORE_CHUNK_ELEMENTS // vectors.shape[1])
+    for low in range(0, vectors.shape[0], step):
+        block = vectors[low:low + step]
+        norms = np.linalg.norm(block.astype(np.float64), axis=1)
+        nonzero = norms > 0
+        block[nonzero] = (block[nonzero] / norms[nonzero, None]).astype(np.float32)
     return vectors
 
 
@@ -219,7 +223,6 @@ def exact_search(
     n_base, dim = base.shape
     index = faiss.IndexFlatIP(dim) if metric == "ip" else faiss.IndexFlatL2(dim)
     index.add(base)
-    base64 = base.astype(np.float64)
     # Worst-case float32 rounding error of one FAISS score for (at most) unit vectors.
     tolerance = 4.0 * (dim + 4) * 2.0**-24
     first_fetch = min(n_base, k + int(exclude_self) + max(8, k // 4))
@@ -235,7 +238,7 @@ def exact_search(
             found_scores, found = index.search(queries[pending], fetch)
             # Larger is nearer from here on.
             faiss_nearness = found_scores if metric == "ip" else -found_scores
-            rows, nearness = _rescore(base64, queries, pending, found, metric, exclude_self, k)
+            rows, nearness = _rescore(base, queries, pending, found, metric, exclude_self, k)
             indices[pending] = rows
             scores[pending] = nearness if metric == "ip" else -nearness
             if fetch >= n_base:
@@ -248,7 +251,7 @@ def exact_search(
 
 
 def _rescore(
-    base64: np.ndarray,
+    base: np.ndarray,
     queries: np.ndarray,
     rows: np.ndarray,
     candidates: np.ndarray,
@@ -256,14 +259,18 @@ def _rescore(
     exclude_self: bool,
     k: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Re-score FAISS candidates in float64 and keep the k nearest (score, then index)."""
+    """Re-score FAISS candidates in float64 and keep the k nearest (score, then index).
+
+    Only the gathered candidate rows are widened to float64, chunk by chunk (exact), so no
+    float64 copy of the whole base is ever held.
+    """
     count, fetched = candidates.shape
     nearness = np.empty((count, fetched), dtype=np.float64)
-    step = max(1, _RESCORE_CHUNK_ELEMENTS // max(1, fetched * base64.shape[1]))
+    step = max(1, _RESCORE_CHUNK_ELEMENTS // max(1, fetched * base.shape[1]))
     for low in range(0, count, step):
         high = min(count, low + step)
         query = queries[rows[low:high]].astype(np.float64)[:, None, :]
-        gathered = base64[candidates[low:high]]
+        gathered = base[candidates[low:high]].astype(np.float64)
         if metric == "ip":
             nearness[low:high] = (gathered * query).sum(axis=-1)
         else:
