@@ -212,7 +212,8 @@ def gate_arguments(models: dict[str, Path], candidates: Sequence[str], attack_mo
                    cache: Path, report_dir: Path, plan: DemoSize, attack_size: int | None,
                    html: bool) -> list[str]:
     """The pytest command line of the demo's gate (what a team would type)."""
-    args = [str(checks_dir(cache)), f"--reference={models['reference']}"]
+    args = [f"--rootdir={gate_folder(cache)}", "-c", str(gate_folder(cache) / "pytest.ini"),
+            f"--reference={models['reference']}"]
     args += [f"--candidate={models[name]}" for name in candidates]
     args += [f"--attack-model={attack_model}", f"--cache-dir={cache / 'gate'}",
              f"--report-dir={report_dir}", f"--attack-size={attack_size or plan.attack_size}",
@@ -225,17 +226,15 @@ def gate_arguments(models: dict[str, Path], candidates: Sequence[str], attack_mo
     return args
 
 
-def checks_dir(cache: Path) -> Path:
-    """The repository's ``checks/``; in an installed copy without it, a copy in the cache."""
-    repository = Path(__file__).resolve().parent.parent / "checks"
-    if (repository / "test_equivalence.py").is_file():
-        return repository
-    copy = cache / "demo" / "checks"
-    copy.mkdir(parents=True, exist_ok=True)
-    target = copy / "test_equivalence.py"
-    if not target.is_file() or target.read_text("utf-8") != SHIPPED_CHECKS:
-        target.write_text(SHIPPED_CHECKS, "utf-8")
-    return copy
+def gate_folder(cache: Path) -> Path:
+    """An empty project the demo's gate runs in: the checks shipped with the package, and no
+    ini file, ``conftest.py`` or ``checks/`` of the folder the demo was started from."""
+    folder = cache / "demo" / "gate-project"
+    folder.mkdir(parents=True, exist_ok=True)
+    ini = folder / "pytest.ini"
+    if not ini.is_file():
+        ini.write_text("[pytest]\n", "utf-8")
+    return folder
 
 
 # -- the reference ----------------------------------------------------------------------------
@@ -427,10 +426,18 @@ def _masked_states(model: Any, tokenizer: Any, texts: list[str], rounds: int, ge
 
 # -- running the gate -------------------------------------------------------------------------
 def _run_pytest(args: list[str]) -> int:
+    """``pytest.main(args)`` started from the ``--rootdir`` folder in ``args``."""
     import pytest
 
     sys.stdout.flush()
-    return int(pytest.main(args))
+    folder = next((a.split("=", 1)[1] for a in args if a.startswith("--rootdir=")), None)
+    before = os.getcwd()
+    if folder:
+        os.chdir(folder)
+    try:
+        return int(pytest.main(args))
+    finally:
+        os.chdir(before)
 
 
 def _written_since(path: Path, since: float) -> Path | None:
@@ -459,29 +466,3 @@ def _printer(progress: bool) -> Any:
             print(line, flush=True)
 
     return say
-
-
-#: checks/test_equivalence.py, for installed copies that do not ship the repository's
-#: checks/ folder (a test keeps the two identical).
-SHIPPED_CHECKS = '''"""The equivalence checks a gate run executes: one test per (characteristic, model pair).
-
-Run them with ``pytest --reference MODEL --candidate MODEL``. Reference-vs-candidate pairs
-gate the run; candidate-vs-candidate pairs are reported (``--gate-all-pairs`` to gate them).
-"""
-
-
-def test_prediction_errors(prediction_errors, model_pair):
-    prediction_errors.check(model_pair)
-
-
-def test_data_representation(data_representation, model_pair, stage):
-    data_representation.check(model_pair, stage=stage)
-
-
-def test_data_distribution(data_distribution, model_pair):
-    data_distribution.check(model_pair)
-
-
-def test_adversarial_vulnerability(adversarial_vulnerability, model_pair):
-    adversarial_vulnerability.check(model_pair)
-'''

@@ -19,8 +19,8 @@ from .cache import OutputCache, fingerprint, fingerprint_texts
 from .characteristics.base import ComparisonResult
 from .data import (ROLES, TaskData, TextData, builtin_qa_data, builtin_sentiment_data, load_qa_data,
                    load_text_data)
-from .errors import DataWarning, MiniatureError, NotApplicable
-from .models import ModelSpec, ModelWrapper, resolve_model
+from .errors import DataWarning, MiniatureError, ModelReferenceError, NotApplicable
+from .models import ModelSpec, ModelWrapper, locate, resolve_model
 
 CHARACTERISTICS = ("prediction_errors", "data_representation", "data_distribution",
                    "adversarial_vulnerability")
@@ -76,7 +76,15 @@ class Gate:
         bases = [settings[opt.REFERENCE_BASE]] + list(settings[opt.CANDIDATE_BASE] or [])
         for name, base in zip(self.names, bases):
             if base:
-                self.base_specs[name] = resolve_model(base)
+                self.base_specs[name] = locate(resolve_model(base))
+        #: why the attack model cannot be loaded (the attack is then skipped), found before any work
+        self.attack_problem: str | None = None
+        self.attack_spec: ModelSpec | None = None
+        if self.task == "classification":
+            try:
+                self.attack_spec = locate(resolve_model(settings[opt.ATTACK_MODEL]))
+            except ModelReferenceError as error:
+                self.attack_problem = f"attack model: {error}"
         self._data = data
         self._wrappers: dict[tuple[str, str], ModelWrapper] = {}
         self._results: dict[tuple[str, str, str | None], ComparisonResult] = {}
@@ -94,7 +102,7 @@ class Gate:
 
     # -- models ----------------------------------------------------------------------------
     def _add(self, reference: str) -> str:
-        spec = resolve_model(reference)
+        spec = locate(resolve_model(reference))
         name = spec.name
         suffix = 2
         while name in self.specs:
@@ -401,9 +409,11 @@ class Gate:
         from .models import load_model
 
         key = ("__attack_model__", "")
+        if self.attack_problem is not None or self.attack_spec is None:
+            raise NotApplicable(self.attack_problem or "the attack runs only with --task classification")
         if key not in self._wrappers:
             self._wrappers[key] = load_model(
-                self.settings[opt.ATTACK_MODEL], head="masked-lm", device=self.device,
+                self.attack_spec, head="masked-lm", device=self.device,
                 trust_remote_code=self.settings[opt.TRUST_REMOTE_CODE],
                 allow_pickle=self.settings[opt.ALLOW_PICKLE],
                 max_length=self.settings[opt.MAX_LENGTH], batch_size=self.settings[opt.BATCH_SIZE])
@@ -416,6 +426,8 @@ class Gate:
         if self.task != "classification":
             raise NotApplicable("the adversarial check attacks a sentiment classifier, as the paper "
                                 "does on IMDB; run it with --task classification")
+        if self.attack_problem is not None:
+            raise NotApplicable(self.attack_problem)
         if name not in self._attacks:
             test = self.data.test
             if test.labels is None:

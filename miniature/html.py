@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from .characteristics.base import CHARACTERISTIC_TITLES, ComparisonResult, _fmt
-from .report import (Change, Column, column_title, columns_of, compare_results, pairs_of)
+from .report import (Change, Column, column_title, columns_of, compare_results, gate_counts, pairs_of)
 
 EVIDENCE_TITLES = {
     "prediction_errors": "Items the models get wrong differently: negative flips (reference right, "
@@ -30,7 +30,8 @@ EVIDENCE_TITLES = {
                          "furthest past that model's threshold first",
     "adversarial_vulnerability": "Adversarial examples: items broken by one model only first",
 }
-VERDICT_COLOURS = {"pass": "#1b7a3a", "fail": "#b3261e", "diverges": "#8a5a00", "na": "#666"}
+VERDICT_COLOURS = {"pass": "#1b7a3a", "fail": "#b3261e", "diverges": "#8a5a00", "na": "#666",
+                   "error": "#b3261e", "skipped": "#555"}
 #: evidence columns first in this order (JSON sorts keys); any other key follows
 EVIDENCE_COLUMNS = ("index", "kind", "broken_by", "label", "text", "jaccard", "reference_score",
                     "candidate_score", "reference_neighbour_texts", "candidate_neighbour_texts",
@@ -63,9 +64,12 @@ def _clip(text: str, limit: int) -> str:
 
 
 def verdict_class(result: ComparisonResult | None) -> str:
-    """``pass``, ``fail`` (a gating pair below threshold), ``diverges`` (informational) or ``na``."""
+    """``pass``, ``fail`` (a gating pair below threshold), ``diverges`` (informational), ``error``,
+    ``skipped`` or ``na``."""
     if result is None:
         return "na"
+    if not result.computed:
+        return result.status
     return {"PASS": "pass", "FAIL": "fail"}.get(result.verdict, "diverges")
 
 
@@ -246,6 +250,7 @@ td.cell .fig{font-size:1.25em;font-weight:700}
 td.cell .verdict{font-weight:700;font-size:.85em;letter-spacing:.04em}
 td.cell .sub{font-size:.85em;color:#444}
 .pass{background:#e3f4e7}.fail{background:#fbe0df}.diverges{background:#fff1cc}.na{background:#f4f4f4;color:#777}
+.error{background:#f3c2c0}.skipped{background:#ececec;color:#444}
 .tag{font-size:.8em;color:#555;background:#eee;border-radius:3px;padding:0 4px}
 .legend span{display:inline-block;padding:2px 8px;margin-right:.6em;border:1px solid #ccc;border-radius:3px}
 tr.verdict-changed td{font-weight:700}tr.verdict-changed{outline:2px solid #b3261e}
@@ -298,16 +303,23 @@ def _duration(seconds: Any) -> str:
 
 
 def _banner(results: Sequence[ComparisonResult]) -> str:
-    gating = [r for r in results if r.gating]
-    failed = [r for r in gating if not r.passed]
-    diverging = [r for r in results if not r.gating and not r.passed]
-    note = f"; {len(diverging)} informational pair check(s) diverge" if diverging else ""
+    counts = gate_counts(results)
+    failed = [r for r in results if r.gating and not r.passed]
+    diverging = [r for r in results if not r.gating and r.computed and not r.passed]
+    notes = []
+    if counts["skipped"]:
+        notes.append(f"{counts['skipped']} skipped (see the table for why)")
+    if diverging:
+        notes.append(f"{len(diverging)} informational pair check(s) diverge")
+    note = "".join(f"; {n}" for n in notes)
     if failed:
         what = ", ".join(f"{r.reference} vs {r.candidate} {column_title((r.characteristic, r.stage))}"
-                         for r in failed)
-        return (f'<p class="banner fail">Gate FAILED: {len(failed)} of {len(gating)} gating checks '
-                f"below threshold ({esc(what)}){esc(note)}</p>")
-    return f'<p class="banner pass">Gate PASSED: all {len(gating)} gating checks pass{esc(note)}</p>'
+                         + ("" if r.computed else f" ({r.status})") for r in failed)
+        errored = f", {counts['error']} errored" if counts["error"] else ""
+        return (f'<p class="banner fail">Gate FAILED: {counts["failed"]} of {counts["total"]} gating checks '
+                f"below threshold{errored} ({esc(what)}){esc(note)}</p>")
+    passed = counts["total"] - counts["skipped"]
+    return f'<p class="banner pass">Gate PASSED: all {passed} computed gating checks pass{esc(note)}</p>'
 
 
 def _result_grid(results: Sequence[ComparisonResult]) -> dict[tuple[str, str], dict[Column, ComparisonResult]]:
@@ -326,7 +338,9 @@ def _matrix_section(results: Sequence[ComparisonResult], names: Sequence[str]) -
         return "<h2>Agreement (Table 2)</h2><p>No check produced a result.</p>"
     columns = columns_of(results)
     grid = _result_grid(results)
-    first = {c: next(r for r in results if (r.characteristic, r.stage) == c) for c in columns}
+    # the header shows a computed result's figure name and threshold where there is one
+    first = {c: min((r for r in results if (r.characteristic, r.stage) == c), key=lambda r: not r.computed)
+             for c in columns}
     groups: list[tuple[str, list[Column]]] = []
     for column in columns:
         if groups and groups[-1][0] == column[0]:
@@ -363,7 +377,8 @@ def _matrix_section(results: Sequence[ComparisonResult], names: Sequence[str]) -
         rows.append(f'<tr class="pair" data-pair="{esc(pair[0] + " vs " + pair[1])}">' + "".join(row) + "</tr>")
     legend = ('<p class="legend"><span class="pass">pass</span><span class="fail">fail (gating pair '
               'below threshold)</span><span class="diverges">diverges (candidate pair, reported '
-              'only)</span><span class="na">not run</span></p>')
+              'only)</span><span class="error">error (could not be computed)</span><span class="skipped">'
+              'skipped (does not apply; reason given)</span><span class="na">not run</span></p>')
     return ("<h2>Agreement between model pairs (Table 2)</h2>"
             "<p>Jaccard agreement per model pair and characteristic, with the bootstrap "
             "confidence interval and the agreement expected by chance.</p>" + legend +
@@ -380,6 +395,9 @@ def _matrix_cell(result: ComparisonResult | None, pair: tuple[str, str], column:
              f' data-stage="{esc(column[1] or "")}"')
     if result is None:
         return f'<td class="cell na" {attrs}>–</td>'
+    if not result.computed:
+        return (f'<td class="cell {verdict_class(result)}" {attrs}><div class="verdict">{esc(result.verdict)}'
+                f'</div><div class="sub">{esc(result.reason or "")}</div></td>')
     lines = [f'<div class="fig">{_fmt(result.figure)}</div>', f'<div class="verdict">{esc(result.verdict)}</div>']
     if result.ci_low is not None and result.ci_high is not None:
         lines.append(f'<div class="sub">{result.ci_level:.0%} CI {esc(ci_text(result))}</div>')
@@ -513,8 +531,9 @@ def _evidence_section(results: Sequence[ComparisonResult], names: Sequence[str])
     blocks = []
     for result in ordered:
         label = (f"{result.reference} vs {result.candidate} — {column_title((result.characteristic, result.stage))}: "
-                 f"{result.verdict} {_fmt(result.figure)} ({len(result.evidence)} items)")
-        opened = " open" if verdict_class(result) == "fail" else ""
+                 + (f"{result.verdict} {_fmt(result.figure)} ({len(result.evidence)} items)" if result.computed
+                    else f"{result.verdict}: {result.reason}"))
+        opened = " open" if verdict_class(result) in ("fail", "error") else ""
         blocks.append(f'<details{opened}><summary class="{verdict_class(result)}">{esc(label)}</summary>'
                       f"{evidence_html(result, style=False)}</details>")
     return ("<h2>Evidence: where the models diverge most</h2><p>Failing checks are open; click a "

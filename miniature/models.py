@@ -107,6 +107,67 @@ def resolve_model(reference: str) -> ModelSpec:
     raise ModelReferenceError(_unknown_alias(reference, close))
 
 
+#: seconds to wait for the Hugging Face Hub to answer before treating it as unreachable
+HUB_PROBE_TIMEOUT_S = 3.0
+_TRUE = {"1", "on", "yes", "true"}
+
+
+def hub_problem(repo_id: str) -> str | None:
+    """Why ``repo_id`` cannot be fetched from the Hugging Face Hub now, else None.
+
+    ``HF_HUB_OFFLINE``, no answer within :data:`HUB_PROBE_TIMEOUT_S`, or an answer that the
+    model is not there. One short request per model, no retries: a machine with no network
+    learns it in seconds instead of after per-file back-off.
+    """
+    if repo_id in _HUB_PROBES:
+        return _HUB_PROBES[repo_id]
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE:
+        problem: str | None = "HF_HUB_OFFLINE is set"
+    else:
+        from huggingface_hub import constants, get_session
+
+        try:
+            answer = get_session().head(f"{constants.ENDPOINT}/api/models/{repo_id}",
+                                        timeout=HUB_PROBE_TIMEOUT_S, allow_redirects=True)
+        except Exception as error:  # noqa: BLE001 - no answer at all: unreachable
+            problem = f"the Hub ({constants.ENDPOINT}) cannot be reached ({type(error).__name__})"
+        else:
+            problem = (f"the Hub ({constants.ENDPOINT}) has no such model (HTTP 404)"
+                       if answer.status_code == 404 else None)
+    _HUB_PROBES[repo_id] = problem
+    return problem
+
+
+_HUB_PROBES: dict[str, str | None] = {}
+
+
+def locate(spec: ModelSpec) -> ModelSpec:
+    """Make sure a model can be loaded before any work starts.
+
+    Local models are returned as they are. A hub model is used from the hub when the hub
+    has it; otherwise from the local Hugging Face cache (as a local directory, so no later
+    call touches the network); otherwise :class:`ModelReferenceError`.
+    """
+    if spec.is_local:
+        return spec
+    problem = hub_problem(spec.source)
+    if problem is None:
+        return spec
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = Path(snapshot_download(spec.source, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached (LocalEntryNotFoundError and kin)
+        raise ModelReferenceError(
+            f"model {spec.name!r} ({spec.source}) is not in the local Hugging Face cache and "
+            f"{problem}; fix: check the id, or download it once where there is network "
+            f"(`huggingface-cli download {spec.source}`) and share the cache (HF_HOME), or pass "
+            "a local directory"
+        ) from None
+    check_model_dir(folder, spec.name)
+    return ModelSpec(name=spec.name, source=str(folder), is_local=True)
+
+
 def _unknown_alias(reference: str, close: Sequence[str] = ()) -> str:
     hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
     return (f"unknown model alias {reference!r}{hint}, and no such directory; known aliases: "

@@ -19,9 +19,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from .engine import Gate, Pair
 
 RESULT_PROPERTY = "miniature_result"
+#: the marker of every gate item: ``pytest -m miniature`` selects the gate, ``-m "not miniature"`` the rest
+GATE_MARKER = "miniature"
 CHECK_MARKER = "miniature_check"
 INFORMATIONAL_MARKER = "miniature_informational"
+#: a project's own copy of the checks (to customise them) in this folder is used instead of the shipped ones
 CHECKS_DIR = "checks"
+#: the node id the shipped checks get, wherever the package is installed
+SHIPPED_CHECKS_NODEID = "checks/test_equivalence.py"
+#: the fixture every gate check uses; a collected test that uses it means the project brings its own checks
+PAIR_FIXTURE = "model_pair"
 
 SETTINGS_KEY = pytest.StashKey["opt.Settings"]()
 GATE_KEY = pytest.StashKey["Gate | Exception"]()
@@ -29,6 +36,8 @@ RESULTS_KEY = pytest.StashKey["list[ComparisonResult]"]()
 REPORT_PATH_KEY = pytest.StashKey["Any"]()
 STARTED_KEY = pytest.StashKey[float]()
 PREVIOUS_KEY = pytest.StashKey["dict[str, Any] | None"]()
+GATE_ONLY_KEY = pytest.StashKey[bool]()
+GATE_ITEMS_KEY = pytest.StashKey[int]()
 
 
 def skip_reason() -> str:
@@ -65,6 +74,7 @@ def _show(value: Any) -> str:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", f"{GATE_MARKER}: an equivalence check of the miniature gate")
     config.addinivalue_line("markers", f"{CHECK_MARKER}: a miniature equivalence check (needs {opt.REFERENCE})")
     config.addinivalue_line("markers", f"{INFORMATIONAL_MARKER}: a candidate-vs-candidate comparison, reported but not gating")
     values = {}
@@ -83,15 +93,9 @@ def pytest_configure(config: pytest.Config) -> None:
     if settings.candidates and not settings.reference:
         raise pytest.UsageError(f"{opt.CANDIDATE} given without {opt.REFERENCE}; fix: pass "
                                 f"{opt.REFERENCE} MODEL (the large model the candidates replace)")
+    config.stash[GATE_ONLY_KEY] = False
     if settings.reference:
-        from .errors import MiniatureError
-        from .models import resolve_model
-
-        for reference in [settings.reference, *settings.candidates]:
-            try:
-                resolve_model(reference)
-            except MiniatureError as error:
-                raise pytest.UsageError(str(error)) from None
+        _locate_models(settings)
         _default_to_checks(config)
         split = _split_path_options(config)
         if split and config.inipath is None:
@@ -101,8 +105,31 @@ def pytest_configure(config: pytest.Config) -> None:
                 f"write the option with '=', e.g. {split[0]}"), stacklevel=2)
 
 
+def _locate_models(settings: "opt.Settings") -> None:
+    """Every model the comparisons need, found before any work: one line per missing model.
+
+    The attack model is found by the gate: when only it is missing, the attack is skipped.
+    """
+    from .errors import MiniatureError
+    from .models import locate, resolve_model
+
+    given = [settings.reference, *settings.candidates, settings[opt.REFERENCE_BASE],
+             *(settings[opt.CANDIDATE_BASE] or [])]
+    problems = []
+    for reference in given:
+        if not reference:
+            continue
+        try:
+            locate(resolve_model(reference))
+        except MiniatureError as error:
+            problems.append(str(error))
+    if problems:
+        raise pytest.UsageError("\n".join(dict.fromkeys(problems)))
+
+
 def _default_to_checks(config: pytest.Config) -> None:
-    """A gate run with no paths given collects ``checks/`` instead of the project's tests."""
+    """A gate run with no paths given runs the gate only: the project's ``checks/`` when it
+    has one, else the checks shipped with the package (its other tests are not collected)."""
     source = getattr(config, "args_source", None)
     if source is None or source == pytest.Config.ArgsSource.ARGS:
         return
@@ -111,6 +138,56 @@ def _default_to_checks(config: pytest.Config) -> None:
         if checks.is_dir():
             config.args[:] = [str(checks)]
             return
+    config.stash[GATE_ONLY_KEY] = True
+
+
+def pytest_ignore_collect(collection_path: Any, config: pytest.Config) -> bool | None:
+    """In a gate-only run (``--reference`` and no paths), collect none of the project's tests."""
+    if config.stash.get(GATE_ONLY_KEY, False):
+        return True
+    return None
+
+
+def uses_gate(item: pytest.Item) -> bool:
+    return PAIR_FIXTURE in getattr(item, "fixturenames", ())
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
+                                  items: list[pytest.Item]) -> None:
+    """Add the shipped checks to a gate run unless the collected tests bring their own.
+
+    ``tryfirst``: they are added before ``-k`` and ``-m`` deselect, so both select them.
+    """
+    settings = config.stash.get(SETTINGS_KEY, None)
+    if settings is None or not settings.reference or any(uses_gate(item) for item in items):
+        return
+    from pathlib import Path
+
+    from . import checks
+
+    path = Path(checks.__file__).parent / "test_equivalence.py"
+    module = pytest.Module.from_parent(session, path=path, nodeid=SHIPPED_CHECKS_NODEID)
+    items[:0] = list(session.genitems(module))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    session.config.stash[GATE_ITEMS_KEY] = sum(uses_gate(item) for item in session.items)
+
+
+def no_checks_line(config: pytest.Config) -> str | None:
+    """Why a run with ``--reference`` ran no check (never a silent exit 5), else None."""
+    settings = config.stash.get(SETTINGS_KEY, None)
+    collected = config.stash.get(GATE_ITEMS_KEY, None)
+    if settings is None or not settings.reference or collected is None or collected > 0:
+        return None
+    if getattr(config.option, "dist", "no") != "no":
+        return None  # under pytest-xdist the workers collect
+    selection = [f"{flag} {value!r}" for flag, value in (("-k", config.option.keyword),
+                                                          ("-m", config.option.markexpr)) if value]
+    why = (f"{' and '.join(selection)} deselected all of them; fix: select them with -m {GATE_MARKER}"
+           if selection else "fix: run pytest with no paths, or add the shipped checks' folder")
+    return f"miniature: {opt.REFERENCE} was given but no equivalence check ran: {why}"
 
 
 def _split_path_options(config: pytest.Config) -> list[str]:
@@ -133,8 +210,9 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
             f"{', '.join(settings.candidates) or '(none)'}"]
 
 
-def gate_for(config: pytest.Config) -> "Gate":
-    """The process's :class:`Gate`, built on first use; a bad setup fails every check alike."""
+def gate_for(config: pytest.Config, *, fail: bool = True) -> "Gate":
+    """The process's :class:`Gate`, built on first use; a bad setup fails every check alike
+    (``fail=False``: raise the :class:`~miniature.errors.MiniatureError` instead)."""
     __tracebackhide__ = True
     if GATE_KEY not in config.stash:
         from .engine import Gate
@@ -146,6 +224,8 @@ def gate_for(config: pytest.Config) -> "Gate":
             config.stash[GATE_KEY] = error
     gate = config.stash[GATE_KEY]
     if isinstance(gate, Exception):
+        if not fail:
+            raise gate
         pytest.fail(str(gate), pytrace=False)
     return gate
 
@@ -156,14 +236,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     settings = metafunc.config.stash[SETTINGS_KEY]
     if not settings.reference:
         metafunc.parametrize("model_pair", [pytest.param(None, id="no-reference", marks=[
-            pytest.mark.skip(reason=skip_reason()), getattr(pytest.mark, CHECK_MARKER)])])
+            pytest.mark.skip(reason=skip_reason()), getattr(pytest.mark, GATE_MARKER), getattr(pytest.mark, CHECK_MARKER)])])
         if "stage" in metafunc.fixturenames:
             metafunc.parametrize("stage", [None], ids=["-"])
         return
     gate = gate_for(metafunc.config)
     params = []
     for pair in gate.pairs():
-        marks = [getattr(pytest.mark, CHECK_MARKER)]
+        marks = [getattr(pytest.mark, GATE_MARKER), getattr(pytest.mark, CHECK_MARKER)]
         if not pair.gating:
             marks.append(getattr(pytest.mark, INFORMATIONAL_MARKER))
         params.append(pytest.param(pair, id=pair.id, marks=marks))
@@ -184,23 +264,46 @@ class Check:
         self.request = request
 
     def check(self, pair: "Pair", *, stage: str | None = None) -> "ComparisonResult":
-        """Compare ``pair``; fail the test if a gating pair is below its threshold."""
+        """Compare ``pair``; fail the test if a gating pair is below its threshold, skip it
+        when the characteristic does not apply. Every outcome is recorded on the report."""
         __tracebackhide__ = True
-        from .engine import FIXES
+        from .characteristics.base import ERROR, SKIPPED, ComparisonResult
+        from .engine import FIXES, THRESHOLD_OPTION
         from .errors import MiniatureError, NotApplicable
 
-        gate = gate_for(self.request.config)
-
+        problem: tuple[str, str] | None = None
         try:
-            result = gate.compare(self.characteristic, pair, stage=stage)
+            result = gate_for(self.request.config, fail=False).compare(self.characteristic, pair, stage=stage)
         except NotApplicable as error:
-            pytest.skip(f"miniature: {error}")
+            problem = (SKIPPED, str(error))
         except MiniatureError as error:
-            pytest.fail(str(error), pytrace=False)
-        self.request.node.user_properties.append((RESULT_PROPERTY, result.to_json()))
+            problem = (ERROR, str(error))
+        if problem is not None:  # outside the except block: the message is printed once
+            status, reason = problem
+            settings = self.request.config.stash[SETTINGS_KEY]
+            result = ComparisonResult.not_computed(
+                self.characteristic, pair.reference, pair.candidate, status=status, reason=reason,
+                stage=stage, gating=pair.gating, threshold_on=settings[opt.THRESHOLD_ON],
+                threshold=settings[THRESHOLD_OPTION[self.characteristic]])
+        self.record(result)
+        if result.status == SKIPPED:
+            pytest.skip(f"miniature: {result.reason}")
+        if result.status == ERROR:
+            pytest.fail(str(result.reason), pytrace=False)
         if not result.passed and result.gating:
             pytest.fail(result.failure_message(FIXES[self.characteristic]), pytrace=False)
         return result
+
+    def record(self, result: "ComparisonResult") -> None:
+        """Attach the result to the test report (JSON), and its headline as JUnit properties."""
+        properties = self.request.node.user_properties
+        properties.append((RESULT_PROPERTY, result.to_json()))
+        properties.extend([("miniature_verdict", result.verdict),
+                           ("miniature_figure", "" if not result.computed else f"{result.figure:.6g}"),
+                           ("miniature_threshold", "" if result.threshold is None else f"{result.threshold:g}"),
+                           ("miniature_threshold_on", result.threshold_on)])
+        if result.reason:
+            properties.append(("miniature_reason", result.reason))
 
 
 @pytest.fixture
@@ -273,6 +376,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         if any(CHECK_MARKER in getattr(r, "keywords", {}) for r in skipped):
             terminalreporter.write_line(skip_reason(), yellow=True)
         return
+    missing = no_checks_line(config)
+    if missing:
+        terminalreporter.write_line(missing, yellow=True)
     results = config.stash.get(RESULTS_KEY, [])
     if not results:
         return

@@ -108,7 +108,9 @@ def model_order(settings: Any) -> list[str]:
 
 
 def cell_text(result: ComparisonResult | None) -> str:
-    return "-" if result is None else f"{result.verdict} {_fmt(result.figure)}"
+    if result is None:
+        return "-"
+    return f"{result.verdict} {_fmt(result.figure)}" if result.computed else result.verdict
 
 
 # -- terminal --------------------------------------------------------------------------------
@@ -131,7 +133,19 @@ def summary_table(results: Sequence[ComparisonResult], model_names: Sequence[str
         thresholds.append(">= " + "/".join(_fmt(v) for v in sorted(values)) if values else "-")
     table.append(["threshold"] + thresholds)
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in table]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in table]
+    return lines + [f"{result.verdict}: {result.reference} vs {result.candidate} "
+                    f"{column_title((result.characteristic, result.stage))}: {result.reason}"
+                    for result in results if not result.computed]
+
+
+def gate_counts(results: Sequence[ComparisonResult]) -> dict[str, int]:
+    """Gating checks by outcome: ``total``, ``failed`` (below threshold), ``error``, ``skipped``."""
+    gating = [r for r in results if r.gating]
+    return {"total": len(gating),
+            "failed": sum(r.computed and not r.passed for r in gating),
+            "error": sum(r.status == "error" for r in gating),
+            "skipped": sum(r.status == "skipped" for r in gating)}
 
 
 # -- what changed since a previous run -------------------------------------------------------
@@ -268,6 +282,7 @@ def report_payload(results: Sequence[ComparisonResult], settings: Any, *,
         "compare_to": compare_to,
         "settings": values,
         "versions": _versions(),
+        "gate": gate_counts(results),
         "results": [json.loads(r.to_json()) for r in results],
     }
 

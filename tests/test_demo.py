@@ -11,15 +11,11 @@ from pathlib import Path
 import pytest
 
 from miniature import demo as demo_module
-from miniature.demo import (MODEL_NAMES, SHIPPED_CHECKS, SIZES, build_attack_model, demo,
-                            gate_arguments, result_passed)
+from miniature.demo import (MODEL_NAMES, SIZES, build_attack_model, demo, gate_arguments, gate_folder,
+                            result_passed)
 from miniature.errors import MiniatureError
 
 REPOSITORY = Path(__file__).resolve().parent.parent
-
-
-def test_shipped_checks_copy_is_the_repository_file() -> None:
-    assert SHIPPED_CHECKS == (REPOSITORY / "checks" / "test_equivalence.py").read_text("utf-8")
 
 
 def test_gate_arguments_are_the_plugin_command_line(tmp_path: Path) -> None:
@@ -27,7 +23,9 @@ def test_gate_arguments_are_the_plugin_command_line(tmp_path: Path) -> None:
     args = gate_arguments(models, ["reference", "int8"], tmp_path / "lm", cache=tmp_path,
                           report_dir=tmp_path / "r", plan=SIZES["quick"], attack_size=None,
                           html=False)
-    assert args[0] == str(REPOSITORY / "checks")
+    # an empty project of its own: the shipped checks, no ini or checks/ of the current folder
+    assert args[:3] == [f"--rootdir={gate_folder(tmp_path)}", "-c", str(gate_folder(tmp_path) / "pytest.ini")]
+    assert not any(Path(a).name == "checks" for a in args)
     assert f"--reference={models['reference']}" in args
     assert [a for a in args if a.startswith("--candidate=")] == [
         f"--candidate={models['reference']}", f"--candidate={models['int8']}"]

@@ -18,7 +18,14 @@ def test_help_lists_every_option_in_one_group(pytester: pytest.Pytester) -> None
         assert option.ini in out, option.ini
 
 
-def test_without_reference_checks_skip_with_one_clear_line(gate_checks: pytest.Pytester) -> None:
+def test_without_reference_copied_checks_skip_with_one_clear_line(gate_checks: pytest.Pytester) -> None:
+    from pathlib import Path
+
+    from miniature import checks
+
+    gate_checks.mkdir("checks")
+    (gate_checks.path / "checks" / "test_equivalence.py").write_text(
+        (Path(checks.__file__).parent / "test_equivalence.py").read_text())
     gate_checks.makepyfile(test_own="def test_project():\n    assert 1 + 1 == 2\n")
     result = gate_checks.runpytest("-rs")
     result.assert_outcomes(passed=1, skipped=4)
@@ -44,14 +51,14 @@ def test_bad_values_fail_at_parse_time(pytester: pytest.Pytester, flag: str, val
     assert flag in err and expected in err
 
 
-def test_ini_values_apply_and_command_line_overrides(pytester: pytest.Pytester) -> None:
-    pytester.makeini("""
+def test_ini_values_apply_and_command_line_overrides(pytester: pytest.Pytester, tiny_models) -> None:
+    pytester.makeini(f"""
         [pytest]
         miniature_k = 7
         miniature_threshold_errors = 0.25
         miniature_candidate =
-            first-org/a
-            second-org/b
+            {tiny_models['small']}
+            {tiny_models['distil']}
     """)
     pytester.makeconftest("""
         from miniature.plugin import SETTINGS_KEY
@@ -59,8 +66,8 @@ def test_ini_values_apply_and_command_line_overrides(pytester: pytest.Pytester) 
             s = config.stash[SETTINGS_KEY]
             return [f"K={s['--k']} T={s['--threshold-errors']} C={s.candidates} B={s['--batch-size']}"]
     """)
-    result = pytester.runpytest("--reference=org/ref", "--k=3", "--co")
-    result.stdout.fnmatch_lines(["K=3 T=0.25 C=['first-org/a', 'second-org/b'] B=32"])
+    result = pytester.runpytest(f"--reference={tiny_models['reference']}", "--k=3", "--co")
+    result.stdout.fnmatch_lines([f"K=3 T=0.25 C=['{tiny_models['small']}', '{tiny_models['distil']}'] B=32"])
 
 
 def test_bad_ini_value_names_the_ini_key(pytester: pytest.Pytester) -> None:

@@ -14,6 +14,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 ThresholdOn = Literal["raw", "corrected", "ci_lower"]
+#: a check that produced a figure, one that did not apply, one that could not be computed
+COMPUTED, SKIPPED, ERROR = "computed", "skipped", "error"
+STATUSES: tuple[str, ...] = (COMPUTED, SKIPPED, ERROR)
 THRESHOLD_ON_CHOICES: tuple[str, ...] = ("raw", "corrected", "ci_lower")
 
 CHARACTERISTIC_TITLES: dict[str, str] = {
@@ -51,6 +54,24 @@ class ComparisonResult:
     #: further conditions beyond the threshold, each {"name", "value", "limit", "passed"}
     #: (e.g. the attack's "% accuracy drop within a tolerance of the reference's")
     conditions: list[dict[str, Any]] = field(default_factory=list)
+    #: ``computed``, or ``skipped`` / ``error`` with the one-line ``reason`` (no figure then)
+    status: str = COMPUTED
+    reason: str | None = None
+
+    @classmethod
+    def not_computed(cls, characteristic: str, reference: str, candidate: str, *, status: str,
+                     reason: str, stage: str | None = None, gating: bool = True,
+                     threshold: float | None = None, threshold_on: str = "raw") -> "ComparisonResult":
+        """A check that was skipped or errored: no figure, the reason instead."""
+        if status not in (SKIPPED, ERROR):
+            raise ValueError(f"status must be {SKIPPED!r} or {ERROR!r}, got {status!r}")
+        return cls(characteristic=characteristic, reference=reference, candidate=candidate,
+                   figure_name="", figure=float("nan"), n=0, threshold=threshold,
+                   threshold_on=threshold_on, gating=gating, stage=stage, status=status, reason=reason)
+
+    @property
+    def computed(self) -> bool:
+        return self.status == COMPUTED
 
     @property
     def title(self) -> str:
@@ -67,7 +88,10 @@ class ComparisonResult:
 
     @property
     def passed(self) -> bool:
-        """True when there is no threshold or the judged value reaches it."""
+        """True when there is no threshold or the judged value reaches it (a skipped check
+        does not fail the gate; an errored one does)."""
+        if self.status != COMPUTED:
+            return self.status == SKIPPED
         if any(not condition["passed"] for condition in self.conditions):
             return False
         if self.threshold is None:
@@ -79,12 +103,17 @@ class ComparisonResult:
 
     @property
     def verdict(self) -> str:
+        if self.status != COMPUTED:
+            return self.status.upper()
         if self.passed:
             return "PASS"
         return "FAIL" if self.gating else "DIVERGES"
 
     def summary(self) -> str:
-        """One line: figure, CI, chance, threshold, models, K and n."""
+        """One line: figure, CI, chance, threshold, models, K and n (or why there is no figure)."""
+        if self.status != COMPUTED:
+            where = f"{self.reference} vs {self.candidate}" + (f", {self.stage}" if self.stage else "")
+            return f"{self.title}: {self.status} — {self.reason} — {where}"
         parts = [f"{self.title}: {self.figure_name} {_fmt(self.figure)}"]
         extra = []
         if self.ci_low is not None and self.ci_high is not None:

@@ -1,7 +1,10 @@
 """The equivalence checks a gate run executes: one test per (characteristic, model pair).
 
-Run them with ``pytest --reference MODEL --candidate MODEL``. Reference-vs-candidate pairs
-gate the run; candidate-vs-candidate pairs are reported (``--gate-all-pairs`` to gate them).
+They ship inside the package: ``pytest --reference=MODEL --candidate=MODEL`` runs them in
+any folder. To customise them, copy this file to ``checks/test_equivalence.py`` in your
+project; a run that collects tests using the ``model_pair`` fixture uses those instead.
+Reference-vs-candidate pairs gate the run; candidate-vs-candidate pairs are reported
+(``--gate-all-pairs`` to gate them).
 """
 
 
