@@ -15,7 +15,7 @@ package, caching each step by content so a second run only re-reads results:
    training texts with BERT's 80/10/10 masking, seeded; its held-out masked-token accuracy
    is recorded beside it. It is a weaker substitute proposer than the paper's BERT-base,
    so attack figures are not comparable with the paper's Table 3;
-4. **gate**: ``pytest.main`` on the shipped ``checks/`` with ``--reference``,
+4. **gate**: ``pytest.main`` on the checks shipped in the package, in an empty project, with ``--reference``,
    ``--candidate``, ``--attack-model``, ``--cache-dir`` and ``--report-dir``: the same
    run a team would type, ending with the terminal summary, ``latest.json`` and (with
    pytest-html installed) a self-contained HTML page.

@@ -205,3 +205,68 @@ def test_skipped_and_errored_checks_are_cells_of_their_own(gate_checks: pytest.P
     assert junit.count('name="miniature_verdict" value="SKIPPED"') == 1
     assert re.search(r'name="miniature_figure" value="[01](\.\d+)?"', junit)
     assert 'name="miniature_threshold" value="0.5"' in junit
+
+
+# -- the CI recipe ------------------------------------------------------------------------------
+CI_RECIPE = REPOSITORY / "examples" / "ci" / "miniature-gate.yml"
+
+
+def gate_step() -> dict:
+    import yaml
+
+    workflow = yaml.safe_load(CI_RECIPE.read_text())
+    steps = workflow["jobs"]["gate"]["steps"]
+    return next(step for step in steps if step.get("name") == "Gate")
+
+
+def test_ci_recipe_uploads_what_the_gate_writes() -> None:
+    import yaml
+
+    workflow = yaml.safe_load(CI_RECIPE.read_text())
+    steps = {step.get("name"): step for step in workflow["jobs"]["gate"]["steps"]}
+    assert steps["Restore the output cache"]["with"]["path"] == ".miniature-cache"
+    uploaded = steps["Upload the summary page and JSON"]["with"]["path"].split()
+    assert {"reports/latest.json", "reports/summary.html", "reports/junit.xml"} <= set(uploaded)
+    assert steps["Last report of main"]["with"]["path"] == "baseline"
+    run = gate_step()["run"]
+    assert "--cache-dir=.miniature-cache" in run and "--report-dir=reports" in run
+    assert "--junitxml=reports/junit.xml" in run and "baseline/latest.json" in run
+
+
+@pytest.mark.slow
+def test_ci_recipe_commands_run_twice_and_compare_with_the_last_report(tiny_models, tmp_path: Path) -> None:
+    """The workflow's Gate step, run by bash as the runner would, on the tiny models; the second
+    run finds the first one's report where the download step puts it and compares."""
+    step = gate_step()
+    project = tmp_path / "project"
+    project.mkdir()
+    # the team's settings live in its pyproject.toml, as the recipe says
+    (project / "pyproject.toml").write_text(
+        "[tool.pytest.ini_options]\nminiature_data_limit = \"60\"\nminiature_bootstrap = \"20\"\n"
+        f"miniature_attack_size = \"4\"\nminiature_attack_model = \"{tiny_models['attacker']}\"\n")
+    env = {**os.environ, **{k: str(v) for k, v in step["env"].items()},
+           "REFERENCE": str(tiny_models["reference"]), "CANDIDATE": str(tiny_models["small"]),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+    def run() -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "-euo", "pipefail", "-c", step["run"]], cwd=project, env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    first = run()
+    assert first.returncode == 1, first.stdout + first.stderr  # the small random model fails representation
+    reports = project / "reports"
+    assert {"latest.json", "summary.html", "junit.xml", "pytest.html"} <= {p.name for p in reports.iterdir()}
+    junit = (reports / "junit.xml").read_text()
+    for characteristic in ("prediction_errors", "data_representation", "data_distribution",
+                           "adversarial_vulnerability"):
+        assert f'name="test_{characteristic}[' in junit
+    assert junit.count('name="miniature_verdict"') == 4 and 'name="miniature_verdict" value="FAIL"' in junit
+    assert junit.count('name="miniature_figure"') == 4 and junit.count('name="miniature_threshold"') == 4
+    assert "compared with" not in (reports / "summary.html").read_text()
+
+    (project / "baseline").mkdir()
+    (project / "baseline" / "latest.json").write_bytes((reports / "latest.json").read_bytes())
+    second = run()
+    assert second.returncode == 1
+    assert "no change since baseline/latest.json: same figures and verdicts for all 4 checks" in second.stdout
+    assert json.loads((reports / "latest.json").read_text())["compare_to"] == "baseline/latest.json"
