@@ -349,8 +349,11 @@ class Gate:
 
         if name not in self._label_maps:
             def config(model: str) -> Any:
-                return AutoConfig.from_pretrained(self.spec(model).source,
-                                                  trust_remote_code=self.settings[opt.TRUST_REMOTE_CODE])
+                from .models import model_file_boundary
+
+                with model_file_boundary(self.spec(model), "config.json"):
+                    return AutoConfig.from_pretrained(
+                        self.spec(model).source, trust_remote_code=self.settings[opt.TRUST_REMOTE_CODE])
 
             reference = config(self.reference)
             mapping = check_label_maps(
@@ -425,7 +428,8 @@ class Gate:
                 self.attack_wrapper(), self.wrapper(name),
                 [test.texts[i] for i in index], [test.labels[i] for i in index],
                 settings=AttackSettings(top_k_words=self.settings[opt.ATTACK_TOP_K],
-                                        max_length=self.settings[opt.MAX_LENGTH]),
+                                        max_length=min(self.settings[opt.MAX_LENGTH],
+                                                       self.attack_wrapper().max_length)),
                 cache=self.cache, seed=self.settings[opt.SEED])
         return self._attacks[name]
 
