@@ -81,6 +81,16 @@ def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
         raise
 
 
+def apply_umask(folder: Path) -> None:
+    """Give every file under ``folder`` the mode ``open()`` would (0o666 less the umask) and
+    every folder 0o777 less the umask: libraries that save through temporary files leave
+    0600 behind. Call it on a built folder before renaming it into place."""
+    mask = current_umask()
+    for path in [folder, *folder.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, lambda handle: handle.write(text.encode("utf-8")))
 

@@ -124,9 +124,10 @@ def compress(
         built = work / "model"
         measured, head, architecture = _build(spec, method, settings, built, progress=progress)
         record = _record(spec, source_print, method, settings, head, architecture, measured)
-        from .cache import atomic_write_text
+        from .cache import apply_umask, atomic_write_text
 
         atomic_write_text(built / RECORD_NAME, json.dumps(record, indent=2, sort_keys=True))
+        apply_umask(built)
         if output.exists():
             shutil.rmtree(output)
         os.rename(built, output)

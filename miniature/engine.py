@@ -234,9 +234,11 @@ class Gate:
         )
 
         truncated = []
+        used = [self.settings[opt.MAX_LENGTH]]
 
         def compute(part: slice) -> dict[str, np.ndarray]:
             wrapper = self.wrapper(name, stage=stage)
+            used[0] = wrapper.max_length  # less than --max-length past the model's positions
             texts = data.texts[part]
             if stage == BEFORE or self.task == "qa":
                 pairs = data.pairs[part] if data.pairs is not None else None
@@ -251,9 +253,9 @@ class Gate:
         where = f"model {name!r} on the {role} data ({data.source})"
         if sum(truncated):
             warnings.warn(DataWarning(
-                f"{where}: {sum(truncated)} of {len(data)} items are longer than --max-length "
-                f"{self.settings[opt.MAX_LENGTH]} tokens and were truncated; raise --max-length "
-                "to compare whole texts"), stacklevel=2)
+                f"{where}: {sum(truncated)} of {len(data)} items are longer than "
+                f"{_length_used(used[0], self.settings[opt.MAX_LENGTH])} tokens and were "
+                "truncated; raise --max-length to compare whole texts"), stacklevel=2)
         self._check_embeddings(arrays["embeddings"], where)
         return arrays
 
@@ -442,6 +444,12 @@ class Gate:
         return compare_adversarial(
             reference, candidate, drop_tolerance=self.settings[opt.ATTACK_DROP_TOLERANCE],
             transfer=transfer_predictions(reference, self.wrapper(pair.candidate)), **common)
+
+def _length_used(used: int, requested: int) -> str:
+    if used == requested:
+        return f"--max-length {requested}"
+    return f"{used} (the model's position limit; --max-length {requested})"
+
 
 def _data_fingerprint(data: TextData) -> str:
     """Content hash of a data set's texts (and pair segments)."""

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .cache import atomic_write_text, fingerprint, fingerprint_texts
+from .cache import apply_umask, atomic_write_text, fingerprint, fingerprint_texts
 from .data import TextData
 from .errors import DataError, MiniatureError, ModelReferenceError
 from .models import ModelSpec, _hub_error, _refuse_unsafe_local, fingerprint_files, resolve_model
@@ -307,6 +307,7 @@ def _train(spec: ModelSpec, task: str, train: Any, *, output_root: Path, setting
             "versions": {"transformers": transformers.__version__, "torch": torch.__version__},
         }
         atomic_write_text(built / RECORD_NAME, json.dumps(record, indent=2, sort_keys=True))
+        apply_umask(built)
         try:
             os.rename(built, target)
         except OSError:
