@@ -77,8 +77,9 @@ def compress(
     is ``per-channel`` (one scale per output row) or ``per-tensor``.
 
     If ``output_dir`` already holds this compression of the same reference files it is
-    returned as is; if it holds anything else, :class:`CompressionError` unless
-    ``overwrite``.
+    returned as is; if it holds another compression, :class:`CompressionError` unless
+    ``overwrite``. A folder holding anything but an earlier output of this function, or
+    one that contains the reference, is never replaced, not even with ``overwrite``.
     """
     from .models import fingerprint_files, resolve_model
 

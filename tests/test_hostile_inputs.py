@@ -528,9 +528,10 @@ def test_bad_data_is_one_line_naming_file_row_and_column(tmp_path: Path, case: s
 
 @pytest.mark.parametrize(("name", "content", "labels"), [
     ("bom.jsonl", '\ufeff{"text": "a", "label": 1}\n{"text": "b", "label": 0}\n', [1, 0]),              # 59
-    ("bom.csv", "\ufefftext,label\na,1\nb,0\n", [1, 0]),                                                 # 60
+    ("bom.json", '\ufeff[{"text": "a", "label": 1}, {"text": "b", "label": 0}]', [1, 0]),              # 60
     ("whole.jsonl", '{"text": "a", "label": 1.0}\n{"text": "b", "label": 0.0}\n', [1, 0]),             # 61
-    ("padded.csv", 'text,label\na," 1"\nb,0\nc,10\n', [1, 0, 10]),                                     # 62
+    ("padded.jsonl", '{"text": "a", "label": " 1"}\n{"text": "b", "label": "0"}\n{"text": "c", "label": "10"}\n',
+     [1, 0, 10]),                                                                                       # 62
 ])
 def test_data_that_reads_correctly(tmp_path: Path, name: str, content: str, labels: list[int]) -> None:
     path = tmp_path / name
