@@ -144,7 +144,8 @@ def read_record(path: str | Path, *, method: str | None = None) -> dict[str, Any
         return None
     from .models import model_file_boundary
 
-    with model_file_boundary(Path(path), RECORD_NAME):
+    with model_file_boundary(Path(path), RECORD_NAME,
+                             fix="re-create the folder with `miniature compress`"):
         record = json.loads(file.read_text("utf-8"))
     if not isinstance(record, dict) or (method is not None and record.get("method") != method):
         return None

@@ -153,7 +153,7 @@ def _first_line(error: BaseException) -> str:
 
 
 def model_file_error(model: "ModelSpec | str | Path", file: str | None, error: BaseException | str, *,
-                     allow_pickle: bool = True) -> ModelReferenceError:
+                     allow_pickle: bool = True, fix: str | None = None) -> ModelReferenceError:
     """The one-line error for a model file that cannot be read or parsed: the model, the
     file and the fix (re-save a local folder, re-download a hub copy)."""
     spec = _as_spec(model)
@@ -173,29 +173,31 @@ def model_file_error(model: "ModelSpec | str | Path", file: str | None, error: B
         if not spec.is_local and isinstance(error, OSError):
             return _hub_error(spec, error)
     where = f"{file} in {spec.source!r}" if file else f"the files in {spec.source!r}"
-    fix = ("re-save the model there with save_pretrained (safetensors) and its tokenizer with "
-           "tokenizer.save_pretrained, or copy/download it again" if spec.is_local else
-           f"delete its copy in the Hugging Face cache and download it again "
-           f"(huggingface-cli download {spec.source} --force-download)")
+    if fix is None:
+        fix = ("re-save the model there with save_pretrained (safetensors) and its tokenizer with "
+               "tokenizer.save_pretrained, or copy/download it again" if spec.is_local else
+               f"delete its copy in the Hugging Face cache and download it again "
+               f"(huggingface-cli download {spec.source} --force-download)")
     return ModelReferenceError(f"model {spec.name!r}: {where} could not be read ({reason}); fix: {fix}")
 
 
 @contextlib.contextmanager
 def model_file_boundary(model: "ModelSpec | str | Path", file: str | None = None, *,
-                        allow_pickle: bool = True) -> Iterator[None]:
+                        allow_pickle: bool = True, fix: str | None = None) -> Iterator[None]:
     """The one error boundary every parse of a model's files (config, tokenizer, weights,
     records) runs behind: any exception becomes a one-line :class:`ModelReferenceError`
     naming the model, the file and the fix (see :func:`model_file_error`).
 
     ``model`` is a :class:`ModelSpec` or a local model folder; ``file`` the file being
-    read (relative to the folder), when one is. Errors of miniature itself pass through.
+    read (relative to the folder), when one is; ``fix`` replaces the default fix (re-save or
+    re-download). Errors of miniature itself pass through.
     """
     try:
         yield
     except MiniatureError:
         raise
     except Exception as error:  # noqa: BLE001 - this is the boundary: every parse error
-        raise model_file_error(model, file, error, allow_pickle=allow_pickle) from None
+        raise model_file_error(model, file, error, allow_pickle=allow_pickle, fix=fix) from None
 
 
 def read_json_file(model: "ModelSpec | str | Path", name: str) -> dict[str, Any]:
