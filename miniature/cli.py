@@ -138,7 +138,8 @@ def _compress_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--qscheme", choices=("per-channel", "per-tensor"), default="per-channel",
                         help="int8: one scale per output row, or one per matrix; default: %(default)s")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace whatever --output-dir holds")
+                        help="replace an earlier `miniature compress` output in --output-dir "
+                             "(never other files, never a folder holding the model)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 

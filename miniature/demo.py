@@ -295,7 +295,7 @@ def build_attack_model(
     files, the texts and the settings; ``miniature_attack_lm.json`` records masked-token
     top-1/top-10 accuracy on ``eval_texts`` before and after.
     """
-    from .cache import atomic_write_text, fingerprint, fingerprint_texts
+    from .cache import apply_umask, atomic_write_text, fingerprint, fingerprint_texts
     from .models import fingerprint_files, packaged_model_dir
 
     if not texts or not eval_texts:
@@ -327,6 +327,7 @@ def build_attack_model(
                       settings=settings)
         atomic_write_text(work / "model" / ATTACK_LM_RECORD,
                           json.dumps(record, indent=2, sort_keys=True))
+        apply_umask(work / "model")
         try:
             os.rename(work / "model", target)
         except OSError:

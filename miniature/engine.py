@@ -242,9 +242,11 @@ class Gate:
         )
 
         truncated = []
+        used = [self.settings[opt.MAX_LENGTH]]
 
         def compute(part: slice) -> dict[str, np.ndarray]:
             wrapper = self.wrapper(name, stage=stage)
+            used[0] = wrapper.max_length  # less than --max-length past the model's positions
             texts = data.texts[part]
             if stage == BEFORE or self.task == "qa":
                 pairs = data.pairs[part] if data.pairs is not None else None
@@ -259,9 +261,9 @@ class Gate:
         where = f"model {name!r} on the {role} data ({data.source})"
         if sum(truncated):
             warnings.warn(DataWarning(
-                f"{where}: {sum(truncated)} of {len(data)} items are longer than --max-length "
-                f"{self.settings[opt.MAX_LENGTH]} tokens and were truncated; raise --max-length "
-                "to compare whole texts"), stacklevel=2)
+                f"{where}: {sum(truncated)} of {len(data)} items are longer than "
+                f"{_length_used(used[0], self.settings[opt.MAX_LENGTH])} tokens and were "
+                "truncated; raise --max-length to compare whole texts"), stacklevel=2)
         self._check_embeddings(arrays["embeddings"], where)
         return arrays
 
@@ -357,8 +359,11 @@ class Gate:
 
         if name not in self._label_maps:
             def config(model: str) -> Any:
-                return AutoConfig.from_pretrained(self.spec(model).source,
-                                                  trust_remote_code=self.settings[opt.TRUST_REMOTE_CODE])
+                from .models import model_file_boundary
+
+                with model_file_boundary(self.spec(model), "config.json"):
+                    return AutoConfig.from_pretrained(
+                        self.spec(model).source, trust_remote_code=self.settings[opt.TRUST_REMOTE_CODE])
 
             reference = config(self.reference)
             mapping = check_label_maps(
@@ -437,7 +442,8 @@ class Gate:
                 self.attack_wrapper(), self.wrapper(name),
                 [test.texts[i] for i in index], [test.labels[i] for i in index],
                 settings=AttackSettings(top_k_words=self.settings[opt.ATTACK_TOP_K],
-                                        max_length=self.settings[opt.MAX_LENGTH]),
+                                        max_length=min(self.settings[opt.MAX_LENGTH],
+                                                       self.attack_wrapper().max_length)),
                 cache=self.cache, seed=self.settings[opt.SEED])
         return self._attacks[name]
 
@@ -450,6 +456,12 @@ class Gate:
         return compare_adversarial(
             reference, candidate, drop_tolerance=self.settings[opt.ATTACK_DROP_TOLERANCE],
             transfer=transfer_predictions(reference, self.wrapper(pair.candidate)), **common)
+
+def _length_used(used: int, requested: int) -> str:
+    if used == requested:
+        return f"--max-length {requested}"
+    return f"{used} (the model's position limit; --max-length {requested})"
+
 
 def _data_fingerprint(data: TextData) -> str:
     """Content hash of a data set's texts (and pair segments)."""

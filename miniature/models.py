@@ -9,16 +9,18 @@ dynamically padded batches, giving results back in input order.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
+import json
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ModelReferenceError
+from .errors import DataWarning, MiniatureError, ModelReferenceError
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -189,6 +191,157 @@ def check_model_dir(path: Path, reference: str) -> None:
             f"(looked for {', '.join(_TOKENIZER_FILES)}); fix: save the tokenizer there with "
             "tokenizer.save_pretrained(dir)"
         )
+    check_model_files(path, reference)
+
+
+# -- the one error boundary for a model's files --------------------------------------------------
+#: A safetensors header larger than this is not a header (the format caps it at 100 MB).
+_MAX_SAFETENSORS_HEADER = 100_000_000
+
+
+def _as_spec(model: "ModelSpec | str | Path") -> "ModelSpec":
+    if isinstance(model, ModelSpec):
+        return model
+    path = Path(model)
+    return ModelSpec(name=path.name or str(model), source=str(path), is_local=True)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    line = text.splitlines()[0].strip() if text else ""
+    line = line[:200] + ("..." if len(line) > 200 else "")
+    return f"{type(error).__name__}: {line}" if line else type(error).__name__
+
+
+def model_file_error(model: "ModelSpec | str | Path", file: str | None, error: BaseException | str, *,
+                     allow_pickle: bool = True, fix: str | None = None) -> ModelReferenceError:
+    """The one-line error for a model file that cannot be read or parsed: the model, the
+    file and the fix (re-save a local folder, re-download a hub copy)."""
+    spec = _as_spec(model)
+    reason = error if isinstance(error, str) else _first_line(error)
+    message = str(error)
+    if not isinstance(error, str):
+        if "trust_remote_code" in message:
+            return ModelReferenceError(
+                f"model {spec.name!r} needs code shipped with the model to load; it was not run. "
+                "fix: if you trust its source, pass --trust-remote-code")
+        if (not allow_pickle and isinstance(error, (OSError, ValueError))
+                and "safetensors" in message.lower() and "deserializ" not in message.lower()):
+            return ModelReferenceError(
+                f"model {spec.name!r} ({spec.source}) has no safetensors weights, only pickle "
+                "files, which can run code when loaded; fix: convert it to safetensors, or "
+                "pass --allow-pickle if you trust its source")
+        if not spec.is_local and isinstance(error, OSError):
+            return _hub_error(spec, error)
+    where = f"{file} in {spec.source!r}" if file else f"the files in {spec.source!r}"
+    if fix is None:
+        fix = ("re-save the model there with save_pretrained (safetensors) and its tokenizer with "
+               "tokenizer.save_pretrained, or copy/download it again" if spec.is_local else
+               f"delete its copy in the Hugging Face cache and download it again "
+               f"(huggingface-cli download {spec.source} --force-download)")
+    return ModelReferenceError(f"model {spec.name!r}: {where} could not be read ({reason}); fix: {fix}")
+
+
+@contextlib.contextmanager
+def model_file_boundary(model: "ModelSpec | str | Path", file: str | None = None, *,
+                        allow_pickle: bool = True, fix: str | None = None) -> Iterator[None]:
+    """The one error boundary every parse of a model's files (config, tokenizer, weights,
+    records) runs behind: any exception becomes a one-line :class:`ModelReferenceError`
+    naming the model, the file and the fix (see :func:`model_file_error`).
+
+    ``model`` is a :class:`ModelSpec` or a local model folder; ``file`` the file being
+    read (relative to the folder), when one is; ``fix`` replaces the default fix (re-save or
+    re-download). Errors of miniature itself pass through.
+    """
+    try:
+        yield
+    except MiniatureError:
+        raise
+    except Exception as error:  # noqa: BLE001 - this is the boundary: every parse error
+        raise model_file_error(model, file, error, allow_pickle=allow_pickle, fix=fix) from None
+
+
+def read_json_file(model: "ModelSpec | str | Path", name: str) -> dict[str, Any]:
+    """A model folder's JSON file (config.json, tokenizer.json, ...) as a dict, parsed behind
+    :func:`model_file_boundary`; a file that is not a JSON object is refused by name."""
+    spec = _as_spec(model)
+    with model_file_boundary(spec, name):
+        value = json.loads((Path(spec.source) / name).read_text("utf-8"))
+    if not isinstance(value, dict):
+        raise model_file_error(spec, name, f"it is a JSON {type(value).__name__}, not an object")
+    return value
+
+
+def read_model_config(model: "ModelSpec | str | Path") -> dict[str, Any]:
+    """A local model's config.json as a dict (one-line error naming the file if it is not)."""
+    return read_json_file(model, "config.json")
+
+
+def safetensors_header(model: "ModelSpec | str | Path", name: str) -> dict[str, Any]:
+    """The header of a safetensors file in a model folder, checked against the file's size
+    (a header that claims more bytes than the file has, or tensors that reach past its
+    end, i.e. a truncated download); no tensor is read."""
+    spec = _as_spec(model)
+    file = Path(spec.source) / name
+    with model_file_boundary(spec, name):
+        size = file.stat().st_size
+        with open(file, "rb") as handle:
+            start = handle.read(8)
+            if len(start) < 8:
+                raise model_file_error(spec, name, f"it has {size} bytes, too few for a safetensors file")
+            length = int.from_bytes(start, "little")
+            if length > min(size - 8, _MAX_SAFETENSORS_HEADER):
+                raise model_file_error(spec, name, f"its header claims {length:,} bytes but the file "
+                                                   f"has {size:,} (truncated or corrupted)")
+            header = json.loads(handle.read(length))
+        if not isinstance(header, dict):
+            raise model_file_error(spec, name, "its header is not a JSON object")
+        ends = [int(info["data_offsets"][1]) for key, info in header.items() if key != "__metadata__"]
+        needed = 8 + length + max(ends, default=0)
+        if needed > size:
+            raise model_file_error(spec, name, f"its tensors need {needed:,} bytes but the file has "
+                                               f"{size:,} (truncated)")
+    return header
+
+
+def check_model_files(path: Path, reference: str | None = None) -> None:
+    """Parse a local model folder's small files before anything loads it: config.json,
+    the tokenizer's JSON files and each safetensors header. Each problem is one line
+    naming the model and the file (see :func:`model_file_boundary`)."""
+    spec = ModelSpec(name=reference or path.name, source=str(path), is_local=True)
+    read_model_config(spec)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                 "model.safetensors.index.json"):
+        if (path / name).is_file():
+            read_json_file(spec, name)
+    for file in sorted(path.glob("*.safetensors")):
+        safetensors_header(spec, file.name)
+
+
+def position_limit(config: Any) -> int | None:
+    """The most tokens a model's position embeddings take (None when it has no such limit)."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if not isinstance(limit, int) or limit <= 0:
+        return None
+    if "roberta" in str(getattr(config, "model_type", "")) or getattr(config, "model_type", "") == "camembert":
+        limit -= 2  # position ids start after the padding index
+    return limit
+
+
+def effective_max_length(config: Any, max_length: int, name: str) -> int:
+    """``max_length`` clamped to the model's position limit, with a :class:`DataWarning`
+    naming the model and both numbers when it had to be (the same clamp every run, so
+    results cached under ``max_length`` stay consistent)."""
+    import warnings
+
+    limit = position_limit(config)
+    if limit is None or max_length <= limit:
+        return max_length
+    warnings.warn(DataWarning(
+        f"model {name!r}: --max-length {max_length} is more than its {limit} position embeddings "
+        f"(max_position_embeddings); using {limit} tokens for this model; fix: pass "
+        f"--max-length {limit} or less to silence this"), stacklevel=3)
+    return limit
 
 
 def fingerprint_files(path: Path) -> str:
@@ -260,13 +413,15 @@ def load_model(
         "masked-lm": transformers.AutoModelForMaskedLM,
     }[head]
     if spec.is_local:
+        check_model_files(Path(spec.source), spec.name)
         _refuse_unsafe_local(spec, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
-    try:
+    with model_file_boundary(spec, tokenizer_file_name(spec), allow_pickle=allow_pickle):
         tokenizer = transformers.AutoTokenizer.from_pretrained(
             spec.source, trust_remote_code=trust_remote_code
         )
-        from .compress import load_quantized, read_record
+    from .compress import load_quantized, read_record
 
+    with model_file_boundary(spec, weights_file_name(spec), allow_pickle=allow_pickle):
         if spec.is_local and read_record(spec.source, method="int8") is not None:
             model = load_quantized(spec.source, head)  # an int8 folder from `miniature compress`
         else:
@@ -275,28 +430,6 @@ def load_model(
                 trust_remote_code=trust_remote_code,
                 use_safetensors=None if allow_pickle else True,
             )
-    except ModelReferenceError:
-        raise
-    except (OSError, ValueError, EnvironmentError) as error:
-        message = str(error)
-        if "trust_remote_code" in message:
-            raise ModelReferenceError(
-                f"model {spec.name!r} needs code shipped with the model to load; it was not run. "
-                "fix: if you trust its source, pass --trust-remote-code"
-            ) from None
-        if "safetensors" in message.lower() and not allow_pickle:
-            raise ModelReferenceError(
-                f"model {spec.name!r} ({spec.source}) has no safetensors weights, only pickle "
-                "files, which can run code when loaded; fix: convert it to safetensors, or "
-                "pass --allow-pickle if you trust its source"
-            ) from None
-        if spec.is_local:
-            raise ModelReferenceError(
-                f"model {spec.name!r}: could not load the directory {spec.source!r} "
-                f"({message.splitlines()[0] if message else type(error).__name__}); fix: re-save "
-                "it with save_pretrained"
-            ) from None
-        raise _hub_error(spec, error) from None
     fingerprint = fingerprint_files(Path(spec.source)) if spec.is_local else _hub_fingerprint(spec, model)
     model.to(device)
     model.eval()
@@ -304,11 +437,22 @@ def load_model(
                         **wrapper_options)
 
 
-def _refuse_unsafe_local(spec: ModelSpec, *, trust_remote_code: bool, allow_pickle: bool) -> None:
-    import json
-
+def tokenizer_file_name(spec: ModelSpec) -> str:
+    """The tokenizer file a load reads first (to name it in an error)."""
     path = Path(spec.source)
-    config = json.loads((path / "config.json").read_text())
+    found = [f for f in _TOKENIZER_FILES if spec.is_local and (path / f).is_file()]
+    return found[0] if found else "tokenizer files"
+
+
+def weights_file_name(spec: ModelSpec) -> str:
+    """The weight file(s) a load reads (to name them in an error)."""
+    found = sorted(p.name for p in Path(spec.source).glob("*.safetensors")) if spec.is_local else []
+    return "config.json and " + (" and ".join(found) if found else "the weights")
+
+
+def _refuse_unsafe_local(spec: ModelSpec, *, trust_remote_code: bool, allow_pickle: bool) -> None:
+    path = Path(spec.source)
+    config = read_model_config(spec)
     if config.get("auto_map") and not trust_remote_code:
         raise ModelReferenceError(
             f"model {spec.name!r} ({spec.source}) declares custom code (auto_map in config.json) "
@@ -369,7 +513,8 @@ class ModelWrapper:
         self.model = model
         self.tokenizer = tokenizer
         self.fingerprint = fingerprint
-        self.max_length = max_length
+        config = getattr(model, "config", None)
+        self.max_length = effective_max_length(config, max_length, name) if config is not None else max_length
         self.batch_size = batch_size
         self.device = device
         self.pooling = pooling
@@ -380,7 +525,7 @@ class ModelWrapper:
 
         self.input_names = set(inspect.signature(model.forward).parameters)
         # TextAttack and other callers read model_max_length; never pad to 512
-        tokenizer.model_max_length = max_length
+        tokenizer.model_max_length = self.max_length
 
     @property
     def config(self) -> Any:

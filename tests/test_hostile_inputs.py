@@ -264,3 +264,277 @@ def test_unreachable_hub_is_one_line(monkeypatch: pytest.MonkeyPatch, tiny_model
     with pytest.raises(ModelReferenceError) as info:
         figures(g)
     assert "\n" not in str(info.value) and "could not load 'miniature-tests/not-on-this-machine'" in str(info.value)
+
+
+# -- round two: data, model files and writes ------------------------------------------------
+def _one_line_naming(error: BaseException, *parts: str) -> str:
+    message = str(error)
+    assert "\n" not in message and "fix:" in message, message
+    for part in parts:
+        assert part in message, (part, message)
+    return message
+
+
+def test_labels_that_look_like_integers_are_integers(tmp_path: Path) -> None:  # 24
+    path = tmp_path / "twelve.jsonl"
+    write_jsonl(path, [{"text": f"item {i}", "label": str(i % 12)} for i in range(24)])
+    data = load_text_data(path)
+    assert data.labels == [i % 12 for i in range(24)] and data.label_names == []  # "10" is 10, not 2
+
+
+def test_label_names_that_are_integers_are_data_label_ids() -> None:  # 25
+    from miniature.tasks.classification import check_label_maps, translation_table
+
+    swapped = {"id2label": {"0": "1", "1": "0"}}
+    mapping = check_label_maps(swapped, {"id2label": {"0": "0", "1": "1"}}, [0, 1, 1])
+    assert translation_table({0: "1", 1: "0"}, mapping, "swapped").tolist() == [1, 0]
+
+
+def test_blank_label_in_a_csv_is_an_error_naming_file_row_and_column(tmp_path: Path) -> None:  # 26
+    path = tmp_path / "blank.csv"
+    path.write_text("text,label\nfine film,1\ndull film,0\nodd film,\ngreat film,1\n")
+    with pytest.raises(DataError) as info:
+        load_text_data(path)
+    _one_line_naming(info.value, str(path), "column 'label' in row 2 is blank")
+
+
+def _corrupt_header(path: Path) -> None:  # a header that claims 2^62 bytes
+    path.write_bytes((2 ** 62).to_bytes(8, "little") + path.read_bytes()[8:])
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+MODEL_FILE_FAULTS = {
+    "safetensors-header-2^62": ("model.safetensors", _corrupt_header),                       # 27
+    "safetensors-truncated": ("model.safetensors", _truncate),                              # 28
+    "safetensors-3-bytes": ("model.safetensors", lambda p: p.write_bytes(b"abc")),           # 29
+    "safetensors-header-not-json": ("model.safetensors",                                     # 30
+                                    lambda p: p.write_bytes((16).to_bytes(8, "little") + b"{not json" * 4)),
+    "tokenizer-json-truncated": ("tokenizer.json", _truncate),                              # 31
+    "tokenizer-json-wrong-shape": ("tokenizer.json",                                        # 32
+                                   lambda p: p.write_text('{"version": "1.0", "model": 5}')),
+    "tokenizer-config-not-json": ("tokenizer_config.json", lambda p: p.write_text("{oops")),  # 33
+    "config-is-a-list": ("config.json", lambda p: p.write_text("[]")),                       # 34
+    "config-not-json": ("config.json", lambda p: p.write_text("model_type: bert\n")),        # 35
+    "config-wrong-values": ("config.json", lambda p: p.write_text(                          # 36
+        '{"model_type": "bert", "hidden_size": "wide", "num_attention_heads": 2}')),
+}
+
+
+@pytest.mark.parametrize("fault", list(MODEL_FILE_FAULTS))
+def test_corrupted_model_files_are_one_line_naming_model_and_file(tiny_models, tmp_path: Path,
+                                                                   fault: str) -> None:
+    from miniature.models import load_model
+
+    name, corrupt = MODEL_FILE_FAULTS[fault]
+    target = tmp_path / "broken"
+    shutil.copytree(tiny_models["small"], target)
+    corrupt(target / name)
+    with pytest.raises(ModelReferenceError) as info:
+        load_model(str(target), head="classification")
+    _one_line_naming(info.value, "model ", name, "re-save")
+
+
+def test_corrupted_weights_found_at_start_up_by_the_gate_and_head_detection(tiny_models,
+                                                                          tmp_path: Path) -> None:  # 37
+    from miniature.tasks.classification import is_finetuned
+
+    target = tmp_path / "huge-header"
+    shutil.copytree(tiny_models["small"], target)
+    _corrupt_header(target / "model.safetensors")
+    with pytest.raises(ModelReferenceError) as info:
+        gate(tiny_models, tmp_path, candidate=[str(target)])  # before any work
+    _one_line_naming(info.value, "model.safetensors", "claims")
+    with pytest.raises(ModelReferenceError):
+        is_finetuned(target, "classification")
+
+
+def test_max_length_above_the_position_limit_is_clamped_per_model(tiny_models, tmp_path: Path) -> None:  # 38
+    long = " ".join(["the plot was long and winding"] * 60)
+    path = write_rows(tmp_path / "long.jsonl", [f"{long} {i}" for i in range(10)] + [f"short {i}" for i in range(10)])
+    at_limit = figures(gate(tiny_models, tmp_path / "at", test_data=str(path), max_length=128, k=3))
+    with pytest.warns(DataWarning, match=r"--max-length 512 is more than its 128 position embeddings"):
+        above = figures(gate(tiny_models, tmp_path / "above", test_data=str(path), max_length=512, k=3))
+    assert above == at_limit
+
+
+def test_cache_subfolder_not_writable_is_found_before_the_work(tiny_models, tmp_path: Path) -> None:  # 39
+    from miniature.cache import OutputCache
+
+    root = tmp_path / "cache"
+    root.mkdir()
+    (root / "outputs").write_text("someone else's file where the folder should be")
+    with pytest.raises(MiniatureError) as info:
+        gate(tiny_models, tmp_path)
+    _one_line_naming(info.value, str(root), "'outputs' is not writable", "--cache-dir", "--no-cache")
+    with pytest.raises(MiniatureError, match="'outputs' is not writable"):
+        OutputCache(root)
+    (root / "outputs").unlink()
+    cache = OutputCache(root)
+    (root / "answers").write_text("in the way")
+    with pytest.raises(MiniatureError, match="'answers' is not writable"):
+        cache.check_writable()  # the public probe a start-up can call
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() == 0,
+                    reason="root writes into read-only folders")
+def test_cache_subfolder_without_write_permission(tiny_models, tmp_path: Path) -> None:  # 40
+    root = tmp_path / "cache"
+    (root / "adversarial").mkdir(parents=True)
+    (root / "adversarial").chmod(0o555)
+    try:
+        with pytest.raises(MiniatureError, match="'adversarial' is not writable.*--cache-dir"):
+            gate(tiny_models, tmp_path)
+    finally:
+        (root / "adversarial").chmod(0o755)
+
+
+def _copy_source(tiny_models, tmp_path: Path) -> tuple[Path, Path]:
+    parent = tmp_path / "models"
+    source = parent / "src"
+    shutil.copytree(tiny_models["small"], source)
+    (parent / "notes.txt").write_text("unrelated")
+    return parent, source
+
+
+def test_compress_overwrite_never_deletes_the_source(tiny_models, tmp_path: Path, capsys) -> None:  # 41
+    from miniature.cli import main
+
+    parent, source = _copy_source(tiny_models, tmp_path)
+    before = sorted(p.name for p in source.iterdir())
+    code = main(["compress", str(source), "--method", "prune", "--output-dir", str(parent),
+                 "--overwrite", "--no-progress"])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in error and "contains the reference" in error and "fix:" in error
+    assert sorted(p.name for p in source.iterdir()) == before and (parent / "notes.txt").exists()
+
+
+def test_compress_overwrite_replaces_only_an_earlier_compression(tiny_models, tmp_path: Path) -> None:  # 42
+    import os
+
+    from miniature.compress import RECORD_NAME, CompressionError, compress
+
+    _, source = _copy_source(tiny_models, tmp_path)
+    unrelated = tmp_path / "work"
+    unrelated.mkdir()
+    (unrelated / "thesis.tex").write_text("months of work")
+    with pytest.raises(CompressionError, match=r"other files.*never replaced.*fix:"):
+        compress(source, unrelated, method="prune", sparsity=0.2, overwrite=True, progress=False)
+    assert (unrelated / "thesis.tex").read_text() == "months of work"
+    output = tmp_path / "pruned"
+    old = os.umask(0o022)
+    try:
+        compress(source, output, method="prune", sparsity=0.2, progress=False)
+        compress(source, output, method="prune", sparsity=0.4, overwrite=True, progress=False)
+    finally:
+        os.umask(old)
+    assert json.loads((output / RECORD_NAME).read_text())["requested"]["sparsity"] == 0.4
+    assert {oct(p.stat().st_mode & 0o777) for p in output.iterdir()} == {"0o644"}  # readable as umask says
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664)])
+def test_atomic_writes_get_the_mode_the_umask_gives(tmp_path: Path, umask: int, mode: int) -> None:  # 43
+    import os
+
+    from miniature.cache import OutputCache, atomic_write_text
+
+    old = os.umask(umask)
+    try:
+        cache = OutputCache(tmp_path / "cache")
+        cache.save_arrays("outputs", "k", {"x": np.zeros(3)})
+        cache.save_json("answers", "k", ["a"])
+        atomic_write_text(tmp_path / "reports" / "latest.json", "{}")  # how every report is written
+    finally:
+        os.umask(old)
+    for path in (cache.path("outputs", "k"), cache.path("answers", "k", ".json"),
+                 tmp_path / "reports" / "latest.json"):
+        assert path.stat().st_mode & 0o777 == mode, path
+
+
+def test_finetuned_model_files_get_the_mode_the_umask_gives(tiny_models, tmp_path: Path) -> None:  # 44
+    import os
+
+    from miniature.finetune import finetune
+
+    path = write_rows(tmp_path / "train.jsonl", [f"review number {i}" for i in range(16)])
+    old = os.umask(0o022)
+    try:
+        target = finetune(str(tiny_models["small"]), "classification", load_text_data(path),
+                          output_root=tmp_path / "finetuned", max_steps=1, batch_size=8, progress=False)
+    finally:
+        os.umask(old)
+    assert {oct(p.stat().st_mode & 0o777) for p in target.iterdir()} == {"0o644"}
+
+
+def _squad_rows() -> list[dict]:
+    return [{"id": str(i), "question": "who?", "context": "Ada wrote it.",
+             "answers": {"text": ["Ada"], "answer_start": [0]}} for i in range(3)]
+
+
+def _parquet(path: Path, rows: dict) -> None:
+    import pandas as pd
+
+    pd.DataFrame(rows).to_parquet(path)
+
+
+BAD_DATA = {  # file name, how to write it, load options, what the one line says
+    "jsonl-line-not-an-object": ("d.jsonl", lambda p: p.write_text('{"text": "a", "label": 0}\n[1, 2]\n'),   # 45
+                                 {}, "line 2 is a JSON list, not an object"),
+    "json-is-a-dict": ("d.json", lambda p: p.write_text('{"text": ["a", "b"], "label": [0, 1]}'),           # 46
+                       {}, "is a JSON object (keys 'text', 'label'), not a list of records"),
+    "json-row-not-an-object": ("d.json", lambda p: p.write_text('[{"text": "a", "label": 0}, "b"]'),        # 47
+                               {}, "row 1 is a JSON string, not an object"),
+    "json-not-valid": ("d.json", lambda p: p.write_text('[{"text": "a",\n "label": }]'),                   # 48
+                       {}, "is not valid JSON (line 2 column"),
+    "csv-ragged-long-row": ("d.csv", lambda p: p.write_text("text,label\nfine,1\ngood, really,1\n"),        # 49
+                            {}, "line 3 has 3 field(s) but the header has 2 (text, label)"),
+    "csv-ragged-short-row": ("d.csv", lambda p: p.write_text("text,label\nfine,1\nno label here\n"),        # 50
+                             {}, "line 3 has 1 field(s) but the header has 2"),
+    "label-float": ("d.jsonl", lambda p: write_jsonl(p, [{"text": "a", "label": 0}, {"text": "b", "label": 1.5}]),  # 51
+                    {}, "column 'label' in row 1 is float 1.5, not a whole number"),
+    "label-boolean": ("d.jsonl", lambda p: write_jsonl(p, [{"text": "a", "label": True}]),                # 52
+                      {}, "column 'label' in row 0 is a boolean"),
+    "label-ids-mixed-with-names": ("d.jsonl", lambda p: write_jsonl(                                        # 53
+        p, [{"text": "a", "label": 0}, {"text": "b", "label": "pos"}]), {},
+        "column 'label' mixes integer label ids (row 0: 0) and label names (row 1: 'pos')"),
+    "qa-file-as-classification": ("qa.jsonl", lambda p: write_jsonl(p, _squad_rows()),                     # 54
+                                  {"text_column": "question", "label_column": "answers"},
+                                  "column 'answers' in row 0 is a dict"),
+    "parquet-null-text": ("d.parquet", lambda p: _parquet(p, {"text": ["a", None], "label": [0, 1]}),       # 55
+                          {}, "column 'text' in row 1 is empty (null)"),
+    "parquet-null-label": ("d.parquet", lambda p: _parquet(p, {"text": ["a", "b", "c"], "label": [0, 1, None]}),  # 56
+                           {}, "column 'label' in row 2 is empty (null)"),
+    "jsonl-not-utf8": ("d.jsonl", lambda p: p.write_bytes(b'{"text": "a", "label": 0}\n{"text": "b", "label": 1}\n'  # 57
+                                                          b'{"text": "caf\xe9", "label": 0}\n'),
+                       {}, "line 3 is not UTF-8 text (byte 0xe9"),
+    "csv-not-utf8": ("d.csv", lambda p: p.write_bytes(b"text,label\nna\xefve,1\n"),                       # 58
+                     {}, "line 2 is not UTF-8 text (byte 0xef"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_DATA))
+def test_bad_data_is_one_line_naming_file_row_and_column(tmp_path: Path, case: str) -> None:
+    name, write, options, expected = BAD_DATA[case]
+    path = tmp_path / name
+    write(path)
+    with pytest.raises(DataError) as info:
+        load_text_data(path, **options)
+    _one_line_naming(info.value, str(path), expected)
+    if case == "qa-file-as-classification":
+        assert "--task qa" in str(info.value)
+
+
+@pytest.mark.parametrize(("name", "content", "labels"), [
+    ("bom.jsonl", '\ufeff{"text": "a", "label": 1}\n{"text": "b", "label": 0}\n', [1, 0]),              # 59
+    ("bom.json", '\ufeff[{"text": "a", "label": 1}, {"text": "b", "label": 0}]', [1, 0]),              # 60
+    ("whole.jsonl", '{"text": "a", "label": 1.0}\n{"text": "b", "label": 0.0}\n', [1, 0]),             # 61
+    ("padded.jsonl", '{"text": "a", "label": " 1"}\n{"text": "b", "label": "0"}\n{"text": "c", "label": "10"}\n',
+     [1, 0, 10]),                                                                                       # 62
+])
+def test_data_that_reads_correctly(tmp_path: Path, name: str, content: str, labels: list[int]) -> None:
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    data = load_text_data(path)
+    assert data.labels == labels and data.label_names == [] and data.texts[0] == "a"
