@@ -121,23 +121,22 @@ def hub_problem(repo_id: str) -> str | None:
     model is not there. One short request per model, no retries: a machine with no network
     learns it in seconds instead of after per-file back-off.
     """
-    if repo_id in _HUB_PROBES:
-        return _HUB_PROBES[repo_id]
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE:
-        problem: str | None = "HF_HUB_OFFLINE is set"
-    else:
+        return "HF_HUB_OFFLINE is set"
+    if repo_id not in _HUB_PROBES:
         from huggingface_hub import constants, get_session
 
+        problem: str | None = None
         try:
             answer = get_session().head(f"{constants.ENDPOINT}/api/models/{repo_id}",
                                         timeout=HUB_PROBE_TIMEOUT_S, allow_redirects=True)
         except Exception as error:  # noqa: BLE001 - no answer at all: unreachable
             problem = f"the Hub ({constants.ENDPOINT}) cannot be reached ({type(error).__name__})"
         else:
-            problem = (f"the Hub ({constants.ENDPOINT}) has no such model (HTTP 404)"
-                       if answer.status_code == 404 else None)
-    _HUB_PROBES[repo_id] = problem
-    return problem
+            if answer.status_code == 404:
+                problem = f"the Hub ({constants.ENDPOINT}) has no such model (HTTP 404)"
+        _HUB_PROBES[repo_id] = problem
+    return _HUB_PROBES[repo_id]
 
 
 _HUB_PROBES: dict[str, str | None] = {}

@@ -260,10 +260,11 @@ def test_unreachable_hub_is_one_line(monkeypatch: pytest.MonkeyPatch, tiny_model
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import time
-    g = gate(tiny_models, tmp_path, candidate=["miniature-tests/not-on-this-machine"])
-    with pytest.raises(ModelReferenceError) as info:
-        figures(g)
-    assert "\n" not in str(info.value) and "could not load 'miniature-tests/not-on-this-machine'" in str(info.value)
+    with pytest.raises(ModelReferenceError) as info:  # found when the gate is built, before any work
+        gate(tiny_models, tmp_path, candidate=["miniature-tests/not-on-this-machine"])
+    message = str(info.value)
+    assert "\n" not in message and "'miniature-tests/not-on-this-machine'" in message
+    assert "not in the local Hugging Face cache and HF_HUB_OFFLINE is set; fix:" in message
 
 
 # -- round two: data, model files and writes ------------------------------------------------
