@@ -20,7 +20,7 @@ from .characteristics.base import ComparisonResult
 from .data import (ROLES, TaskData, TextData, builtin_qa_data, builtin_sentiment_data, load_qa_data,
                    load_text_data)
 from .errors import DataWarning, MiniatureError, NotApplicable
-from .models import ModelSpec, ModelWrapper, resolve_model
+from .models import ModelSpec, ModelWrapper, check_device, resolve_model, safe_id, unique_name
 
 CHARACTERISTICS = ("prediction_errors", "data_representation", "data_distribution",
                    "adversarial_vulnerability")
@@ -56,7 +56,8 @@ class Pair:
 
     @property
     def id(self) -> str:
-        return f"{self.reference}-vs-{self.candidate}"
+        """The test id: the names made safe (see :func:`miniature.models.safe_id`)."""
+        return f"{safe_id(self.reference)}-vs-{safe_id(self.candidate)}"
 
 
 class Gate:
@@ -95,11 +96,7 @@ class Gate:
     # -- models ----------------------------------------------------------------------------
     def _add(self, reference: str) -> str:
         spec = resolve_model(reference)
-        name = spec.name
-        suffix = 2
-        while name in self.specs:
-            name = f"{spec.name}#{suffix}"
-            suffix += 1
+        name = unique_name(spec.name, list(self.specs))
         self.specs[name] = spec
         self.names.append(name)
         return name
@@ -164,6 +161,7 @@ class Gate:
             import torch
 
             return "cuda" if torch.cuda.is_available() else "cpu"
+        check_device(device)
         return device
 
     def wrapper(self, name: str, *, stage: str | None = None) -> ModelWrapper:

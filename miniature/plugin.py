@@ -67,6 +67,7 @@ def _show(value: Any) -> str:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", f"{CHECK_MARKER}: a miniature equivalence check (needs {opt.REFERENCE})")
     config.addinivalue_line("markers", f"{INFORMATIONAL_MARKER}: a candidate-vs-candidate comparison, reported but not gating")
+    _check_split_options(config)
     values = {}
     for option in opt.OPTIONS:
         cli = config.getoption(option.dest)
@@ -75,6 +76,10 @@ def pytest_configure(config: pytest.Config) -> None:
             values[option.flag] = opt.resolve(option, cli, ini)
         except (ValueError, argparse.ArgumentTypeError) as error:
             raise pytest.UsageError(f"{error} (accepted: {option.help})") from None
+    try:
+        opt.check_combinations(values)
+    except ValueError as error:
+        raise pytest.UsageError(str(error)) from None
     settings = opt.Settings(values)
     config.stash[SETTINGS_KEY] = settings
     config.stash[RESULTS_KEY] = []
@@ -92,13 +97,8 @@ def pytest_configure(config: pytest.Config) -> None:
                 resolve_model(reference)
             except MiniatureError as error:
                 raise pytest.UsageError(str(error)) from None
+        _check_start_up(settings)
         _default_to_checks(config)
-        split = _split_path_options(config)
-        if split and config.inipath is None:
-            config.issue_config_time_warning(pytest.PytestConfigWarning(
-                "miniature: pytest read the model directories as test paths when it chose the "
-                f"rootdir ({config.rootpath}), so the project's ini settings were not found; fix: "
-                f"write the option with '=', e.g. {split[0]}"), stacklevel=2)
 
 
 def _default_to_checks(config: pytest.Config) -> None:
@@ -113,16 +113,81 @@ def _default_to_checks(config: pytest.Config) -> None:
             return
 
 
-def _split_path_options(config: pytest.Config) -> list[str]:
-    """Model directories given as a separate word (``--reference DIR``), which pytest took
-    for test paths when it chose the rootdir and ini file, before this plugin loaded."""
-    args = list(config.invocation_params.args)
-    flags = {opt.REFERENCE, opt.CANDIDATE, opt.REFERENCE_BASE, opt.CANDIDATE_BASE, opt.ATTACK_MODEL}
+def _split_path_options(config: pytest.Config) -> list[tuple[str, str]]:
+    """Option values given as a separate word that exist as paths (``--cache-dir DIR``):
+    pytest took them for test paths when it chose the rootdir and ini file, before this
+    plugin loaded. Every option that takes a value counts (``opt.VALUE_FLAGS``)."""
+    args = [str(arg) for arg in config.invocation_params.args]
     found = []
     for flag, value in zip(args, args[1:]):
-        if flag in flags and (config.invocation_params.dir / value).exists():
-            found.append(f"{flag}={value}")
+        if flag in opt.VALUE_FLAGS and not value.startswith("-") and (config.invocation_params.dir / value).exists():
+            found.append((flag, value))
     return found
+
+
+def _intended_inipath(config: pytest.Config) -> Any:
+    """The ini file pytest would have used had the split option values not been free
+    arguments (pytest's own search, on the free arguments as finally parsed); ``False``
+    when this pytest's search cannot be called."""
+    import inspect
+
+    try:
+        from _pytest.config.findpaths import determine_setup
+
+        given = dict(inifile=config.option.inifilename, override_ini=config.option.override_ini,
+                     args=[str(a) for a in config.option.file_or_dir or []],
+                     rootdir_cmd_arg=config.option.rootdir or None, invocation_dir=config.invocation_params.dir)
+        accepted = inspect.signature(determine_setup).parameters
+        return determine_setup(**{k: v for k, v in given.items() if k in accepted})[1]
+    except Exception:  # noqa: BLE001 - a pytest without this private helper: judge by inipath alone
+        return False
+
+
+def _check_split_options(config: pytest.Config) -> None:
+    """A value written as two words moved pytest's rootdir: a usage error when that lost
+    (or swapped) the project's ini file, whose thresholds would silently not apply; a
+    warning when only the rootdir moved."""
+    split = _split_path_options(config)
+    if not split:
+        return
+    flag, value = split[0]
+    intended = _intended_inipath(config)
+    if intended is False:
+        lost = config.inipath is None
+        intended = None
+    else:
+        lost = intended != config.inipath
+    if lost:
+        found = f"{config.inipath}" if config.inipath else "no ini file"
+        raise pytest.UsageError(
+            f"miniature: '{flag} {value}' written as two words made pytest look for its settings "
+            f"from {value}, so it read {found} instead of the project's "
+            f"{intended or 'ini file'} (its thresholds, K and other settings would not apply); "
+            f"fix: write {flag}={value}")
+    config.issue_config_time_warning(pytest.PytestConfigWarning(
+        f"miniature: '{flag} {value}' written as two words made pytest take {value} as a test path "
+        f"when it chose the rootdir ({config.rootpath}); fix: write {flag}={value}"), stacklevel=2)
+
+
+def _check_start_up(settings: "opt.Settings") -> None:
+    """What can be checked before any model loads: the other model options resolve, and
+    the device exists in this torch (imported only for cuda or mps)."""
+    from .errors import MiniatureError
+    from .models import check_device, resolve_model
+
+    for flag in opt.MODEL_FLAGS:
+        if flag in (opt.REFERENCE, opt.CANDIDATE):
+            continue  # resolved above
+        given = settings[flag]
+        for value in (given if isinstance(given, list) else [given] if given else []):
+            try:
+                resolve_model(value)
+            except MiniatureError as error:
+                raise pytest.UsageError(f"{flag}: {error}") from None
+    try:
+        check_device(settings[opt.DEVICE])
+    except MiniatureError as error:
+        raise pytest.UsageError(str(error)) from None
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
@@ -191,11 +256,16 @@ class Check:
 
         gate = gate_for(self.request.config)
 
+        error: MiniatureError | None = None
         try:
             result = gate.compare(self.characteristic, pair, stage=stage)
-        except NotApplicable as error:
+        except MiniatureError as caught:
+            error = caught
+        # outside the except block: a failure raised inside it prints the error twice
+        # ("During handling of the above exception, another exception occurred")
+        if isinstance(error, NotApplicable):
             pytest.skip(f"miniature: {error}")
-        except MiniatureError as error:
+        if error is not None:
             pytest.fail(str(error), pytrace=False)
         self.request.node.user_properties.append((RESULT_PROPERTY, result.to_json()))
         if not result.passed and result.gating:
