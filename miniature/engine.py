@@ -67,6 +67,10 @@ class Gate:
         self.settings = settings
         if not settings.reference:
             raise MiniatureError(f"no reference model; fix: pass {opt.REFERENCE} MODEL")
+        try:
+            opt.check_combinations(settings.values)
+        except ValueError as error:
+            raise MiniatureError(str(error)) from None
         cache_root = None if settings[opt.NO_CACHE] else settings[opt.CACHE_DIR]
         self.cache = OutputCache(cache_root, refresh=settings[opt.REFRESH])
         self.specs: dict[str, ModelSpec] = {}
@@ -80,7 +84,7 @@ class Gate:
                 self.base_specs[name] = resolve_model(base)
         self._data = data
         self._wrappers: dict[tuple[str, str], ModelWrapper] = {}
-        self._results: dict[tuple[str, str, str | None], ComparisonResult] = {}
+        self._results: dict[tuple[str, str, str, str | None], ComparisonResult] = {}
         self._file_fingerprints: dict[str, str] = {}
         self._attacks: dict[str, list[dict[str, Any]]] = {}
         self._finetuned: dict[str, ModelSpec] = {}
@@ -290,7 +294,7 @@ class Gate:
 
     def compare(self, characteristic: str, pair: Pair, *, stage: str | None = None) -> ComparisonResult:
         """The memoised comparison of one characteristic for one pair (and stage)."""
-        key = (characteristic, pair.id, stage)
+        key = (characteristic, pair.reference, pair.candidate, stage)
         if key not in self._results:
             compute = getattr(self, f"_compare_{characteristic}")
             try:
