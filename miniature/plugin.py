@@ -125,10 +125,10 @@ def _split_path_options(config: pytest.Config) -> list[tuple[str, str]]:
     return found
 
 
-def _intended_inipath(config: pytest.Config) -> Any:
-    """The ini file pytest would have used had the split option values not been free
-    arguments (pytest's own search, on the free arguments as finally parsed); ``False``
-    when this pytest's search cannot be called."""
+def _intended_setup(config: pytest.Config) -> Any:
+    """``(rootdir, inifile)`` as pytest would have chosen them had the split option values
+    not been free arguments (pytest's own search, on the free arguments as finally
+    parsed); ``None`` when this pytest's search cannot be called."""
     import inspect
 
     try:
@@ -138,9 +138,10 @@ def _intended_inipath(config: pytest.Config) -> Any:
                      args=[str(a) for a in config.option.file_or_dir or []],
                      rootdir_cmd_arg=config.option.rootdir or None, invocation_dir=config.invocation_params.dir)
         accepted = inspect.signature(determine_setup).parameters
-        return determine_setup(**{k: v for k, v in given.items() if k in accepted})[1]
-    except Exception:  # noqa: BLE001 - a pytest without this private helper: judge by inipath alone
-        return False
+        found = determine_setup(**{k: v for k, v in given.items() if k in accepted})
+        return found[0], found[1]
+    except Exception:  # noqa: BLE001 - a pytest without this private helper
+        return None
 
 
 def _check_split_options(config: pytest.Config) -> None:
@@ -151,22 +152,18 @@ def _check_split_options(config: pytest.Config) -> None:
     if not split:
         return
     flag, value = split[0]
-    intended = _intended_inipath(config)
-    if intended is False:
-        lost = config.inipath is None
-        intended = None
-    else:
-        lost = intended != config.inipath
-    if lost:
+    intended = _intended_setup(config)
+    if intended is not None and intended[1] != config.inipath:
         found = f"{config.inipath}" if config.inipath else "no ini file"
         raise pytest.UsageError(
             f"miniature: '{flag} {value}' written as two words made pytest look for its settings "
-            f"from {value}, so it read {found} instead of the project's "
-            f"{intended or 'ini file'} (its thresholds, K and other settings would not apply); "
-            f"fix: write {flag}={value}")
-    config.issue_config_time_warning(pytest.PytestConfigWarning(
-        f"miniature: '{flag} {value}' written as two words made pytest take {value} as a test path "
-        f"when it chose the rootdir ({config.rootpath}); fix: write {flag}={value}"), stacklevel=2)
+            f"from {value}, so it read {found} instead of the project's {intended[1] or 'ini file'} "
+            f"(its thresholds, K and other settings would not apply); fix: write {flag}={value}")
+    moved = config.inipath is None if intended is None else intended[0] != config.rootpath
+    if moved:
+        config.issue_config_time_warning(pytest.PytestConfigWarning(
+            f"miniature: '{flag} {value}' written as two words made pytest take {value} as a test "
+            f"path when it chose the rootdir ({config.rootpath}); fix: write {flag}={value}"), stacklevel=2)
 
 
 def _check_start_up(settings: "opt.Settings") -> None:
