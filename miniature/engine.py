@@ -20,7 +20,8 @@ from .characteristics.base import ComparisonResult
 from .data import (ROLES, TaskData, TextData, builtin_qa_data, builtin_sentiment_data, load_qa_data,
                    load_text_data)
 from .errors import DataWarning, MiniatureError, ModelReferenceError, NotApplicable
-from .models import ModelSpec, ModelWrapper, locate, resolve_model
+from .models import (ModelSpec, ModelWrapper, check_device, locate, resolve_model, safe_id,
+                     unique_name)
 
 CHARACTERISTICS = ("prediction_errors", "data_representation", "data_distribution",
                    "adversarial_vulnerability")
@@ -56,7 +57,8 @@ class Pair:
 
     @property
     def id(self) -> str:
-        return f"{self.reference}-vs-{self.candidate}"
+        """The test id: the names made safe (see :func:`miniature.models.safe_id`)."""
+        return f"{safe_id(self.reference)}-vs-{safe_id(self.candidate)}"
 
 
 class Gate:
@@ -66,6 +68,10 @@ class Gate:
         self.settings = settings
         if not settings.reference:
             raise MiniatureError(f"no reference model; fix: pass {opt.REFERENCE} MODEL")
+        try:
+            opt.check_combinations(settings.values)
+        except ValueError as error:
+            raise MiniatureError(str(error)) from None
         cache_root = None if settings[opt.NO_CACHE] else settings[opt.CACHE_DIR]
         self.cache = OutputCache(cache_root, refresh=settings[opt.REFRESH])
         self.specs: dict[str, ModelSpec] = {}
@@ -87,7 +93,7 @@ class Gate:
                 self.attack_problem = f"attack model: {error}"
         self._data = data
         self._wrappers: dict[tuple[str, str], ModelWrapper] = {}
-        self._results: dict[tuple[str, str, str | None], ComparisonResult] = {}
+        self._results: dict[tuple[str, str, str, str | None], ComparisonResult] = {}
         self._file_fingerprints: dict[str, str] = {}
         self._attacks: dict[str, list[dict[str, Any]]] = {}
         self._finetuned: dict[str, ModelSpec] = {}
@@ -103,11 +109,7 @@ class Gate:
     # -- models ----------------------------------------------------------------------------
     def _add(self, reference: str) -> str:
         spec = locate(resolve_model(reference))
-        name = spec.name
-        suffix = 2
-        while name in self.specs:
-            name = f"{spec.name}#{suffix}"
-            suffix += 1
+        name = unique_name(spec.name, list(self.specs))
         self.specs[name] = spec
         self.names.append(name)
         return name
@@ -172,6 +174,7 @@ class Gate:
             import torch
 
             return "cuda" if torch.cuda.is_available() else "cpu"
+        check_device(device)
         return device
 
     def wrapper(self, name: str, *, stage: str | None = None) -> ModelWrapper:
@@ -302,7 +305,7 @@ class Gate:
 
     def compare(self, characteristic: str, pair: Pair, *, stage: str | None = None) -> ComparisonResult:
         """The memoised comparison of one characteristic for one pair (and stage)."""
-        key = (characteristic, pair.id, stage)
+        key = (characteristic, pair.reference, pair.candidate, stage)
         if key not in self._results:
             compute = getattr(self, f"_compare_{characteristic}")
             try:

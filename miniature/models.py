@@ -57,6 +57,49 @@ class ModelSpec:
     is_local: bool
 
 
+_UNSAFE_ID = re.compile(r"[^A-Za-z0-9._#~+-]")
+
+
+def safe_id(name: str) -> str:
+    """A model name as it may appear in a test id: characters other than
+    ``[A-Za-z0-9._#~+-]`` become ``_`` (pytest-html writes test ids into its page
+    unescaped, and a folder may be named ``<img src=x onerror=...>``)."""
+    return _UNSAFE_ID.sub("_", name) or "_"
+
+
+def unique_name(base: str, taken: Sequence[str]) -> str:
+    """``base``, or ``base#2``, ``base#3``, ...: unique among ``taken`` also once made
+    safe for test ids (``a<b`` and ``a>b`` would both be ``a_b``)."""
+    used = {safe_id(name) for name in taken}
+    name, suffix = base, 2
+    while name in taken or safe_id(name) in used:
+        name, suffix = f"{base}#{suffix}", suffix + 1
+    return name
+
+
+def check_device(device: str) -> None:
+    """Refuse ``cuda`` or ``mps`` when this torch cannot use it (one line, the fix);
+    ``auto`` and ``cpu`` always work and import nothing."""
+    if device in ("auto", "cpu"):
+        return
+    import torch
+
+    if device == "cuda":
+        usable = torch.cuda.is_available()
+        why = ("this torch was built without CUDA" if torch.version.cuda is None
+               else "torch sees no CUDA GPU")
+    elif device == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        usable = mps is not None and mps.is_available()
+        why = "torch sees no Apple MPS device"
+    else:
+        return
+    if not usable:
+        raise ModelReferenceError(
+            f"--device {device}: {why} (torch {torch.__version__}); fix: pass --device cpu, or "
+            f"--device auto (CUDA when there is one, else the CPU)")
+
+
 def all_aliases() -> list[str]:
     return sorted(PAPER_ALIASES) + sorted(PACKAGED_ALIASES)
 

@@ -539,3 +539,217 @@ def test_data_that_reads_correctly(tmp_path: Path, name: str, content: str, labe
     path.write_text(content, encoding="utf-8")
     data = load_text_data(path)
     assert data.labels == labels and data.label_names == [] and data.texts[0] == "a"
+
+
+
+# -- round two: options, reports and ids ---------------------------------------------------
+def one_line_usage_error(result: pytest.RunResult) -> str:
+    """The single non-blank line a usage error prints (asserted to be one)."""
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str() + result.stderr.str()
+    lines = [line for line in result.stderr.lines if line.strip()]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("where", ["command line", "ini", "both"])
+def test_bootstrap_zero_with_ci_lower_is_refused(pytester: pytest.Pytester, where: str) -> None:  # 24
+    args = [f"{opt.BOOTSTRAP}=0", f"{opt.THRESHOLD_ON}=ci_lower"]
+    if where == "ini":
+        pytester.makeini("[pytest]\nminiature_bootstrap = 0\nminiature_threshold_on = ci_lower\n")
+        args = []
+    elif where == "both":
+        pytester.makeini("[pytest]\nminiature_threshold_on = ci_lower\n")
+        args = args[:1]
+    line = one_line_usage_error(pytester.runpytest(*args))
+    assert opt.BOOTSTRAP in line and "ci_lower" in line and "fix:" in line
+
+
+@pytest.mark.parametrize("flag", [opt.CACHE_DIR, opt.REPORT_DIR, opt.TRAIN_DATA])
+def test_path_option_written_as_two_words_that_loses_the_project_ini(
+        pytester: pytest.Pytester, tiny_models, tmp_path_factory: pytest.TempPathFactory, flag: str) -> None:  # 25
+    pytester.makepyprojecttoml("[tool.pytest.ini_options]\nminiature_threshold_errors = 0.9\n")
+    outside = tmp_path_factory.mktemp("shared")
+    value = outside / "train.jsonl" if flag == opt.TRAIN_DATA else outside
+    if flag == opt.TRAIN_DATA:
+        write_rows(value, ["good film", "bad film"])
+    models = [f"{opt.REFERENCE}={tiny_models['reference']}", f"{opt.CANDIDATE}={tiny_models['small']}"]
+    line = one_line_usage_error(pytester.runpytest(*models, flag, str(value), "--co"))
+    assert f"{flag} {value}" in line and "pyproject.toml" in line and f"fix: write {flag}={value}" in line
+    assert pytester.runpytest(*models, f"{flag}={value}", "--co").ret != pytest.ExitCode.USAGE_ERROR
+
+
+@pytest.mark.parametrize("device", ["cuda", "mps"])
+def test_device_this_torch_cannot_use(pytester: pytest.Pytester, tiny_models, monkeypatch: pytest.MonkeyPatch,
+                                      device: str) -> None:  # 26
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    line = one_line_usage_error(pytester.runpytest(
+        f"{opt.REFERENCE}={tiny_models['reference']}", f"{opt.CANDIDATE}={tiny_models['small']}",
+        f"{opt.DEVICE}={device}", "--co"))
+    assert f"{opt.DEVICE} {device}" in line and "fix:" in line and f"{opt.DEVICE} cpu" in line
+
+
+def previous_report(tmp_path: Path, **changes) -> Path:
+    from miniature.characteristics.base import ComparisonResult
+
+    entry = json.loads(ComparisonResult("prediction_errors", "reference", "small", "error-set Jaccard",
+                                        0.8, 60, threshold=0.5).to_json())
+    entry.update(changes)
+    for name in [name for name, value in changes.items() if value is None]:
+        del entry[name]
+    path = tmp_path / "previous.json"
+    path.write_text(json.dumps({"schema": 1, "results": [entry]}))
+    return path
+
+
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"figure": "high"}, "figure"),
+    ({"n": 2.5}, "n"),
+    ({"threshold": "0.5"}, "threshold"),
+    ({"gating": "yes"}, "gating"),
+    ({"stage": 3}, "stage"),
+    ({"details": []}, "details"),
+    ({"conditions": [{"name": "accuracy drop"}]}, "conditions"),
+])
+def test_compare_to_report_with_wrong_field_types(tmp_path: Path, changes, field: str) -> None:  # 27
+    from miniature.report import ReportError, load_report
+
+    path = previous_report(tmp_path, **changes)
+    with pytest.raises(ReportError) as info:
+        load_report(path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message and f"'{field}'" in message and "fix:" in message
+
+
+def test_compare_to_report_with_wrong_field_types_is_a_usage_error(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    path = previous_report(tmp_path, figure="high")
+    line = one_line_usage_error(pytester.runpytest(f"{opt.COMPARE_TO}={path}"))
+    assert opt.COMPARE_TO in line and "'figure'" in line
+
+
+HOSTILE_NAME = "<img src=x onerror=alert(1)>"
+
+
+def test_html_in_a_model_folder_name_gives_safe_test_ids(gate_checks: pytest.Pytester, tiny_models) -> None:  # 28
+    folder = gate_checks.path / HOSTILE_NAME
+    shutil.copytree(tiny_models["small"], folder)
+    result = gate_checks.runpytest(
+        f"{opt.REFERENCE}={tiny_models['reference']}", f"{opt.CANDIDATE}={folder}", "-v",
+        f"{opt.CACHE_DIR}={gate_checks.path / 'cache'}", f"{opt.REPORT_DIR}={gate_checks.path / 'reports'}",
+        f"{opt.BOOTSTRAP}=0", f"{opt.DATA_LIMIT}=40", "-k", "errors", "--html=report.html")
+    ids = [line for line in result.stdout.lines if "test_equivalence.py::" in line]
+    assert ids and not any("<" in line or ">" in line for line in ids), ids
+    assert "<img src=x" not in (gate_checks.path / "report.html").read_text()
+    page = (gate_checks.path / "reports" / "summary.html").read_text()
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page and "<img" not in page  # the real name, escaped
+
+
+def test_sanitised_ids_stay_unique(tiny_models, tmp_path: Path) -> None:
+    first, second = tmp_path / "a<b", tmp_path / "a>b"
+    for folder in (first, second):
+        shutil.copytree(tiny_models["small"], folder)
+    g = gate(tiny_models, tmp_path, candidate=[str(first), str(second)])
+    ids = [pair.id for pair in g.pairs()]
+    assert len(set(ids)) == len(ids) == 3 and not any(set(i) & set("<>") for i in ids), ids
+    assert g.names[1] == "a<b"  # reports keep the real name
+
+
+#: one bad value (or several) for every option: each is refused at start-up naming the option
+BAD_OPTION_VALUES: dict[str, list[tuple[str, str]]] = {
+    opt.REFERENCE: [("garbage", "unknown model alias")],
+    opt.CANDIDATE: [("garbage", "unknown model alias")],
+    opt.REFERENCE_BASE: [("garbage", "unknown model alias")],
+    opt.CANDIDATE_BASE: [("garbage", "unknown model alias")],
+    opt.TASK: [("translation", "not one of")],
+    opt.TRAIN_DATA: [(" ", "empty value")],
+    opt.HOLDOUT_DATA: [(" ", "empty value")],
+    opt.TEST_DATA: [(" ", "empty value")],
+    opt.CHALLENGE_DATA: [(" ", "empty value")],
+    opt.TEXT_COLUMN: [(" ", "empty value")],
+    opt.LABEL_COLUMN: [(" ", "empty value")],
+    opt.LABEL_MAP: [("garbage", "is not NAME=ID"), ("POSITIVE=1,positive=0", "twice"), ("NEG=-1", "NAME=ID")],
+    opt.DATA_LIMIT: [("-5", "below the minimum 1"), ("nan", "not a whole number")],
+    opt.K: [("0", "below the minimum 1")],
+    opt.K_SWEEP: [("0,5", "whole numbers >= 1")],
+    opt.THRESHOLD_ERRORS: [("nan", "outside [0, 1]")],
+    opt.THRESHOLD_REPRESENTATION: [("inf", "outside [0, 1]")],
+    opt.THRESHOLD_DISTRIBUTION: [("-inf", "outside [0, 1]")],
+    opt.THRESHOLD_ATTACK: [("nan", "outside [0, 1]")],
+    opt.ATTACK_DROP_TOLERANCE: [("nan", "not a finite number"), ("inf", "not a finite number"),
+                                ("-1", "negative"), ("150", "above 100")],
+    opt.THRESHOLD_ON: [("ci_upper", "not one of")],
+    opt.OOD_KEEP: [("nan", "outside [0, 1]")],
+    opt.BOOTSTRAP: [("-1", "below the minimum 0")],
+    opt.GATE_ALL_PAIRS: [("maybe", "not true/false")],
+    opt.NOISE_FLOOR: [("maybe", "not true/false")],
+    opt.POOLING: [("max", "not one of")],
+    opt.BATCH_SIZE: [("0", "below the minimum 1")],
+    opt.MAX_LENGTH: [("4", "below the minimum 8")],
+    opt.DEVICE: [("tpu", "not one of")],
+    opt.SEED: [("-1", "below the minimum 0"), (str(2**64), "above the maximum")],
+    opt.CACHE_DIR: [(" ", "empty value")],
+    opt.NO_CACHE: [("maybe", "not true/false")],
+    opt.REFRESH: [("maybe", "not true/false")],
+    opt.REPORT_DIR: [(" ", "empty value")],
+    opt.COMPARE_TO: [("missing.json", "no such file")],
+    opt.TRUST_REMOTE_CODE: [("maybe", "not true/false")],
+    opt.ALLOW_PICKLE: [("maybe", "not true/false")],
+    opt.FINETUNE: [("maybe", "not true/false")],
+    opt.ATTACK_MODEL: [("garbage", "unknown model alias")],
+    opt.ATTACK_SIZE: [("0", "below the minimum 1")],
+    opt.ATTACK_TOP_K: [("0", "below the minimum 1")],
+}
+
+
+def test_every_option_has_a_bad_value_test() -> None:
+    assert set(BAD_OPTION_VALUES) == {option.flag for option in opt.OPTIONS}
+
+
+@pytest.mark.parametrize(("flag", "value", "expected"), [
+    (flag, value, expected) for flag, cases in BAD_OPTION_VALUES.items() for value, expected in cases])
+def test_every_option_refuses_a_bad_value_at_start_up(pytester: pytest.Pytester, tiny_models, flag: str,
+                                                      value: str, expected: str) -> None:  # 29
+    option = opt.BY_FLAG[flag]
+    args = [] if flag == opt.REFERENCE else [f"{opt.REFERENCE}={tiny_models['reference']}"]
+    if flag in (opt.REFERENCE_BASE, opt.CANDIDATE_BASE):  # the other base, so only the value is wrong
+        other = opt.CANDIDATE_BASE if flag == opt.REFERENCE_BASE else opt.REFERENCE_BASE
+        args += [f"{opt.CANDIDATE}={tiny_models['small']}", f"{other}={tiny_models['small']}"]
+    if option.switch:  # a switch takes no value on the command line: a bad ini value
+        pytester.makeini(f"[pytest]\n{option.ini} = {value}\n")
+    else:
+        args.append(f"{flag}={value}")
+    result = pytester.runpytest(*args, "--co")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str() + result.stderr.str()
+    named = option.ini if option.switch else flag
+    lines = [line for line in result.stderr.lines if expected in line]  # argparse adds a usage line
+    assert len(lines) == 1 and (named in lines[0] or flag in (opt.REFERENCE, opt.CANDIDATE)), result.stderr.lines
+
+
+@pytest.mark.parametrize(("reference_base", "candidate_bases"), [(True, 0), (False, 1), (True, 2)])
+def test_base_checkpoints_must_match_the_models(pytester: pytest.Pytester, tiny_models, reference_base: bool,
+                                                candidate_bases: int) -> None:  # 30
+    args = [f"{opt.REFERENCE}={tiny_models['reference']}", f"{opt.CANDIDATE}={tiny_models['small']}"]
+    if reference_base:
+        args.append(f"{opt.REFERENCE_BASE}={tiny_models['reference']}")
+    args += [f"{opt.CANDIDATE_BASE}={tiny_models['small']}"] * candidate_bases
+    line = one_line_usage_error(pytester.runpytest(*args, "--co"))
+    assert opt.REFERENCE_BASE in line and opt.CANDIDATE_BASE in line and "fix:" in line
+
+
+@pytest.mark.parametrize("where", ["collection", "check"])
+def test_gate_errors_are_printed_once(gate_checks: pytest.Pytester, tiny_models, where: str) -> None:  # 31
+    args = [f"{opt.REFERENCE}={tiny_models['reference']}", f"{opt.CANDIDATE}={tiny_models['small']}",
+            f"{opt.REPORT_DIR}={gate_checks.path / 'reports'}", f"{opt.BOOTSTRAP}=0", "-k", "representation"]
+    if where == "collection":  # the gate cannot be built: its cache dir is under a file
+        (gate_checks.path / "blocker").write_text("x")
+        args += [f"{opt.CACHE_DIR}={gate_checks.path / 'blocker' / 'cache'}"]
+        message = "is not writable"
+    else:  # the check itself raises: K is not below the number of items
+        args += [f"{opt.CACHE_DIR}={gate_checks.path / 'cache'}", f"{opt.DATA_LIMIT}=20", f"{opt.K}=30"]
+        message = "choose K < n"
+    result = gate_checks.runpytest(*args)
+    assert result.ret != pytest.ExitCode.OK and "During handling" not in result.stdout.str()
+    failed = [r for r in result.reprec.getreports("pytest_runtest_logreport pytest_collectreport") if r.failed]
+    assert failed and all(str(r.longrepr).count(message) == 1 for r in failed), [str(r.longrepr) for r in failed]

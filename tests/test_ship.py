@@ -179,10 +179,13 @@ def test_unreachable_candidate_fails_the_run_in_seconds_with_one_line(tiny_model
 
 # -- skipped and errored checks are reported ---------------------------------------------------
 @pytest.mark.slow
-def test_skipped_and_errored_checks_are_cells_of_their_own(gate_checks: pytest.Pytester, tiny_models) -> None:
+def test_skipped_and_errored_checks_are_cells_of_their_own(gate_checks: pytest.Pytester, tiny_models,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     where = gate_checks.path
-    # no such attack model: the attack is skipped; K=70 > 60 items: representation and distribution error
-    args = small_gate(tiny_models, where, f"--attack-model={where / 'no-such-lm'}", f"{opt.K}=70",
+    # an attack model that is not on this machine (offline): the attack is skipped;
+    # K=70 > 60 items: representation and distribution error
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    args = small_gate(tiny_models, where, "--attack-model=miniature-tests/no-such-lm", f"{opt.K}=70",
                       f"{opt.K_SWEEP}=5", "--junitxml=junit.xml")
     result = gate_checks.runpytest(*args)
     result.assert_outcomes(passed=1, failed=2, skipped=1)
@@ -196,7 +199,7 @@ def test_skipped_and_errored_checks_are_cells_of_their_own(gate_checks: pytest.P
     errors = re.findall(r'<td class="cell error"[^>]*><div class="verdict">ERROR</div><div class="sub">([^<]*)</div>', page)
     assert len(errors) == 2 and all("70" in cell and "choose" in cell for cell in errors)
     skipped = re.findall(r'<td class="cell skipped"[^>]*><div class="verdict">SKIPPED</div><div class="sub">([^<]*)</div>', page)
-    assert len(skipped) == 1 and "no-such-lm" in skipped[0] and "does not exist" in skipped[0]
+    assert len(skipped) == 1 and "no-such-lm" in skipped[0] and "HF_HUB_OFFLINE" in skipped[0]
     out = result.stdout.str()
     assert "ERROR: reference vs small data representation:" in out
     assert "SKIPPED: reference vs small adversarial vulnerability: attack model:" in out
