@@ -437,6 +437,13 @@ class Gate:
                                       else translation_table(id2label(config(name)), mapping, name))
         return self._label_maps[name]
 
+    def require_heads(self, pair: Pair) -> None:
+        """Raise NotApplicable when either model of ``pair`` lacks a usable task head."""
+        for name in (pair.reference, pair.candidate):
+            problem = self.head_problem(name)
+            if problem:
+                raise NotApplicable(problem)
+
     def unlabelled(self, role: str, need: str) -> str:
         """One line: the ``role`` data has no labels, what needs them, and the fix."""
         source = self.data.role(role).source
@@ -453,6 +460,7 @@ class Gate:
             raise NotApplicable(f"only {len(test)} test item(s) in {test.source!r}; the error-set "
                                 f"Jaccard needs at least {least}; fix: pass more test data "
                                 "(--test-data, --data-limit)")
+        self.require_heads(pair)
         reference, candidate = self.correct(pair.reference), self.correct(pair.candidate)
         if reference.all() and candidate.all():
             raise NotApplicable(f"neither {pair.reference!r} nor {pair.candidate!r} erred on any of "
@@ -537,6 +545,8 @@ class Gate:
     def _compare_adversarial_vulnerability(self, pair: Pair, stage: str | None) -> ComparisonResult:
         from .characteristics.adversarial import compare_adversarial, transfer_predictions
 
+        if self.task == "classification":
+            self.require_heads(pair)  # before attacking either model
         reference = self.attack_outcomes(pair.reference)
         candidate = self.attack_outcomes(pair.candidate)
         attacked = sum(r["result"] != "skipped" and c["result"] != "skipped"
