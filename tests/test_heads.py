@@ -110,7 +110,7 @@ def test_bare_encoders_skip_head_checks_and_compare_encoders(encoders, tmp_path:
     distribution = gate.compare("data_distribution", pair)
     assert 0.0 <= distribution.figure <= 1.0
     # loaded as encoders, so no made-up weight was used anywhere
-    assert {type(w.model).__name__ for w in gate._wrappers.values()} == {"BertModel"}
+    assert {type(gate.wrapper(name).model).__name__ for name in gate.names} == {"BertModel"}
     if task == "classification":
         texts = gate.data.test.texts
         direct = knn_jaccard(load_model(str(encoders["reference"])).encode(texts),
