@@ -447,8 +447,8 @@ class Gate:
     def unlabelled(self, role: str, need: str) -> str:
         """One line: the ``role`` data has no labels, what needs them, and the fix."""
         source = self.data.role(role).source
-        why = "a .txt file holds texts only, no labels" if source.lower().endswith(".txt") else "no labels"
-        return (f"the {role} data {source!r} has {why}, and {need}; fix: pass --{role}-data as a "
+        why = "is a .txt file, which has no labels" if source.lower().endswith(".txt") else "has no labels"
+        return (f"the {role} data {source!r} {why}, and {need}; fix: pass --{role}-data as a "
                 f".jsonl/.csv file with a label column (--label-column)")
 
     def _compare_prediction_errors(self, pair: Pair, stage: str | None) -> ComparisonResult:
