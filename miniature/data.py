@@ -1,4 +1,4 @@
-"""Task data from local files (jsonl, json, csv, parquet) or ``datasets`` names.
+"""Task data from local files (jsonl, json, csv, parquet, txt) or ``datasets`` names.
 
 Every loader validates against the task's schema and raises :class:`DataError` naming the
 source, the column and the fix: missing columns, empty data and wrong types never surface
@@ -18,7 +18,7 @@ from typing import Any
 
 from .errors import DataError
 
-FILE_FORMATS = (".jsonl", ".json", ".csv", ".parquet")
+FILE_FORMATS = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 
 
 def load_records(source: str | Path, *, split: str | None = None) -> list[dict[str, Any]]:
@@ -123,6 +123,8 @@ def _read_file(path: Path) -> list[dict[str, Any]]:
             import pandas as pd
 
             rows = pd.read_parquet(path).to_dict("records")
+        elif suffix == ".txt":
+            rows = [{"text": line} for line in read_lines(path)]
         else:
             raise DataError(f"data {str(path)!r}: unsupported format {suffix or '(no suffix)'}; "
                             f"fix: use one of {', '.join(FILE_FORMATS)}")
@@ -144,6 +146,17 @@ def _read_file(path: Path) -> list[dict[str, Any]]:
 def _json_kind(value: Any) -> str:
     return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
         type(value), "number")
+
+
+def read_lines(path: Path) -> list[str]:
+    """The items of a plain-text file, one per line: only the line ending is stripped
+    (``\n`` or ``\r\n``); blank or whitespace-only lines are skipped."""
+    try:
+        lines = path.read_text("utf-8").split("\n")
+    except UnicodeDecodeError:
+        raise DataError(f"data {str(path)!r} is not UTF-8 text; fix: re-encode it as UTF-8") from None
+    lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+    return [line for line in lines if line.strip()]
 
 
 def _flatten_squad(articles: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -245,7 +258,14 @@ def load_text_data(
     labels are names, mapped to integers in sorted order (recorded in ``label_names``).
     Blank, null and fractional labels, and ids mixed with names, are refused by row.
     Empty or whitespace-only texts are refused: they have no content to compare.
+    A ``.txt`` file holds one text per line and no labels (``labels`` is None whatever
+    ``label_column`` says; the checks that need labels say so); blank lines are skipped.
     """
+    if is_text_file(source):
+        texts = read_lines(Path(str(source)).expanduser())
+        if not texts:
+            raise DataError(f"data {str(source)!r} is empty (no non-blank line); fix: one item per line")
+        return TextData(source=str(source), texts=texts[:limit] if limit is not None else texts)
     rows = load_records(source, split=split)
     if limit is not None:
         rows = rows[:limit]
@@ -310,6 +330,12 @@ def _label_value(row: dict[str, Any], column: str, number: int, source: str) -> 
     raise DataError(f"{where} is a {type(value).__name__} ({str(value)[:40]!r}), expected an "
                     f"integer label id or a label name{hint}; fix: correct the value or choose "
                     "another --label-column")
+
+
+def is_text_file(source: str | Path) -> bool:
+    """Whether ``source`` is a plain-text file (``.txt``: one item per line, no labels)."""
+    path = Path(str(source)).expanduser()
+    return path.suffix.lower() == ".txt" and path.is_file()
 
 
 def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:

@@ -78,7 +78,7 @@ SIZES: dict[str, DemoSize] = {
                      lm_mask_rounds=2, bootstrap=1000),
     # 300 per set (the challenge set keeps 150 reviews + 150 news): for CI; 4 epochs, since
     # 2 on 300 mixed reviews left the reference near chance (54 %); 4 reached 86 %
-    "quick": DemoSize("quick", 300, finetune_epochs=4.0, attack_size=6, lm_head_steps=100,
+    "quick": DemoSize("quick", 300, finetune_epochs=4.0, attack_size=20, lm_head_steps=100,
                       lm_mask_rounds=1, bootstrap=200),
 }
 

@@ -439,7 +439,8 @@ def load_model(
 
     ``head`` chooses the architecture: ``encoder`` (AutoModel), ``classification``,
     ``qa`` or ``masked-lm``. Weights load from safetensors only unless ``allow_pickle``;
-    code shipped with a model runs only with ``trust_remote_code``.
+    code shipped with a model runs only with ``trust_remote_code``. The head's weights the
+    checkpoint lacks (initialised at random) are listed in ``wrapper.missing_head``.
     """
     if isinstance(spec, str):
         spec = resolve_model(spec)
@@ -463,20 +464,26 @@ def load_model(
         )
     from .compress import load_quantized, read_record
 
+    missing_head: list[str] = []
     with model_file_boundary(spec, weights_file_name(spec), allow_pickle=allow_pickle):
         if spec.is_local and read_record(spec.source, method="int8") is not None:
             model = load_quantized(spec.source, head)  # an int8 folder from `miniature compress`
         else:
-            model = auto.from_pretrained(
+            model, info = auto.from_pretrained(
                 spec.source,
                 trust_remote_code=trust_remote_code,
                 use_safetensors=None if allow_pickle else True,
+                output_loading_info=True,
             )
+            prefix = f"{model.base_model_prefix}."
+            missing_head = sorted(k for k in info.get("missing_keys", ()) if not k.startswith(prefix))
     fingerprint = fingerprint_files(Path(spec.source)) if spec.is_local else _hub_fingerprint(spec, model)
     model.to(device)
     model.eval()
-    return ModelWrapper(spec.name, model, tokenizer, fingerprint=fingerprint, device=device,
-                        **wrapper_options)
+    wrapper = ModelWrapper(spec.name, model, tokenizer, fingerprint=fingerprint, device=device,
+                           **wrapper_options)
+    wrapper.missing_head = missing_head if head != "encoder" else []
+    return wrapper
 
 
 def tokenizer_file_name(spec: ModelSpec) -> str:
@@ -563,6 +570,8 @@ class ModelWrapper:
         self.progress = progress
         self.forward_calls = 0
         self.truncated = 0
+        #: task-head weights the checkpoint lacked, initialised at random (see load_model)
+        self.missing_head: list[str] = []
         import inspect
 
         self.input_names = set(inspect.signature(model.forward).parameters)
@@ -658,3 +667,125 @@ def pool(outputs: Any, batch: dict, pooling: str) -> "np.ndarray":
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         vectors = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
     return vectors.float().cpu().numpy()
+
+
+# -- task heads: present, or about to be initialised at random? -------------------------------
+#: How each task head is named in messages.
+HEAD_NAMES: dict[str, str] = {"encoder": "encoder", "classification": "classification",
+                              "qa": "question-answering", "masked-lm": "masked-LM"}
+
+
+def checkpoint_weight_names(directory: str | Path) -> list[str] | None:
+    """Tensor names stored in a model folder's safetensors files, read from their headers
+    (no tensor is read); None when the folder has no safetensors weights."""
+    import json
+    import struct
+
+    folder = Path(directory)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        return list(json.loads(index.read_text("utf-8")).get("weight_map", {}))
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    names: list[str] = []
+    for file in files:
+        with open(file, "rb") as handle:
+            size = struct.unpack("<Q", handle.read(8))[0]
+            header = json.loads(handle.read(size))
+        names.extend(key for key in header if key != "__metadata__")
+    return names
+
+
+def head_weight_groups(config: Any, head: str) -> list[list[str]]:
+    """The weights ``head`` adds on top of the encoder, as groups of names sharing one
+    tensor (a group tied to the encoder, e.g. an MLM decoder tied to the word embeddings,
+    is left out). The model is built on the meta device: no memory, no initialisation."""
+    import torch
+    import transformers
+
+    if head == "encoder":
+        return []
+    auto = {"classification": transformers.AutoModelForSequenceClassification,
+            "qa": transformers.AutoModelForQuestionAnswering,
+            "masked-lm": transformers.AutoModelForMaskedLM}[head]
+    with torch.device("meta"):
+        model = auto.from_config(config)
+    groups: dict[int, list[str]] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(parameter), []).append(name)
+    prefix = f"{model.base_model_prefix}."
+    return [names for names in groups.values() if not any(n.startswith(prefix) for n in names)]
+
+
+def missing_head_weights(spec: ModelSpec | str, head: str, *,
+                         trust_remote_code: bool = False) -> list[str] | None:
+    """Weights of the ``head`` task head that the checkpoint lacks, which transformers would
+    initialise at random: ``[]`` when the head is complete, ``None`` when it cannot be told
+    without loading (pickle-only weights, a hub model not in the local cache).
+
+    Cheap: reads config.json and the safetensors headers, never the weights. An int8 folder
+    from ``miniature compress`` has the head it was quantized with (its record says which).
+    """
+    if head not in TASK_HEADS:
+        raise ValueError(f"head must be one of {TASK_HEADS}, got {head!r}")
+    if head == "encoder":
+        return []
+    if isinstance(spec, str):
+        spec = resolve_model(spec)
+    directory = _snapshot_dir(spec)
+    if directory is None:
+        return None
+    import json
+
+    import transformers
+
+    raw = json.loads((directory / "config.json").read_text("utf-8"))
+    if raw.get("auto_map") and not trust_remote_code:
+        return None  # its own code defines the head; loading refuses it anyway
+    transformers.logging.set_verbosity_error()
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(directory),
+                                                         trust_remote_code=trust_remote_code)
+        groups = head_weight_groups(config, head)
+    except (OSError, ValueError, KeyError):  # no such head for this architecture: loading says so
+        return None
+    from .compress import read_record
+
+    record = read_record(directory, method="int8")
+    if record is not None:
+        return [] if record.get("head", "encoder") == head else [g[0] for g in groups]
+    stored = checkpoint_weight_names(directory)
+    if stored is None:
+        return None
+    names = {_modern_name(n) for n in stored}
+    return [group[0] for group in groups if not any(n in names for n in group)]
+
+
+def _modern_name(name: str) -> str:
+    """Old TF-era checkpoints name LayerNorm weights gamma/beta; transformers renames them."""
+    if name.endswith(".gamma"):
+        return name[:-len(".gamma")] + ".weight"
+    if name.endswith(".beta"):
+        return name[:-len(".beta")] + ".bias"
+    return name
+
+
+def _snapshot_dir(spec: ModelSpec) -> Path | None:
+    """The folder holding a model's files: local, or the hub cache's snapshot (no network)."""
+    if spec.is_local:
+        return Path(spec.source)
+    try:
+        from transformers.utils import cached_file
+
+        config = cached_file(spec.source, "config.json", local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached: cannot tell without the network
+        return None
+    return Path(config).parent if config else None
+
+
+def head_missing_line(model: str, head: str, missing: Sequence[str]) -> str:
+    """One line: which head ``model`` lacks and which weights would be made up."""
+    shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+    return (f"model {model!r} has no {HEAD_NAMES[head]} head ({shown} would be newly "
+            "initialised at random)")

@@ -101,7 +101,11 @@ def test_different_label_sets(tiny_models, tmp_path: Path) -> None:  # 7
     config["id2label"] = {"0": "neg", "1": "neutral", "2": "pos"}
     (three / "config.json").write_text(json.dumps(config))
     g = gate(tiny_models, tmp_path, candidate=[str(three)])
-    with pytest.raises(MiniatureError, match="different numbers of labels.*--label-map"):
+    # a head for 3 labels on 2-label data: its predictions are not comparable, so skipped
+    from miniature.errors import NotApplicable
+
+    with pytest.raises(NotApplicable, match="'three' has a classification head for 3 label.*the data "
+                                            "has 2 distinct label.*--label-map"):
         g.compare("prediction_errors", g.pairs()[0])
 
 
@@ -753,3 +757,91 @@ def test_gate_errors_are_printed_once(gate_checks: pytest.Pytester, tiny_models,
     assert result.ret != pytest.ExitCode.OK and "During handling" not in result.stdout.str()
     failed = [r for r in result.reprec.getreports("pytest_runtest_logreport pytest_collectreport") if r.failed]
     assert failed and all(str(r.longrepr).count(message) == 1 for r in failed), [str(r.longrepr) for r in failed]
+
+
+
+# -- round two: heads and sample sizes --------------------------------------------------------
+@pytest.mark.parametrize("attack_model", ["small", "encoder"])
+def test_attack_model_without_masked_lm_head_is_refused(tiny_models, tmp_path: Path,
+                                                        attack_model: str) -> None:  # 24
+    import transformers
+
+    source = tiny_models["small"]
+    if attack_model == "encoder":  # a bare encoder: no head at all
+        source = tmp_path / "encoder"
+        transformers.AutoModel.from_pretrained(str(tiny_models["small"])).save_pretrained(str(source))
+        transformers.AutoTokenizer.from_pretrained(str(tiny_models["small"])).save_pretrained(str(source))
+    g = gate(tiny_models, tmp_path, attack_model=str(source), attack_size=12)
+    with pytest.raises(ModelReferenceError) as info:
+        g.compare("adversarial_vulnerability", g.pairs()[0])
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"attack model {source.name!r} has no masked-LM head (cls.predictions.bias" in message
+    assert "fix: pass --attack-model a masked-LM checkpoint such as bert-base" in message
+
+
+def test_masked_lm_attack_model_is_accepted(tiny_models, tmp_path: Path) -> None:  # 24
+    g = gate(tiny_models, tmp_path, attack_model=str(tiny_models["attacker"]))
+    wrapper = g.attack_wrapper()
+    assert type(wrapper.model).__name__ == "BertForMaskedLM" and wrapper.missing_head == []
+
+
+def write_labelled(path: Path, n: int) -> Path:
+    from miniature.synthetic import sentiment_reviews
+
+    write_jsonl(path, [{"text": r.text, "label": r.label} for r in sentiment_reviews(n, seed=3)])
+    return path
+
+
+def test_too_few_attacked_items_skip_the_attack_with_the_reason(tiny_models, tmp_path: Path) -> None:  # 25
+    from miniature.engine import MIN_ITEMS
+    from miniature.errors import NotApplicable
+
+    reference = str(tiny_models["reference"])
+    one = write_labelled(tmp_path / "one.jsonl", 1)
+    g = gate(tiny_models, tmp_path, candidate=[reference], test_data=str(one),
+             attack_model=str(tiny_models["attacker"]))
+    with pytest.raises(NotApplicable) as info:
+        g.compare("adversarial_vulnerability", g.pairs()[0])
+    message = str(info.value)
+    assert "\n" not in message and "nan" not in message
+    assert "of the 1 sampled item(s) were classified correctly by both" in message
+    assert f"at least {MIN_ITEMS['adversarial_vulnerability']} are needed" in message
+    assert "fix: pass more labelled test items (the test data has 1)" in message
+    # enough test items, too small a sample: the fix is the sample size
+    many = write_labelled(tmp_path / "many.jsonl", 40)
+    g = gate(tiny_models, tmp_path, candidate=[reference], test_data=str(many),
+             attack_model=str(tiny_models["attacker"]), attack_size=2)
+    with pytest.raises(NotApplicable, match=r"of the 2 sampled item.*fix: raise --attack-size \(now 2\)"):
+        g.compare("adversarial_vulnerability", g.pairs()[0])
+
+
+def test_too_few_test_items_skip_prediction_errors(tiny_models, tmp_path: Path) -> None:  # 25
+    from miniature.errors import NotApplicable
+
+    few = write_labelled(tmp_path / "few.jsonl", 5)
+    g = gate(tiny_models, tmp_path, test_data=str(few))
+    with pytest.raises(NotApplicable, match=r"only 5 test item\(s\) in .*few.jsonl.*needs at least 10"):
+        g.compare("prediction_errors", g.pairs()[0])
+
+
+def test_no_errors_at_all_is_said_not_nan(tiny_models, tmp_path: Path) -> None:  # 26
+    from miniature.errors import NotApplicable
+
+    g = gate(tiny_models, tmp_path)
+    g.correct = lambda name: np.ones(len(g.data.test), dtype=bool)  # both models always right
+    with pytest.raises(NotApplicable, match="neither 'reference' nor 'small' erred on any of the 60 "
+                                            "test items.*fix: pass a larger or harder --test-data"):
+        g.compare("prediction_errors", g.pairs()[0])
+
+
+def test_small_samples_warn_that_the_interval_is_wide(tiny_models, tmp_path: Path) -> None:  # 27
+    g = gate(tiny_models, tmp_path, data_limit=20, k=5)
+    with pytest.warns(DataWarning, match=r"data representation, reference vs small: computed on only "
+                                         r"n=20 items \(fewer than 30\), so its 95% interval is wide"):
+        result = g.compare("data_representation", g.pairs()[0])
+    assert result.n == 20 and 0.0 <= result.figure <= 1.0
+    roomy = gate(tiny_models, tmp_path, data_limit=40, k=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        roomy.compare("data_representation", roomy.pairs()[0])
