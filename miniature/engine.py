@@ -544,8 +544,6 @@ class Gate:
         if self.task != "classification":
             raise NotApplicable("the adversarial check attacks a sentiment classifier, as the paper "
                                 "does on IMDB; run it with --task classification")
-        if self.attack_problem is not None:
-            raise NotApplicable(self.attack_problem)
         problem = self.head_problem(name)
         if problem:
             raise NotApplicable(problem)
@@ -553,6 +551,8 @@ class Gate:
             test = self.data.test
             if test.labels is None:
                 raise NotApplicable(self.unlabelled("test", "the attack needs each item's gold label"))
+            if self.attack_problem is not None:  # the user's own models and data first
+                raise NotApplicable(self.attack_problem)
             index = sample_items(len(test), self.settings[opt.ATTACK_SIZE], self.settings[opt.SEED])
             self._attacks[name] = attack_model_outcomes(
                 self.attack_wrapper(), self.wrapper(name),
