@@ -31,7 +31,7 @@ def heavy_modules_imported_once():
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory):
     """A locally trained tokenizer and tiny random BERT/DistilBERT models on disk."""
-    from miniature.testing import make_tiny_models
+    from miniature.tools.testing import make_tiny_models
 
     return make_tiny_models(tmp_path_factory.mktemp("tiny-models"))
 

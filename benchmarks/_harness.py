@@ -338,7 +338,7 @@ def real_length_texts(n: int, *, low: int = 10, high: int = 60, seed: int = 0) -
     """
     import random
 
-    from miniature.synthetic import sentiment_reviews
+    from miniature.core.builtin_data import sentiment_reviews
 
     rng = random.Random(seed)
     pool = [r.text for r in sentiment_reviews(max(200, 4 * n), seed=seed + 1000)]

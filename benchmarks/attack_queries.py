@@ -67,8 +67,8 @@ def build(payload: dict) -> dict:
     import numpy as np
     import torch
 
-    from miniature.characteristics.adversarial import make_target_wrapper, prepare_textattack
-    from miniature.models import load_model
+    from miniature.core.characteristics.adversarial import make_target_wrapper, prepare_textattack
+    from miniature.core.models import load_model
 
     prepare_textattack()
     from textattack.models.wrappers import HuggingFaceModelWrapper

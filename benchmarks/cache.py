@@ -1,7 +1,7 @@
 """A full gate with a warm output cache against the same gate computing everything (cold).
 
 The gate is miniature's engine (``Gate`` with ``make_settings``) on the tiny offline
-models of ``miniature.testing.make_tiny_models`` (reference: 4-layer BERT, candidate:
+models of ``miniature.tools.testing.make_tiny_models`` (reference: 4-layer BERT, candidate:
 2-layer BERT, attack model: the tiny masked LM) and the built-in sentiment data, all
 four characteristics: prediction errors, data representation, data distribution and
 adversarial vulnerability (BERT-Attack on ``--attack-size`` items per model).
@@ -32,7 +32,7 @@ import _harness as h
 
 def setup_worker(payload: dict) -> None:
     h.quiet_libraries()
-    from miniature.testing import make_tiny_models
+    from miniature.tools.testing import make_tiny_models
 
     models = make_tiny_models(Path(payload["root"]))
     h.emit({"seconds": 0.0, "peak_extra": 0, "paths": {k: str(v) for k, v in models.paths.items()}})
@@ -51,12 +51,12 @@ def gate_worker(payload: dict) -> None:
     for name in ("AutoConfig", "AutoTokenizer", "AutoModelForSequenceClassification",
                  "AutoModelForMaskedLM"):
         getattr(transformers, name)
-    import miniature.characteristics.adversarial  # noqa: F401
-    import miniature.characteristics.distribution  # noqa: F401
-    import miniature.characteristics.prediction_errors  # noqa: F401
-    import miniature.characteristics.representation  # noqa: F401
-    from miniature.engine import CHARACTERISTICS, Gate
-    from miniature.options import make_settings
+    import miniature.core.characteristics.adversarial  # noqa: F401
+    import miniature.core.characteristics.distribution  # noqa: F401
+    import miniature.core.characteristics.prediction_errors  # noqa: F401
+    import miniature.core.characteristics.representation  # noqa: F401
+    from miniature.core.gate import CHARACTERISTICS, Gate
+    from miniature.core.settings import make_settings
 
     imported = time.perf_counter() - start
     paths = payload["paths"]

@@ -33,7 +33,7 @@ MODEL = "all-minilm-l6-v2"
 
 def load(payload: dict):
     h.quiet_libraries()
-    from miniature.models import load_model
+    from miniature.core.models import load_model
 
     texts = h.real_length_texts(payload["n"], low=payload["min_words"], high=payload["max_words"],
                                 seed=payload["seed"])

@@ -43,7 +43,7 @@ def setup_worker(payload: dict) -> None:
     import torch
     import transformers
 
-    from miniature.models import packaged_model_dir
+    from miniature.core.models import packaged_model_dir
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(packaged_model_dir("all-minilm-l6-v2")))
     root = Path(payload["root"])
@@ -64,7 +64,7 @@ def setup_worker(payload: dict) -> None:
 
 def task_data(items: int):
     """The built-in data with ``items`` test items (train alike, held-out 30%, challenge 45%)."""
-    from miniature.data import TaskData, TextData, builtin_sentiment_data
+    from miniature.core.data import TaskData, TextData, builtin_sentiment_data
 
     base = builtin_sentiment_data(seed=0, scale=items / 500)
     holdout, extra, news = round(0.3 * items), round(0.15 * items), round(0.3 * items)
@@ -102,8 +102,8 @@ def gate_worker(payload: dict) -> None:
     import io
     import pstats
 
-    from miniature.engine import Gate
-    from miniature.options import make_settings
+    from miniature.core.gate import Gate
+    from miniature.core.settings import make_settings
 
     import torch
 
@@ -180,7 +180,7 @@ def short(name: str) -> str:
 def time_demo(args: argparse.Namespace) -> list[list[str]]:
     """``miniature demo`` cold then warm (fresh cache folder), when the command exists."""
     try:
-        from miniature.cli import COMMANDS
+        from miniature.tools.cli import COMMANDS
     except ImportError:
         COMMANDS = {}
     if "demo" not in COMMANDS:
@@ -188,7 +188,7 @@ def time_demo(args: argparse.Namespace) -> list[list[str]]:
         return []
     beside = Path(sys.executable).parent / "miniature"
     exe = str(beside) if beside.exists() else (shutil.which("miniature") or "")
-    command = [exe, "demo"] if exe else [sys.executable, "-m", "miniature.cli", "demo"]
+    command = [exe, "demo"] if exe else [sys.executable, "-m", "miniature.tools.cli", "demo"]
     command += args.demo_args.split() if args.demo_args else []
     cache = h.scratch_dir("miniature-bench-demo-")
     rows = []

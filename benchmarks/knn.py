@@ -113,7 +113,7 @@ def numpy_blocked(a, b, k: int, block: int = 2048):
 
 
 def miniature_knn(a, b, k: int):
-    from miniature.characteristics.representation import knn_jaccard
+    from miniature.core.characteristics.representation import knn_jaccard
 
     return knn_jaccard(a, b, k)
 
@@ -124,7 +124,7 @@ RUNS = {"miniature": miniature_knn, "faiss-raw": faiss_raw, "sklearn-brute": skl
 
 def data(payload: dict):
     import faiss  # noqa: F401 - every library loaded before any clock starts
-    import miniature.characteristics.representation  # noqa: F401
+    import miniature.core.characteristics.representation  # noqa: F401
     import sklearn.neighbors  # noqa: F401
 
     return make_embeddings(payload["n"], payload["d"], seed=payload["seed"],
@@ -172,8 +172,8 @@ def profile(a, b, k: int, top: int) -> None:
 
     import faiss
 
-    from miniature.characteristics import representation as rep
-    from miniature.stats import jaccard_rows
+    from miniature.core.characteristics import representation as rep
+    from miniature.core.stats import jaccard_rows
 
     print("\nminiature, stage by stage (model A):")
     t0 = time.perf_counter()

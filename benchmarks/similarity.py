@@ -43,8 +43,8 @@ def make_embeddings(n: int, d: int, *, seed: int, clusters: int, noise: float):
 def timing_worker(payload: dict) -> None:
     import faiss  # noqa: F401 - libraries loaded before any clock starts
 
-    from miniature.characteristics.representation import knn_jaccard
-    from miniature.characteristics.similarity import cka_pair, mutual_knn
+    from miniature.core.characteristics.representation import knn_jaccard
+    from miniature.core.characteristics.similarity import cka_pair, mutual_knn
 
     a, b = make_embeddings(payload["n"], payload["d"], seed=payload["seed"],
                            clusters=payload["clusters"], noise=payload["noise"])

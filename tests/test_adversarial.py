@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from miniature.cache import OutputCache
-from miniature.characteristics.adversarial import (
+from miniature.core.cache import OutputCache
+from miniature.core.characteristics.adversarial import (
     DEFAULT_SAMPLE_SIZE,
     AttackSettings,
     attack_figures,
@@ -31,9 +31,9 @@ from miniature.characteristics.adversarial import (
     sample_items,
     transfer_predictions,
 )
-from miniature.models import load_model
-from miniature.synthetic import sentiment_reviews
-from miniature.testing import make_tiny_model, train_tokenizer
+from miniature.core.models import load_model
+from miniature.core.builtin_data import sentiment_reviews
+from miniature.tools.testing import make_tiny_model, train_tokenizer
 
 N_ATTACKED = 12
 
@@ -122,12 +122,12 @@ def test_import_is_cheap_and_the_attack_runs_without_network(adv_models, tmp_pat
             raise OSError("network disabled in this test")
         socket.getaddrinfo = refuse
         socket.socket.connect = refuse
-        import miniature.characteristics.adversarial as adv
+        import miniature.core.characteristics.adversarial as adv
         heavy = sorted(m for m in ("torch", "textattack", "transformers", "nltk") if m in sys.modules)
         adv.prepare_textattack()
         import nltk, torch
         torch.set_num_threads(1)
-        from miniature.models import load_model
+        from miniature.core.models import load_model
         stop = nltk.corpus.stopwords.words("english")
         outcomes = adv.attack_model_outcomes(
             load_model(sys.argv[1], head="masked-lm"), load_model(sys.argv[2], head="classification"),

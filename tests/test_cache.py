@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from miniature.cache import OutputCache
-from miniature.engine import Gate
+from miniature.core.cache import OutputCache
+from miniature.core.gate import Gate
 from miniature.errors import CacheWarning, MiniatureError
-from miniature.options import make_settings
+from miniature.core.settings import make_settings
 
 
 def small_gate(tiny_models, cache_dir: Path, **overrides) -> Gate:

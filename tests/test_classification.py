@@ -9,7 +9,7 @@ import pytest
 import transformers
 
 from miniature.errors import DataError, ModelReferenceError
-from miniature.tasks.classification import (
+from miniature.core.tasks.classification import (
     check_label_maps,
     id2label,
     is_finetuned,
@@ -29,7 +29,7 @@ def config(labels):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from miniature.testing import make_tiny_model, train_tokenizer
+    from miniature.tools.testing import make_tiny_model, train_tokenizer
 
     root = tmp_path_factory.mktemp("cls")
     tokenizer = train_tokenizer(root / "tokenizer")
@@ -94,7 +94,7 @@ def test_too_few_labels_for_the_data_or_different_sizes():
 
 
 def test_predict_labels_translates_through_the_map(tiny):
-    from miniature.models import load_model
+    from miniature.core.models import load_model
 
     wrapper = load_model(str(tiny["classification"]), head="classification", progress=False)
     wrapper.model.config.id2label = dict(POS_NEG)

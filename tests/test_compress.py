@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from miniature.compress import (RECORD_NAME, CompressionError, compress, default_keep_layers,
+from miniature.tools.compress import (RECORD_NAME, CompressionError, compress, default_keep_layers,
                                 encoder_layer_count, encoder_linear_weights, measured_sparsity,
                                 read_record)
-from miniature.models import fingerprint_files, load_model
+from miniature.core.models import fingerprint_files, load_model
 
 TEXTS = ["the film was wonderful and the cast was warm", "a dull, tedious script",
          "city council approved the annual budget", "I thought the ending was not boring",
@@ -182,7 +182,7 @@ def test_int8_of_int8_and_missing_reference_are_refused(tiny_models, out, tmp_pa
 
 
 def test_cli_compress_prints_the_folder_and_reports_bad_input(tiny_models, tmp_path, capsys) -> None:
-    from miniature.cli import main
+    from miniature.tools.cli import main
 
     target = tmp_path / "cli-layers"
     assert main(["compress", str(tiny_models["reference"]), "--method", "layers",

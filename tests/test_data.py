@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from miniature.data import builtin_sentiment_data, load_records, load_text_data, write_jsonl
+from miniature.core.data import builtin_sentiment_data, load_records, load_text_data, write_jsonl
 from miniature.errors import DataError
 
 ROWS = [{"text": "a fine film", "label": 1}, {"text": "a dull film", "label": 0}]
@@ -96,9 +96,9 @@ def test_bad_txt_names_the_file(tmp_path: Path) -> None:
 
 def test_gate_on_txt_data_compares_representations_and_says_labels_are_missing(
         tiny_models, tmp_path: Path) -> None:
-    from miniature.engine import AFTER, Gate
+    from miniature.core.gate import AFTER, Gate
     from miniature.errors import MiniatureError, NotApplicable
-    from miniature.options import make_settings
+    from miniature.core.settings import make_settings
 
     texts = builtin_sentiment_data(scale=0.1).train.texts + builtin_sentiment_data(scale=0.1).test.texts
     files = {}

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from miniature import demo as demo_module
-from miniature.demo import (MODEL_NAMES, SIZES, build_attack_model, demo, gate_arguments, gate_folder,
+from miniature.tools import demo as demo_module
+from miniature.tools.demo import (MODEL_NAMES, SIZES, build_attack_model, demo, gate_arguments, gate_folder,
                             result_passed)
 from miniature.errors import MiniatureError
 
@@ -39,7 +39,7 @@ def test_gate_arguments_are_the_plugin_command_line(tmp_path: Path) -> None:
 
 
 def test_full_size_uses_at_least_1000_items() -> None:
-    from miniature.data import builtin_sentiment_data
+    from miniature.core.data import builtin_sentiment_data
 
     data = builtin_sentiment_data()
     total = sum(len(data.role(r)) for r in ("train", "holdout", "test", "challenge"))
@@ -65,8 +65,8 @@ def test_attack_model_fits_only_the_head_and_learns(tmp_path: Path) -> None:
     import torch
     from safetensors.torch import load_file
 
-    from miniature.data import builtin_sentiment_data
-    from miniature.models import load_model, packaged_model_dir
+    from miniature.core.data import builtin_sentiment_data
+    from miniature.core.models import load_model, packaged_model_dir
 
     data = builtin_sentiment_data()
     path = build_attack_model(tmp_path, data.train.texts[:200], data.holdout.texts[:60], steps=60,
@@ -93,7 +93,7 @@ def test_attack_model_fits_only_the_head_and_learns(tmp_path: Path) -> None:
 def test_quick_demo_figures_in_unit_range_and_reference_passes_against_itself(tmp_path: Path) -> None:
     """``miniature demo --quick`` end to end, in a fresh cache (cold)."""
     completed = subprocess.run(
-        [sys.executable, "-m", "miniature.cli", "demo", "--quick", "--no-progress", "--threads=1",
+        [sys.executable, "-m", "miniature.tools.cli", "demo", "--quick", "--no-progress", "--threads=1",
          f"--cache-dir={tmp_path / 'cache'}", f"--report-dir={tmp_path / 'reports'}"],
         capture_output=True, text=True, cwd=tmp_path, timeout=900)
     output = completed.stdout + completed.stderr

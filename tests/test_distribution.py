@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from miniature.characteristics.base import ComparisonResult
-from miniature.characteristics.distribution import (
+from miniature.core.characteristics.base import ComparisonResult
+from miniature.core.characteristics.distribution import (
     auroc,
     compare_distribution,
     fit_threshold,
@@ -18,7 +18,7 @@ from miniature.characteristics.distribution import (
     ood_flags,
     ood_sweep,
 )
-from miniature.stats import chance_jaccard, jaccard
+from miniature.core.stats import chance_jaccard, jaccard
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:

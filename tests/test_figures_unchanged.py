@@ -22,9 +22,9 @@ NUMBERS = ("figure", "chance", "corrected", "ci_low", "ci_high", "n", "k", "thre
 
 
 def current_figures(models: Any, cache_dir: Path) -> dict[str, Any]:
-    from miniature.engine import Gate
+    from miniature.core.gate import Gate
     from miniature.errors import NotApplicable
-    from miniature.options import make_settings
+    from miniature.core.settings import make_settings
 
     settings = make_settings(reference=str(models["reference"]),
                              candidate=[str(models["reference"]), str(models["small"]), str(models["distil"])],
@@ -69,7 +69,7 @@ if __name__ == "__main__" and "--write" in sys.argv:
 
     import torch
 
-    from miniature.testing import make_tiny_models
+    from miniature.tools.testing import make_tiny_models
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as folder:

@@ -6,14 +6,14 @@ import json
 
 import numpy as np
 import pytest
-import miniature.finetune as finetune_module
-from miniature.cli import main
-from miniature.data import TextData, write_jsonl
+import miniature.core.finetune as finetune_module
+from miniature.tools.cli import main
+from miniature.core.data import TextData, write_jsonl
 from miniature.errors import DataError
-from miniature.finetune import RECORD_NAME, finetune
-from miniature.models import fingerprint_files, load_model
-from miniature.synthetic import qa_items, sentiment_reviews
-from miniature.tasks.classification import is_finetuned, predict_labels
+from miniature.core.finetune import RECORD_NAME, finetune
+from miniature.core.models import fingerprint_files, load_model
+from miniature.core.builtin_data import qa_items, sentiment_reviews
+from miniature.core.tasks.classification import is_finetuned, predict_labels
 
 # settings that make a 2-layer, 32-wide random BERT learn the synthetic reviews reliably
 SETTINGS = dict(epochs=10, learning_rate=3e-3, batch_size=32, max_length=64, seed=0)
@@ -29,7 +29,7 @@ def no_training(*args, **kwargs):
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """An encoder-only checkpoint: the classifier head is new, as for a hub base model."""
-    from miniature.testing import make_tiny_model, train_tokenizer
+    from miniature.tools.testing import make_tiny_model, train_tokenizer
 
     root = tmp_path_factory.mktemp("finetune")
     return make_tiny_model(root / "base", train_tokenizer(root / "tokenizer"), head="encoder")
@@ -109,7 +109,7 @@ def test_cli_finetune_passes_every_setting_through(base, reviews, finetuned, tmp
 
 
 def test_cli_finetune_qa_trains_a_qa_head(base, tmp_path, capsys):
-    from miniature.tasks.qa import predict_qa
+    from miniature.core.tasks.qa import predict_qa
 
     train = tmp_path / "squad.jsonl"
     items = qa_items(48, seed=2)
@@ -165,7 +165,7 @@ def test_cli_usage_errors(capsys, tmp_path):
 def test_qa_training_windows_point_at_the_answer(base):
     from transformers import AutoTokenizer
 
-    from miniature.tasks.qa import prepare_qa_features
+    from miniature.core.tasks.qa import prepare_qa_features
 
     tokenizer = AutoTokenizer.from_pretrained(str(base))
     items = qa_items(30, seed=6)

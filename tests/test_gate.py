@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from miniature.characteristics.representation import knn_jaccard
-from miniature.engine import AFTER, BEFORE, Gate
-from miniature.models import load_model
-from miniature.options import make_settings
+from miniature.core.characteristics.representation import knn_jaccard
+from miniature.core.gate import AFTER, BEFORE, Gate
+from miniature.core.models import load_model
+from miniature.core.settings import make_settings
 
 
 def test_representation_before_and_after_fine_tuning_match_direct_computation(
@@ -85,8 +85,8 @@ def test_mismatched_label_maps_fail_the_errors_check_clearly(tiny_models, tmp_pa
 
 
 def test_qa_task_errors_follow_squad_exact_match(tiny_models, tmp_path: Path) -> None:
-    from miniature.tasks.qa import predict_qa, qa_correct
-    from miniature.testing import make_tiny_model
+    from miniature.core.tasks.qa import predict_qa, qa_correct
+    from miniature.tools.testing import make_tiny_model
 
     paths = [make_tiny_model(tmp_path / f"qa{seed}", tiny_models.tokenizer_dir, layers=2, hidden=32,
                              heads=2, seed=seed, head="qa") for seed in (5, 6)]

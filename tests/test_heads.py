@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from miniature.characteristics.representation import knn_jaccard
-from miniature.engine import ENCODER, Gate
+from miniature.core.characteristics.representation import knn_jaccard
+from miniature.core.gate import ENCODER, Gate
 from miniature.errors import NotApplicable
-from miniature.models import load_model, missing_head_weights
-from miniature.options import make_settings
+from miniature.core.models import load_model, missing_head_weights
+from miniature.core.settings import make_settings
 
 HEAD_CHECKS = ("prediction_errors", "adversarial_vulnerability")
 
@@ -75,7 +75,7 @@ def test_partly_missing_head_is_missing(tiny_models, tmp_path: Path) -> None:
 
 
 def test_int8_folder_of_an_encoder_has_no_head(tiny_models, encoders, tmp_path: Path) -> None:
-    from miniature.compress import compress
+    from miniature.tools.compress import compress
 
     bare = compress(encoders["reference"], tmp_path / "int8-encoder", method="int8", progress=False)
     full = compress(tiny_models["reference"], tmp_path / "int8-classifier", method="int8", progress=False)
@@ -131,7 +131,7 @@ def test_one_headless_candidate_skips_only_its_pairs(tiny_models, encoders, tmp_
 
 
 def test_a_head_for_another_number_of_labels_skips_head_checks(tiny_models, tmp_path: Path) -> None:
-    from miniature.testing import make_tiny_model
+    from miniature.tools.testing import make_tiny_model
 
     three = make_tiny_model(tmp_path / "three-labels", tiny_models.tokenizer_dir, num_labels=3, seed=7)
     gate = Gate(make_settings(reference=str(tiny_models["reference"]), candidate=[str(three)],

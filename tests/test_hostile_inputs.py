@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from miniature import options as opt
-from miniature.data import load_text_data, write_jsonl
-from miniature.engine import Gate
+from miniature.core import settings as opt
+from miniature.core.data import load_text_data, write_jsonl
+from miniature.core.gate import Gate
 from miniature.errors import CacheWarning, DataError, DataWarning, MiniatureError, ModelReferenceError
-from miniature.options import make_settings
+from miniature.core.settings import make_settings
 
 
 def gate(tiny_models, tmp_path: Path, **overrides) -> Gate:
@@ -94,7 +94,7 @@ def test_model_needing_remote_code_is_refused_and_nothing_runs(tiny_models, tmp_
 
 
 def test_different_label_sets(tiny_models, tmp_path: Path) -> None:  # 7
-    from miniature.testing import make_tiny_model
+    from miniature.tools.testing import make_tiny_model
 
     three = make_tiny_model(tmp_path / "three", tiny_models.tokenizer_dir, num_labels=3, seed=9)
     config = json.loads((three / "config.json").read_text())
@@ -131,9 +131,9 @@ def test_empty_and_whitespace_texts(tmp_path: Path, blank: str) -> None:  # 10
 
 
 def test_duplicate_texts_warn_and_ties_are_broken_by_index(tiny_models, tmp_path: Path) -> None:  # 11
-    from miniature.characteristics.representation import knn_indices
+    from miniature.core.characteristics.representation import knn_indices
 
-    from miniature.synthetic import sentiment_reviews
+    from miniature.core.builtin_data import sentiment_reviews
 
     texts = [r.text for r in sentiment_reviews(30, seed=3)] * 2
     path = write_rows(tmp_path / "dupes.jsonl", texts)
@@ -168,7 +168,7 @@ def test_nan_embeddings_are_a_clear_error() -> None:  # 15
 
 
 def test_all_zero_embeddings_warn_and_still_give_a_result() -> None:  # 16
-    from miniature.characteristics.representation import knn_jaccard
+    from miniature.core.characteristics.representation import knn_jaccard
 
     vectors = np.random.default_rng(0).normal(size=(12, 4)).astype(np.float32)
     vectors[3] = 0.0
@@ -288,7 +288,7 @@ def test_labels_that_look_like_integers_are_integers(tmp_path: Path) -> None:  #
 
 
 def test_label_names_that_are_integers_are_data_label_ids() -> None:  # 25
-    from miniature.tasks.classification import check_label_maps, translation_table
+    from miniature.core.tasks.classification import check_label_maps, translation_table
 
     swapped = {"id2label": {"0": "1", "1": "0"}}
     mapping = check_label_maps(swapped, {"id2label": {"0": "0", "1": "1"}}, [0, 1, 1])
@@ -331,7 +331,7 @@ MODEL_FILE_FAULTS = {
 @pytest.mark.parametrize("fault", list(MODEL_FILE_FAULTS))
 def test_corrupted_model_files_are_one_line_naming_model_and_file(tiny_models, tmp_path: Path,
                                                                    fault: str) -> None:
-    from miniature.models import load_model
+    from miniature.core.models import load_model
 
     name, corrupt = MODEL_FILE_FAULTS[fault]
     target = tmp_path / "broken"
@@ -344,7 +344,7 @@ def test_corrupted_model_files_are_one_line_naming_model_and_file(tiny_models, t
 
 def test_corrupted_weights_found_at_start_up_by_the_gate_and_head_detection(tiny_models,
                                                                           tmp_path: Path) -> None:  # 37
-    from miniature.tasks.classification import is_finetuned
+    from miniature.core.tasks.classification import is_finetuned
 
     target = tmp_path / "huge-header"
     shutil.copytree(tiny_models["small"], target)
@@ -366,7 +366,7 @@ def test_max_length_above_the_position_limit_is_clamped_per_model(tiny_models, t
 
 
 def test_cache_subfolder_not_writable_is_found_before_the_work(tiny_models, tmp_path: Path) -> None:  # 39
-    from miniature.cache import OutputCache
+    from miniature.core.cache import OutputCache
 
     root = tmp_path / "cache"
     root.mkdir()
@@ -405,7 +405,7 @@ def _copy_source(tiny_models, tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_compress_overwrite_never_deletes_the_source(tiny_models, tmp_path: Path, capsys) -> None:  # 41
-    from miniature.cli import main
+    from miniature.tools.cli import main
 
     parent, source = _copy_source(tiny_models, tmp_path)
     before = sorted(p.name for p in source.iterdir())
@@ -419,7 +419,7 @@ def test_compress_overwrite_never_deletes_the_source(tiny_models, tmp_path: Path
 def test_compress_overwrite_replaces_only_an_earlier_compression(tiny_models, tmp_path: Path) -> None:  # 42
     import os
 
-    from miniature.compress import RECORD_NAME, CompressionError, compress
+    from miniature.tools.compress import RECORD_NAME, CompressionError, compress
 
     _, source = _copy_source(tiny_models, tmp_path)
     unrelated = tmp_path / "work"
@@ -443,7 +443,7 @@ def test_compress_overwrite_replaces_only_an_earlier_compression(tiny_models, tm
 def test_atomic_writes_get_the_mode_the_umask_gives(tmp_path: Path, umask: int, mode: int) -> None:  # 43
     import os
 
-    from miniature.cache import OutputCache, atomic_write_text
+    from miniature.core.cache import OutputCache, atomic_write_text
 
     old = os.umask(umask)
     try:
@@ -461,7 +461,7 @@ def test_atomic_writes_get_the_mode_the_umask_gives(tmp_path: Path, umask: int, 
 def test_finetuned_model_files_get_the_mode_the_umask_gives(tiny_models, tmp_path: Path) -> None:  # 44
     import os
 
-    from miniature.finetune import finetune
+    from miniature.core.finetune import finetune
 
     path = write_rows(tmp_path / "train.jsonl", [f"review number {i}" for i in range(16)])
     old = os.umask(0o022)
@@ -596,7 +596,7 @@ def test_device_this_torch_cannot_use(pytester: pytest.Pytester, tiny_models, mo
 
 
 def previous_report(tmp_path: Path, **changes) -> Path:
-    from miniature.characteristics.base import ComparisonResult
+    from miniature.core.characteristics.base import ComparisonResult
 
     entry = json.loads(ComparisonResult("prediction_errors", "reference", "small", "error-set Jaccard",
                                         0.8, 60, threshold=0.5).to_json())
@@ -618,7 +618,7 @@ def previous_report(tmp_path: Path, **changes) -> Path:
     ({"conditions": [{"name": "accuracy drop"}]}, "conditions"),
 ])
 def test_compare_to_report_with_wrong_field_types(tmp_path: Path, changes, field: str) -> None:  # 27
-    from miniature.report import ReportError, load_report
+    from miniature.reports.payload import ReportError, load_report
 
     path = previous_report(tmp_path, **changes)
     with pytest.raises(ReportError) as info:
@@ -787,14 +787,14 @@ def test_masked_lm_attack_model_is_accepted(tiny_models, tmp_path: Path) -> None
 
 
 def write_labelled(path: Path, n: int) -> Path:
-    from miniature.synthetic import sentiment_reviews
+    from miniature.core.builtin_data import sentiment_reviews
 
     write_jsonl(path, [{"text": r.text, "label": r.label} for r in sentiment_reviews(n, seed=3)])
     return path
 
 
 def test_too_few_attacked_items_skip_the_attack_with_the_reason(tiny_models, tmp_path: Path) -> None:  # 25
-    from miniature.engine import MIN_ITEMS
+    from miniature.core.gate import MIN_ITEMS
     from miniature.errors import NotApplicable
 
     reference = str(tiny_models["reference"])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from miniature.errors import ModelReferenceError
-from miniature.models import PAPER_ALIASES, load_model, resolve_model
+from miniature.core.models import PAPER_ALIASES, load_model, resolve_model
 
 TEXTS = [
     "a good film",

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from miniature import options as opt
+from miniature.core import settings as opt
 
 
 def test_help_lists_every_option_in_one_group(pytester: pytest.Pytester) -> None:
@@ -21,7 +21,7 @@ def test_help_lists_every_option_in_one_group(pytester: pytest.Pytester) -> None
 def test_without_reference_copied_checks_skip_with_one_clear_line(gate_checks: pytest.Pytester) -> None:
     from pathlib import Path
 
-    from miniature import checks
+    from miniature.plugin import checks
 
     gate_checks.mkdir("checks")
     (gate_checks.path / "checks" / "test_equivalence.py").write_text(
@@ -61,7 +61,7 @@ def test_ini_values_apply_and_command_line_overrides(pytester: pytest.Pytester, 
             {tiny_models['distil']}
     """)
     pytester.makeconftest("""
-        from miniature.plugin import SETTINGS_KEY
+        from miniature.plugin.hooks import SETTINGS_KEY
         def pytest_report_header(config):
             s = config.stash[SETTINGS_KEY]
             return [f"K={s['--k']} T={s['--threshold-errors']} C={s.candidates} B={s['--batch-size']}"]

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from miniature.characteristics.base import ComparisonResult
-from miniature.characteristics.prediction_errors import compare_prediction_errors, error_mask
-from miniature.stats import chance_jaccard, mcnemar_exact
+from miniature.core.characteristics.base import ComparisonResult
+from miniature.core.characteristics.prediction_errors import compare_prediction_errors, error_mask
+from miniature.core.stats import chance_jaccard, mcnemar_exact
 
 # Items 0..5. Reference errs on {2, 3, 5}; candidate errs on {1, 2, 5}.
 REFERENCE_CORRECT = np.array([True, True, False, False, True, False])

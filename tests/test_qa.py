@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from miniature.errors import DataError, ModelReferenceError
-from miniature.synthetic import news_qa_items, news_sentences, qa_items
-from miniature.tasks.qa import (
+from miniature.core.builtin_data import news_qa_items, news_sentences, qa_items
+from miniature.core.tasks.qa import (
     QAExample,
     exact_match,
     f1,
@@ -25,7 +25,7 @@ from miniature.tasks.qa import (
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory):
-    from miniature.testing import train_tokenizer
+    from miniature.tools.testing import train_tokenizer
 
     return train_tokenizer(tmp_path_factory.mktemp("qa") / "tokenizer")
 
@@ -39,8 +39,8 @@ def tokenizer(tokenizer_dir):
 
 @pytest.fixture(scope="module")
 def qa_wrapper(tokenizer_dir, tmp_path_factory):
-    from miniature.models import load_model
-    from miniature.testing import make_tiny_model
+    from miniature.core.models import load_model
+    from miniature.tools.testing import make_tiny_model
 
     path = make_tiny_model(tmp_path_factory.mktemp("qa") / "qa-model", tokenizer_dir, head="qa",
                            seed=5)
@@ -297,8 +297,8 @@ def test_logits_are_padding_free_per_window(qa_wrapper):
 
 
 def test_a_model_without_qa_head_is_refused(tokenizer_dir, tmp_path):
-    from miniature.models import load_model
-    from miniature.testing import make_tiny_model
+    from miniature.core.models import load_model
+    from miniature.tools.testing import make_tiny_model
 
     path = make_tiny_model(tmp_path / "cls", tokenizer_dir, head="classification")
     wrapper = load_model(str(path), head="classification", progress=False)

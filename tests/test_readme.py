@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from miniature.models import PAPER_ALIASES
-from miniature.options import OPTIONS
+from miniature.core.models import PAPER_ALIASES
+from miniature.core.settings import OPTIONS
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 

@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from miniature import options as opt
-from miniature.characteristics.base import ComparisonResult, _fmt
-from miniature.html import evidence_html, render_summary_page, result_cells
-from miniature.options import make_settings
-from miniature.report import (ReportError, change_lines, compare_results, load_report, report_payload,
+from miniature.core import settings as opt
+from miniature.core.characteristics.base import ComparisonResult, _fmt
+from miniature.reports.page import evidence_html, render_summary_page, result_cells
+from miniature.core.settings import make_settings
+from miniature.reports.payload import (ReportError, change_lines, compare_results, load_report, report_payload,
                               summary_table, write_reports)
 
 SCRIPT = "<script>alert(1)</script>"
@@ -60,7 +60,7 @@ def attack_outcomes(model: str) -> list[dict[str, Any]]:
 def sample_results() -> list[ComparisonResult]:
     """Three models (two gating pairs, one informational), every characteristic, both stages."""
     pairs = [("bert-large", "distilbert", True), ("bert-large", "tinybert", True), ("distilbert", "tinybert", False)]
-    from miniature.characteristics.adversarial import compare_adversarial
+    from miniature.core.characteristics.adversarial import compare_adversarial
 
     results = []
     for i, (ref, cand, gating) in enumerate(pairs):
@@ -198,7 +198,7 @@ def test_summary_page_has_table_3_figure_1_and_run_metadata() -> None:
     page = parse_page(render_summary_page(payload, json_name="miniature-x.json"))
     targets = {r["data-target"]: r["text"] for r in page.rows if "data-target" in r}
     assert list(targets) == ["bert-large", "distilbert", "tinybert"]
-    from miniature.characteristics.adversarial import attack_figures
+    from miniature.core.characteristics.adversarial import attack_figures
 
     for i, (model, text) in enumerate(targets.items()):
         f = attack_figures(attack_outcomes(model))
@@ -356,7 +356,7 @@ def test_page_renders_in_headless_chromium_without_console_errors(tmp_path: Path
 
 # -- real gate runs on the tiny models ---------------------------------------------------------
 def _hostile_test_data(path: Path, n: int = 60) -> Path:
-    from miniature.data import builtin_sentiment_data, write_jsonl
+    from miniature.core.data import builtin_sentiment_data, write_jsonl
 
     test = builtin_sentiment_data(seed=0, scale=0.2).test
     rows = [{"text": f"{text} {HOSTILE}" if i % 2 == 0 else text, "label": label}

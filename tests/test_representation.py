@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from miniature.characteristics.base import ComparisonResult
-from miniature.characteristics.representation import (
+from miniature.core.characteristics.base import ComparisonResult
+from miniature.core.characteristics.representation import (
     compare_representation,
     knn_indices,
     knn_jaccard,
     knn_sweep,
 )
-from miniature.stats import chance_jaccard
+from miniature.core.stats import chance_jaccard
 
 
 def brute_force_knn(embeddings: np.ndarray, k: int) -> np.ndarray:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from miniature.characteristics.base import ComparisonResult
+from miniature.core.characteristics.base import ComparisonResult
 
 
 def result(**overrides) -> ComparisonResult:

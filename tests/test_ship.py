@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from miniature import options as opt
-from miniature.models import HUB_PROBE_TIMEOUT_S
-from miniature.plugin import SHIPPED_CHECKS_NODEID
+from miniature.core import settings as opt
+from miniature.core.models import HUB_PROBE_TIMEOUT_S
+from miniature.plugin.hooks import SHIPPED_CHECKS_NODEID
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 #: an address nothing answers on: the connection is refused at once
@@ -70,7 +70,7 @@ def installed_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 def test_wheel_in_a_folder_without_checks_runs_the_gate(installed_wheel: Path, tiny_models, tmp_path: Path) -> None:
-    where = subprocess.run([str(installed_wheel), "-c", "import miniature.checks as c; print(c.__file__)"],
+    where = subprocess.run([str(installed_wheel), "-c", "import miniature.plugin.checks as c; print(c.__file__)"],
                            check=True, capture_output=True, text=True, cwd=tmp_path).stdout
     assert str(installed_wheel.parent.parent) in where and str(REPOSITORY) not in where
     project = tmp_path / "project"
@@ -109,7 +109,7 @@ def test_without_reference_a_project_runs_only_its_own_tests(gate_checks: pytest
 
 
 def test_a_project_copy_of_the_checks_replaces_the_shipped_ones(gate_checks: pytest.Pytester, tiny_models) -> None:
-    from miniature import checks
+    from miniature.plugin import checks
 
     source = Path(checks.__file__).parent / "test_equivalence.py"
     gate_checks.mkdir("checks")

@@ -1,4 +1,4 @@
-"""Tests for miniature.characteristics.similarity: CKA, debiased CKA, mutual kNN, bootstrap, evidence."""
+"""Tests for miniature.core.characteristics.similarity: CKA, debiased CKA, mutual kNN, bootstrap, evidence."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from miniature.characteristics import similarity as sim
-from miniature.characteristics.similarity import (
+from miniature.core.characteristics import similarity as sim
+from miniature.core.characteristics.similarity import (
     cka_bootstrap_ci,
     cka_disagreement_per_item,
     cka_pair,
@@ -20,7 +20,7 @@ from miniature.characteristics.similarity import (
     mutual_knn_per_item,
     similarity_evidence,
 )
-from miniature.stats import paired_bootstrap_ci
+from miniature.core.stats import paired_bootstrap_ci
 
 FAST = settings(max_examples=40, deadline=None)
 

@@ -5,7 +5,7 @@ import sys
 
 
 def test_importing_the_plugin_imports_no_heavy_library() -> None:
-    code = ("import sys, miniature.plugin, miniature.options; "
+    code = ("import sys, miniature.plugin.hooks, miniature.core.settings; "
             "heavy = [m for m in ('torch', 'transformers', 'faiss', 'textattack', 'matplotlib', 'datasets') "
             "if m in sys.modules]; print(','.join(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -15,7 +15,7 @@ def test_importing_the_plugin_imports_no_heavy_library() -> None:
 def test_datasets_name_that_cannot_be_loaded_is_one_clear_line(monkeypatch) -> None:
     import pytest
 
-    from miniature.data import load_records
+    from miniature.core.data import load_records
     from miniature.errors import DataError
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")

@@ -1,4 +1,4 @@
-"""Tests for miniature.stats: Jaccard, chance baseline, paired bootstrap, McNemar."""
+"""Tests for miniature.core.stats: Jaccard, chance baseline, paired bootstrap, McNemar."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import binomtest
 
-from miniature.stats import (
+from miniature.core.stats import (
     chance_corrected,
     chance_jaccard,
     jaccard,

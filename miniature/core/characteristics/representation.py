@@ -15,8 +15,8 @@ from typing import Literal, Sequence
 import faiss
 import numpy as np
 
-from miniature.characteristics.base import THRESHOLD_ON_CHOICES, ComparisonResult
-from miniature.stats import chance_corrected, chance_jaccard, jaccard_rows, paired_bootstrap_ci
+from miniature.core.characteristics.base import THRESHOLD_ON_CHOICES, ComparisonResult
+from miniature.core.stats import chance_corrected, chance_jaccard, jaccard_rows, paired_bootstrap_ci
 
 __all__ = [
     "DEFAULT_KS",

@@ -142,7 +142,7 @@ def news_sentences(n: int, *, seed: int = 0) -> list[str]:
 from typing import TYPE_CHECKING  # noqa: E402
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .tasks.qa import QAExample
+    from miniature.core.tasks.qa import QAExample
 _QA_FIRST = [
     "Mira", "Oren", "Talia", "Bastian", "Ilse", "Corvin", "Nadia", "Teodor", "Linnea",
     "Emeric", "Sabine", "Jorah", "Petra", "Aldo", "Yusra", "Fenna", "Caspar", "Odile",
@@ -199,7 +199,7 @@ class _Paragraph:
 
 def _qa_example(identifier: str, question: str, paragraph: _Paragraph,
                 key: str | None) -> QAExample:
-    from .tasks.qa import QAExample
+    from miniature.core.tasks.qa import QAExample
 
     if key is None:
         return QAExample(identifier, question, paragraph.text)

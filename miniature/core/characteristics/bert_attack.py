@@ -13,7 +13,7 @@ import itertools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .adversarial import prepare_textattack
+from miniature.core.characteristics.adversarial import prepare_textattack
 
 prepare_textattack()
 
@@ -26,9 +26,9 @@ from textattack.shared import utils as _ta_utils  # noqa: E402
 from textattack.transformations import WordSwapMaskedLM  # noqa: E402
 
 if TYPE_CHECKING:  # pragma: no cover
-    from miniature.models import ModelWrapper
+    from miniature.core.models import ModelWrapper
 
-    from .adversarial import AttackSettings
+    from miniature.core.characteristics.adversarial import AttackSettings
 
 
 class TargetModelWrapper(_TextAttackModelWrapper):

@@ -13,8 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
-from miniature.characteristics.base import THRESHOLD_ON_CHOICES, ComparisonResult
-from miniature.stats import chance_corrected, chance_jaccard, jaccard, jaccard_batch, mcnemar_exact, paired_bootstrap_ci
+from miniature.core.characteristics.base import THRESHOLD_ON_CHOICES, ComparisonResult
+from miniature.core.stats import chance_corrected, chance_jaccard, jaccard, jaccard_batch, mcnemar_exact, paired_bootstrap_ci
 
 __all__ = ["error_mask", "compare_prediction_errors"]
 

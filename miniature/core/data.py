@@ -16,7 +16,7 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError
+from miniature.errors import DataError
 
 FILE_FORMATS = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 
@@ -340,7 +340,7 @@ def is_text_file(source: str | Path) -> bool:
 
 def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     """Write rows as UTF-8 jsonl atomically."""
-    from .cache import atomic_write_text
+    from miniature.core.cache import atomic_write_text
 
     atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
@@ -370,7 +370,7 @@ def builtin_sentiment_data(*, seed: int = 0, scale: float = 1.0) -> TaskData:
     reviews (in-distribution) with 300 news sentences (out-of-distribution), so the OOD
     detector's AUROC can be measured too. ``scale`` shrinks every set (for quick runs).
     """
-    from .synthetic import news_sentences, sentiment_reviews
+    from miniature.core.builtin_data import news_sentences, sentiment_reviews
 
     sizes = {name: max(20, int(round(size * scale)))
              for name, size in dict(train=1000, holdout=300, test=500, extra=150, news=300).items()}
@@ -401,7 +401,7 @@ def qa_data(source: str, examples: Sequence[Any]) -> TextData:
 
 def load_qa_data(source: str | Path, *, split: str | None = None, limit: int | None = None) -> TextData:
     """SQuAD-format QA items (flat rows or SQuAD's nested JSON), validated."""
-    from .tasks.qa import qa_examples_from_records
+    from miniature.core.tasks.qa import qa_examples_from_records
 
     rows = load_records(source, split=split)
     return qa_data(str(source), qa_examples_from_records(rows, str(source))).head(limit)
@@ -413,7 +413,7 @@ def builtin_qa_data(*, seed: int = 0, scale: float = 1.0) -> TaskData:
     Train 600 / held-out 200 / test 300 biographies; the challenge set mixes 100 unseen
     biographies (in-distribution) with 200 news stories (out-of-distribution).
     """
-    from .synthetic import news_qa_items, qa_items
+    from miniature.core.builtin_data import news_qa_items, qa_items
 
     sizes = {name: max(20, int(round(size * scale)))
              for name, size in dict(train=600, holdout=200, test=300, extra=100, news=200).items()}

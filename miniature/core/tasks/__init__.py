@@ -8,7 +8,7 @@ package is cheap: torch is only imported when a model actually runs.
 
 from __future__ import annotations
 
-from ..errors import MiniatureError
+from miniature.errors import MiniatureError
 
 #: The tasks a model can be fine-tuned and evaluated on.
 TASKS: tuple[str, ...] = ("classification", "qa")

@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from . import options as opt
-from .cache import OutputCache, fingerprint, fingerprint_texts
-from .characteristics.base import ComparisonResult
-from .data import (ROLES, TaskData, TextData, builtin_qa_data, builtin_sentiment_data, load_qa_data,
+from miniature.core import settings as opt
+from miniature.core.cache import OutputCache, fingerprint, fingerprint_texts
+from miniature.core.characteristics.base import ComparisonResult
+from miniature.core.data import (ROLES, TaskData, TextData, builtin_qa_data, builtin_sentiment_data, load_qa_data,
                    load_text_data)
-from .errors import DataWarning, MiniatureError, ModelReferenceError, NotApplicable
-from .models import (ModelSpec, ModelWrapper, check_device, head_missing_line, locate,
+from miniature.errors import DataWarning, MiniatureError, ModelReferenceError, NotApplicable
+from miniature.core.models import (ModelSpec, ModelWrapper, check_device, head_missing_line, locate,
                      missing_head_weights, resolve_model, safe_id, unique_name)
 
 CHARACTERISTICS = ("prediction_errors", "data_representation", "data_distribution",
@@ -201,7 +201,7 @@ class Gate:
         return self._finetuned[name]
 
     def _finetune(self, name: str) -> ModelSpec:
-        from .finetune import finetune
+        from miniature.core.finetune import finetune
 
         if self.cache.root is None:
             import tempfile
@@ -240,7 +240,7 @@ class Gate:
 
     def wrapper(self, name: str, *, stage: str | None = None) -> ModelWrapper:
         """The loaded model (once per process); ``stage=BEFORE`` loads the base checkpoint."""
-        from .models import load_model
+        from miniature.core.models import load_model
 
         stage = None if stage == ENCODER else stage  # a headless model's task stage is its encoder
         key = (name, stage or "")
@@ -354,7 +354,7 @@ class Gate:
         """Weights fingerprint without loading the model when it is a local directory."""
         from pathlib import Path
 
-        from .models import fingerprint_files
+        from miniature.core.models import fingerprint_files
 
         spec = self.spec(name, stage)
         if spec.is_local:
@@ -416,7 +416,7 @@ class Gate:
 
     def _qa_correct(self, name: str) -> np.ndarray:
         """Exact match under SQuAD 2.0 rules of the model's answers ("" = no answer), cached."""
-        from .tasks.qa import predict_qa, qa_correct
+        from miniature.core.tasks.qa import predict_qa, qa_correct
 
         test = self.data.test
         doc_stride = max(8, self.settings[opt.MAX_LENGTH] // 3)
@@ -433,11 +433,11 @@ class Gate:
         the reference's and the data's (a clear error when they disagree)."""
         from transformers import AutoConfig
 
-        from .tasks.classification import check_label_maps, id2label, translation_table
+        from miniature.core.tasks.classification import check_label_maps, id2label, translation_table
 
         if name not in self._label_maps:
             def config(model: str) -> Any:
-                from .models import model_file_boundary
+                from miniature.core.models import model_file_boundary
 
                 with model_file_boundary(self.spec(model), "config.json"):
                     return AutoConfig.from_pretrained(
@@ -468,7 +468,7 @@ class Gate:
                 f".jsonl/.csv file with a label column (--label-column)")
 
     def _compare_prediction_errors(self, pair: Pair, stage: str | None) -> ComparisonResult:
-        from .characteristics.prediction_errors import compare_prediction_errors
+        from miniature.core.characteristics.prediction_errors import compare_prediction_errors
 
         test = self.data.test
         least = MIN_ITEMS["prediction_errors"]
@@ -486,7 +486,7 @@ class Gate:
                                          **self._common("prediction_errors", pair))
 
     def _compare_data_representation(self, pair: Pair, stage: str | None) -> ComparisonResult:
-        from .characteristics.representation import compare_representation
+        from miniature.core.characteristics.representation import compare_representation
 
         n = len(self.data.test)
         ks = tuple(k for k in self.settings[opt.K_SWEEP] if k < n)
@@ -497,7 +497,7 @@ class Gate:
             **self._common("data_representation", pair))
 
     def _compare_data_distribution(self, pair: Pair, stage: str | None) -> ComparisonResult:
-        from .characteristics.distribution import compare_distribution
+        from miniature.core.characteristics.distribution import compare_distribution
 
         def feats(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             return tuple(self.outputs(name, role)["embeddings"]  # type: ignore[return-value]
@@ -514,7 +514,7 @@ class Gate:
 
     def attack_wrapper(self) -> ModelWrapper:
         """The masked LM that proposes BERT-Attack's substitutions (loaded once)."""
-        from .models import load_model
+        from miniature.core.models import load_model
 
         key = ("__attack_model__", "")
         if self.attack_problem is not None or self.attack_spec is None:
@@ -539,7 +539,7 @@ class Gate:
 
     def attack_outcomes(self, name: str) -> list[dict[str, Any]]:
         """BERT-Attack outcomes for one target on the seeded test sample (cached, resumable)."""
-        from .characteristics.adversarial import AttackSettings, attack_model_outcomes, sample_items
+        from miniature.core.characteristics.adversarial import AttackSettings, attack_model_outcomes, sample_items
 
         if self.task != "classification":
             raise NotApplicable("the adversarial check attacks a sentiment classifier, as the paper "
@@ -564,7 +564,7 @@ class Gate:
         return self._attacks[name]
 
     def _compare_adversarial_vulnerability(self, pair: Pair, stage: str | None) -> ComparisonResult:
-        from .characteristics.adversarial import compare_adversarial, transfer_predictions
+        from miniature.core.characteristics.adversarial import compare_adversarial, transfer_predictions
 
         if self.task == "classification":
             self.require_heads(pair)  # before attacking either model

@@ -159,8 +159,8 @@ def path(value: str) -> Path:
 def label_map(value: str) -> str:
     """``NAME=ID,NAME=ID``, checked now (the text is kept; the gate parses it again)."""
     stripped = text(value)
-    from .errors import MiniatureError
-    from .tasks.classification import parse_label_map
+    from miniature.errors import MiniatureError
+    from miniature.core.tasks.classification import parse_label_map
 
     try:
         parse_label_map(stripped)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import MiniatureError
+from miniature.errors import MiniatureError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -90,9 +90,9 @@ def _finetune_arguments(parser: argparse.ArgumentParser) -> None:
          arguments=_finetune_arguments)
 def finetune_command(args: argparse.Namespace) -> int:
     """Fine-tune (or reuse a stored fine-tuned copy) and print its folder on stdout."""
-    from .data import load_records, load_text_data
-    from .finetune import finetune
-    from .tasks.qa import qa_examples_from_records
+    from miniature.core.data import load_records, load_text_data
+    from miniature.core.finetune import finetune
+    from miniature.core.tasks.qa import qa_examples_from_records
 
     train: object
     if args.task == "qa":
@@ -147,7 +147,7 @@ def _compress_arguments(parser: argparse.ArgumentParser) -> None:
                           "of the result", arguments=_compress_arguments)
 def compress_command(args: argparse.Namespace) -> int:
     """Compress (or reuse an identical earlier compression) and print its folder on stdout."""
-    from .compress import compress
+    from miniature.tools.compress import compress
 
     path = compress(args.model, args.output_dir, method=args.method, sparsity=args.sparsity,
                     prune_scope=args.prune_scope, keep_layers=args.keep_layers,
@@ -158,7 +158,7 @@ def compress_command(args: argparse.Namespace) -> int:
 
 # -- demo -------------------------------------------------------------------------------------
 def _demo_arguments(parser: argparse.ArgumentParser) -> None:
-    from .demo import CANDIDATES, DEFAULT_CANDIDATES, SIZES
+    from miniature.tools.demo import CANDIDATES, DEFAULT_CANDIDATES, SIZES
 
     parser.add_argument("--quick", action="store_const", const="quick", dest="size",
                         default="full",
@@ -191,7 +191,7 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> None:
 def demo_command(args: argparse.Namespace) -> int:
     """Run the demo. Exit 0 when the gate ran and the reference matched itself; the
     candidates' verdicts are the demo's output (``--strict``: exit 1 if any fails)."""
-    from .demo import demo, result_passed
+    from miniature.tools.demo import demo, result_passed
 
     candidates = [c.strip() for c in args.candidates.split(",") if c.strip()]
     result = demo(size=args.size, cache_dir=args.cache_dir, report_dir=args.report_dir,
@@ -214,7 +214,7 @@ def demo_command(args: argparse.Namespace) -> int:
 # -- entry point ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-parser per registered command."""
-    from . import __version__
+    from miniature import __version__
 
     parser = argparse.ArgumentParser(
         prog="miniature",

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from .characteristics.base import CHARACTERISTIC_TITLES, ComparisonResult, _fmt
-from .report import (Change, Column, column_title, columns_of, compare_results, gate_counts, pairs_of)
+from miniature.core.characteristics.base import CHARACTERISTIC_TITLES, ComparisonResult, _fmt
+from miniature.reports.payload import (Change, Column, column_title, columns_of, compare_results, gate_counts, pairs_of)
 
 EVIDENCE_TITLES = {
     "prediction_errors": "Items the models get wrong differently: negative flips (reference right, "
@@ -190,7 +190,7 @@ HTML_COLUMNS = ("Verdict", "Figure", "Threshold", "95% CI", "Chance")
 
 def result_of(report: Any) -> ComparisonResult | None:
     """The ComparisonResult a check attached to its test report, if any."""
-    from .plugin import RESULT_PROPERTY
+    from miniature.plugin.hooks import RESULT_PROPERTY
 
     for name, value in getattr(report, "user_properties", ()) or ():
         if name == RESULT_PROPERTY:

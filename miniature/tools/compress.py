@@ -35,7 +35,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import MiniatureError, ModelReferenceError
+from miniature.errors import MiniatureError, ModelReferenceError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -81,7 +81,7 @@ def compress(
     ``overwrite``. A folder holding anything but an earlier output of this function, or
     one that contains the reference, is never replaced, not even with ``overwrite``.
     """
-    from .models import fingerprint_files, resolve_model
+    from miniature.core.models import fingerprint_files, resolve_model
 
     settings = _check_settings(method, sparsity=sparsity, prune_scope=prune_scope,
                                keep_layers=keep_layers, qscheme=qscheme)
@@ -125,7 +125,7 @@ def compress(
         built = work / "model"
         measured, head, architecture = _build(spec, method, settings, built, progress=progress)
         record = _record(spec, source_print, method, settings, head, architecture, measured)
-        from .cache import apply_umask, atomic_write_text
+        from miniature.core.cache import apply_umask, atomic_write_text
 
         atomic_write_text(built / RECORD_NAME, json.dumps(record, indent=2, sort_keys=True))
         apply_umask(built)
@@ -142,7 +142,7 @@ def read_record(path: str | Path, *, method: str | None = None) -> dict[str, Any
     file = Path(path) / RECORD_NAME
     if not file.is_file():
         return None
-    from .models import model_file_boundary
+    from miniature.core.models import model_file_boundary
 
     with model_file_boundary(Path(path), RECORD_NAME,
                              fix="re-create the folder with `miniature compress`"):
@@ -175,7 +175,7 @@ def load_quantized(path: str | Path, head: str = "auto") -> "torch.nn.Module":
             f"model folder {str(folder)!r} holds an int8 {stored_head} model, which has no "
             f"{head} head; fix: load it with head={stored_head!r} (or 'encoder'), or quantize a "
             f"model fine-tuned for {head}")
-    from .models import model_file_boundary, safetensors_header
+    from miniature.core.models import model_file_boundary, safetensors_header
 
     transformers.logging.set_verbosity_error()
     with model_file_boundary(folder, "config.json"):
@@ -305,7 +305,7 @@ def _build(spec: Any, method: str, settings: dict[str, Any], built: Path, *,
            progress: bool) -> tuple[dict[str, Any], str, str]:
     import transformers
 
-    from .models import load_model, model_file_boundary, tokenizer_file_name
+    from miniature.core.models import load_model, model_file_boundary, tokenizer_file_name
 
     transformers.logging.set_verbosity_error()
     with model_file_boundary(spec, "config.json"):
@@ -456,7 +456,7 @@ def _record(spec: Any, source_print: str, method: str, settings: dict[str, Any],
     import torch
     import transformers
 
-    from . import __version__
+    from miniature import __version__
 
     resolved = dict(settings)
     if method == "layers":

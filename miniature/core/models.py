@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import DataWarning, MiniatureError, ModelReferenceError
+from miniature.errors import DataWarning, MiniatureError, ModelReferenceError
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -462,7 +462,7 @@ def load_model(
         tokenizer = transformers.AutoTokenizer.from_pretrained(
             spec.source, trust_remote_code=trust_remote_code
         )
-    from .compress import load_quantized, read_record
+    from miniature.tools.compress import load_quantized, read_record
 
     missing_head: list[str] = []
     with model_file_boundary(spec, weights_file_name(spec), allow_pickle=allow_pickle):
@@ -750,7 +750,7 @@ def missing_head_weights(spec: ModelSpec | str, head: str, *,
         groups = head_weight_groups(config, head)
     except (OSError, ValueError, KeyError):  # no such head for this architecture: loading says so
         return None
-    from .compress import read_record
+    from miniature.tools.compress import read_record
 
     record = read_record(directory, method="int8")
     if record is not None:

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import MiniatureError
+from miniature.errors import MiniatureError
 
 #: The candidates the demo can build; "reference" is the reference itself (a sanity row).
 CANDIDATES: dict[str, dict[str, Any]] = {
@@ -115,7 +115,7 @@ def result_passed(row: dict[str, Any]) -> bool:
     """Whether one result of ``latest.json`` passed (its threshold and every condition)."""
     import dataclasses
 
-    from .characteristics.base import ComparisonResult
+    from miniature.core.characteristics.base import ComparisonResult
 
     if "passed" in row:
         return bool(row["passed"])
@@ -179,7 +179,7 @@ def demo(
     work = cache / "demo" / plan.name
     models = {"reference": _named_link(work / MODEL_NAMES["reference"], reference_dir)}
     with _timed(seconds, "compress"):
-        from .compress import compress
+        from miniature.tools.compress import compress
 
         for name in candidates:
             if name != "reference":
@@ -240,7 +240,7 @@ def gate_folder(cache: Path) -> Path:
 # -- the reference ----------------------------------------------------------------------------
 def _demo_data(plan: DemoSize) -> Any:
     """The built-in data exactly as the gate will see it with ``--data-limit``."""
-    from .data import TaskData, builtin_sentiment_data
+    from miniature.core.data import TaskData, builtin_sentiment_data
 
     data = builtin_sentiment_data()
     if plan.data_limit is None:
@@ -250,7 +250,7 @@ def _demo_data(plan: DemoSize) -> Any:
 
 
 def _finetuned_reference(cache: Path, data: Any, plan: DemoSize, progress: bool) -> Path:
-    from .finetune import finetune
+    from miniature.core.finetune import finetune
 
     return finetune("all-minilm-l6-v2", "classification", data.train,
                     output_root=cache / "finetuned", epochs=plan.finetune_epochs,
@@ -295,8 +295,8 @@ def build_attack_model(
     files, the texts and the settings; ``miniature_attack_lm.json`` records masked-token
     top-1/top-10 accuracy on ``eval_texts`` before and after.
     """
-    from .cache import apply_umask, atomic_write_text, fingerprint, fingerprint_texts
-    from .models import fingerprint_files, packaged_model_dir
+    from miniature.core.cache import apply_umask, atomic_write_text, fingerprint, fingerprint_texts
+    from miniature.core.models import fingerprint_files, packaged_model_dir
 
     if not texts or not eval_texts:
         raise MiniatureError("the attack model needs training and evaluation texts; fix: pass "

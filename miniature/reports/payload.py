@@ -18,8 +18,8 @@ from pathlib import Path
 from types import UnionType
 from typing import Any
 
-from .characteristics.base import CHARACTERISTIC_TITLES, ComparisonResult, _fmt
-from .errors import MiniatureError
+from miniature.core.characteristics.base import CHARACTERISTIC_TITLES, ComparisonResult, _fmt
+from miniature.errors import MiniatureError
 
 REPORT_SCHEMA = 1
 PAGE_NAME = "summary.html"
@@ -95,7 +95,7 @@ def model_order(settings: Any) -> list[str]:
     for reference in given:
         if not reference:
             continue
-        from .models import resolve_model, unique_name
+        from miniature.core.models import resolve_model, unique_name
 
         try:
             base = resolve_model(str(reference)).name
@@ -358,8 +358,8 @@ def write_reports(results: Sequence[ComparisonResult], settings: Any, report_dir
     ``previous`` is a :func:`load_report` payload (``--compare-to``); the page then
     shows what changed since it.
     """
-    from .cache import atomic_write_text
-    from .html import render_summary_page
+    from miniature.core.cache import atomic_write_text
+    from miniature.reports.page import render_summary_page
 
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CacheWarning, MiniatureError
+from miniature.errors import CacheWarning, MiniatureError
 
 Arrays = dict[str, np.ndarray]
 

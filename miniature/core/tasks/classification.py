@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import DataError, ModelReferenceError
+from miniature.errors import DataError, ModelReferenceError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..models import ModelSpec, ModelWrapper
+    from miniature.core.models import ModelSpec, ModelWrapper
 
 _GENERIC = re.compile(r"^LABEL_(\d+)$", re.IGNORECASE)
 _LABEL_MAP_EXAMPLE = '--label-map "POSITIVE=1,NEGATIVE=0"'
@@ -201,13 +201,13 @@ def predict_labels(
 def _safetensors_keys(path: Path) -> list[str]:
     """Tensor names from a safetensors header (no tensor is read), checked by the model
     files' error boundary (:func:`miniature.models.safetensors_header`)."""
-    from ..models import safetensors_header
+    from miniature.core.models import safetensors_header
 
     return [key for key in safetensors_header(path.parent, path.name) if key != "__metadata__"]
 
 
 def _weight_names(directory: Path) -> list[str] | None:
-    from ..models import read_json_file
+    from miniature.core.models import read_json_file
 
     index = directory / "model.safetensors.index.json"
     if index.is_file():
@@ -219,7 +219,7 @@ def _weight_names(directory: Path) -> list[str] | None:
 
 
 def _local_dir(model: "str | Path | ModelSpec") -> Path | None:
-    from ..models import ModelSpec, resolve_model
+    from miniature.core.models import ModelSpec, resolve_model
 
     if isinstance(model, Path):
         return model if model.is_dir() else None
@@ -257,7 +257,7 @@ def is_finetuned(model: "str | Path | ModelSpec", head: str) -> bool:
     config_path = directory / "config.json"
     if not config_path.is_file():
         return False
-    from ..models import read_model_config
+    from miniature.core.models import read_model_config
 
     architectures = read_model_config(directory).get("architectures") or []
     suffix = {"classification": "ForSequenceClassification", "qa": "ForQuestionAnswering",

@@ -44,14 +44,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from miniature.cache import OutputCache, fingerprint, fingerprint_texts
-from miniature.characteristics.base import THRESHOLD_ON_CHOICES, ComparisonResult
+from miniature.core.cache import OutputCache, fingerprint, fingerprint_texts
+from miniature.core.characteristics.base import THRESHOLD_ON_CHOICES, ComparisonResult
 from miniature.errors import MiniatureError
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
-    from miniature.models import ModelWrapper
+    from miniature.core.models import ModelWrapper
 
 __all__ = [
     "DEFAULT_SAMPLE_SIZE",
@@ -79,7 +79,7 @@ RESULTS: tuple[str, ...] = ("skipped", "successful", "failed", "maximum queries"
 #: Bumped when the attack changes in a way that invalidates cached outcomes.
 ATTACK_VERSION = "bert-attack-li-2020/miniature-1"
 
-NLTK_DATA_DIR = Path(__file__).resolve().parent.parent / "resources" / "nltk_data"
+NLTK_DATA_DIR = Path(__file__).resolve().parents[2] / "resources" / "nltk_data"
 _STOPWORDS_FILE = NLTK_DATA_DIR / "corpora" / "stopwords" / "english"
 
 
@@ -167,7 +167,7 @@ def _no_download(*args: Any, **kwargs: Any) -> bool:
 def make_target_wrapper(wrapper: "ModelWrapper") -> Any:
     """A TextAttack ``ModelWrapper`` over a miniature classifier (counts its queries)."""
     _check_classifier(wrapper, "target")
-    from ._bert_attack import TargetModelWrapper
+    from miniature.core.characteristics.bert_attack import TargetModelWrapper
 
     return TargetModelWrapper(wrapper)
 
@@ -254,7 +254,7 @@ def attack_model_outcomes(
 
 def _build(attack_model_wrapper: "ModelWrapper", target_wrapper: "ModelWrapper",
            settings: AttackSettings) -> dict[str, Any]:
-    from ._bert_attack import TargetModelWrapper, build_attack
+    from miniature.core.characteristics.bert_attack import TargetModelWrapper, build_attack
 
     target = TargetModelWrapper(target_wrapper)
     attack = build_attack(attack_model_wrapper, target, settings, english_stopwords())
@@ -415,7 +415,7 @@ def compare_adversarial(
     """
     import numpy as np
 
-    from miniature.stats import chance_corrected, chance_jaccard, jaccard, paired_bootstrap_ci
+    from miniature.core.stats import chance_corrected, chance_jaccard, jaccard, paired_bootstrap_ci
 
     _check_outcomes(ref_outcomes, "ref_outcomes")
     _check_outcomes(cand_outcomes, "cand_outcomes")

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from . import options as opt
+from miniature.core import settings as opt
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .characteristics.base import ComparisonResult
-    from .engine import Gate, Pair
+    from miniature.core.characteristics.base import ComparisonResult
+    from miniature.core.gate import Gate, Pair
 
 RESULT_PROPERTY = "miniature_result"
 #: the marker of every gate item: ``pytest -m miniature`` selects the gate, ``-m "not miniature"`` the rest
@@ -41,7 +41,7 @@ GATE_ITEMS_KEY = pytest.StashKey[int]()
 
 
 def skip_reason() -> str:
-    from .models import all_aliases
+    from miniature.core.models import all_aliases
 
     return (f"miniature: no {opt.REFERENCE} given, so the equivalence checks were skipped; run "
             f"`pytest {opt.REFERENCE} MODEL {opt.CANDIDATE} MODEL` (aliases: {', '.join(all_aliases())}; "
@@ -110,8 +110,8 @@ def _locate_models(settings: "opt.Settings") -> None:
 
     The attack model is found by the gate: when only it is missing, the attack is skipped.
     """
-    from .errors import MiniatureError
-    from .models import locate, resolve_model
+    from miniature.errors import MiniatureError
+    from miniature.core.models import locate, resolve_model
 
     given = [(opt.REFERENCE, settings.reference), *((opt.CANDIDATE, c) for c in settings.candidates),
              (opt.REFERENCE_BASE, settings[opt.REFERENCE_BASE]),
@@ -165,7 +165,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         return
     from pathlib import Path
 
-    from . import checks
+    from miniature.plugin import checks
 
     path = Path(checks.__file__).parent / "test_equivalence.py"
     module = pytest.Module.from_parent(session, path=path, nodeid=SHIPPED_CHECKS_NODEID)
@@ -247,8 +247,8 @@ def _check_split_options(config: pytest.Config) -> None:
 def _check_start_up(settings: "opt.Settings") -> None:
     """What can be checked before any model loads: the other model options resolve, and
     the device exists in this torch (imported only for cuda or mps)."""
-    from .errors import MiniatureError
-    from .models import check_device, resolve_model
+    from miniature.errors import MiniatureError
+    from miniature.core.models import check_device, resolve_model
 
     for flag in opt.MODEL_FLAGS:
         if flag in (opt.REFERENCE, opt.CANDIDATE):
@@ -278,8 +278,8 @@ def gate_for(config: pytest.Config, *, fail: bool = True) -> "Gate":
     (``fail=False``: raise the :class:`~miniature.errors.MiniatureError` instead)."""
     __tracebackhide__ = True
     if GATE_KEY not in config.stash:
-        from .engine import Gate
-        from .errors import MiniatureError
+        from miniature.core.gate import Gate
+        from miniature.errors import MiniatureError
 
         try:
             config.stash[GATE_KEY] = Gate(config.stash[SETTINGS_KEY])
@@ -330,9 +330,9 @@ class Check:
         """Compare ``pair``; fail the test if a gating pair is below its threshold, skip it
         when the characteristic does not apply. Every outcome is recorded on the report."""
         __tracebackhide__ = True
-        from .characteristics.base import ERROR, SKIPPED, ComparisonResult
-        from .engine import FIXES, THRESHOLD_OPTION
-        from .errors import MiniatureError, NotApplicable
+        from miniature.core.characteristics.base import ERROR, SKIPPED, ComparisonResult
+        from miniature.core.gate import FIXES, THRESHOLD_OPTION
+        from miniature.errors import MiniatureError, NotApplicable
 
         problem: tuple[str, str] | None = None
         try:
@@ -402,7 +402,7 @@ class ResultCollector:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when != "call":
             return
-        from .characteristics.base import ComparisonResult
+        from miniature.core.characteristics.base import ComparisonResult
 
         for name, value in report.user_properties:
             if name == RESULT_PROPERTY:
@@ -417,12 +417,12 @@ def _configure_reports(config: pytest.Config, settings: "opt.Settings") -> None:
     config.stash[STARTED_KEY] = time.time()
     config.stash[PREVIOUS_KEY] = None
     if config.pluginmanager.hasplugin("html"):
-        from .html import HtmlReportHooks
+        from miniature.reports.page import HtmlReportHooks
 
         config.pluginmanager.register(HtmlReportHooks(), "miniature-html")
     previous = settings[opt.COMPARE_TO]
     if previous is not None and not hasattr(config, "workerinput"):
-        from .report import ReportError, load_report
+        from miniature.reports.payload import ReportError, load_report
 
         try:
             config.stash[PREVIOUS_KEY] = load_report(previous)
@@ -445,7 +445,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     results = config.stash.get(RESULTS_KEY, [])
     if not results:
         return
-    from .report import change_lines, compare_results, model_order, summary_table
+    from miniature.reports.payload import change_lines, compare_results, model_order, summary_table
 
     names = model_order(settings)
     terminalreporter.write_sep("=", "miniature summary")
@@ -473,7 +473,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     import time
 
-    from .report import write_reports
+    from miniature.reports.payload import write_reports
 
     started = config.stash.get(STARTED_KEY, None)
     try:

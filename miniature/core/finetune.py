@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from .cache import apply_umask, atomic_write_text, fingerprint, fingerprint_texts
-from .data import TextData
-from .errors import DataError, MiniatureError, ModelReferenceError
-from .models import ModelSpec, _hub_error, _refuse_unsafe_local, fingerprint_files, resolve_model
-from .tasks import TASKS, OptionError
-from .tasks.qa import QAExample, prepare_qa_features
+from miniature.core.cache import apply_umask, atomic_write_text, fingerprint, fingerprint_texts
+from miniature.core.data import TextData
+from miniature.errors import DataError, MiniatureError, ModelReferenceError
+from miniature.core.models import ModelSpec, _hub_error, _refuse_unsafe_local, fingerprint_files, resolve_model
+from miniature.core.tasks import TASKS, OptionError
+from miniature.core.tasks.qa import QAExample, prepare_qa_features
 
 #: Bump when the training recipe changes, so older fine-tuned folders are not reused.
 FORMAT_VERSION = 1
@@ -175,7 +175,7 @@ def _load(spec: ModelSpec, task: str, train: Any, *, trust_remote_code: bool,
         _refuse_unsafe_local(spec, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     options: dict[str, Any] = {}
     try:
-        from .models import model_file_boundary, tokenizer_file_name, weights_file_name
+        from miniature.core.models import model_file_boundary, tokenizer_file_name, weights_file_name
 
         with model_file_boundary(spec, tokenizer_file_name(spec)):
             tokenizer = transformers.AutoTokenizer.from_pretrained(
@@ -253,7 +253,7 @@ def _train(spec: ModelSpec, task: str, train: Any, *, output_root: Path, setting
     model, tokenizer = _load(spec, task, train, trust_remote_code=trust_remote_code,
                              allow_pickle=allow_pickle)
     if base_print is None:  # a hub model that was not cached before this load
-        from .models import _hub_fingerprint
+        from miniature.core.models import _hub_fingerprint
 
         base_print = _hub_fingerprint(spec, model)
     key = _key(base_print, task, data_print, settings)
@@ -261,7 +261,7 @@ def _train(spec: ModelSpec, task: str, train: Any, *, output_root: Path, setting
     if _is_complete(target):
         return target
     keys = set(inspect.signature(model.forward).parameters)
-    from .models import effective_max_length
+    from miniature.core.models import effective_max_length
 
     max_length = effective_max_length(model.config, settings["max_length"], spec.name)
     if task == "classification":

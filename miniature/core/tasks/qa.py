@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import DataError, ModelReferenceError
-from . import OptionError
+from miniature.errors import DataError, ModelReferenceError
+from miniature.core.tasks import OptionError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..models import ModelWrapper
+    from miniature.core.models import ModelWrapper
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCTUATION = frozenset(string.punctuation)

@@ -15,8 +15,8 @@ from typing import Sequence
 import numpy as np
 from scipy import stats as _scipy_stats
 
-from miniature.characteristics.base import ComparisonResult
-from miniature.characteristics.representation import (
+from miniature.core.characteristics.base import ComparisonResult
+from miniature.core.characteristics.representation import (
     DEFAULT_KS,
     _check_block_size,
     _check_texts,
@@ -25,7 +25,7 @@ from miniature.characteristics.representation import (
     exact_search,
     normalized_float32,
 )
-from miniature.stats import chance_corrected, chance_jaccard, jaccard, jaccard_batch, paired_bootstrap_ci
+from miniature.core.stats import chance_corrected, chance_jaccard, jaccard, jaccard_batch, paired_bootstrap_ci
 
 __all__ = [
     "FeatureSplits",

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .synthetic import news_sentences, sentiment_reviews
+from miniature.core.builtin_data import news_sentences, sentiment_reviews
 
 #: name -> (architecture, layers, hidden size, heads, init seed)
 TINY_MODELS: dict[str, tuple[str, int, int, int, int]] = {

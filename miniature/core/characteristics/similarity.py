@@ -28,8 +28,8 @@ import math
 
 import numpy as np
 
-from miniature.characteristics.representation import knn_indices
-from miniature.stats import paired_bootstrap_ci
+from miniature.core.characteristics.representation import knn_indices
+from miniature.core.stats import paired_bootstrap_ci
 
 __all__ = [
     "linear_cka",

@@ -1,0 +1,1 @@
+"""The gate core: characteristics, statistics, per-item outputs and their cache, models, data, tasks."""

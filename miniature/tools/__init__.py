@@ -1,0 +1,1 @@
+"""Tools built on the core: the command line, the demo, compression and tiny test models."""
