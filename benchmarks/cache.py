@@ -55,7 +55,7 @@ def gate_worker(payload: dict) -> None:
     import miniature.core.characteristics.distribution  # noqa: F401
     import miniature.core.characteristics.prediction_errors  # noqa: F401
     import miniature.core.characteristics.representation  # noqa: F401
-    from miniature.core.gate import CHARACTERISTICS, Gate
+    from miniature.core.gate import Gate
     from miniature.core.settings import make_settings
 
     imported = time.perf_counter() - start
@@ -68,7 +68,7 @@ def gate_worker(payload: dict) -> None:
     with h.Measure() as measure:
         gate = Gate(settings)
         for pair in gate.pairs():
-            for characteristic in CHARACTERISTICS:
+            for characteristic in gate.registry.names:
                 result = gate.compare(characteristic, pair)
                 figures[f"{characteristic} {pair.id}"] = result.figure
     out = measure.as_dict()

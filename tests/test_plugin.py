@@ -28,7 +28,7 @@ def test_without_reference_copied_checks_skip_with_one_clear_line(gate_checks: p
         (Path(checks.__file__).parent / "test_equivalence.py").read_text())
     gate_checks.makepyfile(test_own="def test_project():\n    assert 1 + 1 == 2\n")
     result = gate_checks.runpytest("-rs")
-    result.assert_outcomes(passed=1, skipped=4)
+    result.assert_outcomes(passed=1, skipped=5)  # one per characteristic
     out = result.stdout.str()
     assert out.count(f"miniature: no {opt.REFERENCE} given") >= 1
     result.stdout.fnmatch_lines([f"miniature: no {opt.REFERENCE} given, so the equivalence checks were skipped; run*"])
@@ -102,13 +102,13 @@ def test_model_against_itself_passes_every_check_with_agreement_one(
                                    f"--cache-dir={gate_checks.path / 'cache'}", "--bootstrap=50",
                                    f"--report-dir={gate_checks.path / 'reports'}", "--data-limit=200",
                                    f"--attack-model={tiny_models['attacker']}", "--attack-size=40")
-    result.assert_outcomes(passed=4)
+    result.assert_outcomes(passed=5)
     payload = json.loads((gate_checks.path / "reports" / "latest.json").read_text())
     figures = {r["characteristic"]: r["figure"] for r in payload["results"]}
     assert set(figures) == {"prediction_errors", "data_representation", "data_distribution",
-                            "adversarial_vulnerability"}
-    assert all(value == 1.0 for value in figures.values()), figures
-    result.stdout.fnmatch_lines(["*miniature summary*", "reference vs reference#2*PASS 1*PASS 1*PASS 1*PASS 1*"])
+                            "adversarial_vulnerability", "representation_similarity"}
+    assert all(abs(value - 1.0) < 1e-9 for value in figures.values()), figures
+    result.stdout.fnmatch_lines(["*miniature summary*", "reference vs reference#2*PASS 1*PASS 1*PASS 1*PASS 1*PASS 1*"])
 
 
 @pytest.mark.slow

@@ -82,7 +82,7 @@ def test_wheel_in_a_folder_without_checks_runs_the_gate(installed_wheel: Path, t
                           cwd=project, env=env, capture_output=True, text=True, timeout=300)
     out = done.stdout
     assert done.returncode == 1, out + done.stderr  # the small random model differs from the reference
-    assert "collected 4 items" in out and "test_own" not in out  # the gate only: no paths were given
+    assert "collected 5 items" in out and "test_own" not in out  # the gate only: no paths were given
     assert f"FAILED {SHIPPED_CHECKS_NODEID}::test_data_representation[reference-vs-small-task]" in out
     assert "miniature summary" in out and re.search(r"reference vs small\s+(PASS|FAIL) ", out)
     assert (tmp_path / "reports" / "summary.html").is_file()
@@ -92,13 +92,13 @@ def test_own_tests_and_the_gate_coexist(gate_checks: pytest.Pytester, tiny_model
     gate_checks.makepyfile(test_own="def test_project():\n    assert 1 + 1 == 2\n")
     gate = small_gate(tiny_models, gate_checks.path, "-k", "distribution")
     both = gate_checks.runpytest(".", *gate)  # paths given: the project's tests and the gate
-    both.assert_outcomes(passed=1, deselected=4)  # -k distribution keeps the gate's distribution check
+    both.assert_outcomes(passed=1, deselected=5)  # -k distribution keeps the gate's distribution check
     assert f"{SHIPPED_CHECKS_NODEID}::test_data_distribution" in "\n".join(
         gate_checks.runpytest(".", *gate, "--co", "-q").outlines)
     own_only = gate_checks.runpytest(".", *small_gate(tiny_models, gate_checks.path), "-m", "not miniature")
-    own_only.assert_outcomes(passed=1, deselected=4)
+    own_only.assert_outcomes(passed=1, deselected=5)
     gate_only = gate_checks.runpytest(*small_gate(tiny_models, gate_checks.path), "--co", "-q")
-    assert "test_own.py" not in gate_only.stdout.str() and "4 tests collected" in gate_only.stdout.str()
+    assert "test_own.py" not in gate_only.stdout.str() and "5 tests collected" in gate_only.stdout.str()
 
 
 def test_without_reference_a_project_runs_only_its_own_tests(gate_checks: pytest.Pytester) -> None:
@@ -109,13 +109,9 @@ def test_without_reference_a_project_runs_only_its_own_tests(gate_checks: pytest
 
 
 def test_a_project_copy_of_the_checks_replaces_the_shipped_ones(gate_checks: pytest.Pytester, tiny_models) -> None:
-    from miniature.plugin import checks
-
-    source = Path(checks.__file__).parent / "test_equivalence.py"
     gate_checks.mkdir("checks")
-    text = source.read_text().split("\n\n\ndef test_prediction_errors")[0]
     (gate_checks.path / "checks" / "test_equivalence.py").write_text(
-        text + "\n\n\ndef test_only_distribution(data_distribution, model_pair):\n"
+        "def test_only_distribution(data_distribution, model_pair):\n"
         "    data_distribution.check(model_pair)\n")
     result = gate_checks.runpytest(*small_gate(tiny_models, gate_checks.path), "--co", "-q")
     assert "checks/test_equivalence.py::test_only_distribution[reference-vs-small]" in result.stdout.str()

@@ -17,42 +17,17 @@ import numpy as np
 from miniature.core import settings as opt
 from miniature.core.cache import OutputCache, fingerprint, fingerprint_texts
 from miniature.core.characteristics.base import ComparisonResult
+from miniature.core.registry import Registry, active
 from miniature.core.data import (ROLES, TaskData, TextData, builtin_qa_data, builtin_sentiment_data, load_qa_data,
                    load_text_data)
 from miniature.errors import DataWarning, MiniatureError, ModelReferenceError, NotApplicable
 from miniature.core.models import (ModelSpec, ModelWrapper, check_device, head_missing_line, locate,
                      missing_head_weights, resolve_model, safe_id, unique_name)
 
-CHARACTERISTICS = ("prediction_errors", "data_representation", "data_distribution",
-                   "adversarial_vulnerability")
-
-THRESHOLD_OPTION = {
-    "prediction_errors": opt.THRESHOLD_ERRORS,
-    "data_representation": opt.THRESHOLD_REPRESENTATION,
-    "data_distribution": opt.THRESHOLD_DISTRIBUTION,
-    "adversarial_vulnerability": opt.THRESHOLD_ATTACK,
-}
-
-FIXES = {
-    "prediction_errors": "the candidate errs on other items than the reference; read the negative "
-    "flips in the report, compress with more task data, or lower --threshold-errors if this is acceptable",
-    "data_representation": "the candidate arranges the data differently (other nearest neighbours); "
-    "distil on the reference's representations, or lower --threshold-representation if only labels matter",
-    "data_distribution": "the candidate flags other items as out-of-distribution; check the items "
-    "flagged by one model only in the report, or lower --threshold-distribution",
-    "adversarial_vulnerability": "the candidate breaks under attack on other items or much more "
-    "often; add adversarial training, or relax --threshold-attack / --attack-drop-tolerance",
-}
-
 BEFORE, AFTER = "before fine-tuning", "after fine-tuning"
 #: The stage of models that have no task head: representation compared on their encoders.
 ENCODER = "pre-trained encoder"
 
-#: Fewest items a figure is computed on, per characteristic (prediction errors: test items;
-#: adversarial vulnerability: items both models classified correctly, so were attacked);
-#: below it the check is skipped with the reason. Representation and distribution need
-#: more items than K instead (an error: "choose K < n").
-MIN_ITEMS: dict[str, int] = {"prediction_errors": 10, "adversarial_vulnerability": 10}
 #: Below this many items a figure's 95% interval is wide: a DataWarning says so.
 WIDE_INTERVAL_ITEMS = 30
 
@@ -74,8 +49,11 @@ class Pair:
 class Gate:
     """Everything one gate run computes, shared by all checks of a process."""
 
-    def __init__(self, settings: opt.Settings, *, data: TaskData | None = None) -> None:
+    def __init__(self, settings: opt.Settings, *, data: TaskData | None = None,
+                 registry: Registry | None = None) -> None:
         self.settings = settings
+        #: the characteristics this gate compares (the running one's by default)
+        self.registry = registry if registry is not None else active()
         if not settings.reference:
             raise MiniatureError(f"no reference model; fix: pass {opt.REFERENCE} MODEL")
         try:
@@ -365,17 +343,23 @@ class Gate:
 
     # -- comparisons -----------------------------------------------------------------------
     def threshold(self, characteristic: str) -> float | None:
-        return self.settings[THRESHOLD_OPTION[characteristic]]
+        """``--threshold NAME=J``, else the characteristic's own flag, else its default."""
+        spec = self.registry[characteristic]
+        if characteristic in self.settings.thresholds:
+            return self.settings.thresholds[characteristic]
+        if spec.threshold_flag in opt.BY_FLAG:
+            return self.settings[spec.threshold_flag]
+        return spec.default_threshold
 
     def compare(self, characteristic: str, pair: Pair, *, stage: str | None = None) -> ComparisonResult:
         """The memoised comparison of one characteristic for one pair (and stage)."""
         key = (characteristic, pair.reference, pair.candidate, stage)
         if key not in self._results:
-            compute = getattr(self, f"_compare_{characteristic}")
+            compare = self.registry[characteristic].compare_function
             try:
-                result = compute(pair, stage)
+                result = compare(self, pair, stage)
                 if self.noise_model is not None:
-                    floor = compute(Pair(self.reference, self.noise_model, False), stage)
+                    floor = compare(self, Pair(self.reference, self.noise_model, False), stage)
                     result.noise_floor = floor.figure
             except ValueError as error:  # the numeric layer's input checks
                 raise MiniatureError(f"{characteristic.replace('_', ' ')}, {pair.reference} vs "
@@ -390,7 +374,8 @@ class Gate:
             self._results[key] = result
         return self._results[key]
 
-    def _common(self, characteristic: str, pair: Pair) -> dict[str, Any]:
+    def common(self, characteristic: str, pair: Pair) -> dict[str, Any]:
+        """The arguments every characteristic's comparison takes from the run's settings."""
         return dict(reference=pair.reference, candidate=pair.candidate,
                     threshold=self.threshold(characteristic),
                     threshold_on=self.settings[opt.THRESHOLD_ON], gating=pair.gating,
@@ -467,51 +452,6 @@ class Gate:
         return (f"the {role} data {source!r} {why}, and {need}; fix: pass --{role}-data as a "
                 f".jsonl/.csv file with a label column (--label-column)")
 
-    def _compare_prediction_errors(self, pair: Pair, stage: str | None) -> ComparisonResult:
-        from miniature.core.characteristics.prediction_errors import compare_prediction_errors
-
-        test = self.data.test
-        least = MIN_ITEMS["prediction_errors"]
-        if len(test) < least:
-            raise NotApplicable(f"only {len(test)} test item(s) in {test.source!r}; the error-set "
-                                f"Jaccard needs at least {least}; fix: pass more test data "
-                                "(--test-data, --data-limit)")
-        self.require_heads(pair)
-        reference, candidate = self.correct(pair.reference), self.correct(pair.candidate)
-        if reference.all() and candidate.all():
-            raise NotApplicable(f"neither {pair.reference!r} nor {pair.candidate!r} erred on any of "
-                                f"the {len(test)} test items ({test.source}), so there are no error "
-                                "sets to compare; fix: pass a larger or harder --test-data")
-        return compare_prediction_errors(reference, candidate, item_texts=test.texts,
-                                         **self._common("prediction_errors", pair))
-
-    def _compare_data_representation(self, pair: Pair, stage: str | None) -> ComparisonResult:
-        from miniature.core.characteristics.representation import compare_representation
-
-        n = len(self.data.test)
-        ks = tuple(k for k in self.settings[opt.K_SWEEP] if k < n)
-        return compare_representation(
-            self.outputs(pair.reference, "test", stage=stage)["embeddings"],
-            self.outputs(pair.candidate, "test", stage=stage)["embeddings"],
-            k=self.settings[opt.K], ks=ks, stage=stage, item_texts=self.data.test.texts,
-            **self._common("data_representation", pair))
-
-    def _compare_data_distribution(self, pair: Pair, stage: str | None) -> ComparisonResult:
-        from miniature.core.characteristics.distribution import compare_distribution
-
-        def feats(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-            return tuple(self.outputs(name, role)["embeddings"]  # type: ignore[return-value]
-                         for role in ("train", "holdout", "challenge"))
-
-        n_train = len(self.data.train)
-        ks = tuple(k for k in self.settings[opt.K_SWEEP] if k < n_train)
-        labels = self.data.challenge_is_ood
-        return compare_distribution(
-            feats(pair.reference), feats(pair.candidate), k=self.settings[opt.K],
-            keep=self.settings[opt.OOD_KEEP], ks=ks,
-            challenge_is_ood=np.asarray(labels) if labels is not None else None,
-            item_texts=self.data.challenge.texts, **self._common("data_distribution", pair))
-
     def attack_wrapper(self) -> ModelWrapper:
         """The masked LM that proposes BERT-Attack's substitutions (loaded once)."""
         from miniature.core.models import load_model
@@ -562,29 +502,6 @@ class Gate:
                                                        self.attack_wrapper().max_length)),
                 cache=self.cache, seed=self.settings[opt.SEED])
         return self._attacks[name]
-
-    def _compare_adversarial_vulnerability(self, pair: Pair, stage: str | None) -> ComparisonResult:
-        from miniature.core.characteristics.adversarial import compare_adversarial, transfer_predictions
-
-        if self.task == "classification":
-            self.require_heads(pair)  # before attacking either model
-        reference = self.attack_outcomes(pair.reference)
-        candidate = self.attack_outcomes(pair.candidate)
-        attacked = sum(r["result"] != "skipped" and c["result"] != "skipped"
-                       for r, c in zip(reference, candidate))
-        least = MIN_ITEMS["adversarial_vulnerability"]
-        if attacked < least:
-            size, items = self.settings[opt.ATTACK_SIZE], len(self.data.test)
-            fix = (f"raise {opt.ATTACK_SIZE} (now {size})" if size is not None and size < items
-                   else f"pass more labelled test items (the test data has {items})")
-            raise NotApplicable(
-                f"only {attacked} of the {len(reference)} sampled item(s) were classified correctly "
-                f"by both {pair.reference!r} and {pair.candidate!r}, so only they were attacked; at "
-                f"least {least} are needed for a broken-set Jaccard; fix: {fix}")
-        common = self._common("adversarial_vulnerability", pair)
-        return compare_adversarial(
-            reference, candidate, drop_tolerance=self.settings[opt.ATTACK_DROP_TOLERANCE],
-            transfer=transfer_predictions(reference, self.wrapper(pair.candidate)), **common)
 
 def _length_used(used: int, requested: int) -> str:
     if used == requested:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any
+
+from miniature.core.registry import BUILTIN
 
 GROUP = "miniature"
 
@@ -32,10 +34,7 @@ LABEL_MAP = "--label-map"
 DATA_LIMIT = "--data-limit"
 K = "--k"
 K_SWEEP = "--k-sweep"
-THRESHOLD_ERRORS = "--threshold-errors"
-THRESHOLD_REPRESENTATION = "--threshold-representation"
-THRESHOLD_DISTRIBUTION = "--threshold-distribution"
-THRESHOLD_ATTACK = "--threshold-attack"
+THRESHOLDS = "--threshold"
 ATTACK_DROP_TOLERANCE = "--attack-drop-tolerance"
 THRESHOLD_ON = "--threshold-on"
 OOD_KEEP = "--ood-keep"
@@ -58,6 +57,11 @@ FINETUNE = "--finetune"
 ATTACK_MODEL = "--attack-model"
 ATTACK_SIZE = "--attack-size"
 ATTACK_TOP_K = "--attack-top-k"
+CKA_ESTIMATOR = "--cka-estimator"
+
+#: the built-in characteristics' threshold flags, named as the rest of the option constants
+THRESHOLD_ERRORS, THRESHOLD_REPRESENTATION, THRESHOLD_DISTRIBUTION, THRESHOLD_ATTACK, THRESHOLD_SIMILARITY = (
+    c.threshold_flag for c in BUILTIN)
 
 TASKS = ("classification", "qa")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -102,6 +106,14 @@ def fraction(value: str) -> float:
     if not 0.0 <= number <= 1.0:
         raise argparse.ArgumentTypeError(f"{number} is outside [0, 1]")
     return number
+
+
+def named_fraction(value: str) -> tuple[str, float]:
+    """``NAME=J``: a characteristic's name and a threshold in [0, 1]."""
+    name, sep, number = str(value).partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"{value!r} is not NAME=J (e.g. representation_similarity=0.9)")
+    return name.strip(), fraction(number)
 
 
 def open_fraction(value: str) -> float:
@@ -217,10 +229,11 @@ OPTIONS: tuple[Option, ...] = (
     Option(DATA_LIMIT, "use at most this many items of each data set", integer(1), metavar="N"),
     Option(K, "neighbours K for representation and OOD detection (the paper: 10)", integer(1), 10),
     Option(K_SWEEP, "values of K for the sensitivity figure", int_list, (1, 5, 10, 20, 50, 100), metavar="K,K,..."),
-    Option(THRESHOLD_ERRORS, "minimum error-set Jaccard", fraction, 0.5, metavar="J"),
-    Option(THRESHOLD_REPRESENTATION, "minimum mean kNN Jaccard", fraction, 0.5, metavar="J"),
-    Option(THRESHOLD_DISTRIBUTION, "minimum OOD-set Jaccard", fraction, 0.5, metavar="J"),
-    Option(THRESHOLD_ATTACK, "minimum Jaccard of the sets of successfully attacked items", fraction, 0.5, metavar="J"),
+    # one threshold option per built-in characteristic, from the registry
+    *(Option(c.threshold_flag, c.threshold_help, fraction, c.default_threshold, metavar="J")
+      for c in BUILTIN if c.threshold_flag),
+    Option(THRESHOLDS, "threshold of any characteristic, also one a project registers: NAME=J; repeat for several",
+           named_fraction, multiple=True, metavar="NAME=J"),
     Option(ATTACK_DROP_TOLERANCE, "max extra %% accuracy drop under attack, in percentage points over the reference's", percentage_points, 10.0, metavar="PP"),
     Option(THRESHOLD_ON, "compare thresholds with the raw figure, the chance-corrected one, or the CI's lower bound", choice(*THRESHOLD_ON_CHOICES), "raw"),
     Option(OOD_KEEP, "fraction of held-out in-distribution items the OOD threshold keeps", open_fraction, 0.95, metavar="F"),
@@ -243,6 +256,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(ATTACK_MODEL, "masked LM proposing BERT-Attack substitutions (the paper: bert-base)", text, "bert-base", metavar="MODEL"),
     Option(ATTACK_SIZE, "items attacked per model (the paper: 1000)", integer(1), 200, metavar="N"),
     Option(ATTACK_TOP_K, "BERT-Attack's K: most important words perturbed (the paper: 3)", integer(1), 3, metavar="K"),
+    Option(CKA_ESTIMATOR, "representation similarity's CKA: debiased (HSIC, about 0 when unrelated) or linear (plain)",
+           choice("debiased", "linear"), "debiased"),
 )
 
 BY_FLAG: dict[str, Option] = {option.flag: option for option in OPTIONS}
@@ -255,22 +270,45 @@ VALUE_FLAGS: tuple[str, ...] = tuple(option.flag for option in OPTIONS if not op
 MODEL_FLAGS: tuple[str, ...] = tuple(option.flag for option in OPTIONS if option.metavar == "MODEL")
 
 
-@dataclass
-class Settings:
-    """Resolved option values (command line over ini over default), keyed by flag name."""
+def attribute(flag: str) -> str:
+    """The settings attribute of a flag: ``--attack-size`` -> ``attack_size``."""
+    return flag.lstrip("-").replace("-", "_")
 
-    values: dict[str, Any] = field(default_factory=dict)
+
+#: one frozen field per option of :data:`OPTIONS`, named by :func:`attribute`
+_SettingsFields = make_dataclass(
+    "_SettingsFields",
+    [(attribute(o.flag), Any, field(default=(() if o.multiple else o.default))) for o in OPTIONS],
+    frozen=True)
+
+
+class Settings(_SettingsFields):  # type: ignore[misc, valid-type]
+    """Resolved option values (command line over ini over default), read once: a frozen
+    object with one attribute per option (``settings.attack_size``), generated from
+    :data:`OPTIONS`."""
+
+    @classmethod
+    def from_flags(cls, values: dict[str, Any]) -> "Settings":
+        return cls(**{attribute(flag): (tuple(value) if isinstance(value, list) else value)
+                      for flag, value in values.items()})
 
     def __getitem__(self, flag: str) -> Any:
-        return self.values[flag]
+        value = getattr(self, attribute(flag))
+        return list(value) if BY_FLAG[flag].multiple else value
 
     @property
-    def reference(self) -> str | None:
-        return self.values[REFERENCE]
+    def values(self) -> dict[str, Any]:
+        """Every option by flag (the JSON report's settings)."""
+        return {o.flag: self[o.flag] for o in OPTIONS}
 
     @property
     def candidates(self) -> list[str]:
-        return list(self.values[CANDIDATE] or [])
+        return list(self.candidate or [])
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """``--threshold NAME=J`` values by characteristic name."""
+        return dict(self.threshold or ())
 
 
 def check_combinations(values: dict[str, Any]) -> None:
@@ -323,4 +361,4 @@ def make_settings(**overrides: Any) -> Settings:
             raise TypeError(f"unknown setting {name!r}; known: "
                             f"{', '.join(o.flag.lstrip('-').replace('-', '_') for o in OPTIONS)}")
         values[flag] = value
-    return Settings(values)
+    return Settings.from_flags(values)

@@ -15,6 +15,7 @@ import pytest
 from miniature.core import settings as opt
 
 if TYPE_CHECKING:  # pragma: no cover
+    from miniature.core.registry import Characteristic, Registry
     from miniature.core.characteristics.base import ComparisonResult
     from miniature.core.gate import Gate, Pair
 
@@ -37,6 +38,7 @@ REPORT_PATH_KEY = pytest.StashKey["Any"]()
 STARTED_KEY = pytest.StashKey[float]()
 PREVIOUS_KEY = pytest.StashKey["dict[str, Any] | None"]()
 GATE_ONLY_KEY = pytest.StashKey[bool]()
+REGISTRY_KEY = pytest.StashKey["Registry"]()
 GATE_ITEMS_KEY = pytest.StashKey[int]()
 
 
@@ -90,8 +92,9 @@ def pytest_configure(config: pytest.Config) -> None:
         opt.check_combinations(values)
     except ValueError as error:
         raise pytest.UsageError(str(error)) from None
-    settings = opt.Settings(values)
+    settings = opt.Settings.from_flags(values)
     config.stash[SETTINGS_KEY] = settings
+    config.stash[REGISTRY_KEY] = _build_registry(config, settings)
     config.stash[RESULTS_KEY] = []
     config.pluginmanager.register(ResultCollector(config), "miniature-results")
     _configure_reports(config, settings)
@@ -103,6 +106,34 @@ def pytest_configure(config: pytest.Config) -> None:
         _locate_models(settings)
         _check_start_up(settings)
         _default_to_checks(config)
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from miniature.plugin import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def _build_registry(config: pytest.Config, settings: "opt.Settings") -> "Registry":
+    """The built-in characteristics and those projects register through the hook; their
+    fixtures are added, and the running gate uses them. A usage error names a bad one."""
+    from miniature.core.registry import BUILTIN, Registry, activate
+
+    registry = Registry(BUILTIN)
+    try:
+        for found in config.hook.pytest_miniature_characteristics(config=config):
+            for characteristic in found or ():
+                registry.add(characteristic)
+    except (TypeError, ValueError) as error:
+        raise pytest.UsageError(f"pytest_miniature_characteristics: {error}") from None
+    unknown = [name for name in settings.thresholds if name not in registry]
+    if unknown:
+        raise pytest.UsageError(f"{opt.THRESHOLDS} {unknown[0]}=...: no such characteristic; registered: "
+                                f"{', '.join(registry.names)}")
+    activate(registry)
+    if not config.pluginmanager.has_plugin("miniature-fixtures"):
+        config.pluginmanager.register(CheckFixtures(registry), "miniature-fixtures")
+    return registry
 
 
 def _locate_models(settings: "opt.Settings") -> None:
@@ -331,9 +362,9 @@ class Check:
         when the characteristic does not apply. Every outcome is recorded on the report."""
         __tracebackhide__ = True
         from miniature.core.characteristics.base import ERROR, SKIPPED, ComparisonResult
-        from miniature.core.gate import FIXES, THRESHOLD_OPTION
         from miniature.errors import MiniatureError, NotApplicable
 
+        characteristic = self.request.config.stash[REGISTRY_KEY][self.characteristic]
         problem: tuple[str, str] | None = None
         try:
             result = gate_for(self.request.config, fail=False).compare(self.characteristic, pair, stage=stage)
@@ -347,14 +378,16 @@ class Check:
             result = ComparisonResult.not_computed(
                 self.characteristic, pair.reference, pair.candidate, status=status, reason=reason,
                 stage=stage, gating=pair.gating, threshold_on=settings[opt.THRESHOLD_ON],
-                threshold=settings[THRESHOLD_OPTION[self.characteristic]])
+                threshold=settings.thresholds.get(characteristic.name, settings[characteristic.threshold_flag]
+                                                  if characteristic.threshold_flag in opt.BY_FLAG
+                                                  else characteristic.default_threshold))
         self.record(result)
         if result.status == SKIPPED:
             pytest.skip(f"miniature: {result.reason}")
         if result.status == ERROR:
             pytest.fail(str(result.reason), pytrace=False)
         if not result.passed and result.gating:
-            pytest.fail(result.failure_message(FIXES[self.characteristic]), pytrace=False)
+            pytest.fail(result.failure_message(characteristic.fix), pytrace=False)
         return result
 
     def record(self, result: "ComparisonResult") -> None:
@@ -369,28 +402,45 @@ class Check:
             properties.append(("miniature_reason", result.reason))
 
 
-@pytest.fixture
-def prediction_errors(request: pytest.FixtureRequest) -> Check:
-    """Check that the candidate errs on the same items as the reference."""
-    return Check("prediction_errors", request)
+def check_fixture(characteristic: "Characteristic") -> Any:
+    """The fixture named after ``characteristic``: a :class:`Check` for it."""
+    def fixture(request: pytest.FixtureRequest) -> Check:
+        return Check(characteristic.name, request)
+
+    fixture.__doc__ = characteristic.description or f"Check the {characteristic.title} of each model pair."
+    return pytest.fixture(name=characteristic.name)(fixture)
 
 
-@pytest.fixture
-def data_representation(request: pytest.FixtureRequest) -> Check:
-    """Check that items keep their nearest neighbours under the candidate."""
-    return Check("data_representation", request)
+def check_test(characteristic: "Characteristic") -> Any:
+    """The test function ``test_<name>`` of ``characteristic`` (with ``stage`` when it is
+    compared per representation stage)."""
+    if characteristic.staged:
+        def test(model_pair: "Pair", stage: str | None, request: pytest.FixtureRequest) -> None:
+            __tracebackhide__ = True
+            Check(characteristic.name, request).check(model_pair, stage=stage)
+    else:
+        def test(model_pair: "Pair", request: pytest.FixtureRequest) -> None:  # type: ignore[misc]
+            __tracebackhide__ = True
+            Check(characteristic.name, request).check(model_pair)
+    test.__name__ = test.__qualname__ = f"test_{characteristic.name}"
+    test.__doc__ = characteristic.description
+    return test
 
 
-@pytest.fixture
-def data_distribution(request: pytest.FixtureRequest) -> Check:
-    """Check that the candidate flags the same challenge items as out-of-distribution."""
-    return Check("data_distribution", request)
+def define_checks(namespace: dict[str, Any]) -> None:
+    """Define ``test_<name>`` in a test module for every characteristic of the running gate."""
+    from miniature.core.registry import active
+
+    for characteristic in active():
+        namespace[f"test_{characteristic.name}"] = check_test(characteristic)
 
 
-@pytest.fixture
-def adversarial_vulnerability(request: pytest.FixtureRequest) -> Check:
-    """Check that the candidate breaks under attack on the same items, no more often."""
-    return Check("adversarial_vulnerability", request)
+class CheckFixtures:
+    """A plugin object holding one fixture per characteristic (generated from the registry)."""
+
+    def __init__(self, registry: "Registry") -> None:
+        for characteristic in registry:
+            setattr(self, characteristic.name, check_fixture(characteristic))
 
 
 class ResultCollector:

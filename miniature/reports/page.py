@@ -18,18 +18,19 @@ from typing import Any
 
 import pytest
 
+from miniature.core.registry import active
 from miniature.core.characteristics.base import CHARACTERISTIC_TITLES, ComparisonResult, _fmt
 from miniature.reports.payload import (Change, Column, column_title, columns_of, compare_results, gate_counts, pairs_of)
 
-EVIDENCE_TITLES = {
-    "prediction_errors": "Items the models get wrong differently: negative flips (reference right, "
-                         "candidate wrong) first, then positive flips",
-    "data_representation": "Items whose nearest neighbours agree least (lowest kNN Jaccard), "
-                           "with each model's neighbours (shared ones marked)",
-    "data_distribution": "Challenge items flagged out-of-distribution by one model only, "
-                         "furthest past that model's threshold first",
-    "adversarial_vulnerability": "Adversarial examples: items broken by one model only first",
-}
+class _EvidenceTitles(dict):
+    """Evidence headings by characteristic name, from the registry."""
+
+    def get(self, name: str, default: str = "Evidence") -> str:  # type: ignore[override]
+        registry = active()
+        return registry[name].evidence_title if name in registry else default
+
+
+EVIDENCE_TITLES = _EvidenceTitles()
 VERDICT_COLOURS = {"pass": "#1b7a3a", "fail": "#b3261e", "diverges": "#8a5a00", "na": "#666",
                    "error": "#b3261e", "skipped": "#555"}
 #: evidence columns first in this order (JSON sorts keys); any other key follows

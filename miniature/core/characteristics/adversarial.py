@@ -46,9 +46,10 @@ from typing import TYPE_CHECKING, Any
 
 from miniature.core.cache import OutputCache, fingerprint, fingerprint_texts
 from miniature.core.characteristics.base import THRESHOLD_ON_CHOICES, ComparisonResult
-from miniature.errors import MiniatureError
+from miniature.errors import MiniatureError, NotApplicable
 
 if TYPE_CHECKING:  # pragma: no cover
+    from miniature.core.gate import Gate, Pair
     import numpy as np
 
     from miniature.core.models import ModelWrapper
@@ -654,3 +655,31 @@ def _textattack_version() -> str:
         return version("textattack")
     except PackageNotFoundError:  # pragma: no cover
         return "unknown"
+
+
+#: Fewest items attacked against both models for a broken-set Jaccard; below it the check is skipped.
+MIN_ITEMS = 10
+
+
+# -- in a gate run ----------------------------------------------------------------------
+def compare_in_gate(gate: "Gate", pair: "Pair", stage: str | None) -> ComparisonResult:
+    """The gate's comparison of one pair: its per-item outputs fed to the function above."""
+    if gate.task == "classification":
+        gate.require_heads(pair)  # before attacking either model
+    reference = gate.attack_outcomes(pair.reference)
+    candidate = gate.attack_outcomes(pair.candidate)
+    attacked = sum(r["result"] != "skipped" and c["result"] != "skipped"
+                   for r, c in zip(reference, candidate))
+    least = MIN_ITEMS
+    if attacked < least:
+        size, items = gate.settings.attack_size, len(gate.data.test)
+        fix = (f"raise --attack-size (now {size})" if size is not None and size < items
+               else f"pass more labelled test items (the test data has {items})")
+        raise NotApplicable(
+            f"only {attacked} of the {len(reference)} sampled item(s) were classified correctly "
+            f"by both {pair.reference!r} and {pair.candidate!r}, so only they were attacked; at "
+            f"least {least} are needed for a broken-set Jaccard; fix: {fix}")
+    common = gate.common("adversarial_vulnerability", pair)
+    return compare_adversarial(
+        reference, candidate, drop_tolerance=gate.settings.attack_drop_tolerance,
+        transfer=transfer_predictions(reference, gate.wrapper(pair.candidate)), **common)

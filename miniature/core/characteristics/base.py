@@ -11,7 +11,10 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Mapping
 from typing import Any, Literal
+
+from miniature.core.registry import active
 
 ThresholdOn = Literal["raw", "corrected", "ci_lower"]
 #: a check that produced a figure, one that did not apply, one that could not be computed
@@ -19,12 +22,24 @@ COMPUTED, SKIPPED, ERROR = "computed", "skipped", "error"
 STATUSES: tuple[str, ...] = (COMPUTED, SKIPPED, ERROR)
 THRESHOLD_ON_CHOICES: tuple[str, ...] = ("raw", "corrected", "ci_lower")
 
-CHARACTERISTIC_TITLES: dict[str, str] = {
-    "prediction_errors": "prediction errors",
-    "data_representation": "data representation",
-    "data_distribution": "data distribution",
-    "adversarial_vulnerability": "adversarial vulnerability",
-}
+class _Titles(Mapping[str, str]):
+    """Titles of the running gate's characteristics by name, in report order (read from
+    the registry each time, so characteristics a project registers are included)."""
+
+    def __getitem__(self, name: str) -> str:
+        registry = active()
+        if name not in registry:
+            raise KeyError(name)
+        return registry[name].title
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(active().names)
+
+    def __len__(self) -> int:
+        return len(active())
+
+
+CHARACTERISTIC_TITLES: Mapping[str, str] = _Titles()
 
 
 @dataclass

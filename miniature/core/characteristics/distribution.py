@@ -9,6 +9,11 @@ same challenge items are compared with the Jaccard coefficient.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from miniature.core.gate import Gate, Pair
+
 import math
 from typing import Sequence
 
@@ -362,3 +367,20 @@ def _check_labels(challenge_is_ood: np.ndarray | None, m: int) -> np.ndarray | N
             raise ValueError("challenge_is_ood must be booleans (True = truly out-of-distribution)")
         labels = labels.astype(bool)
     return labels
+
+
+# -- in a gate run ----------------------------------------------------------------------
+def compare_in_gate(gate: "Gate", pair: "Pair", stage: str | None) -> ComparisonResult:
+    """The gate's comparison of one pair: its per-item outputs fed to the function above."""
+    def feats(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return tuple(gate.outputs(name, role)["embeddings"]  # type: ignore[return-value]
+                     for role in ("train", "holdout", "challenge"))
+
+    n_train = len(gate.data.train)
+    ks = tuple(k for k in gate.settings.k_sweep if k < n_train)
+    labels = gate.data.challenge_is_ood
+    return compare_distribution(
+        feats(pair.reference), feats(pair.candidate), k=gate.settings.k,
+        keep=gate.settings.ood_keep, ks=ks,
+        challenge_is_ood=np.asarray(labels) if labels is not None else None,
+        item_texts=gate.data.challenge.texts, **gate.common("data_distribution", pair))

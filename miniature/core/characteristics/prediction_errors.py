@@ -9,6 +9,16 @@ from right to wrong, and whether that asymmetry is significant (exact McNemar te
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from miniature.core.gate import Gate, Pair
+
+from miniature.errors import NotApplicable
+
+#: Fewest test items the error-set Jaccard is computed on; below it the check is skipped.
+MIN_ITEMS = 10
+
 from typing import Sequence
 
 import numpy as np
@@ -142,3 +152,21 @@ def _correctness(values: np.ndarray, name: str) -> np.ndarray:
         array = array.astype(bool)
     return array
 
+
+# -- in a gate run ----------------------------------------------------------------------
+def compare_in_gate(gate: "Gate", pair: "Pair", stage: str | None) -> ComparisonResult:
+    """The gate's comparison of one pair: its per-item outputs fed to the function above."""
+    test = gate.data.test
+    least = MIN_ITEMS
+    if len(test) < least:
+        raise NotApplicable(f"only {len(test)} test item(s) in {test.source!r}; the error-set "
+                            f"Jaccard needs at least {least}; fix: pass more test data "
+                            "(--test-data, --data-limit)")
+    gate.require_heads(pair)
+    reference, candidate = gate.correct(pair.reference), gate.correct(pair.candidate)
+    if reference.all() and candidate.all():
+        raise NotApplicable(f"neither {pair.reference!r} nor {pair.candidate!r} erred on any of "
+                            f"the {len(test)} test items ({test.source}), so there are no error "
+                            "sets to compare; fix: pass a larger or harder --test-data")
+    return compare_prediction_errors(reference, candidate, item_texts=test.texts,
+                                     **gate.common("prediction_errors", pair))

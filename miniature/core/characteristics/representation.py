@@ -10,6 +10,11 @@ higher similarity first, then lower index.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from miniature.core.gate import Gate, Pair
+
 from typing import Literal, Sequence
 
 import faiss
@@ -345,3 +350,14 @@ def _check_texts(item_texts: Sequence[str] | None, n: int) -> None:
     if item_texts is not None and len(item_texts) != n:
         raise ValueError(f"item_texts has {len(item_texts)} entries but there are {n} items; pass one text per item")
 
+
+# -- in a gate run ----------------------------------------------------------------------
+def compare_in_gate(gate: "Gate", pair: "Pair", stage: str | None) -> ComparisonResult:
+    """The gate's comparison of one pair: its per-item outputs fed to the function above."""
+    n = len(gate.data.test)
+    ks = tuple(k for k in gate.settings.k_sweep if k < n)
+    return compare_representation(
+        gate.outputs(pair.reference, "test", stage=stage)["embeddings"],
+        gate.outputs(pair.candidate, "test", stage=stage)["embeddings"],
+        k=gate.settings.k, ks=ks, stage=stage, item_texts=gate.data.test.texts,
+        **gate.common("data_representation", pair))

@@ -24,11 +24,18 @@ Item weights w (counts, summing to n) make a bootstrap resample the same computa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from miniature.core.gate import Gate, Pair
+
 import math
 
 import numpy as np
 
 from miniature.core.characteristics.representation import knn_indices
+from miniature.core.characteristics.base import THRESHOLD_ON_CHOICES, ComparisonResult
 from miniature.core.stats import paired_bootstrap_ci
 
 __all__ = [
@@ -410,3 +417,75 @@ def _check_k(k: int, n: int) -> int:
     if k >= n:
         raise ValueError(f"k={k} neighbours requested but each of the n={n} items has only {n - 1} others: choose k < n")
     return int(k)
+
+
+# -- the characteristic ---------------------------------------------------------------------
+#: estimators of CKA: the debiased HSIC one (Nguyen et al. 2021; about 0 for unrelated
+#: representations, and its bootstrap centres on it) or the plain one (Kornblith et al. 2019)
+ESTIMATORS = ("debiased", "linear")
+
+
+def compare_similarity(
+    emb_ref: np.ndarray,
+    emb_cand: np.ndarray,
+    *,
+    reference: str,
+    candidate: str,
+    estimator: str = "debiased",
+    k: int = 10,
+    ks: Sequence[int] = (),
+    threshold: float | None = None,
+    threshold_on: str = "raw",
+    gating: bool = True,
+    stage: str | None = None,
+    n_bootstrap: int = 1000,
+    seed: int | None = 0,
+    item_texts: Sequence[str] | None = None,
+    max_evidence: int = 20,
+) -> ComparisonResult:
+    """Representation similarity of two models' sentence vectors on the same items: CKA
+    (the figure, with a paired bootstrap interval), both estimators and mutual-kNN alignment
+    (Huh et al. 2024) at K and over ``ks`` in the details, and the items that account for
+    most of the dissimilarity as evidence. CKA has no chance baseline of the Jaccard kind:
+    ``chance`` is None, and ``corrected`` is the debiased estimate (about 0 when unrelated).
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}; got {estimator!r}")
+    if threshold_on not in THRESHOLD_ON_CHOICES:
+        raise ValueError(f"threshold_on must be one of {', '.join(THRESHOLD_ON_CHOICES)}; got {threshold_on!r}")
+    n = _check_pair(emb_ref, emb_cand, min_items=4)
+    if item_texts is not None and len(item_texts) != n:
+        raise ValueError(f"item_texts has {len(item_texts)} entries but there are {n} items")
+    linear, debiased = cka_pair(emb_ref, emb_cand)
+    figure = debiased if estimator == "debiased" else linear
+    ci_low = ci_high = None
+    if n_bootstrap and n_bootstrap > 0:
+        ci_low, ci_high = cka_bootstrap_ci(emb_ref, emb_cand, n_bootstrap=n_bootstrap, seed=seed,
+                                           debiased=estimator == "debiased")
+    usable = sorted({int(K) for K in ks if 0 < int(K) < n})
+    sweep = {str(K): mutual_knn(emb_ref, emb_cand, K) for K in usable}
+    k = _check_k(min(int(k), n - 1), n)  # the mutual-kNN detail only: CKA itself needs no K
+    evidence = similarity_evidence(emb_ref, emb_cand, k=k, max_items=max_evidence)
+    if item_texts is not None:
+        for entry in evidence:
+            entry["text"] = item_texts[entry["index"]]
+    return ComparisonResult(
+        characteristic="representation_similarity", reference=reference, candidate=candidate,
+        figure_name=f"{estimator} CKA" if estimator == "debiased" else "linear CKA",
+        figure=float(figure), n=n, threshold=threshold, threshold_on=threshold_on, gating=gating,
+        chance=None, corrected=float(debiased), ci_low=ci_low, ci_high=ci_high, k=k, stage=stage,
+        details={"linear_cka": float(linear), "debiased_cka": float(debiased),
+                 "mutual_knn": float(sweep.get(str(k), mutual_knn(emb_ref, emb_cand, k))),
+                 "estimator": estimator},
+        sweep=sweep, evidence=evidence)
+
+
+# -- in a gate run ----------------------------------------------------------------------
+def compare_in_gate(gate: "Gate", pair: "Pair", stage: str | None) -> ComparisonResult:
+    """The gate's comparison of one pair: the test items' sentence vectors (per stage)."""
+    settings = gate.settings
+    return compare_similarity(
+        gate.outputs(pair.reference, "test", stage=stage)["embeddings"],
+        gate.outputs(pair.candidate, "test", stage=stage)["embeddings"],
+        estimator=settings.cka_estimator, k=settings.k, ks=settings.k_sweep, stage=stage,
+        item_texts=gate.data.test.texts, **gate.common("representation_similarity", pair))
