@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 
 from miniature.core import settings as opt
-from miniature.core.characteristics.base import ComparisonResult, _fmt
-from miniature.reports.page import evidence_html, render_summary_page, result_cells
+from miniature.core.characteristics.base import ComparisonResult, format_number
+from miniature.plugin.html_columns import result_cells
+from miniature.reports.page import evidence_html, render_summary_page
 from miniature.core.settings import make_settings
 from miniature.reports.payload import (ReportError, change_lines, compare_results, load_report, report_payload,
                               summary_table, write_reports)
@@ -173,9 +174,9 @@ def test_summary_page_parses_and_shows_every_figure_in_table_2_shape() -> None:
     for result in results:
         cell = page.cells[(f"{result.reference} vs {result.candidate}", result.characteristic, result.stage or "")]
         text = cell["text"]
-        assert text.startswith(_fmt(result.figure) + " " + result.verdict), text
-        assert f"CI {_fmt(result.ci_low)}–{_fmt(result.ci_high)}" in text
-        assert f"chance {_fmt(result.chance)}" in text
+        assert text.startswith(format_number(result.figure) + " " + result.verdict), text
+        assert f"CI {format_number(result.ci_low)}–{format_number(result.ci_high)}" in text
+        assert f"chance {format_number(result.chance)}" in text
         assert result.verdict.lower() in cell["class"].split()
     # the informational pair diverges, it does not fail
     informational = page.cells[("distilbert vs tinybert", "data_distribution", "")]
@@ -202,8 +203,8 @@ def test_summary_page_has_table_3_figure_1_and_run_metadata() -> None:
 
     for i, (model, text) in enumerate(targets.items()):
         f = attack_figures(attack_outcomes(model))
-        expected = [_fmt(f["original_accuracy"]), _fmt(f["accuracy_after_attack"]), _fmt(f["absolute_change"]),
-                    f"{f['percent_change']:.1f}", _fmt(f["attack_success_rate"]), "20"]
+        expected = [format_number(f["original_accuracy"]), format_number(f["accuracy_after_attack"]), format_number(f["absolute_change"]),
+                    f"{f['percent_change']:.1f}", format_number(f["attack_success_rate"]), "20"]
         assert text == " ".join((["bert-base"] if i == 0 else []) + [model] + expected)
     assert targets["tinybert"] == "tinybert 0.8 0.25 0.55 68.8 0.688 20"  # 16 right, 11 broken
     pngs = [src for src in page.images if src.startswith("data:image/png;base64,")]
@@ -234,9 +235,53 @@ def test_dataset_text_is_escaped_in_page_and_extras() -> None:
         assert_escaped(extra)
         parsed = parse_page(extra)
         assert parsed.scripts == 0 and not parsed.images
-        assert _fmt(result.figure) in "".join(parsed.text)
+        assert format_number(result.figure) in "".join(parsed.text)
     representation = next(r for r in results if r.characteristic == "data_representation")
     assert '<li class="shared">same</li>' in evidence_html(representation)
+
+
+#: a model name / setting value that would close an attribute and open a handler if not escaped
+HOSTILE_NAME = f"tiny{SCRIPT}\"onerror=alert(2) x' onmouseover='alert(3)"
+
+
+def test_model_names_and_settings_are_escaped_in_page_cells_and_extras() -> None:
+    """A dataset text, a model name and a setting value holding markup and an attribute
+    breakout (``"onerror=``) appear only escaped: in text, in data-* attributes, in the
+    pytest-html cells and extras; attributes parse back to the original string."""
+    from miniature.core.characteristics.adversarial import compare_adversarial
+
+    reference, candidate = f"ref {HOSTILE_NAME}", HOSTILE_NAME
+    results = [
+        _result("prediction_errors", reference, candidate, 0.2, evidence=[{"index": 1, "text": HOSTILE}],
+                conditions=[{"name": HOSTILE_NAME, "value": 3.0, "limit": 1.0, "passed": False}],
+                details={"note": HOSTILE_NAME, HOSTILE_NAME: [HOSTILE_NAME]}),
+        _result("data_representation", reference, candidate, 0.6, stage="before fine-tuning", k=10,
+                sweep={"1": 0.3, "10": 0.6}, details={"variance": 0.01}),
+        compare_adversarial(attack_outcomes("bert-large"), attack_outcomes("tinybert"), reference=reference,
+                            candidate=candidate, threshold=0.5, drop_tolerance=20.0, n_bootstrap=10, seed=0),
+    ]
+    settings = sample_settings(attack_model=HOSTILE_NAME, train_data=f"data/{HOSTILE_NAME}.jsonl")
+    payload = json.loads(json.dumps(report_payload(results, settings), default=str))
+    payload["models"] = {"reference": reference, "candidates": [candidate], "order": [reference, candidate]}
+    payload["settings"]["candidate"] = [HOSTILE_NAME]
+    previous = {"results": [_result("prediction_errors", reference, candidate, 0.9)], "path": HOSTILE_NAME,
+                "created": HOSTILE_NAME}
+    text = render_summary_page(payload, previous=previous, json_name=f"{HOSTILE_NAME}.json")
+    assert_escaped(text)
+    assert '"onerror=' not in text and "' onmouseover=" not in text
+    assert "&#34;onerror=alert(2) x&#39; onmouseover=&#39;alert(3)" in text
+    page = parse_page(text)
+    assert page.scripts == 0
+    body = "".join(page.text)
+    assert HOSTILE_NAME in body and f"data/{HOSTILE_NAME}.jsonl" in body and HOSTILE in body
+    pair = f"{reference} vs {candidate}"
+    assert {key[0] for key in page.cells} == {pair}  # data-pair parses back to the names
+    assert [r["data-target"] for r in page.rows if "data-target" in r] == [reference, candidate]
+    assert {r["data-pair"] for r in page.rows if r.get("class") == "verdict-changed"} == {pair}
+    for result in results:
+        for html in (evidence_html(result), *result_cells(result)):
+            assert SCRIPT not in html and '"onerror=' not in html
+            assert parse_page(html).scripts == 0
 
 
 def test_pytest_html_cells_carry_verdict_figure_threshold_ci_and_chance() -> None:
@@ -284,7 +329,7 @@ def test_compare_results_marks_figure_and_verdict_changes() -> None:
     assert lines[0] == f"changes since old.json (2 of {len(changes)} checks):"
     assert "  bert-large vs distilbert, prediction errors: PASS 0.611 -> FAIL 0.2 (-0.411)  << verdict changed" in lines
     gone = previous[-1]
-    assert lines[2] == (f"  distilbert vs tinybert, adversarial vulnerability: {gone.verdict} {_fmt(gone.figure)} "
+    assert lines[2] == (f"  distilbert vs tinybert, adversarial vulnerability: {gone.verdict} {format_number(gone.figure)} "
                         "-> absent  << not run this time")
     assert change_lines(compare_results(previous, previous), "old.json")[0].startswith("no change since old.json")
     payload = json.loads(json.dumps(report_payload(current, sample_settings()), default=str))
@@ -411,7 +456,7 @@ def test_xdist_gate_run_writes_one_page_json_and_html_report(gate_checks: pytest
     assert page.scripts == 0
     for r in results:
         cell = page.cells[(f"{r.reference} vs {r.candidate}", r.characteristic, r.stage or "")]
-        assert cell["text"].startswith(f"{_fmt(r.figure)} {r.verdict}"), cell
+        assert cell["text"].startswith(f"{format_number(r.figure)} {r.verdict}"), cell
     assert 'id="attack"' not in page_text  # no attack results, no empty Table 3
     assert sum(src.startswith("data:image/png;base64,") for src in page.images) == 2
     # pytest-html: the columns and the evidence extras of each check
@@ -419,10 +464,10 @@ def test_xdist_gate_run_writes_one_page_json_and_html_report(gate_checks: pytest
     for r in results:
         [entry] = [t for node, runs in tests.items() if r.characteristic in node for t in runs]
         row = " ".join(entry["resultsTableRow"])
-        assert f"{r.figure_name} {_fmt(r.figure)}" in row and f">{r.verdict}<" in row
-        assert f"≥ {_fmt(r.threshold)}" in row and f">{_fmt(r.chance)}<" in row
+        assert f"{r.figure_name} {format_number(r.figure)}" in row and f">{r.verdict}<" in row
+        assert f"≥ {format_number(r.threshold)}" in row and f">{format_number(r.chance)}<" in row
         [extra] = [e for e in entry["extras"] if e["format_type"] == "html"]
-        assert _fmt(r.figure) in extra["content"]
+        assert format_number(r.figure) in extra["content"]
         assert SCRIPT not in extra["content"]
         if r.characteristic == "data_representation":
             assert ESCAPED_SCRIPT in extra["content"]  # neighbour lists reach the hostile items
@@ -444,10 +489,10 @@ def test_compare_to_shows_what_changed(gate_checks: pytest.Pytester, tiny_models
     assert before != after
     second.stdout.fnmatch_lines([
         f"changes since {previous} (1 of 1 checks):",
-        f"  reference vs small, data representation: PASS {_fmt(before)} -> FAIL {_fmt(after)} (*)  << verdict changed",
+        f"  reference vs small, data representation: PASS {format_number(before)} -> FAIL {format_number(after)} (*)  << verdict changed",
     ])
     page = parse_page((reports / "summary.html").read_text())
     [row] = [r for r in page.rows if r.get("class") == "verdict-changed"]
-    assert row["text"].startswith(f"reference vs small data representation {_fmt(before)} {_fmt(after)}")
+    assert row["text"].startswith(f"reference vs small data representation {format_number(before)} {format_number(after)}")
     assert row["text"].endswith("PASS → FAIL")
     assert str(previous) in " ".join(page.text)

@@ -467,7 +467,7 @@ def _configure_reports(config: pytest.Config, settings: "opt.Settings") -> None:
     config.stash[STARTED_KEY] = time.time()
     config.stash[PREVIOUS_KEY] = None
     if config.pluginmanager.hasplugin("html"):
-        from miniature.reports.page import HtmlReportHooks
+        from miniature.plugin.html_columns import HtmlReportHooks
 
         config.pluginmanager.register(HtmlReportHooks(), "miniature-html")
     previous = settings[opt.COMPARE_TO]

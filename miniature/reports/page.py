@@ -1,25 +1,31 @@
-"""HTML of the report: the standalone summary page and the pytest-html columns and extras.
+"""The standalone summary page of a gate run and the evidence of one check, as HTML.
 
-Every string that can come from a data set, a model name or a setting goes through
-:func:`esc` (``html.escape``); numbers go through the same formatter as the terminal.
-The summary page is one file: inline CSS, no script, plots embedded as base64 PNG.
-matplotlib is imported only when a page with K sweeps is rendered.
+Python prepares the data: each section of the page is a *view*, plain strings, numbers,
+lists and dicts built by a small function below from the run's JSON payload. The markup,
+the CSS included, lives in the Jinja2 templates of ``miniature/resources/templates``
+(``summary.html.j2`` and its partials), rendered with autoescaping on: every string that can
+come from a data set, a model name or a setting is escaped by the template engine. Numbers
+go through the same formatter as the terminal (:func:`format_number`). The page is one file:
+inline CSS, no script, plots embedded as base64 PNG. matplotlib is imported only when a
+page with K sweeps is rendered.
+
+The pytest-html columns and extras (:mod:`miniature.plugin.html_columns`) use
+:func:`evidence_html` and :func:`template_module` of this module; nothing here imports
+the pytest face.
 """
 
 from __future__ import annotations
 
 import base64
-import html as _html
+import functools
 import io
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import pytest
-
 from miniature.core.registry import active
-from miniature.core.characteristics.base import CHARACTERISTIC_TITLES, ComparisonResult, _fmt
+from miniature.core.characteristics.base import CHARACTERISTIC_TITLES, ComparisonResult, format_number
 from miniature.reports.payload import (Change, Column, column_title, columns_of, compare_results, gate_counts, pairs_of)
 
 class _EvidenceTitles(dict):
@@ -42,22 +48,38 @@ EVIDENCE_ROWS = 10
 TEXT_LIMIT = 400
 LIST_TEXT_LIMIT = 160
 LIST_LIMIT = 10
+#: where the templates live, inside the package (shipped as package data)
+TEMPLATES = "resources/templates"
+PAGE_TEMPLATE = "summary.html.j2"
+EVIDENCE_TEMPLATE = "evidence.html.j2"
 
 
-def esc(value: Any) -> str:
-    """``value`` as text safe inside HTML elements and quoted attributes."""
-    return _html.escape(str(value), quote=True)
+# -- templates ---------------------------------------------------------------------------------
+@functools.cache
+def template_environment() -> Any:
+    """The Jinja2 environment of the report templates; autoescaping on for every template."""
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.PackageLoader("miniature", TEMPLATES), autoescape=True,
+                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+                              undefined=jinja2.StrictUndefined)
 
 
+def template_module(name: str) -> Any:
+    """A template's macros, callable from Python (each call returns escaped ``Markup``)."""
+    return template_environment().get_template(name).module
+
+
+# -- formatting (plain text: the templates escape) --------------------------------------------
 def fmt(value: Any) -> str:
-    """A number as the terminal shows it; anything else escaped."""
+    """A value as the terminal shows it: numbers formatted, ``yes``/``no``/``–``, else ``str``."""
     if isinstance(value, bool) or value is None:
         return {True: "yes", False: "no", None: "–"}[value]
     if isinstance(value, float):
-        return _fmt(value)
+        return format_number(value)
     if isinstance(value, int):
         return str(value)
-    return esc(value)
+    return str(value)
 
 
 def _clip(text: str, limit: int) -> str:
@@ -77,50 +99,35 @@ def verdict_class(result: ComparisonResult | None) -> str:
 def ci_text(result: ComparisonResult) -> str:
     if result.ci_low is None or result.ci_high is None:
         return "–"
-    return f"{_fmt(result.ci_low)}–{_fmt(result.ci_high)}"
+    return f"{format_number(result.ci_low)}–{format_number(result.ci_high)}"
 
 
 def threshold_text(result: ComparisonResult) -> str:
     if result.threshold is None:
         return "–"
     on = "" if result.threshold_on == "raw" else f" ({result.threshold_on.replace('_', ' ')})"
-    return f"≥ {_fmt(result.threshold)}{on}"
+    return f"≥ {format_number(result.threshold)}{on}"
 
 
 # -- evidence (pytest-html extras and the summary page) ------------------------------------
-EVIDENCE_STYLE = """<style>
-.miniature-evidence{font:13px/1.4 system-ui,sans-serif;margin:.5em 0}
-.miniature-evidence table{border-collapse:collapse;margin:.4em 0 1em}
-.miniature-evidence th,.miniature-evidence td{border:1px solid #ccc;padding:3px 6px;vertical-align:top;text-align:left}
-.miniature-evidence th{background:#f3f3f3}
-.miniature-evidence td.text{max-width:38em;white-space:pre-wrap;word-break:break-word}
-.miniature-evidence ol{margin:0;padding-left:1.4em}
-.miniature-evidence li.shared{color:#1b7a3a;font-weight:600}
-.miniature-evidence .failed-condition{color:#b3261e}
-</style>"""
-
-
 def evidence_html(result: ComparisonResult, *, style: bool = True) -> str:
     """The result's figures, details, conditions and evidence items, all text escaped."""
-    parts = [EVIDENCE_STYLE if style else "", '<div class="miniature-evidence">',
-             f'<p><strong style="color:{VERDICT_COLOURS[verdict_class(result)]}">{esc(result.verdict)}</strong> '
-             f"{esc(result.summary())}</p>"]
-    if result.conditions:
-        parts.append("<table><tr><th>condition</th><th>value</th><th>limit</th><th>met</th></tr>")
-        for condition in result.conditions:
-            cls = "" if condition.get("passed") else ' class="failed-condition"'
-            parts.append(f"<tr{cls}><td>{esc(condition.get('name', ''))}</td><td>{fmt(condition.get('value'))}</td>"
-                         f"<td>{fmt(condition.get('limit'))}</td><td>{fmt(bool(condition.get('passed')))}</td></tr>")
-        parts.append("</table>")
-    details = list(_flat_details(result.details))
-    if details:
-        parts.append("<table><tr><th>detail</th><th>value</th></tr>")
-        parts.extend(f"<tr><td>{esc(name)}</td><td>{value}</td></tr>" for name, value in details)
-        parts.append("</table>")
-    parts.append(f"<h4>{esc(EVIDENCE_TITLES.get(result.characteristic, 'Evidence'))}</h4>")
-    parts.append(evidence_table(result.evidence))
-    parts.append("</div>")
-    return "".join(parts)
+    return str(template_module(EVIDENCE_TEMPLATE).evidence(evidence_view(result), with_style=style))
+
+
+def evidence_view(result: ComparisonResult) -> dict[str, Any]:
+    """What ``evidence.html.j2`` shows of one result."""
+    return {
+        "verdict": result.verdict,
+        "colour": VERDICT_COLOURS[verdict_class(result)],
+        "summary": result.summary(),
+        "conditions": [{"name": str(c.get("name", "")), "value": fmt(c.get("value")), "limit": fmt(c.get("limit")),
+                        "met": fmt(bool(c.get("passed"))), "passed": bool(c.get("passed"))}
+                       for c in result.conditions],
+        "details": list(_flat_details(result.details)),
+        "title": EVIDENCE_TITLES.get(result.characteristic, "Evidence"),
+        "table": evidence_table_view(result.evidence),
+    }
 
 
 def _flat_details(details: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, str]]:
@@ -136,45 +143,35 @@ def _flat_details(details: Mapping[str, Any], prefix: str = "") -> Iterable[tupl
             yield name, fmt(value)
 
 
-def evidence_table(evidence: Sequence[Mapping[str, Any]]) -> str:
-    """One row per evidence item, one column per key any item has."""
-    if not evidence:
-        return "<p>No items: the models agree on every item this characteristic looks at.</p>"
+def evidence_table_view(evidence: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One row per evidence item (the first :data:`EVIDENCE_ROWS`), one column per key any item has."""
     present: list[str] = []
     for entry in evidence:
         present.extend(k for k in entry if k not in present)
     keys = [k for k in EVIDENCE_COLUMNS if k in present] + [k for k in present if k not in EVIDENCE_COLUMNS]
     # neighbour indices are redundant when their texts are there
     keys = [k for k in keys if not (k.endswith("_neighbours") and f"{k[:-1]}_texts" in keys)]
-    rows = []
-    if len(evidence) > EVIDENCE_ROWS:
-        rows.append(f"<p>The {EVIDENCE_ROWS} most divergent of {len(evidence)} items (all are in the JSON report).</p>")
-    rows.append("<table><tr>" + "".join(f"<th>{esc(k.replace('_', ' '))}</th>" for k in keys) + "</tr>")
-    for entry in evidence[:EVIDENCE_ROWS]:
-        shared = _shared_neighbours(entry)
-        cells = []
-        for key in keys:
-            value = entry.get(key)
-            if isinstance(value, str):
-                cells.append(f'<td class="text">{esc(_clip(value, TEXT_LIMIT))}</td>')
-            elif isinstance(value, (list, tuple)):
-                items = "".join(_list_item(item, shared) for item in value[:LIST_LIMIT])
-                more = f"<li>… {len(value) - LIST_LIMIT} more</li>" if len(value) > LIST_LIMIT else ""
-                cells.append(f'<td class="text"><ol>{items}{more}</ol></td>')
-            elif isinstance(value, Mapping):
-                cells.append(f'<td class="text">{esc(json.dumps(value, default=str))}</td>')
-            else:
-                cells.append(f"<td>{fmt(value)}</td>")
-        rows.append("<tr>" + "".join(cells) + "</tr>")
-    rows.append("</table>")
-    return "".join(rows)
+    rows = [[_evidence_cell(entry.get(key), _shared_neighbours(entry)) for key in keys]
+            for entry in evidence[:EVIDENCE_ROWS]]
+    return {"columns": [k.replace("_", " ") for k in keys], "rows": rows, "total": len(evidence),
+            "shown": len(rows)}
 
 
-def _list_item(item: Any, shared: set[Any]) -> str:
-    if isinstance(item, str):
-        cls = ' class="shared"' if item in shared else ""
-        return f"<li{cls}>{esc(_clip(item, LIST_TEXT_LIMIT))}</li>"
-    return f"<li>{fmt(item)}</li>"
+def evidence_table(evidence: Sequence[Mapping[str, Any]]) -> str:
+    """:func:`evidence_table_view` rendered (escaped HTML)."""
+    return str(template_module(EVIDENCE_TEMPLATE).evidence_table(evidence_table_view(evidence)))
+
+
+def _evidence_cell(value: Any, shared: set[Any]) -> dict[str, Any]:
+    if isinstance(value, str):
+        return {"kind": "text", "text": _clip(value, TEXT_LIMIT)}
+    if isinstance(value, (list, tuple)):
+        items = [{"text": _clip(item, LIST_TEXT_LIMIT), "shared": item in shared} if isinstance(item, str)
+                 else {"text": fmt(item), "shared": False} for item in value[:LIST_LIMIT]]
+        return {"kind": "list", "entries": items, "more": max(len(value) - LIST_LIMIT, 0)}
+    if isinstance(value, Mapping):
+        return {"kind": "text", "text": json.dumps(value, default=str)}
+    return {"kind": "plain", "text": fmt(value)}
 
 
 def _shared_neighbours(entry: Mapping[str, Any]) -> set[Any]:
@@ -185,116 +182,43 @@ def _shared_neighbours(entry: Mapping[str, Any]) -> set[Any]:
     return set()
 
 
-# -- pytest-html -----------------------------------------------------------------------------
-HTML_COLUMNS = ("Verdict", "Figure", "Threshold", "95% CI", "Chance")
-
-
-def result_of(report: Any) -> ComparisonResult | None:
-    """The ComparisonResult a check attached to its test report, if any."""
-    from miniature.plugin.hooks import RESULT_PROPERTY
-
-    for name, value in getattr(report, "user_properties", ()) or ():
-        if name == RESULT_PROPERTY:
-            return ComparisonResult.from_json(value)
-    return None
-
-
-def result_cells(result: ComparisonResult | None) -> list[str]:
-    """The pytest-html row cells of :data:`HTML_COLUMNS` (empty ones for other tests)."""
-    if result is None:
-        return ['<td class="col-miniature"></td>'] * len(HTML_COLUMNS)
-    colour = VERDICT_COLOURS[verdict_class(result)]
-    return [
-        f'<td class="col-miniature" style="color:{colour};font-weight:600">{esc(result.verdict)}</td>',
-        f'<td class="col-miniature">{esc(result.figure_name)} {_fmt(result.figure)}</td>',
-        f'<td class="col-miniature">{esc(threshold_text(result))}</td>',
-        f'<td class="col-miniature">{esc(ci_text(result))}</td>',
-        f'<td class="col-miniature">{_fmt(result.chance)}</td>',
-    ]
-
-
-class HtmlReportHooks:
-    """pytest-html hooks, registered only when pytest-html is loaded (its hooks exist then)."""
-
-    def pytest_html_results_table_header(self, cells: list[str]) -> None:
-        cells[2:2] = [f'<th class="col-miniature">{esc(title)}</th>' for title in HTML_COLUMNS]
-
-    def pytest_html_results_table_row(self, report: Any, cells: list[str]) -> None:
-        if cells:
-            cells[2:2] = result_cells(result_of(report))
-
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-        report = yield
-        if report.when == "call":
-            result = result_of(report)
-            if result is not None:
-                from pytest_html import extras
-
-                report.extras = [*getattr(report, "extras", []), extras.html(evidence_html(result))]
-        return report
-
-
 # -- the summary page ------------------------------------------------------------------------
-PAGE_STYLE = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1200px;padding:1em 2em;color:#222}
-h1{margin:.2em 0}h2{margin-top:1.6em;border-bottom:2px solid #ddd;padding-bottom:.2em}
-nav a{margin-right:1em}
-.banner{padding:.6em 1em;border-radius:6px;font-weight:600;font-size:1.1em}
-.banner.pass{background:#d8f0de;color:#1b5e2f}.banner.fail{background:#f8d7d6;color:#8c1d18}
-table{border-collapse:collapse;margin:.5em 0}
-th,td{border:1px solid #c8c8c8;padding:4px 8px;text-align:left;vertical-align:top}
-thead th{background:#f1f1f1}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
-td.cell{min-width:9em}
-td.cell .fig{font-size:1.25em;font-weight:700}
-td.cell .verdict{font-weight:700;font-size:.85em;letter-spacing:.04em}
-td.cell .sub{font-size:.85em;color:#444}
-.pass{background:#e3f4e7}.fail{background:#fbe0df}.diverges{background:#fff1cc}.na{background:#f4f4f4;color:#777}
-.error{background:#f3c2c0}.skipped{background:#ececec;color:#444}
-.tag{font-size:.8em;color:#555;background:#eee;border-radius:3px;padding:0 4px}
-.legend span{display:inline-block;padding:2px 8px;margin-right:.6em;border:1px solid #ccc;border-radius:3px}
-tr.verdict-changed td{font-weight:700}tr.verdict-changed{outline:2px solid #b3261e}
-tr.unchanged td{color:#777}
-figure{display:inline-block;margin:0 1.5em 1em 0;vertical-align:top}
-figure img{max-width:560px;border:1px solid #ddd}
-figcaption{font-size:.9em;color:#444;max-width:560px}
-details{margin:.3em 0}summary{cursor:pointer}
-dl.meta{display:grid;grid-template-columns:max-content auto;gap:.2em 1.2em}dl.meta dt{font-weight:600}dl.meta dd{margin:0}
-.muted{color:#666}
-"""
-
-
 def render_summary_page(payload: Mapping[str, Any], *, previous: Mapping[str, Any] | None = None,
                         json_name: str | None = None) -> str:
     """The standalone page of one run's JSON payload (Table 2, Table 3, Figure 1, metadata).
 
-    ``previous`` is a :func:`miniature.report.load_report` payload: the page then shows
-    what changed since that run.
+    ``previous`` is a :func:`miniature.reports.payload.load_report` payload: the page then
+    shows what changed since that run.
     """
+    view = page_view(payload, previous=previous, json_name=json_name)
+    return template_environment().get_template(PAGE_TEMPLATE).render(page=view)
+
+
+def page_view(payload: Mapping[str, Any], *, previous: Mapping[str, Any] | None = None,
+              json_name: str | None = None) -> dict[str, Any]:
+    """Everything ``summary.html.j2`` shows, section by section; a section that is empty
+    (falsy) is left out of the page and of its navigation."""
     results = [r if isinstance(r, ComparisonResult) else ComparisonResult(**r) for r in payload["results"]]
     names = list((payload.get("models") or {}).get("order") or [])
     models = payload.get("models") or {}
-    title = f"miniature: {models.get('reference') or '?'} vs {', '.join(models.get('candidates') or []) or '?'}"
-    sections = [
-        ("changes", "Changes", _changes_section(previous, results, names) if previous is not None else ""),
-        ("agreement", "Agreement (Table 2)", _matrix_section(results, names)),
-        ("attack", "Attack (Table 3)", _attack_section(results, names, payload.get("settings") or {})),
-        ("sensitivity", "Sensitivity to K (Figure 1)", _sensitivity_section(results, names)),
-        ("evidence", "Evidence", _evidence_section(results, names)),
-        ("run", "Run", _run_section(payload, json_name, previous)),
-    ]
-    nav = " ".join(f'<a href="#{key}">{esc(label)}</a>' for key, label, body in sections if body)
-    return "".join([
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{esc(title)}</title><style>{PAGE_STYLE}</style>{EVIDENCE_STYLE}</head><body>",
-        f"<header><h1>{esc(title)}</h1>{_banner(results)}",
-        f'<p class="muted">created {esc(payload.get("created", "?"))}'
-        f'{_duration(payload.get("duration_s"))}</p><nav>{nav}</nav></header>',
-        *(f'<section id="{key}">{body}</section>' for key, _, body in sections if body),
-        "</body></html>\n",
-    ])
+    view: dict[str, Any] = {
+        "title": f"miniature: {models.get('reference') or '?'} vs {', '.join(models.get('candidates') or []) or '?'}",
+        "created": str(payload.get("created", "?")),
+        "duration": _duration(payload.get("duration_s")),
+        "banner": banner_view(results),
+        "changes": changes_view(previous, results, names) if previous is not None else None,
+        "matrix": matrix_view(results, names),
+        "attack": attack_view(results, names, payload.get("settings") or {}),
+        "sensitivity": sensitivity_view(results, names),
+        "evidence": evidence_section_view(results, names),
+        "run": run_view(payload, json_name, previous),
+    }
+    sections = (("changes", "Changes", view["changes"]), ("agreement", "Agreement (Table 2)", True),
+                ("attack", "Attack (Table 3)", view["attack"]),
+                ("sensitivity", "Sensitivity to K (Figure 1)", view["sensitivity"]),
+                ("evidence", "Evidence", view["evidence"]), ("run", "Run", True))
+    view["nav"] = [(key, label) for key, label, shown in sections if shown]
+    return view
 
 
 def _duration(seconds: Any) -> str:
@@ -303,7 +227,8 @@ def _duration(seconds: Any) -> str:
     return f", took {seconds:.1f} s" if seconds < 120 else f", took {seconds / 60:.1f} min"
 
 
-def _banner(results: Sequence[ComparisonResult]) -> str:
+def banner_view(results: Sequence[ComparisonResult]) -> dict[str, Any]:
+    """The gate's verdict: counts, the failing checks named, notes on skipped and diverging ones."""
     counts = gate_counts(results)
     failed = [r for r in results if r.gating and not r.passed]
     diverging = [r for r in results if not r.gating and r.computed and not r.passed]
@@ -312,15 +237,16 @@ def _banner(results: Sequence[ComparisonResult]) -> str:
         notes.append(f"{counts['skipped']} skipped (see the table for why)")
     if diverging:
         notes.append(f"{len(diverging)} informational pair check(s) diverge")
-    note = "".join(f"; {n}" for n in notes)
-    if failed:
-        what = ", ".join(f"{r.reference} vs {r.candidate} {column_title((r.characteristic, r.stage))}"
-                         + ("" if r.computed else f" ({r.status})") for r in failed)
-        errored = f", {counts['error']} errored" if counts["error"] else ""
-        return (f'<p class="banner fail">Gate FAILED: {counts["failed"]} of {counts["total"]} gating checks '
-                f"below threshold{errored} ({esc(what)}){esc(note)}</p>")
-    passed = counts["total"] - counts["skipped"]
-    return f'<p class="banner pass">Gate PASSED: all {passed} computed gating checks pass{esc(note)}</p>'
+    return {
+        "passed": not failed,
+        "failed": counts["failed"],
+        "total": counts["total"],
+        "errored": counts["error"],
+        "computed": counts["total"] - counts["skipped"],
+        "what": ", ".join(f"{r.reference} vs {r.candidate} {column_title((r.characteristic, r.stage))}"
+                          + ("" if r.computed else f" ({r.status})") for r in failed),
+        "note": "".join(f"; {n}" for n in notes),
+    }
 
 
 def _result_grid(results: Sequence[ComparisonResult]) -> dict[tuple[str, str], dict[Column, ComparisonResult]]:
@@ -334,84 +260,75 @@ def _is_representation(column: Column) -> bool:
     return column[0] == "data_representation"
 
 
-def _matrix_section(results: Sequence[ComparisonResult], names: Sequence[str]) -> str:
+def matrix_view(results: Sequence[ComparisonResult], names: Sequence[str]) -> dict[str, Any]:
+    """Table 2: column groups (a characteristic), columns (a stage of it, plus representation's
+    variance) and one row per model pair; no rows when no check produced a result."""
     if not results:
-        return "<h2>Agreement (Table 2)</h2><p>No check produced a result.</p>"
+        return {"groups": [], "columns": [], "rows": []}
     columns = columns_of(results)
     grid = _result_grid(results)
     # the header shows a computed result's figure name and threshold where there is one
     first = {c: min((r for r in results if (r.characteristic, r.stage) == c), key=lambda r: not r.computed)
              for c in columns}
-    groups: list[tuple[str, list[Column]]] = []
+    groups: list[dict[str, Any]] = []
     for column in columns:
-        if groups and groups[-1][0] == column[0]:
-            groups[-1][1].append(column)
+        span = 2 if _is_representation(column) else 1
+        if groups and groups[-1]["characteristic"] == column[0]:
+            groups[-1]["span"] += span
         else:
-            groups.append((column[0], [column]))
-    head1 = ['<th rowspan="2">Model M<sub>i</sub></th><th rowspan="2">Model M<sub>j</sub></th>']
-    head2 = []
-    for characteristic, cols in groups:
-        span = sum(2 if _is_representation(c) else 1 for c in cols)
-        head1.append(f'<th colspan="{span}">{esc(CHARACTERISTIC_TITLES.get(characteristic, characteristic))}</th>')
-        for column in cols:
-            result = first[column]
-            label = f"{column[1]}: " if column[1] else ""
-            head2.append(f"<th>{esc(label + result.figure_name)}<br><span class=\"muted\">"
-                         f"{esc(threshold_text(result))}{esc(_k_text(result))}</span></th>")
-            if _is_representation(column):
-                head2.append(f"<th>{esc(label)}variance</th>")
+            groups.append({"characteristic": column[0], "span": span,
+                           "title": CHARACTERISTIC_TITLES.get(column[0], column[0])})
+    heads = []
+    for column in columns:
+        result = first[column]
+        stage_label = f"{column[1]}: " if column[1] else ""
+        heads.append({"label": stage_label + result.figure_name, "stage_label": stage_label,
+                      "note": threshold_text(result) + _k_text(result), "variance": _is_representation(column)})
     rows = []
     previous_first = None
     for pair in pairs_of(results, names):
         cells = grid[pair]
-        informational = not any(r.gating for r in cells.values())
-        mi = esc(pair[0]) if pair[0] != previous_first else ""
-        previous_first = pair[0]
-        tag = ' <span class="tag">reported only</span>' if informational else ""
-        row = [f"<th>{mi}</th><th>{esc(pair[1])}{tag}</th>"]
+        row_cells: list[dict[str, Any]] = []
         for column in columns:
             result = cells.get(column)
-            row.append(_matrix_cell(result, pair, column))
+            row_cells.append(matrix_cell_view(result, column))
             if _is_representation(column):
                 variance = None if result is None else result.details.get("variance")
-                row.append(f'<td class="num {verdict_class(result)}">{fmt(variance)}</td>')
-        rows.append(f'<tr class="pair" data-pair="{esc(pair[0] + " vs " + pair[1])}">' + "".join(row) + "</tr>")
-    legend = ('<p class="legend"><span class="pass">pass</span><span class="fail">fail (gating pair '
-              'below threshold)</span><span class="diverges">diverges (candidate pair, reported '
-              'only)</span><span class="error">error (could not be computed)</span><span class="skipped">'
-              'skipped (does not apply; reason given)</span><span class="na">not run</span></p>')
-    return ("<h2>Agreement between model pairs (Table 2)</h2>"
-            "<p>Jaccard agreement per model pair and characteristic, with the bootstrap "
-            "confidence interval and the agreement expected by chance.</p>" + legend +
-            '<table class="matrix"><thead><tr>' + "".join(head1) + "</tr><tr>" + "".join(head2) +
-            "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+                row_cells.append({"kind": "variance", "cls": verdict_class(result), "value": fmt(variance)})
+        rows.append({"pair": f"{pair[0]} vs {pair[1]}", "first": pair[0] if pair[0] != previous_first else "",
+                     "second": pair[1], "informational": not any(r.gating for r in cells.values()),
+                     "cells": row_cells})
+        previous_first = pair[0]
+    return {"groups": groups, "columns": heads, "rows": rows}
 
 
 def _k_text(result: ComparisonResult) -> str:
     return f", K={result.k}" if result.k is not None else ""
 
 
-def _matrix_cell(result: ComparisonResult | None, pair: tuple[str, str], column: Column) -> str:
-    attrs = (f'data-pair="{esc(pair[0] + " vs " + pair[1])}" data-characteristic="{esc(column[0])}"'
-             f' data-stage="{esc(column[1] or "")}"')
+def matrix_cell_view(result: ComparisonResult | None, column: Column) -> dict[str, Any]:
+    """One cell of Table 2: figure, verdict and the lines under them (CI, chance, n, unmet
+    conditions, a note), or the reason a check was not computed."""
+    cell: dict[str, Any] = {"kind": "result", "cls": verdict_class(result), "characteristic": column[0],
+                            "stage": column[1] or "", "missing": result is None}
     if result is None:
-        return f'<td class="cell na" {attrs}>–</td>'
+        return cell
+    cell.update(computed=result.computed, verdict=result.verdict, reason=result.reason or "")
     if not result.computed:
-        return (f'<td class="cell {verdict_class(result)}" {attrs}><div class="verdict">{esc(result.verdict)}'
-                f'</div><div class="sub">{esc(result.reason or "")}</div></td>')
-    lines = [f'<div class="fig">{_fmt(result.figure)}</div>', f'<div class="verdict">{esc(result.verdict)}</div>']
+        return cell
+    lines = []
     if result.ci_low is not None and result.ci_high is not None:
-        lines.append(f'<div class="sub">{result.ci_level:.0%} CI {esc(ci_text(result))}</div>')
-    lines.append(f'<div class="sub">chance {_fmt(result.chance)}</div>')
-    lines.append(f'<div class="sub">n={result.n}</div>')
+        lines.append(f"{result.ci_level:.0%} CI {ci_text(result)}")
+    lines.append(f"chance {format_number(result.chance)}")
+    lines.append(f"n={result.n}")
     for condition in result.conditions:
         if not condition.get("passed"):
-            lines.append(f'<div class="sub">{esc(condition.get("name", ""))} {fmt(condition.get("value"))}'
-                         f" &gt; {fmt(condition.get('limit'))}</div>")
+            lines.append(f"{condition.get('name', '')} {fmt(condition.get('value'))} > {fmt(condition.get('limit'))}")
     note = result.details.get("note")
     if isinstance(note, str):
-        lines.append(f'<div class="sub">{esc(_clip(note, 90))}</div>')
-    return f'<td class="cell {verdict_class(result)}" {attrs}>' + "".join(lines) + "</td>"
+        lines.append(_clip(note, 90))
+    cell.update(figure=format_number(result.figure), lines=lines)
+    return cell
 
 
 def _attack_targets(results: Sequence[ComparisonResult], names: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
@@ -427,30 +344,19 @@ def _attack_targets(results: Sequence[ComparisonResult], names: Sequence[str]) -
     return sorted(targets.items(), key=lambda item: (rank.get(item[0], len(rank)), item[0]))
 
 
-def _attack_section(results: Sequence[ComparisonResult], names: Sequence[str], settings: Mapping[str, Any]) -> str:
-    targets = _attack_targets(results, names)
-    if not targets:
-        return ""
-    attacker = settings.get("attack-model") or "?"
+def attack_view(results: Sequence[ComparisonResult], names: Sequence[str],
+                settings: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Table 3: one row per attacked model; the attack model named on the first row only."""
+    attacker = str(settings.get("attack-model") or "?")
     rows = []
-    for i, (name, figures) in enumerate(targets):
+    for i, (name, figures) in enumerate(_attack_targets(results, names)):
         percent = figures.get("percent_change")
-        percent_text = "–" if not isinstance(percent, (int, float)) else f"{percent:.1f}"
-        rows.append(
-            f"<tr data-target=\"{esc(name)}\"><th>{esc(attacker) if i == 0 else ''}</th><th>{esc(name)}</th>"
-            f'<td class="num">{fmt(figures.get("original_accuracy"))}</td>'
-            f'<td class="num">{fmt(figures.get("accuracy_after_attack"))}</td>'
-            f'<td class="num">{fmt(figures.get("absolute_change"))}</td>'
-            f'<td class="num">{percent_text}</td>'
-            f'<td class="num">{fmt(figures.get("attack_success_rate"))}</td>'
-            f'<td class="num">{fmt(figures.get("n"))}</td></tr>')
-    return ("<h2>Model behaviour under attack (Table 3)</h2>"
-            "<p>Accuracy of each target on the attacked sample before and after BERT-Attack; "
-            "the change is the drop (positive when the attack hurts).</p>"
-            "<table class=\"attack\"><thead><tr><th>Attack model</th><th>Target model</th>"
-            "<th>Original accuracy</th><th>After attack accuracy</th><th>Absolute change in accuracy</th>"
-            "<th>% change in accuracy</th><th>attack success rate</th><th>items</th></tr></thead><tbody>"
-            + "".join(rows) + "</tbody></table>")
+        rows.append({"attacker": attacker if i == 0 else "", "target": name, "figures": [
+            fmt(figures.get("original_accuracy")), fmt(figures.get("accuracy_after_attack")),
+            fmt(figures.get("absolute_change")),
+            "–" if not isinstance(percent, (int, float)) else f"{percent:.1f}",
+            fmt(figures.get("attack_success_rate")), fmt(figures.get("n"))]})
+    return rows
 
 
 def sensitivity_panels(results: Sequence[ComparisonResult], names: Sequence[str] = ()) -> list[tuple[str, str]]:
@@ -489,7 +395,8 @@ def _plot(results: Sequence[ComparisonResult], title: str) -> bytes:
                   label=f"{result.reference} vs {result.candidate}")
     thresholds = {r.threshold for r in results if r.threshold is not None}
     for threshold in sorted(thresholds):
-        axes.axhline(threshold, color="#b3261e", linestyle=":", linewidth=1, label=f"threshold {_fmt(threshold)}")
+        axes.axhline(threshold, color="#b3261e", linestyle=":", linewidth=1,
+                     label=f"threshold {format_number(threshold)}")
     used = {r.k for r in results if r.k is not None}
     for k in sorted(used):
         axes.axvline(k, color="#888", linestyle=":", linewidth=1)
@@ -510,21 +417,13 @@ def _plot(results: Sequence[ComparisonResult], title: str) -> bytes:
     return buffer.getvalue()
 
 
-def _sensitivity_section(results: Sequence[ComparisonResult], names: Sequence[str]) -> str:
-    panels = sensitivity_panels(results, names)
-    if not panels:
-        return ""
-    figures = "".join(
-        f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{data}"><figcaption>{esc(caption)}; '
-        "dotted vertical line: the K the checks use</figcaption></figure>"
-        for caption, data in panels)
-    return ("<h2>Sensitivity to K (Figure 1)</h2><p>Agreement as the number of neighbours K varies: "
-            "a conclusion that holds across K does not hinge on the choice of K.</p>" + figures)
+def sensitivity_view(results: Sequence[ComparisonResult], names: Sequence[str]) -> list[dict[str, str]]:
+    """Figure 1: one panel per swept column, a caption and the plot as base64 PNG text."""
+    return [{"caption": caption, "png_base64": data} for caption, data in sensitivity_panels(results, names)]
 
 
-def _evidence_section(results: Sequence[ComparisonResult], names: Sequence[str]) -> str:
-    if not results:
-        return ""
+def evidence_section_view(results: Sequence[ComparisonResult], names: Sequence[str]) -> list[dict[str, Any]]:
+    """One collapsible block per result, in table order; failing and errored ones open."""
     pair_rank = {pair: i for i, pair in enumerate(pairs_of(results, names))}
     column_rank = {column: i for i, column in enumerate(columns_of(results))}
     ordered = sorted(results, key=lambda r: (pair_rank[(r.reference, r.candidate)],
@@ -532,79 +431,76 @@ def _evidence_section(results: Sequence[ComparisonResult], names: Sequence[str])
     blocks = []
     for result in ordered:
         label = (f"{result.reference} vs {result.candidate} — {column_title((result.characteristic, result.stage))}: "
-                 + (f"{result.verdict} {_fmt(result.figure)} ({len(result.evidence)} items)" if result.computed
-                    else f"{result.verdict}: {result.reason}"))
-        opened = " open" if verdict_class(result) in ("fail", "error") else ""
-        blocks.append(f'<details{opened}><summary class="{verdict_class(result)}">{esc(label)}</summary>'
-                      f"{evidence_html(result, style=False)}</details>")
-    return ("<h2>Evidence: where the models diverge most</h2><p>Failing checks are open; click a "
-            "line to see its items.</p>" + "".join(blocks))
+                 + (f"{result.verdict} {format_number(result.figure)} ({len(result.evidence)} items)"
+                    if result.computed else f"{result.verdict}: {result.reason}"))
+        blocks.append({"label": label, "cls": verdict_class(result),
+                       "open": verdict_class(result) in ("fail", "error"), "evidence": evidence_view(result)})
+    return blocks
 
 
-def _changes_section(previous: Mapping[str, Any], results: Sequence[ComparisonResult], names: Sequence[str]) -> str:
+def changes_view(previous: Mapping[str, Any], results: Sequence[ComparisonResult],
+                 names: Sequence[str]) -> dict[str, Any]:
+    """What changed since ``previous``: changed checks (verdict flips outlined), unchanged ones apart."""
     changes: list[Change] = compare_results(previous.get("results") or [], results, names)
-    changed = [c for c in changes if c.changed]
-    flipped = [c for c in changes if c.verdict_changed]
-    rows: dict[bool, list[str]] = {True: [], False: []}
+    rows: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
     for change in changes:
-        cls = "verdict-changed" if change.verdict_changed else ("changed" if change.changed else "unchanged")
         delta = change.delta
-        delta_text = "–" if delta is None or (isinstance(delta, float) and math.isnan(delta)) else f"{delta:+.3f}"
-        verdict = (f'<span class="{verdict_class(change.previous)}">{esc(change.previous_verdict)}</span> → '
-                   f'<span class="{verdict_class(change.current)}">{esc(change.current_verdict)}</span>')
-        rows[change.changed].append(
-            f'<tr class="{cls}" data-pair="{esc(change.pair)}" data-characteristic="{esc(change.key[2])}">'
-            f"<td>{esc(change.pair)}</td><td>{esc(change.title)}</td>"
-            f'<td class="num">{"absent" if change.previous is None else _fmt(change.previous.figure)}</td>'
-            f'<td class="num">{"absent" if change.current is None else _fmt(change.current.figure)}</td>'
-            f'<td class="num">{delta_text}</td><td>{verdict}</td></tr>')
-    head = ('<table class="changes"><thead><tr><th>Model pair</th><th>Characteristic</th><th>Previous figure</th>'
-            "<th>Current figure</th><th>Change</th><th>Verdict</th></tr></thead><tbody>")
-    changed_table = head + "".join(rows[True]) + "</tbody></table>" if rows[True] else ""
-    same = (f"<details><summary>{len(rows[False])} unchanged check(s)</summary>{head}"
-            + "".join(rows[False]) + "</tbody></table></details>") if rows[False] else ""
-    return (f"<h2>Changes since the previous run</h2><p>Compared with <code>{esc(previous.get('path', '?'))}</code> "
-            f"(created {esc(previous.get('created', '?'))}): {len(changed)} of {len(changes)} checks changed, "
-            f"{len(flipped)} verdict(s) changed (outlined).</p>" + changed_table + same)
+        rows[change.changed].append({
+            "cls": "verdict-changed" if change.verdict_changed else ("changed" if change.changed else "unchanged"),
+            "pair": change.pair, "characteristic": change.key[2], "title": change.title,
+            "previous": "absent" if change.previous is None else format_number(change.previous.figure),
+            "current": "absent" if change.current is None else format_number(change.current.figure),
+            "delta": "–" if delta is None or (isinstance(delta, float) and math.isnan(delta)) else f"{delta:+.3f}",
+            "previous_verdict": change.previous_verdict, "previous_cls": verdict_class(change.previous),
+            "current_verdict": change.current_verdict, "current_cls": verdict_class(change.current),
+        })
+    return {"path": str(previous.get("path", "?")), "created": str(previous.get("created", "?")),
+            "total": len(changes), "flipped": sum(c.verdict_changed for c in changes),
+            "changed": rows[True], "unchanged": rows[False]}
 
 
-def _run_section(payload: Mapping[str, Any], json_name: str | None, previous: Mapping[str, Any] | None) -> str:
+def _line(text: Any, *, muted: Any = None, href: str | None = None) -> dict[str, Any]:
+    return {"text": str(text), "muted": None if muted is None else str(muted), "href": href}
+
+
+def run_view(payload: Mapping[str, Any], json_name: str | None, previous: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The run's metadata (name and lines of text each) and every setting."""
     settings = payload.get("settings") or {}
     models = payload.get("models") or {}
     data = payload.get("data") or {}
-    items: list[tuple[str, str]] = [
-        ("created", esc(payload.get("created", "?"))),
-        ("duration", "–" if payload.get("duration_s") is None else esc(f"{payload['duration_s']:.1f} s")),
-        ("reference", f"{esc(models.get('reference') or '?')} <span class=\"muted\">"
-                      f"({esc(settings.get('reference') or '?')})</span>"),
-        ("candidates", "<br>".join(f"{esc(name)} <span class=\"muted\">({esc(source)})</span>"
-                                   for name, source in zip(models.get("candidates") or [],
-                                                           settings.get("candidate") or []))
-         or "none"),
+    items: list[tuple[str, list[dict[str, Any]]]] = [
+        ("created", [_line(payload.get("created", "?"))]),
+        ("duration", [_line("–" if payload.get("duration_s") is None else f"{payload['duration_s']:.1f} s")]),
+        ("reference", [_line(models.get("reference") or "?", muted=settings.get("reference") or "?")]),
+        ("candidates", [_line(name, muted=source) for name, source in zip(models.get("candidates") or [],
+                                                                         settings.get("candidate") or [])]
+         or [_line("none")]),
     ]
     if settings.get("reference-base") or settings.get("candidate-base"):
         bases = [settings.get("reference-base"), *(settings.get("candidate-base") or [])]
-        items.append(("before fine-tuning", "<br>".join(esc(b) for b in bases if b)))
-    items.append(("attack model", esc(f"{settings.get('attack-model', '?')} (attack size "
-                                      f"{settings.get('attack-size', '?')}, top-K words {settings.get('attack-top-k', '?')})")))
+        items.append(("before fine-tuning", [_line(b) for b in bases if b]))
+    items.append(("attack model", [_line(f"{settings.get('attack-model', '?')} (attack size "
+                                         f"{settings.get('attack-size', '?')}, top-K words "
+                                         f"{settings.get('attack-top-k', '?')})")]))
     for role, source in data.items():
-        items.append((f"{role} data", esc(source)))
-    items.append(("K", esc(f"{settings.get('k', '?')} (sweep {settings.get('k-sweep', '?')})")))
-    items.append(("thresholds", esc(
-        f"errors {settings.get('threshold-errors')}, representation {settings.get('threshold-representation')}, "
-        f"distribution {settings.get('threshold-distribution')}, attack {settings.get('threshold-attack')} "
-        f"(+ drop within {settings.get('attack-drop-tolerance')} pp), judged on {settings.get('threshold-on')}")))
+        items.append((f"{role} data", [_line(source)]))
+    items.append(("K", [_line(f"{settings.get('k', '?')} (sweep {settings.get('k-sweep', '?')})")]))
+    thresholds: dict[str, Any] = {}
+    for result in payload.get("results") or []:  # one per characteristic, in report order
+        get = result.get if isinstance(result, Mapping) else lambda key, r=result: getattr(r, key)
+        thresholds.setdefault(get("characteristic"), get("threshold"))
+    items.append(("thresholds", [_line(
+        ", ".join(f"{CHARACTERISTIC_TITLES.get(name, name)} {value}" for name, value in thresholds.items())
+        + f" (attack: + drop within {settings.get('attack-drop-tolerance')} pp), judged on "
+        f"{settings.get('threshold-on')}")]))
     if json_name:
-        items.append(("JSON report", f'<a href="{esc(json_name)}">{esc(json_name)}</a>'))
+        items.append(("JSON report", [_line(json_name, href=json_name)]))
     if previous is not None:
-        items.append(("compared with", esc(previous.get("path", "?"))))
+        items.append(("compared with", [_line(previous.get("path", "?"))]))
     versions = payload.get("versions") or {}
-    items.append(("versions", esc(", ".join(f"{k} {v}" for k, v in versions.items()))))
-    meta = "".join(f"<dt>{esc(name)}</dt><dd>{value}</dd>" for name, value in items)
-    table = "".join(f"<tr><td>{esc(key)}</td><td>{esc(_setting_text(value))}</td></tr>"
-                    for key, value in sorted(settings.items()))
-    return (f'<h2>Run</h2><dl class="meta">{meta}</dl><details><summary>all settings</summary>'
-            f"<table>{table}</table></details>")
+    items.append(("versions", [_line(", ".join(f"{k} {v}" for k, v in versions.items()))]))
+    return {"meta": [{"name": name, "lines": lines} for name, lines in items],
+            "settings": [(key, _setting_text(value)) for key, value in sorted(settings.items())]}
 
 
 def _setting_text(value: Any) -> str:

@@ -1,7 +1,7 @@
 """Reports of a gate run: the terminal table, the JSON every figure lands in, the summary page.
 
 The JSON payload is the single source of truth: the summary page
-(:func:`miniature.html.render_summary_page`) is rendered from it, and ``--compare-to``
+(:func:`miniature.reports.page.render_summary_page`) is rendered from it, and ``--compare-to``
 reads a previous run's payload back (:func:`load_report`) to show what changed.
 Each payload result rebuilds with ``ComparisonResult(**d)``.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 from types import UnionType
 from typing import Any
 
-from miniature.core.characteristics.base import CHARACTERISTIC_TITLES, ComparisonResult, _fmt
+from miniature.core.characteristics.base import CHARACTERISTIC_TITLES, ComparisonResult, format_number
 from miniature.errors import MiniatureError
 
 REPORT_SCHEMA = 1
@@ -108,7 +108,7 @@ def model_order(settings: Any) -> list[str]:
 def cell_text(result: ComparisonResult | None) -> str:
     if result is None:
         return "-"
-    return f"{result.verdict} {_fmt(result.figure)}" if result.computed else result.verdict
+    return f"{result.verdict} {format_number(result.figure)}" if result.computed else result.verdict
 
 
 # -- terminal --------------------------------------------------------------------------------
@@ -128,7 +128,7 @@ def summary_table(results: Sequence[ComparisonResult], model_names: Sequence[str
     for column in columns:
         values = {r.threshold for r in results if (r.characteristic, r.stage) == column}
         values.discard(None)
-        thresholds.append(">= " + "/".join(_fmt(v) for v in sorted(values)) if values else "-")
+        thresholds.append(">= " + "/".join(format_number(v) for v in sorted(values)) if values else "-")
     table.append(["threshold"] + thresholds)
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in table]
@@ -218,8 +218,8 @@ def change_lines(changes: Sequence[Change], source: str) -> list[str]:
         return [f"no change since {source}: same figures and verdicts for all {len(changes)} checks"]
     lines = [f"changes since {source} ({len(changed)} of {len(changes)} checks):"]
     for change in changed:
-        previous = "absent" if change.previous is None else f"{change.previous_verdict} {_fmt(change.previous.figure)}"
-        current = "absent" if change.current is None else f"{change.current_verdict} {_fmt(change.current.figure)}"
+        previous = "absent" if change.previous is None else f"{change.previous_verdict} {format_number(change.previous.figure)}"
+        current = "absent" if change.current is None else f"{change.current_verdict} {format_number(change.current.figure)}"
         delta = "" if change.delta is None or _isnan(change.delta) else f" ({change.delta:+.3f})"
         mark = ""
         if change.previous is None:

@@ -129,26 +129,26 @@ class ComparisonResult:
         if self.status != COMPUTED:
             where = f"{self.reference} vs {self.candidate}" + (f", {self.stage}" if self.stage else "")
             return f"{self.title}: {self.status} — {self.reason} — {where}"
-        parts = [f"{self.title}: {self.figure_name} {_fmt(self.figure)}"]
+        parts = [f"{self.title}: {self.figure_name} {format_number(self.figure)}"]
         extra = []
         if self.ci_low is not None and self.ci_high is not None:
-            extra.append(f"{self.ci_level:.0%} CI {_fmt(self.ci_low)}–{_fmt(self.ci_high)}")
+            extra.append(f"{self.ci_level:.0%} CI {format_number(self.ci_low)}–{format_number(self.ci_high)}")
         if self.chance is not None:
-            extra.append(f"chance {_fmt(self.chance)}")
+            extra.append(f"chance {format_number(self.chance)}")
         if self.corrected is not None:
-            extra.append(f"corrected {_fmt(self.corrected)}")
+            extra.append(f"corrected {format_number(self.corrected)}")
         if self.noise_floor is not None:
-            extra.append(f"self-agreement {_fmt(self.noise_floor)}")
+            extra.append(f"self-agreement {format_number(self.noise_floor)}")
         if extra:
             parts.append(f"({', '.join(extra)})")
         if self.threshold is not None:
             relation = ">=" if self.passed else "<"
             judged = "" if self.threshold_on == "raw" else f" [{self.threshold_on.replace('_', ' ')}]"
-            parts.append(f"{relation} threshold {_fmt(self.threshold)}{judged}")
+            parts.append(f"{relation} threshold {format_number(self.threshold)}{judged}")
         for condition in self.conditions:
             if not condition["passed"]:
-                parts.append(f"; {condition['name']} {_fmt(condition['value'])} beyond limit "
-                             f"{_fmt(condition['limit'])}")
+                parts.append(f"; {condition['name']} {format_number(condition['value'])} beyond limit "
+                             f"{format_number(condition['limit'])}")
         where = [f"{self.reference} vs {self.candidate}"]
         if self.stage:
             where.append(self.stage)
@@ -168,7 +168,9 @@ class ComparisonResult:
         return cls(**json.loads(text))
 
 
-def _fmt(value: float | None) -> str:
+def format_number(value: float | None) -> str:
+    """A figure as every report shows it: three decimals at most (trailing zeros dropped), two
+    significant digits below 0.01, ``nan`` and ``n/a`` for missing figures."""
     if value is None:
         return "n/a"
     if isinstance(value, float) and math.isnan(value):
