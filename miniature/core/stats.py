@@ -10,6 +10,7 @@ agree at about 0.33).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -209,6 +210,53 @@ def paired_bootstrap_ci(
     tail = (1.0 - level) / 2.0
     low, high = np.nanquantile(replicates, [tail, 1.0 - tail])
     return (float(low), float(high))
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """A Jaccard agreement with what makes it readable: the chance baseline, the
+    chance-corrected score and the paired bootstrap interval (None without resamples)."""
+
+    figure: float
+    chance: float
+    corrected: float
+    ci_low: float | None = None
+    ci_high: float | None = None
+
+
+def set_agreement(a: np.ndarray, b: np.ndarray, *, n_bootstrap: int | None, seed: int | None) -> Agreement:
+    """Jaccard of two sets given as boolean masks over the same n items (both empty = 1),
+    chance = that of random sets of the same sizes, bootstrap resampling items in pairs.
+
+    The one skeleton every set-based characteristic shares (error sets, OOD sets, sets of
+    broken items), as pytest-regressions' ``perform_regression_check`` is for its checks.
+    """
+    a = _as_mask(a, "a")
+    b = _as_mask(b, "b")
+    figure = jaccard(a, b)
+    chance = chance_jaccard(a.size, int(a.sum()), int(b.sum()))
+    ci_low = ci_high = None
+    if n_bootstrap and n_bootstrap > 0:
+        ci_low, ci_high = paired_bootstrap_ci(jaccard_batch, a, b, n_resamples=n_bootstrap, seed=seed,
+                                              vectorized=True)
+    return Agreement(figure, chance, chance_corrected(figure, chance), ci_low, ci_high)
+
+
+def mean_agreement(per_item: np.ndarray, chance: float, *, n_bootstrap: int | None,
+                   seed: int | None) -> Agreement:
+    """The mean of per-item Jaccard values (e.g. kNN sets), its chance baseline and corrected
+    score, and the bootstrap interval resampling items."""
+    per_item = np.asarray(per_item, dtype=np.float64)
+    figure = float(per_item.mean())
+    ci_low = ci_high = None
+    if n_bootstrap and n_bootstrap > 0:
+        ci_low, ci_high = paired_bootstrap_ci(_replicate_means, per_item, n_resamples=n_bootstrap,
+                                              seed=seed, vectorized=True)
+    return Agreement(figure, chance, chance_corrected(figure, chance), ci_low, ci_high)
+
+
+def _replicate_means(values: np.ndarray) -> np.ndarray:
+    return values.mean(axis=-1)
 
 
 def mcnemar_exact(b: int, c: int) -> float:

@@ -416,7 +416,7 @@ def compare_adversarial(
     """
     import numpy as np
 
-    from miniature.core.stats import chance_corrected, chance_jaccard, jaccard, paired_bootstrap_ci
+    from miniature.core.stats import jaccard, set_agreement
 
     _check_outcomes(ref_outcomes, "ref_outcomes")
     _check_outcomes(cand_outcomes, "cand_outcomes")
@@ -446,13 +446,9 @@ def compare_adversarial(
     a, b = broken_ref[both], broken_cand[both]
     figure = chance = corrected = ci_low = ci_high = None
     if n_both:
-        figure = jaccard(a, b)
-        chance = chance_jaccard(n_both, int(a.sum()), int(b.sum()))
-        corrected = chance_corrected(figure, chance)
-        if n_bootstrap and n_bootstrap > 0:
-            ci_low, ci_high = paired_bootstrap_ci(_jaccard_replicates, a, b,
-                                                  n_resamples=n_bootstrap, seed=seed,
-                                                  vectorized=True)
+        agreement = set_agreement(a, b, n_bootstrap=n_bootstrap, seed=seed)
+        figure, chance, corrected = agreement.figure, agreement.chance, agreement.corrected
+        ci_low, ci_high = agreement.ci_low, agreement.ci_high
 
     drop_difference = None
     if ref_fig["percent_change"] is not None and cand_fig["percent_change"] is not None:
@@ -518,14 +514,6 @@ def compare_adversarial(
         evidence=evidence,
         conditions=conditions,
     )
-
-
-def _jaccard_replicates(a: "np.ndarray", b: "np.ndarray") -> "np.ndarray":
-    import numpy as np
-
-    inter = np.count_nonzero(a & b, axis=1)
-    union = np.count_nonzero(a | b, axis=1)
-    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
 
 
 def _label(ref: Mapping[str, Any], cand: Mapping[str, Any]) -> int:

@@ -30,7 +30,7 @@ from miniature.core.characteristics.representation import (
     exact_search,
     normalized_float32,
 )
-from miniature.core.stats import chance_corrected, chance_jaccard, jaccard, jaccard_batch, paired_bootstrap_ci
+from miniature.core.stats import jaccard, set_agreement
 
 __all__ = [
     "FeatureSplits",
@@ -179,13 +179,8 @@ def compare_distribution(
     reference_flags, reference_threshold, reference_challenge = _flags_at(*reference_scores, k, keep)
     candidate_flags, candidate_threshold, candidate_challenge = _flags_at(*candidate_scores, k, keep)
 
-    figure = jaccard(reference_flags, candidate_flags)
-    chance = chance_jaccard(m, int(reference_flags.sum()), int(candidate_flags.sum()))
-    ci_low = ci_high = None
-    if n_bootstrap and n_bootstrap > 0:
-        ci_low, ci_high = paired_bootstrap_ci(
-            jaccard_batch, reference_flags, candidate_flags, n_resamples=n_bootstrap, seed=seed, vectorized=True
-        )
+    agreement = set_agreement(reference_flags, candidate_flags, n_bootstrap=n_bootstrap, seed=seed)
+    figure = agreement.figure
 
     details: dict = {
         "reference_ood_rate": float(reference_flags.mean()),
@@ -222,10 +217,10 @@ def compare_distribution(
         threshold=threshold,
         threshold_on=threshold_on,
         gating=gating,
-        chance=chance,
-        corrected=chance_corrected(figure, chance),
-        ci_low=ci_low,
-        ci_high=ci_high,
+        chance=agreement.chance,
+        corrected=agreement.corrected,
+        ci_low=agreement.ci_low,
+        ci_high=agreement.ci_high,
         k=int(k),
         details=details,
         sweep={

@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from miniature.core.characteristics.base import THRESHOLD_ON_CHOICES, ComparisonResult
-from miniature.core.stats import chance_corrected, chance_jaccard, jaccard, jaccard_batch, mcnemar_exact, paired_bootstrap_ci
+from miniature.core.stats import mcnemar_exact, set_agreement
 
 __all__ = ["error_mask", "compare_prediction_errors"]
 
@@ -87,14 +87,7 @@ def compare_prediction_errors(
 
     reference_errors = ~reference_ok
     candidate_errors = ~candidate_ok
-    figure = jaccard(reference_errors, candidate_errors)
-    chance = chance_jaccard(n, int(reference_errors.sum()), int(candidate_errors.sum()))
-    ci_low = ci_high = None
-    if n_bootstrap and n_bootstrap > 0:
-        ci_low, ci_high = paired_bootstrap_ci(
-            jaccard_batch, reference_errors, candidate_errors,
-            n_resamples=n_bootstrap, seed=seed, vectorized=True,
-        )
+    agreement = set_agreement(reference_errors, candidate_errors, n_bootstrap=n_bootstrap, seed=seed)
 
     negative = reference_ok & ~candidate_ok
     positive = ~reference_ok & candidate_ok
@@ -125,15 +118,15 @@ def compare_prediction_errors(
         reference=reference,
         candidate=candidate,
         figure_name="error-set Jaccard",
-        figure=figure,
+        figure=agreement.figure,
         n=n,
         threshold=threshold,
         threshold_on=threshold_on,
         gating=gating,
-        chance=chance,
-        corrected=chance_corrected(figure, chance),
-        ci_low=ci_low,
-        ci_high=ci_high,
+        chance=agreement.chance,
+        corrected=agreement.corrected,
+        ci_low=agreement.ci_low,
+        ci_high=agreement.ci_high,
         details=details,
         evidence=evidence,
     )

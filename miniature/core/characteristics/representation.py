@@ -21,7 +21,7 @@ import faiss
 import numpy as np
 
 from miniature.core.characteristics.base import THRESHOLD_ON_CHOICES, ComparisonResult
-from miniature.core.stats import chance_corrected, chance_jaccard, jaccard_rows, paired_bootstrap_ci
+from miniature.core.stats import chance_jaccard, jaccard_rows, mean_agreement
 
 __all__ = [
     "DEFAULT_KS",
@@ -118,13 +118,8 @@ def compare_representation(
     neighbours_cand = knn_indices(emb_cand, deepest)
     per_item = jaccard_rows(neighbours_ref[:, :k], neighbours_cand[:, :k])
 
-    figure = float(per_item.mean())
-    chance = chance_jaccard(n - 1, k, k)
-    ci_low = ci_high = None
-    if n_bootstrap and n_bootstrap > 0:
-        ci_low, ci_high = paired_bootstrap_ci(
-            _mean_per_replicate, per_item, n_resamples=n_bootstrap, seed=seed, vectorized=True
-        )
+    agreement = mean_agreement(per_item, chance_jaccard(n - 1, k, k), n_bootstrap=n_bootstrap, seed=seed)
+    figure = agreement.figure
 
     worst = np.argsort(per_item, kind="stable")[: max(0, int(max_evidence))]
     evidence = []
@@ -150,10 +145,10 @@ def compare_representation(
         threshold=threshold,
         threshold_on=threshold_on,
         gating=gating,
-        chance=chance,
-        corrected=chance_corrected(figure, chance),
-        ci_low=ci_low,
-        ci_high=ci_high,
+        chance=agreement.chance,
+        corrected=agreement.corrected,
+        ci_low=agreement.ci_low,
+        ci_high=agreement.ci_high,
         k=k,
         stage=stage,
         details={
@@ -291,10 +286,6 @@ def _rescore(
 
 
 # --------------------------------------------------------------------------------------
-
-
-def _mean_per_replicate(values: np.ndarray) -> np.ndarray:
-    return values.mean(axis=-1)
 
 
 def _sweep_from_lists(neighbours_a: np.ndarray, neighbours_b: np.ndarray, ks: Sequence[int]) -> dict[int, float]:
