@@ -1,8 +1,14 @@
 """miniature: does a compressed model still behave like the large model it replaces?
 
-The package is a pytest plugin (``miniature.plugin``) plus a library of pure functions
-for the paper's four characteristics. Importing it is cheap: torch and transformers are
-only imported by the modules that need them.
+The package is a pytest plugin (``miniature.plugin``) on a gate core (``miniature.core``:
+characteristics, statistics, per-item outputs, models, data), with reports
+(``miniature.reports``) and tools (``miniature.tools``: command line, demo, compression).
+Importing it is cheap: torch and transformers are only imported by the modules that need
+them. A project adds a characteristic by returning a :class:`Characteristic` from the
+``pytest_miniature_characteristics`` hook in its ``conftest.py``.
 """
 
+from miniature.core.registry import Characteristic
+
+__all__ = ["Characteristic", "__version__"]
 __version__ = "0.1.0"
