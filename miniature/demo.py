@@ -45,12 +45,13 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "reference": {},
     "int8": {"method": "int8"},
     "prune": {"method": "prune", "sparsity": 0.5},
-    "layers": {"method": "layers"},
+    # re-trained after dropping: distilled from the reference's logits on the training texts
+    "layers": {"method": "layers", "distil": True, "distil_epochs": 2.0},
 }
 DEFAULT_CANDIDATES = ("reference", "int8", "prune", "layers")
 #: The names the summary shows (folder names under the demo's cache).
 MODEL_NAMES = {"reference": "minilm", "int8": "minilm-int8", "prune": "minilm-pruned50",
-               "layers": "minilm-3layers"}
+               "layers": "minilm-3layers-distilled"}
 ATTACK_LM_RECORD = "miniature_attack_lm.json"
 #: Fine-tuning of the reference: batch 32, this rate, the size's epochs, seed 0.
 FINETUNE_LEARNING_RATE = 1e-4
@@ -101,6 +102,10 @@ class DemoResult:
             return []
         return list(json.loads(self.report_json.read_text("utf-8"))["results"])
 
+    def phenomenon(self) -> dict[str, Any]:
+        """Issue #16's figures of this run (see :func:`phenomenon`)."""
+        return phenomenon(self.figures())
+
     def self_check_passed(self) -> bool | None:
         """Did the reference pass every check against itself (None: not a candidate)?"""
         reference = MODEL_NAMES["reference"]
@@ -109,6 +114,79 @@ class DemoResult:
         if not rows:
             return None
         return all(result_passed(r) for r in rows)
+
+
+#: What the demo must show to replicate the paper at small scale (issue #16): the reference
+#: errs (IMDB's BERT-large: 5.6 %), every candidate stays within 5 points of its accuracy
+#: (Table 3: 0.85-0.94), the attack neither always nor never wins against the reference
+#: (Table 3: 40 % lost), and the challenge set is near the training data, so that OOD
+#: detection is not trivial. Checked on the full size; the quick one is too small for some.
+PHENOMENON_GOALS = {"reference_errors_min": 30, "accuracy_gap_max": 0.05,
+                    "attack_success_rate": (0.2, 0.8), "reference_auroc_max": 0.9}
+
+
+def phenomenon(results: Sequence[dict[str, Any]], reference: str = MODEL_NAMES["reference"]) -> dict[str, Any]:
+    """The figures issue #16 asks the demo to show, from ``latest.json``'s results.
+
+    ``accuracy`` and ``attack_success_rate`` per model (the reference first), the
+    reference's ``errors`` on the test set and its ``auroc`` on the challenge set (Deep-KNN
+    scores, out-of-distribution items against held-out and in-distribution ones), and
+    ``checks``: each of :data:`PHENOMENON_GOALS` with its value and whether it is met.
+    """
+    rows = [r for r in results if r.get("reference") == reference]
+    own = f"{reference}#2"
+    out: dict[str, Any] = {"accuracy": {}, "attack_success_rate": {}, "errors": None, "auroc": None}
+    for row in rows:
+        details = row.get("details") or {}
+        if row["characteristic"] == "prediction_errors":
+            out["accuracy"].setdefault(reference, details.get("reference_accuracy"))
+            out["errors"] = details.get("reference_errors", out["errors"])
+            if row["candidate"] != own:
+                out["accuracy"][row["candidate"]] = details.get("candidate_accuracy")
+        elif row["characteristic"] == "adversarial_vulnerability":
+            rate = (details.get("reference") or {}).get("attack_success_rate")
+            out["attack_success_rate"].setdefault(reference, rate)
+            if row["candidate"] != own:
+                out["attack_success_rate"][row["candidate"]] = \
+                    (details.get("candidate") or {}).get("attack_success_rate")
+        elif row["characteristic"] == "data_distribution":
+            out["auroc"] = details.get("reference_auroc", out["auroc"])
+    goals = PHENOMENON_GOALS
+    accuracy = out["accuracy"]
+    base = accuracy.get(reference)
+    gaps = [base - a for name, a in accuracy.items() if name != reference and a is not None] \
+        if base is not None else []
+    rate = out["attack_success_rate"].get(reference)
+    low, high = goals["attack_success_rate"]
+    out["checks"] = {
+        "reference_errors": {"value": out["errors"], "goal": f">= {goals['reference_errors_min']}",
+                             "met": out["errors"] is not None
+                             and out["errors"] >= goals["reference_errors_min"]},
+        "largest_accuracy_drop": {"value": max(gaps) if gaps else None,
+                                  "goal": f"<= {goals['accuracy_gap_max']}",
+                                  "met": bool(gaps) and max(gaps) <= goals["accuracy_gap_max"]},
+        "reference_attack_success_rate": {"value": rate, "goal": f"in [{low}, {high}]",
+                                          "met": rate is not None and low <= rate <= high},
+        "reference_auroc": {"value": out["auroc"], "goal": f"<= {goals['reference_auroc_max']}",
+                            "met": out["auroc"] is not None
+                            and out["auroc"] <= goals["reference_auroc_max"]},
+    }
+    return out
+
+
+def phenomenon_lines(figures: dict[str, Any]) -> list[str]:
+    """The figures of :func:`phenomenon` as the demo prints them."""
+    def number(value: Any) -> str:
+        return "n/a" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    lines = ["miniature demo: the paper's phenomenon at small scale (goals of issue #16)"]
+    for name, accuracy in figures["accuracy"].items():
+        lines.append(f"  {name:<26} accuracy {number(accuracy)}  attack success rate "
+                     f"{number(figures['attack_success_rate'].get(name))}")
+    for name, check in figures["checks"].items():
+        lines.append(f"  {name:<30} {number(check['value']):>6}  goal {check['goal']:<12} "
+                     f"{'met' if check['met'] else 'NOT MET'}")
+    return lines
 
 
 def result_passed(row: dict[str, Any]) -> bool:
@@ -183,8 +261,10 @@ def demo(
 
         for name in candidates:
             if name != "reference":
+                extra = {"distil_texts": data.train.texts} if CANDIDATES[name].get("distil") else {}
                 models[name] = compress(models["reference"], work / MODEL_NAMES[name],
-                                        overwrite=True, progress=progress, **CANDIDATES[name])
+                                        overwrite=True, progress=progress, **CANDIDATES[name],
+                                        **extra)
     with _timed(seconds, "attack_model"):
         attack_model = build_attack_model(cache / "attack-lm", data.train.texts,
                                           data.holdout.texts, steps=plan.lm_head_steps,
@@ -202,6 +282,15 @@ def demo(
         report_html=_written_since(report / "report.html", wall_start),
         models={MODEL_NAMES[k]: v for k, v in models.items()}, attack_model=attack_model,
         seconds={k: round(v, 1) for k, v in seconds.items()})
+    if result.figures():
+        figures = result.phenomenon()
+        for line in phenomenon_lines(figures):
+            say(line)
+        from .cache import atomic_write_text
+
+        atomic_write_text(report / "demo.json", json.dumps(
+            {"size": plan.name, "phenomenon": figures, "seconds": result.seconds,
+             "models": {k: str(v) for k, v in result.models.items()}}, indent=2, default=str))
     say(f"miniature demo: gate exit code {exit_code}; report {result.report_json or '(none)'}"
         + (f" and {result.report_html}" if result.report_html else "")
         + "; seconds " + ", ".join(f"{k} {v}" for k, v in result.seconds.items()))
