@@ -364,6 +364,8 @@ _DOMAINS: dict[str, dict[str, list[str]]] = {
             "The paperback has about three hundred pages.", "I bought it at the airport.",
             "I had not read the author before.", "A friend lent me her copy.",
             "I read it on the train to work.", "It came out last spring.",
+            "I listened to the audiobook version.", "The hardback cover is lovely.",
+            "It took me two weeks to get through it.", "I borrowed it from the library.",
         ],
         "for": [
             "I would happily read it again.", "Go and buy it.", "It is worth the price.",
@@ -377,6 +379,11 @@ _DOMAINS: dict[str, dict[str, list[str]]] = {
         ],
     },
 }
+
+
+#: how often a review opens with a remark on the circumstances (book reviewers more often
+#: say how and where they read: a difference of shape beside the difference of topic)
+_CONTEXT_SHARE = {"film": 0.25, "book": 0.7}
 
 
 def _domain_clause(rng: random.Random, positive: bool, subjects: list[str]) -> str:
@@ -411,7 +418,7 @@ def _scored_review(rng: random.Random, target: int, domain: str,
     words = _DOMAINS[domain]
     lean = rng.choice([0.95, 0.8, 0.6])  # how strongly the aspects agree with the author
     sentences, score = [], 0.0
-    if rng.random() < 0.25:
+    if rng.random() < _CONTEXT_SHARE[domain]:
         sentences.append(rng.choice(words["context"]))
     for _ in range(rng.choice([2, 2, 3, 3, 4])):
         positive = bool(target) == (rng.random() < lean)

@@ -116,3 +116,62 @@ def test_quick_demo_figures_in_unit_range_and_reference_passes_against_itself(tm
     assert errors["details"]["reference_accuracy"] >= 0.7, "the demo's fine-tuning did not learn"
     assert "miniature summary" in completed.stdout
     assert f"{reference} vs {reference}#2" in completed.stdout
+
+
+# -- issue #16: the demo's data, the distilled candidate, the attack's constraints ----------
+def test_builtin_data_is_film_reviews_with_a_near_shifted_challenge_set() -> None:
+    from miniature.data import builtin_sentiment_data
+
+    data = builtin_sentiment_data()
+    assert (len(data.train), len(data.holdout), len(data.test)) == (1000, 300, 500)
+    assert len(data.challenge) == 450 and sum(data.challenge_is_ood) == 300
+    assert abs(sum(data.test.labels) - 250) <= 10  # balanced
+    ood = [t for t, o in zip(data.challenge.texts, data.challenge_is_ood) if o]
+    ind = [t for t, o in zip(data.challenge.texts, data.challenge_is_ood) if not o]
+    # the same kind of text on another topic: book reviews, not film reviews or news
+    assert all(" film" not in t.lower() for t in ood) and sum("book" in t or "novel" in t for t in ood) > 100
+    assert not set(ind) & set(data.train.texts)
+    # --data-limit keeps both kinds (interleaved), as the quick demo uses it
+    assert 0 < sum(data.challenge_is_ood[:SIZES["quick"].data_limit]) < SIZES["quick"].data_limit
+
+
+def test_distil_retrains_the_layer_dropped_model_towards_the_reference(tiny_models, tmp_path: Path) -> None:
+    from miniature.compress import CompressionError, compress, read_record
+    from miniature.data import builtin_sentiment_data
+
+    texts = builtin_sentiment_data(scale=0.1).train.texts
+    path = compress(tiny_models["reference"], tmp_path / "kd", method="layers", distil=True,
+                    distil_texts=texts, distil_epochs=3.0, distil_learning_rate=1e-3, progress=False)
+    record = read_record(path)
+    measured = record["measured"]["distillation"]
+    assert measured["agreement_with_reference_after"] >= measured["agreement_with_reference_before"]
+    assert record["settings"]["distil"]["texts"] == len(texts)
+    plain = compress(tiny_models["reference"], tmp_path / "plain", method="layers", progress=False)
+    assert "distil" not in read_record(plain)["settings"]  # not distilled: the record says so
+    from safetensors.torch import load_file
+
+    trained, dropped = load_file(str(path / "model.safetensors")), load_file(str(plain / "model.safetensors"))
+    assert trained.keys() == dropped.keys()
+    assert any(not (trained[k] == dropped[k]).all() for k in trained)  # re-trained
+    with pytest.raises(CompressionError, match="--distil applies to --method layers"):
+        compress(tiny_models["reference"], tmp_path / "q", method="int8", distil=True, progress=False)
+
+
+def test_sentiment_filter_rejects_substitutes_of_another_polarity() -> None:
+    from miniature.characteristics.adversarial import (SIMILARITY_ENCODER, AttackSettings,
+                                                        word_polarity)
+
+    assert word_polarity("wonderful") == 1 and word_polarity("Terrible") == -1
+    assert word_polarity("memorable") == 1 and word_polarity("tedious") == -1  # additions
+    assert word_polarity("the") == word_polarity("film") == 0
+    settings = AttackSettings()
+    assert settings.sentiment_filter and settings.similarity_encoder == SIMILARITY_ENCODER
+    assert settings.top_k_words == 3 and settings.max_candidates == 48
+    from miniature.characteristics._bert_attack import SentimentFlipFilter  # prepares TextAttack
+    from textattack.shared import AttackedText
+
+    original = AttackedText("the film was wonderful")
+    check = SentimentFlipFilter()
+    for word, kept in (("terrible", False), ("special", True), ("long", True), ("superb", True)):
+        swapped = original.replace_word_at_index(3, word)
+        assert check._check_constraint(swapped, original) is kept, word

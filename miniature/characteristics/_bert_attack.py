@@ -103,7 +103,9 @@ class SentenceEncoderSimilarity(SentenceEncoder):
     all-MiniLM-L6-v2: mean pooling over tokens, as it was trained; cosine is unaffected by
     its final normalisation). A perturbed text is kept only if its cosine similarity to the
     original is at least ``threshold`` (``compare_against_original=True``, no window).
-    Encodings are memoised per text: the original is compared with every candidate.
+    Encodings are memoised per encoder and text for the whole process: the original is
+    compared with every candidate, and attacks on several targets propose many of the same
+    candidate texts.
     """
 
     def __init__(self, encoder: "ModelWrapper", threshold: float) -> None:
@@ -111,7 +113,7 @@ class SentenceEncoderSimilarity(SentenceEncoder):
                          window_size=None)
         self.encoder = encoder
         self.model = self  # SentenceEncoder._sim_score calls self.model.encode
-        self._memo: dict[str, np.ndarray] = {}
+        self._memo = _MEMO.setdefault(id(encoder), {})
 
     def encode(self, sentences: Sequence[str]) -> np.ndarray:
         missing = [s for s in dict.fromkeys(sentences) if s not in self._memo]
@@ -121,7 +123,7 @@ class SentenceEncoderSimilarity(SentenceEncoder):
                 vectors = self.encoder.encode(missing, pooling="mean")
             finally:
                 self.encoder.progress = progress
-            if len(self._memo) > 20000:
+            if len(self._memo) > 50000:
                 self._memo.clear()
             self._memo.update(zip(missing, vectors))
         return np.stack([self._memo[s] for s in sentences])
@@ -167,6 +169,7 @@ def similarity_encoder(name: str, device: Any = None) -> "ModelWrapper":
 
 
 _ENCODERS: dict[str, "ModelWrapper"] = {}
+_MEMO: dict[int, dict[str, np.ndarray]] = {}
 
 
 class LocalBertAttackSwap(WordSwapMaskedLM):
