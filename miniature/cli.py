@@ -204,7 +204,7 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 @command("demo", help="run the offline demo gate: fine-tuned all-MiniLM-L6-v2 vs its int8, "
-                      "pruned and 3-layer compressions", arguments=_demo_arguments)
+                      "pruned and distilled 3-layer compressions", arguments=_demo_arguments)
 def demo_command(args: argparse.Namespace) -> int:
     """Run the demo. Exit 0 when the gate ran and the reference matched itself; the
     candidates' verdicts are the demo's output (``--strict``: exit 1 if any fails)."""
