@@ -56,7 +56,7 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "int8": {"method": "int8"},
     "prune": {"method": "prune", "sparsity": 0.5},
     # re-trained after dropping: distilled from the reference's logits on the training texts
-    "layers": {"method": "layers", "distil": True, "distil_epochs": 2.0},
+    "layers": {"method": "layers", "distil": True},
 }
 DEFAULT_CANDIDATES = ("reference", "int8", "prune", "layers")
 #: The names the summary shows (folder names under the demo's cache).
@@ -81,6 +81,8 @@ class DemoSize:
     lm_head_steps: int
     lm_mask_rounds: int
     bootstrap: int
+    #: epochs of the 3-layer candidate's distillation over the training texts
+    distil_epochs: float = 2.0
 
 
 SIZES: dict[str, DemoSize] = {
@@ -90,7 +92,7 @@ SIZES: dict[str, DemoSize] = {
     # 300 per set (the challenge set keeps 100 film + 200 book reviews): for CI; 4 epochs,
     # since 2 on 300 mixed reviews left the reference near chance
     "quick": DemoSize("quick", 300, finetune_epochs=4.0, attack_size=6, lm_head_steps=100,
-                      lm_mask_rounds=1, bootstrap=200),
+                      lm_mask_rounds=1, bootstrap=200, distil_epochs=6.0),
 }
 
 
@@ -312,7 +314,8 @@ def demo(
 
         for name in candidates:
             if name != "reference":
-                extra = {"distil_texts": data.train.texts} if CANDIDATES[name].get("distil") else {}
+                extra = ({"distil_texts": data.train.texts, "distil_epochs": plan.distil_epochs}
+                         if CANDIDATES[name].get("distil") else {})
                 models[name] = compress(models["reference"], work / MODEL_NAMES[name],
                                         overwrite=True, progress=progress, **CANDIDATES[name],
                                         **extra)

@@ -116,6 +116,22 @@ def test_quick_demo_figures_in_unit_range_and_reference_passes_against_itself(tm
     assert errors["details"]["reference_accuracy"] >= 0.7, "the demo's fine-tuning did not learn"
     assert "miniature summary" in completed.stdout
     assert f"{reference} vs {reference}#2" in completed.stdout
+    # issue #16, as far as 300 items and 6 attacked ones allow (the full size's figures, all
+    # four goals met, are in the README): printed, and recorded in demo.json and tables.md
+    assert "the paper's phenomenon at small scale" in completed.stdout
+    figures = json.loads((tmp_path / "reports" / "demo.json").read_text())["phenomenon"]
+    assert figures == demo_module.phenomenon(results)
+    assert figures["errors"] >= 15, "the task is too easy: the reference errs on < 5 % of the test set"
+    assert figures["auroc"] is not None and figures["auroc"] <= 0.9, "the challenge set is not near"
+    accuracy = figures["accuracy"]
+    assert accuracy[MODEL_NAMES["int8"]] >= accuracy[reference] - 0.05
+    # re-trained after the drop (distilled), so far from chance (the undistilled one: ~0.5)
+    assert accuracy[MODEL_NAMES["layers"]] >= accuracy[reference] - 0.15
+    rates = figures["attack_success_rate"]
+    assert set(rates) == set(accuracy) and all(r is None or 0 <= r <= 1 for r in rates.values())
+    assert any(r is not None and r < 1 for r in rates.values()), "the attack won every time"
+    tables = (tmp_path / "reports" / "tables.md").read_text()
+    assert "Table 2" in tables and "Table 3" in tables and MODEL_NAMES["layers"] in tables
 
 
 # -- issue #16: the demo's data, the distilled candidate, the attack's constraints ----------
@@ -175,3 +191,38 @@ def test_sentiment_filter_rejects_substitutes_of_another_polarity() -> None:
     for word, kept in (("terrible", False), ("special", True), ("long", True), ("superb", True)):
         swapped = original.replace_word_at_index(3, word)
         assert check._check_constraint(swapped, original) is kept, word
+
+
+def test_phenomenon_reads_the_goals_of_issue_16_from_the_results() -> None:
+    reference, int8, layers = MODEL_NAMES["reference"], MODEL_NAMES["int8"], MODEL_NAMES["layers"]
+
+    def row(candidate: str, characteristic: str, /, **details) -> dict:
+        return {"reference": reference, "candidate": candidate, "characteristic": characteristic,
+                "figure": 0.5, "details": details}
+
+    results = [
+        row(f"{reference}#2", "prediction_errors", reference_accuracy=0.92, candidate_accuracy=0.92,
+            reference_errors=40),
+        row(int8, "prediction_errors", reference_accuracy=0.92, candidate_accuracy=0.91, reference_errors=40),
+        row(layers, "prediction_errors", reference_accuracy=0.92, candidate_accuracy=0.86, reference_errors=40),
+        row(int8, "adversarial_vulnerability", reference={"attack_success_rate": 0.4},
+            candidate={"attack_success_rate": 0.6}),
+        row(layers, "adversarial_vulnerability", reference={"attack_success_rate": 0.4},
+            candidate={"attack_success_rate": 0.9}),
+        row(int8, "data_distribution", reference_auroc=0.7, candidate_auroc=0.6),
+        {"reference": int8, "candidate": layers, "characteristic": "prediction_errors", "figure": 0.3,
+         "details": {"reference_accuracy": 0.91, "candidate_accuracy": 0.86, "reference_errors": 45}},
+    ]
+    figures = demo_module.phenomenon(results)
+    assert figures["accuracy"] == {reference: 0.92, int8: 0.91, layers: 0.86}
+    assert figures["attack_success_rate"] == {reference: 0.4, int8: 0.6, layers: 0.9}
+    assert figures["errors"] == 40 and figures["auroc"] == 0.7
+    checks = figures["checks"]
+    assert checks["reference_errors"]["met"] and checks["reference_auroc"]["met"]
+    assert checks["reference_attack_success_rate"]["met"]
+    assert checks["largest_accuracy_drop"]["value"] == pytest.approx(0.06)
+    assert not checks["largest_accuracy_drop"]["met"]  # the 3-layer model is 6 points behind
+    lines = demo_module.phenomenon_lines(figures)
+    assert any("NOT MET" in line and "largest_accuracy_drop" in line for line in lines)
+    tables = demo_module.paper_tables(results)
+    assert f"| {reference} | {int8} | 0.500 |" in tables and f"| {layers} | n/a | n/a | n/a | n/a | 0.900 |" in tables
