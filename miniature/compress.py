@@ -101,6 +101,9 @@ def compress(
     settings = _check_settings(method, sparsity=sparsity, prune_scope=prune_scope,
                                keep_layers=keep_layers, qscheme=qscheme)
     texts: list[str] = []
+    if distil_texts is not None and not distil:
+        raise CompressionError("distil_texts (--distil-data) given without distil (--distil); fix: "
+                               "add --distil (distil=True), or drop the texts")
     if distil:
         texts = _distil_texts(method, distil_texts)
         settings["distil"] = _check_distil(distil_epochs, distil_learning_rate, texts)

@@ -171,6 +171,23 @@ def test_distil_retrains_the_layer_dropped_model_towards_the_reference(tiny_mode
     assert any(not (trained[k] == dropped[k]).all() for k in trained)  # re-trained
     with pytest.raises(CompressionError, match="--distil applies to --method layers"):
         compress(tiny_models["reference"], tmp_path / "q", method="int8", distil=True, progress=False)
+    with pytest.raises(CompressionError, match="without distil.*fix: add --distil"):
+        compress(tiny_models["reference"], tmp_path / "q", method="layers", distil_texts=texts,
+                 progress=False)
+
+
+def test_cli_compress_distil_reads_texts_from_a_file(tiny_models, tmp_path: Path, capsys) -> None:
+    from miniature.cli import main
+    from miniature.compress import read_record
+    from miniature.data import write_jsonl
+
+    write_jsonl(tmp_path / "texts.jsonl", [{"review": f"the film was {w}"} for w in ("good", "dull", "long")])
+    code = main(["compress", str(tiny_models["reference"]), "--method", "layers", "--distil",
+                 "--distil-data", str(tmp_path / "texts.jsonl"), "--text-column", "review",
+                 "--distil-epochs", "1", "--output-dir", str(tmp_path / "kd"), "--no-progress"])
+    assert code == 0 and capsys.readouterr().out.strip() == str(tmp_path / "kd")
+    distil = read_record(tmp_path / "kd")["settings"]["distil"]
+    assert distil["texts"] == 3 and distil["epochs"] == 1.0
 
 
 def test_sentiment_filter_rejects_substitutes_of_another_polarity() -> None:
