@@ -17,6 +17,17 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def heavy_modules_imported_once():
+    """pytester's in-process runs restore ``sys.modules`` afterwards; a module first imported
+    inside such a run is imported again later, which faiss's SWIG types and pyarrow's
+    extension types (via datasets) do not survive. Import them before any run."""
+    import datasets  # noqa: F401
+    import faiss  # noqa: F401
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory):
     """A locally trained tokenizer and tiny random BERT/DistilBERT models on disk."""
@@ -29,11 +40,5 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory):
 def gate_checks(request: pytest.FixtureRequest) -> pytest.Pytester:
     """A pytester project of a user's own: no checks of its own, so a gate run (``--reference``)
     runs the checks shipped with the package."""
-    # pytester restores sys.modules after each in-process run; a second import of faiss's
-    # SWIG module then crashes on dealloc, so import the heavy modules before it snapshots
-    import faiss  # noqa: F401
-    import torch  # noqa: F401
-    import transformers  # noqa: F401
-
     pytester: pytest.Pytester = request.getfixturevalue("pytester")
     return pytester

@@ -40,8 +40,31 @@ def fingerprint_texts(texts: Iterable[str]) -> str:
     return digest.hexdigest()
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system allows."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # no way to read it without setting it
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a file created with ``open()`` gets: 0o666 less the umask."""
+    return 0o666 & ~current_umask()
+
+
 def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
-    """Call ``write(handle)`` on a temporary file beside ``path``, then rename it into place."""
+    """Call ``write(handle)`` on a temporary file beside ``path``, then rename it into place.
+
+    The file gets the mode ``open()`` would give it (0o666 less the umask), not the 0600
+    of a temporary file, so others read it as the umask says (a shared cache, CI reports).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
                                          delete=False)
@@ -49,6 +72,8 @@ def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
         with handle:
             write(handle)
             handle.flush()
+            if hasattr(os, "fchmod"):  # POSIX
+                os.fchmod(handle.fileno(), file_mode())
             os.fsync(handle.fileno())
         os.replace(handle.name, path)
     except BaseException:
@@ -56,8 +81,28 @@ def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
         raise
 
 
+def apply_umask(folder: Path) -> None:
+    """Give every file under ``folder`` the mode ``open()`` would (0o666 less the umask) and
+    every folder 0o777 less the umask: libraries that save through temporary files leave
+    0600 behind. Call it on a built folder before renaming it into place."""
+    mask = current_umask()
+    for path in [folder, *folder.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+#: The folders under the cache root the gate writes to (outputs, QA answers, attack
+#: journals, fine-tuned models); :meth:`OutputCache.check_writable` probes each.
+CACHE_FOLDERS = ("outputs", "answers", "adversarial", "finetuned")
+
+
+def _probe(folder: Path) -> None:
+    """Create and remove a file in ``folder`` (OSError when that is not allowed)."""
+    tempfile.NamedTemporaryFile(dir=folder, prefix=".probe.", delete=True).close()
 
 
 class OutputCache:
@@ -73,19 +118,34 @@ class OutputCache:
         self.hits = 0
         self.misses = 0
         if self.root is not None:
-            self._check_writable(self.root)
+            self.check_writable()
 
-    @staticmethod
-    def _check_writable(root: Path) -> None:
+    def check_writable(self, folders: Sequence[str] = CACHE_FOLDERS) -> None:
+        """Probe the root and every folder the gate writes under it (``folders``), before any
+        work: a :class:`MiniatureError` naming the folder and the fix, not a PermissionError
+        after the work is done. Folders that do not exist yet are not created (the root is
+        writable, so they can be); one that is in the way as a file is refused."""
+        if self.root is None:
+            return
+        fix = "fix: pass --cache-dir with a folder you can write, or --no-cache to compute without storing"
         try:
-            root.mkdir(parents=True, exist_ok=True)
-            probe = tempfile.NamedTemporaryFile(dir=root, prefix=".probe.", delete=True)
-            probe.close()
+            self.root.mkdir(parents=True, exist_ok=True)
+            _probe(self.root)
         except OSError as error:
-            raise MiniatureError(
-                f"cache dir {str(root)!r} is not writable ({error.strerror or error}); fix: pass "
-                "--cache-dir with a writable folder, or --no-cache to compute without storing"
-            ) from None
+            raise MiniatureError(f"cache dir {str(self.root)!r} is not writable "
+                                 f"({error.strerror or error}); {fix}") from None
+        for name in folders:
+            folder = self.root / name
+            if not folder.exists() and not folder.is_symlink():
+                continue
+            try:
+                if not folder.is_dir():
+                    raise NotADirectoryError(0, "it is a file, not a folder")
+                _probe(folder)
+            except OSError as error:
+                raise MiniatureError(
+                    f"cache dir {str(self.root)!r}: its folder {name!r} is not writable "
+                    f"({error.strerror or error}; a cache shared with another user?); {fix}") from None
 
     @property
     def enabled(self) -> bool:

@@ -148,7 +148,8 @@ def _compress_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--distil-epochs", type=float, default=None, metavar="E",
                         help="--distil: epochs over the texts; default: 3")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace whatever --output-dir holds")
+                        help="replace an earlier `miniature compress` output in --output-dir "
+                             "(never other files, never a folder holding the model)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 

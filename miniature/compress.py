@@ -93,8 +93,9 @@ def compress(
     is ``per-channel`` (one scale per output row) or ``per-tensor``.
 
     If ``output_dir`` already holds this compression of the same reference files it is
-    returned as is; if it holds anything else, :class:`CompressionError` unless
-    ``overwrite``.
+    returned as is; if it holds another compression, :class:`CompressionError` unless
+    ``overwrite``. A folder holding anything but an earlier output of this function, or
+    one that contains the reference, is never replaced, not even with ``overwrite``.
     """
     from .models import fingerprint_files, resolve_model
 
@@ -122,10 +123,25 @@ def compress(
     existing = read_record(output) if output.exists() else None
     if existing is not None and _same_job(existing, method, settings, source_print):
         return output
-    if output.exists() and any(output.iterdir()) and not overwrite:
-        what = ("another compression" if existing is not None else "other files")
-        raise CompressionError(f"output_dir {str(output)!r} already holds {what}; fix: pass "
-                               "another --output-dir, or --overwrite (overwrite=True) to replace it")
+    source = Path(spec.source).resolve()
+    if source.is_relative_to(output.resolve()):
+        raise CompressionError(f"output_dir {str(output)!r} contains the reference "
+                               f"{spec.source!r}, which writing there would delete; fix: pass an "
+                               "--output-dir outside the reference's folder, such as a new "
+                               "sibling folder")
+    if output.exists() and not output.is_dir():
+        raise CompressionError(f"output_dir {str(output)!r} is a file; fix: pass a folder "
+                               "as --output-dir")
+    if output.exists() and any(output.iterdir()):
+        if existing is None:
+            raise CompressionError(f"output_dir {str(output)!r} already holds other files (no "
+                                   f"{RECORD_NAME}: not an earlier `miniature compress` output), "
+                                   "which are never replaced, not even with --overwrite; fix: "
+                                   "pass another --output-dir, or empty it yourself")
+        if not overwrite:
+            raise CompressionError(f"output_dir {str(output)!r} already holds another compression; "
+                                   "fix: pass another --output-dir, or --overwrite "
+                                   "(overwrite=True) to replace it")
     output.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp"))
     try:
@@ -133,9 +149,10 @@ def compress(
         measured, head, architecture = _build(spec, method, settings, built, progress=progress,
                                               distil_texts=texts)
         record = _record(spec, source_print, method, settings, head, architecture, measured)
-        from .cache import atomic_write_text
+        from .cache import apply_umask, atomic_write_text
 
         atomic_write_text(built / RECORD_NAME, json.dumps(record, indent=2, sort_keys=True))
+        apply_umask(built)
         if output.exists():
             shutil.rmtree(output)
         os.rename(built, output)
@@ -149,12 +166,11 @@ def read_record(path: str | Path, *, method: str | None = None) -> dict[str, Any
     file = Path(path) / RECORD_NAME
     if not file.is_file():
         return None
-    try:
+    from .models import model_file_boundary
+
+    with model_file_boundary(Path(path), RECORD_NAME,
+                             fix="re-create the folder with `miniature compress`"):
         record = json.loads(file.read_text("utf-8"))
-    except ValueError as error:
-        raise ModelReferenceError(f"model folder {str(path)!r}: {RECORD_NAME} is not valid JSON "
-                                  f"({error}); fix: re-create the folder with `miniature "
-                                  "compress`") from None
     if not isinstance(record, dict) or (method is not None and record.get("method") != method):
         return None
     return record
@@ -183,11 +199,16 @@ def load_quantized(path: str | Path, head: str = "auto") -> "torch.nn.Module":
             f"model folder {str(folder)!r} holds an int8 {stored_head} model, which has no "
             f"{head} head; fix: load it with head={stored_head!r} (or 'encoder'), or quantize a "
             f"model fine-tuned for {head}")
+    from .models import model_file_boundary, safetensors_header
+
     transformers.logging.set_verbosity_error()
-    config = transformers.AutoConfig.from_pretrained(str(folder))
+    with model_file_boundary(folder, "config.json"):
+        config = transformers.AutoConfig.from_pretrained(str(folder))
     with _quiet_init():
         model = _auto_classes()[head].from_config(config)
-    tensors = load_file(str(folder / INT8_WEIGHTS))
+    safetensors_header(folder, INT8_WEIGHTS)
+    with model_file_boundary(folder, INT8_WEIGHTS):
+        tensors = load_file(str(folder / INT8_WEIGHTS))
     modules: dict[str, dict[str, Any]] = record.get("quantized_modules", {})
     rename = _key_map(model, stored_head, head)
     plain = {rename(k): v for k, v in tensors.items() if not k.startswith("int8::")}
@@ -393,14 +414,16 @@ def _build(spec: Any, method: str, settings: dict[str, Any], built: Path, *,
            progress: bool, distil_texts: Sequence[str] = ()) -> tuple[dict[str, Any], str, str]:
     import transformers
 
-    from .models import load_model
+    from .models import load_model, model_file_boundary, tokenizer_file_name
 
     transformers.logging.set_verbosity_error()
-    config = transformers.AutoConfig.from_pretrained(spec.source)
+    with model_file_boundary(spec, "config.json"):
+        config = transformers.AutoConfig.from_pretrained(spec.source)
     head = detect_head(config)
     model = load_model(spec, head=head).model
     # a fresh tokenizer: the wrapper's copy has its model_max_length changed for encoding
-    tokenizer = transformers.AutoTokenizer.from_pretrained(spec.source)
+    with model_file_boundary(spec, tokenizer_file_name(spec)):
+        tokenizer = transformers.AutoTokenizer.from_pretrained(spec.source)
     before = _count(model)
     steps = {"int8": _quantize, "prune": _prune, "layers": _drop_layers}
     with _bar(progress, f"compress {method} [{spec.name}]") as bar:

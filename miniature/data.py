@@ -1,4 +1,4 @@
-"""Task data from local files (jsonl, json, csv, parquet) or ``datasets`` names.
+"""Task data from local files (jsonl, json, csv, parquet, txt) or ``datasets`` names.
 
 Every loader validates against the task's schema and raises :class:`DataError` naming the
 source, the column and the fix: missing columns, empty data and wrong types never surface
@@ -8,6 +8,8 @@ as a KeyError from deep inside a characteristic.
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
@@ -16,7 +18,7 @@ from typing import Any
 
 from .errors import DataError
 
-FILE_FORMATS = (".jsonl", ".json", ".csv", ".parquet")
+FILE_FORMATS = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 
 
 def load_records(source: str | Path, *, split: str | None = None) -> list[dict[str, Any]]:
@@ -33,48 +35,128 @@ def load_records(source: str | Path, *, split: str | None = None) -> list[dict[s
     return _load_hub_dataset(name, split or named_split or "test")
 
 
+def _decode(path: Path) -> str:
+    """The file as text (UTF-8, a byte-order mark dropped); bytes that are not UTF-8 are
+    refused naming the line and the byte."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise DataError(f"data {str(path)!r}: line {line} is not UTF-8 text (byte "
+                        f"0x{data[error.start]:02x} at offset {error.start}); fix: re-encode the "
+                        "file as UTF-8") from None
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text[:200] + ("..." if len(text) > 200 else "")
+
+
+def _check_csv_fields(path: Path, text: str) -> None:
+    """Every CSV row has as many fields as the header (pandas fills short rows silently)."""
+    import csv
+    import io
+
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    if not header:
+        return
+    for row in reader:
+        if row and len(row) != len(header):
+            raise DataError(f"data {str(path)!r}: line {reader.line_num} has {len(row)} field(s) but "
+                            f"the header has {len(header)} ({', '.join(header)}); fix: quote fields "
+                            "that contain commas (\"a, b\") and give every row one value per column")
+
+
 def _read_file(path: Path) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
     try:
         if suffix == ".jsonl":
             rows = []
-            for number, line in enumerate(path.read_text("utf-8").splitlines(), 1):
+            for number, line in enumerate(_decode(path).splitlines(), 1):
                 if not line.strip():
                     continue
                 try:
-                    rows.append(json.loads(line))
+                    row = json.loads(line)
                 except ValueError as error:
                     raise DataError(f"data {str(path)!r}: line {number} is not valid JSON "
                                     f"({error.msg}); fix: one JSON object per line") from None
+                if not isinstance(row, dict):
+                    raise DataError(f"data {str(path)!r}: line {number} is a JSON "
+                                    f"{_json_kind(row)}, not an object; fix: one JSON object per "
+                                    "line, e.g. {\"text\": \"...\", \"label\": 0}")
+                rows.append(row)
         elif suffix == ".json":
-            loaded = json.loads(path.read_text("utf-8"))
-            rows = loaded.get("data", loaded) if isinstance(loaded, dict) else loaded
+            try:
+                loaded = json.loads(_decode(path))
+            except ValueError as error:
+                where = f"line {error.lineno} column {error.colno}: " if isinstance(error, json.JSONDecodeError) else ""
+                raise DataError(f"data {str(path)!r} is not valid JSON ({where}{_one_line(error)}); "
+                                "fix: a JSON list of objects, or jsonl (one object per line)") from None
+            if isinstance(loaded, dict):
+                if not isinstance(loaded.get("data"), list):
+                    keys = ", ".join(repr(k) for k in list(loaded)[:6])
+                    raise DataError(f"data {str(path)!r} is a JSON object (keys {keys}), not a list "
+                                    "of records; fix: a list of objects, one per item, such as "
+                                    "[{\"text\": \"...\", \"label\": 0}, ...] (or that list "
+                                    "under the key \"data\")")
+                loaded = loaded["data"]
+            rows = loaded
             if isinstance(rows, list) and rows and isinstance(rows[0], dict) and "paragraphs" in rows[0]:
                 rows = _flatten_squad(rows)
+            if isinstance(rows, list):
+                for number, row in enumerate(rows):
+                    if not isinstance(row, dict):
+                        raise DataError(f"data {str(path)!r}: row {number} is a JSON "
+                                        f"{_json_kind(row)}, not an object; fix: one object per "
+                                        "item with named columns")
         elif suffix == ".csv":
+            import io
+
             import pandas as pd
 
-            rows = pd.read_csv(path, keep_default_na=False).to_dict("records")
+            text = _decode(path)
+            _check_csv_fields(path, text)
+            rows = pd.read_csv(io.StringIO(text), keep_default_na=False).to_dict("records")
         elif suffix == ".parquet":
             import pandas as pd
 
             rows = pd.read_parquet(path).to_dict("records")
+        elif suffix == ".txt":
+            rows = [{"text": line} for line in read_lines(path)]
         else:
             raise DataError(f"data {str(path)!r}: unsupported format {suffix or '(no suffix)'}; "
                             f"fix: use one of {', '.join(FILE_FORMATS)}")
+    except DataError:
+        raise
     except UnicodeDecodeError:
         raise DataError(f"data {str(path)!r} is not UTF-8 text; fix: re-encode it as UTF-8") from None
-    except ValueError as error:
-        if isinstance(error, DataError):
-            raise
-        raise DataError(f"data {str(path)!r} could not be parsed as {suffix} ({error}); fix: "
-                        "check the file's format") from None
+    except (ValueError, OSError) as error:
+        raise DataError(f"data {str(path)!r} could not be parsed as {suffix} ({_one_line(error)}); "
+                        "fix: check the file's format") from None
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise DataError(f"data {str(path)!r}: expected a list of records (objects); fix: one "
                         "object per row with named columns")
     if not rows:
         raise DataError(f"data {str(path)!r} is empty (0 rows); fix: pass a file with items")
     return rows
+
+
+def _json_kind(value: Any) -> str:
+    return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number")
+
+
+def read_lines(path: Path) -> list[str]:
+    """The items of a plain-text file, one per line: only the line ending is stripped
+    (``\n`` or ``\r\n``); blank or whitespace-only lines are skipped."""
+    try:
+        lines = path.read_text("utf-8").split("\n")
+    except UnicodeDecodeError:
+        raise DataError(f"data {str(path)!r} is not UTF-8 text; fix: re-encode it as UTF-8") from None
+    lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+    return [line for line in lines if line.strip()]
 
 
 def _flatten_squad(articles: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -123,6 +205,11 @@ def require_columns(rows: Sequence[dict[str, Any]], columns: dict[str, type | tu
                                 f"(columns: {', '.join(map(str, available))}); fix: rename the "
                                 f"column or pass the matching --*-column option")
             value = row[column]
+            if kind is object:  # present; the caller checks the values
+                continue
+            if _is_null(value):
+                raise DataError(f"data {source!r}: column {column!r} in row {number} is empty "
+                                "(null); fix: fill in the value or remove the row")
             if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
                 names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
                 raise DataError(f"data {source!r}: column {column!r} in row {number} is "
@@ -167,16 +254,25 @@ def load_text_data(
 ) -> TextData:
     """Texts (and labels, if ``label_column``) from a file or dataset, validated.
 
-    String labels are mapped to integers in sorted order (recorded in ``label_names``).
+    Labels that look like integers (``1``, ``1.0``, ``"10"``) are label ids; other string
+    labels are names, mapped to integers in sorted order (recorded in ``label_names``).
+    Blank, null and fractional labels, and ids mixed with names, are refused by row.
     Empty or whitespace-only texts are refused: they have no content to compare.
+    A ``.txt`` file holds one text per line and no labels (``labels`` is None whatever
+    ``label_column`` says; the checks that need labels say so); blank lines are skipped.
     """
+    if is_text_file(source):
+        texts = read_lines(Path(str(source)).expanduser())
+        if not texts:
+            raise DataError(f"data {str(source)!r} is empty (no non-blank line); fix: one item per line")
+        return TextData(source=str(source), texts=texts[:limit] if limit is not None else texts)
     rows = load_records(source, split=split)
     if limit is not None:
         rows = rows[:limit]
     name = str(source)
     columns: dict[str, Any] = {text_column: str}
     if label_column is not None:
-        columns[label_column] = (int, str)
+        columns[label_column] = object  # present here; the values are checked below
     require_columns(rows, columns, name)
     texts = [row[text_column] for row in rows]
     blank = [i for i, t in enumerate(texts) if not t.strip()]
@@ -185,12 +281,61 @@ def load_text_data(
                         f"{text_column!r} (first at row {blank[0]}); fix: remove them")
     if label_column is None:
         return TextData(source=name, texts=texts)
-    raw = [row[label_column] for row in rows]
-    if all(isinstance(v, int) for v in raw):
+    raw = [_label_value(row, label_column, number, name) for number, row in enumerate(rows)]
+    ids = [i for i, v in enumerate(raw) if isinstance(v, int)]
+    if len(ids) == len(raw):
         return TextData(source=name, texts=texts, labels=[int(v) for v in raw])
+    if ids:
+        named = next(i for i, v in enumerate(raw) if not isinstance(v, int))
+        raise DataError(f"data {name!r}: column {label_column!r} mixes integer label ids (row "
+                        f"{ids[0]}: {raw[ids[0]]!r}) and label names (row {named}: {raw[named]!r}); "
+                        "fix: use ids 0..n-1 or names throughout")
     names = sorted({str(v) for v in raw})
     index = {label: i for i, label in enumerate(names)}
     return TextData(source=name, texts=texts, labels=[index[str(v)] for v in raw], label_names=names)
+
+
+_INTEGER = re.compile(r"[+-]?\d+")
+
+
+def _is_null(value: Any) -> bool:
+    return value is None or isinstance(value, float) and math.isnan(value)
+
+
+def _label_value(row: dict[str, Any], column: str, number: int, source: str) -> int | str:
+    """A label as an integer id (ints, whole floats such as 1.0, digit strings such as
+    "10") or a label name; blank, null, fractional and other values are refused by row."""
+    value = row[column]
+    where = f"data {source!r}: column {column!r} in row {number}"
+    if _is_null(value):
+        raise DataError(f"{where} is empty (null); fix: give every row a label, or remove the row")
+    if isinstance(value, bool):
+        raise DataError(f"{where} is a boolean ({value}); fix: use integer label ids 0..n-1 or "
+                        "label names")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if value.is_integer():
+            return int(value)
+        raise DataError(f"{where} is float {value}, not a whole number; fix: labels are integer ids "
+                        "0..n-1 or label names (for a regression target, this task does not apply)")
+    if isinstance(value, str):
+        if not value.strip():
+            raise DataError(f"{where} is blank; fix: give every row a label, or remove the row")
+        if _INTEGER.fullmatch(value.strip()):
+            return int(value.strip())
+        return value
+    hint = (" (this looks like a QA file: pass --task qa)"
+            if {"question", "context"} <= set(row) else "")
+    raise DataError(f"{where} is a {type(value).__name__} ({str(value)[:40]!r}), expected an "
+                    f"integer label id or a label name{hint}; fix: correct the value or choose "
+                    "another --label-column")
+
+
+def is_text_file(source: str | Path) -> bool:
+    """Whether ``source`` is a plain-text file (``.txt``: one item per line, no labels)."""
+    path = Path(str(source)).expanduser()
+    return path.suffix.lower() == ".txt" and path.is_file()
 
 
 def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:

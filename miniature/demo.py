@@ -91,7 +91,7 @@ SIZES: dict[str, DemoSize] = {
                      lm_mask_rounds=1, bootstrap=1000),
     # 300 per set (the challenge set keeps 100 film + 200 book reviews): for CI; 4 epochs,
     # since 2 on 300 mixed reviews left the reference near chance
-    "quick": DemoSize("quick", 300, finetune_epochs=4.0, attack_size=6, lm_head_steps=100,
+    "quick": DemoSize("quick", 300, finetune_epochs=4.0, attack_size=20, lm_head_steps=100,
                       lm_mask_rounds=1, bootstrap=200, distil_epochs=6.0),
 }
 
@@ -438,7 +438,7 @@ def build_attack_model(
     files, the texts and the settings; ``miniature_attack_lm.json`` records masked-token
     top-1/top-10 accuracy on ``eval_texts`` before and after.
     """
-    from .cache import atomic_write_text, fingerprint, fingerprint_texts
+    from .cache import apply_umask, atomic_write_text, fingerprint, fingerprint_texts
     from .models import fingerprint_files, packaged_model_dir
 
     if not texts or not eval_texts:
@@ -470,6 +470,7 @@ def build_attack_model(
                       settings=settings)
         atomic_write_text(work / "model" / ATTACK_LM_RECORD,
                           json.dumps(record, indent=2, sort_keys=True))
+        apply_umask(work / "model")
         try:
             os.rename(work / "model", target)
         except OSError:

@@ -20,7 +20,8 @@ from .characteristics.base import ComparisonResult
 from .data import (ROLES, TaskData, TextData, builtin_qa_data, builtin_sentiment_data, load_qa_data,
                    load_text_data)
 from .errors import DataWarning, MiniatureError, ModelReferenceError, NotApplicable
-from .models import ModelSpec, ModelWrapper, locate, resolve_model
+from .models import (ModelSpec, ModelWrapper, check_device, head_missing_line, locate,
+                     missing_head_weights, resolve_model, safe_id, unique_name)
 
 CHARACTERISTICS = ("prediction_errors", "data_representation", "data_distribution",
                    "adversarial_vulnerability")
@@ -44,6 +45,16 @@ FIXES = {
 }
 
 BEFORE, AFTER = "before fine-tuning", "after fine-tuning"
+#: The stage of models that have no task head: representation compared on their encoders.
+ENCODER = "pre-trained encoder"
+
+#: Fewest items a figure is computed on, per characteristic (prediction errors: test items;
+#: adversarial vulnerability: items both models classified correctly, so were attacked);
+#: below it the check is skipped with the reason. Representation and distribution need
+#: more items than K instead (an error: "choose K < n").
+MIN_ITEMS: dict[str, int] = {"prediction_errors": 10, "adversarial_vulnerability": 10}
+#: Below this many items a figure's 95% interval is wide: a DataWarning says so.
+WIDE_INTERVAL_ITEMS = 30
 
 
 @dataclass(frozen=True)
@@ -56,7 +67,8 @@ class Pair:
 
     @property
     def id(self) -> str:
-        return f"{self.reference}-vs-{self.candidate}"
+        """The test id: the names made safe (see :func:`miniature.models.safe_id`)."""
+        return f"{safe_id(self.reference)}-vs-{safe_id(self.candidate)}"
 
 
 class Gate:
@@ -66,6 +78,10 @@ class Gate:
         self.settings = settings
         if not settings.reference:
             raise MiniatureError(f"no reference model; fix: pass {opt.REFERENCE} MODEL")
+        try:
+            opt.check_combinations(settings.values)
+        except ValueError as error:
+            raise MiniatureError(str(error)) from None
         cache_root = None if settings[opt.NO_CACHE] else settings[opt.CACHE_DIR]
         self.cache = OutputCache(cache_root, refresh=settings[opt.REFRESH])
         self.specs: dict[str, ModelSpec] = {}
@@ -87,13 +103,14 @@ class Gate:
                 self.attack_problem = f"attack model: {error}"
         self._data = data
         self._wrappers: dict[tuple[str, str], ModelWrapper] = {}
-        self._results: dict[tuple[str, str, str | None], ComparisonResult] = {}
+        self._results: dict[tuple[str, str, str, str | None], ComparisonResult] = {}
         self._file_fingerprints: dict[str, str] = {}
         self._attacks: dict[str, list[dict[str, Any]]] = {}
         self._finetuned: dict[str, ModelSpec] = {}
         #: items per saved chunk of outputs: an interrupted run resumes at the last chunk
         self.chunk_size = 1024
         self._label_maps: dict[str, Any] = {}
+        self._missing_head: dict[str, list[str] | None] = {}
         self.noise_model: str | None = None
         if settings[opt.NOISE_FLOOR]:
             # the reference once more: re-fine-tuned with another seed, or simply reloaded
@@ -103,11 +120,7 @@ class Gate:
     # -- models ----------------------------------------------------------------------------
     def _add(self, reference: str) -> str:
         spec = locate(resolve_model(reference))
-        name = spec.name
-        suffix = 2
-        while name in self.specs:
-            name = f"{spec.name}#{suffix}"
-            suffix += 1
+        name = unique_name(spec.name, list(self.specs))
         self.specs[name] = spec
         self.names.append(name)
         return name
@@ -122,10 +135,58 @@ class Gate:
         return pairs
 
     def stages(self) -> list[str | None]:
-        """Representation stages: before/after fine-tuning when base checkpoints are known."""
+        """Representation stages: before/after fine-tuning when base checkpoints are known;
+        ``ENCODER`` when no model has its task head (None: the task checkpoints)."""
         if self.settings[opt.FINETUNE] or (self.base_specs and len(self.base_specs) == len(self.names)):
             return [BEFORE, AFTER]
+        if all(self.missing_head(name) for name in self.names):
+            return [ENCODER]
         return [None]
+
+    def missing_head(self, name: str) -> list[str]:
+        """Task-head weights ``name``'s checkpoint lacks (read from its file headers, no
+        weights loaded); ``[]`` when complete, unknown until loaded, or fine-tuned here."""
+        if self.settings[opt.FINETUNE]:
+            return []
+        if name not in self._missing_head:
+            self._missing_head[name] = missing_head_weights(
+                self.specs[name], self.head, trust_remote_code=self.settings[opt.TRUST_REMOTE_CODE])
+        return self._missing_head[name] or []
+
+    def head_problem(self, name: str) -> str | None:
+        """Why ``name`` cannot run the checks that need its task head (prediction errors,
+        adversarial vulnerability), in one line with the fix; None when it can. Cheap: reads
+        config.json and the weight files' headers, loads no model."""
+        missing = self.missing_head(name)
+        if missing:
+            return (f"{head_missing_line(name, self.head, missing)}; fix: pass --finetune to "
+                    "fine-tune it here on the training data, or pass a checkpoint fine-tuned "
+                    "for the task")
+        return self._label_count_problem(name)
+
+    def _label_count_problem(self, name: str) -> str | None:
+        """A classifier trained for another number of labels than the data has."""
+        if self.task != "classification" or self.settings[opt.FINETUNE] or self.settings[opt.LABEL_MAP]:
+            return None
+        test, train = self.data.test, self.data.train
+        if test.labels is None:
+            return None
+        distinct = set(test.labels) | set(train.labels or [])
+        count = max(len(distinct), len(test.label_names))
+        try:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(self.spec(name).source,
+                                                trust_remote_code=self.settings[opt.TRUST_REMOTE_CODE])
+        except (OSError, ValueError):  # not readable without the network: the load will say
+            return None
+        num_labels = int(config.num_labels)
+        if count < 2 or num_labels == count:
+            return None
+        return (f"model {name!r} has a classification head for {num_labels} label(s) "
+                f"(num_labels in its config.json) but the data has {count} distinct label(s) "
+                f"({test.source}); fix: pass a checkpoint fine-tuned on these labels, --finetune "
+                "to fine-tune it here, or --label-map if its labels map onto the data's")
 
     def spec(self, name: str, stage: str | None = None) -> ModelSpec:
         """Where a model's checkpoint for ``stage`` is: the base one before fine-tuning,
@@ -149,6 +210,8 @@ class Gate:
         else:
             root = self.cache.root / "finetuned"
         seed = self.settings[opt.SEED] + (1 if name == self.noise_model else 0)
+        if self.task != "qa" and self.data.train.labels is None:
+            raise MiniatureError(self.unlabelled("train", f"{opt.FINETUNE} trains on its labels"))
         train = self.data.train.examples if self.task == "qa" else self.data.train
         path = finetune(self.specs[name].source, self.task, train,
                         output_root=root, seed=seed, max_length=self.settings[opt.MAX_LENGTH],
@@ -172,23 +235,26 @@ class Gate:
             import torch
 
             return "cuda" if torch.cuda.is_available() else "cpu"
+        check_device(device)
         return device
 
     def wrapper(self, name: str, *, stage: str | None = None) -> ModelWrapper:
         """The loaded model (once per process); ``stage=BEFORE`` loads the base checkpoint."""
         from .models import load_model
 
+        stage = None if stage == ENCODER else stage  # a headless model's task stage is its encoder
         key = (name, stage or "")
         if key not in self._wrappers:
             spec = self.spec(name, stage)
-            head = "encoder" if stage == BEFORE else self.head
-            wrapper = load_model(
-                spec, head=head, device=self.device,
-                trust_remote_code=self.settings[opt.TRUST_REMOTE_CODE],
-                allow_pickle=self.settings[opt.ALLOW_PICKLE],
-                max_length=self.settings[opt.MAX_LENGTH], batch_size=self.settings[opt.BATCH_SIZE],
-                pooling=self.settings[opt.POOLING],
-            )
+            headless = stage == BEFORE or bool(self.missing_head(name))
+            options = dict(device=self.device, trust_remote_code=self.settings[opt.TRUST_REMOTE_CODE],
+                           allow_pickle=self.settings[opt.ALLOW_PICKLE],
+                           max_length=self.settings[opt.MAX_LENGTH],
+                           batch_size=self.settings[opt.BATCH_SIZE], pooling=self.settings[opt.POOLING])
+            wrapper = load_model(spec, head="encoder" if headless else self.head, **options)
+            if wrapper.missing_head:  # the headers could not tell (pickle, hub): never use a made-up head
+                self._missing_head[name] = wrapper.missing_head
+                wrapper = load_model(spec, head="encoder", **options)
             wrapper.name = name
             self._wrappers[key] = wrapper
         return self._wrappers[key]
@@ -236,17 +302,20 @@ class Gate:
     def outputs(self, name: str, role: str, *, stage: str | None = None) -> dict[str, np.ndarray]:
         """Per-item ``embeddings`` (and ``logits`` after fine-tuning) of one data set, cached."""
         data = self.data.role(role)
+        stage = None if stage == ENCODER else stage
         key = fingerprint(
             "outputs", self._model_fingerprint(name, stage), _data_fingerprint(data),
             self.settings[opt.POOLING], self.settings[opt.MAX_LENGTH], stage or "task", self.task,
         )
 
         truncated = []
+        used = [self.settings[opt.MAX_LENGTH]]
 
         def compute(part: slice) -> dict[str, np.ndarray]:
             wrapper = self.wrapper(name, stage=stage)
+            used[0] = wrapper.max_length  # less than --max-length past the model's positions
             texts = data.texts[part]
-            if stage == BEFORE or self.task == "qa":
+            if stage == BEFORE or self.task == "qa" or self.missing_head(name):
                 pairs = data.pairs[part] if data.pairs is not None else None
                 arrays = {"embeddings": wrapper.encode(texts, pairs=pairs)}
             else:
@@ -259,9 +328,9 @@ class Gate:
         where = f"model {name!r} on the {role} data ({data.source})"
         if sum(truncated):
             warnings.warn(DataWarning(
-                f"{where}: {sum(truncated)} of {len(data)} items are longer than --max-length "
-                f"{self.settings[opt.MAX_LENGTH]} tokens and were truncated; raise --max-length "
-                "to compare whole texts"), stacklevel=2)
+                f"{where}: {sum(truncated)} of {len(data)} items are longer than "
+                f"{_length_used(used[0], self.settings[opt.MAX_LENGTH])} tokens and were "
+                "truncated; raise --max-length to compare whole texts"), stacklevel=2)
         self._check_embeddings(arrays["embeddings"], where)
         return arrays
 
@@ -300,7 +369,7 @@ class Gate:
 
     def compare(self, characteristic: str, pair: Pair, *, stage: str | None = None) -> ComparisonResult:
         """The memoised comparison of one characteristic for one pair (and stage)."""
-        key = (characteristic, pair.id, stage)
+        key = (characteristic, pair.reference, pair.candidate, stage)
         if key not in self._results:
             compute = getattr(self, f"_compare_{characteristic}")
             try:
@@ -311,6 +380,13 @@ class Gate:
             except ValueError as error:  # the numeric layer's input checks
                 raise MiniatureError(f"{characteristic.replace('_', ' ')}, {pair.reference} vs "
                                      f"{pair.candidate}: {error}") from None
+            if result.n < WIDE_INTERVAL_ITEMS:
+                more = ("raise --attack-size" if characteristic == "adversarial_vulnerability"
+                        else "pass more data")
+                warnings.warn(DataWarning(
+                    f"{characteristic.replace('_', ' ')}, {pair.reference} vs {pair.candidate}: "
+                    f"computed on only n={result.n} items (fewer than {WIDE_INTERVAL_ITEMS}), so "
+                    f"its 95% interval is wide; read the figure with care, or {more}"), stacklevel=2)
             self._results[key] = result
         return self._results[key]
 
@@ -322,11 +398,15 @@ class Gate:
 
     def correct(self, name: str) -> np.ndarray:
         """Per test item: does the model predict the gold label (QA: the exact answer)?"""
+        problem = self.head_problem(name)
+        if problem:
+            raise NotApplicable(problem)
         if self.task == "qa":
             return self._qa_correct(name)
         labels = self.data.test.labels
         if labels is None:
-            raise MiniatureError("the test data has no labels; fix: pass --label-column")
+            raise NotApplicable(self.unlabelled("test", "prediction errors need each test item's "
+                                                "gold label"))
         logits = self.outputs(name, "test")["logits"]
         predicted = logits.argmax(axis=1)
         translation = self.label_translation(name)
@@ -357,8 +437,11 @@ class Gate:
 
         if name not in self._label_maps:
             def config(model: str) -> Any:
-                return AutoConfig.from_pretrained(self.spec(model).source,
-                                                  trust_remote_code=self.settings[opt.TRUST_REMOTE_CODE])
+                from .models import model_file_boundary
+
+                with model_file_boundary(self.spec(model), "config.json"):
+                    return AutoConfig.from_pretrained(
+                        self.spec(model).source, trust_remote_code=self.settings[opt.TRUST_REMOTE_CODE])
 
             reference = config(self.reference)
             mapping = check_label_maps(
@@ -370,12 +453,37 @@ class Gate:
                                       else translation_table(id2label(config(name)), mapping, name))
         return self._label_maps[name]
 
+    def require_heads(self, pair: Pair) -> None:
+        """Raise NotApplicable when either model of ``pair`` lacks a usable task head."""
+        for name in (pair.reference, pair.candidate):
+            problem = self.head_problem(name)
+            if problem:
+                raise NotApplicable(problem)
+
+    def unlabelled(self, role: str, need: str) -> str:
+        """One line: the ``role`` data has no labels, what needs them, and the fix."""
+        source = self.data.role(role).source
+        why = "is a .txt file, which has no labels" if source.lower().endswith(".txt") else "has no labels"
+        return (f"the {role} data {source!r} {why}, and {need}; fix: pass --{role}-data as a "
+                f".jsonl/.csv file with a label column (--label-column)")
+
     def _compare_prediction_errors(self, pair: Pair, stage: str | None) -> ComparisonResult:
         from .characteristics.prediction_errors import compare_prediction_errors
 
-        return compare_prediction_errors(
-            self.correct(pair.reference), self.correct(pair.candidate),
-            item_texts=self.data.test.texts, **self._common("prediction_errors", pair))
+        test = self.data.test
+        least = MIN_ITEMS["prediction_errors"]
+        if len(test) < least:
+            raise NotApplicable(f"only {len(test)} test item(s) in {test.source!r}; the error-set "
+                                f"Jaccard needs at least {least}; fix: pass more test data "
+                                "(--test-data, --data-limit)")
+        self.require_heads(pair)
+        reference, candidate = self.correct(pair.reference), self.correct(pair.candidate)
+        if reference.all() and candidate.all():
+            raise NotApplicable(f"neither {pair.reference!r} nor {pair.candidate!r} erred on any of "
+                                f"the {len(test)} test items ({test.source}), so there are no error "
+                                "sets to compare; fix: pass a larger or harder --test-data")
+        return compare_prediction_errors(reference, candidate, item_texts=test.texts,
+                                         **self._common("prediction_errors", pair))
 
     def _compare_data_representation(self, pair: Pair, stage: str | None) -> ComparisonResult:
         from .characteristics.representation import compare_representation
@@ -412,11 +520,21 @@ class Gate:
         if self.attack_problem is not None or self.attack_spec is None:
             raise NotApplicable(self.attack_problem or "the attack runs only with --task classification")
         if key not in self._wrappers:
-            self._wrappers[key] = load_model(
-                self.attack_spec, head="masked-lm", device=self.device,
-                trust_remote_code=self.settings[opt.TRUST_REMOTE_CODE],
-                allow_pickle=self.settings[opt.ALLOW_PICKLE],
-                max_length=self.settings[opt.MAX_LENGTH], batch_size=self.settings[opt.BATCH_SIZE])
+            spec = self.attack_spec
+            trust = self.settings[opt.TRUST_REMOTE_CODE]
+            missing = missing_head_weights(spec, "masked-lm", trust_remote_code=trust)
+            if not missing:
+                wrapper = load_model(
+                    spec, head="masked-lm", device=self.device, trust_remote_code=trust,
+                    allow_pickle=self.settings[opt.ALLOW_PICKLE],
+                    max_length=self.settings[opt.MAX_LENGTH], batch_size=self.settings[opt.BATCH_SIZE])
+                missing = wrapper.missing_head
+            if missing:
+                raise ModelReferenceError(
+                    f"attack {head_missing_line(spec.name, 'masked-lm', missing)}, so its word "
+                    f"substitutions would be noise; fix: pass {opt.ATTACK_MODEL} a masked-LM "
+                    "checkpoint such as bert-base")
+            self._wrappers[key] = wrapper
         return self._wrappers[key]
 
     def attack_outcomes(self, name: str) -> list[dict[str, Any]]:
@@ -426,30 +544,53 @@ class Gate:
         if self.task != "classification":
             raise NotApplicable("the adversarial check attacks a sentiment classifier, as the paper "
                                 "does on IMDB; run it with --task classification")
-        if self.attack_problem is not None:
-            raise NotApplicable(self.attack_problem)
+        problem = self.head_problem(name)
+        if problem:
+            raise NotApplicable(problem)
         if name not in self._attacks:
             test = self.data.test
             if test.labels is None:
-                raise MiniatureError("the test data has no labels to attack; fix: pass --label-column")
+                raise NotApplicable(self.unlabelled("test", "the attack needs each item's gold label"))
+            if self.attack_problem is not None:  # the user's own models and data first
+                raise NotApplicable(self.attack_problem)
             index = sample_items(len(test), self.settings[opt.ATTACK_SIZE], self.settings[opt.SEED])
             self._attacks[name] = attack_model_outcomes(
                 self.attack_wrapper(), self.wrapper(name),
                 [test.texts[i] for i in index], [test.labels[i] for i in index],
                 settings=AttackSettings(top_k_words=self.settings[opt.ATTACK_TOP_K],
-                                        max_length=self.settings[opt.MAX_LENGTH]),
+                                        max_length=min(self.settings[opt.MAX_LENGTH],
+                                                       self.attack_wrapper().max_length)),
                 cache=self.cache, seed=self.settings[opt.SEED])
         return self._attacks[name]
 
     def _compare_adversarial_vulnerability(self, pair: Pair, stage: str | None) -> ComparisonResult:
         from .characteristics.adversarial import compare_adversarial, transfer_predictions
 
+        if self.task == "classification":
+            self.require_heads(pair)  # before attacking either model
         reference = self.attack_outcomes(pair.reference)
         candidate = self.attack_outcomes(pair.candidate)
+        attacked = sum(r["result"] != "skipped" and c["result"] != "skipped"
+                       for r, c in zip(reference, candidate))
+        least = MIN_ITEMS["adversarial_vulnerability"]
+        if attacked < least:
+            size, items = self.settings[opt.ATTACK_SIZE], len(self.data.test)
+            fix = (f"raise {opt.ATTACK_SIZE} (now {size})" if size is not None and size < items
+                   else f"pass more labelled test items (the test data has {items})")
+            raise NotApplicable(
+                f"only {attacked} of the {len(reference)} sampled item(s) were classified correctly "
+                f"by both {pair.reference!r} and {pair.candidate!r}, so only they were attacked; at "
+                f"least {least} are needed for a broken-set Jaccard; fix: {fix}")
         common = self._common("adversarial_vulnerability", pair)
         return compare_adversarial(
             reference, candidate, drop_tolerance=self.settings[opt.ATTACK_DROP_TOLERANCE],
             transfer=transfer_predictions(reference, self.wrapper(pair.candidate)), **common)
+
+def _length_used(used: int, requested: int) -> str:
+    if used == requested:
+        return f"--max-length {requested}"
+    return f"{used} (the model's position limit; --max-length {requested})"
+
 
 def _data_fingerprint(data: TextData) -> str:
     """Content hash of a data set's texts (and pair segments)."""

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .cache import atomic_write_text, fingerprint, fingerprint_texts
+from .cache import apply_umask, atomic_write_text, fingerprint, fingerprint_texts
 from .data import TextData
 from .errors import DataError, MiniatureError, ModelReferenceError
 from .models import ModelSpec, _hub_error, _refuse_unsafe_local, fingerprint_files, resolve_model
@@ -175,12 +175,16 @@ def _load(spec: ModelSpec, task: str, train: Any, *, trust_remote_code: bool,
         _refuse_unsafe_local(spec, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     options: dict[str, Any] = {}
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(
-            spec.source, trust_remote_code=trust_remote_code)
+        from .models import model_file_boundary, tokenizer_file_name, weights_file_name
+
+        with model_file_boundary(spec, tokenizer_file_name(spec)):
+            tokenizer = transformers.AutoTokenizer.from_pretrained(
+                spec.source, trust_remote_code=trust_remote_code)
         if task == "classification":
             auto: Any = transformers.AutoModelForSequenceClassification
-            config = transformers.AutoConfig.from_pretrained(
-                spec.source, trust_remote_code=trust_remote_code)
+            with model_file_boundary(spec, "config.json"):
+                config = transformers.AutoConfig.from_pretrained(
+                    spec.source, trust_remote_code=trust_remote_code)
             needed = max(max(train.labels) + 1, len(train.label_names))
             if train.label_names:
                 names = {i: name for i, name in enumerate(train.label_names)}
@@ -193,8 +197,9 @@ def _load(spec: ModelSpec, task: str, train: Any, *, trust_remote_code: bool,
                        "ignore_mismatched_sizes": config.num_labels != needed}
         else:
             auto = transformers.AutoModelForQuestionAnswering
-        model = auto.from_pretrained(spec.source, trust_remote_code=trust_remote_code,
-                                     use_safetensors=None if allow_pickle else True, **options)
+        with model_file_boundary(spec, weights_file_name(spec), allow_pickle=allow_pickle):
+            model = auto.from_pretrained(spec.source, trust_remote_code=trust_remote_code,
+                                         use_safetensors=None if allow_pickle else True, **options)
     except ModelReferenceError:
         raise
     except (OSError, ValueError) as error:
@@ -256,10 +261,13 @@ def _train(spec: ModelSpec, task: str, train: Any, *, output_root: Path, setting
     if _is_complete(target):
         return target
     keys = set(inspect.signature(model.forward).parameters)
+    from .models import effective_max_length
+
+    max_length = effective_max_length(model.config, settings["max_length"], spec.name)
     if task == "classification":
-        items = _classification_items(tokenizer, train, keys, settings["max_length"])
+        items = _classification_items(tokenizer, train, keys, max_length)
     else:
-        items = _qa_items(tokenizer, train, keys, settings["max_length"], settings["doc_stride"])
+        items = _qa_items(tokenizer, train, keys, max_length, settings["doc_stride"])
     rng = np.random.default_rng(settings["seed"])
     sample = [items[i] for i in sorted(rng.permutation(len(items))[:settings["loss_sample"]])]
     work = Path(tempfile.mkdtemp(dir=output_root, prefix=f".{key}.", suffix=".tmp"))
@@ -299,6 +307,7 @@ def _train(spec: ModelSpec, task: str, train: Any, *, output_root: Path, setting
             "versions": {"transformers": transformers.__version__, "torch": torch.__version__},
         }
         atomic_write_text(built / RECORD_NAME, json.dumps(record, indent=2, sort_keys=True))
+        apply_umask(built)
         try:
             os.rename(built, target)
         except OSError:

@@ -9,16 +9,18 @@ dynamically padded batches, giving results back in input order.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
+import json
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ModelReferenceError
+from .errors import DataWarning, MiniatureError, ModelReferenceError
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -53,6 +55,49 @@ class ModelSpec:
     name: str
     source: str
     is_local: bool
+
+
+_UNSAFE_ID = re.compile(r"[^A-Za-z0-9._#~+-]")
+
+
+def safe_id(name: str) -> str:
+    """A model name as it may appear in a test id: characters other than
+    ``[A-Za-z0-9._#~+-]`` become ``_`` (pytest-html writes test ids into its page
+    unescaped, and a folder may be named ``<img src=x onerror=...>``)."""
+    return _UNSAFE_ID.sub("_", name) or "_"
+
+
+def unique_name(base: str, taken: Sequence[str]) -> str:
+    """``base``, or ``base#2``, ``base#3``, ...: unique among ``taken`` also once made
+    safe for test ids (``a<b`` and ``a>b`` would both be ``a_b``)."""
+    used = {safe_id(name) for name in taken}
+    name, suffix = base, 2
+    while name in taken or safe_id(name) in used:
+        name, suffix = f"{base}#{suffix}", suffix + 1
+    return name
+
+
+def check_device(device: str) -> None:
+    """Refuse ``cuda`` or ``mps`` when this torch cannot use it (one line, the fix);
+    ``auto`` and ``cpu`` always work and import nothing."""
+    if device in ("auto", "cpu"):
+        return
+    import torch
+
+    if device == "cuda":
+        usable = torch.cuda.is_available()
+        why = ("this torch was built without CUDA" if torch.version.cuda is None
+               else "torch sees no CUDA GPU")
+    elif device == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        usable = mps is not None and mps.is_available()
+        why = "torch sees no Apple MPS device"
+    else:
+        return
+    if not usable:
+        raise ModelReferenceError(
+            f"--device {device}: {why} (torch {torch.__version__}); fix: pass --device cpu, or "
+            f"--device auto (CUDA when there is one, else the CPU)")
 
 
 def all_aliases() -> list[str]:
@@ -119,23 +164,22 @@ def hub_problem(repo_id: str) -> str | None:
     model is not there. One short request per model, no retries: a machine with no network
     learns it in seconds instead of after per-file back-off.
     """
-    if repo_id in _HUB_PROBES:
-        return _HUB_PROBES[repo_id]
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE:
-        problem: str | None = "HF_HUB_OFFLINE is set"
-    else:
+        return "HF_HUB_OFFLINE is set"
+    if repo_id not in _HUB_PROBES:
         from huggingface_hub import constants, get_session
 
+        problem: str | None = None
         try:
             answer = get_session().head(f"{constants.ENDPOINT}/api/models/{repo_id}",
                                         timeout=HUB_PROBE_TIMEOUT_S, allow_redirects=True)
         except Exception as error:  # noqa: BLE001 - no answer at all: unreachable
             problem = f"the Hub ({constants.ENDPOINT}) cannot be reached ({type(error).__name__})"
         else:
-            problem = (f"the Hub ({constants.ENDPOINT}) has no such model (HTTP 404)"
-                       if answer.status_code == 404 else None)
-    _HUB_PROBES[repo_id] = problem
-    return problem
+            if answer.status_code == 404:
+                problem = f"the Hub ({constants.ENDPOINT}) has no such model (HTTP 404)"
+        _HUB_PROBES[repo_id] = problem
+    return _HUB_PROBES[repo_id]
 
 
 _HUB_PROBES: dict[str, str | None] = {}
@@ -189,6 +233,157 @@ def check_model_dir(path: Path, reference: str) -> None:
             f"(looked for {', '.join(_TOKENIZER_FILES)}); fix: save the tokenizer there with "
             "tokenizer.save_pretrained(dir)"
         )
+    check_model_files(path, reference)
+
+
+# -- the one error boundary for a model's files --------------------------------------------------
+#: A safetensors header larger than this is not a header (the format caps it at 100 MB).
+_MAX_SAFETENSORS_HEADER = 100_000_000
+
+
+def _as_spec(model: "ModelSpec | str | Path") -> "ModelSpec":
+    if isinstance(model, ModelSpec):
+        return model
+    path = Path(model)
+    return ModelSpec(name=path.name or str(model), source=str(path), is_local=True)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    line = text.splitlines()[0].strip() if text else ""
+    line = line[:200] + ("..." if len(line) > 200 else "")
+    return f"{type(error).__name__}: {line}" if line else type(error).__name__
+
+
+def model_file_error(model: "ModelSpec | str | Path", file: str | None, error: BaseException | str, *,
+                     allow_pickle: bool = True, fix: str | None = None) -> ModelReferenceError:
+    """The one-line error for a model file that cannot be read or parsed: the model, the
+    file and the fix (re-save a local folder, re-download a hub copy)."""
+    spec = _as_spec(model)
+    reason = error if isinstance(error, str) else _first_line(error)
+    message = str(error)
+    if not isinstance(error, str):
+        if "trust_remote_code" in message:
+            return ModelReferenceError(
+                f"model {spec.name!r} needs code shipped with the model to load; it was not run. "
+                "fix: if you trust its source, pass --trust-remote-code")
+        if (not allow_pickle and isinstance(error, (OSError, ValueError))
+                and "safetensors" in message.lower() and "deserializ" not in message.lower()):
+            return ModelReferenceError(
+                f"model {spec.name!r} ({spec.source}) has no safetensors weights, only pickle "
+                "files, which can run code when loaded; fix: convert it to safetensors, or "
+                "pass --allow-pickle if you trust its source")
+        if not spec.is_local and isinstance(error, OSError):
+            return _hub_error(spec, error)
+    where = f"{file} in {spec.source!r}" if file else f"the files in {spec.source!r}"
+    if fix is None:
+        fix = ("re-save the model there with save_pretrained (safetensors) and its tokenizer with "
+               "tokenizer.save_pretrained, or copy/download it again" if spec.is_local else
+               f"delete its copy in the Hugging Face cache and download it again "
+               f"(huggingface-cli download {spec.source} --force-download)")
+    return ModelReferenceError(f"model {spec.name!r}: {where} could not be read ({reason}); fix: {fix}")
+
+
+@contextlib.contextmanager
+def model_file_boundary(model: "ModelSpec | str | Path", file: str | None = None, *,
+                        allow_pickle: bool = True, fix: str | None = None) -> Iterator[None]:
+    """The one error boundary every parse of a model's files (config, tokenizer, weights,
+    records) runs behind: any exception becomes a one-line :class:`ModelReferenceError`
+    naming the model, the file and the fix (see :func:`model_file_error`).
+
+    ``model`` is a :class:`ModelSpec` or a local model folder; ``file`` the file being
+    read (relative to the folder), when one is; ``fix`` replaces the default fix (re-save or
+    re-download). Errors of miniature itself pass through.
+    """
+    try:
+        yield
+    except MiniatureError:
+        raise
+    except Exception as error:  # noqa: BLE001 - this is the boundary: every parse error
+        raise model_file_error(model, file, error, allow_pickle=allow_pickle, fix=fix) from None
+
+
+def read_json_file(model: "ModelSpec | str | Path", name: str) -> dict[str, Any]:
+    """A model folder's JSON file (config.json, tokenizer.json, ...) as a dict, parsed behind
+    :func:`model_file_boundary`; a file that is not a JSON object is refused by name."""
+    spec = _as_spec(model)
+    with model_file_boundary(spec, name):
+        value = json.loads((Path(spec.source) / name).read_text("utf-8"))
+    if not isinstance(value, dict):
+        raise model_file_error(spec, name, f"it is a JSON {type(value).__name__}, not an object")
+    return value
+
+
+def read_model_config(model: "ModelSpec | str | Path") -> dict[str, Any]:
+    """A local model's config.json as a dict (one-line error naming the file if it is not)."""
+    return read_json_file(model, "config.json")
+
+
+def safetensors_header(model: "ModelSpec | str | Path", name: str) -> dict[str, Any]:
+    """The header of a safetensors file in a model folder, checked against the file's size
+    (a header that claims more bytes than the file has, or tensors that reach past its
+    end, i.e. a truncated download); no tensor is read."""
+    spec = _as_spec(model)
+    file = Path(spec.source) / name
+    with model_file_boundary(spec, name):
+        size = file.stat().st_size
+        with open(file, "rb") as handle:
+            start = handle.read(8)
+            if len(start) < 8:
+                raise model_file_error(spec, name, f"it has {size} bytes, too few for a safetensors file")
+            length = int.from_bytes(start, "little")
+            if length > min(size - 8, _MAX_SAFETENSORS_HEADER):
+                raise model_file_error(spec, name, f"its header claims {length:,} bytes but the file "
+                                                   f"has {size:,} (truncated or corrupted)")
+            header = json.loads(handle.read(length))
+        if not isinstance(header, dict):
+            raise model_file_error(spec, name, "its header is not a JSON object")
+        ends = [int(info["data_offsets"][1]) for key, info in header.items() if key != "__metadata__"]
+        needed = 8 + length + max(ends, default=0)
+        if needed > size:
+            raise model_file_error(spec, name, f"its tensors need {needed:,} bytes but the file has "
+                                               f"{size:,} (truncated)")
+    return header
+
+
+def check_model_files(path: Path, reference: str | None = None) -> None:
+    """Parse a local model folder's small files before anything loads it: config.json,
+    the tokenizer's JSON files and each safetensors header. Each problem is one line
+    naming the model and the file (see :func:`model_file_boundary`)."""
+    spec = ModelSpec(name=reference or path.name, source=str(path), is_local=True)
+    read_model_config(spec)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                 "model.safetensors.index.json"):
+        if (path / name).is_file():
+            read_json_file(spec, name)
+    for file in sorted(path.glob("*.safetensors")):
+        safetensors_header(spec, file.name)
+
+
+def position_limit(config: Any) -> int | None:
+    """The most tokens a model's position embeddings take (None when it has no such limit)."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if not isinstance(limit, int) or limit <= 0:
+        return None
+    if "roberta" in str(getattr(config, "model_type", "")) or getattr(config, "model_type", "") == "camembert":
+        limit -= 2  # position ids start after the padding index
+    return limit
+
+
+def effective_max_length(config: Any, max_length: int, name: str) -> int:
+    """``max_length`` clamped to the model's position limit, with a :class:`DataWarning`
+    naming the model and both numbers when it had to be (the same clamp every run, so
+    results cached under ``max_length`` stay consistent)."""
+    import warnings
+
+    limit = position_limit(config)
+    if limit is None or max_length <= limit:
+        return max_length
+    warnings.warn(DataWarning(
+        f"model {name!r}: --max-length {max_length} is more than its {limit} position embeddings "
+        f"(max_position_embeddings); using {limit} tokens for this model; fix: pass "
+        f"--max-length {limit} or less to silence this"), stacklevel=3)
+    return limit
 
 
 def fingerprint_files(path: Path) -> str:
@@ -244,7 +439,8 @@ def load_model(
 
     ``head`` chooses the architecture: ``encoder`` (AutoModel), ``classification``,
     ``qa`` or ``masked-lm``. Weights load from safetensors only unless ``allow_pickle``;
-    code shipped with a model runs only with ``trust_remote_code``.
+    code shipped with a model runs only with ``trust_remote_code``. The head's weights the
+    checkpoint lacks (initialised at random) are listed in ``wrapper.missing_head``.
     """
     if isinstance(spec, str):
         spec = resolve_model(spec)
@@ -260,55 +456,52 @@ def load_model(
         "masked-lm": transformers.AutoModelForMaskedLM,
     }[head]
     if spec.is_local:
+        check_model_files(Path(spec.source), spec.name)
         _refuse_unsafe_local(spec, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
-    try:
+    with model_file_boundary(spec, tokenizer_file_name(spec), allow_pickle=allow_pickle):
         tokenizer = transformers.AutoTokenizer.from_pretrained(
             spec.source, trust_remote_code=trust_remote_code
         )
-        from .compress import load_quantized, read_record
+    from .compress import load_quantized, read_record
 
+    missing_head: list[str] = []
+    with model_file_boundary(spec, weights_file_name(spec), allow_pickle=allow_pickle):
         if spec.is_local and read_record(spec.source, method="int8") is not None:
             model = load_quantized(spec.source, head)  # an int8 folder from `miniature compress`
         else:
-            model = auto.from_pretrained(
+            model, info = auto.from_pretrained(
                 spec.source,
                 trust_remote_code=trust_remote_code,
                 use_safetensors=None if allow_pickle else True,
+                output_loading_info=True,
             )
-    except ModelReferenceError:
-        raise
-    except (OSError, ValueError, EnvironmentError) as error:
-        message = str(error)
-        if "trust_remote_code" in message:
-            raise ModelReferenceError(
-                f"model {spec.name!r} needs code shipped with the model to load; it was not run. "
-                "fix: if you trust its source, pass --trust-remote-code"
-            ) from None
-        if "safetensors" in message.lower() and not allow_pickle:
-            raise ModelReferenceError(
-                f"model {spec.name!r} ({spec.source}) has no safetensors weights, only pickle "
-                "files, which can run code when loaded; fix: convert it to safetensors, or "
-                "pass --allow-pickle if you trust its source"
-            ) from None
-        if spec.is_local:
-            raise ModelReferenceError(
-                f"model {spec.name!r}: could not load the directory {spec.source!r} "
-                f"({message.splitlines()[0] if message else type(error).__name__}); fix: re-save "
-                "it with save_pretrained"
-            ) from None
-        raise _hub_error(spec, error) from None
+            prefix = f"{model.base_model_prefix}."
+            missing_head = sorted(k for k in info.get("missing_keys", ()) if not k.startswith(prefix))
     fingerprint = fingerprint_files(Path(spec.source)) if spec.is_local else _hub_fingerprint(spec, model)
     model.to(device)
     model.eval()
-    return ModelWrapper(spec.name, model, tokenizer, fingerprint=fingerprint, device=device,
-                        **wrapper_options)
+    wrapper = ModelWrapper(spec.name, model, tokenizer, fingerprint=fingerprint, device=device,
+                           **wrapper_options)
+    wrapper.missing_head = missing_head if head != "encoder" else []
+    return wrapper
+
+
+def tokenizer_file_name(spec: ModelSpec) -> str:
+    """The tokenizer file a load reads first (to name it in an error)."""
+    path = Path(spec.source)
+    found = [f for f in _TOKENIZER_FILES if spec.is_local and (path / f).is_file()]
+    return found[0] if found else "tokenizer files"
+
+
+def weights_file_name(spec: ModelSpec) -> str:
+    """The weight file(s) a load reads (to name them in an error)."""
+    found = sorted(p.name for p in Path(spec.source).glob("*.safetensors")) if spec.is_local else []
+    return "config.json and " + (" and ".join(found) if found else "the weights")
 
 
 def _refuse_unsafe_local(spec: ModelSpec, *, trust_remote_code: bool, allow_pickle: bool) -> None:
-    import json
-
     path = Path(spec.source)
-    config = json.loads((path / "config.json").read_text())
+    config = read_model_config(spec)
     if config.get("auto_map") and not trust_remote_code:
         raise ModelReferenceError(
             f"model {spec.name!r} ({spec.source}) declares custom code (auto_map in config.json) "
@@ -369,18 +562,21 @@ class ModelWrapper:
         self.model = model
         self.tokenizer = tokenizer
         self.fingerprint = fingerprint
-        self.max_length = max_length
+        config = getattr(model, "config", None)
+        self.max_length = effective_max_length(config, max_length, name) if config is not None else max_length
         self.batch_size = batch_size
         self.device = device
         self.pooling = pooling
         self.progress = progress
         self.forward_calls = 0
         self.truncated = 0
+        #: task-head weights the checkpoint lacked, initialised at random (see load_model)
+        self.missing_head: list[str] = []
         import inspect
 
         self.input_names = set(inspect.signature(model.forward).parameters)
         # TextAttack and other callers read model_max_length; never pad to 512
-        tokenizer.model_max_length = max_length
+        tokenizer.model_max_length = self.max_length
 
     @property
     def config(self) -> Any:
@@ -471,3 +667,125 @@ def pool(outputs: Any, batch: dict, pooling: str) -> "np.ndarray":
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         vectors = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
     return vectors.float().cpu().numpy()
+
+
+# -- task heads: present, or about to be initialised at random? -------------------------------
+#: How each task head is named in messages.
+HEAD_NAMES: dict[str, str] = {"encoder": "encoder", "classification": "classification",
+                              "qa": "question-answering", "masked-lm": "masked-LM"}
+
+
+def checkpoint_weight_names(directory: str | Path) -> list[str] | None:
+    """Tensor names stored in a model folder's safetensors files, read from their headers
+    (no tensor is read); None when the folder has no safetensors weights."""
+    import json
+    import struct
+
+    folder = Path(directory)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        return list(json.loads(index.read_text("utf-8")).get("weight_map", {}))
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    names: list[str] = []
+    for file in files:
+        with open(file, "rb") as handle:
+            size = struct.unpack("<Q", handle.read(8))[0]
+            header = json.loads(handle.read(size))
+        names.extend(key for key in header if key != "__metadata__")
+    return names
+
+
+def head_weight_groups(config: Any, head: str) -> list[list[str]]:
+    """The weights ``head`` adds on top of the encoder, as groups of names sharing one
+    tensor (a group tied to the encoder, e.g. an MLM decoder tied to the word embeddings,
+    is left out). The model is built on the meta device: no memory, no initialisation."""
+    import torch
+    import transformers
+
+    if head == "encoder":
+        return []
+    auto = {"classification": transformers.AutoModelForSequenceClassification,
+            "qa": transformers.AutoModelForQuestionAnswering,
+            "masked-lm": transformers.AutoModelForMaskedLM}[head]
+    with torch.device("meta"):
+        model = auto.from_config(config)
+    groups: dict[int, list[str]] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(parameter), []).append(name)
+    prefix = f"{model.base_model_prefix}."
+    return [names for names in groups.values() if not any(n.startswith(prefix) for n in names)]
+
+
+def missing_head_weights(spec: ModelSpec | str, head: str, *,
+                         trust_remote_code: bool = False) -> list[str] | None:
+    """Weights of the ``head`` task head that the checkpoint lacks, which transformers would
+    initialise at random: ``[]`` when the head is complete, ``None`` when it cannot be told
+    without loading (pickle-only weights, a hub model not in the local cache).
+
+    Cheap: reads config.json and the safetensors headers, never the weights. An int8 folder
+    from ``miniature compress`` has the head it was quantized with (its record says which).
+    """
+    if head not in TASK_HEADS:
+        raise ValueError(f"head must be one of {TASK_HEADS}, got {head!r}")
+    if head == "encoder":
+        return []
+    if isinstance(spec, str):
+        spec = resolve_model(spec)
+    directory = _snapshot_dir(spec)
+    if directory is None:
+        return None
+    import json
+
+    import transformers
+
+    raw = json.loads((directory / "config.json").read_text("utf-8"))
+    if raw.get("auto_map") and not trust_remote_code:
+        return None  # its own code defines the head; loading refuses it anyway
+    transformers.logging.set_verbosity_error()
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(directory),
+                                                         trust_remote_code=trust_remote_code)
+        groups = head_weight_groups(config, head)
+    except (OSError, ValueError, KeyError):  # no such head for this architecture: loading says so
+        return None
+    from .compress import read_record
+
+    record = read_record(directory, method="int8")
+    if record is not None:
+        return [] if record.get("head", "encoder") == head else [g[0] for g in groups]
+    stored = checkpoint_weight_names(directory)
+    if stored is None:
+        return None
+    names = {_modern_name(n) for n in stored}
+    return [group[0] for group in groups if not any(n in names for n in group)]
+
+
+def _modern_name(name: str) -> str:
+    """Old TF-era checkpoints name LayerNorm weights gamma/beta; transformers renames them."""
+    if name.endswith(".gamma"):
+        return name[:-len(".gamma")] + ".weight"
+    if name.endswith(".beta"):
+        return name[:-len(".beta")] + ".bias"
+    return name
+
+
+def _snapshot_dir(spec: ModelSpec) -> Path | None:
+    """The folder holding a model's files: local, or the hub cache's snapshot (no network)."""
+    if spec.is_local:
+        return Path(spec.source)
+    try:
+        from transformers.utils import cached_file
+
+        config = cached_file(spec.source, "config.json", local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached: cannot tell without the network
+        return None
+    return Path(config).parent if config else None
+
+
+def head_missing_line(model: str, head: str, missing: Sequence[str]) -> str:
+    """One line: which head ``model`` lacks and which weights would be made up."""
+    shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+    return (f"model {model!r} has no {HEAD_NAMES[head]} head ({shown} would be newly "
+            "initialised at random)")

@@ -9,6 +9,7 @@ fails at parse time naming the option and what it accepts.
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,7 +77,7 @@ def choice(*accepted: str) -> Callable[[str], str]:
     return parse
 
 
-def integer(minimum: int | None = None) -> Callable[[str], int]:
+def integer(minimum: int | None = None, maximum: int | None = None) -> Callable[[str], int]:
     def parse(value: str) -> int:
         try:
             number = int(str(value).strip())
@@ -84,6 +85,8 @@ def integer(minimum: int | None = None) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
         if minimum is not None and number < minimum:
             raise argparse.ArgumentTypeError(f"{number} is below the minimum {minimum}")
+        if maximum is not None and number > maximum:
+            raise argparse.ArgumentTypeError(f"{number} is above the maximum {maximum}")
         return number
 
     parse.__name__ = "integer"
@@ -110,12 +113,23 @@ def open_fraction(value: str) -> float:
 
 
 def non_negative(value: str) -> float:
+    """A finite number >= 0 (nan and inf are refused: they would pass or fail everything)."""
     try:
         number = float(str(value).strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a finite number")
     if number < 0:
         raise argparse.ArgumentTypeError(f"{number} is negative")
+    return number
+
+
+def percentage_points(value: str) -> float:
+    """A finite number of percentage points in [0, 100] (a tolerance on an accuracy drop)."""
+    number = non_negative(value)
+    if number > 100:
+        raise argparse.ArgumentTypeError(f"{number} is above 100 percentage points")
     return number
 
 
@@ -140,6 +154,19 @@ def text(value: str) -> str:
 
 def path(value: str) -> Path:
     return Path(text(value)).expanduser()
+
+
+def label_map(value: str) -> str:
+    """``NAME=ID,NAME=ID``, checked now (the text is kept; the gate parses it again)."""
+    stripped = text(value)
+    from .errors import MiniatureError
+    from .tasks.classification import parse_label_map
+
+    try:
+        parse_label_map(stripped)
+    except MiniatureError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return stripped
 
 
 def boolean(value: str | bool) -> bool:
@@ -186,7 +213,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(CHALLENGE_DATA, "challenge data checked for out-of-distribution items (the paper: NewsQA)", metavar="FILE|DATASET"),
     Option(TEXT_COLUMN, "text column of classification data", text, "text"),
     Option(LABEL_COLUMN, "label column of classification data", text, "label"),
-    Option(LABEL_MAP, "map model label names to data labels, e.g. NEGATIVE=0,POSITIVE=1", metavar="MAP"),
+    Option(LABEL_MAP, "map model label names to data labels, e.g. NEGATIVE=0,POSITIVE=1", label_map, metavar="MAP"),
     Option(DATA_LIMIT, "use at most this many items of each data set", integer(1), metavar="N"),
     Option(K, "neighbours K for representation and OOD detection (the paper: 10)", integer(1), 10),
     Option(K_SWEEP, "values of K for the sensitivity figure", int_list, (1, 5, 10, 20, 50, 100), metavar="K,K,..."),
@@ -194,7 +221,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(THRESHOLD_REPRESENTATION, "minimum mean kNN Jaccard", fraction, 0.5, metavar="J"),
     Option(THRESHOLD_DISTRIBUTION, "minimum OOD-set Jaccard", fraction, 0.5, metavar="J"),
     Option(THRESHOLD_ATTACK, "minimum Jaccard of the sets of successfully attacked items", fraction, 0.5, metavar="J"),
-    Option(ATTACK_DROP_TOLERANCE, "max extra %% accuracy drop under attack, in percentage points over the reference's", non_negative, 10.0, metavar="PP"),
+    Option(ATTACK_DROP_TOLERANCE, "max extra %% accuracy drop under attack, in percentage points over the reference's", percentage_points, 10.0, metavar="PP"),
     Option(THRESHOLD_ON, "compare thresholds with the raw figure, the chance-corrected one, or the CI's lower bound", choice(*THRESHOLD_ON_CHOICES), "raw"),
     Option(OOD_KEEP, "fraction of held-out in-distribution items the OOD threshold keeps", open_fraction, 0.95, metavar="F"),
     Option(BOOTSTRAP, "bootstrap resamples for confidence intervals (0: none)", integer(0), 1000, metavar="N"),
@@ -204,7 +231,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(BATCH_SIZE, "items per forward pass", integer(1), 32, metavar="N"),
     Option(MAX_LENGTH, "max tokens per item (longer ones are truncated and counted)", integer(8), 128, metavar="N"),
     Option(DEVICE, "auto, cpu, cuda or mps", choice(*DEVICES), "auto"),
-    Option(SEED, "seed for sampling, bootstrap and fine-tuning", integer(0), 0, metavar="N"),
+    Option(SEED, "seed for sampling, bootstrap and fine-tuning", integer(0, 2**32 - 1), 0, metavar="N"),
     Option(CACHE_DIR, "where model outputs are cached", path, Path(".miniature-cache"), metavar="DIR"),
     Option(NO_CACHE, "compute everything, store nothing", boolean, False, switch=True),
     Option(REFRESH, "recompute and overwrite cached outputs", boolean, False, switch=True),
@@ -219,6 +246,13 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 BY_FLAG: dict[str, Option] = {option.flag: option for option in OPTIONS}
+
+#: options that take a value: written as two words (``--cache-dir DIR``), the value is a
+#: free argument when pytest picks its rootdir and ini file, before this plugin loads
+VALUE_FLAGS: tuple[str, ...] = tuple(option.flag for option in OPTIONS if not option.switch)
+
+#: options that name a model: resolved at start-up, so a bad one is a usage error
+MODEL_FLAGS: tuple[str, ...] = tuple(option.flag for option in OPTIONS if option.metavar == "MODEL")
 
 
 @dataclass
@@ -239,19 +273,38 @@ class Settings:
         return list(self.values[CANDIDATE] or [])
 
 
+def check_combinations(values: dict[str, Any]) -> None:
+    """Refuse option values that parse alone but make no sense together (one line, with
+    the fix). ``values`` is keyed by flag, as in :class:`Settings`; raises ``ValueError``."""
+    if values.get(THRESHOLD_ON) == "ci_lower" and values.get(BOOTSTRAP) == 0:
+        raise ValueError(
+            f"{THRESHOLD_ON} ci_lower with {BOOTSTRAP} 0 (miniature_threshold_on / miniature_bootstrap): "
+            "no bootstrap means no confidence interval, so every check would fail; fix: set "
+            f"{BOOTSTRAP} N (e.g. 1000) or {THRESHOLD_ON} raw")
+    reference_base = values.get(REFERENCE_BASE)
+    candidate_bases = list(values.get(CANDIDATE_BASE) or [])
+    if reference_base or candidate_bases:
+        candidates = list(values.get(CANDIDATE) or [])
+        if not reference_base or len(candidate_bases) != len(candidates):
+            raise ValueError(
+                f"{REFERENCE_BASE} {'given' if reference_base else 'missing'} and {len(candidate_bases)} "
+                f"{CANDIDATE_BASE} for {len(candidates)} {CANDIDATE}: the 'before fine-tuning' check "
+                f"needs the base checkpoint of every model, so it would be skipped; fix: pass "
+                f"{REFERENCE_BASE} once and {CANDIDATE_BASE} once per {CANDIDATE}, in the same order "
+                "(or neither)")
+
+
 def resolve(option: Option, cli_value: Any, ini_value: Any) -> Any:
     """Command line over ini over default; ini strings go through the same parser."""
-    if option.switch:
-        if cli_value:
-            return True
-        return option.parse(ini_value) if ini_value not in (None, "", []) else option.default
-    if cli_value not in (None, []):
+    if option.switch and cli_value:
+        return True
+    if not option.switch and cli_value not in (None, []):
         return cli_value
     if ini_value not in (None, "", []):
-        if option.multiple:
-            items = ini_value if isinstance(ini_value, list) else str(ini_value).split()
-            return [option.parse(item) for item in items]
         try:
+            if option.multiple:
+                items = ini_value if isinstance(ini_value, list) else str(ini_value).split()
+                return [option.parse(item) for item in items]
             return option.parse(ini_value)
         except argparse.ArgumentTypeError as error:
             raise ValueError(f"ini option {option.ini} = {ini_value!r}: {error}") from None

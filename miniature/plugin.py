@@ -77,6 +77,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", f"{GATE_MARKER}: an equivalence check of the miniature gate")
     config.addinivalue_line("markers", f"{CHECK_MARKER}: a miniature equivalence check (needs {opt.REFERENCE})")
     config.addinivalue_line("markers", f"{INFORMATIONAL_MARKER}: a candidate-vs-candidate comparison, reported but not gating")
+    _check_split_options(config)
     values = {}
     for option in opt.OPTIONS:
         cli = config.getoption(option.dest)
@@ -85,6 +86,10 @@ def pytest_configure(config: pytest.Config) -> None:
             values[option.flag] = opt.resolve(option, cli, ini)
         except (ValueError, argparse.ArgumentTypeError) as error:
             raise pytest.UsageError(f"{error} (accepted: {option.help})") from None
+    try:
+        opt.check_combinations(values)
+    except ValueError as error:
+        raise pytest.UsageError(str(error)) from None
     settings = opt.Settings(values)
     config.stash[SETTINGS_KEY] = settings
     config.stash[RESULTS_KEY] = []
@@ -96,13 +101,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[GATE_ONLY_KEY] = False
     if settings.reference:
         _locate_models(settings)
+        _check_start_up(settings)
         _default_to_checks(config)
-        split = _split_path_options(config)
-        if split and config.inipath is None:
-            config.issue_config_time_warning(pytest.PytestConfigWarning(
-                "miniature: pytest read the model directories as test paths when it chose the "
-                f"rootdir ({config.rootpath}), so the project's ini settings were not found; fix: "
-                f"write the option with '=', e.g. {split[0]}"), stacklevel=2)
 
 
 def _locate_models(settings: "opt.Settings") -> None:
@@ -113,16 +113,17 @@ def _locate_models(settings: "opt.Settings") -> None:
     from .errors import MiniatureError
     from .models import locate, resolve_model
 
-    given = [settings.reference, *settings.candidates, settings[opt.REFERENCE_BASE],
-             *(settings[opt.CANDIDATE_BASE] or [])]
+    given = [(opt.REFERENCE, settings.reference), *((opt.CANDIDATE, c) for c in settings.candidates),
+             (opt.REFERENCE_BASE, settings[opt.REFERENCE_BASE]),
+             *((opt.CANDIDATE_BASE, b) for b in settings[opt.CANDIDATE_BASE] or [])]
     problems = []
-    for reference in given:
+    for flag, reference in given:
         if not reference:
             continue
         try:
             locate(resolve_model(reference))
         except MiniatureError as error:
-            problems.append(str(error))
+            problems.append(f"{flag}: {error}")
     if problems:
         raise pytest.UsageError("\n".join(dict.fromkeys(problems)))
 
@@ -190,16 +191,78 @@ def no_checks_line(config: pytest.Config) -> str | None:
     return f"miniature: {opt.REFERENCE} was given but no equivalence check ran: {why}"
 
 
-def _split_path_options(config: pytest.Config) -> list[str]:
-    """Model directories given as a separate word (``--reference DIR``), which pytest took
-    for test paths when it chose the rootdir and ini file, before this plugin loaded."""
-    args = list(config.invocation_params.args)
-    flags = {opt.REFERENCE, opt.CANDIDATE, opt.REFERENCE_BASE, opt.CANDIDATE_BASE, opt.ATTACK_MODEL}
+def _split_path_options(config: pytest.Config) -> list[tuple[str, str]]:
+    """Option values given as a separate word that exist as paths (``--cache-dir DIR``):
+    pytest took them for test paths when it chose the rootdir and ini file, before this
+    plugin loaded. Every option that takes a value counts (``opt.VALUE_FLAGS``)."""
+    args = [str(arg) for arg in config.invocation_params.args]
     found = []
     for flag, value in zip(args, args[1:]):
-        if flag in flags and (config.invocation_params.dir / value).exists():
-            found.append(f"{flag}={value}")
+        if flag in opt.VALUE_FLAGS and not value.startswith("-") and (config.invocation_params.dir / value).exists():
+            found.append((flag, value))
     return found
+
+
+def _intended_setup(config: pytest.Config) -> Any:
+    """``(rootdir, inifile)`` as pytest would have chosen them had the split option values
+    not been free arguments (pytest's own search, on the free arguments as finally
+    parsed); ``None`` when this pytest's search cannot be called."""
+    import inspect
+
+    try:
+        from _pytest.config.findpaths import determine_setup
+
+        given = dict(inifile=config.option.inifilename, override_ini=config.option.override_ini,
+                     args=[str(a) for a in config.option.file_or_dir or []],
+                     rootdir_cmd_arg=config.option.rootdir or None, invocation_dir=config.invocation_params.dir)
+        accepted = inspect.signature(determine_setup).parameters
+        found = determine_setup(**{k: v for k, v in given.items() if k in accepted})
+        return found[0], found[1]
+    except Exception:  # noqa: BLE001 - a pytest without this private helper
+        return None
+
+
+def _check_split_options(config: pytest.Config) -> None:
+    """A value written as two words moved pytest's rootdir: a usage error when that lost
+    (or swapped) the project's ini file, whose thresholds would silently not apply; a
+    warning when only the rootdir moved."""
+    split = _split_path_options(config)
+    if not split:
+        return
+    flag, value = split[0]
+    intended = _intended_setup(config)
+    if intended is not None and intended[1] != config.inipath:
+        found = f"{config.inipath}" if config.inipath else "no ini file"
+        raise pytest.UsageError(
+            f"miniature: '{flag} {value}' written as two words made pytest look for its settings "
+            f"from {value}, so it read {found} instead of the project's {intended[1] or 'ini file'} "
+            f"(its thresholds, K and other settings would not apply); fix: write {flag}={value}")
+    moved = config.inipath is None if intended is None else intended[0] != config.rootpath
+    if moved:
+        config.issue_config_time_warning(pytest.PytestConfigWarning(
+            f"miniature: '{flag} {value}' written as two words made pytest take {value} as a test "
+            f"path when it chose the rootdir ({config.rootpath}); fix: write {flag}={value}"), stacklevel=2)
+
+
+def _check_start_up(settings: "opt.Settings") -> None:
+    """What can be checked before any model loads: the other model options resolve, and
+    the device exists in this torch (imported only for cuda or mps)."""
+    from .errors import MiniatureError
+    from .models import check_device, resolve_model
+
+    for flag in opt.MODEL_FLAGS:
+        if flag in (opt.REFERENCE, opt.CANDIDATE):
+            continue  # resolved above
+        given = settings[flag]
+        for value in (given if isinstance(given, list) else [given] if given else []):
+            try:
+                resolve_model(value)
+            except MiniatureError as error:
+                raise pytest.UsageError(f"{flag}: {error}") from None
+    try:
+        check_device(settings[opt.DEVICE])
+    except MiniatureError as error:
+        raise pytest.UsageError(str(error)) from None
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:

@@ -13,8 +13,9 @@ import json
 import math
 import platform
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
+from types import UnionType
 from typing import Any
 
 from .characteristics.base import CHARACTERISTIC_TITLES, ComparisonResult, _fmt
@@ -94,16 +95,13 @@ def model_order(settings: Any) -> list[str]:
     for reference in given:
         if not reference:
             continue
-        try:
-            from .models import resolve_model
+        from .models import resolve_model, unique_name
 
+        try:
             base = resolve_model(str(reference)).name
         except Exception:  # noqa: BLE001 - ordering only; an unresolvable name sorts last
             base = str(reference)
-        name, suffix = base, 2
-        while name in names:
-            name, suffix = f"{base}#{suffix}", suffix + 1
-        names.append(name)
+        names.append(unique_name(base, names))
     return names
 
 
@@ -258,11 +256,50 @@ def load_report(path: Path | str) -> dict[str, Any]:
     for i, entry in enumerate(payload["results"]):
         if not isinstance(entry, dict):
             raise ReportError(f"--compare-to {path}: result {i} is not an object; {fix}")
-        try:
-            results.append(ComparisonResult(**{k: v for k, v in entry.items() if k in known}))
-        except TypeError as error:
-            raise ReportError(f"--compare-to {path}: result {i} is incomplete ({error}); {fix}") from None
+        problem = result_schema_problem(entry)
+        if problem:
+            raise ReportError(f"--compare-to {path}: result {i} {problem}; {fix}")
+        results.append(ComparisonResult(**{k: v for k, v in entry.items() if k in known}))
     return {**payload, "results": results, "path": str(path)}
+
+
+_JSON_TYPES: dict[Any, tuple[type, ...]] = {str: (str,), bool: (bool,), int: (int,), float: (int, float),
+                                             dict: (dict,), list: (list,)}
+_CONDITION_KEYS = {"name": (str,), "value": (int, float, type(None)), "limit": (int, float, type(None)),
+                   "passed": (bool,)}
+
+
+def result_schema_problem(entry: Mapping[str, Any]) -> str | None:
+    """What is wrong with one JSON result against :class:`ComparisonResult`'s fields (a
+    missing required field, a value of the wrong type), worded to follow "result 3 ", or
+    ``None``."""
+    import typing
+
+    hints = typing.get_type_hints(ComparisonResult)
+    for item in fields(ComparisonResult):
+        if item.name not in entry:
+            required = item.default is MISSING and item.default_factory is MISSING
+            if required:
+                return f"is incomplete: field {item.name!r} is missing"
+            continue
+        value = entry[item.name]
+        hint = hints[item.name]
+        options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, UnionType) else (hint,)
+        accepted: tuple[type, ...] = ()
+        for option in options:
+            accepted += (type(None),) if option is type(None) else _JSON_TYPES.get(typing.get_origin(option) or option, ())
+        if not accepted:
+            continue  # a type JSON cannot hold: not checked
+        if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted):
+            names = " or ".join(sorted({"null" if t is type(None) else t.__name__ for t in accepted}))
+            return f"is malformed: field {item.name!r} is {json.dumps(value)[:40]}, not {names}"
+    for condition in entry.get("conditions") or []:
+        if not isinstance(condition, dict) or any(
+                not isinstance(condition.get(key, ...), types) or (key != "passed" and isinstance(condition.get(key), bool))
+                for key, types in _CONDITION_KEYS.items()):
+            return (f"is malformed: field 'conditions' holds {json.dumps(condition)[:60]}, not an object with "
+                    "name, value, limit and passed (true/false)")
+    return None
 
 
 # -- JSON ------------------------------------------------------------------------------------

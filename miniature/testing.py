@@ -30,15 +30,29 @@ class TinyModels:
 
 
 def train_tokenizer(directory: Path, *, vocab_size: int = 600) -> Path:
-    """Train a lower-cased WordPiece tokenizer on the project's own text; save it."""
-    from tokenizers import BertWordPieceTokenizer
+    """A lower-cased WordPiece tokenizer on the project's own text, saved; the same files in
+    every process (the special tokens, every character alone and as ``##`` continuation,
+    then the most frequent words, ties broken alphabetically) so tiny-model figures are
+    reproducible across runs and machines (a trained WordPiece vocabulary is not: its
+    trainer breaks frequency ties in hash order)."""
+    import collections
+    import re
+
     from transformers import BertTokenizerFast
 
     corpus = [r.text for r in sentiment_reviews(600, seed=11)] + news_sentences(200, seed=11)
-    trainer = BertWordPieceTokenizer(lowercase=True)
-    trainer.train_from_iterator(corpus, vocab_size=vocab_size, min_frequency=1)
+    counts = collections.Counter(word for text in corpus for word in re.findall(r"\w+|[^\w\s]", text.lower()))
+    characters = sorted({c for word in counts for c in word})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *characters, *(f"##{c}" for c in characters)]
+    known = set(vocab)
+    for word, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
+        if len(vocab) >= vocab_size:
+            break
+        if word not in known:
+            vocab.append(word)
+            known.add(word)
     directory.mkdir(parents=True, exist_ok=True)
-    trainer.save_model(str(directory))
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), model_max_length=128)
     tokenizer.save_pretrained(str(directory))
     return directory

@@ -282,7 +282,10 @@ def test_attack_is_reproducible_and_top_k_words_caps_changes(adv_models, trained
     changed = [_changed_words(o["original_text"], o["perturbed_text"])
                for o in one_word if o["result"] != "skipped"]
     assert changed and max(changed) <= 1
-    assert max(o["words_changed"] for o in trained_run["outcomes"]) > 1, \
+    # reviews that say it several times: one swap is not enough, so K=3 must change more words
+    emphatic = ["Awful. Terrible. Dull. Boring. Painful. Weak.", "Wonderful. Charming. Moving. Superb. Brilliant."]
+    several = attack_model_outcomes(attacker, target, emphatic, [0, 1], progress=False)
+    assert max(o["words_changed"] for o in [*trained_run["outcomes"], *several]) > 1, \
         "with K=3 some item should change more than one word, else K=1 proves nothing"
 
 

@@ -68,3 +68,59 @@ def test_builtin_data_is_deterministic_and_disjoint_by_role() -> None:
     assert sum(first.challenge_is_ood) == 300 and len(first.challenge) == 450
     assert set(first.train.labels) == {0, 1}
     assert abs(sum(first.test.labels) / len(first.test) - 0.5) < 0.1
+
+
+# -- plain text: one item per line, no labels ---------------------------------------------------
+def test_txt_is_one_item_per_line_without_labels(tmp_path: Path) -> None:
+    path = tmp_path / "items.txt"
+    path.write_bytes("first item\n\n  second, indented  \r\n   \nthird with a tab\t\nlast without newline"
+                     .encode())
+    data = load_text_data(path)  # label_column defaults to "label": a .txt has none anyway
+    assert data.texts == ["first item", "  second, indented  ", "third with a tab\t",
+                          "last without newline"]
+    assert data.labels is None and data.source == str(path)
+    assert load_text_data(path, limit=2).texts == ["first item", "  second, indented  "]
+    assert [r["text"] for r in load_records(path)] == data.texts
+
+
+def test_bad_txt_names_the_file(tmp_path: Path) -> None:
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n  \n\n")
+    with pytest.raises(DataError, match=r"data '.*blank.txt' is empty \(no non-blank line\); fix:"):
+        load_text_data(blank)
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin.txt' is not UTF-8 text; fix: re-encode it as UTF-8"):
+        load_text_data(latin)
+
+
+def test_gate_on_txt_data_compares_representations_and_says_labels_are_missing(
+        tiny_models, tmp_path: Path) -> None:
+    from miniature.engine import AFTER, Gate
+    from miniature.errors import MiniatureError, NotApplicable
+    from miniature.options import make_settings
+
+    texts = builtin_sentiment_data(scale=0.1).train.texts + builtin_sentiment_data(scale=0.1).test.texts
+    files = {}
+    for role, part in (("train", texts[:40]), ("holdout", texts[40:60]), ("test", texts[60:100]),
+                       ("challenge", texts[100:140])):
+        files[role] = tmp_path / f"{role}.txt"
+        files[role].write_text("\n".join(part) + "\n")
+    values = dict(reference=str(tiny_models["reference"]), candidate=[str(tiny_models["small"])],
+                  cache_dir=tmp_path / "cache", bootstrap=0, k=5, train_data=str(files["train"]),
+                  holdout_data=str(files["holdout"]), test_data=str(files["test"]),
+                  challenge_data=str(files["challenge"]))
+    gate = Gate(make_settings(**values))
+    pair = gate.pairs()[0]
+    assert 0.0 <= gate.compare("data_representation", pair).figure <= 1.0
+    assert 0.0 <= gate.compare("data_distribution", pair).figure <= 1.0
+    for characteristic in ("prediction_errors", "adversarial_vulnerability"):
+        with pytest.raises(NotApplicable) as info:
+            gate.compare(characteristic, pair)
+        message = str(info.value)
+        assert "\n" not in message and str(files["test"]) in message
+        assert "is a .txt file, which has no labels" in message
+        assert "fix: pass --test-data as a .jsonl/.csv file with a label column" in message
+    finetuning = Gate(make_settings(**values, finetune=True))
+    with pytest.raises(MiniatureError, match=r"the train data '.*train.txt' is a .txt file, which has no labels, and --finetune"):
+        finetuning.compare("data_representation", finetuning.pairs()[0], stage=AFTER)

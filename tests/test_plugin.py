@@ -101,7 +101,7 @@ def test_model_against_itself_passes_every_check_with_agreement_one(
     result = gate_checks.runpytest(f"--reference={reference}", f"--candidate={reference}",
                                    f"--cache-dir={gate_checks.path / 'cache'}", "--bootstrap=50",
                                    f"--report-dir={gate_checks.path / 'reports'}", "--data-limit=200",
-                                   f"--attack-model={tiny_models['attacker']}", "--attack-size=20")
+                                   f"--attack-model={tiny_models['attacker']}", "--attack-size=40")
     result.assert_outcomes(passed=4)
     payload = json.loads((gate_checks.path / "reports" / "latest.json").read_text())
     figures = {r["characteristic"]: r["figure"] for r in payload["results"]}

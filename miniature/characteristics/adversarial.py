@@ -668,6 +668,11 @@ def _check_masked_lm(wrapper: "ModelWrapper") -> None:
         raise ValueError(f"attack model {getattr(wrapper, 'name', wrapper)!r} has no masked-LM "
                          f"head ({type(model).__name__}); fix: load it with "
                          "load_model(..., head='masked-lm')")
+    missing = list(getattr(wrapper, "missing_head", None) or [])
+    if missing:
+        raise ValueError(f"attack model {wrapper.name!r} has no masked-LM head ({', '.join(missing[:4])} "
+                         "were newly initialised at random); fix: pass a masked-LM checkpoint "
+                         "such as bert-base")
     if getattr(tokenizer, "mask_token_id", None) is None:
         raise ValueError(f"attack model {wrapper.name!r}: its tokenizer has no mask token; fix: "
                          "use a masked language model such as BERT as the attack model")

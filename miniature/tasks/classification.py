@@ -11,9 +11,7 @@ trained, so fine-tuning can be skipped.
 
 from __future__ import annotations
 
-import json
 import re
-import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,6 +69,11 @@ def id2label(config: Any) -> dict[int, str]:
 def _is_generic(labels: Mapping[int, str]) -> bool:
     """Names like LABEL_0 say nothing about meaning: the ids are taken as the data's ids."""
     return all((m := _GENERIC.match(name)) and int(m.group(1)) == i for i, name in labels.items())
+
+
+def _is_numeric(labels: Mapping[int, str]) -> bool:
+    """Label names that look like integers ("0", "1", ...) are the data's label ids."""
+    return bool(labels) and all(re.fullmatch(r"\s*\d+\s*", name) for name in labels.values())
 
 
 def _show(labels: Mapping[int, str]) -> str:
@@ -152,6 +155,9 @@ def check_label_maps(
                 "task (or `miniature finetune` it on this data), or choose the right --label-column"
             )
     (ref_name, ref), (cand_name, cand) = maps.items()
+    if _is_numeric(ref) and _is_numeric(cand):  # label names "0", "1", ... are data label ids
+        by_id = {name: int(name) for m in (ref, cand) for name in m.values()}
+        return None if all(int(n) == i for m in (ref, cand) for i, n in m.items()) else by_id
     if len(ref) != len(cand):
         raise ModelReferenceError(
             f"models {ref_name!r} and {cand_name!r} have different numbers of labels: {_show(ref)} "
@@ -193,17 +199,19 @@ def predict_labels(
 
 # -- fine-tuned or not ------------------------------------------------------------------------
 def _safetensors_keys(path: Path) -> list[str]:
-    """Tensor names from a safetensors header (no tensor is read)."""
-    with open(path, "rb") as handle:
-        size = struct.unpack("<Q", handle.read(8))[0]
-        header = json.loads(handle.read(size))
-    return [key for key in header if key != "__metadata__"]
+    """Tensor names from a safetensors header (no tensor is read), checked by the model
+    files' error boundary (:func:`miniature.models.safetensors_header`)."""
+    from ..models import safetensors_header
+
+    return [key for key in safetensors_header(path.parent, path.name) if key != "__metadata__"]
 
 
 def _weight_names(directory: Path) -> list[str] | None:
+    from ..models import read_json_file
+
     index = directory / "model.safetensors.index.json"
     if index.is_file():
-        return list(json.loads(index.read_text("utf-8")).get("weight_map", {}))
+        return list(read_json_file(directory, index.name).get("weight_map", {}))
     files = sorted(directory.glob("*.safetensors"))
     if not files:
         return None
@@ -249,7 +257,9 @@ def is_finetuned(model: "str | Path | ModelSpec", head: str) -> bool:
     config_path = directory / "config.json"
     if not config_path.is_file():
         return False
-    architectures = json.loads(config_path.read_text("utf-8")).get("architectures") or []
+    from ..models import read_model_config
+
+    architectures = read_model_config(directory).get("architectures") or []
     suffix = {"classification": "ForSequenceClassification", "qa": "ForQuestionAnswering",
               "masked-lm": "ForMaskedLM"}[head]
     return any(str(a).endswith(suffix) for a in architectures)

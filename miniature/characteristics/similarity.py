@@ -1,0 +1,412 @@
+"""Representation similarity: how alike are two models' sentence vectors of the same items?
+
+Pure numeric layer (arrays in, numbers out) of a fifth characteristic (issue 15, part 5).
+X is (n, d1) and Y is (n, d2): row i of each is the same item; widths may differ.
+
+* Linear CKA (Kornblith et al. 2019): ||Yc' Xc||_F^2 / (||Xc' Xc||_F ||Yc' Yc||_F) with
+  column-centred Xc, Yc. Invariant to rotations and isotropic scaling of either model,
+  in [0, 1]. Biased upwards at finite n: two *independent* representations score about
+  d/n-ish, not 0.
+* Debiased CKA (Nguyen, Raghu & Kornblith 2021): the same ratio built from the unbiased
+  HSIC estimator of Song et al. 2012, so independent representations score about 0 (it
+  can come out slightly negative). Needs n >= 4.
+* Mutual k-nearest-neighbour alignment (Huh et al. 2024): per item, the share of its k
+  cosine nearest neighbours (itself excluded) that both models agree on, |N_X ∩ N_Y| / k.
+  Related to the kNN Jaccard of ``representation.py``: J = I / (2k - I) for the same sets.
+
+Both CKAs come from the same few sums (see :func:`_sums`): cross products of the
+item-weighted, centred features, the row norms and K w = X (X' w). These are computed in
+float64, either in feature space (d x d products, blocks of rows: O(n d^2), never an
+n x n matrix) or, when that is cheaper (d > n, or many bootstrap replicates at once), from
+row blocks of the n x n Gram matrices (O(n^2 d), still never the whole n x n matrix).
+Item weights w (counts, summing to n) make a bootstrap resample the same computation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from miniature.characteristics.representation import knn_indices
+from miniature.stats import paired_bootstrap_ci
+
+__all__ = [
+    "linear_cka",
+    "debiased_cka",
+    "cka_pair",
+    "cka_bootstrap_ci",
+    "cka_disagreement_per_item",
+    "mutual_knn_per_item",
+    "mutual_knn",
+    "similarity_evidence",
+]
+
+# float64 entries of a row block (rows x width) held in memory at once.
+_BLOCK_ELEMENTS = 1 << 22
+
+
+# -------------------------------------------------------------------------------- CKA
+
+
+def linear_cka(X: np.ndarray, Y: np.ndarray) -> float:
+    """Linear CKA of two representations of the same n items (Kornblith et al. 2019).
+
+    1 means the same geometry up to rotation and isotropic scale; it is biased upwards
+    for finite n (two independent Gaussian representations of n items in d dimensions
+    score well above 0), so compare against :func:`debiased_cka` or a baseline.
+    Needs n >= 2 and neither representation constant over the items.
+    """
+    return cka_pair(X, Y)[0]
+
+
+def debiased_cka(X: np.ndarray, Y: np.ndarray) -> float:
+    """Debiased linear CKA from the unbiased HSIC estimator (Song et al. 2012).
+
+    HSIC_1(K, L) = [tr(K~L~) + (1'K~1)(1'L~1)/((n-1)(n-2)) - 2/(n-2) 1'K~L~1] / (n(n-3)),
+    K = X X', K~ = K with its diagonal zeroed; CKA_1 = HSIC_1(K, L) / sqrt(HSIC_1(K, K)
+    HSIC_1(L, L)). About 0 for independent representations (may be slightly negative),
+    1 for identical ones. Needs n >= 4; nan when an HSIC_1(K, K) estimate is not positive
+    (tiny or nearly degenerate samples).
+    """
+    _check_pair(X, Y, min_items=4)
+    return cka_pair(X, Y)[1]
+
+
+def cka_pair(X: np.ndarray, Y: np.ndarray) -> tuple[float, float]:
+    """(linear CKA, debiased CKA) from one pass over the data: cheaper than both calls.
+
+    With n < 4 the debiased value is nan (it needs four items) rather than an error.
+    """
+    Xc, Yc, n = _prepare(X, Y, min_items=2)
+    sums = _sums(Xc, Yc, np.ones((1, n)))
+    linear = float(_linear_from_sums(sums, n)[0])
+    debiased = float(_debiased_from_sums(sums, n)[0]) if n >= 4 else math.nan
+    return linear, debiased
+
+
+def cka_bootstrap_ci(
+    X: np.ndarray,
+    Y: np.ndarray,
+    *,
+    n_bootstrap: int = 1000,
+    level: float = 0.95,
+    seed: int | None = 0,
+    debiased: bool = False,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of (linear or debiased) CKA, resampling items in pairs.
+
+    Each replicate redraws n items with replacement (row i of X and of Y together), as
+    :func:`miniature.stats.paired_bootstrap_ci` does, with the same random stream for the
+    same seed. A resample is a vector of item counts w, so each replicate is the weighted
+    computation (X' diag(w) Y, means weighted by w) on the original rows, never a copy
+    of the resampled data. Degenerate replicates (nan) are ignored. Cost: per replicate
+    O(min(n d^2, n^2)) float64 work, so n = 20,000 with 1,000 replicates takes minutes.
+
+    Caution, linear CKA: a resample repeats about a third of the items, and repeated
+    items look alike in both models, so replicates run *above* the estimate (independent
+    Gaussian representations, n = 500, d = 64: estimate 0.114, replicates 0.19-0.22):
+    the interval need not contain the estimate. The debiased replicates leave pairs of
+    copies out (see :func:`_debiased_from_sums`) and centre on their estimate; prefer
+    ``debiased=True`` for an interval.
+    """
+    Xc, Yc, n = _prepare(X, Y, min_items=4 if debiased else 2)
+    if int(n_bootstrap) < 1:
+        raise ValueError(f"n_bootstrap must be at least 1, got {n_bootstrap}")
+
+    def statistic(indices: np.ndarray) -> np.ndarray:
+        replicates = indices.shape[0]
+        offsets = np.arange(replicates)[:, None] * n
+        weights = np.bincount((indices + offsets).ravel(), minlength=replicates * n)
+        weights = weights.reshape(replicates, n).astype(np.float64)
+        sums = _sums(Xc, Yc, weights)
+        return _debiased_from_sums(sums, n) if debiased else _linear_from_sums(sums, n)
+
+    # Resampling the item numbers 0..n-1 reuses the project's interval conventions.
+    return paired_bootstrap_ci(statistic, np.arange(n), n_resamples=int(n_bootstrap), level=level,
+                               seed=seed, vectorized=True)
+
+
+def cka_disagreement_per_item(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """Each item's share of 1 - linear CKA: where the two geometries differ.
+
+    With A = Kc/||Kc||_F and B = Lc/||Lc||_F the normalised centred Gram matrices,
+    1 - CKA = ||A - B||_F^2 / 2 = sum_i ||A_i - B_i||^2 / 2, one non-negative term per
+    item (row i): its similarities to every other item, relative to each model's scale,
+    differ that much. The terms sum to 1 - CKA. Computed in feature space as
+    xc_i' Gxx xc_i / ||Gxx||^2 + yc_i' Gyy yc_i / ||Gyy||^2 - 2 xc_i' Gxy yc_i / (||Gxx|| ||Gyy||),
+    halved, with Gxy = Xc' Yc; never an n x n matrix.
+    """
+    Xc, Yc, n = _prepare(X, Y, min_items=2)
+    d1, d2 = Xc.shape[1], Yc.shape[1]
+    out = np.empty(n, dtype=np.float64)
+    if _use_feature_space(n, d1, d2, 1):
+        gxx, gyy, gxy = _feature_products(Xc, Yc, None)
+        norm_x, norm_y = np.linalg.norm(gxx), np.linalg.norm(gyy)
+        for low, high in _row_blocks(n, d1 + d2):
+            xb, yb = Xc.rows(low, high), Yc.rows(low, high)
+            own_x = np.einsum("ij,ij->i", xb @ gxx, xb) / norm_x**2
+            own_y = np.einsum("ij,ij->i", yb @ gyy, yb) / norm_y**2
+            cross = np.einsum("ij,ij->i", xb @ gxy, yb) / (norm_x * norm_y)
+            out[low:high] = 0.5 * (own_x + own_y - 2.0 * cross)
+    else:
+        X64, Y64 = Xc.full(), Yc.full()
+        norm_x = math.sqrt(_gram_frobenius_sq(X64))
+        norm_y = math.sqrt(_gram_frobenius_sq(Y64))
+        for low, high in _row_blocks(n, n):
+            difference = (X64[low:high] @ X64.T) / norm_x - (Y64[low:high] @ Y64.T) / norm_y
+            out[low:high] = 0.5 * np.einsum("ij,ij->i", difference, difference)
+    return np.maximum(out, 0.0)  # rounding can leave -1e-17 on an item both models agree on
+
+
+# --------------------------------------------------------------------- mutual kNN
+
+
+def mutual_knn_per_item(X: np.ndarray, Y: np.ndarray, k: int) -> np.ndarray:
+    """Per item, |N_k^X(i) ∩ N_k^Y(i)| / k: the share of its k neighbours both models agree on.
+
+    Neighbours by cosine similarity, the item itself excluded, exact and tie-broken by
+    lower index (``representation.knn_indices``). The mutual kNN alignment of Huh et al.
+    (2024) is the mean of this array; 1 means the same neighbourhoods.
+    """
+    n = _check_pair(X, Y, min_items=2)
+    k = _check_k(k, n)
+    first, second = knn_indices(X, k), knn_indices(Y, k)
+    # Each row lists k distinct items, so shared items are the adjacent equal pairs of
+    # the sorted concatenation.
+    both = np.sort(np.concatenate([first, second], axis=1), axis=1)
+    shared = np.count_nonzero(both[:, 1:] == both[:, :-1], axis=1)
+    return shared / k
+
+
+def mutual_knn(X: np.ndarray, Y: np.ndarray, k: int = 10) -> float:
+    """Mutual k-nearest-neighbour alignment (Huh et al. 2024): mean of :func:`mutual_knn_per_item`."""
+    return float(mutual_knn_per_item(X, Y, k).mean())
+
+
+# ------------------------------------------------------------------------ evidence
+
+
+def similarity_evidence(X: np.ndarray, Y: np.ndarray, *, k: int = 10, max_items: int = 20) -> list[dict]:
+    """The items that disagree most, worst first: each item's share of 1 - CKA and its mutual kNN.
+
+    Sorted by decreasing ``cka_share`` (:func:`cka_disagreement_per_item`), then by
+    lower ``mutual_knn`` (:func:`mutual_knn_per_item`), then by index. ``k`` must be < n.
+    """
+    shares = cka_disagreement_per_item(X, Y)
+    overlap = mutual_knn_per_item(X, Y, k)
+    order = np.lexsort((np.arange(shares.size), overlap, -shares))[: max(0, int(max_items))]
+    return [{"index": int(i), "cka_share": float(shares[i]), "mutual_knn": float(overlap[i])} for i in order]
+
+
+# ----------------------------------------------------------------------- internals
+
+
+def _sums(Xc: "_Centred", Yc: "_Centred", W: np.ndarray) -> dict[str, np.ndarray]:
+    """Everything both CKAs need, for r item-weight vectors W (r, n) at once.
+
+    pxy = ||Xc' diag(w) Yc||_F^2 (pxx, pyy likewise); u = K w and v = L w (K = Xc Xc',
+    L = Yc Yc', as (r, n)); a, b = row norms squared. Xc and Yc are centred by their
+    plain means; weighted centring is applied later from these sums. The Gram route
+    holds float64 copies of both (n x d each) and row blocks of K and L.
+    """
+    r, n = W.shape
+    d1, d2 = Xc.shape[1], Yc.shape[1]
+    a = np.empty(n)
+    b = np.empty(n)
+    for low, high in _row_blocks(n, d1 + d2):
+        a[low:high] = np.einsum("ij,ij->i", *(2 * (Xc.rows(low, high),)))
+        b[low:high] = np.einsum("ij,ij->i", *(2 * (Yc.rows(low, high),)))
+    pxx, pyy, pxy = np.empty(r), np.empty(r), np.empty(r)
+    u, v = np.empty((r, n)), np.empty((r, n))
+    if _use_feature_space(n, d1, d2, r):
+        for row, w in enumerate(W):
+            gxx, gyy, gxy = _feature_products(Xc, Yc, None if r == 1 and np.all(w == 1) else w)
+            pxx[row], pyy[row], pxy[row] = (np.vdot(g, g) for g in (gxx, gyy, gxy))
+            sx, sy = np.zeros(d1), np.zeros(d2)
+            for low, high in _row_blocks(n, d1 + d2):
+                sx += w[low:high] @ Xc.rows(low, high)
+                sy += w[low:high] @ Yc.rows(low, high)
+            for low, high in _row_blocks(n, d1 + d2):
+                u[row, low:high] = Xc.rows(low, high) @ sx
+                v[row, low:high] = Yc.rows(low, high) @ sy
+    else:
+        X64, Y64 = Xc.full(), Yc.full()
+        pxx[:] = pyy[:] = pxy[:] = 0.0
+        for low, high in _row_blocks(n, max(n, r)):
+            k_block = X64[low:high] @ X64.T  # rows low:high of K
+            l_block = Y64[low:high] @ Y64.T
+            u[:, low:high] = W @ k_block.T
+            v[:, low:high] = W @ l_block.T
+            w_block = W[:, low:high]
+            pxy += np.einsum("ri,ri->r", W @ (k_block * l_block).T, w_block)
+            pxx += np.einsum("ri,ri->r", W @ (k_block * k_block).T, w_block)
+            pyy += np.einsum("ri,ri->r", W @ (l_block * l_block).T, w_block)
+    return {"W": W, "a": a, "b": b, "u": u, "v": v, "pxx": pxx, "pyy": pyy, "pxy": pxy}
+
+
+def _linear_from_sums(s: dict[str, np.ndarray], n: int) -> np.ndarray:
+    """Linear CKA per weight vector, centring with the weighted means.
+
+    With S = Xc' diag(w) Yc and means m = Xc' w / n: ||S - n mx my'||^2
+    = pxy - (2/n) sum_i w_i u_i v_i + (w'u)(w'v) / n^2.
+    """
+    W, u, v = s["W"], s["u"], s["v"]
+    wu, wv = np.einsum("ri,ri->r", W, u), np.einsum("ri,ri->r", W, v)
+
+    def centred(p, left, right, left_total, right_total):
+        return p - (2.0 / n) * np.einsum("ri,ri,ri->r", W, left, right) + left_total * right_total / n**2
+
+    sxy = centred(s["pxy"], u, v, wu, wv)
+    sxx = centred(s["pxx"], u, u, wu, wu)
+    syy = centred(s["pyy"], v, v, wv, wv)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = sxy / np.sqrt(sxx * syy)
+    value = np.where((sxx > 0) & (syy > 0), value, np.nan)
+    return np.clip(value, 0.0, 1.0)  # Cauchy-Schwarz: only rounding can step outside
+
+
+def _debiased_from_sums(s: dict[str, np.ndarray], n: int) -> np.ndarray:
+    """Debiased CKA per weight vector (counts w summing to n; all ones for the data itself).
+
+    Pairs of copies of the same item are left out like the diagonal: with W2 = w^2,
+    tr(K~L~) = pxy - sum w^2 a b, 1'K~1 = w'u - w^2'a, and (K~1)_i = u_i - w_i a_i, so
+    1'K~L~1 = sum_i w_i (u_i - w_i a_i)(v_i - w_i b_i). (Keeping them, as a plain resample
+    would, counts an item's similarity to itself as agreement: independent Gaussian
+    representations, n = 500, d = 64, then give bootstrap replicates near 0.11 around an
+    estimate of 0.00; with them left out the replicates centre on the estimate.) HSIC_1
+    is unchanged by centring the features, so the plainly centred Xc, Yc serve.
+    """
+    W, a, b, u, v = s["W"], s["a"], s["b"], s["u"], s["v"]
+    W2 = W * W
+
+    def hsic(p, left, right, left_diag, right_diag):
+        trace = p - W2 @ (left_diag * right_diag)
+        ones_left = np.einsum("ri,ri->r", W, left) - W2 @ left_diag
+        ones_right = np.einsum("ri,ri->r", W, right) - W2 @ right_diag
+        cross = np.einsum("ri,ri,ri->r", W, left - W * left_diag, right - W * right_diag)
+        return (trace + ones_left * ones_right / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * cross) / (n * (n - 3))
+
+    hxy = hsic(s["pxy"], u, v, a, b)
+    hxx = hsic(s["pxx"], u, u, a, a)
+    hyy = hsic(s["pyy"], v, v, b, b)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = hxy / np.sqrt(hxx * hyy)
+    return np.where((hxx > 0) & (hyy > 0), value, np.nan)
+
+
+def _feature_products(Xc: "_Centred", Yc: "_Centred", w: np.ndarray | None):
+    """Xc' D Xc, Yc' D Yc, Xc' D Yc in float64 (D = diag(w), identity for None), by row blocks.
+
+    sqrt(w) scales each row so the two squares are A'A products (BLAS's symmetric rank-k
+    update, half the work of a general product).
+    """
+    n, d1 = Xc.shape
+    d2 = Yc.shape[1]
+    gxx, gyy, gxy = np.zeros((d1, d1)), np.zeros((d2, d2)), np.zeros((d1, d2))
+    for low, high in _row_blocks(n, d1 + d2):
+        xb, yb = Xc.rows(low, high), Yc.rows(low, high)
+        if w is not None:
+            root = np.sqrt(w[low:high])[:, None]
+            xb, yb = xb * root, yb * root
+        gxx += xb.T @ xb
+        gyy += yb.T @ yb
+        gxy += xb.T @ yb
+    return gxx, gyy, gxy
+
+
+def _gram_frobenius_sq(X64: np.ndarray) -> float:
+    """||X X'||_F^2 from row blocks of the Gram matrix (for d > n)."""
+    total = 0.0
+    for low, high in _row_blocks(X64.shape[0], X64.shape[0]):
+        block = X64[low:high] @ X64.T
+        total += float(np.vdot(block, block))
+    return total
+
+
+def _use_feature_space(n: int, d1: int, d2: int, replicates: int) -> bool:
+    """Feature space (O(r n d^2)) unless blocks of the n x n Gram matrices are cheaper.
+
+    Gram route: the blocks of K and L once per call (n^2 (d1 + d2)) plus five (r, n) x (n, n)
+    products (5 r n^2). Feature route: per weight vector, the three d x d products (the
+    squares at half price).
+    """
+    feature = replicates * n * (0.5 * d1 * d1 + 0.5 * d2 * d2 + d1 * d2 + 2 * (d1 + d2))
+    gram = n * n * (d1 + d2) + 5.0 * replicates * n * n
+    return feature <= gram
+
+
+def _row_blocks(n: int, width: int):
+    step = max(1, _BLOCK_ELEMENTS // max(1, width))
+    for low in range(0, n, step):
+        yield low, min(n, low + step)
+
+
+class _Centred:
+    """A representation and its float64 column means: rows come out centred, block by block.
+
+    The input is not copied; only blocks of rows are widened to float64.
+    """
+
+    def __init__(self, values: np.ndarray, mean: np.ndarray):
+        self.values, self.mean = values, mean
+        self.shape = values.shape
+
+    def rows(self, low: int, high: int) -> np.ndarray:
+        return np.asarray(self.values[low:high], dtype=np.float64) - self.mean
+
+    def full(self) -> np.ndarray:
+        return self.rows(0, self.shape[0])
+
+
+def _prepare(X: np.ndarray, Y: np.ndarray, *, min_items: int) -> tuple[_Centred, _Centred, int]:
+    """Validated inputs with their float64 column means, and n."""
+    n = _check_pair(X, Y, min_items=min_items)
+    centred = []
+    for name, values in (("X", X), ("Y", Y)):
+        array = np.asarray(values)
+        if np.all(array == array[:1]):
+            raise ValueError(
+                f"{name} gives every one of the {n} items the same vector, so it has no geometry "
+                f"to compare and CKA is undefined (0/0); check that the model's embeddings vary"
+            )
+        total = np.zeros(array.shape[1])
+        for low, high in _row_blocks(n, array.shape[1]):
+            total += np.asarray(array[low:high], dtype=np.float64).sum(axis=0)
+        centred.append(_Centred(array, total / n))
+    return centred[0], centred[1], n
+
+
+def _check_pair(X: np.ndarray, Y: np.ndarray, *, min_items: int) -> int:
+    """n after checking both are finite real 2-D arrays over the same, enough, items."""
+    for name, values in (("X", X), ("Y", Y)):
+        array = np.asarray(values)
+        if array.ndim != 2:
+            raise ValueError(f"{name} must be a 2-D (items, dimensions) array, got shape {array.shape}")
+        if array.shape[1] == 0:
+            raise ValueError(f"{name} has no dimensions (shape {array.shape})")
+        if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+            raise ValueError(f"{name} must hold real numbers, got dtype {array.dtype}")
+        if not np.isfinite(array).all():
+            bad = int((~np.isfinite(array).all(axis=1)).sum())
+            raise ValueError(
+                f"{name}: {bad} of {array.shape[0]} rows contain NaN or inf values. Likely cause: "
+                f"fp16/bf16 overflow or a diverged model; compute embeddings in float32"
+            )
+    n_x, n_y = np.shape(X)[0], np.shape(Y)[0]
+    if n_x != n_y:
+        raise ValueError(
+            f"X and Y describe different numbers of items ({n_x} vs {n_y}); embed the same "
+            f"items, in the same order, with both models"
+        )
+    if n_x < min_items:
+        raise ValueError(f"need at least {min_items} items to compare representations, got n={n_x}")
+    return int(n_x)
+
+
+def _check_k(k: int, n: int) -> int:
+    if isinstance(k, (bool, np.bool_)) or int(k) != k or k < 1:
+        raise ValueError(f"k must be a whole number >= 1, got {k!r}")
+    if k >= n:
+        raise ValueError(f"k={k} neighbours requested but each of the n={n} items has only {n - 1} others: choose k < n")
+    return int(k)
