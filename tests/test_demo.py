@@ -116,3 +116,130 @@ def test_quick_demo_figures_in_unit_range_and_reference_passes_against_itself(tm
     assert errors["details"]["reference_accuracy"] >= 0.7, "the demo's fine-tuning did not learn"
     assert "miniature summary" in completed.stdout
     assert f"{reference} vs {reference}#2" in completed.stdout
+    # issue #16, as far as 300 items and 20 attacked ones allow (the full size's figures, all
+    # four goals met, are in the README): printed, and recorded in demo.json and tables.md
+    assert "the paper's phenomenon at small scale" in completed.stdout
+    figures = json.loads((tmp_path / "reports" / "demo.json").read_text())["phenomenon"]
+    assert figures == demo_module.phenomenon(results)
+    assert figures["errors"] >= 15, "the task is too easy: the reference errs on < 5 % of the test set"
+    assert figures["auroc"] is not None and figures["auroc"] <= 0.9, "the challenge set is not near"
+    accuracy = figures["accuracy"]
+    assert accuracy[MODEL_NAMES["int8"]] >= accuracy[reference] - 0.05
+    # re-trained after the drop (distilled), so far from chance (the undistilled one: ~0.5)
+    assert accuracy[MODEL_NAMES["layers"]] >= accuracy[reference] - 0.15
+    rates = figures["attack_success_rate"]
+    assert set(rates) == set(accuracy) and all(r is None or 0 <= r <= 1 for r in rates.values())
+    assert any(r is not None and r < 1 for r in rates.values()), "the attack won every time"
+    tables = (tmp_path / "reports" / "tables.md").read_text()
+    assert "Table 2" in tables and "Table 3" in tables and MODEL_NAMES["layers"] in tables
+
+
+# -- issue #16: the demo's data, the distilled candidate, the attack's constraints ----------
+def test_builtin_data_is_film_reviews_with_a_near_shifted_challenge_set() -> None:
+    from miniature.core.data import builtin_sentiment_data
+
+    data = builtin_sentiment_data()
+    assert (len(data.train), len(data.holdout), len(data.test)) == (1000, 300, 500)
+    assert len(data.challenge) == 450 and sum(data.challenge_is_ood) == 300
+    assert abs(sum(data.test.labels) - 250) <= 10  # balanced
+    ood = [t for t, o in zip(data.challenge.texts, data.challenge_is_ood) if o]
+    ind = [t for t, o in zip(data.challenge.texts, data.challenge_is_ood) if not o]
+    # the same kind of text on another topic: book reviews, not film reviews or news
+    assert all(" film" not in t.lower() for t in ood) and sum("book" in t or "novel" in t for t in ood) > 100
+    assert not set(ind) & set(data.train.texts)
+    # --data-limit keeps both kinds (interleaved), as the quick demo uses it
+    assert 0 < sum(data.challenge_is_ood[:SIZES["quick"].data_limit]) < SIZES["quick"].data_limit
+
+
+def test_distil_retrains_the_layer_dropped_model_towards_the_reference(tiny_models, tmp_path: Path) -> None:
+    from miniature.tools.compress import CompressionError, compress, read_record
+    from miniature.core.data import builtin_sentiment_data
+
+    texts = builtin_sentiment_data(scale=0.1).train.texts
+    path = compress(tiny_models["reference"], tmp_path / "kd", method="layers", distil=True,
+                    distil_texts=texts, distil_epochs=3.0, distil_learning_rate=1e-3, progress=False)
+    record = read_record(path)
+    measured = record["measured"]["distillation"]
+    assert measured["agreement_with_reference_after"] >= measured["agreement_with_reference_before"]
+    assert record["settings"]["distil"]["texts"] == len(texts)
+    plain = compress(tiny_models["reference"], tmp_path / "plain", method="layers", progress=False)
+    assert "distil" not in read_record(plain)["settings"]  # not distilled: the record says so
+    from safetensors.torch import load_file
+
+    trained, dropped = load_file(str(path / "model.safetensors")), load_file(str(plain / "model.safetensors"))
+    assert trained.keys() == dropped.keys()
+    assert any(not (trained[k] == dropped[k]).all() for k in trained)  # re-trained
+    with pytest.raises(CompressionError, match="--distil applies to --method layers"):
+        compress(tiny_models["reference"], tmp_path / "q", method="int8", distil=True, progress=False)
+    with pytest.raises(CompressionError, match="without distil.*fix: add --distil"):
+        compress(tiny_models["reference"], tmp_path / "q", method="layers", distil_texts=texts,
+                 progress=False)
+
+
+def test_cli_compress_distil_reads_texts_from_a_file(tiny_models, tmp_path: Path, capsys) -> None:
+    from miniature.tools.cli import main
+    from miniature.tools.compress import read_record
+    from miniature.core.data import write_jsonl
+
+    write_jsonl(tmp_path / "texts.jsonl", [{"review": f"the film was {w}"} for w in ("good", "dull", "long")])
+    code = main(["compress", str(tiny_models["reference"]), "--method", "layers", "--distil",
+                 "--distil-data", str(tmp_path / "texts.jsonl"), "--text-column", "review",
+                 "--distil-epochs", "1", "--output-dir", str(tmp_path / "kd"), "--no-progress"])
+    assert code == 0 and capsys.readouterr().out.strip() == str(tmp_path / "kd")
+    distil = read_record(tmp_path / "kd")["settings"]["distil"]
+    assert distil["texts"] == 3 and distil["epochs"] == 1.0
+
+
+def test_sentiment_filter_rejects_substitutes_of_another_polarity() -> None:
+    from miniature.core.characteristics.adversarial import (SIMILARITY_ENCODER, AttackSettings,
+                                                        word_polarity)
+
+    assert word_polarity("wonderful") == 1 and word_polarity("Terrible") == -1
+    assert word_polarity("memorable") == 1 and word_polarity("tedious") == -1  # additions
+    assert word_polarity("the") == word_polarity("film") == 0
+    settings = AttackSettings()
+    assert settings.sentiment_filter and settings.similarity_encoder == SIMILARITY_ENCODER
+    assert settings.top_k_words == 3 and settings.max_candidates == 48
+    from miniature.core.characteristics.bert_attack import SentimentFlipFilter  # prepares TextAttack
+    from textattack.shared import AttackedText
+
+    original = AttackedText("the film was wonderful")
+    check = SentimentFlipFilter()
+    for word, kept in (("terrible", False), ("special", True), ("long", True), ("superb", True)):
+        swapped = original.replace_word_at_index(3, word)
+        assert check._check_constraint(swapped, original) is kept, word
+
+
+def test_phenomenon_reads_the_goals_of_issue_16_from_the_results() -> None:
+    reference, int8, layers = MODEL_NAMES["reference"], MODEL_NAMES["int8"], MODEL_NAMES["layers"]
+
+    def row(candidate: str, characteristic: str, /, **details) -> dict:
+        return {"reference": reference, "candidate": candidate, "characteristic": characteristic,
+                "figure": 0.5, "details": details}
+
+    results = [
+        row(f"{reference}#2", "prediction_errors", reference_accuracy=0.92, candidate_accuracy=0.92,
+            reference_errors=40),
+        row(int8, "prediction_errors", reference_accuracy=0.92, candidate_accuracy=0.91, reference_errors=40),
+        row(layers, "prediction_errors", reference_accuracy=0.92, candidate_accuracy=0.86, reference_errors=40),
+        row(int8, "adversarial_vulnerability", reference={"attack_success_rate": 0.4},
+            candidate={"attack_success_rate": 0.6}),
+        row(layers, "adversarial_vulnerability", reference={"attack_success_rate": 0.4},
+            candidate={"attack_success_rate": 0.9}),
+        row(int8, "data_distribution", reference_auroc=0.7, candidate_auroc=0.6),
+        {"reference": int8, "candidate": layers, "characteristic": "prediction_errors", "figure": 0.3,
+         "details": {"reference_accuracy": 0.91, "candidate_accuracy": 0.86, "reference_errors": 45}},
+    ]
+    figures = demo_module.phenomenon(results)
+    assert figures["accuracy"] == {reference: 0.92, int8: 0.91, layers: 0.86}
+    assert figures["attack_success_rate"] == {reference: 0.4, int8: 0.6, layers: 0.9}
+    assert figures["errors"] == 40 and figures["auroc"] == 0.7
+    checks = figures["checks"]
+    assert checks["reference_errors"]["met"] and checks["reference_auroc"]["met"]
+    assert checks["reference_attack_success_rate"]["met"]
+    assert checks["largest_accuracy_drop"]["value"] == pytest.approx(0.06)
+    assert not checks["largest_accuracy_drop"]["met"]  # the 3-layer model is 6 points behind
+    lines = demo_module.phenomenon_lines(figures)
+    assert any("NOT MET" in line and "largest_accuracy_drop" in line for line in lines)
+    tables = demo_module.paper_tables(results)
+    assert f"| {reference} | {int8} | 0.500 |" in tables and f"| {layers} | n/a | n/a | n/a | n/a | 0.900 |" in tables

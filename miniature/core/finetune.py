@@ -58,8 +58,8 @@ def finetune(
 ) -> Path:
     """Fine-tune ``model_source`` on ``train`` for ``task``; the folder of the result.
 
-    ``train`` is a labelled :class:`~miniature.data.TextData` for ``classification`` or a
-    list of :class:`~miniature.tasks.qa.QAExample` for ``qa``. ``max_steps > 0``
+    ``train`` is a labelled :class:`~miniature.core.data.TextData` for ``classification`` or a
+    list of :class:`~miniature.core.tasks.qa.QAExample` for ``qa``. ``max_steps > 0``
     overrides ``epochs``. The training loss before and after is measured on up to
     ``loss_sample`` training items (the same ones both times) in eval mode.
     """

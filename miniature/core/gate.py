@@ -2,7 +2,7 @@
 
 A :class:`Gate` is built once per pytest process from the resolved options. It resolves
 the models, loads them lazily (once each), loads the data, computes per-item outputs
-through the :class:`~miniature.cache.OutputCache`, and memoises each comparison. The
+through the :class:`~miniature.core.cache.OutputCache`, and memoises each comparison. The
 characteristic modules do the arithmetic; the gate only feeds them arrays.
 """
 
@@ -42,7 +42,7 @@ class Pair:
 
     @property
     def id(self) -> str:
-        """The test id: the names made safe (see :func:`miniature.models.safe_id`)."""
+        """The test id: the names made safe (see :func:`miniature.core.models.safe_id`)."""
         return f"{safe_id(self.reference)}-vs-{safe_id(self.candidate)}"
 
 

@@ -1,7 +1,7 @@
 """pytest hooks and fixtures of miniature (registered through the ``pytest11`` entry point).
 
-Kept thin: options come from :mod:`miniature.options`, the work is done by
-:class:`miniature.engine.Gate`, heavy imports happen inside fixtures and hooks, so
+Kept thin: options come from :mod:`miniature.core.settings`, the work is done by
+:class:`miniature.core.gate.Gate`, heavy imports happen inside fixtures and hooks, so
 ``pytest --help`` and projects that do not use miniature pay nothing.
 """
 

@@ -137,6 +137,16 @@ def _compress_arguments(parser: argparse.ArgumentParser) -> None:
                              "layer from the first (0,2,4 of 6)")
     parser.add_argument("--qscheme", choices=("per-channel", "per-tensor"), default="per-channel",
                         help="int8: one scale per output row, or one per matrix; default: %(default)s")
+    parser.add_argument("--distil", action="store_true",
+                        help="layers: re-train the smaller classifier after dropping layers, by "
+                             "distillation from the reference's logits on --distil-data")
+    parser.add_argument("--distil-data", default=None, metavar="FILE|DATASET",
+                        help="--distil: texts to distil on (column --text-column; no labels "
+                             "needed); default: the built-in sentiment training texts")
+    parser.add_argument("--text-column", default="text",
+                        help="--distil-data: the text column; default: %(default)s")
+    parser.add_argument("--distil-epochs", type=float, default=None, metavar="E",
+                        help="--distil: epochs over the texts; default: 3")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an earlier `miniature compress` output in --output-dir "
                              "(never other files, never a folder holding the model)")
@@ -147,11 +157,19 @@ def _compress_arguments(parser: argparse.ArgumentParser) -> None:
                           "of the result", arguments=_compress_arguments)
 def compress_command(args: argparse.Namespace) -> int:
     """Compress (or reuse an identical earlier compression) and print its folder on stdout."""
-    from miniature.tools.compress import compress
+    from miniature.tools.compress import DISTIL_EPOCHS, compress
 
+    distil_texts = None
+    if args.distil_data is not None:
+        from miniature.core.data import load_text_data
+
+        distil_texts = load_text_data(args.distil_data, text_column=args.text_column,
+                                      label_column=None).texts
     path = compress(args.model, args.output_dir, method=args.method, sparsity=args.sparsity,
                     prune_scope=args.prune_scope, keep_layers=args.keep_layers,
-                    qscheme=args.qscheme, overwrite=args.overwrite, progress=not args.no_progress)
+                    qscheme=args.qscheme, overwrite=args.overwrite, progress=not args.no_progress,
+                    distil=args.distil, distil_texts=distil_texts,
+                    distil_epochs=args.distil_epochs or DISTIL_EPOCHS)
     print(path)
     return 0
 
@@ -187,7 +205,7 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 @command("demo", help="run the offline demo gate: fine-tuned all-MiniLM-L6-v2 vs its int8, "
-                      "pruned and 3-layer compressions", arguments=_demo_arguments)
+                      "pruned and distilled 3-layer compressions", arguments=_demo_arguments)
 def demo_command(args: argparse.Namespace) -> int:
     """Run the demo. Exit 0 when the gate ran and the reference matched itself; the
     candidates' verdicts are the demo's output (``--strict``: exit 1 if any fails)."""

@@ -10,7 +10,7 @@ what was done, from what, with which library versions):
   as plain tensors in ``model_int8.safetensors`` (all other weights in fp32 beside them).
   :func:`load_quantized` rebuilds the fp32 architecture from ``config.json`` (no code from
   the folder runs, nothing is unpickled), quantizes the same modules and sets the stored
-  int8 weights exactly; :func:`miniature.models.load_model` does this transparently.
+  int8 weights exactly; :func:`miniature.core.models.load_model` does this transparently.
 * ``prune``: unstructured L1 magnitude pruning of the encoder's Linear weights to a
   sparsity (``torch.nn.utils.prune``, over all layers at once or layer by layer), made
   permanent, saved as safetensors.
@@ -47,6 +47,10 @@ RECORD_NAME = "miniature_compression.json"
 INT8_WEIGHTS = "model_int8.safetensors"
 #: Bump when a method's output changes, so older folders are rebuilt rather than reused.
 FORMAT_VERSION = 2
+#: ``--distil`` (layers): epochs and learning rate of the distillation, and its temperature.
+DISTIL_EPOCHS = 3.0
+DISTIL_LEARNING_RATE = 1e-4
+DISTIL_TEMPERATURE = 2.0
 _HEAD_SUFFIXES = (("ForSequenceClassification", "classification"),
                   ("ForQuestionAnswering", "qa"), ("ForMaskedLM", "masked-lm"))
 
@@ -67,8 +71,20 @@ def compress(
     qscheme: str = "per-channel",
     overwrite: bool = False,
     progress: bool = True,
+    distil: bool = False,
+    distil_texts: Sequence[str] | None = None,
+    distil_epochs: float = DISTIL_EPOCHS,
+    distil_learning_rate: float = DISTIL_LEARNING_RATE,
 ) -> Path:
     """Compress the model in ``reference_dir`` with ``method``; the folder of the result.
+
+    ``distil`` (layers only, classifiers only) re-trains the smaller model after its layers
+    are dropped, by distillation from the reference's logits on ``distil_texts`` (default:
+    the built-in sentiment training texts; no labels are needed): ``distil_epochs`` of
+    AdamW at ``distil_learning_rate``, batch 32, seeded, on the KL divergence between the
+    reference's and the student's softened outputs (temperature 2). What it reached
+    (agreement with the reference's predictions on those texts, before and after) is in
+    the record's ``measured.distillation``.
 
     ``sparsity`` (prune) is the fraction of encoder Linear weights set to zero, in
     [0, 1); ``prune_scope`` ``global`` ranks all those weights together, ``layer`` prunes
@@ -85,6 +101,13 @@ def compress(
 
     settings = _check_settings(method, sparsity=sparsity, prune_scope=prune_scope,
                                keep_layers=keep_layers, qscheme=qscheme)
+    texts: list[str] = []
+    if distil_texts is not None and not distil:
+        raise CompressionError("distil_texts (--distil-data) given without distil (--distil); fix: "
+                               "add --distil (distil=True), or drop the texts")
+    if distil:
+        texts = _distil_texts(method, distil_texts)
+        settings["distil"] = _check_distil(distil_epochs, distil_learning_rate, texts)
     spec = resolve_model(str(reference_dir))
     if not spec.is_local:
         raise CompressionError(f"reference {str(reference_dir)!r} is not a local directory; fix: "
@@ -123,7 +146,8 @@ def compress(
     work = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp"))
     try:
         built = work / "model"
-        measured, head, architecture = _build(spec, method, settings, built, progress=progress)
+        measured, head, architecture = _build(spec, method, settings, built, progress=progress,
+                                              distil_texts=texts)
         record = _record(spec, source_print, method, settings, head, architecture, measured)
         from miniature.core.cache import apply_umask, atomic_write_text
 
@@ -276,6 +300,91 @@ def _check_settings(method: str, *, sparsity: float, prune_scope: str,
     return {"qscheme": qscheme}
 
 
+def _distil_texts(method: str, texts: Sequence[str] | None) -> list[str]:
+    if method != "layers":
+        raise CompressionError(f"--distil applies to --method layers (re-training after layers "
+                               f"are dropped), not {method!r}; fix: drop --distil")
+    if texts is None:
+        from miniature.core.data import builtin_sentiment_data
+
+        texts = builtin_sentiment_data().train.texts
+    texts = [t for t in texts if isinstance(t, str) and t.strip()]
+    if not texts:
+        raise CompressionError("distillation needs texts; fix: pass --distil-data with a text column")
+    return texts
+
+
+def _check_distil(epochs: float, learning_rate: float, texts: Sequence[str]) -> dict[str, Any]:
+    from miniature.core.cache import fingerprint_texts
+
+    for name, value in (("distil_epochs", epochs), ("distil_learning_rate", learning_rate)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise CompressionError(f"{name}={value!r} must be a number > 0; fix: pass "
+                                   f"--{name.replace('_', '-')} (e.g. {DISTIL_EPOCHS:g} epochs)")
+    return {"epochs": float(epochs), "learning_rate": float(learning_rate),
+            "temperature": DISTIL_TEMPERATURE, "batch_size": 32, "seed": 0, "max_length": 128,
+            "texts": len(texts), "texts_fingerprint": fingerprint_texts(list(texts))}
+
+
+def _distil(teacher: Any, student: Any, tokenizer: Any, texts: list[str], settings: dict[str, Any],
+            *, progress: bool) -> dict[str, Any]:
+    """Train ``student`` in place on the teacher's softened logits over ``texts``."""
+    import math
+
+    import torch
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(settings["seed"])
+    generator = torch.Generator().manual_seed(settings["seed"])
+    encoded = tokenizer(texts, truncation=True, max_length=settings["max_length"])["input_ids"]
+    size = settings["batch_size"]
+
+    def batches(order: list[int]) -> Iterator[tuple[list[int], dict[str, Any]]]:
+        for start in range(0, len(order), size):
+            rows = order[start:start + size]
+            yield rows, tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt")
+
+    def logits_of(model: Any) -> Any:
+        model.eval()
+        by_length = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
+        out = torch.empty(len(texts), model.config.num_labels)
+        with torch.inference_mode():
+            for rows, batch in batches(by_length):
+                out[rows] = model(**batch).logits.float()
+        return out
+
+    targets = logits_of(teacher)
+    agreement_before = float((logits_of(student).argmax(1) == targets.argmax(1)).float().mean())
+    temperature = settings["temperature"]
+    soft = torch.softmax(targets / temperature, dim=-1)
+    optimiser = torch.optim.AdamW(student.parameters(), lr=settings["learning_rate"])
+    total = max(1, math.ceil(settings["epochs"] * len(texts) / size))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: 1 - step / total)
+    losses: list[float] = []
+    student.train()
+    with tqdm(total=total, desc="distilling from the reference", unit="step",
+              disable=not progress, leave=False) as bar:
+        while len(losses) < total:
+            order = torch.randperm(len(texts), generator=generator).tolist()
+            for rows, batch in batches(order):
+                if len(losses) >= total:
+                    break
+                log_probs = torch.log_softmax(student(**batch).logits / temperature, dim=-1)
+                loss = torch.nn.functional.kl_div(log_probs, soft[rows], reduction="batchmean")
+                loss = loss * temperature ** 2
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+                schedule.step()
+                losses.append(float(loss.detach()))
+                bar.update(1)
+    student.eval()
+    agreement_after = float((logits_of(student).argmax(1) == targets.argmax(1)).float().mean())
+    return {"steps": total, "loss_first_last": [losses[0], sum(losses[-10:]) / len(losses[-10:])],
+            "agreement_with_reference_before": round(agreement_before, 4),
+            "agreement_with_reference_after": round(agreement_after, 4)}
+
+
 def _same_job(record: dict[str, Any], method: str, settings: dict[str, Any], source_print: str) -> bool:
     return (record.get("format") == FORMAT_VERSION and record.get("method") == method
             and record.get("requested") == settings
@@ -302,7 +411,7 @@ def detect_head(config: Any) -> str:
 
 
 def _build(spec: Any, method: str, settings: dict[str, Any], built: Path, *,
-           progress: bool) -> tuple[dict[str, Any], str, str]:
+           progress: bool, distil_texts: Sequence[str] = ()) -> tuple[dict[str, Any], str, str]:
     import transformers
 
     from miniature.core.models import load_model, model_file_boundary, tokenizer_file_name
@@ -320,6 +429,15 @@ def _build(spec: Any, method: str, settings: dict[str, Any], built: Path, *,
     with _bar(progress, f"compress {method} [{spec.name}]") as bar:
         measured = steps[method](model, settings, built)
         bar.update(1)
+    if settings.get("distil"):
+        if head != "classification":
+            raise CompressionError(f"--distil re-trains a classifier from the reference's logits, "
+                                   f"but {spec.name!r} has a {head!r} head; fix: distil a "
+                                   "sequence-classification model, or drop --distil")
+        teacher = load_model(spec, head=head).model
+        measured["distillation"] = _distil(teacher, model, tokenizer, list(distil_texts),
+                                           settings["distil"], progress=progress)
+        model.save_pretrained(str(built), safe_serialization=True)
     tokenizer.save_pretrained(str(built))
     measured["parameters_before"] = before
     measured.setdefault("parameters_after", _count(model))

@@ -1,8 +1,8 @@
 """TextAttack components for the offline BERT-Attack (imported lazily by ``adversarial``).
 
 Importing this module imports TextAttack (and through it torch and flair), so
-:mod:`miniature.characteristics.adversarial` imports it only inside functions, after
-:func:`~miniature.characteristics.adversarial.prepare_textattack` has made the import
+:mod:`miniature.core.characteristics.adversarial` imports it only inside functions, after
+:func:`~miniature.core.characteristics.adversarial.prepare_textattack` has made the import
 work offline. See that module's docstring for how the attack differs from TextAttack's
 ``BERTAttackLi2020`` recipe.
 """
@@ -20,6 +20,7 @@ prepare_textattack()
 import numpy as np  # noqa: E402
 import textattack  # noqa: E402
 import torch  # noqa: E402
+from textattack.constraints import Constraint  # noqa: E402
 from textattack.constraints.semantics.sentence_encoders import SentenceEncoder  # noqa: E402
 from textattack.models.wrappers import ModelWrapper as _TextAttackModelWrapper  # noqa: E402
 from textattack.shared import utils as _ta_utils  # noqa: E402
@@ -32,7 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 class TargetModelWrapper(_TextAttackModelWrapper):
-    """TextAttack's view of a miniature :class:`~miniature.models.ModelWrapper` classifier.
+    """TextAttack's view of a miniature :class:`~miniature.core.models.ModelWrapper` classifier.
 
     ``__call__`` returns the wrapper's logits (length-sorted, dynamically padded batches,
     never padded to 512), so the attacked model predicts exactly as everywhere else in
@@ -93,6 +94,82 @@ class AttackModelSimilarity(SentenceEncoder):
 
     def extra_repr_keys(self) -> list[str]:
         return ["threshold", "metric"]
+
+
+class SentenceEncoderSimilarity(SentenceEncoder):
+    """Sentence-similarity constraint on a real sentence encoder (the recipe's USE stand-in).
+
+    ``encoder`` is a miniature wrapper of a sentence-transformers model (the packaged
+    all-MiniLM-L6-v2: mean pooling over tokens, as it was trained; cosine is unaffected by
+    its final normalisation). A perturbed text is kept only if its cosine similarity to the
+    original is at least ``threshold`` (``compare_against_original=True``, no window).
+    Encodings are memoised per encoder and text for the whole process: the original is
+    compared with every candidate, and attacks on several targets propose many of the same
+    candidate texts.
+    """
+
+    def __init__(self, encoder: "ModelWrapper", threshold: float) -> None:
+        super().__init__(threshold=threshold, metric="cosine", compare_against_original=True,
+                         window_size=None)
+        self.encoder = encoder
+        self.model = self  # SentenceEncoder._sim_score calls self.model.encode
+        self._memo = _MEMO.setdefault(id(encoder), {})
+
+    def encode(self, sentences: Sequence[str]) -> np.ndarray:
+        missing = [s for s in dict.fromkeys(sentences) if s not in self._memo]
+        if missing:
+            progress, self.encoder.progress = self.encoder.progress, False
+            try:
+                vectors = self.encoder.encode(missing, pooling="mean")
+            finally:
+                self.encoder.progress = progress
+            if len(self._memo) > 50000:
+                self._memo.clear()
+            self._memo.update(zip(missing, vectors))
+        return np.stack([self._memo[s] for s in sentences])
+
+    def extra_repr_keys(self) -> list[str]:
+        return ["threshold", "metric"]
+
+
+class SentimentFlipFilter(Constraint):
+    """Rejects a substitute that carries a sentiment the replaced word does not have.
+
+    BERT's masked LM ranks antonyms as highly as synonyms ("a *wonderful* film" → "a
+    *terrible* film"); such a swap changes what the text says, so it is no adversarial
+    example. Li et al. (2020) filter antonyms for sentiment tasks with a synonym dictionary
+    (counter-fitted word vectors), which TextAttack's recipe leaves out. Offline, miniature
+    uses a sentiment lexicon instead (:func:`~miniature.core.characteristics.adversarial.word_polarity`):
+    a substitute may be neutral or of the replaced word's polarity, never of another.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(compare_against_original=True)
+
+    def _check_constraint(self, transformed_text: Any, reference_text: Any) -> bool:
+        from miniature.core.characteristics.adversarial import word_polarity
+
+        indices = transformed_text.attack_attrs.get("newly_modified_indices", ())
+        for index in indices:
+            if index >= len(reference_text.words) or index >= len(transformed_text.words):
+                continue
+            new = word_polarity(transformed_text.words[index])
+            if new and new != word_polarity(reference_text.words[index]):
+                return False
+        return True
+
+
+def similarity_encoder(name: str, device: Any = None) -> "ModelWrapper":
+    """The sentence encoder named by ``AttackSettings.similarity_encoder``, loaded once."""
+    if name not in _ENCODERS:
+        from miniature.core.models import load_model
+
+        _ENCODERS[name] = load_model(name, head="encoder", max_length=128, batch_size=64)
+    return _ENCODERS[name]
+
+
+_ENCODERS: dict[str, "ModelWrapper"] = {}
+_MEMO: dict[int, dict[str, np.ndarray]] = {}
 
 
 class LocalBertAttackSwap(WordSwapMaskedLM):
@@ -197,8 +274,14 @@ def build_attack(attack_wrapper: "ModelWrapper", target: TargetModelWrapper,
     if settings.max_percent is not None or settings.top_k_words is not None:
         constraints.append(MaxWordsPerturbed(max_num_words=settings.top_k_words,
                                              max_percent=settings.max_percent))
+    if settings.sentiment_filter:
+        constraints.append(SentimentFlipFilter())
     if settings.similarity_threshold is not None:
-        constraints.append(AttackModelSimilarity(attack_wrapper, settings.similarity_threshold))
+        if settings.similarity_encoder is None:
+            constraints.append(AttackModelSimilarity(attack_wrapper, settings.similarity_threshold))
+        else:
+            constraints.append(SentenceEncoderSimilarity(
+                similarity_encoder(settings.similarity_encoder), settings.similarity_threshold))
     ta_logger = logging.getLogger("textattack.shared.utils.install")
     level = ta_logger.level
     ta_logger.setLevel(logging.WARNING)  # quiet "goal function compatible with model" notes

@@ -104,7 +104,7 @@ def cka_bootstrap_ci(
     """Percentile bootstrap interval of (linear or debiased) CKA, resampling items in pairs.
 
     Each replicate redraws n items with replacement (row i of X and of Y together), as
-    :func:`miniature.stats.paired_bootstrap_ci` does, with the same random stream for the
+    :func:`miniature.core.stats.paired_bootstrap_ci` does, with the same random stream for the
     same seed. A resample is a vector of item counts w, so each replicate is the weighted
     computation (X' diag(w) Y, means weighted by w) on the original rows, never a copy
     of the resampled data. Degenerate replicates (nan) are ignored. Cost: per replicate

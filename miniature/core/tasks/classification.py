@@ -125,7 +125,7 @@ def check_label_maps(
     Returns the label map to give :func:`predict_labels` (``None``: the ids already agree).
     Generic names (LABEL_0, ...) count as "ids are the data's ids". When both models
     name their labels differently, the data's string label names (``data_label_names``,
-    as :func:`~miniature.data.load_text_data` records them) resolve it if they match;
+    as :func:`~miniature.core.data.load_text_data` records them) resolve it if they match;
     otherwise a :class:`ModelReferenceError` names both models, both maps and the fix.
     """
     labels = np.asarray(data_labels, dtype=np.int64).ravel()
@@ -200,7 +200,7 @@ def predict_labels(
 # -- fine-tuned or not ------------------------------------------------------------------------
 def _safetensors_keys(path: Path) -> list[str]:
     """Tensor names from a safetensors header (no tensor is read), checked by the model
-    files' error boundary (:func:`miniature.models.safetensors_header`)."""
+    files' error boundary (:func:`miniature.core.models.safetensors_header`)."""
     from miniature.core.models import safetensors_header
 
     return [key for key in safetensors_header(path.parent, path.name) if key != "__metadata__"]

@@ -8,7 +8,7 @@
   stride); the offsets and example index stay outside the dicts the model sees.
 * :func:`postprocess_qa` picks the best span over all windows, or "no answer" (``""``)
   when the null score beats it by more than ``null_margin``.
-* :func:`predict_qa` runs all of it on a :class:`~miniature.models.ModelWrapper`;
+* :func:`predict_qa` runs all of it on a :class:`~miniature.core.models.ModelWrapper`;
   :func:`qa_correct` gives the per-item correctness the error sets are built from.
 """
 
