@@ -27,8 +27,9 @@ runs offline on any local model:
   for USE means something else here.
 
 TextAttack itself needs NLTK's stopword corpus to import, and on its first import tries
-to download NLTK data; :func:`prepare_textattack` supplies the corpus and turns those
-downloads into no-ops. Importing this module is cheap: TextAttack and torch are imported
+to download NLTK data; :func:`prepare_textattack` (from
+:mod:`miniature.core.characteristics.textattack_offline`, re-exported here) supplies the corpus
+and turns those downloads into no-ops. Importing this module is cheap: TextAttack and torch are imported
 only when an attack runs.
 """
 
@@ -37,16 +38,16 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from miniature.core.cache import OutputCache, fingerprint, fingerprint_texts
 from miniature.core.characteristics.base import THRESHOLD_ON_CHOICES, ComparisonResult
-from miniature.errors import MiniatureError, NotApplicable
+from miniature.core.characteristics.textattack_offline import (NLTK_DATA_DIR,  # noqa: F401 - re-exported
+                                                               english_stopwords, prepare_textattack)
+from miniature.errors import NotApplicable
 
 if TYPE_CHECKING:  # pragma: no cover
     from miniature.core.gate import Gate, Pair
@@ -79,10 +80,6 @@ RESULTS: tuple[str, ...] = ("skipped", "successful", "failed", "maximum queries"
 
 #: Bumped when the attack changes in a way that invalidates cached outcomes.
 ATTACK_VERSION = "bert-attack-li-2020/miniature-1"
-
-NLTK_DATA_DIR = Path(__file__).resolve().parents[2] / "resources" / "nltk_data"
-_STOPWORDS_FILE = NLTK_DATA_DIR / "corpora" / "stopwords" / "english"
-
 
 @dataclass(frozen=True)
 class AttackSettings:
@@ -122,47 +119,6 @@ class AttackSettings:
         if self.similarity_threshold is not None and not (-1 <= self.similarity_threshold <= 1):
             raise ValueError("AttackSettings.similarity_threshold is a cosine similarity in "
                              f"[-1, 1] or None, got {self.similarity_threshold!r}")
-
-
-# --------------------------------------------------------------------------------------
-# Offline TextAttack
-
-
-def english_stopwords() -> list[str]:
-    """NLTK's English stopword list (179 words) as shipped with miniature."""
-    return [w for w in _STOPWORDS_FILE.read_text("utf-8").split() if w]
-
-
-def prepare_textattack() -> None:
-    """Make ``import textattack`` work offline, then import it (idempotent).
-
-    Adds miniature's NLTK data (the English stopword corpus, which TextAttack reads at
-    import) to the end of ``nltk.data.path``, so a user's own NLTK data still comes
-    first, and replaces ``nltk.download`` with a no-op during the import: on its first
-    import TextAttack downloads six NLTK packages none of which BERT-Attack uses.
-    """
-    if "textattack" in sys.modules:
-        return
-    import nltk
-
-    if str(NLTK_DATA_DIR) not in nltk.data.path:
-        nltk.data.path.append(str(NLTK_DATA_DIR))
-    download = nltk.download
-    nltk.download = _no_download  # type: ignore[assignment]
-    try:
-        import textattack  # noqa: F401
-    except LookupError as error:
-        raise MiniatureError(
-            f"TextAttack could not find NLTK data offline ({str(error).strip().splitlines()[0]}); "
-            f"fix: reinstall miniature so {NLTK_DATA_DIR} ships with it, or run "
-            "python -m nltk.downloader stopwords"
-        ) from None
-    finally:
-        nltk.download = download
-
-
-def _no_download(*args: Any, **kwargs: Any) -> bool:
-    return False
 
 
 def make_target_wrapper(wrapper: "ModelWrapper") -> Any:

@@ -1,9 +1,9 @@
 """TextAttack components for the offline BERT-Attack (imported lazily by ``adversarial``).
 
 Importing this module imports TextAttack (and through it torch and flair), so
-:mod:`miniature.characteristics.adversarial` imports it only inside functions, after
-:func:`~miniature.characteristics.adversarial.prepare_textattack` has made the import
-work offline. See that module's docstring for how the attack differs from TextAttack's
+:mod:`miniature.core.characteristics.adversarial` imports it only inside functions, and it
+calls :func:`~miniature.core.characteristics.textattack_offline.prepare_textattack` first,
+which makes the import work offline. See that module's docstring for how the attack differs from TextAttack's
 ``BERTAttackLi2020`` recipe.
 """
 
@@ -13,7 +13,7 @@ import itertools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from miniature.core.characteristics.adversarial import prepare_textattack
+from miniature.core.characteristics.textattack_offline import prepare_textattack
 
 prepare_textattack()
 
