@@ -523,7 +523,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     import time
 
-    from miniature.reports.payload import write_reports
+    from miniature.reports.write import write_reports
 
     started = config.stash.get(STARTED_KEY, None)
     try:
