@@ -18,14 +18,35 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def is_type_checking(test: ast.expr) -> bool:
+    """`TYPE_CHECKING` or `typing.TYPE_CHECKING`: the body only runs for the type checker."""
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
+        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+         and isinstance(test.value, ast.Name) and test.value.id == "typing")
+
+
+def runtime_nodes(tree: ast.AST):
+    """Every node of the tree except those inside the body of an `if TYPE_CHECKING:` block
+    (its `else` branch does run)."""
+    pending = [tree]
+    while pending:
+        node = pending.pop()
+        yield node
+        if isinstance(node, ast.If) and is_type_checking(node.test):
+            pending.append(node.test)
+            pending.extend(node.orelse)
+        else:
+            pending.extend(ast.iter_child_nodes(node))
+
+
 @functools.cache
 def imports() -> dict[str, list[tuple[str, list[str]]]]:
-    """module -> [(imported miniature module, names imported from it)], every import in the
-    file (module level and inside functions)."""
+    """module -> [(imported miniature module, names imported from it)], every runtime import
+    in the file (module level and inside functions; not those under `if TYPE_CHECKING:`)."""
     modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
     found: dict[str, list[tuple[str, list[str]]]] = {name: [] for name in modules}
     for name, path in modules.items():
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in runtime_nodes(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
                     and node.module.split(".")[0] == "miniature":
                 names = [alias.name for alias in node.names]

@@ -191,8 +191,8 @@ def test_cli_compress_distil_reads_texts_from_a_file(tiny_models, tmp_path: Path
 
 
 def test_sentiment_filter_rejects_substitutes_of_another_polarity() -> None:
-    from miniature.core.characteristics.adversarial import (SIMILARITY_ENCODER, AttackSettings,
-                                                        word_polarity)
+    from miniature.core.characteristics.adversarial import SIMILARITY_ENCODER, AttackSettings
+    from miniature.core.characteristics.sentiment_lexicon import word_polarity
 
     assert word_polarity("wonderful") == 1 and word_polarity("Terrible") == -1
     assert word_polarity("memorable") == 1 and word_polarity("tedious") == -1  # additions

@@ -23,7 +23,8 @@ from miniature.plugin.html_columns import result_cells
 from miniature.reports.page import evidence_html, render_summary_page
 from miniature.core.settings import make_settings
 from miniature.reports.payload import (ReportError, change_lines, compare_results, load_report, report_payload,
-                              summary_table, write_reports)
+                              summary_table)
+from miniature.reports.write import write_reports
 
 SCRIPT = "<script>alert(1)</script>"
 IMG = "<img src=x onerror=\"console.error('xss-executed')\">"

@@ -147,10 +147,6 @@ class OutputCache:
                     f"cache dir {str(self.root)!r}: its folder {name!r} is not writable "
                     f"({error.strerror or error}; a cache shared with another user?); {fix}") from None
 
-    @property
-    def enabled(self) -> bool:
-        return self.root is not None
-
     def path(self, kind: str, key: str, suffix: str = ".npz") -> Path:
         if self.root is None:
             raise RuntimeError("cache is disabled")
@@ -167,17 +163,6 @@ class OutputCache:
         if self.root is None:
             return
         atomic_write_bytes(self.path(kind, key), lambda handle: np.savez(handle, **arrays))
-
-    def arrays(self, kind: str, key: str, compute: Callable[[], Arrays]) -> Arrays:
-        """Load ``(kind, key)`` or compute, store and return it."""
-        stored = self.load_arrays(kind, key)
-        if stored is not None:
-            self.hits += 1
-            return stored
-        self.misses += 1
-        result = compute()
-        self.save_arrays(kind, key, result)
-        return result
 
     def chunked(
         self,

@@ -29,7 +29,7 @@ import numpy as np
 from miniature.core.cache import apply_umask, atomic_write_text, fingerprint, fingerprint_texts
 from miniature.core.data import TextData
 from miniature.errors import DataError, MiniatureError, ModelReferenceError
-from miniature.core.models import ModelSpec, _hub_error, _refuse_unsafe_local, fingerprint_files, resolve_model
+from miniature.core.models import ModelSpec, fingerprint_files, hub_error, refuse_unsafe_local, resolve_model
 from miniature.core.tasks import TASKS, OptionError
 from miniature.core.tasks.qa import QAExample, prepare_qa_features
 
@@ -172,7 +172,7 @@ def _load(spec: ModelSpec, task: str, train: Any, *, trust_remote_code: bool,
 
     transformers.logging.set_verbosity_error()
     if spec.is_local:
-        _refuse_unsafe_local(spec, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+        refuse_unsafe_local(spec, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     options: dict[str, Any] = {}
     try:
         from miniature.core.models import model_file_boundary, tokenizer_file_name, weights_file_name
@@ -208,7 +208,7 @@ def _load(spec: ModelSpec, task: str, train: Any, *, trust_remote_code: bool,
             raise ModelReferenceError(f"model {spec.name!r}: could not load {spec.source!r} for "
                                       f"{task} fine-tuning ({first}); fix: re-save it with "
                                       "save_pretrained (safetensors) and its tokenizer") from None
-        raise _hub_error(spec, error) from None
+        raise hub_error(spec, error) from None
     return model, tokenizer
 
 
@@ -253,9 +253,9 @@ def _train(spec: ModelSpec, task: str, train: Any, *, output_root: Path, setting
     model, tokenizer = _load(spec, task, train, trust_remote_code=trust_remote_code,
                              allow_pickle=allow_pickle)
     if base_print is None:  # a hub model that was not cached before this load
-        from miniature.core.models import _hub_fingerprint
+        from miniature.core.models import hub_fingerprint
 
-        base_print = _hub_fingerprint(spec, model)
+        base_print = hub_fingerprint(spec, model)
     key = _key(base_print, task, data_print, settings)
     target = output_root / key
     if _is_complete(target):

@@ -9,18 +9,19 @@ dynamically padded batches, giving results back in input order.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import hashlib
-import json
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from miniature.errors import DataWarning, MiniatureError, ModelReferenceError
+from miniature.core.formats import load_quantized, read_record
+from miniature.core.model_files import (ModelSpec, check_model_files, hub_error,  # noqa: F401 - re-exported
+                                        model_file_boundary, model_file_error, read_json_file,
+                                        read_model_config, safetensors_header)
+from miniature.errors import DataWarning, ModelReferenceError
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -46,15 +47,6 @@ TASK_HEADS = ("encoder", "classification", "qa", "masked-lm")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "spiece.model",
                     "sentencepiece.bpe.model", "vocab.json")
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A resolved model reference: the name shown in reports and where to load it from."""
-
-    name: str
-    source: str
-    is_local: bool
 
 
 _UNSAFE_ID = re.compile(r"[^A-Za-z0-9._#~+-]")
@@ -236,130 +228,6 @@ def check_model_dir(path: Path, reference: str) -> None:
     check_model_files(path, reference)
 
 
-# -- the one error boundary for a model's files --------------------------------------------------
-#: A safetensors header larger than this is not a header (the format caps it at 100 MB).
-_MAX_SAFETENSORS_HEADER = 100_000_000
-
-
-def _as_spec(model: "ModelSpec | str | Path") -> "ModelSpec":
-    if isinstance(model, ModelSpec):
-        return model
-    path = Path(model)
-    return ModelSpec(name=path.name or str(model), source=str(path), is_local=True)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    line = text.splitlines()[0].strip() if text else ""
-    line = line[:200] + ("..." if len(line) > 200 else "")
-    return f"{type(error).__name__}: {line}" if line else type(error).__name__
-
-
-def model_file_error(model: "ModelSpec | str | Path", file: str | None, error: BaseException | str, *,
-                     allow_pickle: bool = True, fix: str | None = None) -> ModelReferenceError:
-    """The one-line error for a model file that cannot be read or parsed: the model, the
-    file and the fix (re-save a local folder, re-download a hub copy)."""
-    spec = _as_spec(model)
-    reason = error if isinstance(error, str) else _first_line(error)
-    message = str(error)
-    if not isinstance(error, str):
-        if "trust_remote_code" in message:
-            return ModelReferenceError(
-                f"model {spec.name!r} needs code shipped with the model to load; it was not run. "
-                "fix: if you trust its source, pass --trust-remote-code")
-        if (not allow_pickle and isinstance(error, (OSError, ValueError))
-                and "safetensors" in message.lower() and "deserializ" not in message.lower()):
-            return ModelReferenceError(
-                f"model {spec.name!r} ({spec.source}) has no safetensors weights, only pickle "
-                "files, which can run code when loaded; fix: convert it to safetensors, or "
-                "pass --allow-pickle if you trust its source")
-        if not spec.is_local and isinstance(error, OSError):
-            return _hub_error(spec, error)
-    where = f"{file} in {spec.source!r}" if file else f"the files in {spec.source!r}"
-    if fix is None:
-        fix = ("re-save the model there with save_pretrained (safetensors) and its tokenizer with "
-               "tokenizer.save_pretrained, or copy/download it again" if spec.is_local else
-               f"delete its copy in the Hugging Face cache and download it again "
-               f"(huggingface-cli download {spec.source} --force-download)")
-    return ModelReferenceError(f"model {spec.name!r}: {where} could not be read ({reason}); fix: {fix}")
-
-
-@contextlib.contextmanager
-def model_file_boundary(model: "ModelSpec | str | Path", file: str | None = None, *,
-                        allow_pickle: bool = True, fix: str | None = None) -> Iterator[None]:
-    """The one error boundary every parse of a model's files (config, tokenizer, weights,
-    records) runs behind: any exception becomes a one-line :class:`ModelReferenceError`
-    naming the model, the file and the fix (see :func:`model_file_error`).
-
-    ``model`` is a :class:`ModelSpec` or a local model folder; ``file`` the file being
-    read (relative to the folder), when one is; ``fix`` replaces the default fix (re-save or
-    re-download). Errors of miniature itself pass through.
-    """
-    try:
-        yield
-    except MiniatureError:
-        raise
-    except Exception as error:  # noqa: BLE001 - this is the boundary: every parse error
-        raise model_file_error(model, file, error, allow_pickle=allow_pickle, fix=fix) from None
-
-
-def read_json_file(model: "ModelSpec | str | Path", name: str) -> dict[str, Any]:
-    """A model folder's JSON file (config.json, tokenizer.json, ...) as a dict, parsed behind
-    :func:`model_file_boundary`; a file that is not a JSON object is refused by name."""
-    spec = _as_spec(model)
-    with model_file_boundary(spec, name):
-        value = json.loads((Path(spec.source) / name).read_text("utf-8"))
-    if not isinstance(value, dict):
-        raise model_file_error(spec, name, f"it is a JSON {type(value).__name__}, not an object")
-    return value
-
-
-def read_model_config(model: "ModelSpec | str | Path") -> dict[str, Any]:
-    """A local model's config.json as a dict (one-line error naming the file if it is not)."""
-    return read_json_file(model, "config.json")
-
-
-def safetensors_header(model: "ModelSpec | str | Path", name: str) -> dict[str, Any]:
-    """The header of a safetensors file in a model folder, checked against the file's size
-    (a header that claims more bytes than the file has, or tensors that reach past its
-    end, i.e. a truncated download); no tensor is read."""
-    spec = _as_spec(model)
-    file = Path(spec.source) / name
-    with model_file_boundary(spec, name):
-        size = file.stat().st_size
-        with open(file, "rb") as handle:
-            start = handle.read(8)
-            if len(start) < 8:
-                raise model_file_error(spec, name, f"it has {size} bytes, too few for a safetensors file")
-            length = int.from_bytes(start, "little")
-            if length > min(size - 8, _MAX_SAFETENSORS_HEADER):
-                raise model_file_error(spec, name, f"its header claims {length:,} bytes but the file "
-                                                   f"has {size:,} (truncated or corrupted)")
-            header = json.loads(handle.read(length))
-        if not isinstance(header, dict):
-            raise model_file_error(spec, name, "its header is not a JSON object")
-        ends = [int(info["data_offsets"][1]) for key, info in header.items() if key != "__metadata__"]
-        needed = 8 + length + max(ends, default=0)
-        if needed > size:
-            raise model_file_error(spec, name, f"its tensors need {needed:,} bytes but the file has "
-                                               f"{size:,} (truncated)")
-    return header
-
-
-def check_model_files(path: Path, reference: str | None = None) -> None:
-    """Parse a local model folder's small files before anything loads it: config.json,
-    the tokenizer's JSON files and each safetensors header. Each problem is one line
-    naming the model and the file (see :func:`model_file_boundary`)."""
-    spec = ModelSpec(name=reference or path.name, source=str(path), is_local=True)
-    read_model_config(spec)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                 "model.safetensors.index.json"):
-        if (path / name).is_file():
-            read_json_file(spec, name)
-    for file in sorted(path.glob("*.safetensors")):
-        safetensors_header(spec, file.name)
-
-
 def position_limit(config: Any) -> int | None:
     """The most tokens a model's position embeddings take (None when it has no such limit)."""
     limit = getattr(config, "max_position_embeddings", None)
@@ -417,15 +285,6 @@ def fingerprint_model(model: "torch.nn.Module") -> str:
     return digest.hexdigest()
 
 
-def _hub_error(spec: ModelSpec, error: Exception) -> ModelReferenceError:
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return ModelReferenceError(
-        f"model {spec.name!r}: could not load {spec.source!r} from the Hugging Face Hub or its "
-        f"local cache ({first}); fix: check the network and the id, pre-download it with "
-        "`huggingface-cli download`, or pass a local directory"
-    )
-
-
 def load_model(
     spec: ModelSpec | str,
     *,
@@ -457,13 +316,11 @@ def load_model(
     }[head]
     if spec.is_local:
         check_model_files(Path(spec.source), spec.name)
-        _refuse_unsafe_local(spec, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+        refuse_unsafe_local(spec, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     with model_file_boundary(spec, tokenizer_file_name(spec), allow_pickle=allow_pickle):
         tokenizer = transformers.AutoTokenizer.from_pretrained(
             spec.source, trust_remote_code=trust_remote_code
         )
-    from miniature.tools.compress import load_quantized, read_record
-
     missing_head: list[str] = []
     with model_file_boundary(spec, weights_file_name(spec), allow_pickle=allow_pickle):
         if spec.is_local and read_record(spec.source, method="int8") is not None:
@@ -477,7 +334,7 @@ def load_model(
             )
             prefix = f"{model.base_model_prefix}."
             missing_head = sorted(k for k in info.get("missing_keys", ()) if not k.startswith(prefix))
-    fingerprint = fingerprint_files(Path(spec.source)) if spec.is_local else _hub_fingerprint(spec, model)
+    fingerprint = fingerprint_files(Path(spec.source)) if spec.is_local else hub_fingerprint(spec, model)
     model.to(device)
     model.eval()
     wrapper = ModelWrapper(spec.name, model, tokenizer, fingerprint=fingerprint, device=device,
@@ -499,7 +356,9 @@ def weights_file_name(spec: ModelSpec) -> str:
     return "config.json and " + (" and ".join(found) if found else "the weights")
 
 
-def _refuse_unsafe_local(spec: ModelSpec, *, trust_remote_code: bool, allow_pickle: bool) -> None:
+def refuse_unsafe_local(spec: ModelSpec, *, trust_remote_code: bool, allow_pickle: bool) -> None:
+    """Refuse a local model that would run code on load: custom code (auto_map) without
+    ``trust_remote_code``, or only pickle weights without ``allow_pickle``."""
     path = Path(spec.source)
     config = read_model_config(spec)
     if config.get("auto_map") and not trust_remote_code:
@@ -519,7 +378,7 @@ def _refuse_unsafe_local(spec: ModelSpec, *, trust_remote_code: bool, allow_pick
         )
 
 
-def _hub_fingerprint(spec: ModelSpec, model: Any) -> str:
+def hub_fingerprint(spec: ModelSpec, model: Any) -> str:
     """Hash the hub snapshot's files when they can be found, else the loaded weights."""
     try:
         from transformers.utils import cached_file
@@ -750,8 +609,6 @@ def missing_head_weights(spec: ModelSpec | str, head: str, *,
         groups = head_weight_groups(config, head)
     except (OSError, ValueError, KeyError):  # no such head for this architecture: loading says so
         return None
-    from miniature.tools.compress import read_record
-
     record = read_record(directory, method="int8")
     if record is not None:
         return [] if record.get("head", "encoder") == head else [g[0] for g in groups]

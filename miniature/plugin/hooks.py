@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from miniature.core import settings as opt
+from miniature.plugin.results import RESULT_PROPERTY
 
 if TYPE_CHECKING:  # pragma: no cover
     from miniature.core.registry import Characteristic, Registry
     from miniature.core.characteristics.base import ComparisonResult
     from miniature.core.gate import Gate, Pair
 
-RESULT_PROPERTY = "miniature_result"
 #: the marker of every gate item: ``pytest -m miniature`` selects the gate, ``-m "not miniature"`` the rest
 GATE_MARKER = "miniature"
 CHECK_MARKER = "miniature_check"
@@ -523,7 +523,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     import time
 
-    from miniature.reports.payload import write_reports
+    from miniature.reports.write import write_reports
 
     started = config.stash.get(STARTED_KEY, None)
     try:

@@ -13,20 +13,12 @@ from typing import Any
 import pytest
 
 from miniature.core.characteristics.base import ComparisonResult, format_number
-from miniature.plugin.hooks import RESULT_PROPERTY
+from miniature.plugin.results import result_of
 from miniature.reports.page import (VERDICT_COLOURS, ci_text, evidence_html, template_module, threshold_text,
                                     verdict_class)
 
 HTML_COLUMNS = ("Verdict", "Figure", "Threshold", "95% CI", "Chance")
 COLUMNS_TEMPLATE = "columns.html.j2"
-
-
-def result_of(report: Any) -> ComparisonResult | None:
-    """The ComparisonResult a check attached to its test report, if any."""
-    for name, value in getattr(report, "user_properties", ()) or ():
-        if name == RESULT_PROPERTY:
-            return ComparisonResult.from_json(value)
-    return None
 
 
 def result_cells(result: ComparisonResult | None) -> list[str]:

@@ -1,7 +1,8 @@
-"""Reports of a gate run: the terminal table, the JSON every figure lands in, the summary page.
+"""Reports of a gate run: the terminal table and the JSON every figure lands in.
 
 The JSON payload is the single source of truth: the summary page
-(:func:`miniature.reports.page.render_summary_page`) is rendered from it, and ``--compare-to``
+(:func:`miniature.reports.page.render_summary_page`) is rendered from it, both are written
+by :func:`miniature.reports.write.write_reports`, and ``--compare-to``
 reads a previous run's payload back (:func:`load_report`) to show what changed.
 Each payload result rebuilds with ``ComparisonResult(**d)``.
 """
@@ -22,8 +23,6 @@ from miniature.core.characteristics.base import CHARACTERISTIC_TITLES, Compariso
 from miniature.errors import MiniatureError
 
 REPORT_SCHEMA = 1
-PAGE_NAME = "summary.html"
-LATEST_JSON = "latest.json"
 
 #: (reference, candidate, characteristic, stage): what a result is about
 ResultKey = tuple[str, str, str, "str | None"]
@@ -37,16 +36,6 @@ BUILTIN_DATA = "built-in synthetic sentiment data"
 
 class ReportError(MiniatureError):
     """A previous report (``--compare-to``) that is missing or not a miniature JSON report."""
-
-
-@dataclass(frozen=True)
-class ReportPaths:
-    """Where one run's reports were written (timestamped files plus the 'latest' copies)."""
-
-    json: Path
-    latest_json: Path
-    page: Path
-    latest_page: Path
 
 
 # -- ordering --------------------------------------------------------------------------------
@@ -335,43 +324,3 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return found
-
-
-def _free_stamp(report_dir: Path) -> str:
-    """A timestamp no earlier report in ``report_dir`` used (so nothing is overwritten)."""
-    base = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    stamp, counter = base, 1
-    while (report_dir / f"miniature-{stamp}.json").exists() or (report_dir / f"summary-{stamp}.html").exists():
-        counter += 1
-        stamp = f"{base}-{counter}"
-    return stamp
-
-
-def _dumps(payload: Mapping[str, Any]) -> str:
-    return json.dumps(payload, indent=2, sort_keys=True, default=str)
-
-
-def write_reports(results: Sequence[ComparisonResult], settings: Any, report_dir: Path, *,
-                  duration_s: float | None = None, previous: Mapping[str, Any] | None = None) -> ReportPaths:
-    """Write the JSON and the summary page, each timestamped plus a 'latest' copy.
-
-    ``previous`` is a :func:`load_report` payload (``--compare-to``); the page then
-    shows what changed since it.
-    """
-    from miniature.core.cache import atomic_write_text
-    from miniature.reports.page import render_summary_page
-
-    report_dir = Path(report_dir)
-    report_dir.mkdir(parents=True, exist_ok=True)
-    stamp = _free_stamp(report_dir)
-    paths = ReportPaths(json=report_dir / f"miniature-{stamp}.json", latest_json=report_dir / LATEST_JSON,
-                        page=report_dir / f"summary-{stamp}.html", latest_page=report_dir / PAGE_NAME)
-    payload = report_payload(results, settings, duration_s=duration_s,
-                             compare_to=None if previous is None else str(previous.get("path")))
-    text = _dumps(payload)
-    atomic_write_text(paths.json, text)
-    atomic_write_text(paths.latest_json, text)
-    page = render_summary_page(json.loads(text), previous=previous, json_name=paths.json.name)
-    atomic_write_text(paths.page, page)
-    atomic_write_text(paths.latest_page, page)
-    return paths

@@ -7,10 +7,11 @@ what was done, from what, with which library versions):
 * ``int8``: dynamic int8 quantization of every ``nn.Linear``
   (``torch.ao.quantization.quantize_dynamic``). A quantized model has no safetensors
   form, so the int8 weights, their scales and zero points and the fp32 biases are stored
-  as plain tensors in ``model_int8.safetensors`` (all other weights in fp32 beside them).
-  :func:`load_quantized` rebuilds the fp32 architecture from ``config.json`` (no code from
-  the folder runs, nothing is unpickled), quantizes the same modules and sets the stored
-  int8 weights exactly; :func:`miniature.core.models.load_model` does this transparently.
+  as plain tensors in ``model_int8.safetensors`` (all other weights in fp32 beside them;
+  the format is :mod:`miniature.core.formats`). Its :func:`load_quantized` rebuilds the fp32
+  architecture from ``config.json`` (no code from the folder runs, nothing is unpickled),
+  quantizes the same modules and sets the stored int8 weights exactly;
+  :func:`miniature.core.models.load_model` does this transparently.
 * ``prune``: unstructured L1 magnitude pruning of the encoder's Linear weights to a
   sparsity (``torch.nn.utils.prune``, over all layers at once or layer by layer), made
   permanent, saved as safetensors.
@@ -30,12 +31,13 @@ import json
 import os
 import shutil
 import tempfile
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from miniature.errors import MiniatureError, ModelReferenceError
+from miniature.core.formats import (FORMAT_VERSION, INT8_WEIGHTS, RECORD_NAME,  # noqa: F401 - re-exported
+                                    load_quantized, quiet_quantization, read_record)
+from miniature.errors import MiniatureError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -43,10 +45,6 @@ if TYPE_CHECKING:  # pragma: no cover
 METHODS = ("int8", "prune", "layers")
 PRUNE_SCOPES = ("global", "layer")
 QSCHEMES = ("per-channel", "per-tensor")
-RECORD_NAME = "miniature_compression.json"
-INT8_WEIGHTS = "model_int8.safetensors"
-#: Bump when a method's output changes, so older folders are rebuilt rather than reused.
-FORMAT_VERSION = 2
 #: ``--distil`` (layers): epochs and learning rate of the distillation, and its temperature.
 DISTIL_EPOCHS = 3.0
 DISTIL_LEARNING_RATE = 1e-4
@@ -159,84 +157,6 @@ def compress(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return output
-
-
-def read_record(path: str | Path, *, method: str | None = None) -> dict[str, Any] | None:
-    """The compression record of a model folder (None if it has none, or another method)."""
-    file = Path(path) / RECORD_NAME
-    if not file.is_file():
-        return None
-    from miniature.core.models import model_file_boundary
-
-    with model_file_boundary(Path(path), RECORD_NAME,
-                             fix="re-create the folder with `miniature compress`"):
-        record = json.loads(file.read_text("utf-8"))
-    if not isinstance(record, dict) or (method is not None and record.get("method") != method):
-        return None
-    return record
-
-
-def load_quantized(path: str | Path, head: str = "auto") -> "torch.nn.Module":
-    """Rebuild an int8 folder written by :func:`compress` (no pickle, no code from the folder).
-
-    ``head`` is ``auto`` (the architecture that was quantized), ``encoder`` (its base
-    model) or the head it was quantized with (``classification``, ``qa``, ``masked-lm``).
-    The int8 weights, scales and zero points are set exactly as stored.
-    """
-    import torch
-    import transformers
-    from safetensors.torch import load_file
-
-    folder = Path(path)
-    record = read_record(folder, method="int8")
-    if record is None:
-        raise ModelReferenceError(f"model folder {str(folder)!r} has no int8 {RECORD_NAME}; fix: "
-                                  "create it with `miniature compress --method int8`")
-    stored_head = record.get("head", "encoder")
-    head = stored_head if head == "auto" else head
-    if head not in (stored_head, "encoder"):
-        raise ModelReferenceError(
-            f"model folder {str(folder)!r} holds an int8 {stored_head} model, which has no "
-            f"{head} head; fix: load it with head={stored_head!r} (or 'encoder'), or quantize a "
-            f"model fine-tuned for {head}")
-    from miniature.core.models import model_file_boundary, safetensors_header
-
-    transformers.logging.set_verbosity_error()
-    with model_file_boundary(folder, "config.json"):
-        config = transformers.AutoConfig.from_pretrained(str(folder))
-    with _quiet_init():
-        model = _auto_classes()[head].from_config(config)
-    safetensors_header(folder, INT8_WEIGHTS)
-    with model_file_boundary(folder, INT8_WEIGHTS):
-        tensors = load_file(str(folder / INT8_WEIGHTS))
-    modules: dict[str, dict[str, Any]] = record.get("quantized_modules", {})
-    rename = _key_map(model, stored_head, head)
-    plain = {rename(k): v for k, v in tensors.items() if not k.startswith("int8::")}
-    plain = {k: v for k, v in plain.items() if k is not None}
-    quantized = {rename(name): info for name, info in modules.items()}
-    quantized = {k: v for k, v in quantized.items() if k is not None}
-    expected = {k for k in model.state_dict()
-                if not any(k.startswith(name + ".") for name in quantized)}
-    missing = sorted(expected - set(plain) - _tied_keys(model))
-    if missing:
-        raise ModelReferenceError(f"model folder {str(folder)!r}: {INT8_WEIGHTS} lacks "
-                                  f"{len(missing)} weight(s) (first {missing[0]!r}); fix: re-create "
-                                  "the folder with `miniature compress --method int8`")
-    model.load_state_dict(plain, strict=False)
-    by_stored = {rename(name): name for name in modules}
-    with _quiet_quantization():
-        from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
-
-        model = quantize_dynamic(model, {name: default_dynamic_qconfig for name in quantized},
-                                 dtype=torch.qint8)
-        for name, info in quantized.items():
-            stored = by_stored[name]
-            module = model.get_submodule(name)
-            weight = _quantized_tensor(tensors, stored, info)
-            bias = tensors.get(f"int8::{stored}.bias")
-            module.set_weight_bias(weight, bias)
-    model.eval()
-    return model
 
 
 def encoder_linear_weights(model: "torch.nn.Module") -> dict[str, "torch.Tensor"]:
@@ -392,15 +312,6 @@ def _same_job(record: dict[str, Any], method: str, settings: dict[str, Any], sou
 
 
 # -- building ---------------------------------------------------------------------------------
-def _auto_classes() -> dict[str, Any]:
-    import transformers
-
-    return {"encoder": transformers.AutoModel,
-            "classification": transformers.AutoModelForSequenceClassification,
-            "qa": transformers.AutoModelForQuestionAnswering,
-            "masked-lm": transformers.AutoModelForMaskedLM}
-
-
 def detect_head(config: Any) -> str:
     """The task head a config's architecture carries (``encoder`` when none is known)."""
     for architecture in getattr(config, "architectures", None) or []:
@@ -460,7 +371,7 @@ def _quantize(model: Any, settings: dict[str, Any], built: Path) -> dict[str, An
     import torch
     from safetensors.torch import save_file
 
-    with _quiet_quantization():
+    with quiet_quantization():
         from torch.ao.quantization import (default_dynamic_qconfig, per_channel_dynamic_qconfig,
                                            quantize_dynamic)
         from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
@@ -592,62 +503,3 @@ def _record(spec: Any, source_print: str, method: str, settings: dict[str, Any],
         record["quantized_modules"] = measured.pop("quantized_modules")
     record["measured"] = measured
     return record
-
-
-# -- loading helpers --------------------------------------------------------------------------
-def _key_map(model: Any, stored_head: str, head: str) -> Any:
-    """Map stored names to ``model``'s names (stripping the base prefix for an encoder)."""
-    prefix = getattr(model, "base_model_prefix", "")
-    if head == stored_head or not prefix:
-        return lambda key: key
-
-    def rename(key: str) -> str | None:
-        return key[len(prefix) + 1:] if key.startswith(prefix + ".") else None
-
-    return rename
-
-
-def _tied_keys(model: Any) -> set[str]:
-    """State-dict keys that share storage with an earlier key (tied embeddings)."""
-    seen: dict[int, str] = {}
-    tied = set()
-    for key, value in model.state_dict(keep_vars=True).items():
-        pointer = value.data_ptr()
-        if pointer in seen:
-            tied.add(key)
-        else:
-            seen[pointer] = key
-    return tied
-
-
-def _quantized_tensor(tensors: dict[str, Any], name: str, info: dict[str, Any]) -> "torch.Tensor":
-    import torch
-
-    values = tensors[f"int8::{name}.weight"]
-    scale = tensors[f"int8::{name}.scale"]
-    zero_point = tensors[f"int8::{name}.zero_point"]
-    if info["qscheme"] == "per_channel_affine":
-        return torch._make_per_channel_quantized_tensor(values, scale, zero_point, info["axis"])
-    return torch._make_per_tensor_quantized_tensor(values, float(scale), int(zero_point))
-
-
-@contextlib.contextmanager
-def _quiet_quantization() -> Iterator[None]:
-    """torch.ao.quantization warns that it is deprecated on every call; say it once, in docs."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch.ao.quantization is deprecated.*")
-        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.ao")
-        yield
-
-
-@contextlib.contextmanager
-def _quiet_init() -> Iterator[None]:
-    """Skip the random initialisation of weights that are overwritten right after."""
-    try:
-        from transformers.modeling_utils import no_init_weights
-    except ImportError:  # pragma: no cover
-        yield
-        return
-    with no_init_weights():
-        yield

@@ -36,8 +36,9 @@ runs offline on any local model:
   it lacks (``sentiment_filter``; off: any proposal is tried, as in TextAttack).
 
 TextAttack itself needs NLTK's stopword corpus to import, and on its first import tries
-to download NLTK data; :func:`prepare_textattack` supplies the corpus and turns those
-downloads into no-ops. Importing this module is cheap: TextAttack and torch are imported
+to download NLTK data; :func:`prepare_textattack` (from
+:mod:`miniature.core.characteristics.textattack_offline`, re-exported here) supplies the corpus
+and turns those downloads into no-ops. Importing this module is cheap: TextAttack and torch are imported
 only when an attack runs.
 """
 
@@ -46,16 +47,16 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from miniature.core.cache import OutputCache, fingerprint, fingerprint_texts
 from miniature.core.characteristics.base import THRESHOLD_ON_CHOICES, ComparisonResult
-from miniature.errors import MiniatureError, NotApplicable
+from miniature.core.characteristics.textattack_offline import (NLTK_DATA_DIR,  # noqa: F401 - re-exported
+                                                               english_stopwords, prepare_textattack)
+from miniature.errors import NotApplicable
 
 if TYPE_CHECKING:  # pragma: no cover
     from miniature.core.gate import Gate, Pair
@@ -99,10 +100,6 @@ SIMILARITY_ENCODER = "all-minilm-l6-v2"
 #: a kept perturbation is closer to its original than 99 % of pairs of distinct reviews.
 SIMILARITY_THRESHOLD = 0.8
 
-NLTK_DATA_DIR = Path(__file__).resolve().parents[2] / "resources" / "nltk_data"
-_STOPWORDS_FILE = NLTK_DATA_DIR / "corpora" / "stopwords" / "english"
-
-
 @dataclass(frozen=True)
 class AttackSettings:
     """The attack's limits; every field is part of the cache key.
@@ -113,7 +110,7 @@ class AttackSettings:
     similarity to the original text (None: no constraint) under ``similarity_encoder`` (a
     sentence-encoder model name or folder; None: the attack model's own mean-pooled
     embeddings, as before version 2), ``sentiment_filter`` rejects substitutes of another
-    sentiment than the replaced word (:func:`word_polarity`; Li et al.'s antonym filter),
+    sentiment than the replaced word (:func:`~miniature.core.characteristics.sentiment_lexicon.word_polarity`; Li et al.'s antonym filter),
     ``query_budget`` the target
     queries allowed per item (None: unlimited), ``subword_candidates`` and
     ``max_combinations`` bound words made of several sub-words, and ``max_length`` the
@@ -149,60 +146,6 @@ class AttackSettings:
                              f"[-1, 1] or None, got {self.similarity_threshold!r}")
 
 
-# --------------------------------------------------------------------------------------
-# Offline TextAttack
-
-_SENTIMENT_DIR = Path(__file__).resolve().parents[2] / "resources" / "sentiment"
-_LEXICON: dict[str, int] = {}
-
-
-def word_polarity(word: str) -> int:
-    """+1, -1 or 0: the sentiment of ``word`` by the shipped lexicon (|valence| >= 0.5)."""
-    if not _LEXICON:
-        for name in ("vader_lexicon.tsv", "additions.tsv"):
-            for line in (_SENTIMENT_DIR / name).read_text("utf-8").splitlines():
-                if line and not line.startswith("#"):
-                    entry, valence = line.split("\t")
-                    _LEXICON[entry] = 1 if float(valence) > 0 else -1
-    return _LEXICON.get(word.lower(), 0)
-
-
-
-def english_stopwords() -> list[str]:
-    """NLTK's English stopword list (179 words) as shipped with miniature."""
-    return [w for w in _STOPWORDS_FILE.read_text("utf-8").split() if w]
-
-
-def prepare_textattack() -> None:
-    """Make ``import textattack`` work offline, then import it (idempotent).
-
-    Adds miniature's NLTK data (the English stopword corpus, which TextAttack reads at
-    import) to the end of ``nltk.data.path``, so a user's own NLTK data still comes
-    first, and replaces ``nltk.download`` with a no-op during the import: on its first
-    import TextAttack downloads six NLTK packages none of which BERT-Attack uses.
-    """
-    if "textattack" in sys.modules:
-        return
-    import nltk
-
-    if str(NLTK_DATA_DIR) not in nltk.data.path:
-        nltk.data.path.append(str(NLTK_DATA_DIR))
-    download = nltk.download
-    nltk.download = _no_download  # type: ignore[assignment]
-    try:
-        import textattack  # noqa: F401
-    except LookupError as error:
-        raise MiniatureError(
-            f"TextAttack could not find NLTK data offline ({str(error).strip().splitlines()[0]}); "
-            f"fix: reinstall miniature so {NLTK_DATA_DIR} ships with it, or run "
-            "python -m nltk.downloader stopwords"
-        ) from None
-    finally:
-        nltk.download = download
-
-
-def _no_download(*args: Any, **kwargs: Any) -> bool:
-    return False
 
 
 def make_target_wrapper(wrapper: "ModelWrapper") -> Any:

@@ -1,9 +1,9 @@
 """TextAttack components for the offline BERT-Attack (imported lazily by ``adversarial``).
 
 Importing this module imports TextAttack (and through it torch and flair), so
-:mod:`miniature.core.characteristics.adversarial` imports it only inside functions, after
-:func:`~miniature.core.characteristics.adversarial.prepare_textattack` has made the import
-work offline. See that module's docstring for how the attack differs from TextAttack's
+:mod:`miniature.core.characteristics.adversarial` imports it only inside functions, and it
+calls :func:`~miniature.core.characteristics.textattack_offline.prepare_textattack` first,
+which makes the import work offline. See that module's docstring for how the attack differs from TextAttack's
 ``BERTAttackLi2020`` recipe.
 """
 
@@ -13,7 +13,7 @@ import itertools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from miniature.core.characteristics.adversarial import prepare_textattack
+from miniature.core.characteristics.textattack_offline import prepare_textattack
 
 prepare_textattack()
 
@@ -139,7 +139,7 @@ class SentimentFlipFilter(Constraint):
     *terrible* film"); such a swap changes what the text says, so it is no adversarial
     example. Li et al. (2020) filter antonyms for sentiment tasks with a synonym dictionary
     (counter-fitted word vectors), which TextAttack's recipe leaves out. Offline, miniature
-    uses a sentiment lexicon instead (:func:`~miniature.core.characteristics.adversarial.word_polarity`):
+    uses a sentiment lexicon instead (:func:`~miniature.core.characteristics.sentiment_lexicon.word_polarity`):
     a substitute may be neutral or of the replaced word's polarity, never of another.
     """
 
@@ -147,7 +147,7 @@ class SentimentFlipFilter(Constraint):
         super().__init__(compare_against_original=True)
 
     def _check_constraint(self, transformed_text: Any, reference_text: Any) -> bool:
-        from miniature.core.characteristics.adversarial import word_polarity
+        from miniature.core.characteristics.sentiment_lexicon import word_polarity
 
         indices = transformed_text.attack_attrs.get("newly_modified_indices", ())
         for index in indices:

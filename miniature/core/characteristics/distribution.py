@@ -23,12 +23,12 @@ from scipy import stats as _scipy_stats
 from miniature.core.characteristics.base import ComparisonResult
 from miniature.core.characteristics.representation import (
     DEFAULT_KS,
-    _check_block_size,
-    _check_texts,
-    _check_threshold_on,
-    _usable_ks,
+    check_block_size,
+    check_texts,
+    check_threshold_on,
     exact_search,
     normalized_float32,
+    usable_ks,
 )
 from miniature.core.stats import jaccard, set_agreement
 
@@ -121,7 +121,7 @@ def ood_sweep(
     candidate_splits = _check_splits(candidate_features, "candidate_features")
     _check_same_challenge(reference_splits, candidate_splits)
     n_train = min(reference_splits[0].shape[0], candidate_splits[0].shape[0])
-    usable = _usable_ks(ks, n_train)
+    usable = usable_ks(ks, n_train)
     if not usable:
         return {}
     reference_scores = _split_scores(reference_splits, max(usable), "reference_features")
@@ -163,15 +163,15 @@ def compare_distribution(
     items only one model flags, furthest past that model's threshold first.
     """
     _check_keep(keep)
-    _check_threshold_on(threshold_on)
+    check_threshold_on(threshold_on)
     reference_splits = _check_splits(reference_features, "reference_features")
     candidate_splits = _check_splits(candidate_features, "candidate_features")
     m = _check_same_challenge(reference_splits, candidate_splits)
-    _check_texts(item_texts, m)
+    check_texts(item_texts, m)
     labels = _check_labels(challenge_is_ood, m)
     n_train = min(reference_splits[0].shape[0], candidate_splits[0].shape[0])
     _check_train_k(k, n_train)
-    usable = _usable_ks(ks, n_train)
+    usable = usable_ks(ks, n_train)
     deepest = max([k, *usable])
 
     reference_scores = _split_scores(reference_splits, deepest, "reference_features")
@@ -251,7 +251,7 @@ def _sorted_knn_distances(
             f"use the same model (and layer) for both"
         )
     _check_train_k(k, train.shape[0])
-    _check_block_size(block_size)
+    check_block_size(block_size)
     _, squared = exact_search(train, queries, int(k), metric="l2", exclude_self=False, block_size=block_size)
     return np.sqrt(np.maximum(squared, 0.0))
 

@@ -25,7 +25,6 @@ from miniature.core.stats import chance_jaccard, jaccard_rows, mean_agreement
 
 __all__ = [
     "DEFAULT_KS",
-    "STAGES",
     "knn_indices",
     "knn_jaccard",
     "knn_sweep",
@@ -33,7 +32,6 @@ __all__ = [
 ]
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10, 20, 50, 100)
-STAGES: tuple[str, ...] = ("before fine-tuning", "after fine-tuning")
 
 # Re-scored candidate entries (rows x candidates x dims) held in memory at once.
 _RESCORE_CHUNK_ELEMENTS = 1 << 22
@@ -52,7 +50,7 @@ def knn_indices(embeddings: np.ndarray, k: int, *, block_size: int = 4096) -> np
     vectors = normalized_float32(embeddings, "embeddings")
     n = vectors.shape[0]
     k = _check_k(k, n)
-    _check_block_size(block_size)
+    check_block_size(block_size)
     neighbours, _ = exact_search(vectors, vectors, k, metric="ip", exclude_self=True, block_size=block_size)
     return neighbours
 
@@ -74,7 +72,7 @@ def knn_sweep(emb_a: np.ndarray, emb_b: np.ndarray, ks: Sequence[int] = DEFAULT_
     because every list is sorted nearest first.
     """
     n = _check_same_items(emb_a, emb_b)
-    usable = _usable_ks(ks, n)
+    usable = usable_ks(ks, n)
     if not usable:
         return {}
     neighbours_a = knn_indices(emb_a, max(usable))
@@ -109,10 +107,10 @@ def compare_representation(
     neighbourhoods disagree most, with both models' neighbours.
     """
     n = _check_same_items(emb_ref, emb_cand)
-    _check_threshold_on(threshold_on)
-    _check_texts(item_texts, n)
+    check_threshold_on(threshold_on)
+    check_texts(item_texts, n)
     k = _check_k(k, n)
-    usable = _usable_ks(ks, n)
+    usable = usable_ks(ks, n)
     deepest = max([k, *usable])
     neighbours_ref = knn_indices(emb_ref, deepest)
     neighbours_cand = knn_indices(emb_cand, deepest)
@@ -292,7 +290,8 @@ def _sweep_from_lists(neighbours_a: np.ndarray, neighbours_b: np.ndarray, ks: Se
     return {K: float(jaccard_rows(neighbours_a[:, :K], neighbours_b[:, :K]).mean()) for K in ks}
 
 
-def _usable_ks(ks: Sequence[int], n: int) -> list[int]:
+def usable_ks(ks: Sequence[int], n: int) -> list[int]:
+    """The Ks of a sweep that fit ``n`` items (each K < n), sorted, each once; a K that is not a whole number >= 1 is refused."""
     usable = []
     for K in ks:
         if isinstance(K, (bool, np.bool_)) or int(K) != K or K < 1:
@@ -313,7 +312,8 @@ def _check_k(k: int, n: int) -> int:
     return int(k)
 
 
-def _check_block_size(block_size: int) -> None:
+def check_block_size(block_size: int) -> None:
+    """Refuse a ``block_size`` that is not a whole number >= 1."""
     if int(block_size) != block_size or block_size < 1:
         raise ValueError(f"block_size must be a whole number >= 1, got {block_size!r}")
 
@@ -332,12 +332,14 @@ def _check_same_items(emb_a: np.ndarray, emb_b: np.ndarray) -> int:
     return int(shape_a[0])
 
 
-def _check_threshold_on(threshold_on: str) -> None:
+def check_threshold_on(threshold_on: str) -> None:
+    """Refuse a ``threshold_on`` that is not one of :data:`THRESHOLD_ON_CHOICES`."""
     if threshold_on not in THRESHOLD_ON_CHOICES:
         raise ValueError(f"threshold_on must be one of {', '.join(THRESHOLD_ON_CHOICES)}; got {threshold_on!r}")
 
 
-def _check_texts(item_texts: Sequence[str] | None, n: int) -> None:
+def check_texts(item_texts: Sequence[str] | None, n: int) -> None:
+    """Refuse ``item_texts`` that is not one text per item (None passes)."""
     if item_texts is not None and len(item_texts) != n:
         raise ValueError(f"item_texts has {len(item_texts)} entries but there are {n} items; pass one text per item")
 

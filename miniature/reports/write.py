@@ -1,0 +1,72 @@
+"""Write one run's reports: the JSON payload and the summary page rendered from it, each
+timestamped plus a 'latest' copy.
+
+Above both :mod:`miniature.reports.payload` (the JSON) and :mod:`miniature.reports.page`
+(which renders the page from the JSON): the page imports the payload's helpers, this module
+imports both.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from miniature.core.characteristics.base import ComparisonResult
+from miniature.reports.page import render_summary_page
+from miniature.reports.payload import report_payload
+
+PAGE_NAME = "summary.html"
+LATEST_JSON = "latest.json"
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    """Where one run's reports were written (timestamped files plus the 'latest' copies)."""
+
+    json: Path
+    latest_json: Path
+    page: Path
+    latest_page: Path
+
+
+def _free_stamp(report_dir: Path) -> str:
+    """A timestamp no earlier report in ``report_dir`` used (so nothing is overwritten)."""
+    base = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    stamp, counter = base, 1
+    while (report_dir / f"miniature-{stamp}.json").exists() or (report_dir / f"summary-{stamp}.html").exists():
+        counter += 1
+        stamp = f"{base}-{counter}"
+    return stamp
+
+
+def _dumps(payload: Mapping[str, Any]) -> str:
+    return json.dumps(payload, indent=2, sort_keys=True, default=str)
+
+
+def write_reports(results: Sequence[ComparisonResult], settings: Any, report_dir: Path, *,
+                  duration_s: float | None = None, previous: Mapping[str, Any] | None = None) -> ReportPaths:
+    """Write the JSON and the summary page, each timestamped plus a 'latest' copy.
+
+    ``previous`` is a :func:`~miniature.reports.payload.load_report` payload
+    (``--compare-to``); the page then shows what changed since it.
+    """
+    from miniature.core.cache import atomic_write_text
+
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    stamp = _free_stamp(report_dir)
+    paths = ReportPaths(json=report_dir / f"miniature-{stamp}.json", latest_json=report_dir / LATEST_JSON,
+                        page=report_dir / f"summary-{stamp}.html", latest_page=report_dir / PAGE_NAME)
+    payload = report_payload(results, settings, duration_s=duration_s,
+                             compare_to=None if previous is None else str(previous.get("path")))
+    text = _dumps(payload)
+    atomic_write_text(paths.json, text)
+    atomic_write_text(paths.latest_json, text)
+    page = render_summary_page(json.loads(text), previous=previous, json_name=paths.json.name)
+    atomic_write_text(paths.page, page)
+    atomic_write_text(paths.latest_page, page)
+    return paths
