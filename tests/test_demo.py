@@ -104,7 +104,7 @@ def test_quick_demo_figures_in_unit_range_and_reference_passes_against_itself(tm
     candidates = {r["candidate"] for r in results if r["reference"] == reference}
     assert candidates == {f"{reference}#2", *(MODEL_NAMES[n] for n in ("int8", "prune", "layers"))}
     characteristics = {"prediction_errors", "data_representation", "data_distribution",
-                       "adversarial_vulnerability"}
+                       "adversarial_vulnerability", "representation_similarity"}
     assert {r["characteristic"] for r in results} == characteristics
     for result in results:
         # undefined (NaN) only where no attacked item was right under both models

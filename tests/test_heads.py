@@ -154,7 +154,7 @@ def test_gate_run_on_two_bare_encoders_passes_and_shows_the_skips(gate_checks: p
         f"--reference={encoders['reference']}", f"--candidate={encoders['small']}",
         f"--cache-dir={gate_checks.path / 'cache'}", "--bootstrap=0", "--data-limit=60",
         f"--report-dir={gate_checks.path / 'reports'}", "--threshold-representation=0",
-        "--threshold-distribution=0", "-rs")
+        "--threshold-distribution=0", "--threshold-similarity=0", "-rs")
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
     result.assert_outcomes(passed=2, skipped=2)
     output = result.stdout.str()

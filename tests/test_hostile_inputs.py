@@ -748,7 +748,7 @@ def test_base_checkpoints_must_match_the_models(pytester: pytest.Pytester, tiny_
 @pytest.mark.parametrize("where", ["collection", "check"])
 def test_gate_errors_are_printed_once(gate_checks: pytest.Pytester, tiny_models, where: str) -> None:  # 31
     args = [f"{opt.REFERENCE}={tiny_models['reference']}", f"{opt.CANDIDATE}={tiny_models['small']}",
-            f"{opt.REPORT_DIR}={gate_checks.path / 'reports'}", f"{opt.BOOTSTRAP}=0", "-k", "representation"]
+            f"{opt.REPORT_DIR}={gate_checks.path / 'reports'}", f"{opt.BOOTSTRAP}=0", "-k", "data_representation"]
     if where == "collection":  # the gate cannot be built: its cache dir is under a file
         (gate_checks.path / "blocker").write_text("x")
         args += [f"{opt.CACHE_DIR}={gate_checks.path / 'blocker' / 'cache'}"]

@@ -117,8 +117,8 @@ def test_differently_initialised_model_fails_representation_readably(
     result = gate_checks.runpytest(
         f"--reference={tiny_models['reference']}", f"--candidate={tiny_models['reinit']}",
         f"--cache-dir={gate_checks.path / 'cache'}", "--bootstrap=50", "--data-limit=200",
-        f"--report-dir={gate_checks.path / 'reports'}", "-k", "representation")
-    result.assert_outcomes(failed=1, deselected=3)
+        f"--report-dir={gate_checks.path / 'reports'}", "-k", "data_representation")
+    result.assert_outcomes(failed=1, deselected=4)
     result.stdout.fnmatch_lines([
         "data representation: kNN Jaccard * (95% CI *, chance *) < threshold 0.5 — reference vs reinit, K=10, n=200",
         "  fix: *--threshold-representation*",
@@ -131,10 +131,10 @@ def test_candidate_pairs_inform_without_failing(gate_checks: pytest.Pytester, ti
     reference = str(tiny_models["reference"])
     args = [f"--reference={reference}", f"--candidate={reference}", f"--candidate={tiny_models['reinit']}",
             f"--cache-dir={gate_checks.path / 'cache'}", "--bootstrap=0", "--data-limit=150",
-            f"--report-dir={gate_checks.path / 'reports'}", "-k", "representation"]
+            f"--report-dir={gate_checks.path / 'reports'}", "-k", "data_representation"]
     result = gate_checks.runpytest(*args)
     # reference vs its copy passes, reference vs reinit fails, copy vs reinit diverges but only informs
-    result.assert_outcomes(passed=2, failed=1, deselected=9)
+    result.assert_outcomes(passed=2, failed=1, deselected=12)
     result.stdout.fnmatch_lines(["reference#2 vs reinit*DIVERGES*"])
     gated = gate_checks.runpytest(*args, "--gate-all-pairs")
-    gated.assert_outcomes(passed=1, failed=2, deselected=9)
+    gated.assert_outcomes(passed=1, failed=2, deselected=12)

@@ -189,14 +189,15 @@ def test_skipped_and_errored_checks_are_cells_of_their_own(gate_checks: pytest.P
     args = small_gate(tiny_models, where, "--attack-model=miniature-tests/no-such-lm", f"{opt.K}=70",
                       f"{opt.K_SWEEP}=5", "--junitxml=junit.xml", candidate="reference")
     result = gate_checks.runpytest(*args)
-    result.assert_outcomes(passed=1, failed=2, skipped=1)
+    result.assert_outcomes(passed=2, failed=2, skipped=1)
     payload = json.loads((where / "reports" / "latest.json").read_text())
     statuses = {r["characteristic"]: r["status"] for r in payload["results"]}
     assert statuses == {"prediction_errors": "computed", "adversarial_vulnerability": "skipped",
-                        "data_representation": "error", "data_distribution": "error"}
-    assert payload["gate"] == {"total": 4, "failed": 0, "error": 2, "skipped": 1}
+                        "data_representation": "error", "data_distribution": "error",
+                        "representation_similarity": "computed"}
+    assert payload["gate"] == {"total": 5, "failed": 0, "error": 2, "skipped": 1}
     page = (where / "reports" / "summary.html").read_text()
-    assert "Gate FAILED: 0 of 4 gating checks below threshold, 2 errored" in page and "1 skipped" in page
+    assert "Gate FAILED: 0 of 5 gating checks below threshold, 2 errored" in page and "1 skipped" in page
     errors = re.findall(r'<td class="cell error"[^>]*><div class="verdict">ERROR</div><div class="sub">([^<]*)</div>', page)
     assert len(errors) == 2 and all("70" in cell and "choose" in cell for cell in errors)
     skipped = re.findall(r'<td class="cell skipped"[^>]*><div class="verdict">SKIPPED</div><div class="sub">([^<]*)</div>', page)
@@ -264,13 +265,13 @@ def test_ci_recipe_commands_run_twice_and_compare_with_the_last_report(tiny_mode
     for characteristic in ("prediction_errors", "data_representation", "data_distribution",
                            "adversarial_vulnerability"):
         assert f'name="test_{characteristic}[' in junit
-    assert junit.count('name="miniature_verdict"') == 4 and 'name="miniature_verdict" value="FAIL"' in junit
-    assert junit.count('name="miniature_figure"') == 4 and junit.count('name="miniature_threshold"') == 4
+    assert junit.count('name="miniature_verdict"') == 5 and 'name="miniature_verdict" value="FAIL"' in junit
+    assert junit.count('name="miniature_figure"') == 5 and junit.count('name="miniature_threshold"') == 5
     assert "compared with" not in (reports / "summary.html").read_text()
 
     (project / "baseline").mkdir()
     (project / "baseline" / "latest.json").write_bytes((reports / "latest.json").read_bytes())
     second = run()
     assert second.returncode == 1
-    assert "no change since baseline/latest.json: same figures and verdicts for all 4 checks" in second.stdout
+    assert "no change since baseline/latest.json: same figures and verdicts for all 5 checks" in second.stdout
     assert json.loads((reports / "latest.json").read_text())["compare_to"] == "baseline/latest.json"

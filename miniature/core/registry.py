@@ -115,7 +115,7 @@ BUILTIN: tuple[Characteristic, ...] = (
         description="Check that the candidate breaks under attack on the same items, no more often."),
     Characteristic(
         "representation_similarity", "representation similarity", f"{_CHARACTERISTICS}.similarity:compare_in_gate",
-        default_threshold=0.8, threshold_flag="--threshold-similarity",
+        default_threshold=0.9, threshold_flag="--threshold-similarity",
         threshold_help="minimum linear CKA between the two models' sentence vectors", staged=True,
         fix="the candidate's sentence vectors are not a linear image of the reference's (low CKA); "
             "distil on the reference's hidden states, or lower --threshold-similarity",

@@ -297,8 +297,9 @@ def demo(
 
         torch.set_num_threads(threads)
     plan = SIZES[size]
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    report = Path(report_dir).expanduser()
+    # absolute: the gate runs from a folder of its own (see gate_folder)
+    cache = (Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()).resolve()
+    report = Path(report_dir).expanduser().resolve()
     seconds: dict[str, float] = {}
     data = _demo_data(plan)
     say = _printer(progress)
