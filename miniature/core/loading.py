@@ -1,0 +1,214 @@
+"""Loading the models of a gate run: resolving and locating them, fine-tuning them when
+asked, checking their task heads and label maps, and loading each once (the attack's
+masked LM too). A part of :class:`miniature.core.gate.Gate`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from miniature.core import settings as opt
+from miniature.core.models import (ModelSpec, ModelWrapper, check_device, head_missing_line, missing_head_weights,
+                                   resolve_model, unique_name, locate)
+from miniature.errors import MiniatureError, ModelReferenceError, NotApplicable
+
+#: Representation stages: the base checkpoints, the task checkpoints (fine-tuned here or given)
+BEFORE, AFTER = "before fine-tuning", "after fine-tuning"
+#: The stage of models that have no task head: representation compared on their encoders.
+ENCODER = "pre-trained encoder"
+
+
+
+class ModelLoading:
+    """The models of a gate run, loaded once each (state set up by ``Gate.__init__``)."""
+
+    def _add(self, reference: str) -> str:
+        spec = locate(resolve_model(reference))
+        name = unique_name(spec.name, list(self.specs))
+        self.specs[name] = spec
+        self.names.append(name)
+        return name
+
+    def spec(self, name: str, stage: str | None = None) -> ModelSpec:
+        """Where a model's checkpoint for ``stage`` is: the base one before fine-tuning,
+        else the task checkpoint (fine-tuned here first with ``--finetune``)."""
+        finetuning = bool(self.settings[opt.FINETUNE])
+        if stage == BEFORE:
+            return self.specs[name] if finetuning else self.base_specs[name]
+        if not finetuning:
+            return self.specs[name]
+        if name not in self._finetuned:
+            self._finetuned[name] = self._finetune(name)
+        return self._finetuned[name]
+
+    def _finetune(self, name: str) -> ModelSpec:
+        from miniature.core.finetune import finetune
+
+        if self.cache.root is None:
+            import tempfile
+
+            root = tempfile.mkdtemp(prefix="miniature-finetuned-")
+        else:
+            root = self.cache.root / "finetuned"
+        seed = self.settings[opt.SEED] + (1 if name == self.noise_model else 0)
+        if self.task != "qa" and self.data.train.labels is None:
+            raise MiniatureError(self.unlabelled("train", f"{opt.FINETUNE} trains on its labels"))
+        train = self.data.train.examples if self.task == "qa" else self.data.train
+        path = finetune(self.specs[name].source, self.task, train,
+                        output_root=root, seed=seed, max_length=self.settings[opt.MAX_LENGTH],
+                        trust_remote_code=self.settings[opt.TRUST_REMOTE_CODE],
+                        allow_pickle=self.settings[opt.ALLOW_PICKLE])
+        return ModelSpec(name=name, source=str(path), is_local=True)
+
+    @property
+    def task(self) -> str:
+        return self.settings[opt.TASK]
+
+    @property
+    def head(self) -> str:
+        """The task head of the checkpoints: classification or extractive QA."""
+        return "qa" if self.task == "qa" else "classification"
+
+    @property
+    def device(self) -> str:
+        device = self.settings[opt.DEVICE]
+        if device == "auto":
+            import torch
+
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        check_device(device)
+        return device
+
+    def wrapper(self, name: str, *, stage: str | None = None) -> ModelWrapper:
+        """The loaded model (once per process); ``stage=BEFORE`` loads the base checkpoint."""
+        from miniature.core.models import load_model
+
+        stage = None if stage == ENCODER else stage  # a headless model's task stage is its encoder
+        key = (name, stage or "")
+        if key not in self._wrappers:
+            spec = self.spec(name, stage)
+            headless = stage == BEFORE or bool(self.missing_head(name))
+            options = dict(device=self.device, trust_remote_code=self.settings[opt.TRUST_REMOTE_CODE],
+                           allow_pickle=self.settings[opt.ALLOW_PICKLE],
+                           max_length=self.settings[opt.MAX_LENGTH],
+                           batch_size=self.settings[opt.BATCH_SIZE], pooling=self.settings[opt.POOLING])
+            wrapper = load_model(spec, head="encoder" if headless else self.head, **options)
+            if wrapper.missing_head:  # the headers could not tell (pickle, hub): never use a made-up head
+                self._missing_head[name] = wrapper.missing_head
+                wrapper = load_model(spec, head="encoder", **options)
+            wrapper.name = name
+            self._wrappers[key] = wrapper
+        return self._wrappers[key]
+
+    # -- data ------------------------------------------------------------------------------
+
+    def _model_fingerprint(self, name: str, stage: str | None) -> str:
+        """Weights fingerprint without loading the model when it is a local directory."""
+        from pathlib import Path
+
+        from miniature.core.models import fingerprint_files
+
+        spec = self.spec(name, stage)
+        if spec.is_local:
+            if spec.source not in self._file_fingerprints:
+                self._file_fingerprints[spec.source] = fingerprint_files(Path(spec.source))
+            return self._file_fingerprints[spec.source]
+        return self.wrapper(name, stage=stage).fingerprint
+
+    # -- comparisons -----------------------------------------------------------------------
+
+    def missing_head(self, name: str) -> list[str]:
+        """Task-head weights ``name``'s checkpoint lacks (read from its file headers, no
+        weights loaded); ``[]`` when complete, unknown until loaded, or fine-tuned here."""
+        if self.settings[opt.FINETUNE]:
+            return []
+        if name not in self._missing_head:
+            self._missing_head[name] = missing_head_weights(
+                self.specs[name], self.head, trust_remote_code=self.settings[opt.TRUST_REMOTE_CODE])
+        return self._missing_head[name] or []
+
+    def head_problem(self, name: str) -> str | None:
+        """Why ``name`` cannot run the checks that need its task head (prediction errors,
+        adversarial vulnerability), in one line with the fix; None when it can. Cheap: reads
+        config.json and the weight files' headers, loads no model."""
+        missing = self.missing_head(name)
+        if missing:
+            return (f"{head_missing_line(name, self.head, missing)}; fix: pass --finetune to "
+                    "fine-tune it here on the training data, or pass a checkpoint fine-tuned "
+                    "for the task")
+        return self._label_count_problem(name)
+
+    def _label_count_problem(self, name: str) -> str | None:
+        """A classifier trained for another number of labels than the data has."""
+        if self.task != "classification" or self.settings[opt.FINETUNE] or self.settings[opt.LABEL_MAP]:
+            return None
+        test, train = self.data.test, self.data.train
+        if test.labels is None:
+            return None
+        distinct = set(test.labels) | set(train.labels or [])
+        count = max(len(distinct), len(test.label_names))
+        try:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(self.spec(name).source,
+                                                trust_remote_code=self.settings[opt.TRUST_REMOTE_CODE])
+        except (OSError, ValueError):  # not readable without the network: the load will say
+            return None
+        num_labels = int(config.num_labels)
+        if count < 2 or num_labels == count:
+            return None
+        return (f"model {name!r} has a classification head for {num_labels} label(s) "
+                f"(num_labels in its config.json) but the data has {count} distinct label(s) "
+                f"({test.source}); fix: pass a checkpoint fine-tuned on these labels, --finetune "
+                "to fine-tune it here, or --label-map if its labels map onto the data's")
+
+    def label_translation(self, name: str) -> np.ndarray | None:
+        """Model label id -> data label id, after checking the model's label map against
+        the reference's and the data's (a clear error when they disagree)."""
+        from transformers import AutoConfig
+
+        from miniature.core.tasks.classification import check_label_maps, id2label, translation_table
+
+        if name not in self._label_maps:
+            def config(model: str) -> Any:
+                from miniature.core.models import model_file_boundary
+
+                with model_file_boundary(self.spec(model), "config.json"):
+                    return AutoConfig.from_pretrained(
+                        self.spec(model).source, trust_remote_code=self.settings[opt.TRUST_REMOTE_CODE])
+
+            reference = config(self.reference)
+            mapping = check_label_maps(
+                reference, config(name) if name != self.reference else reference,
+                self.data.test.labels or [], label_map=self.settings[opt.LABEL_MAP],
+                reference_name=f"{self.reference} (reference)", candidate_name=name,
+                data_label_names=self.data.test.label_names)
+            self._label_maps[name] = (None if mapping is None
+                                      else translation_table(id2label(config(name)), mapping, name))
+        return self._label_maps[name]
+
+    def attack_wrapper(self) -> ModelWrapper:
+        """The masked LM that proposes BERT-Attack's substitutions (loaded once)."""
+        from miniature.core.models import load_model
+
+        key = ("__attack_model__", "")
+        if self.attack_problem is not None or self.attack_spec is None:
+            raise NotApplicable(self.attack_problem or "the attack runs only with --task classification")
+        if key not in self._wrappers:
+            spec = self.attack_spec
+            trust = self.settings[opt.TRUST_REMOTE_CODE]
+            missing = missing_head_weights(spec, "masked-lm", trust_remote_code=trust)
+            if not missing:
+                wrapper = load_model(
+                    spec, head="masked-lm", device=self.device, trust_remote_code=trust,
+                    allow_pickle=self.settings[opt.ALLOW_PICKLE],
+                    max_length=self.settings[opt.MAX_LENGTH], batch_size=self.settings[opt.BATCH_SIZE])
+                missing = wrapper.missing_head
+            if missing:
+                raise ModelReferenceError(
+                    f"attack {head_missing_line(spec.name, 'masked-lm', missing)}, so its word "
+                    f"substitutions would be noise; fix: pass {opt.ATTACK_MODEL} a masked-LM "
+                    "checkpoint such as bert-base")
+            self._wrappers[key] = wrapper
+        return self._wrappers[key]

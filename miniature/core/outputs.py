@@ -1,0 +1,191 @@
+"""Per-item outputs of a gate run: the data, each model's embeddings and logits, correctness
+and attack outcomes, computed once and kept in the :class:`~miniature.core.cache.OutputCache`.
+A part of :class:`miniature.core.gate.Gate`."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+from miniature.core import settings as opt
+from miniature.core.cache import fingerprint, fingerprint_texts
+from miniature.core.data import (ROLES, TaskData, TextData, builtin_qa_data, builtin_sentiment_data, load_qa_data,
+                                 load_text_data)
+from miniature.core.loading import BEFORE, ENCODER
+from miniature.errors import DataWarning, MiniatureError, NotApplicable
+
+
+
+class PerItemOutputs:
+    """Computing and caching per-item outputs (state set up by ``Gate.__init__``)."""
+
+    @property
+    def data(self) -> TaskData:
+        if self._data is None:
+            self._data = self._load_data()
+        return self._data
+
+    def _load_data(self) -> TaskData:
+        s = self.settings
+        flags = {"train": opt.TRAIN_DATA, "holdout": opt.HOLDOUT_DATA, "test": opt.TEST_DATA,
+                 "challenge": opt.CHALLENGE_DATA}
+        given = {role: s[flag] for role, flag in flags.items() if s[flag]}
+        builtin = None
+        if len(given) < len(flags):
+            builtin = builtin_qa_data() if self.task == "qa" else builtin_sentiment_data()
+        sets: dict[str, TextData] = {}
+        for role in ROLES:
+            if role not in given:
+                sets[role] = builtin.role(role).head(s[opt.DATA_LIMIT])  # type: ignore[union-attr]
+            elif self.task == "qa":
+                sets[role] = load_qa_data(given[role], limit=s[opt.DATA_LIMIT])
+            else:
+                sets[role] = load_text_data(
+                    given[role], text_column=s[opt.TEXT_COLUMN],
+                    label_column=None if role == "challenge" else s[opt.LABEL_COLUMN],
+                    limit=s[opt.DATA_LIMIT])
+        is_ood = None
+        if "challenge" not in given and builtin is not None and builtin.challenge_is_ood:
+            is_ood = builtin.challenge_is_ood[: len(sets["challenge"])]
+        for role, data in sets.items():
+            items = list(zip(data.texts, data.pairs or data.texts))
+            duplicates = len(items) - len(set(items))
+            if duplicates:
+                warnings.warn(DataWarning(
+                    f"the {role} data ({data.source}) holds {duplicates} duplicate item(s); "
+                    "duplicates are each other's nearest neighbours and tie exactly (ties are "
+                    "broken by item order); remove them unless they are meant"), stacklevel=2)
+        return TaskData(challenge_is_ood=is_ood, **sets)
+
+    # -- outputs ---------------------------------------------------------------------------
+
+    def outputs(self, name: str, role: str, *, stage: str | None = None) -> dict[str, np.ndarray]:
+        """Per-item ``embeddings`` (and ``logits`` after fine-tuning) of one data set, cached."""
+        data = self.data.role(role)
+        stage = None if stage == ENCODER else stage
+        key = fingerprint(
+            "outputs", self._model_fingerprint(name, stage), _data_fingerprint(data),
+            self.settings[opt.POOLING], self.settings[opt.MAX_LENGTH], stage or "task", self.task,
+        )
+
+        truncated = []
+        used = [self.settings[opt.MAX_LENGTH]]
+
+        def compute(part: slice) -> dict[str, np.ndarray]:
+            wrapper = self.wrapper(name, stage=stage)
+            used[0] = wrapper.max_length  # less than --max-length past the model's positions
+            texts = data.texts[part]
+            if stage == BEFORE or self.task == "qa" or self.missing_head(name):
+                pairs = data.pairs[part] if data.pairs is not None else None
+                arrays = {"embeddings": wrapper.encode(texts, pairs=pairs)}
+            else:
+                embeddings, logits = wrapper.encode_and_classify(texts)
+                arrays = {"embeddings": embeddings, "logits": logits}
+            truncated.append(wrapper.truncated)
+            return arrays
+
+        arrays = self.cache.chunked("outputs", key, len(data), compute, chunk_size=self.chunk_size)
+        where = f"model {name!r} on the {role} data ({data.source})"
+        if sum(truncated):
+            warnings.warn(DataWarning(
+                f"{where}: {sum(truncated)} of {len(data)} items are longer than "
+                f"{_length_used(used[0], self.settings[opt.MAX_LENGTH])} tokens and were "
+                "truncated; raise --max-length to compare whole texts"), stacklevel=2)
+        self._check_embeddings(arrays["embeddings"], where)
+        return arrays
+
+    @staticmethod
+    def _check_embeddings(embeddings: np.ndarray, where: str) -> None:
+        """Non-finite vectors are an error; all-zero ones a warning (their neighbours are ties)."""
+        finite = np.isfinite(embeddings).all(axis=1)
+        if not finite.all():
+            raise MiniatureError(
+                f"{where}: {int((~finite).sum())} of {len(embeddings)} embeddings contain NaN or "
+                "inf (often a float16 overflow or a diverged checkpoint); fix: run the model in "
+                "float32 (--device cpu) or check its weights")
+        zero = ~np.any(embeddings, axis=1)
+        if zero.any():
+            warnings.warn(DataWarning(
+                f"{where}: {int(zero.sum())} of {len(embeddings)} embeddings are all zero; they are "
+                "equally far from everything, so their neighbours are ties broken by item order"),
+                stacklevel=3)
+
+    def correct(self, name: str) -> np.ndarray:
+        """Per test item: does the model predict the gold label (QA: the exact answer)?"""
+        problem = self.head_problem(name)
+        if problem:
+            raise NotApplicable(problem)
+        if self.task == "qa":
+            return self._qa_correct(name)
+        labels = self.data.test.labels
+        if labels is None:
+            raise NotApplicable(self.unlabelled("test", "prediction errors need each test item's "
+                                                "gold label"))
+        logits = self.outputs(name, "test")["logits"]
+        predicted = logits.argmax(axis=1)
+        translation = self.label_translation(name)
+        if translation is not None:
+            predicted = translation[predicted]
+        return predicted == np.asarray(labels)
+
+    def _qa_correct(self, name: str) -> np.ndarray:
+        """Exact match under SQuAD 2.0 rules of the model's answers ("" = no answer), cached."""
+        from miniature.core.tasks.qa import predict_qa, qa_correct
+
+        test = self.data.test
+        doc_stride = max(8, self.settings[opt.MAX_LENGTH] // 3)
+        key = fingerprint("qa-answers", self._model_fingerprint(name, None), _data_fingerprint(test),
+                          self.settings[opt.MAX_LENGTH], doc_stride)
+        answers = self.cache.load_json("answers", key)
+        if answers is None or len(answers) != len(test):
+            answers = predict_qa(self.wrapper(name), test.examples, doc_stride=doc_stride)
+            self.cache.save_json("answers", key, answers)
+        return qa_correct(answers, test.examples)
+
+    def unlabelled(self, role: str, need: str) -> str:
+        """One line: the ``role`` data has no labels, what needs them, and the fix."""
+        source = self.data.role(role).source
+        why = "is a .txt file, which has no labels" if source.lower().endswith(".txt") else "has no labels"
+        return (f"the {role} data {source!r} {why}, and {need}; fix: pass --{role}-data as a "
+                f".jsonl/.csv file with a label column (--label-column)")
+
+    def attack_outcomes(self, name: str) -> list[dict[str, Any]]:
+        """BERT-Attack outcomes for one target on the seeded test sample (cached, resumable)."""
+        from miniature.core.characteristics.adversarial import AttackSettings, attack_model_outcomes, sample_items
+
+        if self.task != "classification":
+            raise NotApplicable("the adversarial check attacks a sentiment classifier, as the paper "
+                                "does on IMDB; run it with --task classification")
+        problem = self.head_problem(name)
+        if problem:
+            raise NotApplicable(problem)
+        if name not in self._attacks:
+            test = self.data.test
+            if test.labels is None:
+                raise NotApplicable(self.unlabelled("test", "the attack needs each item's gold label"))
+            if self.attack_problem is not None:  # the user's own models and data first
+                raise NotApplicable(self.attack_problem)
+            index = sample_items(len(test), self.settings[opt.ATTACK_SIZE], self.settings[opt.SEED])
+            self._attacks[name] = attack_model_outcomes(
+                self.attack_wrapper(), self.wrapper(name),
+                [test.texts[i] for i in index], [test.labels[i] for i in index],
+                settings=AttackSettings(top_k_words=self.settings[opt.ATTACK_TOP_K],
+                                        max_length=min(self.settings[opt.MAX_LENGTH],
+                                                       self.attack_wrapper().max_length)),
+                cache=self.cache, seed=self.settings[opt.SEED])
+        return self._attacks[name]
+
+
+def _length_used(used: int, requested: int) -> str:
+    if used == requested:
+        return f"--max-length {requested}"
+    return f"{used} (the model's position limit; --max-length {requested})"
+
+
+def _data_fingerprint(data: TextData) -> str:
+    """Content hash of a data set's texts (and pair segments)."""
+    if data.pairs is None:
+        return fingerprint_texts(data.texts)
+    return fingerprint(fingerprint_texts(data.texts), fingerprint_texts(data.pairs))
