@@ -35,12 +35,14 @@ only when an attack runs.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import os
 import random
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +59,7 @@ __all__ = [
     "DEFAULT_SAMPLE_SIZE",
     "RESULTS",
     "AttackSettings",
+    "ENGINES",
     "prepare_textattack",
     "english_stopwords",
     "make_target_wrapper",
@@ -76,6 +79,9 @@ DEFAULT_SAMPLE_SIZE = 200
 #: there was nothing to attack; "maximum queries": the query budget ran out first.
 RESULTS: tuple[str, ...] = ("skipped", "successful", "failed", "maximum queries")
 
+#: How an attack can run (:attr:`AttackSettings.engine`): the same outcomes either way.
+ENGINES: tuple[str, ...] = ("textattack", "batched")
+
 #: Bumped when the attack changes in a way that invalidates cached outcomes.
 ATTACK_VERSION = "bert-attack-li-2020/miniature-1"
 
@@ -94,6 +100,14 @@ class AttackSettings:
     queries allowed per item (None: unlimited), ``subword_candidates`` and
     ``max_combinations`` bound words made of several sub-words, and ``max_length`` the
     attack model's input length (None: the attack wrapper's ``max_length``).
+
+    ``engine`` picks how the attack runs, not what it finds, so it is the one field left
+    out of the cache key: ``"textattack"`` attacks one item at a time through TextAttack
+    alone (the reference path); ``"batched"`` (the default; the environment variable
+    ``MINIATURE_ATTACK_ENGINE`` changes the default) runs the same TextAttack search on
+    many items in lockstep, batches their model calls across items, memoises each
+    target's predictions and shares the attack model's outputs across targets and runs
+    (see :mod:`miniature.characteristics._batched_attack`).
     """
 
     top_k_words: int | None = 3
@@ -104,8 +118,13 @@ class AttackSettings:
     subword_candidates: int = 4
     max_combinations: int = 24
     max_length: int | None = None
+    engine: str = field(default_factory=lambda: os.environ.get("MINIATURE_ATTACK_ENGINE",
+                                                               "batched"))
 
     def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"AttackSettings.engine must be one of {ENGINES}, got {self.engine!r}"
+                             " (MINIATURE_ATTACK_ENGINE sets the default)")
         for name in ("top_k_words", "query_budget", "max_length"):
             value = getattr(self, name)
             if value is not None and (not _is_int(value) or value < 1):
@@ -202,6 +221,7 @@ def attack_model_outcomes(
     cache: OutputCache | None = None,
     seed: int = 0,
     progress: bool = True,
+    window: int | None = None,
 ) -> list[dict[str, Any]]:
     """Attack every text against ``target_wrapper``; one outcome dict per item, in order.
 
@@ -213,6 +233,12 @@ def attack_model_outcomes(
     ``seconds``. Outcomes are journalled per item in ``cache`` under the attack model's,
     the target's and the data's fingerprints and the settings, so an interrupted run
     resumes and a finished one is read back without loading TextAttack.
+
+    ``settings.engine`` picks the path (same outcomes): ``"batched"`` attacks up to
+    ``window`` items at once (default 64) and shares the attack model's outputs with
+    every other target attacked with the same attack model and settings (in memory, and
+    in ``cache`` across runs); ``"textattack"`` attacks one item at a time. ``seconds``
+    is an item's wall time, in the batched path while it was in flight with the others.
     """
     settings = settings or AttackSettings()
     texts, labels = _check_inputs(texts, labels)
@@ -231,7 +257,11 @@ def attack_model_outcomes(
     key = fingerprint(ATTACK_VERSION, _textattack_version(), attack_model_wrapper.fingerprint,
                       attack_model_wrapper.max_length, target_wrapper.fingerprint,
                       target_wrapper.max_length, fingerprint_texts(texts), labels,
-                      asdict(settings), seed)
+                      _settings_key(settings), seed)
+    if settings.engine == "batched":
+        return _batched_outcomes(attack_model_wrapper, target_wrapper, texts, labels,
+                                 settings=settings, cache=cache, key=key, progress=progress,
+                                 window=window)
     state: dict[str, Any] = {}
 
     def compute(item: tuple[int, str, int]) -> dict[str, Any]:
@@ -250,6 +280,85 @@ def attack_model_outcomes(
 
     items = [(i, text, label) for i, (text, label) in enumerate(zip(texts, labels))]
     return cache.records("adversarial", key, items, compute, progress=bar)
+
+
+def _settings_key(settings: AttackSettings) -> dict[str, Any]:
+    """The settings in a cache key: all but ``engine`` (it changes the speed, not the outcome)."""
+    return {k: v for k, v in asdict(settings).items() if k != "engine"}
+
+
+def _batched_outcomes(attack_model_wrapper: "ModelWrapper", target_wrapper: "ModelWrapper",
+                      texts: list[str], labels: list[int], *, settings: AttackSettings,
+                      cache: OutputCache, key: str, progress: bool,
+                      window: int | None) -> list[dict[str, Any]]:
+    """``engine="batched"``: the items not yet journalled, attacked in lockstep.
+
+    Outcomes go to the same journal as the sequential path's (one JSON line per item, as
+    each item ends, in the order items end), so either path resumes the other's run.
+    """
+    import warnings
+
+    from miniature.errors import CacheWarning
+
+    journal = cache.path("adversarial", key, ".jsonl") if cache.root is not None else None
+    done: dict[int, dict[str, Any]] = {}
+    if journal is not None and journal.exists() and not cache.refresh:
+        for line in journal.read_text("utf-8").splitlines():
+            try:
+                record = json.loads(line)
+                done[int(record["index"])] = record
+            except (ValueError, KeyError, TypeError):
+                warnings.warn(CacheWarning(f"dropped an unreadable line in {journal}; "
+                                           "that item is recomputed"), stacklevel=3)
+    elif journal is not None and journal.exists():
+        journal.unlink()
+    todo = [i for i in range(len(texts)) if i not in done]
+    if not todo:
+        cache.hits += 1
+        return [done[i] for i in range(len(texts))]
+    cache.misses += 1
+
+    from tqdm.auto import tqdm
+
+    from ._batched_attack import DEFAULT_WINDOW, build_batched_attacks, shared_outputs
+
+    shared = shared_outputs(attack_model_wrapper, settings, cache)
+    router, make = build_batched_attacks(attack_model_wrapper, target_wrapper, settings,
+                                         english_stopwords(), shared)
+    free: list[Any] = []
+
+    def job(index: int) -> Any:
+        def run() -> dict[str, Any]:
+            attack = free.pop() if free else make()
+            try:
+                return _attack_one(attack, texts[index], labels[index], settings)
+            finally:
+                free.append(attack)
+        return run
+
+    bar = tqdm(total=len(todo), desc=f"BERT-Attack [{target_wrapper.name}]", unit="item",
+               disable=not progress)
+
+    def finished(index: int, outcome: dict[str, Any]) -> None:
+        record = dict(outcome)
+        record["index"] = index
+        done[index] = record
+        if journal is not None:
+            journal.parent.mkdir(parents=True, exist_ok=True)
+            with open(journal, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record, sort_keys=True) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+        shared.flush()
+        bar.update(1)
+
+    try:
+        router.lockstep.run(((i, job(i)) for i in todo), window=window or DEFAULT_WINDOW,
+                            on_done=finished)
+    finally:
+        shared.flush(force=True)
+        bar.close()
+    return [done[i] for i in range(len(texts))]
 
 
 def _build(attack_model_wrapper: "ModelWrapper", target_wrapper: "ModelWrapper",
