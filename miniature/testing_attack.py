@@ -1,4 +1,4 @@
-"""Tiny attack set-ups for the attack benchmarks and tests (not a benchmark itself).
+"""Tiny attack set-ups for the attack tests and benchmarks (beside :mod:`miniature.testing`).
 
 A locally trained WordPiece tokenizer, a masked-LM attack model, a classifier trained
 for a few seconds on synthetic sentiment reviews (the reference) and candidates made
