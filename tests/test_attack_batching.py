@@ -18,13 +18,19 @@ from pathlib import Path
 import pytest
 
 from miniature.cache import OutputCache
-from miniature.characteristics import _batched_attack as batched
 from miniature.characteristics.adversarial import AttackSettings, attack_model_outcomes
 from miniature.models import load_model
 from miniature.synthetic import sentiment_reviews
 from miniature.testing_attack import build
 
 N_ITEMS = 40
+
+
+def _batched():
+    """The batched engine's module (imported late: it imports TextAttack)."""
+    from miniature.characteristics import _batched_attack
+
+    return _batched_attack
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +81,7 @@ def test_attack_model_work_is_shared_across_targets_and_target_queries_memoised(
     attacker = _attacker(models)
     reference = attack_model_outcomes(attacker, _target(models), texts, labels, progress=False,
                                       settings=settings)
-    store = batched.shared_outputs(attacker, settings, None)
+    store = _batched().shared_outputs(attacker, settings, None)
     first = store.mlm_texts, store.encoded_texts
     assert first[0] > 0 and first[1] > 0
     candidate = _target(models, "pruned-40")
@@ -99,8 +105,7 @@ KILL = textwrap.dedent("""
     import torch
     torch.set_num_threads(1)
     from miniature.cache import OutputCache
-    from miniature.characteristics import _batched_attack as batched
-    from miniature.characteristics.adversarial import AttackSettings, attack_model_outcomes
+        from miniature.characteristics.adversarial import AttackSettings, attack_model_outcomes
     from miniature.models import load_model
     args = json.loads(sys.argv[1])
     batched.FLUSH_SECONDS = 0.0
@@ -117,10 +122,11 @@ KILL = textwrap.dedent("""
         batched.Lockstep.run = killing_run
     attacker = load_model(args["attacker"], head="masked-lm")
     target = load_model(args["target"], head="classification")
-    settings = AttackSettings(engine="batched", top_k_words=1)
+    settings = AttackSettings(engine="batched")
     outcomes = attack_model_outcomes(attacker, target, args["texts"], args["labels"],
-                                     cache=OutputCache(args["cache"]), progress=False, window=8)
-    store = batched.shared_outputs(attacker, AttackSettings(engine="batched"), OutputCache(args["cache"]))
+                                     settings=settings, cache=OutputCache(args["cache"]),
+                                     progress=False, window=8)
+    store = batched.shared_outputs(attacker, settings, OutputCache(args["cache"]))
     print(json.dumps({"outcomes": outcomes, "mlm_texts": store.mlm_texts,
                       "encoded_texts": store.encoded_texts, "loaded": store.loaded}))
 """)
@@ -140,7 +146,7 @@ def test_shared_store_survives_a_kill_and_the_rerun_is_identical_and_cheaper(mod
                                                                              tmp_path):
     texts, labels = reviews
     script = tmp_path / "kill.py"
-    script.write_text(KILL.replace("top_k_words=1", "top_k_words=3"))
+    script.write_text(KILL)
     common = dict(attacker=str(models["attacker"]), target=str(models["reference"]),
                   texts=texts, labels=labels)
     cold = _run(script, cache=str(tmp_path / "cold"), kill_after=0, **common)
@@ -165,14 +171,14 @@ def test_shared_store_survives_a_kill_and_the_rerun_is_identical_and_cheaper(mod
 def test_shared_store_is_keyed_by_attack_model_and_every_setting(models, reviews, tmp_path):
     attacker = _attacker(models)
     base = AttackSettings(engine="batched")
-    key = batched.shared_key(attacker, base)
-    assert batched.shared_key(attacker, AttackSettings(engine="textattack")) == key
+    key = _batched().shared_key(attacker, base)
+    assert _batched().shared_key(attacker, AttackSettings(engine="textattack")) == key
     for changed in (AttackSettings(similarity_threshold=0.3), AttackSettings(max_candidates=12),
                     AttackSettings(top_k_words=1), AttackSettings(max_percent=0.2),
                     AttackSettings(max_length=16), AttackSettings(subword_candidates=2)):
-        assert batched.shared_key(attacker, changed) != key, changed
+        assert _batched().shared_key(attacker, changed) != key, changed
     other = build(tmp_path / "other", candidates=(), epochs=0, attacker_hidden=48)
-    assert batched.shared_key(load_model(str(other["attacker"]), head="masked-lm"), base) != key
+    assert _batched().shared_key(load_model(str(other["attacker"]), head="masked-lm"), base) != key
     # and in use: a run with another constraint setting reads nothing of the first run's store
     texts, labels = reviews
     cache = tmp_path / "cache"
@@ -181,9 +187,9 @@ def test_shared_store_is_keyed_by_attack_model_and_every_setting(models, reviews
     assert list((cache / "adversarial").glob(f"shared-{key}/*.npz"))
     fresh = _attacker(models)
     stricter = AttackSettings(engine="batched", similarity_threshold=0.5)
-    store = batched.shared_outputs(fresh, stricter, OutputCache(cache))
+    store = _batched().shared_outputs(fresh, stricter, OutputCache(cache))
     assert store.loaded == 0 and not store.words and not store.vectors
-    assert batched.shared_outputs(fresh, base, OutputCache(cache)).loaded >= 1
+    assert _batched().shared_outputs(fresh, base, OutputCache(cache)).loaded >= 1
 
 
 def test_engine_switch_is_checked_and_left_out_of_the_outcome_key(monkeypatch):
@@ -205,7 +211,7 @@ def test_lockstep_batches_requests_and_propagates_a_failure():
         sizes.append(len(payloads))
         return [p * 2 for p in payloads]
 
-    lockstep = batched.Lockstep({"double": handler})
+    lockstep = _batched().Lockstep({"double": handler})
 
     def job(i):
         return lambda: [lockstep.request("double", i), lockstep.request("double", i + 1)]
@@ -220,3 +226,24 @@ def test_lockstep_batches_requests_and_propagates_a_failure():
 
     with pytest.raises(RuntimeError, match="boom"):
         lockstep.run([(0, job(0)), (1, bad), (2, job(2))], window=3)
+
+
+def test_shared_store_round_trips_texts_exactly_and_skips_an_unreadable_chunk(tmp_path):
+    import numpy as np
+
+    store = _batched().SharedAttackOutputs("k", OutputCache(tmp_path))
+    store.add_words("ends in a NUL\x00", 2, ["a", "b"])
+    store.add_words("plain", 0, [])
+    store.add_vector("ends in a NUL\x00", np.arange(3, dtype=np.float32))
+    store.flush(force=True)
+    store.add_vector("later", np.ones(3, dtype=np.float32))
+    store.flush(force=True)
+    (tmp_path / "adversarial" / "shared-k" / "chunk-broken.npz").write_bytes(b"not a zip")
+    with pytest.warns(Warning, match="unreadable"):
+        again = _batched().SharedAttackOutputs("k", OutputCache(tmp_path))
+    assert again.loaded == 2
+    assert again.words == {("ends in a NUL\x00", 2): ("a", "b"), ("plain", 0): ()}
+    assert ("ends in a NUL", 2) not in again.words
+    assert set(again.vectors) == {"ends in a NUL\x00", "later"}
+    assert again.vectors["ends in a NUL\x00"].tolist() == [0.0, 1.0, 2.0]
+    assert _batched().SharedAttackOutputs("other", OutputCache(tmp_path)).loaded == 0

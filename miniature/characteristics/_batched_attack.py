@@ -240,9 +240,9 @@ class SharedAttackOutputs:
                 for text, index, words in zip(arrays["word_texts"].tolist(),
                                               arrays["word_index"].tolist(),
                                               arrays["word_lists"].tolist()):
-                    self.words[(text, int(index))] = tuple(json.loads(words))
+                    self.words[(json.loads(text), int(index))] = tuple(json.loads(words))
                 for text, vector in zip(arrays["vector_texts"].tolist(), arrays["vectors"]):
-                    self.vectors[text] = np.asarray(vector, dtype=np.float32)
+                    self.vectors[json.loads(text)] = np.asarray(vector, dtype=np.float32)
                 self.loaded += 1
             except (KeyError, ValueError, TypeError):
                 continue  # a chunk from another layout: recomputed
@@ -258,10 +258,11 @@ class SharedAttackOutputs:
         self._new_words, self._new_vectors = [], []
         width = next(iter(self.vectors.values())).shape[0] if self.vectors else 0
         arrays = {
-            "word_texts": np.array([t for t, _ in words], dtype=str),
+            # texts as JSON strings: numpy's fixed-width strings drop trailing NULs
+            "word_texts": np.array([json.dumps(t) for t, _ in words], dtype=str),
             "word_index": np.array([i for _, i in words], dtype=np.int64),
             "word_lists": np.array([json.dumps(list(self.words[w])) for w in words], dtype=str),
-            "vector_texts": np.array(vectors, dtype=str),
+            "vector_texts": np.array([json.dumps(t) for t in vectors], dtype=str),
             "vectors": (np.stack([self.vectors[t] for t in vectors]) if vectors
                         else np.zeros((0, width), dtype=np.float32)),
         }
