@@ -26,6 +26,14 @@ runs offline on any local model:
   ``compare_against_original=True``. Its scores are not USE scores: a threshold tuned
   for USE means something else here.
 
+Two engines run this same attack (:attr:`AttackSettings.engine`, same outcomes item by
+item): ``"textattack"`` attacks one item at a time; ``"batched"`` (the default) runs
+TextAttack's search on many items in lockstep, sends the model calls of all items in
+flight through one length-sorted, dynamically padded batch per model, memoises each
+target's predictions and computes the attack model's candidates and sentence vectors
+once per distinct text for every target of a gate, keeping them in the cache across
+runs (:mod:`miniature.characteristics._batched_attack`).
+
 TextAttack itself needs NLTK's stopword corpus to import, and on its first import tries
 to download NLTK data; :func:`prepare_textattack` supplies the corpus and turns those
 downloads into no-ops. Importing this module is cheap: TextAttack and torch are imported
