@@ -105,7 +105,8 @@ KILL = textwrap.dedent("""
     import torch
     torch.set_num_threads(1)
     from miniature.cache import OutputCache
-        from miniature.characteristics.adversarial import AttackSettings, attack_model_outcomes
+    from miniature.characteristics import _batched_attack as batched
+    from miniature.characteristics.adversarial import AttackSettings, attack_model_outcomes
     from miniature.models import load_model
     args = json.loads(sys.argv[1])
     batched.FLUSH_SECONDS = 0.0
