@@ -35,6 +35,14 @@ runs offline on any local model:
   lexicon (MIT, shipped in ``miniature/resources/sentiment``) plus a few review adjectives
   it lacks (``sentiment_filter``; off: any proposal is tried, as in TextAttack).
 
+Two engines run this same attack (:attr:`AttackSettings.engine`, same outcomes item by
+item): ``"textattack"`` attacks one item at a time; ``"batched"`` (the default) runs
+TextAttack's search on many items in lockstep, sends the model calls of all items in
+flight through one length-sorted, dynamically padded batch per model, memoises each
+target's predictions and computes the attack model's candidates and sentence vectors
+once per distinct text for every target of a gate, keeping them in the cache across
+runs (:mod:`miniature.characteristics.batched_attack`).
+
 TextAttack itself needs NLTK's stopword corpus to import, and on its first import tries
 to download NLTK data; :func:`prepare_textattack` (from
 :mod:`miniature.core.characteristics.textattack_offline`, re-exported here) supplies the corpus
@@ -45,16 +53,19 @@ only when an attack runs.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import os
 import random
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from miniature.core.cache import OutputCache, fingerprint, fingerprint_texts
 from miniature.core.characteristics.base import THRESHOLD_ON_CHOICES, ComparisonResult
-from miniature.core.characteristics.textattack_offline import (NLTK_DATA_DIR,  # noqa: F401 - re-exported
+from miniature.core.characteristics.textattack_offline import (ATTACK_VERSION, NLTK_DATA_DIR, textattack_version,  # noqa: F401 - re-exported
                                                                english_stopwords, prepare_textattack)
 from miniature.errors import NotApplicable
 
@@ -68,6 +79,7 @@ __all__ = [
     "DEFAULT_SAMPLE_SIZE",
     "RESULTS",
     "AttackSettings",
+    "ENGINES",
     "prepare_textattack",
     "english_stopwords",
     "make_target_wrapper",
@@ -87,8 +99,8 @@ DEFAULT_SAMPLE_SIZE = 200
 #: there was nothing to attack; "maximum queries": the query budget ran out first.
 RESULTS: tuple[str, ...] = ("skipped", "successful", "failed", "maximum queries")
 
-#: Bumped when the attack changes in a way that invalidates cached outcomes.
-ATTACK_VERSION = "bert-attack-li-2020/miniature-2"
+#: How an attack can run (:attr:`AttackSettings.engine`): the same outcomes either way.
+ENGINES: tuple[str, ...] = ("textattack", "batched")
 
 #: The semantic-similarity constraint's sentence encoder (the recipe's Universal Sentence
 #: Encoder is a TF-Hub download): the packaged all-MiniLM-L6-v2, a sentence-transformers
@@ -115,6 +127,14 @@ class AttackSettings:
     queries allowed per item (None: unlimited), ``subword_candidates`` and
     ``max_combinations`` bound words made of several sub-words, and ``max_length`` the
     attack model's input length (None: the attack wrapper's ``max_length``).
+
+    ``engine`` picks how the attack runs, not what it finds, so it is the one field left
+    out of the cache key: ``"textattack"`` attacks one item at a time through TextAttack
+    alone (the reference path); ``"batched"`` (the default; the environment variable
+    ``MINIATURE_ATTACK_ENGINE`` changes the default) runs the same TextAttack search on
+    many items in lockstep, batches their model calls across items, memoises each
+    target's predictions and shares the attack model's outputs across targets and runs
+    (see :mod:`miniature.characteristics.batched_attack`).
     """
 
     top_k_words: int | None = 3
@@ -127,8 +147,13 @@ class AttackSettings:
     subword_candidates: int = 4
     max_combinations: int = 24
     max_length: int | None = None
+    engine: str = field(default_factory=lambda: os.environ.get("MINIATURE_ATTACK_ENGINE",
+                                                               "batched"))
 
     def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"AttackSettings.engine must be one of {ENGINES}, got {self.engine!r}"
+                             " (MINIATURE_ATTACK_ENGINE sets the default)")
         for name in ("top_k_words", "query_budget", "max_length"):
             value = getattr(self, name)
             if value is not None and (not _is_int(value) or value < 1):
@@ -186,6 +211,7 @@ def attack_model_outcomes(
     cache: OutputCache | None = None,
     seed: int = 0,
     progress: bool = True,
+    window: int | None = None,
 ) -> list[dict[str, Any]]:
     """Attack every text against ``target_wrapper``; one outcome dict per item, in order.
 
@@ -197,6 +223,12 @@ def attack_model_outcomes(
     ``seconds``. Outcomes are journalled per item in ``cache`` under the attack model's,
     the target's and the data's fingerprints and the settings, so an interrupted run
     resumes and a finished one is read back without loading TextAttack.
+
+    ``settings.engine`` picks the path (same outcomes): ``"batched"`` attacks up to
+    ``window`` items at once (default 64) and shares the attack model's outputs with
+    every other target attacked with the same attack model and settings (in memory, and
+    in ``cache`` across runs); ``"textattack"`` attacks one item at a time. ``seconds``
+    is an item's wall time, in the batched path while it was in flight with the others.
     """
     settings = settings or AttackSettings()
     texts, labels = _check_inputs(texts, labels)
@@ -212,10 +244,14 @@ def attack_model_outcomes(
         raise ValueError(f"settings.max_candidates={settings.max_candidates} exceeds the attack "
                          f"model's vocabulary ({vocab} tokens); fix: lower max_candidates")
     cache = cache if cache is not None else OutputCache(None)
-    key = fingerprint(ATTACK_VERSION, _textattack_version(), attack_model_wrapper.fingerprint,
+    key = fingerprint(ATTACK_VERSION, textattack_version(), attack_model_wrapper.fingerprint,
                       attack_model_wrapper.max_length, target_wrapper.fingerprint,
                       target_wrapper.max_length, fingerprint_texts(texts), labels,
-                      asdict(settings), seed)
+                      _settings_key(settings), seed)
+    if settings.engine == "batched":
+        return _batched_outcomes(attack_model_wrapper, target_wrapper, texts, labels,
+                                 settings=settings, cache=cache, key=key, progress=progress,
+                                 window=window)
     state: dict[str, Any] = {}
 
     def compute(item: tuple[int, str, int]) -> dict[str, Any]:
@@ -234,6 +270,85 @@ def attack_model_outcomes(
 
     items = [(i, text, label) for i, (text, label) in enumerate(zip(texts, labels))]
     return cache.records("adversarial", key, items, compute, progress=bar)
+
+
+def _settings_key(settings: AttackSettings) -> dict[str, Any]:
+    """The settings in a cache key: all but ``engine`` (it changes the speed, not the outcome)."""
+    return {k: v for k, v in asdict(settings).items() if k != "engine"}
+
+
+def _batched_outcomes(attack_model_wrapper: "ModelWrapper", target_wrapper: "ModelWrapper",
+                      texts: list[str], labels: list[int], *, settings: AttackSettings,
+                      cache: OutputCache, key: str, progress: bool,
+                      window: int | None) -> list[dict[str, Any]]:
+    """``engine="batched"``: the items not yet journalled, attacked in lockstep.
+
+    Outcomes go to the same journal as the sequential path's (one JSON line per item, as
+    each item ends, in the order items end), so either path resumes the other's run.
+    """
+    import warnings
+
+    from miniature.errors import CacheWarning
+
+    journal = cache.path("adversarial", key, ".jsonl") if cache.root is not None else None
+    done: dict[int, dict[str, Any]] = {}
+    if journal is not None and journal.exists() and not cache.refresh:
+        for line in journal.read_text("utf-8").splitlines():
+            try:
+                record = json.loads(line)
+                done[int(record["index"])] = record
+            except (ValueError, KeyError, TypeError):
+                warnings.warn(CacheWarning(f"dropped an unreadable line in {journal}; "
+                                           "that item is recomputed"), stacklevel=3)
+    elif journal is not None and journal.exists():
+        journal.unlink()
+    todo = [i for i in range(len(texts)) if i not in done]
+    if not todo:
+        cache.hits += 1
+        return [done[i] for i in range(len(texts))]
+    cache.misses += 1
+
+    from tqdm.auto import tqdm
+
+    from miniature.core.characteristics.batched_attack import DEFAULT_WINDOW, build_batched_attacks, shared_outputs
+
+    shared = shared_outputs(attack_model_wrapper, settings, cache)
+    router, make = build_batched_attacks(attack_model_wrapper, target_wrapper, settings,
+                                         english_stopwords(), shared)
+    free: list[Any] = []
+
+    def job(index: int) -> Any:
+        def run() -> dict[str, Any]:
+            attack = free.pop() if free else make()
+            try:
+                return _attack_one(attack, texts[index], labels[index], settings)
+            finally:
+                free.append(attack)
+        return run
+
+    bar = tqdm(total=len(todo), desc=f"BERT-Attack [{target_wrapper.name}]", unit="item",
+               disable=not progress)
+
+    def finished(index: int, outcome: dict[str, Any]) -> None:
+        record = dict(outcome)
+        record["index"] = index
+        done[index] = record
+        if journal is not None:
+            journal.parent.mkdir(parents=True, exist_ok=True)
+            with open(journal, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record, sort_keys=True) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+        shared.flush()
+        bar.update(1)
+
+    try:
+        router.lockstep.run(((i, job(i)) for i in todo), window=window or DEFAULT_WINDOW,
+                            on_done=finished)
+    finally:
+        shared.flush(force=True)
+        bar.close()
+    return [done[i] for i in range(len(texts))]
 
 
 def _build(attack_model_wrapper: "ModelWrapper", target_wrapper: "ModelWrapper",
@@ -619,13 +734,6 @@ def _check_classifier(wrapper: "ModelWrapper", role: str) -> int:
     return int(model.config.num_labels)
 
 
-def _textattack_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("textattack")
-    except PackageNotFoundError:  # pragma: no cover
-        return "unknown"
 
 
 #: Fewest items attacked against both models for a broken-set Jaccard; below it the check is skipped.

@@ -257,8 +257,14 @@ class LocalBertAttackSwap(WordSwapMaskedLM):
 
 
 def build_attack(attack_wrapper: "ModelWrapper", target: TargetModelWrapper,
-                 settings: "AttackSettings", stopwords: Sequence[str]) -> "textattack.Attack":
-    """BERT-Attack from TextAttack's parts, as ``BERTAttackLi2020.build`` assembles them."""
+                 settings: "AttackSettings", stopwords: Sequence[str], *,
+                 transformation: Any = None, similarity: Any = None,
+                 model_batch_size: int | None = None) -> "textattack.Attack":
+    """BERT-Attack from TextAttack's parts, as ``BERTAttackLi2020.build`` assembles them.
+
+    ``transformation``, ``similarity`` and ``model_batch_size`` replace the masked-LM swap,
+    the similarity constraint and the goal function's batch size (the batched engine
+    routes them through shared, batched model calls; the search is unchanged)."""
     import logging
 
     from textattack.constraints.overlap import MaxWordsPerturbed
@@ -269,7 +275,7 @@ def build_attack(attack_wrapper: "ModelWrapper", target: TargetModelWrapper,
     from textattack.goal_functions import UntargetedClassification
     from textattack.search_methods import GreedyWordSwapWIR
 
-    transformation = LocalBertAttackSwap(attack_wrapper, settings)
+    transformation = transformation or LocalBertAttackSwap(attack_wrapper, settings)
     constraints: list[Any] = [RepeatModification(), StopwordModification(stopwords=stopwords)]
     if settings.max_percent is not None or settings.top_k_words is not None:
         constraints.append(MaxWordsPerturbed(max_num_words=settings.top_k_words,
@@ -277,7 +283,9 @@ def build_attack(attack_wrapper: "ModelWrapper", target: TargetModelWrapper,
     if settings.sentiment_filter:
         constraints.append(SentimentFlipFilter())
     if settings.similarity_threshold is not None:
-        if settings.similarity_encoder is None:
+        if similarity is not None:  # the batched engine's, reading the shared store
+            constraints.append(similarity)
+        elif settings.similarity_encoder is None:
             constraints.append(AttackModelSimilarity(attack_wrapper, settings.similarity_threshold))
         else:
             constraints.append(SentenceEncoderSimilarity(
@@ -289,7 +297,7 @@ def build_attack(attack_wrapper: "ModelWrapper", target: TargetModelWrapper,
         goal = UntargetedClassification(
             target,
             query_budget=float("inf") if settings.query_budget is None else settings.query_budget,
-            model_batch_size=target.wrapper.batch_size,
+            model_batch_size=model_batch_size or target.wrapper.batch_size,
         )
     finally:
         ta_logger.setLevel(level)

@@ -53,3 +53,16 @@ def prepare_textattack() -> None:
 
 def _no_download(*args: Any, **kwargs: Any) -> bool:
     return False
+
+
+#: Bumped when the attack changes in a way that invalidates cached outcomes.
+ATTACK_VERSION = "bert-attack-li-2020/miniature-2"
+
+
+def textattack_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("textattack")
+    except PackageNotFoundError:  # pragma: no cover
+        return "unknown"
