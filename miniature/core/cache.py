@@ -219,6 +219,24 @@ class OutputCache:
             return
         atomic_write_text(self.path(kind, key, ".json"), json.dumps(value, sort_keys=True))
 
+    def read_journal(self, kind: str, key: str) -> tuple[Path | None, dict[int, dict[str, Any]]]:
+        """The journal file of ``kind``/``key`` (None without a cache) and its records by item
+        index; an unreadable line is dropped with a warning (that item is recomputed), and
+        with ``refresh`` the journal is removed."""
+        done: dict[int, dict[str, Any]] = {}
+        journal = self.path(kind, key, ".jsonl") if self.root is not None else None
+        if journal is not None and journal.exists() and not self.refresh:
+            for line in journal.read_text("utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                    done[int(record["index"])] = record
+                except (ValueError, KeyError, TypeError):
+                    warnings.warn(CacheWarning(f"dropped an unreadable line in {journal}; "
+                                               "that item is recomputed"), stacklevel=3)
+        elif journal is not None and journal.exists():
+            journal.unlink()
+        return journal, done
+
     def records(
         self,
         kind: str,
@@ -233,18 +251,7 @@ class OutputCache:
         For slow per-item work (an adversarial attack): an interrupted run resumes at the
         first item with no record. A truncated last line (a crash mid-write) is dropped.
         """
-        done: dict[int, dict[str, Any]] = {}
-        journal = self.path(kind, key, ".jsonl") if self.root is not None else None
-        if journal is not None and journal.exists() and not self.refresh:
-            for line in journal.read_text("utf-8").splitlines():
-                try:
-                    record = json.loads(line)
-                    done[int(record["index"])] = record
-                except (ValueError, KeyError, TypeError):
-                    warnings.warn(CacheWarning(f"dropped an unreadable line in {journal}; "
-                                               "that item is recomputed"), stacklevel=2)
-        elif journal is not None and journal.exists():
-            journal.unlink()
+        journal, done = self.read_journal(kind, key)
         if done and len(done) == len(items):
             self.hits += 1
         else:

@@ -223,6 +223,11 @@ class Agreement:
     ci_low: float | None = None
     ci_high: float | None = None
 
+    def result_fields(self) -> dict[str, float | None]:
+        """The ``ComparisonResult`` fields it fills: figure, chance, corrected, ci_low, ci_high."""
+        return {"figure": self.figure, "chance": self.chance, "corrected": self.corrected,
+                "ci_low": self.ci_low, "ci_high": self.ci_high}
+
 
 def set_agreement(a: np.ndarray, b: np.ndarray, *, n_bootstrap: int | None, seed: int | None) -> Agreement:
     """Jaccard of two sets given as boolean masks over the same n items (both empty = 1),

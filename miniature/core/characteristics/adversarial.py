@@ -286,22 +286,7 @@ def _batched_outcomes(attack_model_wrapper: "ModelWrapper", target_wrapper: "Mod
     Outcomes go to the same journal as the sequential path's (one JSON line per item, as
     each item ends, in the order items end), so either path resumes the other's run.
     """
-    import warnings
-
-    from miniature.errors import CacheWarning
-
-    journal = cache.path("adversarial", key, ".jsonl") if cache.root is not None else None
-    done: dict[int, dict[str, Any]] = {}
-    if journal is not None and journal.exists() and not cache.refresh:
-        for line in journal.read_text("utf-8").splitlines():
-            try:
-                record = json.loads(line)
-                done[int(record["index"])] = record
-            except (ValueError, KeyError, TypeError):
-                warnings.warn(CacheWarning(f"dropped an unreadable line in {journal}; "
-                                           "that item is recomputed"), stacklevel=3)
-    elif journal is not None and journal.exists():
-        journal.unlink()
+    journal, done = cache.read_journal("adversarial", key)
     todo = [i for i in range(len(texts)) if i not in done]
     if not todo:
         cache.hits += 1

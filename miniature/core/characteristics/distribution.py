@@ -180,7 +180,6 @@ def compare_distribution(
     candidate_flags, candidate_threshold, candidate_challenge = _flags_at(*candidate_scores, k, keep)
 
     agreement = set_agreement(reference_flags, candidate_flags, n_bootstrap=n_bootstrap, seed=seed)
-    figure = agreement.figure
 
     details: dict = {
         "reference_ood_rate": float(reference_flags.mean()),
@@ -212,15 +211,11 @@ def compare_distribution(
         reference=reference,
         candidate=candidate,
         figure_name="OOD-set Jaccard",
-        figure=figure,
         n=m,
         threshold=threshold,
         threshold_on=threshold_on,
         gating=gating,
-        chance=agreement.chance,
-        corrected=agreement.corrected,
-        ci_low=agreement.ci_low,
-        ci_high=agreement.ci_high,
+        **agreement.result_fields(),
         k=int(k),
         details=details,
         sweep={
