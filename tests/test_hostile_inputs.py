@@ -683,7 +683,7 @@ BAD_OPTION_VALUES: dict[str, list[tuple[str, str]]] = {
     opt.THRESHOLD_ATTACK: [("nan", "outside [0, 1]")],
     opt.THRESHOLD_SIMILARITY: [("1.5", "outside [0, 1]")],
     opt.THRESHOLDS: [("similarity", "is not NAME=J"), ("representation_similarity=2", "outside [0, 1]")],
-    opt.CKA_ESTIMATOR: [("rbf", "not one of")],
+    "--cka-estimator": [("rbf", "not one of")],  # representation similarity's own option
     opt.ATTACK_DROP_TOLERANCE: [("nan", "not a finite number"), ("inf", "not a finite number"),
                                 ("-1", "negative"), ("150", "above 100")],
     opt.THRESHOLD_ON: [("ci_upper", "not one of")],

@@ -57,6 +57,9 @@ class Characteristic:
     evidence_title: str = "Evidence"
     #: the fixture's docstring
     description: str = ""
+    #: options of its own, each ``(flag, help, choices, default)``: added to the option table
+    #: (with an ini twin) for built-in characteristics, read as ``settings.<flag as name>``
+    options: tuple[tuple[str, str, tuple[str, ...], str], ...] = ()
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -121,6 +124,8 @@ BUILTIN: tuple[Characteristic, ...] = (
             "distil on the reference's hidden states, or lower --threshold-similarity",
         evidence_title="Items that account for most of the dissimilarity (their share of 1 - CKA), "
                        "with their mutual-kNN overlap",
+        options=(("--cka-estimator", "representation similarity's CKA: debiased (HSIC, about 0 when "
+                  "unrelated) or linear (plain)", ("debiased", "linear"), "debiased"),),
         description="Check that the candidate's representation is linearly similar to the reference's (CKA)."),
 )
 

@@ -57,7 +57,6 @@ FINETUNE = "--finetune"
 ATTACK_MODEL = "--attack-model"
 ATTACK_SIZE = "--attack-size"
 ATTACK_TOP_K = "--attack-top-k"
-CKA_ESTIMATOR = "--cka-estimator"
 
 #: the built-in characteristics' threshold flags, named as the rest of the option constants
 THRESHOLD_ERRORS, THRESHOLD_REPRESENTATION, THRESHOLD_DISTRIBUTION, THRESHOLD_ATTACK, THRESHOLD_SIMILARITY = (
@@ -256,8 +255,9 @@ OPTIONS: tuple[Option, ...] = (
     Option(ATTACK_MODEL, "masked LM proposing BERT-Attack substitutions (the paper: bert-base)", text, "bert-base", metavar="MODEL"),
     Option(ATTACK_SIZE, "items attacked per model (the paper: 1000)", integer(1), 200, metavar="N"),
     Option(ATTACK_TOP_K, "BERT-Attack's K: most important words perturbed (the paper: 3)", integer(1), 3, metavar="K"),
-    Option(CKA_ESTIMATOR, "representation similarity's CKA: debiased (HSIC, about 0 when unrelated) or linear (plain)",
-           choice("debiased", "linear"), "debiased"),
+    # options a built-in characteristic declares in its registration
+    *(Option(flag, help_text, choice(*choices), default)
+      for c in BUILTIN for flag, help_text, choices, default in c.options),
 )
 
 BY_FLAG: dict[str, Option] = {option.flag: option for option in OPTIONS}
