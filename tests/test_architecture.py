@@ -118,3 +118,13 @@ def test_data_flows_one_way() -> None:
     wrong = [(m, t) for m, edges in imports().items() for t, _ in edges
              for layer, banned in forbidden.items() if m.startswith(layer) and t.startswith(banned)]
     assert not wrong, wrong
+
+
+def test_public_import_paths_a_project_uses() -> None:
+    """What a team's tests and conftest import stays where the README says."""
+    from miniature import Characteristic
+    from miniature.core.registry import Characteristic as registered
+    from miniature.testing import make_tiny_models
+    from miniature.tools import testing
+
+    assert Characteristic is registered and make_tiny_models is testing.make_tiny_models

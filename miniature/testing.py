@@ -1,0 +1,6 @@
+"""Tiny offline models for a project's own tests: the public import path
+(``from miniature.testing import make_tiny_models``); the code is in :mod:`miniature.tools.testing`."""
+
+from miniature.tools.testing import TINY_MODELS, TinyModels, make_tiny_model, make_tiny_models, train_tokenizer
+
+__all__ = ["TINY_MODELS", "TinyModels", "make_tiny_model", "make_tiny_models", "train_tokenizer"]
