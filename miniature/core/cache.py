@@ -263,12 +263,17 @@ class OutputCache:
             record["index"] = index
             done[index] = record
             if journal is not None:
-                journal.parent.mkdir(parents=True, exist_ok=True)
-                with open(journal, "a", encoding="utf-8") as handle:
-                    handle.write(json.dumps(record, sort_keys=True) + "\n")
-                    handle.flush()
-                    os.fsync(handle.fileno())
+                append_record(journal, record)
         return [done[i] for i in range(len(items))]
+
+
+def append_record(journal: Path, record: dict[str, Any]) -> None:
+    """Append one record to a journal as a JSON line, synced to disk (a kill loses no finished item)."""
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    with open(journal, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, sort_keys=True) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _read_npz(path: Path) -> Arrays | None:

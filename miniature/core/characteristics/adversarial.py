@@ -53,17 +53,15 @@ only when an attack runs.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import random
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from miniature.core.cache import OutputCache, fingerprint, fingerprint_texts
+from miniature.core.cache import OutputCache, append_record, fingerprint, fingerprint_texts
 from miniature.core.characteristics.base import THRESHOLD_ON_CHOICES, ComparisonResult
 from miniature.core.characteristics.textattack_offline import (ATTACK_VERSION, NLTK_DATA_DIR, textattack_version,  # noqa: F401 - re-exported
                                                                english_stopwords, prepare_textattack)
@@ -319,11 +317,7 @@ def _batched_outcomes(attack_model_wrapper: "ModelWrapper", target_wrapper: "Mod
         record["index"] = index
         done[index] = record
         if journal is not None:
-            journal.parent.mkdir(parents=True, exist_ok=True)
-            with open(journal, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record, sort_keys=True) + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
+            append_record(journal, record)
         shared.flush()
         bar.update(1)
 
