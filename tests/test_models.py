@@ -138,3 +138,19 @@ def test_fingerprint_follows_weights(tiny_models) -> None:
     again = load_model(str(tiny_models["reference"])).fingerprint
     other = load_model(str(tiny_models["reinit"])).fingerprint
     assert first == again != other
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-tokenizer", "slow-tokenizer"])
+def test_truncation_count_is_the_same_from_one_pass_and_two(tiny_models, fast: bool) -> None:
+    from transformers import AutoTokenizer
+
+    wrapper = load_model(str(tiny_models["small"]), max_length=8)
+    wrapper.tokenizer = AutoTokenizer.from_pretrained(str(tiny_models["small"]), use_fast=fast)
+    assert wrapper.tokenizer.is_fast is fast
+    questions = [text.split()[0] for text in TEXTS]
+    for pairs in (None, questions):
+        features = wrapper.tokenize(TEXTS, pairs)
+        args = (TEXTS, questions) if pairs is not None else (TEXTS,)
+        uncut = wrapper.tokenizer(*args)["input_ids"]
+        assert wrapper.truncated == sum(len(ids) > 8 for ids in uncut) > 0
+        assert all(len(item["input_ids"]) <= 8 for item in features)

@@ -445,9 +445,12 @@ class ModelWrapper:
         """Token ids per item (no padding), truncated to ``max_length``; counts truncations."""
         texts = [str(t) for t in texts]
         args = (texts, list(pairs)) if pairs is not None else (texts,)
-        full = self.tokenizer(*args, truncation=False, padding=False)["input_ids"]
-        self.truncated = sum(len(ids) > self.max_length for ids in full)
         encoded = self.tokenizer(*args, truncation=True, max_length=self.max_length, padding=False)
+        if getattr(encoded, "encodings", None) is not None:  # a fast tokenizer keeps what it cut
+            self.truncated = sum(bool(item.overflowing) for item in encoded.encodings)
+        else:  # a slow tokenizer does not: tokenize again uncut and count the long ones
+            full = self.tokenizer(*args, truncation=False, padding=False)["input_ids"]
+            self.truncated = sum(len(ids) > self.max_length for ids in full)
         keys = list(encoded.keys())
         return [{key: encoded[key][i] for key in keys} for i in range(len(texts))]
 
