@@ -9,8 +9,12 @@ in one process, one call each per round with the order rotating:
 * ``knn-check``: ``representation.knn_jaccard`` at K, the core of the existing kNN check
   (what ``benchmarks/knn.py`` times as "miniature").
 
-Goal: similarity under 1.5x the kNN check's time. The parts of ``similarity`` (CKA pass,
-mutual kNN) are timed too, so the cost of CKA on top of the two neighbour searches shows.
+* ``similarity+interval`` / ``knn-check+interval``: the same with the 95% interval each check
+  reports by default (1,000 replicates): CKA's ``cka_interval`` (the paired bootstrap where
+  affordable, else the delta method), the kNN check's bootstrap of the per-item mean.
+
+Goal: similarity under 1.5x the kNN check's time, with and without the intervals. The
+parts of ``similarity`` (CKA pass, mutual kNN, interval) are timed too, so each cost shows.
 
     python benchmarks/similarity.py --quick
     python benchmarks/similarity.py          # n = 20,000, d = 768, K = 10, 3 rounds
@@ -24,7 +28,8 @@ import sys
 
 import _harness as h
 
-VARIANTS = ("similarity", "knn-check", "cka-pair-only", "mutual-knn-only")
+VARIANTS = ("similarity", "knn-check", "cka-pair-only", "mutual-knn-only",
+            "similarity+interval", "knn-check+interval", "cka-interval-only")
 
 
 def make_embeddings(n: int, d: int, *, seed: int, clusters: int, noise: float):
@@ -44,12 +49,14 @@ def timing_worker(payload: dict) -> None:
     import faiss  # noqa: F401 - libraries loaded before any clock starts
 
     from miniature.core.characteristics.representation import knn_jaccard
-    from miniature.core.characteristics.similarity import cka_pair, mutual_knn
+    from miniature.core.characteristics.similarity import cka_interval, cka_pair, mutual_knn
+    from miniature.core.stats import mean_agreement
 
     a, b = make_embeddings(payload["n"], payload["d"], seed=payload["seed"],
                            clusters=payload["clusters"], noise=payload["noise"])
     k = payload["k"]
     figures: dict[str, float] = {}
+    methods: dict[str, str] = {}
 
     def run(name: str, chunk: int) -> None:
         if name == "similarity":
@@ -59,11 +66,21 @@ def timing_worker(payload: dict) -> None:
             figures["knn_jaccard"] = float(knn_jaccard(a, b, k).mean())
         elif name == "cka-pair-only":
             cka_pair(a, b)
+        elif name == "similarity+interval":
+            figures["linear_cka"], figures["debiased_cka"] = cka_pair(a, b)
+            figures["mutual_knn"] = mutual_knn(a, b, k)
+            low, high, method = cka_interval(a, b, n_bootstrap=1000, debiased=True)
+            figures["debiased_ci_low"], figures["debiased_ci_high"] = low, high
+            methods["similarity"] = method
+        elif name == "knn-check+interval":
+            mean_agreement(knn_jaccard(a, b, k), 0.0, n_bootstrap=1000, seed=0)
+        elif name == "cka-interval-only":
+            cka_interval(a, b, n_bootstrap=1000, debiased=True)
         else:
             mutual_knn(a, b, k)
 
     totals, _ = h.interleave_in_process(payload["variants"], payload["rounds"], 1, run)
-    h.emit({"totals": totals, "figures": figures})
+    h.emit({"totals": totals, "figures": figures, "methods": methods})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,9 +117,12 @@ def main(argv: list[str] | None = None) -> int:
         rows.append([name, f"{h.median(totals[name]):.2f} s", h.fmt_ratio(ratio)])
     print(h.table(["variant", "time (median round)", "its time / knn-check's"], rows))
     print("\nfigures: " + ", ".join(f"{key} {value:.4f}" for key, value in figures.items()))
+    print(f"interval method at this size: {timing['methods'].get('similarity')}")
     ratio = h.median([x / y for x, y in zip(totals["similarity"], totals["knn-check"])])
     print(f"\ngoal similarity (linear + debiased CKA + mutual kNN) under 1.5x the kNN check: "
           f"{ratio:.3f}x -> {'MET' if ratio < 1.5 else 'MISSED'}")
+    ratio = h.median([x / y for x, y in zip(totals["similarity+interval"], totals["knn-check+interval"])])
+    print(f"goal the same with both checks' 95% intervals: {ratio:.3f}x -> {'MET' if ratio < 1.5 else 'MISSED'}")
     if args.quick:
         print("note: --quick is a smoke test at a small size; the goal is judged on a full run")
     h.write_json(args.json, {"machine": info, "settings": payload, "timing": timing})

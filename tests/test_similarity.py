@@ -259,6 +259,69 @@ def test_debiased_bootstrap_of_independent_representations_covers_zero():
     assert low < 0.0 < high
 
 
+# ------------------------------------------------------- delta method (large n interval)
+
+
+def weighted_cka(X, Y, weights: np.ndarray, *, debiased: bool) -> np.ndarray:
+    """CKA under item weights, one value per row of ``weights``: what a bootstrap replicate computes."""
+    Xc, Yc, n = sim._prepare(X, Y, min_items=4)
+    sums = sim._sums(Xc, Yc, np.atleast_2d(weights).astype(np.float64))
+    return sim._debiased_from_sums(sums, n) if debiased else sim._linear_from_sums(sums, n)
+
+
+@pytest.mark.parametrize("debiased", [False, True], ids=["linear", "debiased"])
+def test_influence_equals_finite_differences_of_the_weighted_cka(debiased: bool):
+    # Brute-force twin: central differences of the replicate statistic, one item at a time.
+    X, Y = related_pair(3, 30, 5, 7, noise=1.5)
+    step = 1e-5
+    eye = np.eye(30)
+    numeric = (weighted_cka(X, Y, 1 + step * eye, debiased=debiased)
+               - weighted_cka(X, Y, 1 - step * eye, debiased=debiased)) / (2 * step)
+    analytic = sim.cka_influence(X, Y, debiased=debiased)
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-7)
+
+
+@given(seed=st.integers(0, 10_000), debiased=st.booleans())
+@FAST
+def test_influence_of_identical_representations_is_zero(seed: int, debiased: bool):
+    # CKA(X, X) = 1 under every weighting, so no item can move it.
+    X = np.random.default_rng(seed).normal(size=(12, 4))
+    np.testing.assert_allclose(sim.cka_influence(X, X, debiased=debiased), 0.0, atol=1e-9)
+
+
+@pytest.mark.parametrize("debiased", [False, True], ids=["linear", "debiased"])
+def test_delta_interval_matches_the_bootstrap_at_moderate_n(debiased: bool):
+    X, Y = related_pair(21, 1500, 12, 12, noise=6.0)
+    estimate = cka_pair(X, Y)[1 if debiased else 0]
+    low, high = sim.cka_delta_ci(X, Y, debiased=debiased)
+    assert sim._estimate_and_influence(X, Y, debiased=debiased)[0] == pytest.approx(estimate, abs=1e-9)
+    boot_low, boot_high = cka_bootstrap_ci(X, Y, n_bootstrap=400, seed=0, debiased=debiased)
+    assert low < estimate < high
+    assert high - low == pytest.approx(boot_high - boot_low, rel=0.2)  # same spread
+    if debiased:  # the linear bootstrap runs above its estimate (repeated items); the debiased does not
+        assert (low + high) / 2 == pytest.approx((boot_low + boot_high) / 2, abs=0.15 * (high - low))
+
+
+def test_interval_method_follows_the_cost():
+    X, Y = related_pair(2, 60, 4, 4)
+    assert sim.cka_interval(X, Y, n_bootstrap=50)[2] == "bootstrap"
+    assert sim.cka_interval(X, Y, method="delta")[2] == "delta"
+    big = sim.bootstrap_cost(20_000, 768, 768, 1000)
+    assert big > sim.BOOTSTRAP_BUDGET > sim.bootstrap_cost(60, 4, 4, 1000)
+    with pytest.raises(ValueError, match="auto, bootstrap or delta"):
+        sim.cka_interval(X, Y, method="jackknife")
+
+
+def test_large_n_result_names_its_interval(monkeypatch):
+    X, Y = related_pair(5, 200, 6, 6, noise=2.0)
+    kwargs = dict(reference="r", candidate="c", n_bootstrap=100)
+    assert sim.compare_similarity(X, Y, **kwargs).details["interval"] == "paired bootstrap, 100 replicates"
+    monkeypatch.setattr(sim, "BOOTSTRAP_BUDGET", 0.0)  # as if n were 20,000
+    result = sim.compare_similarity(X, Y, **kwargs)
+    assert result.details["interval"].startswith("delta method")
+    assert result.ci_low < result.figure < result.ci_high
+
+
 # -------------------------------------------------------------------------- evidence
 
 
