@@ -101,3 +101,23 @@ def test_threshold_of_an_unknown_characteristic_is_a_usage_error(pytester: pytes
     result = pytester.runpytest(f"--reference={tiny_models['reference']}", "--threshold=nope=0.5")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "--threshold nope=...: no such characteristic; registered: prediction_errors" in result.stderr.str()
+
+
+def test_the_fifth_characteristic_lives_in_one_module_and_one_registration() -> None:
+    # What adding representation similarity touched, as the package stands: its own module and
+    # its BUILTIN entry. No other file of the package names its key, its module or its option.
+    from pathlib import Path
+
+    import miniature
+
+    root = Path(miniature.__file__).parent
+    import re
+
+    marks = re.compile(r"representation_similarity|characteristics\.similarity|\.similarity:|\bcka", re.I)
+    naming = sorted(str(path.relative_to(root)) for path in root.rglob("*")
+                    if path.is_file() and path.suffix in {".py", ".html", ".j2", ".css", ".js", ".toml"}
+                    and marks.search(path.read_text(encoding="utf-8")))
+    assert naming == ["core/characteristics/similarity.py", "core/registry.py"], naming
+    registration = [line for line in (root / "core" / "registry.py").read_text().splitlines()
+                    if ("similarity" in line.lower() or re.search(r"\bcka", line, re.I)) and not line.startswith("#")]
+    assert registration and all(line.startswith(" ") for line in registration)  # inside one BUILTIN entry

@@ -111,7 +111,7 @@ def named_fraction(value: str) -> tuple[str, float]:
     """``NAME=J``: a characteristic's name and a threshold in [0, 1]."""
     name, sep, number = str(value).partition("=")
     if not sep or not name.strip():
-        raise argparse.ArgumentTypeError(f"{value!r} is not NAME=J (e.g. representation_similarity=0.9)")
+        raise argparse.ArgumentTypeError(f"{value!r} is not NAME=J (e.g. data_representation=0.5)")
     return name.strip(), fraction(number)
 
 
