@@ -107,8 +107,11 @@ def _session(file: Path, device: str) -> Any:
         raise ModelReferenceError(
             f"model file {str(file)!r} is an ONNX model, which needs onnxruntime; fix: pip install "
             "'miniature[onnx]' (or onnxruntime)") from None
+    import torch
+
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only
+    options.intra_op_num_threads = torch.get_num_threads()  # as many threads as the PyTorch path
     return onnxruntime.InferenceSession(str(file), options, providers=onnx_providers(device))
 
 
