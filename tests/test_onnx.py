@@ -106,7 +106,7 @@ def test_feature_extraction_export_skips_the_head_checks_with_the_fix(tiny_model
         with pytest.raises(NotApplicable) as skipped:
             gate.compare(characteristic, pair)
         line = str(skipped.value)
-        assert "\n" not in line and "ONNX export without the 'logits' output" in line
+        assert "\n" not in line and "ONNX export without the 'logits' output of a classification" in line
         assert "--task text-classification" in line
     for characteristic in ("data_representation", "data_distribution"):
         assert 0.0 <= gate.compare(characteristic, pair).figure <= 1.0
@@ -157,3 +157,32 @@ def test_compress_format_onnx_writes_a_loadable_int8_export(tiny_models, tmp_pat
                  output_format="onnx", progress=False)
     with pytest.raises(CompressionError, match="--method none .*fix: add --format onnx"):
         compress(tiny_models["reference"], tmp_path / "y", method="none", progress=False)
+
+
+def test_pytest_gate_on_onnx_candidates(gate_checks: pytest.Pytester, tiny_models, exports) -> None:
+    """`pytest --reference=REF --candidate=REF_onnx` passes; the feature-extraction export's
+    head checks are skipped with the reason; the report's model table names the formats."""
+    import json
+
+    from miniature.core import settings as opt
+
+    result = gate_checks.runpytest(
+        f"{opt.REFERENCE}={tiny_models['reference']}", f"{opt.CANDIDATE}={exports['fp32']}",
+        f"{opt.CANDIDATE}={exports['features']}", f"{opt.ATTACK_MODEL}={tiny_models['attacker']}",
+        f"{opt.CACHE_DIR}={exports['cache']}", f"{opt.REPORT_DIR}={gate_checks.path / 'reports'}",
+        f"{opt.DATA_LIMIT}=60", f"{opt.ATTACK_SIZE}=30", f"{opt.BOOTSTRAP}=0", f"{opt.K}=5",
+        f"{opt.SEED}=3", "-rs", "-v")
+    out = result.stdout.str()
+    reports = [r for r in result.reprec.getreports("pytest_runtest_logreport") if r.when == "call"]
+    fp32 = {r.nodeid.split("::")[-1]: r.outcome for r in reports if "reference-vs-reference-onnx" in r.nodeid}
+    assert len(fp32) == 5 and set(fp32.values()) == {"passed"}, fp32
+    skipped = [line for line in out.splitlines() if line.startswith("SKIPPED:")]  # the summary's
+    assert len(skipped) == 4 and all("reference-features" in s and "without the 'logits' output" in s
+                                     and "fix: export it with the head" in s for s in skipped), skipped
+    features = {r.nodeid.split("::")[-1] for r in reports if "reference-vs-reference-features" in r.nodeid
+                and r.outcome != "skipped"}
+    assert {f.split("[")[0] for f in features} == {"test_data_representation", "test_data_distribution",
+                                                   "test_representation_similarity"}, features
+    payload = json.loads((gate_checks.path / "reports" / "latest.json").read_text())
+    assert payload["models"]["quantization"] == {"reference-onnx": "ONNX fp32, run by onnxruntime",
+                                                 "reference-features": "ONNX fp32, run by onnxruntime"}

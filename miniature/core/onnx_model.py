@@ -76,8 +76,8 @@ def missing_outputs(outputs: list[str], head: str) -> list[str]:
 
 def missing_output_line(model: str, head: str, missing: list[str]) -> str:
     """One line: the export lacks the outputs a head needs, and the export option that adds them."""
-    names = " and ".join(repr(m) for m in missing)
-    return (f"model {model!r} is an ONNX export without the {names} output(s) of a "
+    names = " and ".join(repr(m) for m in missing) + (" outputs" if len(missing) > 1 else " output")
+    return (f"model {model!r} is an ONNX export without the {names} of a "
             f"{_HEAD_NAMES[head]} head (a bare feature-extraction export); fix: export it with the "
             f"head, e.g. `optimum-cli export onnx --task {EXPORT_TASKS[head]}` (or torch.onnx.export "
             f"of the {_HEAD_NAMES[head]} model with an output named {missing[0]!r})")

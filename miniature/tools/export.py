@@ -66,7 +66,11 @@ def export_onnx(model: Any, tokenizer: Any, output: str | Path, *, head: str,
         axes.update({name: {0: "batch", 1: "sequence"} for name in heads})
     target = folder / "model.onnx"
     model.eval()
-    with torch.inference_mode(False), torch.no_grad():
+    import warnings
+
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        # tracing notes constants it records (the attention mask's 1.0); the axes stay dynamic
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         torch.onnx.export(Traced(), tuple(sample[k] for k in inputs), str(target), input_names=inputs,
                           output_names=names, dynamic_axes=axes, opset_version=OPSET, dynamo=False)
     written: dict[str, Any] = {"file": target.name, "outputs": names, "inputs": inputs, "opset": OPSET,
@@ -85,10 +89,18 @@ def quantize_onnx(file: Path, *, per_channel: bool = True) -> dict[str, Any]:
         from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError:
         raise ExportError("int8 ONNX needs onnxruntime; fix: pip install 'miniature[onnx]'") from None
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
     with tempfile.TemporaryDirectory(dir=file.parent, prefix=".quantize-") as work:
         quantized = Path(work) / file.name
-        quantize_dynamic(str(file), str(quantized), weight_type=QuantType.QInt8,
-                         per_channel=per_channel)
+        root.setLevel(logging.ERROR)  # its advice to pre-process (shape inference) is for CNNs
+        try:
+            quantize_dynamic(str(file), str(quantized), weight_type=QuantType.QInt8,
+                             per_channel=per_channel)
+        finally:
+            root.setLevel(level)
         shutil.move(str(quantized), str(file))
     return {"library": "onnxruntime", "version": onnxruntime.__version__, "method": "quantize_dynamic",
             "weight_type": "QInt8", "per_channel": per_channel}
