@@ -236,3 +236,32 @@ def test_cli_compress_prints_the_folder_and_reports_bad_input(tiny_models, tmp_p
     assert main(["compress", str(tiny_models["reference"]), "--method", "layers",
                  "--keep-layers", "1,x", "--output-dir", str(tmp_path / "bad")]) == 2
     assert "not a comma-separated list of layer indices" in capsys.readouterr().err
+
+
+def test_a_torchao_checkpoint_saved_by_transformers_loads_and_is_named(tiny_models, tmp_path) -> None:
+    """A checkpoint quantized through transformers' TorchAoConfig (int8 weight-only; saved as
+    pickle, the only way transformers 4.57 writes int8) loads with --allow-pickle, runs on the
+    CPU like the in-memory model, and the model table names its quantization."""
+    import torch
+    import transformers
+    from torchao.quantization import Int8WeightOnlyConfig
+
+    from miniature.core.formats import quantization_of
+    from miniature.errors import ModelReferenceError
+
+    quantized = transformers.AutoModelForSequenceClassification.from_pretrained(
+        str(tiny_models["reference"]), device_map="cpu",
+        quantization_config=transformers.TorchAoConfig(Int8WeightOnlyConfig()))
+    folder = tmp_path / "hf-torchao"
+    quantized.save_pretrained(str(folder), safe_serialization=False)
+    transformers.AutoTokenizer.from_pretrained(str(tiny_models["reference"])).save_pretrained(str(folder))
+    with pytest.raises(ModelReferenceError, match="only pickle weights.*--allow-pickle"):
+        load_model(str(folder), head="classification")
+    wrapper = load_model(str(folder), head="classification", allow_pickle=True)
+    query = wrapper.model.bert.encoder.layer[0].attention.self.query.weight
+    assert type(query).__name__ == "Int8Tensor"
+    in_memory = load_model(str(tiny_models["reference"]), head="classification")
+    in_memory.model = quantized.eval()
+    assert np.array_equal(wrapper.logits(TEXTS), in_memory.logits(TEXTS))
+    assert quantization_of(folder) == "torchao Int8WeightOnlyConfig (transformers quantization_config)"
+    assert torch.is_tensor(query.qdata) and query.qdata.dtype == torch.int8
