@@ -45,6 +45,11 @@ class ModelLoading:
     def _finetune(self, name: str) -> ModelSpec:
         from miniature.core.finetune import finetune
 
+        if self.onnx_export(name) is not None:
+            raise MiniatureError(
+                f"model {name!r} is an ONNX export, which {opt.FINETUNE} cannot train; fix: "
+                "fine-tune the PyTorch model, export that (miniature compress --method none "
+                f"--format onnx) and pass the export without {opt.FINETUNE}")
         if self.cache.root is None:
             import tempfile
 
