@@ -66,6 +66,9 @@ def test_int8_reloads_as_torchao_int8_linears_close_to_reference(tiny_models, ou
     assert "model.safetensors" not in {p.name for p in path.iterdir()}
     record = read_record(path)
     assert record["backend"] == "torchao" and record["settings"]["quantization"] == "int8-dynamic"
+    from miniature.core.formats import quantization_of
+
+    assert quantization_of(path) == f"torchao int8-dynamic, {qscheme} (miniature compress)"  # the model table
 
 
 @pytest.mark.parametrize("quantization", ["int8-dynamic", "int8-weight-only", "int4-weight-only"])

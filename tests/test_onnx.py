@@ -145,8 +145,11 @@ def test_compress_format_onnx_writes_a_loadable_int8_export(tiny_models, tmp_pat
     wrapper = load_model(str(path), head="classification")
     texts = ["a warm and clever film", "a dull script"]
     assert wrapper.logits(texts).shape == (2, 2)
-    plain = compress(tiny_models["reference"], tmp_path / "ref-onnx", method="none",
-                     output_format="onnx", progress=False)
+    from miniature.tools.cli import main
+
+    plain = tmp_path / "ref-onnx"
+    assert main(["compress", str(tiny_models["reference"]), "--method", "none", "--format", "onnx",
+                 "--output-dir", str(plain), "--no-progress"]) == 0
     assert quantization_of(plain) == "ONNX fp32, run by onnxruntime"
     reference = load_model(str(tiny_models["reference"]), head="classification")
     assert np.abs(load_model(str(plain), head="classification").logits(texts) - reference.logits(texts)).max() < TOLERANCE

@@ -181,13 +181,16 @@ def quantization_of(folder: str | Path) -> str | None:
         exported = onnx_file(path)
     except ModelReferenceError:
         return None
-    if exported is not None:
-        kind = "int8 (onnxruntime dynamic)" if is_int8_onnx(exported) else "fp32"
-        return f"ONNX {kind}, run by onnxruntime"
     record = read_record(path)
+    settings = (record or {}).get("settings") or {}
+    if exported is not None:
+        int8 = settings["onnx_int8"] if "onnx_int8" in settings else is_int8_onnx(exported)
+        return f"ONNX {'int8 (onnxruntime dynamic)' if int8 else 'fp32'}, run by onnxruntime"
     if record is not None and record.get("method") == "int8":
-        return (f"torchao {record.get('settings', {}).get('quantization', 'int8-dynamic')} "
-                f"({record.get('settings', {}).get('qscheme', '')}; miniature compress)").replace(" ;", ";")
+        scheme = settings.get("quantization", "int8-dynamic")
+        if scheme.startswith("int8"):
+            scheme += f", {settings.get('qscheme', 'per-channel')}"
+        return f"torchao {scheme} (miniature compress)"
     config_file = path / "config.json"
     try:
         config = json.loads(config_file.read_text("utf-8"))

@@ -138,7 +138,9 @@ def _compress_arguments(parser: argparse.ArgumentParser) -> None:
                              "layer from the first (0,2,4 of 6)")
     parser.add_argument("--qscheme", choices=("per-channel", "per-tensor"), default="per-channel",
                         help="int8: one scale per output row, or one per matrix; default: %(default)s")
-    parser.add_argument("--quantization", choices=("int8-dynamic", "int8-weight-only", "int4-weight-only"),
+    from miniature.core.formats import QUANTIZATIONS
+
+    parser.add_argument("--quantization", choices=QUANTIZATIONS,
                         default="int8-dynamic",
                         help="int8: int8 weights with int8 activations quantized at run time, int8 "
                              "weights only, or int4 weights only (torchao); default: %(default)s")

@@ -443,9 +443,11 @@ def _count(model: Any) -> int:
 
 def _quantize(model: Any, settings: dict[str, Any], built: Path) -> dict[str, Any]:
     """torchao's ``quantize_`` of every Linear, saved in the format the loader reads."""
+    from miniature.errors import ModelReferenceError
+
     try:
-        require_torchao("--method int8 quantizes")
-    except Exception as error:  # noqa: BLE001 - the same line, as a compression error
+        require_torchao("--method int8 quantizes with torchao")
+    except ModelReferenceError as error:  # the same line, as a compression error
         raise CompressionError(str(error)) from None
     from torchao.quantization import quantize_
 
