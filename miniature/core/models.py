@@ -299,10 +299,11 @@ def load_model(
 
     ``head`` chooses the architecture: ``encoder`` (AutoModel), ``classification``,
     ``qa`` or ``masked-lm``. A folder holding ``model.onnx`` loads as an
-    :class:`~miniature.core.onnx_model.OnnxModel` run by onnxruntime (its missing outputs for
-    ``head`` in ``wrapper.missing_head``); a ``miniature compress`` int8 folder through
-    :func:`~miniature.core.formats.load_quantized` (torchao). Weights load from safetensors only unless ``allow_pickle``;
-    code shipped with a model runs only with ``trust_remote_code``. The head's weights the
+    :class:`~miniature.core.onnx_model.OnnxModel` run by onnxruntime (the outputs ``head``
+    needs and the export lacks in ``wrapper.missing_head``); a ``miniature compress`` int8
+    folder through :func:`~miniature.core.formats.load_quantized` (torchao). Weights load
+    from safetensors only unless ``allow_pickle``; code shipped with a model runs only with
+    ``trust_remote_code``. The head's weights the
     checkpoint lacks (initialised at random) are listed in ``wrapper.missing_head``.
     """
     if isinstance(spec, str):
