@@ -189,3 +189,18 @@ def test_pytest_gate_on_onnx_candidates(gate_checks: pytest.Pytester, tiny_model
     payload = json.loads((gate_checks.path / "reports" / "latest.json").read_text())
     assert payload["models"]["quantization"] == {"reference-onnx": "ONNX fp32, run by onnxruntime",
                                                  "reference-features": "ONNX fp32, run by onnxruntime"}
+
+
+def test_several_onnx_files_without_model_onnx_are_refused_by_name(exports, tmp_path) -> None:
+    from miniature.errors import ModelReferenceError
+
+    folder = tmp_path / "two-exports"
+    folder.mkdir()
+    for file in exports["fp32"].iterdir():
+        name = "model_a.onnx" if file.name == "model.onnx" else file.name
+        (folder / name).write_bytes(file.read_bytes())
+    (folder / "model_b.onnx").write_bytes((folder / "model_a.onnx").read_bytes())
+    with pytest.raises(ModelReferenceError, match=r"several ONNX files \(model_a.onnx, model_b.onnx\).*fix: keep one"):
+        load_model(str(folder), head="classification")
+    (folder / "model_b.onnx").unlink()  # optimum's model_quantized.onnx alone loads as the model
+    assert load_model(str(folder), head="classification").missing_head == []
