@@ -3,6 +3,7 @@ reference as intended, measured on the reloaded model; bad requests fail clearly
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -13,6 +14,10 @@ from miniature.tools.compress import (RECORD_NAME, CompressionError, compress, d
                                 encoder_layer_count, encoder_linear_weights, measured_sparsity,
                                 read_record)
 from miniature.core.models import fingerprint_files, load_model
+
+#: torchao is an optional extra (miniature[quantize]); CI installs it, so these run there
+needs_torchao = pytest.mark.skipif(importlib.util.find_spec("torchao") is None,
+                                   reason="compress --method int8 needs torchao (pip install 'miniature[quantize]')")
 
 TEXTS = ["the film was wonderful and the cast was warm", "a dull, tedious script",
          "city council approved the annual budget", "I thought the ending was not boring",
@@ -36,6 +41,7 @@ def _quantized_weights(model) -> dict:
             if isinstance(m, torch.nn.Linear) and type(m.weight) not in (torch.Tensor, torch.nn.Parameter)}
 
 
+@needs_torchao
 @pytest.mark.parametrize("qscheme", ["per-channel", "per-tensor"])
 def test_int8_reloads_as_torchao_int8_linears_close_to_reference(tiny_models, out, qscheme) -> None:
     import torch
@@ -71,6 +77,7 @@ def test_int8_reloads_as_torchao_int8_linears_close_to_reference(tiny_models, ou
     assert quantization_of(path) == f"torchao int8-dynamic, {qscheme} (miniature compress)"  # the model table
 
 
+@needs_torchao
 @pytest.mark.parametrize("quantization", ["int8-dynamic", "int8-weight-only", "int4-weight-only"])
 def test_torchao_reload_equals_the_in_memory_compressed_model(tiny_models, out, quantization) -> None:
     """Reloaded outputs equal the in-memory compressed model's bit for bit, and the stored
@@ -212,6 +219,7 @@ def test_bad_requests_name_the_option_and_fix(tiny_models, tmp_path, kwargs, mes
     assert not (tmp_path / "x").exists()
 
 
+@needs_torchao
 def test_int8_of_int8_and_missing_reference_are_refused(tiny_models, out, tmp_path) -> None:
     from miniature.errors import ModelReferenceError
 
@@ -241,6 +249,7 @@ def test_cli_compress_prints_the_folder_and_reports_bad_input(tiny_models, tmp_p
     assert "not a comma-separated list of layer indices" in capsys.readouterr().err
 
 
+@needs_torchao
 def test_a_torchao_checkpoint_saved_by_transformers_loads_and_is_named(tiny_models, tmp_path) -> None:
     """A checkpoint quantized through transformers' TorchAoConfig (int8 weight-only; saved as
     pickle, the only way transformers 4.57 writes int8) loads with --allow-pickle, runs on the
