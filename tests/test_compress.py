@@ -3,6 +3,7 @@ reference as intended, measured on the reloaded model; bad requests fail clearly
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -13,6 +14,10 @@ from miniature.tools.compress import (RECORD_NAME, CompressionError, compress, d
                                 encoder_layer_count, encoder_linear_weights, measured_sparsity,
                                 read_record)
 from miniature.core.models import fingerprint_files, load_model
+
+#: torchao is an optional extra (miniature[quantize]); CI installs it, so these run there
+needs_torchao = pytest.mark.skipif(importlib.util.find_spec("torchao") is None,
+                                   reason="compress --method int8 needs torchao (pip install 'miniature[quantize]')")
 
 TEXTS = ["the film was wonderful and the cast was warm", "a dull, tedious script",
          "city council approved the annual budget", "I thought the ending was not boring",
@@ -28,52 +33,97 @@ def _logits(path: Path) -> np.ndarray:
     return load_model(str(path), head="classification").logits(TEXTS)
 
 
-@pytest.mark.parametrize("qscheme", ["per-channel", "per-tensor"])
-def test_int8_reloads_as_qint8_linears_close_to_reference(tiny_models, out, qscheme) -> None:
+def _quantized_weights(model) -> dict:
+    """Linear module name -> its torchao-quantized weight (tensor subclasses only)."""
     import torch
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
-    path = compress(tiny_models["reference"], out / f"int8-{qscheme}", method="int8",
-                    qscheme=qscheme, progress=False)
-    wrapper = load_model(str(path), head="classification")
+    return {n: m.weight for n, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and type(m.weight) not in (torch.Tensor, torch.nn.Parameter)}
+
+
+@needs_torchao
+@pytest.mark.parametrize("qscheme", ["per-channel", "per-tensor"])
+def test_int8_reloads_as_torchao_int8_linears_close_to_reference(tiny_models, out, qscheme) -> None:
+    import torch
+
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = compress(tiny_models["reference"], out / f"int8-{qscheme}", method="int8",
+                        qscheme=qscheme, progress=False)
+        wrapper = load_model(str(path), head="classification")
+    assert not [str(w.message) for w in caught if "deprecat" in str(w.message).lower()]
     reference = load_model(str(tiny_models["reference"]), head="classification").model
     linear_names = [n for n, m in reference.named_modules() if isinstance(m, torch.nn.Linear)]
-    quantized = {n: m for n, m in wrapper.model.named_modules() if isinstance(m, DynamicLinear)}
+    quantized = _quantized_weights(wrapper.model)
     assert sorted(quantized) == sorted(linear_names) and len(quantized) >= 4 * 6
-    expected_scheme = torch.per_channel_affine if qscheme == "per-channel" else torch.per_tensor_affine
-    for name, module in quantized.items():
-        weight = module.weight()
-        assert weight.dtype == torch.qint8 and weight.qscheme() == expected_scheme
+    for name, weight in quantized.items():
+        assert type(weight).__name__ == "Int8Tensor" and weight.qdata.dtype == torch.int8
+        rows = weight.shape[0]
+        assert weight.scale.numel() == (rows if qscheme == "per-channel" else 1)
         # what was reloaded is what quantization made (int8 codes within half a step)
         fp32 = reference.get_submodule(name).weight.detach()
-        step = weight.q_per_channel_scales()[:, None] if qscheme == "per-channel" else weight.q_scale()
+        step = weight.scale.reshape(-1, 1) if qscheme == "per-channel" else weight.scale.reshape(())
         assert torch.all((weight.dequantize() - fp32).abs() <= step / 2 + 1e-6)
     a, b = _logits(tiny_models["reference"]), wrapper.logits(TEXTS)
     assert not np.array_equal(a, b)
     assert np.abs(a - b).max() < 0.05 * max(1.0, np.abs(a).max())
     assert "model.safetensors" not in {p.name for p in path.iterdir()}
+    record = read_record(path)
+    assert record["backend"] == "torchao" and record["settings"]["quantization"] == "int8-dynamic"
+    from miniature.core.formats import quantization_of
+
+    assert quantization_of(path) == f"torchao int8-dynamic, {qscheme} (miniature compress)"  # the model table
 
 
-def test_int8_weights_reload_exactly(tiny_models, out) -> None:
-    """Loading sets the stored int8 codes and scales bit for bit (no re-quantization)."""
+@needs_torchao
+@pytest.mark.parametrize("quantization", ["int8-dynamic", "int8-weight-only", "int4-weight-only"])
+def test_torchao_reload_equals_the_in_memory_compressed_model(tiny_models, out, quantization) -> None:
+    """Reloaded outputs equal the in-memory compressed model's bit for bit, and the stored
+    codes are the reloaded ones (no re-quantization on load)."""
+    import torch
     from safetensors.torch import load_file
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+    from torchao.quantization import quantize_
 
-    path = compress(tiny_models["reference"], out / "int8-exact", method="int8", progress=False)
-    stored = load_file(str(path / "model_int8.safetensors"))
-    model = load_model(str(path), head="classification").model
-    checked = 0
-    for name, module in model.named_modules():
-        if isinstance(module, DynamicLinear):
-            weight = module.weight()
-            assert np.array_equal(weight.int_repr().numpy(), stored[f"int8::{name}.weight"].numpy())
-            assert np.allclose(weight.q_per_channel_scales().numpy(),
-                               stored[f"int8::{name}.scale"].numpy(), rtol=0, atol=0)
-            checked += 1
-    assert checked == len(read_record(path)["quantized_modules"])
+    from miniature.core.formats import TORCHAO_WEIGHTS, torchao_config
+
+    path = compress(tiny_models["reference"], out / f"exact-{quantization}", method="int8",
+                    quantization=quantization, progress=False)
+    in_memory = load_model(str(tiny_models["reference"]), head="classification")
+    quantize_(in_memory.model, torchao_config(quantization, "per-channel"))
+    reloaded = load_model(str(path), head="classification")
+    assert np.array_equal(in_memory.logits(TEXTS), reloaded.logits(TEXTS))
+    assert np.array_equal(in_memory.encode(TEXTS), reloaded.encode(TEXTS))
+    stored = load_file(str(path / TORCHAO_WEIGHTS))
+    weights = _quantized_weights(reloaded.model)
+    assert len(weights) == len(read_record(path)["quantized_modules"]) >= 4 * 6
+    for name, weight in weights.items():
+        assert torch.equal(weight.qdata, stored[f"{name}._weight_qdata"])
     # the encoder alone loads from the same folder too
     encoder = load_model(str(path), head="encoder")
     assert encoder.encode(TEXTS).shape == (len(TEXTS), 64)
+
+
+def test_no_torch_ao_quantization_left() -> None:
+    """torch.ao.quantization (deprecated in torch 2.13) is imported nowhere in miniature."""
+    root = Path(__file__).parents[1] / "miniature"
+    offenders = [f"{p.relative_to(root)}: {line.strip()}" for p in sorted(root.rglob("*.py"))
+                 for line in p.read_text("utf-8").splitlines()
+                 if line.lstrip().startswith(("from torch.ao", "import torch.ao"))]
+    assert offenders == []
+
+
+def test_an_old_int8_folder_says_to_compress_again(tiny_models, tmp_path) -> None:
+    import shutil
+
+    from miniature.errors import ModelReferenceError
+
+    old = tmp_path / "old-int8"
+    shutil.copytree(tiny_models["reference"], old)
+    (old / RECORD_NAME).write_text(json.dumps({"format": 2, "method": "int8", "head": "classification"}))
+    with pytest.raises(ModelReferenceError, match=r"older miniature .*fix: re-run `miniature compress --method int8`"):
+        load_model(str(old), head="classification")
 
 
 @pytest.mark.parametrize(("scope", "sparsity"), [("global", 0.5), ("layer", 0.3)])
@@ -140,7 +190,7 @@ def test_result_has_tokenizer_and_record_and_is_reused(tiny_models, out) -> None
     path = compress(tiny_models["reference"], out / "reuse", method="prune", progress=False)
     assert {"tokenizer.json", "vocab.txt", "config.json", RECORD_NAME} <= {p.name for p in path.iterdir()}
     record = read_record(path)
-    assert record["method"] == "prune" and record["settings"] == {"sparsity": 0.5, "prune_scope": "global"}
+    assert record["method"] == "prune" and record["settings"] == {"sparsity": 0.5, "prune_scope": "global", "format": "pytorch"}
     assert record["source"]["fingerprint"] == fingerprint_files(tiny_models["reference"])
     assert {"torch", "transformers", "miniature"} <= set(record["versions"]) and record["created"]
     stamp = (path / "model.safetensors").stat().st_mtime_ns
@@ -169,6 +219,7 @@ def test_bad_requests_name_the_option_and_fix(tiny_models, tmp_path, kwargs, mes
     assert not (tmp_path / "x").exists()
 
 
+@needs_torchao
 def test_int8_of_int8_and_missing_reference_are_refused(tiny_models, out, tmp_path) -> None:
     from miniature.errors import ModelReferenceError
 
@@ -196,3 +247,33 @@ def test_cli_compress_prints_the_folder_and_reports_bad_input(tiny_models, tmp_p
     assert main(["compress", str(tiny_models["reference"]), "--method", "layers",
                  "--keep-layers", "1,x", "--output-dir", str(tmp_path / "bad")]) == 2
     assert "not a comma-separated list of layer indices" in capsys.readouterr().err
+
+
+@needs_torchao
+def test_a_torchao_checkpoint_saved_by_transformers_loads_and_is_named(tiny_models, tmp_path) -> None:
+    """A checkpoint quantized through transformers' TorchAoConfig (int8 weight-only; saved as
+    pickle, the only way transformers 4.57 writes int8) loads with --allow-pickle, runs on the
+    CPU like the in-memory model, and the model table names its quantization."""
+    import torch
+    import transformers
+    from torchao.quantization import Int8WeightOnlyConfig
+
+    from miniature.core.formats import quantization_of
+    from miniature.errors import ModelReferenceError
+
+    quantized = transformers.AutoModelForSequenceClassification.from_pretrained(
+        str(tiny_models["reference"]), device_map="cpu",
+        quantization_config=transformers.TorchAoConfig(Int8WeightOnlyConfig()))
+    folder = tmp_path / "hf-torchao"
+    quantized.save_pretrained(str(folder), safe_serialization=False)
+    transformers.AutoTokenizer.from_pretrained(str(tiny_models["reference"])).save_pretrained(str(folder))
+    with pytest.raises(ModelReferenceError, match="only pickle weights.*--allow-pickle"):
+        load_model(str(folder), head="classification")
+    wrapper = load_model(str(folder), head="classification", allow_pickle=True)
+    query = wrapper.model.bert.encoder.layer[0].attention.self.query.weight
+    assert type(query).__name__ == "Int8Tensor"
+    in_memory = load_model(str(tiny_models["reference"]), head="classification")
+    in_memory.model = quantized.eval()
+    assert np.array_equal(wrapper.logits(TEXTS), in_memory.logits(TEXTS))
+    assert quantization_of(folder) == "torchao Int8WeightOnlyConfig (transformers quantization_config)"
+    assert torch.is_tensor(query.qdata) and query.qdata.dtype == torch.int8

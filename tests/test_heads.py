@@ -3,6 +3,7 @@ weights transformers would make up; representation and distribution run on the e
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,8 @@ def test_partly_missing_head_is_missing(tiny_models, tmp_path: Path) -> None:
         "pre_classifier.bias", "pre_classifier.weight"]
 
 
+@pytest.mark.skipif(importlib.util.find_spec("torchao") is None,
+                    reason="compress --method int8 needs torchao (pip install 'miniature[quantize]')")
 def test_int8_folder_of_an_encoder_has_no_head(tiny_models, encoders, tmp_path: Path) -> None:
     from miniature.tools.compress import compress
 

@@ -1,12 +1,15 @@
 """The compressed-model file format: what ``miniature compress`` writes and the loader reads.
 
 A compressed folder holds the reference's tokenizer, its config and a record
-(:data:`RECORD_NAME`, JSON) of what was done, from what, with which library versions. An
-int8 folder also holds :data:`INT8_WEIGHTS`: the int8 weights, their scales and zero points
-and the fp32 biases as plain tensors (``int8::<module>.weight`` ...), all other weights in
-fp32 beside them. :func:`read_record` reads the record; :func:`load_quantized` rebuilds the
-fp32 architecture from ``config.json`` (no code from the folder runs, nothing is
-unpickled), quantizes the same modules and sets the stored int8 weights exactly.
+(:data:`RECORD_NAME`, JSON) of what was done, from what, with which library versions. A
+quantized folder (int8 or int4, made with torchao's ``quantize_``) also holds
+:data:`TORCHAO_WEIGHTS`: torchao's tensor subclasses flattened to plain tensors (int8 codes,
+scales, zero points) with their types in the safetensors metadata, as JSON (torchao's own
+safetensors flattening; nothing is pickled). :func:`read_record` reads the record;
+:func:`load_quantized` rebuilds the fp32 architecture from ``config.json`` (no code from the
+folder runs) and sets the stored quantized weights exactly, so reloaded outputs equal the
+in-memory compressed model's. torchao is imported only for such folders
+(``pip install 'miniature[quantize]'``).
 
 Both :mod:`miniature.tools.compress` (the writer) and :mod:`miniature.core.models` (the
 loader) import it, so core never imports a tool.
@@ -16,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,9 +30,12 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 RECORD_NAME = "miniature_compression.json"
+#: The int8 weights file of the older torch.ao.quantization format (format 2; no longer read).
 INT8_WEIGHTS = "model_int8.safetensors"
+#: torchao's quantized weights, flattened to plain tensors (safetensors + JSON metadata).
+TORCHAO_WEIGHTS = "model_torchao.safetensors"
 #: Bump when a method's output changes, so older folders are rebuilt rather than reused.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 def read_record(path: str | Path, *, method: str | None = None) -> dict[str, Any] | None:
@@ -47,14 +52,17 @@ def read_record(path: str | Path, *, method: str | None = None) -> dict[str, Any
 
 
 def load_quantized(path: str | Path, head: str = "auto") -> "torch.nn.Module":
-    """Rebuild an int8 folder written by :func:`miniature.tools.compress.compress` (no pickle, no code from the folder).
+    """Rebuild an int8 (or int4) folder written by :func:`miniature.tools.compress.compress`
+    (no pickle, no code from the folder): the fp32 architecture from ``config.json``, then
+    torchao's quantized weights from :data:`TORCHAO_WEIGHTS` set exactly as stored.
 
     ``head`` is ``auto`` (the architecture that was quantized), ``encoder`` (its base
     model) or the head it was quantized with (``classification``, ``qa``, ``masked-lm``).
-    The int8 weights, scales and zero points are set exactly as stored.
+    A folder of the older torch.ao.quantization format is refused with the fix (re-run
+    ``miniature compress``).
     """
-    import torch
     import transformers
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     folder = Path(path)
@@ -62,6 +70,12 @@ def load_quantized(path: str | Path, head: str = "auto") -> "torch.nn.Module":
     if record is None:
         raise ModelReferenceError(f"model folder {str(folder)!r} has no int8 {RECORD_NAME}; fix: "
                                   "create it with `miniature compress --method int8`")
+    if record.get("backend") != "torchao" or not (folder / TORCHAO_WEIGHTS).is_file():
+        raise ModelReferenceError(
+            f"model folder {str(folder)!r} is an int8 folder of an older miniature (torch.ao."
+            f"quantization, format {record.get('format')}), which this version no longer reads; "
+            "fix: re-run `miniature compress --method int8` on its reference (it is rebuilt with "
+            "torchao)")
     stored_head = record.get("head", "encoder")
     head = stored_head if head == "auto" else head
     if head not in (stored_head, "encoder"):
@@ -69,42 +83,128 @@ def load_quantized(path: str | Path, head: str = "auto") -> "torch.nn.Module":
             f"model folder {str(folder)!r} holds an int8 {stored_head} model, which has no "
             f"{head} head; fix: load it with head={stored_head!r} (or 'encoder'), or quantize a "
             f"model fine-tuned for {head}")
+    require_torchao(f"model folder {str(folder)!r} is quantized with torchao")
     transformers.logging.set_verbosity_error()
     with model_file_boundary(folder, "config.json"):
         config = transformers.AutoConfig.from_pretrained(str(folder))
     with _quiet_init():
         model = _auto_classes()[head].from_config(config)
-    safetensors_header(folder, INT8_WEIGHTS)
-    with model_file_boundary(folder, INT8_WEIGHTS):
-        tensors = load_file(str(folder / INT8_WEIGHTS))
-    modules: dict[str, dict[str, Any]] = record.get("quantized_modules", {})
+    safetensors_header(folder, TORCHAO_WEIGHTS)
+    with model_file_boundary(folder, TORCHAO_WEIGHTS,
+                             fix="re-create the folder with `miniature compress --method int8`"):
+        from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict
+
+        with safe_open(str(folder / TORCHAO_WEIGHTS), "pt") as handle:
+            metadata = handle.metadata() or {}
+        tensors = load_file(str(folder / TORCHAO_WEIGHTS))
+        unflattened, rest = unflatten_tensor_state_dict(tensors, metadata)
     rename = _key_map(model, stored_head, head)
-    plain = {rename(k): v for k, v in tensors.items() if not k.startswith("int8::")}
-    plain = {k: v for k, v in plain.items() if k is not None}
-    quantized = {rename(name): info for name, info in modules.items()}
-    quantized = {k: v for k, v in quantized.items() if k is not None}
-    expected = {k for k in model.state_dict()
-                if not any(k.startswith(name + ".") for name in quantized)}
-    missing = sorted(expected - set(plain) - _tied_keys(model))
+    weights = {rename(k): v for k, v in {**rest, **unflattened}.items()}
+    weights = {k: v for k, v in weights.items() if k is not None}
+    missing = sorted(set(model.state_dict()) - set(weights) - _tied_keys(model))
     if missing:
-        raise ModelReferenceError(f"model folder {str(folder)!r}: {INT8_WEIGHTS} lacks "
+        raise ModelReferenceError(f"model folder {str(folder)!r}: {TORCHAO_WEIGHTS} lacks "
                                   f"{len(missing)} weight(s) (first {missing[0]!r}); fix: re-create "
                                   "the folder with `miniature compress --method int8`")
-    model.load_state_dict(plain, strict=False)
-    by_stored = {rename(name): name for name in modules}
-    with quiet_quantization():
-        from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
-
-        model = quantize_dynamic(model, {name: default_dynamic_qconfig for name in quantized},
-                                 dtype=torch.qint8)
-        for name, info in quantized.items():
-            stored = by_stored[name]
-            module = model.get_submodule(name)
-            weight = _quantized_tensor(tensors, stored, info)
-            bias = tensors.get(f"int8::{stored}.bias")
-            module.set_weight_bias(weight, bias)
+    model.load_state_dict(weights, strict=False, assign=True)
     model.eval()
     return model
+
+
+def require_torchao(what: str) -> None:
+    """Raise one line naming ``what`` needs torchao and how to install it, when it is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("torchao") is None:
+        raise ModelReferenceError(f"{what}, which needs torchao; fix: pip install "
+                                  "'miniature[quantize]' (or torchao)")
+
+
+#: torchao quantization schemes of ``miniature compress --quantization``.
+QUANTIZATIONS = ("int8-dynamic", "int8-weight-only", "int4-weight-only")
+#: int4 weight-only: one scale per this many input columns.
+INT4_GROUP_SIZE = 32
+
+
+def torchao_config(quantization: str, qscheme: str = "per-channel") -> Any:
+    """The torchao config of a scheme: int8 weights with int8 activations quantized per token
+    at run time (``int8-dynamic``), int8 weights only, or int4 weights only (groups of
+    :data:`INT4_GROUP_SIZE`; the CPU kernels of torchao's ``IntxWeightOnlyConfig``).
+    ``qscheme`` is the int8 weights' granularity: one scale per output row or per matrix."""
+    import torch
+    from torchao.quantization import (Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig,
+                                      IntxWeightOnlyConfig, PerGroup, PerRow, PerTensor)
+
+    granularity = PerRow() if qscheme == "per-channel" else PerTensor()
+    if quantization == "int8-dynamic":
+        return Int8DynamicActivationInt8WeightConfig(granularity=granularity)
+    if quantization == "int8-weight-only":
+        return Int8WeightOnlyConfig(granularity=granularity)
+    if quantization == "int4-weight-only":
+        return IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(INT4_GROUP_SIZE))
+    raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
+
+
+def save_torchao(model: Any, folder: Path) -> dict[str, Any]:
+    """Write a torchao-quantized model's weights to :data:`TORCHAO_WEIGHTS` (torchao's
+    safetensors flattening: plain tensors plus JSON metadata; nothing pickled) and its
+    config; the names and types of the quantized weights."""
+    from safetensors.torch import save_file
+    from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
+
+    state = {k: v.detach() if not _is_subclass(v) else v for k, v in model.state_dict().items()}
+    quantized = {k: type(v).__name__ for k, v in state.items() if _is_subclass(v)}
+    tensors, metadata = flatten_tensor_state_dict(state)
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(folder / TORCHAO_WEIGHTS), metadata={**metadata, "format": "pt"})
+    model.config.save_pretrained(str(folder))
+    return quantized
+
+
+def _is_subclass(value: Any) -> bool:
+    import torch
+
+    return isinstance(value, torch.Tensor) and type(value) not in (torch.Tensor, torch.nn.Parameter)
+
+
+def quantization_of(folder: str | Path) -> str | None:
+    """How a model folder is quantized, in a few words for the report's model table (None
+    for a plain fp32 checkpoint): an ONNX export (int8 or fp32), a ``miniature compress``
+    torchao folder, or a checkpoint saved with transformers' ``TorchAoConfig``."""
+    path = Path(folder)
+    if not path.is_dir():
+        return None
+    from miniature.core.onnx_model import is_int8_onnx, onnx_file
+
+    try:
+        exported = onnx_file(path)
+    except ModelReferenceError:
+        return None
+    record = read_record(path)
+    settings = (record or {}).get("settings") or {}
+    if exported is not None:
+        int8 = settings["onnx_int8"] if "onnx_int8" in settings else is_int8_onnx(exported)
+        return f"ONNX {'int8 (onnxruntime dynamic)' if int8 else 'fp32'}, run by onnxruntime"
+    if record is not None and record.get("method") == "int8":
+        scheme = settings.get("quantization", "int8-dynamic")
+        if scheme.startswith("int8"):
+            scheme += f", {settings.get('qscheme', 'per-channel')}"
+        return f"torchao {scheme} (miniature compress)"
+    config_file = path / "config.json"
+    try:
+        config = json.loads(config_file.read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    quantization = config.get("quantization_config") if isinstance(config, dict) else None
+    if isinstance(quantization, dict):
+        method = quantization.get("quant_method", "?")
+        kind = quantization.get("quant_type")
+        if isinstance(kind, dict):
+            inner = kind.get("default", kind)
+            kind = inner.get("_type") if isinstance(inner, dict) else inner
+        return f"{method} {kind} (transformers quantization_config)" if kind else str(method)
+    return None
 
 
 def _auto_classes() -> dict[str, Any]:
@@ -140,27 +240,6 @@ def _tied_keys(model: Any) -> set[str]:
         else:
             seen[pointer] = key
     return tied
-
-
-def _quantized_tensor(tensors: dict[str, Any], name: str, info: dict[str, Any]) -> "torch.Tensor":
-    import torch
-
-    values = tensors[f"int8::{name}.weight"]
-    scale = tensors[f"int8::{name}.scale"]
-    zero_point = tensors[f"int8::{name}.zero_point"]
-    if info["qscheme"] == "per_channel_affine":
-        return torch._make_per_channel_quantized_tensor(values, scale, zero_point, info["axis"])
-    return torch._make_per_tensor_quantized_tensor(values, float(scale), int(zero_point))
-
-
-@contextlib.contextmanager
-def quiet_quantization() -> Iterator[None]:
-    """torch.ao.quantization warns that it is deprecated on every call; say it once, in docs."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch.ao.quantization is deprecated.*")
-        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.ao")
-        yield
 
 
 @contextlib.contextmanager

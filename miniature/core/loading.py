@@ -45,6 +45,11 @@ class ModelLoading:
     def _finetune(self, name: str) -> ModelSpec:
         from miniature.core.finetune import finetune
 
+        if self.onnx_export(name) is not None:
+            raise MiniatureError(
+                f"model {name!r} is an ONNX export, which {opt.FINETUNE} cannot train; fix: "
+                "fine-tune the PyTorch model, export that (miniature compress --method none "
+                f"--format onnx) and pass the export without {opt.FINETUNE}")
         if self.cache.root is None:
             import tempfile
 
@@ -128,11 +133,22 @@ class ModelLoading:
                 self.specs[name], self.head, trust_remote_code=self.settings[opt.TRUST_REMOTE_CODE])
         return self._missing_head[name] or []
 
+    def onnx_export(self, name: str) -> Any:
+        """The ONNX file ``name`` loads from (a Path), or None for a PyTorch checkpoint."""
+        from miniature.core.onnx_model import onnx_file
+
+        spec = self.specs[name]
+        return onnx_file(spec.source) if spec.is_local else None
+
     def head_problem(self, name: str) -> str | None:
         """Why ``name`` cannot run the checks that need its task head (prediction errors,
         adversarial vulnerability), in one line with the fix; None when it can. Cheap: reads
         config.json and the weight files' headers, loads no model."""
         missing = self.missing_head(name)
+        if missing and self.onnx_export(name) is not None:
+            from miniature.core.onnx_model import missing_output_line
+
+            return missing_output_line(name, self.head, missing)
         if missing:
             return (f"{head_missing_line(name, self.head, missing)}; fix: pass --finetune to "
                     "fine-tune it here on the training data, or pass a checkpoint fine-tuned "

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from miniature.core.formats import load_quantized, read_record
+from miniature.core.onnx_model import onnx_file
 from miniature.core.model_files import (ModelSpec, check_model_files, hub_error,  # noqa: F401 - re-exported
                                         model_file_boundary, model_file_error, read_json_file,
                                         read_model_config, safetensors_header)
@@ -297,8 +298,12 @@ def load_model(
     """Load a model and its tokenizer safely and wrap them.
 
     ``head`` chooses the architecture: ``encoder`` (AutoModel), ``classification``,
-    ``qa`` or ``masked-lm``. Weights load from safetensors only unless ``allow_pickle``;
-    code shipped with a model runs only with ``trust_remote_code``. The head's weights the
+    ``qa`` or ``masked-lm``. A folder holding ``model.onnx`` loads as an
+    :class:`~miniature.core.onnx_model.OnnxModel` run by onnxruntime (the outputs ``head``
+    needs and the export lacks in ``wrapper.missing_head``); a ``miniature compress`` int8
+    folder through :func:`~miniature.core.formats.load_quantized` (torchao). Weights load
+    from safetensors only unless ``allow_pickle``; code shipped with a model runs only with
+    ``trust_remote_code``. The head's weights the
     checkpoint lacks (initialised at random) are listed in ``wrapper.missing_head``.
     """
     if isinstance(spec, str):
@@ -314,6 +319,7 @@ def load_model(
         "qa": transformers.AutoModelForQuestionAnswering,
         "masked-lm": transformers.AutoModelForMaskedLM,
     }[head]
+    exported = onnx_file(spec.source) if spec.is_local else None
     if spec.is_local:
         check_model_files(Path(spec.source), spec.name)
         refuse_unsafe_local(spec, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
@@ -322,6 +328,15 @@ def load_model(
             spec.source, trust_remote_code=trust_remote_code
         )
     missing_head: list[str] = []
+    if exported is not None:  # an ONNX export: run by onnxruntime behind the same wrapper
+        from miniature.core.onnx_model import load_onnx, missing_outputs
+
+        onnx_model = load_onnx(spec, exported, device=device)
+        wrapper = ModelWrapper(spec.name, onnx_model, tokenizer,
+                               fingerprint=fingerprint_files(Path(spec.source)), device="cpu",
+                               **wrapper_options)
+        wrapper.missing_head = missing_outputs(onnx_model.output_names, head)
+        return wrapper
     with model_file_boundary(spec, weights_file_name(spec), allow_pickle=allow_pickle):
         if spec.is_local and read_record(spec.source, method="int8") is not None:
             model = load_quantized(spec.source, head)  # an int8 folder from `miniature compress`
@@ -433,13 +448,26 @@ class ModelWrapper:
         self.missing_head: list[str] = []
         import inspect
 
-        self.input_names = set(inspect.signature(model.forward).parameters)
+        runtime_inputs = getattr(model, "runtime_input_names", None)  # an ONNX session's inputs
+        self.input_names = set(runtime_inputs if runtime_inputs is not None
+                               else inspect.signature(model.forward).parameters)
         # TextAttack and other callers read model_max_length; never pad to 512
         tokenizer.model_max_length = self.max_length
 
     @property
     def config(self) -> Any:
         return self.model.config
+
+    @property
+    def hidden_problem(self) -> str | None:
+        """Why this model gives no sentence vectors (an ONNX export without its last hidden
+        state), in one line with the fix; None when it gives them."""
+        outputs = getattr(self.model, "output_names", None)
+        if outputs is None or "last_hidden_state" in outputs:
+            return None
+        from miniature.core.onnx_model import hidden_output_line
+
+        return hidden_output_line(self.name)
 
     def tokenize(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[dict]:
         """Token ids per item (no padding), truncated to ``max_length``; counts truncations."""
@@ -598,6 +626,11 @@ def missing_head_weights(spec: ModelSpec | str, head: str, *,
     directory = _snapshot_dir(spec)
     if directory is None:
         return None
+    exported = onnx_file(directory)
+    if exported is not None:  # an ONNX export: the head is its outputs
+        from miniature.core.onnx_model import missing_outputs, onnx_outputs
+
+        return missing_outputs(onnx_outputs(exported, spec), head)
     import json
 
     import transformers

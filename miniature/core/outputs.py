@@ -77,6 +77,8 @@ class PerItemOutputs:
             wrapper = self.wrapper(name, stage=stage)
             used[0] = wrapper.max_length  # less than --max-length past the model's positions
             texts = data.texts[part]
+            if wrapper.hidden_problem is not None:  # an ONNX export with logits only
+                return {"logits": wrapper.logits(texts)}
             if stage == BEFORE or self.task == "qa" or self.missing_head(name):
                 pairs = data.pairs[part] if data.pairs is not None else None
                 arrays = {"embeddings": wrapper.encode(texts, pairs=pairs)}
@@ -93,6 +95,8 @@ class PerItemOutputs:
                 f"{where}: {sum(truncated)} of {len(data)} items are longer than "
                 f"{_length_used(used[0], self.settings[opt.MAX_LENGTH])} tokens and were "
                 "truncated; raise --max-length to compare whole texts"), stacklevel=2)
+        if "embeddings" not in arrays:  # a logits-only ONNX export: the vectors' checks skip
+            return WithoutVectors(arrays, reason=self.wrapper(name, stage=stage).hidden_problem or "")
         self._check_embeddings(arrays["embeddings"], where)
         return arrays
 
@@ -176,6 +180,20 @@ class PerItemOutputs:
                                                        self.attack_wrapper().max_length)),
                 cache=self.cache, seed=self.settings[opt.SEED])
         return self._attacks[name]
+
+
+class WithoutVectors(dict):
+    """Outputs of a model that gives no sentence vectors: asking for ``embeddings`` skips
+    the check with the reason (one line naming the missing output and the fix)."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], *, reason: str) -> None:
+        super().__init__(arrays)
+        self.reason = reason
+
+    def __missing__(self, key: str) -> Any:
+        if key == "embeddings":
+            raise NotApplicable(self.reason)
+        raise KeyError(key)
 
 
 def _length_used(used: int, requested: int) -> str:

@@ -463,17 +463,26 @@ def _line(text: Any, *, muted: Any = None, href: str | None = None) -> dict[str,
     return {"text": str(text), "muted": None if muted is None else str(muted), "href": href}
 
 
+def _with_quantization(source: Any, quantization: Any) -> str:
+    """A model's source, with how it is quantized or exported when it is."""
+    return f"{source} ({quantization})" if quantization else str(source)
+
+
 def run_view(payload: Mapping[str, Any], json_name: str | None, previous: Mapping[str, Any] | None) -> dict[str, Any]:
     """The run's metadata (name and lines of text each) and every setting."""
     settings = payload.get("settings") or {}
     models = payload.get("models") or {}
+    quantized = models.get("quantization") or {}
     data = payload.get("data") or {}
     items: list[tuple[str, list[dict[str, Any]]]] = [
         ("created", [_line(payload.get("created", "?"))]),
         ("duration", [_line("–" if payload.get("duration_s") is None else f"{payload['duration_s']:.1f} s")]),
-        ("reference", [_line(models.get("reference") or "?", muted=settings.get("reference") or "?")]),
-        ("candidates", [_line(name, muted=source) for name, source in zip(models.get("candidates") or [],
-                                                                         settings.get("candidate") or [])]
+        ("reference", [_line(models.get("reference") or "?",
+                             muted=_with_quantization(settings.get("reference") or "?",
+                                                      quantized.get(models.get("reference") or "")))]),
+        ("candidates", [_line(name, muted=_with_quantization(source, quantized.get(name)))
+                        for name, source in zip(models.get("candidates") or [],
+                                                settings.get("candidate") or [])]
          or [_line("none")]),
     ]
     if settings.get("reference-base") or settings.get("candidate-base"):

@@ -303,7 +303,7 @@ def report_payload(results: Sequence[ComparisonResult], settings: Any, *,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "duration_s": None if duration_s is None else round(float(duration_s), 3),
         "models": {"reference": names[0] if names else None, "candidates": names[1:],
-                   "order": names},
+                   "order": names, "quantization": model_quantization(settings)},
         "data": {role: (str(raw[flag]) if raw.get(flag) else BUILTIN_DATA) for role, flag in DATA_ROLES},
         "compare_to": compare_to,
         "settings": values,
@@ -313,12 +313,32 @@ def report_payload(results: Sequence[ComparisonResult], settings: Any, *,
     }
 
 
+def model_quantization(settings: Any) -> dict[str, str]:
+    """Report name -> how that model is quantized or exported (an ONNX export, torchao), for
+    the model table; models stored as plain fp32 checkpoints are left out."""
+    from miniature.core.formats import quantization_of
+    from miniature.core.models import resolve_model
+
+    values = getattr(settings, "values", {})
+    given = [values.get("--reference"), *(values.get("--candidate") or [])]
+    found: dict[str, str] = {}
+    for name, reference in zip(model_order(settings), [g for g in given if g]):
+        try:
+            spec = resolve_model(str(reference))
+            text = quantization_of(spec.source) if spec.is_local else None
+        except Exception:  # noqa: BLE001 - the table only; a load error is reported by the run
+            text = None
+        if text:
+            found[name] = text
+    return found
+
+
 def _versions() -> dict[str, str]:
     from importlib import metadata
 
     found = {"python": platform.python_version()}
     for package in ("miniature", "pytest", "pytest-html", "pytest-xdist", "torch", "transformers",
-                    "faiss-cpu", "numpy", "matplotlib", "textattack"):
+                    "faiss-cpu", "numpy", "matplotlib", "textattack", "onnxruntime", "torchao"):
         try:
             found[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

@@ -121,10 +121,11 @@ def _layer_list(value: str) -> list[int]:
 def _compress_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="the reference: a local model directory (or alias of a "
                                       "packaged model)")
-    parser.add_argument("--method", required=True, choices=("int8", "prune", "layers"),
-                        help="int8: dynamic int8 quantization of the Linear layers; prune: L1 "
-                             "magnitude pruning of the encoder's Linear weights; layers: keep "
-                             "a subset of the encoder layers")
+    parser.add_argument("--method", required=True, choices=("int8", "prune", "layers", "none"),
+                        help="int8: quantization of the Linear layers with torchao (see "
+                             "--quantization); prune: L1 magnitude pruning of the encoder's Linear "
+                             "weights; layers: keep a subset of the encoder layers; none: no "
+                             "compression (with --format onnx: export the model as it is)")
     parser.add_argument("--output-dir", required=True, type=Path,
                         help="folder of the compressed model (created)")
     parser.add_argument("--sparsity", type=float, default=0.5,
@@ -137,6 +138,19 @@ def _compress_arguments(parser: argparse.ArgumentParser) -> None:
                              "layer from the first (0,2,4 of 6)")
     parser.add_argument("--qscheme", choices=("per-channel", "per-tensor"), default="per-channel",
                         help="int8: one scale per output row, or one per matrix; default: %(default)s")
+    from miniature.core.formats import QUANTIZATIONS
+
+    parser.add_argument("--quantization", choices=QUANTIZATIONS,
+                        default="int8-dynamic",
+                        help="int8: int8 weights with int8 activations quantized at run time, int8 "
+                             "weights only, or int4 weights only (torchao); default: %(default)s")
+    parser.add_argument("--format", choices=("pytorch", "onnx"), default="pytorch", dest="output_format",
+                        help="pytorch: a folder the PyTorch loader reads; onnx: model.onnx run by "
+                             "onnxruntime (int8: onnxruntime's dynamic int8), the file you ship; "
+                             "default: %(default)s")
+    parser.add_argument("--onnx-int8", action="store_true",
+                        help="--format onnx: int8-quantize the export with onnxruntime "
+                             "(quantize_dynamic); implied by --method int8")
     parser.add_argument("--distil", action="store_true",
                         help="layers: re-train the smaller classifier after dropping layers, by "
                              "distillation from the reference's logits on --distil-data")
@@ -167,7 +181,8 @@ def compress_command(args: argparse.Namespace) -> int:
                                       label_column=None).texts
     path = compress(args.model, args.output_dir, method=args.method, sparsity=args.sparsity,
                     prune_scope=args.prune_scope, keep_layers=args.keep_layers,
-                    qscheme=args.qscheme, overwrite=args.overwrite, progress=not args.no_progress,
+                    qscheme=args.qscheme, quantization=args.quantization,
+                    output_format=args.output_format, onnx_int8=args.onnx_int8, overwrite=args.overwrite, progress=not args.no_progress,
                     distil=args.distil, distil_texts=distil_texts,
                     distil_epochs=args.distil_epochs or DISTIL_EPOCHS)
     print(path)

@@ -4,14 +4,22 @@
 (the reference's tokenizer, its config and a record ``miniature_compression.json`` of
 what was done, from what, with which library versions):
 
-* ``int8``: dynamic int8 quantization of every ``nn.Linear``
-  (``torch.ao.quantization.quantize_dynamic``). A quantized model has no safetensors
-  form, so the int8 weights, their scales and zero points and the fp32 biases are stored
-  as plain tensors in ``model_int8.safetensors`` (all other weights in fp32 beside them;
-  the format is :mod:`miniature.core.formats`). Its :func:`load_quantized` rebuilds the fp32
-  architecture from ``config.json`` (no code from the folder runs, nothing is unpickled),
-  quantizes the same modules and sets the stored int8 weights exactly;
+* ``int8``: quantization of every ``nn.Linear`` with torchao's ``quantize_``
+  (``--quantization``): ``int8-dynamic`` (int8 weights, activations quantized to int8 per
+  token at run time; the default), ``int8-weight-only``, or ``int4-weight-only`` (groups of
+  32 columns; torchao's CPU kernels). The quantized weights are stored with torchao's
+  safetensors flattening in ``model_torchao.safetensors`` (the format is
+  :mod:`miniature.core.formats`); :func:`load_quantized` rebuilds the architecture from
+  ``config.json`` (no code from the folder runs, nothing is unpickled) and sets them exactly,
+  so reloaded outputs equal the in-memory compressed model's;
   :func:`miniature.core.models.load_model` does this transparently.
+* ``none``: no compression, for ``--format onnx`` of the reference itself.
+
+``output_format="onnx"`` (``--format onnx``) writes the result as ``model.onnx`` run by
+onnxruntime instead (:mod:`miniature.tools.export`): for ``int8`` the fp32 model exported and
+quantized by onnxruntime's ``quantize_dynamic`` (int8 weights and dynamic int8 activations);
+for the others the compressed fp32 model, int8-quantized the same way with ``onnx_int8``.
+So the gate checks exactly the file that ships.
 * ``prune``: unstructured L1 magnitude pruning of the encoder's Linear weights to a
   sparsity (``torch.nn.utils.prune``, over all layers at once or layer by layer), made
   permanent, saved as safetensors.
@@ -35,14 +43,16 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from miniature.core.formats import (FORMAT_VERSION, INT8_WEIGHTS, RECORD_NAME,  # noqa: F401 - re-exported
-                                    load_quantized, quiet_quantization, read_record)
+from miniature.core.formats import (FORMAT_VERSION, QUANTIZATIONS, RECORD_NAME,  # noqa: F401 - re-exported
+                                    TORCHAO_WEIGHTS, load_quantized, read_record, require_torchao,
+                                    save_torchao, torchao_config)
 from miniature.errors import MiniatureError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-METHODS = ("int8", "prune", "layers")
+METHODS = ("int8", "prune", "layers", "none")
+FORMATS = ("pytorch", "onnx")
 PRUNE_SCOPES = ("global", "layer")
 QSCHEMES = ("per-channel", "per-tensor")
 #: ``--distil`` (layers): epochs and learning rate of the distillation, and its temperature.
@@ -67,6 +77,9 @@ def compress(
     prune_scope: str = "global",
     keep_layers: Sequence[int] | None = None,
     qscheme: str = "per-channel",
+    quantization: str = "int8-dynamic",
+    output_format: str = "pytorch",
+    onnx_int8: bool = False,
     overwrite: bool = False,
     progress: bool = True,
     distil: bool = False,
@@ -98,7 +111,8 @@ def compress(
     from miniature.core.models import fingerprint_files, resolve_model
 
     settings = _check_settings(method, sparsity=sparsity, prune_scope=prune_scope,
-                               keep_layers=keep_layers, qscheme=qscheme)
+                               keep_layers=keep_layers, qscheme=qscheme, quantization=quantization)
+    settings.update(_check_format(method, output_format, onnx_int8, settings))
     texts: list[str] = []
     if distil_texts is not None and not distil:
         raise CompressionError("distil_texts (--distil-data) given without distil (--distil); fix: "
@@ -113,6 +127,11 @@ def compress(
     if read_record(spec.source, method="int8") is not None:
         raise CompressionError(f"reference {spec.source!r} is already int8-quantized; fix: "
                                "compress its fp32 source model instead")
+    from miniature.core.onnx_model import onnx_file
+
+    if onnx_file(spec.source) is not None:
+        raise CompressionError(f"reference {spec.source!r} is an ONNX export; fix: compress the "
+                               "PyTorch model it was exported from (--format onnx exports the result)")
     output = Path(output_dir).expanduser()
     if output.resolve() == Path(spec.source).resolve():
         raise CompressionError(f"output_dir {str(output)!r} is the reference's own folder; fix: "
@@ -189,8 +208,32 @@ def default_keep_layers(num_layers: int) -> list[int]:
 
 
 # -- settings ---------------------------------------------------------------------------------
+def _check_format(method: str, output_format: str, onnx_int8: bool,
+                  settings: dict[str, Any]) -> dict[str, Any]:
+    """The output format's settings: ``format`` and, for ONNX, whether it is int8."""
+    if output_format not in FORMATS:
+        raise CompressionError(f"format {output_format!r} is unknown; fix: pass --format "
+                               f"(output_format=) one of {', '.join(FORMATS)}")
+    if output_format == "pytorch":
+        if method == "none":
+            raise CompressionError("--method none leaves the model as it is, which is only useful "
+                                   "as an export; fix: add --format onnx (output_format='onnx')")
+        if onnx_int8:
+            raise CompressionError("--onnx-int8 (onnx_int8) quantizes an ONNX export; fix: add "
+                                   "--format onnx, or drop --onnx-int8")
+        return {"format": "pytorch"}
+    if method == "int8":
+        if settings["quantization"] != "int8-dynamic":
+            raise CompressionError(f"--format onnx quantizes with onnxruntime's dynamic int8 only, not "
+                                   f"{settings['quantization']!r}; fix: drop --quantization, or "
+                                   "drop --format onnx to quantize with torchao")
+        onnx_int8 = True
+    return {"format": "onnx", "onnx_int8": bool(onnx_int8)}
+
+
 def _check_settings(method: str, *, sparsity: float, prune_scope: str,
-                    keep_layers: Sequence[int] | None, qscheme: str) -> dict[str, Any]:
+                    keep_layers: Sequence[int] | None, qscheme: str,
+                    quantization: str = "int8-dynamic") -> dict[str, Any]:
     if method not in METHODS:
         raise CompressionError(f"unknown compression method {method!r}; fix: pass --method "
                                f"(method=) one of {', '.join(METHODS)}")
@@ -203,6 +246,8 @@ def _check_settings(method: str, *, sparsity: float, prune_scope: str,
             raise CompressionError(f"prune_scope={prune_scope!r} is unknown; fix: pass "
                                    f"--prune-scope (prune_scope=) one of {', '.join(PRUNE_SCOPES)}")
         return {"sparsity": float(sparsity), "prune_scope": prune_scope}
+    if method == "none":
+        return {}
     if method == "layers":
         if keep_layers is None:
             return {"keep_layers": None}
@@ -217,7 +262,10 @@ def _check_settings(method: str, *, sparsity: float, prune_scope: str,
     if qscheme not in QSCHEMES:
         raise CompressionError(f"qscheme={qscheme!r} is unknown; fix: pass --qscheme (qscheme=) "
                                f"one of {', '.join(QSCHEMES)}")
-    return {"qscheme": qscheme}
+    if quantization not in QUANTIZATIONS:
+        raise CompressionError(f"quantization={quantization!r} is unknown; fix: pass --quantization "
+                               f"(quantization=) one of {', '.join(QUANTIZATIONS)}")
+    return {"qscheme": qscheme, "quantization": quantization}
 
 
 def _distil_texts(method: str, texts: Sequence[str] | None) -> list[str]:
@@ -336,9 +384,12 @@ def _build(spec: Any, method: str, settings: dict[str, Any], built: Path, *,
     with model_file_boundary(spec, tokenizer_file_name(spec)):
         tokenizer = transformers.AutoTokenizer.from_pretrained(spec.source)
     before = _count(model)
-    steps = {"int8": _quantize, "prune": _prune, "layers": _drop_layers}
+    as_onnx = settings.get("format") == "onnx"
+    steps = {"int8": _quantize, "prune": _prune, "layers": _drop_layers, "none": _unchanged}
     with _bar(progress, f"compress {method} [{spec.name}]") as bar:
-        measured = steps[method](model, settings, built)
+        # int8 as ONNX: onnxruntime quantizes the fp32 export (below), torchao is not used
+        measured = _unchanged(model, settings, built) if as_onnx and method == "int8" \
+            else steps[method](model, settings, built)
         bar.update(1)
     if settings.get("distil"):
         if head != "classification":
@@ -349,10 +400,33 @@ def _build(spec: Any, method: str, settings: dict[str, Any], built: Path, *,
         measured["distillation"] = _distil(teacher, model, tokenizer, list(distil_texts),
                                            settings["distil"], progress=progress)
         model.save_pretrained(str(built), safe_serialization=True)
-    tokenizer.save_pretrained(str(built))
     measured["parameters_before"] = before
     measured.setdefault("parameters_after", _count(model))
+    if as_onnx:
+        measured["onnx"] = _export(model, tokenizer, head, settings, built)
+    tokenizer.save_pretrained(str(built))
     return measured, head, type(model).__name__
+
+
+def _unchanged(model: Any, settings: dict[str, Any], built: Path) -> dict[str, Any]:
+    """No compression (the model as loaded, for an ONNX export)."""
+    built.mkdir(parents=True, exist_ok=True)
+    return {}
+
+
+def _export(model: Any, tokenizer: Any, head: str, settings: dict[str, Any], built: Path) -> dict[str, Any]:
+    """Replace the built folder's PyTorch weights with ``model.onnx`` (int8 when asked)."""
+    from miniature.tools.export import ExportError, export_onnx
+
+    try:
+        written = export_onnx(model, tokenizer, built, head=head, int8=settings["onnx_int8"],
+                              per_channel=settings.get("qscheme", "per-channel") == "per-channel")
+    except ExportError as error:
+        raise CompressionError(str(error)) from None
+    for weights in built.glob("*.safetensors"):
+        weights.unlink()
+    written["bytes"] = (built / written["file"]).stat().st_size
+    return written
 
 
 @contextlib.contextmanager
@@ -368,48 +442,23 @@ def _count(model: Any) -> int:
 
 
 def _quantize(model: Any, settings: dict[str, Any], built: Path) -> dict[str, Any]:
-    import torch
-    from safetensors.torch import save_file
+    """torchao's ``quantize_`` of every Linear, saved in the format the loader reads."""
+    from miniature.errors import ModelReferenceError
 
-    with quiet_quantization():
-        from torch.ao.quantization import (default_dynamic_qconfig, per_channel_dynamic_qconfig,
-                                           quantize_dynamic)
-        from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+    try:
+        require_torchao("--method int8 quantizes with torchao")
+    except ModelReferenceError as error:  # the same line, as a compression error
+        raise CompressionError(str(error)) from None
+    from torchao.quantization import quantize_
 
-        qconfig = per_channel_dynamic_qconfig if settings["qscheme"] == "per-channel" \
-            else default_dynamic_qconfig
-        quantized = quantize_dynamic(model, {torch.nn.Linear: qconfig}, dtype=torch.qint8,
-                                     inplace=False)
-        tensors: dict[str, torch.Tensor] = {}
-        modules: dict[str, dict[str, Any]] = {}
-        for name, module in quantized.named_modules():
-            if not isinstance(module, DynamicLinear):
-                continue
-            weight, bias = module._weight_bias()
-            scheme = weight.qscheme()
-            tensors[f"int8::{name}.weight"] = weight.int_repr().contiguous()
-            if scheme == torch.per_channel_affine:
-                tensors[f"int8::{name}.scale"] = weight.q_per_channel_scales().double().contiguous()
-                tensors[f"int8::{name}.zero_point"] = weight.q_per_channel_zero_points().long().contiguous()
-                modules[name] = {"qscheme": "per_channel_affine", "axis": int(weight.q_per_channel_axis())}
-            elif scheme == torch.per_tensor_affine:
-                tensors[f"int8::{name}.scale"] = torch.tensor(weight.q_scale(), dtype=torch.float64)
-                tensors[f"int8::{name}.zero_point"] = torch.tensor(weight.q_zero_point(), dtype=torch.int64)
-                modules[name] = {"qscheme": "per_tensor_affine"}
-            else:  # pragma: no cover - quantize_dynamic makes only the two above
-                raise CompressionError(f"module {name}: unsupported quantization scheme {scheme}")
-            modules[name]["shape"] = list(weight.shape)
-            if bias is not None:
-                tensors[f"int8::{name}.bias"] = bias.detach().float().contiguous().clone()
-    for key, value in model.state_dict().items():
-        if not any(key.startswith(name + ".") for name in modules):
-            tensors[key] = value.detach().contiguous().clone()
-    built.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(built / INT8_WEIGHTS), metadata={"format": "pt", "miniature": "int8"})
-    model.config.save_pretrained(str(built))
-    return {"quantized_modules": modules, "quantized_count": len(modules),
-            "quantization_engine": str(torch.backends.quantized.engine),
-            "weights_bytes": (built / INT8_WEIGHTS).stat().st_size}
+    quantize_(model, torchao_config(settings["quantization"], settings["qscheme"]))
+    quantized = save_torchao(model, built)
+    import torchao
+
+    return {"quantized_modules": sorted({name.rsplit(".", 1)[0] for name in quantized}),
+            "quantized_count": len(quantized), "tensor_types": sorted(set(quantized.values())),
+            "torchao": torchao.__version__,
+            "weights_bytes": (built / TORCHAO_WEIGHTS).stat().st_size}
 
 
 def _prune(model: Any, settings: dict[str, Any], built: Path) -> dict[str, Any]:
@@ -499,7 +548,8 @@ def _record(spec: Any, source_print: str, method: str, settings: dict[str, Any],
                      "transformers": transformers.__version__,
                      "python": platform.python_version()},
     }
-    if method == "int8":
+    if method == "int8" and "quantized_modules" in measured:
+        record["backend"] = "torchao"
         record["quantized_modules"] = measured.pop("quantized_modules")
     record["measured"] = measured
     return record

@@ -8,7 +8,8 @@ package, caching each step by content so a second run only re-reads results:
    film reviews (:func:`miniature.core.data.builtin_sentiment_data`; the challenge set is book
    reviews, a near shift) with :func:`miniature.core.finetune.finetune`;
 2. **candidates**: that model compressed by :func:`miniature.tools.compress.compress`: dynamic
-   int8, 50 % magnitude-pruned, and 3 of its 6 layers re-trained after the drop by
+   int8 (torchao), the same as the deployment artifact a team ships (an ONNX export
+   int8-quantized by onnxruntime, run by onnxruntime), 50 % magnitude-pruned, and 3 of its 6 layers re-trained after the drop by
    distillation from the reference's logits on the training texts (``--distil``), as
    DistilBERT was: a model someone would ship;
 3. **attack model**: BERT-Attack needs a masked LM, and all-MiniLM-L6-v2 ships without an
@@ -54,13 +55,19 @@ from miniature.errors import MiniatureError
 CANDIDATES: dict[str, dict[str, Any]] = {
     "reference": {},
     "int8": {"method": "int8"},
+    # the file that ships: an ONNX export int8-quantized by onnxruntime, run by onnxruntime
+    "int8-onnx": {"method": "int8", "output_format": "onnx"},
     "prune": {"method": "prune", "sparsity": 0.5},
     # re-trained after dropping: distilled from the reference's logits on the training texts
     "layers": {"method": "layers", "distil": True},
 }
-DEFAULT_CANDIDATES = ("reference", "int8", "prune", "layers")
+DEFAULT_CANDIDATES = ("reference", "int8", "int8-onnx", "prune", "layers")
+#: The optional packages (and the extra that installs them) a candidate needs.
+CANDIDATE_PACKAGES: dict[str, tuple[tuple[str, ...], str]] = {
+    "int8": (("torchao",), "quantize"), "int8-onnx": (("onnx", "onnxruntime"), "onnx")}
 #: The names the summary shows (folder names under the demo's cache).
-MODEL_NAMES = {"reference": "minilm", "int8": "minilm-int8", "prune": "minilm-pruned50",
+MODEL_NAMES = {"reference": "minilm", "int8": "minilm-int8", "int8-onnx": "minilm-int8-onnx",
+               "prune": "minilm-pruned50",
                "layers": "minilm-3layers-distilled"}
 ATTACK_LM_RECORD = "miniature_attack_lm.json"
 #: Fine-tuning of the reference: batch 32, this rate, the size's epochs, seed 0.
@@ -260,6 +267,19 @@ def default_cache_dir() -> Path:
     return Path(root).expanduser()
 
 
+def _available(candidate: str) -> bool:
+    """Whether a candidate's optional packages are installed; if not, one line says which
+    extra to install and the demo goes on without it."""
+    import importlib.util
+
+    packages, extra = CANDIDATE_PACKAGES.get(candidate, ((), ""))
+    missing = [p for p in packages if importlib.util.find_spec(p) is None]
+    if missing:
+        print(f"miniature demo: skipping candidate {candidate!r}: it needs {', '.join(missing)}; "
+              f"fix: pip install 'miniature[{extra}]'", file=sys.stderr, flush=True)
+    return not missing
+
+
 def demo(
     *,
     size: str = "full",
@@ -297,12 +317,13 @@ def demo(
 
         torch.set_num_threads(threads)
     plan = SIZES[size]
+    say = _printer(progress)
+    candidates = [c for c in candidates if _available(c)]
     # absolute: the gate runs from a folder of its own (see gate_folder)
     cache = (Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()).resolve()
     report = Path(report_dir).expanduser().resolve()
     seconds: dict[str, float] = {}
     data = _demo_data(plan)
-    say = _printer(progress)
     say(f"miniature demo ({plan.name}): all-MiniLM-L6-v2 fine-tuned for sentiment vs "
         f"{', '.join(c for c in candidates if c != 'reference') or 'itself'}; cache {cache}")
 
