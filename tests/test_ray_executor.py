@@ -35,10 +35,11 @@ def ray_cluster():
 
 
 def tiny_settings(models: Any, cache_dir: Path, **more: Any) -> opt.Settings:
-    return make_settings(reference=str(models["reference"]),
-                         candidate=[str(models["small"]), str(models["distil"])],
-                         attack_model=str(models["attacker"]), cache_dir=cache_dir,
-                         data_limit=80, attack_size=24, bootstrap=100, seed=3, **more)
+    values: dict[str, Any] = dict(reference=str(models["reference"]),
+                                  candidate=[str(models["small"]), str(models["distil"])],
+                                  attack_model=str(models["attacker"]), cache_dir=cache_dir,
+                                  data_limit=80, attack_size=24, bootstrap=100, seed=3)
+    return make_settings(**{**values, **more})
 
 
 def figures(gate: Any) -> dict[str, Any]:
@@ -147,7 +148,8 @@ def test_a_killed_shard_keeps_its_finished_items(tiny_models, tmp_path: Path) ->
     journal.write_text("\n".join(lines[:4]) + "\n" + lines[4][:10])  # killed while writing item 5
     with pytest.warns(Warning, match="unreadable line"):
         again = gate.attack_shard(name, 0, 6)
-    assert journal.read_text().splitlines()[:4] == lines[:4], "finished items were recomputed"
+    resumed = journal.read_text().splitlines()
+    assert resumed[:4] == lines[:4] and len(resumed) == 4 + 1 + 2, "finished items were recomputed"
     assert outcomes_without_time(again) == outcomes_without_time(first)
     gate.attack_shard(name, 6, 12)
     whole = Gate(settings).attack_outcomes(name)
