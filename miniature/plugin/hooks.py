@@ -210,7 +210,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     registry = config.stash.get(REGISTRY_KEY, None)
     if gate is not None and not isinstance(gate, Exception) and registry is not None:
         # the executor computes ahead only what the collected checks (-k, -m) compare
-        used = {name for item in session.items for name in getattr(item, "fixturenames", ())}
+        used = {name for item in session.items if uses_gate(item)
+                for name in (*getattr(item, "fixturenames", ()),
+                             getattr(item, "originalname", item.name).removeprefix("test_"))}
         gate.selected = [c.name for c in registry if c.name in used]
 
 
