@@ -127,6 +127,49 @@ def per_item_worker(payload: dict) -> None:
             "results": {r: sum(o["result"] == r for o in outcomes) for r in {o["result"] for o in outcomes}}})
 
 
+#: the paper's six models (Table 1): layers and width; compute per token ~ layers x width^2
+PAPER_MODELS = {"BERT-large": (24, 1024), "BERT-base": (12, 768), "DistilBERT": (6, 768),
+                "BERT-medium": (8, 512), "BERT-mini": (4, 256), "Tiny-BERT": (2, 128)}
+MINILM = (6, 384)  # all-MiniLM-L6-v2, where the per-item costs are measured
+#: SQuAD 2.0 dev questions; every role cut to as many (--data-limit), the test role encoded
+#: before and after fine-tuning: 5 encodings of 11,873 items per model
+SQUAD_DEV = 11_873
+ENCODINGS_PER_MODEL = 5
+ATTACKED = 1_000
+#: assumptions, not measurements (stated in the README)
+TOKEN_FACTOR = 2.0        # a SQuAD question + context is about twice the measured reviews' tokens
+GPU_ENCODE_SPEEDUP = 200  # one GPU vs one CPU core, batched encoding
+GPU_ATTACK_SPEEDUP = 20   # one GPU vs one CPU core, the attack (small batches, Python search)
+TARGET_SHARE, ATTACKER_SHARE = 0.57, 0.39  # benchmarks/gate.py: the attack's time in target / attack model
+ATTACKER = "BERT-base"    # the paper's attack model
+STARTUP_S = 60.0          # per worker: Ray, imports and loading the six models (assumed)
+
+
+def scale(model: tuple[int, int]) -> float:
+    """Compute per token relative to all-MiniLM-L6-v2 (layers x width^2)."""
+    return model[0] * model[1] ** 2 / (MINILM[0] * MINILM[1] ** 2)
+
+
+def paper_scale(encode_s: float, attack_s: float, gpus: int) -> dict[str, float]:
+    """Expected hours of the paper-scale gate on ``gpus`` GPUs, from per-item CPU costs: the
+    jobs as the executor plans them (one per model and encoding; 2 attack shards per GPU,
+    each attacking every model), longest first onto the least-loaded GPU."""
+    attacker = scale(PAPER_MODELS[ATTACKER])
+    jobs = [SQUAD_DEV * encode_s * TOKEN_FACTOR * scale(m) / GPU_ENCODE_SPEEDUP
+            for m in PAPER_MODELS.values() for _ in range(ENCODINGS_PER_MODEL)]
+    shards = 2 * gpus
+    per_item = sum(attack_s * (TARGET_SHARE * scale(m) + ATTACKER_SHARE * attacker + (1 - TARGET_SHARE - ATTACKER_SHARE))
+                   for m in PAPER_MODELS.values()) / GPU_ATTACK_SPEEDUP
+    sizes = [ATTACKED // shards + (1 if i < ATTACKED % shards else 0) for i in range(shards)]
+    jobs += [size * per_item for size in sizes if size]
+    load = [STARTUP_S] * gpus
+    for job in sorted(jobs, reverse=True):
+        load[load.index(min(load))] += job
+    total = sum(jobs)
+    attack = ATTACKED * per_item
+    return {"hours": max(load) / 3600, "encode_h": (total - attack) / 3600, "attack_h": attack / 3600}
+
+
 def close(a: Any, b: Any) -> bool:
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(close(a[k], b[k]) for k in a)
@@ -167,6 +210,15 @@ def main(argv: list[str] | None = None) -> int:
                         f"{result['attack_s_per_item']:.2f}", f"{result['queries_per_item']:.0f}",
                         f"{result['encode_items']}/{result['attack_items']}"]]))
         print(f"attack results: {result['results']}")
+        rows, one = [], paper_scale(result["encode_s_per_item"], result["attack_s_per_item"], 1)
+        for gpus in (1, 4, 16):
+            figures = paper_scale(result["encode_s_per_item"], result["attack_s_per_item"], gpus)
+            rows.append([gpus, f"{figures['hours']:.2f} h", f"{one['hours'] / figures['hours']:.1f}x"])
+        print(f"paper-scale gate (six BERT models, SQuAD 2.0 dev {SQUAD_DEV:,} items x {ENCODINGS_PER_MODEL} "
+              f"encodings, {ATTACKED:,} attacked items each): work on one GPU: encoding "
+              f"{one['encode_h']:.2f} h, attack {one['attack_h']:.2f} h (GPU {GPU_ENCODE_SPEEDUP}x / "
+              f"{GPU_ATTACK_SPEEDUP}x one core, tokens x{TOKEN_FACTOR}, {STARTUP_S:.0f} s start-up per worker: assumed)")
+        print(h.table(["GPUs", "expected wall time", "speed-up"], rows))
         h.write_json(args.json, {"machine": info, "per_item": {k: v for k, v in result.items() if k != "log"}})
         return 0
 

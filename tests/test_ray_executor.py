@@ -226,3 +226,13 @@ def test_in_process_imports_no_ray(tiny_models, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(Path(miniature.__file__).resolve().parents[1])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.split() == ["inprocess", "False"], out.stdout + out.stderr
+
+
+def test_executor_ray_without_ray_is_a_usage_error(pytester: pytest.Pytester, tiny_models, monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
+    result = pytester.runpytest(f"--reference={tiny_models['reference']}", "--executor=ray", "--co")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    lines = [line for line in result.stderr.lines if "needs Ray" in line]
+    assert len(lines) == 1 and "pip install 'miniature[ray]'" in lines[0], result.stderr.lines

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from miniature.core import settings as opt
 from miniature.core.cache import fingerprint
+from miniature.core.loading import ENCODER
 from miniature.errors import MiniatureError, NotApplicable
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -124,7 +125,7 @@ def plan(gate: "Gate", characteristics: Iterable[str] | None = None, *, workers:
                 continue  # QA's prediction errors come from its answers, not the encodings
             stages = gate.stages() if staged else [None]
             for stage in stages:
-                stage = None if stage == "encoder" else stage
+                stage = None if stage == ENCODER else stage
                 if (role, stage) not in wanted:
                     wanted.append((role, stage))
     jobs += [Job("encode", (model,), role=role, stage=stage)

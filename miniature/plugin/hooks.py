@@ -309,6 +309,13 @@ def _check_start_up(settings: "opt.Settings") -> None:
         check_device(settings[opt.DEVICE])
     except MiniatureError as error:
         raise pytest.UsageError(str(error)) from None
+    if settings[opt.EXECUTOR] == "ray":
+        import importlib.util
+
+        from miniature.core.executors import RAY_MISSING
+
+        if importlib.util.find_spec("ray") is None:  # found, not imported: that waits for the first check
+            raise pytest.UsageError(RAY_MISSING)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
