@@ -135,7 +135,8 @@ def plan(gate: "Gate", characteristics: Iterable[str] | None = None, *, workers:
 
 # -- the worker side -------------------------------------------------------------------------
 
-#: the gates a worker process built, by settings fingerprint: models load once per worker
+#: the gate a worker process built, by settings fingerprint: its models load once per worker
+#: (for every job of the run it gets), the last run's only
 WORKER_GATES: dict[str, Any] = {}
 
 
@@ -153,6 +154,7 @@ def run_job(gate_class: type, values: dict[str, Any], data: "TaskData | None", j
     started = time.perf_counter()
     key = fingerprint(sorted((flag, str(value)) for flag, value in values.items()))
     if key not in WORKER_GATES:
+        WORKER_GATES.clear()  # another run's gate: free its models first
         WORKER_GATES[key] = gate_class(opt.Settings.from_flags(values), data=data)
     gate = WORKER_GATES[key]
     problem = None
