@@ -9,7 +9,7 @@ as an in-process run does, so the figures are the same.
 
 * ``inprocess`` (default): nothing runs ahead; each output is computed when a comparison
   first asks for it, as always. Ray is not imported.
-* ``ray``: every job is a Ray task asking for one CPU (and one GPU where the device is
+* ``ray``: every job (QA's predicted answers too) is a Ray task asking for one CPU (and one GPU where the device is
   CUDA); inside the worker it rebuilds the gate from the same settings and data, runs torch
   on one thread, and computes through the gate's own methods (:meth:`Gate.outputs`,
   :meth:`Gate.attack_shard`) into the same cache folder, which must therefore be visible to
@@ -66,7 +66,7 @@ RAY_MISSING = ("--executor ray needs Ray, which is not installed; fix: pip insta
 class Job:
     """One independent piece of per-item work: an encoding or an attack shard."""
 
-    kind: str  # "encode" or "attack"
+    kind: str  # "encode", "answers" (QA's predicted answers) or "attack"
     models: tuple[str, ...]
     role: str | None = None
     stage: str | None = None
@@ -77,6 +77,8 @@ class Job:
     def label(self) -> str:
         if self.kind == "encode":
             return f"encode {self.models[0]} on the {self.role} data ({self.stage or 'task'})"
+        if self.kind == "answers":
+            return f"answer the {self.role} questions with {self.models[0]}"
         return f"attack items {self.start}-{self.stop} of {', '.join(self.models)}"
 
 
@@ -130,6 +132,8 @@ def plan(gate: "Gate", characteristics: Iterable[str] | None = None, *, workers:
                     wanted.append((role, stage))
     jobs += [Job("encode", (model,), role=role, stage=stage)
              for model in gate.names for role, stage in wanted]
+    if "prediction_errors" in names and gate.task == "qa":  # QA's answers, one job per model
+        jobs += [Job("answers", (model,), role="test") for model in gate.names]
     return jobs
 
 
@@ -163,6 +167,8 @@ def run_job(gate_class: type, values: dict[str, Any], data: "TaskData | None", j
         try:
             if job.kind == "encode":
                 gate.outputs(job.models[0], job.role, stage=job.stage)
+            elif job.kind == "answers":
+                gate.correct(job.models[0])  # QA: the answers are cached, then compared
             else:
                 for model in job.models:
                     gate.attack_shard(model, job.start, job.stop)
