@@ -121,6 +121,33 @@ def test_ray_gate_equals_the_in_process_gate(ray_cluster, tiny_models, tmp_path:
     assert not list((tmp_path / "ray" / "adversarial").glob("*.items-*.jsonl")), "shards not gathered"
 
 
+@pytest.mark.slow
+def test_ray_qa_gate_equals_the_in_process_gate(ray_cluster, tiny_models, tmp_path: Path) -> None:
+    """QA: the encodings of question + context and the predicted answers (a job per model)."""
+    from miniature.core.gate import Gate
+    from miniature.tools.testing import make_tiny_model
+
+    paths = [make_tiny_model(tmp_path / f"qa{seed}", tiny_models.tokenizer_dir, layers=2, hidden=32,
+                             heads=2, seed=seed, head="qa") for seed in (5, 6)]
+
+    def qa_gate(folder: str, **more: Any) -> Any:
+        return Gate(make_settings(reference=str(paths[0]), candidate=[str(paths[1])], task="qa",
+                                  cache_dir=tmp_path / folder, data_limit=30, bootstrap=50,
+                                  max_length=64, **more))
+
+    local_figures = figures(qa_gate("local"))
+    remote = qa_gate("ray", executor="ray")
+    remote_figures = figures(remote)
+    labels = [label for label, _, _ in remote.execution["timings"]]
+    assert sum(label.startswith("answer the test questions") for label in labels) == 2, labels
+    assert not any(label.startswith("attack") for label in labels), labels
+    assert remote.cache.misses == 0
+    moved = {k: (local_figures[k], remote_figures[k]) for k in local_figures
+             if not close(local_figures[k], remote_figures[k])}
+    assert remote_figures.keys() == local_figures.keys() and not moved, moved
+    assert "skipped" not in remote_figures["prediction_errors:qa5-vs-qa6"]
+
+
 def our_ray_tasks() -> list[int]:
     """The pids of the Ray workers running ``run_job`` that descend from this process (the
     cluster this test module started), never anyone else's."""
