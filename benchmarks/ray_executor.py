@@ -89,7 +89,7 @@ def per_item_worker(payload: dict) -> None:
     import torch
     import transformers
 
-    from miniature.core.builtin_data import builtin_sentiment_data
+    from miniature.core.data import builtin_sentiment_data
     from miniature.core.characteristics.adversarial import AttackSettings, attack_model_outcomes
     from miniature.core.models import load_model, packaged_model_dir
 
@@ -150,7 +150,7 @@ def scale(model: tuple[int, int]) -> float:
     return model[0] * model[1] ** 2 / (MINILM[0] * MINILM[1] ** 2)
 
 
-def paper_scale(encode_s: float, attack_s: float, gpus: int) -> dict[str, float]:
+def paper_scale(encode_s: float, attack_s: float, gpus: int, startup_s: float = STARTUP_S) -> dict[str, float]:
     """Expected hours of the paper-scale gate on ``gpus`` GPUs, from per-item CPU costs: the
     jobs as the executor plans them (one per model and encoding; 2 attack shards per GPU,
     each attacking every model), longest first onto the least-loaded GPU."""
@@ -162,7 +162,7 @@ def paper_scale(encode_s: float, attack_s: float, gpus: int) -> dict[str, float]
                    for m in PAPER_MODELS.values()) / GPU_ATTACK_SPEEDUP
     sizes = [ATTACKED // shards + (1 if i < ATTACKED % shards else 0) for i in range(shards)]
     jobs += [size * per_item for size in sizes if size]
-    load = [STARTUP_S] * gpus
+    load = [startup_s] * gpus
     for job in sorted(jobs, reverse=True):
         load[load.index(min(load))] += job
     total = sum(jobs)
@@ -210,15 +210,17 @@ def main(argv: list[str] | None = None) -> int:
                         f"{result['attack_s_per_item']:.2f}", f"{result['queries_per_item']:.0f}",
                         f"{result['encode_items']}/{result['attack_items']}"]]))
         print(f"attack results: {result['results']}")
-        rows, one = [], paper_scale(result["encode_s_per_item"], result["attack_s_per_item"], 1)
+        costs = (result["encode_s_per_item"], result["attack_s_per_item"])
+        rows, one, bare = [], paper_scale(*costs, 1), paper_scale(*costs, 1, 0.0)
         for gpus in (1, 4, 16):
-            figures = paper_scale(result["encode_s_per_item"], result["attack_s_per_item"], gpus)
-            rows.append([gpus, f"{figures['hours']:.2f} h", f"{one['hours'] / figures['hours']:.1f}x"])
+            figures, work = paper_scale(*costs, gpus), paper_scale(*costs, gpus, 0.0)
+            rows.append([gpus, f"{figures['hours'] * 60:.1f} min", f"{one['hours'] / figures['hours']:.1f}x",
+                         f"{bare['hours'] / work['hours']:.1f}x"])
         print(f"paper-scale gate (six BERT models, SQuAD 2.0 dev {SQUAD_DEV:,} items x {ENCODINGS_PER_MODEL} "
               f"encodings, {ATTACKED:,} attacked items each): work on one GPU: encoding "
               f"{one['encode_h']:.2f} h, attack {one['attack_h']:.2f} h (GPU {GPU_ENCODE_SPEEDUP}x / "
               f"{GPU_ATTACK_SPEEDUP}x one core, tokens x{TOKEN_FACTOR}, {STARTUP_S:.0f} s start-up per worker: assumed)")
-        print(h.table(["GPUs", "expected wall time", "speed-up"], rows))
+        print(h.table(["GPUs", "expected wall time", "speed-up", "speed-up of the work alone (no start-up)"], rows))
         h.write_json(args.json, {"machine": info, "per_item": {k: v for k, v in result.items() if k != "log"}})
         return 0
 
