@@ -708,6 +708,9 @@ BAD_OPTION_VALUES: dict[str, list[tuple[str, str]]] = {
     opt.ATTACK_MODEL: [("garbage", "unknown model alias")],
     opt.ATTACK_SIZE: [("0", "below the minimum 1")],
     opt.ATTACK_TOP_K: [("0", "below the minimum 1")],
+    opt.EXECUTOR: [("dask", "not one of")],
+    opt.RAY_ADDRESS: [(" ", "empty value")],
+    opt.RAY_WORKERS: [("0", "below the minimum 1"), ("two", "not a whole number")],
 }
 
 

@@ -497,3 +497,14 @@ def test_compare_to_shows_what_changed(gate_checks: pytest.Pytester, tiny_models
     assert row["text"].startswith(f"reference vs small data representation {format_number(before)} {format_number(after)}")
     assert row["text"].endswith("PASS → FAIL")
     assert str(previous) in " ".join(page.text)
+
+
+def test_the_report_records_the_executor_and_its_workers(tmp_path: Path) -> None:
+    execution = {"executor": "ray", "workers": 2, "address": "local", "jobs": 12, "seconds": 3.5,
+                 "worker_processes": 2, "errors": []}
+    paths = write_reports(sample_results(), sample_settings(), tmp_path, duration_s=1.0, execution=execution)
+    payload = json.loads(paths.json.read_text())
+    assert payload["execution"] == execution
+    assert "ray (local), 2 workers, 12 jobs" in paths.page.read_text()
+    default = report_payload(sample_results(), sample_settings())["execution"]
+    assert default["executor"] == "inprocess" and default["workers"] is None

@@ -270,8 +270,14 @@ class OutputCache:
 def append_record(journal: Path, record: dict[str, Any]) -> None:
     """Append one record to a journal as a JSON line, synced to disk (a kill loses no finished item)."""
     journal.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(record, sort_keys=True) + "\n"
+    if journal.exists() and journal.stat().st_size:
+        with open(journal, "rb") as handle:  # a line cut short by a kill: end it, so this one stays whole
+            handle.seek(-1, os.SEEK_END)
+            if handle.read(1) != b"\n":
+                line = "\n" + line
     with open(journal, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record, sort_keys=True) + "\n")
+        handle.write(line)
         handle.flush()
         os.fsync(handle.fileno())
 

@@ -87,6 +87,12 @@ class Gate(ModelLoading, PerItemOutputs):
         self.chunk_size = 1024
         self._label_maps: dict[str, Any] = {}
         self._missing_head: dict[str, list[str] | None] = {}
+        #: the characteristics this run compares (the plugin narrows it to the collected checks);
+        #: the executor computes their per-item outputs ahead of the first comparison
+        self.selected: list[str] | None = None
+        #: what ran where (``--executor``), once :meth:`prepare` ran; the JSON report's ``execution``
+        self.execution: dict[str, Any] | None = None
+        self._prepare_error: MiniatureError | None = None
         self.noise_model: str | None = None
         if settings[opt.NOISE_FLOOR]:
             # the reference once more: re-fine-tuned with another seed, or simply reloaded
@@ -122,10 +128,30 @@ class Gate(ModelLoading, PerItemOutputs):
             return self.settings[spec.threshold_flag]
         return spec.default_threshold
 
+    def prepare(self) -> dict[str, Any]:
+        """Run the per-item work of the selected characteristics on the ``--executor`` (once;
+        in-process: nothing ahead, each output is computed when first asked for). Returns
+        what ran where, as the report records it."""
+        if self.execution is None:
+            from miniature.core.executors import run_jobs
+
+            if self._prepare_error is not None:
+                raise self._prepare_error
+            try:
+                execution = run_jobs(self, self.selected)
+            except MiniatureError as error:  # every comparison reports it; Ray is not retried each time
+                self._prepare_error = error
+                raise
+            if execution.executor != "inprocess":
+                self.cache.refresh = False  # the workers refreshed the outputs; read what they wrote
+            self.execution = execution.to_json()
+        return self.execution
+
     def compare(self, characteristic: str, pair: Pair, *, stage: str | None = None) -> ComparisonResult:
         """The memoised comparison of one characteristic for one pair (and stage)."""
         key = (characteristic, pair.reference, pair.candidate, stage)
         if key not in self._results:
+            self.prepare()
             compare = self.registry[characteristic].compare_function
             try:
                 result = compare(self, pair, stage)

@@ -157,29 +157,47 @@ class PerItemOutputs:
 
     def attack_outcomes(self, name: str) -> list[dict[str, Any]]:
         """BERT-Attack outcomes for one target on the seeded test sample (cached, resumable)."""
-        from miniature.core.characteristics.adversarial import AttackSettings, attack_model_outcomes, sample_items
+        if name not in self._attacks:
+            self._attacks[name] = self._attack(name)
+        return self._attacks[name]
 
+    def attack_items(self, name: str) -> int:
+        """How many test items the attack of ``name`` samples (for sharding it); raises
+        NotApplicable as :meth:`attack_outcomes` does, before loading any model."""
+        self._attack_problem(name)
+        return min(len(self.data.test), self.settings[opt.ATTACK_SIZE])
+
+    def attack_shard(self, name: str, start: int, stop: int) -> list[dict[str, Any]]:
+        """The attack of items ``[start, stop)`` of the sample only, journalled as a shard of
+        the whole attack: the next :meth:`attack_outcomes` folds it in (an executor's job)."""
+        return self._attack(name, items=(start, stop))
+
+    def _attack_problem(self, name: str) -> None:
+        """Raise NotApplicable when ``name`` cannot be attacked (the user's models and data first)."""
         if self.task != "classification":
             raise NotApplicable("the adversarial check attacks a sentiment classifier, as the paper "
                                 "does on IMDB; run it with --task classification")
         problem = self.head_problem(name)
         if problem:
             raise NotApplicable(problem)
-        if name not in self._attacks:
-            test = self.data.test
-            if test.labels is None:
-                raise NotApplicable(self.unlabelled("test", "the attack needs each item's gold label"))
-            if self.attack_problem is not None:  # the user's own models and data first
-                raise NotApplicable(self.attack_problem)
-            index = sample_items(len(test), self.settings[opt.ATTACK_SIZE], self.settings[opt.SEED])
-            self._attacks[name] = attack_model_outcomes(
-                self.attack_wrapper(), self.wrapper(name),
-                [test.texts[i] for i in index], [test.labels[i] for i in index],
-                settings=AttackSettings(top_k_words=self.settings[opt.ATTACK_TOP_K],
-                                        max_length=min(self.settings[opt.MAX_LENGTH],
-                                                       self.attack_wrapper().max_length)),
-                cache=self.cache, seed=self.settings[opt.SEED])
-        return self._attacks[name]
+        if self.data.test.labels is None:
+            raise NotApplicable(self.unlabelled("test", "the attack needs each item's gold label"))
+        if self.attack_problem is not None:
+            raise NotApplicable(self.attack_problem)
+
+    def _attack(self, name: str, items: tuple[int, int] | None = None) -> list[dict[str, Any]]:
+        from miniature.core.characteristics.adversarial import AttackSettings, attack_model_outcomes, sample_items
+
+        self._attack_problem(name)
+        test = self.data.test
+        index = sample_items(len(test), self.settings[opt.ATTACK_SIZE], self.settings[opt.SEED])
+        return attack_model_outcomes(
+            self.attack_wrapper(), self.wrapper(name),
+            [test.texts[i] for i in index], [test.labels[i] for i in index],  # type: ignore[index]
+            settings=AttackSettings(top_k_words=self.settings[opt.ATTACK_TOP_K],
+                                    max_length=min(self.settings[opt.MAX_LENGTH],
+                                                   self.attack_wrapper().max_length)),
+            cache=self.cache, seed=self.settings[opt.SEED], items=items)
 
 
 class WithoutVectors(dict):

@@ -57,6 +57,9 @@ FINETUNE = "--finetune"
 ATTACK_MODEL = "--attack-model"
 ATTACK_SIZE = "--attack-size"
 ATTACK_TOP_K = "--attack-top-k"
+EXECUTOR = "--executor"
+RAY_ADDRESS = "--ray-address"
+RAY_WORKERS = "--ray-workers"
 
 #: the built-in characteristics' threshold flags, named as the rest of the option constants
 THRESHOLD_ERRORS, THRESHOLD_REPRESENTATION, THRESHOLD_DISTRIBUTION, THRESHOLD_ATTACK, THRESHOLD_SIMILARITY = (
@@ -66,6 +69,8 @@ TASKS = ("classification", "qa")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 POOLINGS = ("cls", "mean")
 THRESHOLD_ON_CHOICES = ("raw", "corrected", "ci_lower")
+#: where the encodings and attack shards run: this process, or Ray tasks (``miniature[ray]``)
+EXECUTORS = ("inprocess", "ray")
 
 
 # -- parsers -------------------------------------------------------------------------------
@@ -255,6 +260,9 @@ OPTIONS: tuple[Option, ...] = (
     Option(ATTACK_MODEL, "masked LM proposing BERT-Attack substitutions (the paper: bert-base)", text, "bert-base", metavar="MODEL"),
     Option(ATTACK_SIZE, "items attacked per model (the paper: 1000)", integer(1), 200, metavar="N"),
     Option(ATTACK_TOP_K, "BERT-Attack's K: most important words perturbed (the paper: 3)", integer(1), 3, metavar="K"),
+    Option(EXECUTOR, "where encodings and attack shards run: inprocess, or ray (pip install 'miniature[ray]'; the cache dir must be shared with the workers)", choice(*EXECUTORS), "inprocess"),
+    Option(RAY_ADDRESS, "with --executor ray: the address of an existing Ray cluster (default: start a local one)", text, metavar="ADDRESS"),
+    Option(RAY_WORKERS, "with --executor ray: CPUs of the local cluster it starts (default: all cores); on an existing cluster, its own resources", integer(1), metavar="N"),
     # options a built-in characteristic declares in its registration
     *(Option(flag, help_text, choice(*choices), default)
       for c in BUILTIN for flag, help_text, choices, default in c.options),
@@ -319,6 +327,18 @@ def check_combinations(values: dict[str, Any]) -> None:
             f"{THRESHOLD_ON} ci_lower with {BOOTSTRAP} 0 (miniature_threshold_on / miniature_bootstrap): "
             "no bootstrap means no confidence interval, so every check would fail; fix: set "
             f"{BOOTSTRAP} N (e.g. 1000) or {THRESHOLD_ON} raw")
+    if values.get(EXECUTOR) == "ray" and values.get(NO_CACHE):
+        raise ValueError(
+            f"{EXECUTOR} ray with {NO_CACHE} (miniature_executor / miniature_no_cache): the Ray workers "
+            f"hand their outputs over through the cache; fix: drop {NO_CACHE} (pass {REFRESH} to "
+            f"recompute) or use {EXECUTOR} inprocess")
+    for flag in (RAY_ADDRESS, RAY_WORKERS):
+        if values.get(flag) is not None and values.get(EXECUTOR) != "ray":
+            raise ValueError(f"{flag} without {EXECUTOR} ray: it would be ignored; fix: add "
+                             f"{EXECUTOR} ray or drop {flag}")
+    if values.get(RAY_ADDRESS) is not None and values.get(RAY_WORKERS) is not None:
+        raise ValueError(f"{RAY_WORKERS} with {RAY_ADDRESS}: an existing cluster runs as many tasks "
+                         f"as its resources allow; fix: drop {RAY_WORKERS} (it sizes a local cluster)")
     reference_base = values.get(REFERENCE_BASE)
     candidate_bases = list(values.get(CANDIDATE_BASE) or [])
     if reference_base or candidate_bases:

@@ -204,7 +204,22 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    session.config.stash[GATE_ITEMS_KEY] = sum(uses_gate(item) for item in session.items)
+    config = session.config
+    config.stash[GATE_ITEMS_KEY] = sum(uses_gate(item) for item in session.items)
+    gate = config.stash.get(GATE_KEY, None)
+    registry = config.stash.get(REGISTRY_KEY, None)
+    if gate is not None and not isinstance(gate, Exception) and registry is not None:
+        # the executor computes ahead only what the collected checks (-k, -m) compare
+        used = {name for item in session.items if uses_gate(item)
+                for name in (*getattr(item, "fixturenames", ()),
+                             getattr(item, "originalname", item.name).removeprefix("test_"))}
+        gate.selected = [c.name for c in registry if c.name in used]
+
+
+def execution_of(config: pytest.Config) -> "dict[str, Any] | None":
+    """Where the gate's per-item work ran (``--executor``), once it ran; None before."""
+    gate = config.stash.get(GATE_KEY, None)
+    return None if gate is None or isinstance(gate, Exception) else gate.execution
 
 
 def no_checks_line(config: pytest.Config) -> str | None:
@@ -294,6 +309,13 @@ def _check_start_up(settings: "opt.Settings") -> None:
         check_device(settings[opt.DEVICE])
     except MiniatureError as error:
         raise pytest.UsageError(str(error)) from None
+    if settings[opt.EXECUTOR] == "ray":
+        import importlib.util
+
+        from miniature.core.executors import RAY_MISSING
+
+        if importlib.util.find_spec("ray") is None:  # found, not imported: that waits for the first check
+            raise pytest.UsageError(RAY_MISSING)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
@@ -505,6 +527,11 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if previous is not None:
         for line in change_lines(compare_results(previous["results"], results, names), previous["path"]):
             terminalreporter.write_line(line, bold="  << " in line)
+    execution = execution_of(config)
+    if execution is not None and execution["executor"] != "inprocess":
+        terminalreporter.write_line(
+            f"miniature executor: {execution['executor']} ({execution['address']}), {execution['workers']} "
+            f"workers, {execution['jobs']} jobs in {execution['seconds']:.1f} s")
     paths = config.stash.get(REPORT_PATH_KEY, None)
     if isinstance(paths, str):
         terminalreporter.write_line(paths, red=True)
@@ -530,7 +557,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         config.stash[REPORT_PATH_KEY] = write_reports(
             results, settings, settings[opt.REPORT_DIR],
             duration_s=None if started is None else time.time() - started,
-            previous=config.stash.get(PREVIOUS_KEY, None))
+            previous=config.stash.get(PREVIOUS_KEY, None), execution=execution_of(config))
     except OSError as error:
         config.stash[REPORT_PATH_KEY] = (f"miniature: could not write the report to "
                                          f"{settings[opt.REPORT_DIR]} ({error}); fix: pass a writable "

@@ -468,6 +468,16 @@ def _with_quantization(source: Any, quantization: Any) -> str:
     return f"{source} ({quantization})" if quantization else str(source)
 
 
+def _executor_text(execution: Mapping[str, Any]) -> str:
+    """``inprocess`` or ``ray (local), 2 workers, 12 jobs``: where the per-item work ran."""
+    text = str(execution.get("executor") or "inprocess")
+    if execution.get("address"):
+        text += f" ({execution['address']})"
+    if execution.get("workers") and text != "inprocess":
+        text += f", {execution['workers']} workers, {execution.get('jobs', '?')} jobs"
+    return text
+
+
 def run_view(payload: Mapping[str, Any], json_name: str | None, previous: Mapping[str, Any] | None) -> dict[str, Any]:
     """The run's metadata (name and lines of text each) and every setting."""
     settings = payload.get("settings") or {}
@@ -477,6 +487,7 @@ def run_view(payload: Mapping[str, Any], json_name: str | None, previous: Mappin
     items: list[tuple[str, list[dict[str, Any]]]] = [
         ("created", [_line(payload.get("created", "?"))]),
         ("duration", [_line("–" if payload.get("duration_s") is None else f"{payload['duration_s']:.1f} s")]),
+        ("executor", [_line(_executor_text(payload.get("execution") or {}))]),
         ("reference", [_line(models.get("reference") or "?",
                              muted=_with_quantization(settings.get("reference") or "?",
                                                       quantized.get(models.get("reference") or "")))]),

@@ -293,8 +293,10 @@ def result_schema_problem(entry: Mapping[str, Any]) -> str | None:
 
 # -- JSON ------------------------------------------------------------------------------------
 def report_payload(results: Sequence[ComparisonResult], settings: Any, *,
-                   duration_s: float | None = None, compare_to: str | None = None) -> dict[str, Any]:
-    """Everything a machine needs: settings, models, data, versions and every result's figures."""
+                   duration_s: float | None = None, compare_to: str | None = None,
+                   execution: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Everything a machine needs: settings, models, data, versions, where the per-item work
+    ran (``execution``: the executor and its number of workers) and every result's figures."""
     raw = getattr(settings, "values", {})
     values = {k.lstrip("-"): (str(v) if isinstance(v, Path) else v) for k, v in raw.items()}
     names = model_order(settings)
@@ -306,6 +308,8 @@ def report_payload(results: Sequence[ComparisonResult], settings: Any, *,
                    "order": names, "quantization": model_quantization(settings)},
         "data": {role: (str(raw[flag]) if raw.get(flag) else BUILTIN_DATA) for role, flag in DATA_ROLES},
         "compare_to": compare_to,
+        "execution": dict(execution) if execution is not None else {
+            "executor": values.get("executor", "inprocess"), "workers": None},
         "settings": values,
         "versions": _versions(),
         "gate": gate_counts(results),

@@ -48,7 +48,8 @@ def _dumps(payload: Mapping[str, Any]) -> str:
 
 
 def write_reports(results: Sequence[ComparisonResult], settings: Any, report_dir: Path, *,
-                  duration_s: float | None = None, previous: Mapping[str, Any] | None = None) -> ReportPaths:
+                  duration_s: float | None = None, previous: Mapping[str, Any] | None = None,
+                  execution: Mapping[str, Any] | None = None) -> ReportPaths:
     """Write the JSON and the summary page, each timestamped plus a 'latest' copy.
 
     ``previous`` is a :func:`~miniature.reports.payload.load_report` payload
@@ -61,7 +62,7 @@ def write_reports(results: Sequence[ComparisonResult], settings: Any, report_dir
     stamp = _free_stamp(report_dir)
     paths = ReportPaths(json=report_dir / f"miniature-{stamp}.json", latest_json=report_dir / LATEST_JSON,
                         page=report_dir / f"summary-{stamp}.html", latest_page=report_dir / PAGE_NAME)
-    payload = report_payload(results, settings, duration_s=duration_s,
+    payload = report_payload(results, settings, duration_s=duration_s, execution=execution,
                              compare_to=None if previous is None else str(previous.get("path")))
     text = _dumps(payload)
     atomic_write_text(paths.json, text)

@@ -83,6 +83,8 @@ __all__ = [
     "make_target_wrapper",
     "sample_items",
     "attack_model_outcomes",
+    "gather_shards",
+    "shard_key",
     "attack_figures",
     "transfer_predictions",
     "compare_adversarial",
@@ -210,6 +212,7 @@ def attack_model_outcomes(
     seed: int = 0,
     progress: bool = True,
     window: int | None = None,
+    items: tuple[int, int] | None = None,
 ) -> list[dict[str, Any]]:
     """Attack every text against ``target_wrapper``; one outcome dict per item, in order.
 
@@ -227,6 +230,11 @@ def attack_model_outcomes(
     every other target attacked with the same attack model and settings (in memory, and
     in ``cache`` across runs); ``"textattack"`` attacks one item at a time. ``seconds``
     is an item's wall time, in the batched path while it was in flight with the others.
+
+    ``items=(start, stop)`` attacks only that range (a shard, e.g. one Ray task): its
+    outcomes go to a journal of their own (:func:`shard_key`), which the next call without
+    ``items`` folds into the run's journal; items the run's journal already holds are
+    returned from it. The outcomes of the range are returned.
     """
     settings = settings or AttackSettings()
     texts, labels = _check_inputs(texts, labels)
@@ -246,6 +254,21 @@ def attack_model_outcomes(
                       attack_model_wrapper.max_length, target_wrapper.fingerprint,
                       target_wrapper.max_length, fingerprint_texts(texts), labels,
                       _settings_key(settings), seed)
+    offset = 0
+    if items is None:
+        gather_shards(cache, key)
+    else:
+        offset, stop = items
+        if not (_is_int(offset) and _is_int(stop) and 0 <= offset < stop <= len(texts)):
+            raise ValueError(f"items={items!r} is not a range (start, stop) within the "
+                             f"{len(texts)} texts")
+        if not cache.refresh:
+            _, whole = cache.read_journal("adversarial", key)
+            if all(i in whole for i in range(offset, stop)):
+                cache.hits += 1
+                return [whole[i] for i in range(offset, stop)]
+        texts, labels = texts[offset:stop], labels[offset:stop]
+        key = shard_key(key, offset, stop)
     if settings.engine == "batched":
         return _batched_outcomes(attack_model_wrapper, target_wrapper, texts, labels,
                                  settings=settings, cache=cache, key=key, progress=progress,
@@ -255,7 +278,7 @@ def attack_model_outcomes(
     def compute(item: tuple[int, str, int]) -> dict[str, Any]:
         if "attack" not in state:
             state.update(_build(attack_model_wrapper, target_wrapper, settings))
-        index, text, label = item
+        index, text, label = item  # the index in the whole list: a shard seeds as the whole run
         with _seeded(seed + index):
             return _attack_one(state["attack"], text, label, settings)
 
@@ -266,8 +289,39 @@ def attack_model_outcomes(
         return tqdm(todo, desc=f"BERT-Attack [{target_wrapper.name}]", unit="item",
                     disable=not progress or not todo)
 
-    items = [(i, text, label) for i, (text, label) in enumerate(zip(texts, labels))]
-    return cache.records("adversarial", key, items, compute, progress=bar)
+    todo = [(offset + i, text, label) for i, (text, label) in enumerate(zip(texts, labels))]
+    return cache.records("adversarial", key, todo, compute, progress=bar)
+
+
+def shard_key(key: str, start: int, stop: int) -> str:
+    """The journal of the attack of items ``[start, stop)`` of the run ``key`` (indices in
+    it count from ``start``)."""
+    return f"{key}.items-{start:09d}-{stop:09d}"
+
+
+def gather_shards(cache: OutputCache, key: str) -> int:
+    """Fold the journals of the run ``key``'s shards (see :func:`shard_key`) into its own
+    journal and remove them; the records already there win. Returns the records added."""
+    if cache.root is None or cache.refresh:
+        return 0
+    folder = cache.root / "adversarial"
+    shards = sorted(folder.glob(f"{key}.items-*.jsonl")) if folder.is_dir() else []
+    if not shards:
+        return 0
+    journal, done = cache.read_journal("adversarial", key)
+    added = 0
+    for path in shards:
+        start = int(path.name[len(key) + len(".items-"):].split("-")[0])
+        _, records = cache.read_journal("adversarial", path.name[: -len(".jsonl")])
+        for local, record in sorted(records.items()):
+            index = start + local
+            if index not in done and journal is not None:
+                record = {**record, "index": index}
+                append_record(journal, record)
+                done[index] = record
+                added += 1
+        path.unlink(missing_ok=True)
+    return added
 
 
 def _settings_key(settings: AttackSettings) -> dict[str, Any]:
