@@ -263,3 +263,25 @@ def test_executor_ray_without_ray_is_a_usage_error(pytester: pytest.Pytester, ti
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     lines = [line for line in result.stderr.lines if "needs Ray" in line]
     assert len(lines) == 1 and "pip install 'miniature[ray]'" in lines[0], result.stderr.lines
+
+
+def test_the_plan_comes_from_the_registrations(tiny_models, tmp_path: Path) -> None:
+    # What each characteristic reads is declared in its registration, a team's one included.
+    from miniature import Characteristic
+    from miniature.core.executors import plan
+    from miniature.core.gate import Gate
+    from miniature.core.registry import BUILTIN, Registry
+
+    own = Characteristic("norm_agreement", "norm agreement", lambda gate, pair, stage: None,
+                         encodes=("holdout",))
+    gate = Gate(tiny_settings(tiny_models, tmp_path), registry=Registry((*BUILTIN, own)))
+    models = set(gate.names)
+    encodings = lambda jobs: {(job.models[0], job.role) for job in jobs if job.kind == "encode"}  # noqa: E731
+    assert encodings(plan(gate, ["norm_agreement"])) == {(m, "holdout") for m in models}
+    assert encodings(plan(gate, ["data_distribution"])) == {
+        (m, role) for m in models for role in ("train", "holdout", "challenge")}
+    attack = plan(gate, ["adversarial_vulnerability"], workers=2)
+    assert attack and all(job.kind == "attack" for job in attack)
+    assert [(job.start, job.stop) for job in attack] == sorted((job.start, job.stop) for job in attack)
+    assert attack[0].start == 0 and attack[-1].stop == gate.attack_items(gate.names[0])
+    assert plan(gate, []) == []

@@ -38,18 +38,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from miniature.core.data import TaskData
     from miniature.core.gate import Gate
 
-__all__ = ["ENCODINGS", "Execution", "Job", "plan", "run_job", "run_jobs", "check_shared_cache",
+__all__ = ["Execution", "Job", "plan", "run_job", "run_jobs", "check_shared_cache",
            "RAY_MISSING"]
 
-#: the data roles (and whether per stage) each built-in characteristic encodes
-ENCODINGS: dict[str, tuple[tuple[str, bool], ...]] = {
-    "prediction_errors": (("test", False),),
-    "data_representation": (("test", True),),
-    "representation_similarity": (("test", True),),
-    "data_distribution": (("train", False), ("holdout", False), ("challenge", False)),
-}
-#: the characteristic whose attack shards are planned
-ATTACK = "adversarial_vulnerability"
 #: attack shards per worker: more, smaller shards even out items of unequal cost
 SHARDS_PER_WORKER = 2
 #: retries of a task whose worker died (a finished attack item is kept in its journal)
@@ -104,9 +95,10 @@ def plan(gate: "Gate", characteristics: Iterable[str] | None = None, *, workers:
     """The jobs the ``characteristics`` (default: the gate's registry) need: attack shards
     first (the longest), then one encoding per model, data role and stage. A model the
     attack does not apply to gets no shard (its comparison says why, as in-process)."""
-    names = list(characteristics) if characteristics is not None else [c.name for c in gate.registry]
+    names = list(characteristics) if characteristics is not None else gate.registry.names
+    chosen = [gate.registry[name] for name in names if name in gate.registry]
     jobs: list[Job] = []
-    if ATTACK in names and gate.task == "classification":
+    if any(c.attacks for c in chosen) and gate.task == "classification":
         attacked: list[str] = []
         sizes: set[int] = set()
         for model in gate.names:
@@ -121,18 +113,17 @@ def plan(gate: "Gate", characteristics: Iterable[str] | None = None, *, workers:
             jobs += [Job("attack", tuple(attacked), start=start, stop=min(start + size, n))
                      for start in range(0, n, size)]
     wanted: list[tuple[str, str | None]] = []
-    for name in names:
-        for role, staged in ENCODINGS.get(name, ()):
-            if name == "prediction_errors" and gate.task == "qa":
-                continue  # QA's prediction errors come from its answers, not the encodings
-            stages = gate.stages() if staged else [None]
-            for stage in stages:
+    for characteristic in chosen:
+        if characteristic.answers and gate.task == "qa":
+            continue  # QA's prediction errors come from its answers, not the encodings
+        for role in characteristic.encodes:
+            for stage in gate.stages() if characteristic.staged else [None]:
                 stage = None if stage == ENCODER else stage
                 if (role, stage) not in wanted:
                     wanted.append((role, stage))
     jobs += [Job("encode", (model,), role=role, stage=stage)
              for model in gate.names for role, stage in wanted]
-    if "prediction_errors" in names and gate.task == "qa":  # QA's answers, one job per model
+    if any(c.answers for c in chosen) and gate.task == "qa":  # QA's answers, one job per model
         jobs += [Job("answers", (model,), role="test") for model in gate.names]
     return jobs
 

@@ -60,6 +60,13 @@ class Characteristic:
     #: options of its own, each ``(flag, help, choices, default)``: added to the option table
     #: (with an ini twin) for built-in characteristics, read as ``settings.<flag as name>``
     options: tuple[tuple[str, str, tuple[str, ...], str], ...] = ()
+    #: the data roles whose per-item outputs (vectors, logits) it reads, per stage when
+    #: ``staged``: an executor computes them ahead as independent jobs (``--executor ray``)
+    encodes: tuple[str, ...] = ()
+    #: reads the attack's per-item outcomes: an executor runs them ahead in item shards
+    attacks: bool = False
+    #: on a QA task, reads the predicted answers to the test questions instead of ``encodes``
+    answers: bool = False
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -85,7 +92,7 @@ BUILTIN: tuple[Characteristic, ...] = (
     Characteristic(
         "prediction_errors", "prediction errors", f"{_CHARACTERISTICS}.prediction_errors:compare_in_gate",
         threshold_flag="--threshold-errors", threshold_help="minimum error-set Jaccard",
-        needs=frozenset({"task_head", "labels"}),
+        needs=frozenset({"task_head", "labels"}), encodes=("test",), answers=True,
         fix="the candidate errs on other items than the reference; read the negative flips in the "
             "report, compress with more task data, or lower --threshold-errors if this is acceptable",
         evidence_title="Items the models get wrong differently: negative flips (reference right, "
@@ -94,6 +101,7 @@ BUILTIN: tuple[Characteristic, ...] = (
     Characteristic(
         "data_representation", "data representation", f"{_CHARACTERISTICS}.representation:compare_in_gate",
         threshold_flag="--threshold-representation", threshold_help="minimum mean kNN Jaccard", staged=True,
+        encodes=("test",),
         fix="the candidate arranges the data differently (other nearest neighbours); distil on the "
             "reference's representations, or lower --threshold-representation if only labels matter",
         evidence_title="Items whose nearest neighbours agree least (lowest kNN Jaccard), with each "
@@ -102,6 +110,7 @@ BUILTIN: tuple[Characteristic, ...] = (
     Characteristic(
         "data_distribution", "data distribution", f"{_CHARACTERISTICS}.distribution:compare_in_gate",
         threshold_flag="--threshold-distribution", threshold_help="minimum OOD-set Jaccard",
+        encodes=("train", "holdout", "challenge"),
         fix="the candidate flags other items as out-of-distribution; check the items flagged by one "
             "model only in the report, or lower --threshold-distribution",
         evidence_title="Challenge items flagged out-of-distribution by one model only, furthest past "
@@ -111,7 +120,7 @@ BUILTIN: tuple[Characteristic, ...] = (
         "adversarial_vulnerability", "adversarial vulnerability", f"{_CHARACTERISTICS}.adversarial:compare_in_gate",
         threshold_flag="--threshold-attack",
         threshold_help="minimum Jaccard of the sets of successfully attacked items",
-        needs=frozenset({"task_head", "labels", "attack_model", "classification"}),
+        needs=frozenset({"task_head", "labels", "attack_model", "classification"}), attacks=True,
         fix="the candidate breaks under attack on other items or much more often; add adversarial "
             "training, or relax --threshold-attack / --attack-drop-tolerance",
         evidence_title="Adversarial examples: items broken by one model only first",
@@ -120,6 +129,7 @@ BUILTIN: tuple[Characteristic, ...] = (
         "representation_similarity", "representation similarity", f"{_CHARACTERISTICS}.similarity:compare_in_gate",
         default_threshold=0.9, threshold_flag="--threshold-similarity",
         threshold_help="minimum linear CKA between the two models' sentence vectors", staged=True,
+        encodes=("test",),
         fix="the candidate's sentence vectors are not a linear image of the reference's (low CKA); "
             "distil on the reference's hidden states, or lower --threshold-similarity",
         evidence_title="Items that account for most of the dissimilarity (their share of 1 - CKA), "
