@@ -298,9 +298,15 @@ class RayExecutor:
                                                max_retries=MAX_RETRIES)
             pending = {task.remote(type(gate), values, data, job): job for job in jobs}
             pids: set[tuple[str, int]] = set()
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(pending), desc=f"ray jobs [{workers} workers]", unit="job",
+                       leave=False, disable=None)  # shown on a terminal only
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 job = pending.pop(done[0])
+                bar.update(1)
+                bar.set_postfix_str(job.label[:60], refresh=False)
                 try:
                     answer = ray.get(done[0])
                 except Exception as error:  # noqa: BLE001 - a task's failure, after its retries
@@ -314,6 +320,7 @@ class RayExecutor:
                 for category, message in answer["warnings"]:  # miniature's own: the data's, the cache's
                     if isinstance(category, type) and category.__module__.startswith("miniature"):
                         warnings.warn(category(message), stacklevel=2)
+            bar.close()
             execution.worker_processes = len(pids)
             execution.seconds = round(time.perf_counter() - began, 3)
             return execution
