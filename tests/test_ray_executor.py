@@ -30,11 +30,14 @@ def ray_cluster():
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'miniature[ray]')")
     root = str(Path(miniature.__file__).resolve().parents[1])
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    niceness = os.environ.get("RAY_worker_niceness")
     os.environ.setdefault("RAY_worker_niceness", "0")  # as the executor starts its own: not nice 15
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
              runtime_env={"env_vars": {"PYTHONPATH": path}})
     yield ray
     ray.shutdown()
+    if niceness is None:  # leave the environment as found
+        os.environ.pop("RAY_worker_niceness", None)
 
 
 def tiny_settings(models: Any, cache_dir: Path, **more: Any) -> opt.Settings:
