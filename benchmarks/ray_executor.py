@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -35,7 +34,6 @@ import _harness as h
 VARIANTS = ("inprocess-1", "inprocess-2", "ray-2")
 CHARACTERISTICS = ("prediction_errors", "data_representation", "data_distribution",
                    "adversarial_vulnerability", "representation_similarity")
-NUMBERS = ("figure", "chance", "corrected", "ci_low", "ci_high", "n", "k", "threshold")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -54,7 +52,7 @@ def timing_worker(variant: str, payload: dict) -> None:
 
     from miniature.core.gate import Gate
     from miniature.core.settings import make_settings
-    from miniature.errors import NotApplicable
+    from miniature.tools.testing import gate_figures
 
     threads = int(variant.rsplit("-", 1)[1]) if variant.startswith("inprocess") else 1
     torch.set_num_threads(threads)
@@ -66,15 +64,7 @@ def timing_worker(variant: str, payload: dict) -> None:
                              bootstrap=200, seed=0, **({"executor": "ray", "ray_workers": 2} if ray else {}))
     start = time.perf_counter()
     gate = Gate(settings)
-    figures: dict[str, Any] = {}
-    for pair in gate.pairs():
-        for characteristic in CHARACTERISTICS:
-            try:
-                result = gate.compare(characteristic, pair)
-            except NotApplicable as error:
-                figures[characteristic] = {"skipped": str(error)}
-                continue
-            figures[characteristic] = {name: getattr(result, name) for name in NUMBERS}
+    figures = gate_figures(gate, CHARACTERISTICS)
     seconds = time.perf_counter() - start
     outcomes = {name: [{k: v for k, v in o.items() if k != "seconds"} for o in gate.attack_outcomes(name)]
                 for name in gate.names}
@@ -170,14 +160,6 @@ def paper_scale(encode_s: float, attack_s: float, gpus: int, startup_s: float = 
     return {"hours": max(load) / 3600, "encode_h": (total - attack) / 3600, "attack_h": attack / 3600}
 
 
-def close(a: Any, b: Any) -> bool:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(close(a[k], b[k]) for k in a)
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-        return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
-    return a == b
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -239,9 +221,11 @@ def main(argv: list[str] | None = None) -> int:
             {"paths": setup["paths"], "cache": str(cache), "data_limit": data_limit,
              "attack_size": attack_size})], env=env)
 
+    from miniature.tools.testing import figures_close
+
     results = h.interleave(variants, rounds, run)
     first = results[variants[0]][0]
-    identical = all(close(r["figures"], first["figures"]) and r["outcomes"] == first["outcomes"]
+    identical = all(figures_close(r["figures"], first["figures"]) and r["outcomes"] == first["outcomes"]
                     for rows in results.values() for r in rows)
     rows = []
     for variant in variants:

@@ -4,8 +4,6 @@ finished items; the executor's start-up checks. Skipped where Ray is not install
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import signal
 import threading
@@ -18,10 +16,11 @@ import pytest
 import miniature
 from miniature.core import settings as opt
 from miniature.core.settings import make_settings
+from miniature.testing import figures_close as close
+from miniature.testing import gate_figures
 
 CHARACTERISTICS = ("prediction_errors", "data_representation", "data_distribution",
                    "adversarial_vulnerability", "representation_similarity")
-NUMBERS = ("figure", "chance", "corrected", "ci_low", "ci_high", "n", "k", "threshold")
 
 
 @pytest.fixture(scope="module")
@@ -47,34 +46,6 @@ def tiny_settings(models: Any, cache_dir: Path, **more: Any) -> opt.Settings:
     return make_settings(**{**values, **more})
 
 
-def figures(gate: Any) -> dict[str, Any]:
-    from miniature.errors import NotApplicable
-
-    found: dict[str, Any] = {}
-    for pair in gate.pairs():
-        for characteristic in CHARACTERISTICS:
-            key = f"{characteristic}:{pair.reference}-vs-{pair.candidate}"
-            try:
-                result = gate.compare(characteristic, pair)
-            except NotApplicable as error:
-                found[key] = {"skipped": str(error)}
-                continue
-            entry = {name: getattr(result, name) for name in NUMBERS}
-            entry["sweep"] = dict(result.sweep)
-            entry["details"] = {k: v for k, v in result.details.items() if isinstance(v, (int, float))}
-            found[key] = entry
-    return json.loads(json.dumps(found))
-
-
-def close(a: Any, b: Any) -> bool:
-    """Equal up to the documented floating-point tolerance (as tests/test_figures_unchanged.py)."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(close(a[k], b[k]) for k in a)
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-        return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
-    return a == b
-
-
 def outcomes_without_time(outcomes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in o.items() if k != "seconds"} for o in outcomes]
 
@@ -84,7 +55,7 @@ def test_ray_gate_equals_the_in_process_gate(ray_cluster, tiny_models, tmp_path:
     from miniature.core.gate import Gate
 
     local = Gate(tiny_settings(tiny_models, tmp_path / "local"))
-    local_figures = figures(local)
+    local_figures = gate_figures(local, CHARACTERISTICS)
     assert local.execution == {**local.execution, "executor": "inprocess", "workers": 1, "jobs": 0}
 
     remote = Gate(tiny_settings(tiny_models, tmp_path / "ray", executor="ray"))
@@ -94,7 +65,7 @@ def test_ray_gate_equals_the_in_process_gate(ray_cluster, tiny_models, tmp_path:
                               args=(tmp_path / "ray" / "adversarial", killed, stop), daemon=True)
     killer.start()
     try:
-        remote_figures = figures(remote)
+        remote_figures = gate_figures(remote, CHARACTERISTICS)
     finally:
         stop.set()
         killer.join()
@@ -138,9 +109,9 @@ def test_ray_qa_gate_equals_the_in_process_gate(ray_cluster, tiny_models, tmp_pa
                                   cache_dir=tmp_path / folder, data_limit=30, bootstrap=50,
                                   max_length=64, **more))
 
-    local_figures = figures(qa_gate("local"))
+    local_figures = gate_figures(qa_gate("local"), CHARACTERISTICS)
     remote = qa_gate("ray", executor="ray")
-    remote_figures = figures(remote)
+    remote_figures = gate_figures(remote, CHARACTERISTICS)
     labels = [label for label, _, _ in remote.execution["timings"]]
     assert sum(label.startswith("answer the test questions") for label in labels) == 2, labels
     assert not any(label.startswith("attack") for label in labels), labels

@@ -1,12 +1,17 @@
 """Tiny offline models for tests and examples: a locally trained WordPiece tokenizer and
 randomly initialised BERT/DistilBERT models of different sizes, saved with
-``save_pretrained`` so every loading path is exercised for real, with no hub.
+``save_pretrained`` so every loading path is exercised for real, with no hub. And the
+figures of a gate as two runs of it must agree on (:func:`gate_figures`, :func:`figures_close`).
 """
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from miniature.core.builtin_data import news_sentences, sentiment_reviews
 
@@ -116,3 +121,40 @@ def make_tiny_models(root: Path) -> TinyModels:
     paths["attacker"] = make_tiny_model(root / "attacker", tokenizer_dir, layers=2, hidden=32,
                                         heads=2, seed=4, head="masked-lm")
     return TinyModels(root=root, tokenizer_dir=tokenizer_dir, paths=paths)
+
+
+#: the numbers of a result that two runs of the same gate must agree on
+RESULT_NUMBERS = ("figure", "chance", "corrected", "ci_low", "ci_high", "n", "k", "threshold")
+
+
+def gate_figures(gate: Any, characteristics: Iterable[str] | None = None) -> dict[str, Any]:
+    """Every pair's figures, sweep and numeric details per characteristic (default: the gate's
+    registry), keyed ``characteristic:reference-vs-candidate``, as JSON holds them; a skipped
+    one as the first clause of its reason."""
+    from miniature.errors import NotApplicable
+
+    names = list(characteristics) if characteristics is not None else gate.registry.names
+    found: dict[str, Any] = {}
+    for pair in gate.pairs():
+        for characteristic in names:
+            key = f"{characteristic}:{pair.reference}-vs-{pair.candidate}"
+            try:
+                result = gate.compare(characteristic, pair)
+            except NotApplicable as error:
+                found[key] = {"skipped": str(error).split(";")[0]}
+                continue
+            entry = {name: getattr(result, name) for name in RESULT_NUMBERS}
+            entry["sweep"] = dict(result.sweep)
+            entry["details"] = {k: v for k, v in result.details.items() if isinstance(v, (int, float))}
+            found[key] = entry
+    return json.loads(json.dumps(found))
+
+
+def figures_close(a: Any, b: Any, *, rel_tol: float = 1e-6, abs_tol: float = 1e-9) -> bool:
+    """Equal up to the floating-point tolerance the project documents (nan equals nan)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(figures_close(a[k], b[k], rel_tol=rel_tol, abs_tol=abs_tol)
+                                            for k in a)
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=rel_tol, abs_tol=abs_tol)
+    return a == b
