@@ -1,7 +1,8 @@
 """Hostile input and faults: each gives one clear line naming the input and the fix, or a
 warning and a correct result; nothing computed is lost; nothing from a model is executed.
 
-Each case is documented in the README's "Bad input" table.
+Organised by subject: data, models, options, reports, cache, tools. Each case is documented
+in the "Bad input" table of the docs.
 """
 
 from __future__ import annotations
@@ -40,98 +41,44 @@ def write_rows(path: Path, texts: list[str]) -> Path:
     return path
 
 
-# -- model references: usage errors at parse time, one line each ---------------------------
-@pytest.mark.parametrize(("value", "expected"), [
-    ("bert-lage", "unknown model alias 'bert-lage'"),                       # 1 unknown alias
-    ("./missing-model", "does not exist"),                                 # 2 missing path
-])
-def test_bad_reference_is_a_one_line_usage_error(pytester: pytest.Pytester, value: str, expected: str) -> None:
-    result = pytester.runpytest(f"{opt.REFERENCE}={value}")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
+def _one_line_naming(error: BaseException, *parts: str) -> str:
+    message = str(error)
+    assert "\n" not in message and "fix:" in message, message
+    for part in parts:
+        assert part in message, (part, message)
+    return message
+
+
+def one_line_usage_error(result: pytest.RunResult) -> str:
+    """The single non-blank line a usage error prints (asserted to be one)."""
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str() + result.stderr.str()
     lines = [line for line in result.stderr.lines if line.strip()]
-    assert len(lines) == 1 and expected in lines[0] and "fix:" in lines[0]
+    assert len(lines) == 1, lines
+    return lines[0]
 
 
-def test_path_without_config(pytester: pytest.Pytester) -> None:                 # 3
-    pytester.mkdir("empty-model")
-    result = pytester.runpytest(f"{opt.REFERENCE}=empty-model")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert "has no config.json; fix: save the model there with model.save_pretrained" in result.stderr.str()
-
-
-def test_model_without_tokenizer(pytester: pytest.Pytester, tiny_models) -> None:  # 4
-    target = pytester.mkdir("no-tokenizer")
-    for name in ("config.json", "model.safetensors"):
-        shutil.copy(tiny_models["small"] / name, target)
-    result = pytester.runpytest(f"{opt.REFERENCE}=no-tokenizer")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert "has no tokenizer files" in result.stderr.str() and "tokenizer.save_pretrained" in result.stderr.str()
-
-
-def test_pickle_only_weights_are_refused(tiny_models, tmp_path: Path) -> None:  # 5
-    import torch
-    from safetensors.torch import load_file
-
-    target = tmp_path / "pickled"
-    shutil.copytree(tiny_models["small"], target)
-    torch.save(load_file(str(target / "model.safetensors")), target / "pytorch_model.bin")
-    (target / "model.safetensors").unlink()
-    g = gate(tiny_models, tmp_path, candidate=[str(target)])
-    with pytest.raises(ModelReferenceError, match=r"only pickle weights.*fix: convert them to safetensors"):
-        figures(g)
-
-
-def test_model_needing_remote_code_is_refused_and_nothing_runs(tiny_models, tmp_path: Path) -> None:  # 6
-    target = tmp_path / "remote"
-    shutil.copytree(tiny_models["small"], target)
-    marker = tmp_path / "ran"
-    config = json.loads((target / "config.json").read_text())
-    config["auto_map"] = {"AutoModelForSequenceClassification": "evil.Model"}
-    (target / "config.json").write_text(json.dumps(config))
-    (target / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
-    with pytest.raises(ModelReferenceError, match="declares custom code.*--trust-remote-code"):
-        figures(gate(tiny_models, tmp_path, candidate=[str(target)]))
-    assert not marker.exists()
-
-
-def test_different_label_sets(tiny_models, tmp_path: Path) -> None:  # 7
-    from miniature.tools.testing import make_tiny_model
-
-    three = make_tiny_model(tmp_path / "three", tiny_models.tokenizer_dir, num_labels=3, seed=9)
-    config = json.loads((three / "config.json").read_text())
-    config["id2label"] = {"0": "neg", "1": "neutral", "2": "pos"}
-    (three / "config.json").write_text(json.dumps(config))
-    g = gate(tiny_models, tmp_path, candidate=[str(three)])
-    # a head for 3 labels on 2-label data: its predictions are not comparable, so skipped
-    from miniature.errors import NotApplicable
-
-    with pytest.raises(NotApplicable, match="'three' has a classification head for 3 label.*the data "
-                                            "has 2 distinct label.*--label-map"):
-        g.compare("prediction_errors", g.pairs()[0])
-
-
-# -- data ----------------------------------------------------------------------------------
-def test_empty_dataset(tmp_path: Path) -> None:  # 8
+# == data: files, columns, labels, texts and sample sizes ======================================
+def test_empty_dataset(tmp_path: Path) -> None:
     path = tmp_path / "empty.jsonl"
     path.write_text("")
     with pytest.raises(DataError, match=r"empty.jsonl' is empty \(0 rows\); fix"):
         load_text_data(path)
 
 
-def test_missing_column(tmp_path: Path) -> None:  # 9
+def test_missing_column(tmp_path: Path) -> None:
     path = write_rows(tmp_path / "d.jsonl", ["a", "b"])
     with pytest.raises(DataError, match="has no column 'review'.*fix: rename the column or pass"):
         load_text_data(path, text_column="review")
 
 
 @pytest.mark.parametrize("blank", ["", "   \t\n"])
-def test_empty_and_whitespace_texts(tmp_path: Path, blank: str) -> None:  # 10
+def test_empty_and_whitespace_texts(tmp_path: Path, blank: str) -> None:
     path = write_rows(tmp_path / "d.jsonl", ["fine", blank, "also fine"])
     with pytest.raises(DataError, match=r"1 empty or whitespace-only text\(s\) in column 'text' \(first at row 1\)"):
         load_text_data(path)
 
 
-def test_duplicate_texts_warn_and_ties_are_broken_by_index(tiny_models, tmp_path: Path) -> None:  # 11
+def test_duplicate_texts_warn_and_ties_are_broken_by_index(tiny_models, tmp_path: Path) -> None:
     from miniature.core.characteristics.representation import knn_indices
 
     from miniature.core.builtin_data import sentiment_reviews
@@ -147,28 +94,264 @@ def test_duplicate_texts_warn_and_ties_are_broken_by_index(tiny_models, tmp_path
     assert np.array_equal(neighbours, knn_indices(vectors, 3))
 
 
-def test_k_not_below_the_number_of_items(tiny_models, tmp_path: Path) -> None:  # 12
+def test_k_not_below_the_number_of_items(tiny_models, tmp_path: Path) -> None:
     g = gate(tiny_models, tmp_path, k=60)
     with pytest.raises(MiniatureError, match=r"data representation, reference vs small: .*K.*60.*fix|choose K < n"):
         g.compare("data_representation", g.pairs()[0])
 
 
-@pytest.mark.parametrize(("value", "expected"), [("1.2", "outside [0, 1]"), ("-0.1", "outside [0, 1]"),  # 13
-                                                 ("high", "not a number in [0, 1]")])                   # 14
-def test_bad_thresholds_fail_at_parse_time(pytester: pytest.Pytester, value: str, expected: str) -> None:
-    result = pytester.runpytest(f"{opt.THRESHOLD_DISTRIBUTION}={value}")
+def test_texts_longer_than_max_length_are_truncated_and_reported(tiny_models, tmp_path: Path) -> None:
+    long = " ".join(["the plot was long and winding"] * 40)
+    path = write_rows(tmp_path / "long.jsonl", [f"{long} {i}" for i in range(20)] + [f"short {i}" for i in range(20)])
+    g = gate(tiny_models, tmp_path, test_data=str(path), max_length=32, k=5)
+    with pytest.warns(DataWarning, match="20 of 40 items are longer than --max-length 32 tokens and were truncated"):
+        result = g.compare("data_representation", g.pairs()[0])
+    assert 0.0 <= result.figure <= 1.0
+
+
+def test_non_english_text_and_emoji_give_finite_results(tiny_models, tmp_path: Path) -> None:
+    texts = ["Der Film war großartig 🎬🍿", "映画はとても退屈だった", "фильм был ужасен 😡",
+             "¡Qué película tan buena!", "😀😀😀", "film الجميل جدا"] * 5
+    path = write_rows(tmp_path / "intl.jsonl", [f"{t} {i}" for i, t in enumerate(texts)])
+    g = gate(tiny_models, tmp_path, test_data=str(path), k=5)
+    result = g.compare("data_representation", g.pairs()[0])
+    assert np.isfinite(g.outputs(g.reference, "test")["embeddings"]).all() and 0 <= result.figure <= 1
+
+
+def test_labels_that_look_like_integers_are_integers(tmp_path: Path) -> None:
+    path = tmp_path / "twelve.jsonl"
+    write_jsonl(path, [{"text": f"item {i}", "label": str(i % 12)} for i in range(24)])
+    data = load_text_data(path)
+    assert data.labels == [i % 12 for i in range(24)] and data.label_names == []  # "10" is 10, not 2
+
+
+def test_label_names_that_are_integers_are_data_label_ids() -> None:
+    from miniature.core.tasks.classification import check_label_maps, translation_table
+
+    swapped = {"id2label": {"0": "1", "1": "0"}}
+    mapping = check_label_maps(swapped, {"id2label": {"0": "0", "1": "1"}}, [0, 1, 1])
+    assert translation_table({0: "1", 1: "0"}, mapping, "swapped").tolist() == [1, 0]
+
+
+def test_blank_label_in_a_csv_is_an_error_naming_file_row_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "blank.csv"
+    path.write_text("text,label\nfine film,1\ndull film,0\nodd film,\ngreat film,1\n")
+    with pytest.raises(DataError) as info:
+        load_text_data(path)
+    _one_line_naming(info.value, str(path), "column 'label' in row 2 is blank")
+
+
+def _squad_rows() -> list[dict]:
+    return [{"id": str(i), "question": "who?", "context": "Ada wrote it.",
+             "answers": {"text": ["Ada"], "answer_start": [0]}} for i in range(3)]
+
+
+def _parquet(path: Path, rows: dict) -> None:
+    import pandas as pd
+
+    pd.DataFrame(rows).to_parquet(path)
+
+
+BAD_DATA = {  # file name, how to write it, load options, what the one line says
+    "jsonl-line-not-an-object": ("d.jsonl", lambda p: p.write_text('{"text": "a", "label": 0}\n[1, 2]\n'),
+                                 {}, "line 2 is a JSON list, not an object"),
+    "json-is-a-dict": ("d.json", lambda p: p.write_text('{"text": ["a", "b"], "label": [0, 1]}'),
+                       {}, "is a JSON object (keys 'text', 'label'), not a list of records"),
+    "json-row-not-an-object": ("d.json", lambda p: p.write_text('[{"text": "a", "label": 0}, "b"]'),
+                               {}, "row 1 is a JSON string, not an object"),
+    "json-not-valid": ("d.json", lambda p: p.write_text('[{"text": "a",\n "label": }]'),
+                       {}, "is not valid JSON (line 2 column"),
+    "csv-ragged-long-row": ("d.csv", lambda p: p.write_text("text,label\nfine,1\ngood, really,1\n"),
+                            {}, "line 3 has 3 field(s) but the header has 2 (text, label)"),
+    "csv-ragged-short-row": ("d.csv", lambda p: p.write_text("text,label\nfine,1\nno label here\n"),
+                             {}, "line 3 has 1 field(s) but the header has 2"),
+    "label-float": ("d.jsonl", lambda p: write_jsonl(p, [{"text": "a", "label": 0}, {"text": "b", "label": 1.5}]),
+                    {}, "column 'label' in row 1 is float 1.5, not a whole number"),
+    "label-boolean": ("d.jsonl", lambda p: write_jsonl(p, [{"text": "a", "label": True}]),
+                      {}, "column 'label' in row 0 is a boolean"),
+    "label-ids-mixed-with-names": ("d.jsonl", lambda p: write_jsonl(
+        p, [{"text": "a", "label": 0}, {"text": "b", "label": "pos"}]), {},
+        "column 'label' mixes integer label ids (row 0: 0) and label names (row 1: 'pos')"),
+    "qa-file-as-classification": ("qa.jsonl", lambda p: write_jsonl(p, _squad_rows()),
+                                  {"text_column": "question", "label_column": "answers"},
+                                  "column 'answers' in row 0 is a dict"),
+    "parquet-null-text": ("d.parquet", lambda p: _parquet(p, {"text": ["a", None], "label": [0, 1]}),
+                          {}, "column 'text' in row 1 is empty (null)"),
+    "parquet-null-label": ("d.parquet", lambda p: _parquet(p, {"text": ["a", "b", "c"], "label": [0, 1, None]}),
+                           {}, "column 'label' in row 2 is empty (null)"),
+    "jsonl-not-utf8": ("d.jsonl", lambda p: p.write_bytes(b'{"text": "a", "label": 0}\n{"text": "b", "label": 1}\n'
+                                                          b'{"text": "caf\xe9", "label": 0}\n'),
+                       {}, "line 3 is not UTF-8 text (byte 0xe9"),
+    "csv-not-utf8": ("d.csv", lambda p: p.write_bytes(b"text,label\nna\xefve,1\n"),
+                     {}, "line 2 is not UTF-8 text (byte 0xef"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_DATA))
+def test_bad_data_is_one_line_naming_file_row_and_column(tmp_path: Path, case: str) -> None:
+    name, write, options, expected = BAD_DATA[case]
+    path = tmp_path / name
+    write(path)
+    with pytest.raises(DataError) as info:
+        load_text_data(path, **options)
+    _one_line_naming(info.value, str(path), expected)
+    if case == "qa-file-as-classification":
+        assert "--task qa" in str(info.value)
+
+
+@pytest.mark.parametrize(("name", "content", "labels"), [
+    ("bom.jsonl", '\ufeff{"text": "a", "label": 1}\n{"text": "b", "label": 0}\n', [1, 0]),
+    ("bom.json", '\ufeff[{"text": "a", "label": 1}, {"text": "b", "label": 0}]', [1, 0]),
+    ("whole.jsonl", '{"text": "a", "label": 1.0}\n{"text": "b", "label": 0.0}\n', [1, 0]),
+    ("padded.jsonl", '{"text": "a", "label": " 1"}\n{"text": "b", "label": "0"}\n{"text": "c", "label": "10"}\n',
+     [1, 0, 10]),
+])
+def test_data_that_reads_correctly(tmp_path: Path, name: str, content: str, labels: list[int]) -> None:
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    data = load_text_data(path)
+    assert data.labels == labels and data.label_names == [] and data.texts[0] == "a"
+
+
+def write_labelled(path: Path, n: int) -> Path:
+    from miniature.core.builtin_data import sentiment_reviews
+
+    write_jsonl(path, [{"text": r.text, "label": r.label} for r in sentiment_reviews(n, seed=3)])
+    return path
+
+
+def test_too_few_attacked_items_skip_the_attack_with_the_reason(tiny_models, tmp_path: Path) -> None:
+    from miniature.core.characteristics.adversarial import MIN_ITEMS
+    from miniature.errors import NotApplicable
+
+    reference = str(tiny_models["reference"])
+    one = write_labelled(tmp_path / "one.jsonl", 1)
+    g = gate(tiny_models, tmp_path, candidate=[reference], test_data=str(one),
+             attack_model=str(tiny_models["attacker"]))
+    with pytest.raises(NotApplicable) as info:
+        g.compare("adversarial_vulnerability", g.pairs()[0])
+    message = str(info.value)
+    assert "\n" not in message and "nan" not in message
+    assert "of the 1 sampled item(s) were classified correctly by both" in message
+    assert f"at least {MIN_ITEMS} are needed" in message
+    assert "fix: pass more labelled test items (the test data has 1)" in message
+    # enough test items, too small a sample: the fix is the sample size
+    many = write_labelled(tmp_path / "many.jsonl", 40)
+    g = gate(tiny_models, tmp_path, candidate=[reference], test_data=str(many),
+             attack_model=str(tiny_models["attacker"]), attack_size=2)
+    with pytest.raises(NotApplicable, match=r"of the 2 sampled item.*fix: raise --attack-size \(now 2\)"):
+        g.compare("adversarial_vulnerability", g.pairs()[0])
+
+
+def test_too_few_test_items_skip_prediction_errors(tiny_models, tmp_path: Path) -> None:
+    from miniature.errors import NotApplicable
+
+    few = write_labelled(tmp_path / "few.jsonl", 5)
+    g = gate(tiny_models, tmp_path, test_data=str(few))
+    with pytest.raises(NotApplicable, match=r"only 5 test item\(s\) in .*few.jsonl.*needs at least 10"):
+        g.compare("prediction_errors", g.pairs()[0])
+
+
+def test_no_errors_at_all_is_said_not_nan(tiny_models, tmp_path: Path) -> None:
+    from miniature.errors import NotApplicable
+
+    g = gate(tiny_models, tmp_path)
+    g.correct = lambda name: np.ones(len(g.data.test), dtype=bool)  # both models always right
+    with pytest.raises(NotApplicable, match="neither 'reference' nor 'small' erred on any of the 60 "
+                                            "test items.*fix: pass a larger or harder --test-data"):
+        g.compare("prediction_errors", g.pairs()[0])
+
+
+def test_small_samples_warn_that_the_interval_is_wide(tiny_models, tmp_path: Path) -> None:
+    g = gate(tiny_models, tmp_path, data_limit=20, k=5)
+    with pytest.warns(DataWarning, match=r"data representation, reference vs small: computed on only "
+                                         r"n=20 items \(fewer than 30\), so its 95% interval is wide"):
+        result = g.compare("data_representation", g.pairs()[0])
+    assert result.n == 20 and 0.0 <= result.figure <= 1.0
+    roomy = gate(tiny_models, tmp_path, data_limit=40, k=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        roomy.compare("data_representation", roomy.pairs()[0])
+
+
+# == models: references, model files, heads and outputs ========================================
+@pytest.mark.parametrize(("value", "expected"), [
+    ("bert-lage", "unknown model alias 'bert-lage'"),                       # 1 unknown alias
+    ("./missing-model", "does not exist"),                                 # 2 missing path
+])
+def test_bad_reference_is_a_one_line_usage_error(pytester: pytest.Pytester, value: str, expected: str) -> None:
+    result = pytester.runpytest(f"{opt.REFERENCE}={value}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert opt.THRESHOLD_DISTRIBUTION in result.stderr.str() and expected in result.stderr.str()
+    lines = [line for line in result.stderr.lines if line.strip()]
+    assert len(lines) == 1 and expected in lines[0] and "fix:" in lines[0]
 
 
-def test_nan_embeddings_are_a_clear_error() -> None:  # 15
+def test_path_without_config(pytester: pytest.Pytester) -> None:
+    pytester.mkdir("empty-model")
+    result = pytester.runpytest(f"{opt.REFERENCE}=empty-model")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "has no config.json; fix: save the model there with model.save_pretrained" in result.stderr.str()
+
+
+def test_model_without_tokenizer(pytester: pytest.Pytester, tiny_models) -> None:
+    target = pytester.mkdir("no-tokenizer")
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_models["small"] / name, target)
+    result = pytester.runpytest(f"{opt.REFERENCE}=no-tokenizer")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "has no tokenizer files" in result.stderr.str() and "tokenizer.save_pretrained" in result.stderr.str()
+
+
+def test_pickle_only_weights_are_refused(tiny_models, tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    target = tmp_path / "pickled"
+    shutil.copytree(tiny_models["small"], target)
+    torch.save(load_file(str(target / "model.safetensors")), target / "pytorch_model.bin")
+    (target / "model.safetensors").unlink()
+    g = gate(tiny_models, tmp_path, candidate=[str(target)])
+    with pytest.raises(ModelReferenceError, match=r"only pickle weights.*fix: convert them to safetensors"):
+        figures(g)
+
+
+def test_model_needing_remote_code_is_refused_and_nothing_runs(tiny_models, tmp_path: Path) -> None:
+    target = tmp_path / "remote"
+    shutil.copytree(tiny_models["small"], target)
+    marker = tmp_path / "ran"
+    config = json.loads((target / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForSequenceClassification": "evil.Model"}
+    (target / "config.json").write_text(json.dumps(config))
+    (target / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    with pytest.raises(ModelReferenceError, match="declares custom code.*--trust-remote-code"):
+        figures(gate(tiny_models, tmp_path, candidate=[str(target)]))
+    assert not marker.exists()
+
+
+def test_different_label_sets(tiny_models, tmp_path: Path) -> None:
+    from miniature.tools.testing import make_tiny_model
+
+    three = make_tiny_model(tmp_path / "three", tiny_models.tokenizer_dir, num_labels=3, seed=9)
+    config = json.loads((three / "config.json").read_text())
+    config["id2label"] = {"0": "neg", "1": "neutral", "2": "pos"}
+    (three / "config.json").write_text(json.dumps(config))
+    g = gate(tiny_models, tmp_path, candidate=[str(three)])
+    # a head for 3 labels on 2-label data: its predictions are not comparable, so skipped
+    from miniature.errors import NotApplicable
+
+    with pytest.raises(NotApplicable, match="'three' has a classification head for 3 label.*the data "
+                                            "has 2 distinct label.*--label-map"):
+        g.compare("prediction_errors", g.pairs()[0])
+
+
+def test_nan_embeddings_are_a_clear_error() -> None:
     vectors = np.ones((5, 4), dtype=np.float32)
     vectors[2, 1] = np.nan
     with pytest.raises(MiniatureError, match=r"1 of 5 embeddings contain NaN or inf.*float16.*fix"):
         Gate._check_embeddings(vectors, "model 'x' on the test data")
 
 
-def test_all_zero_embeddings_warn_and_still_give_a_result() -> None:  # 16
+def test_all_zero_embeddings_warn_and_still_give_a_result() -> None:
     from miniature.core.characteristics.representation import knn_jaccard
 
     vectors = np.random.default_rng(0).normal(size=(12, 4)).astype(np.float32)
@@ -179,88 +362,7 @@ def test_all_zero_embeddings_warn_and_still_give_a_result() -> None:  # 16
     assert np.all(agreement == 1.0)
 
 
-def test_texts_longer_than_max_length_are_truncated_and_reported(tiny_models, tmp_path: Path) -> None:  # 17
-    long = " ".join(["the plot was long and winding"] * 40)
-    path = write_rows(tmp_path / "long.jsonl", [f"{long} {i}" for i in range(20)] + [f"short {i}" for i in range(20)])
-    g = gate(tiny_models, tmp_path, test_data=str(path), max_length=32, k=5)
-    with pytest.warns(DataWarning, match="20 of 40 items are longer than --max-length 32 tokens and were truncated"):
-        result = g.compare("data_representation", g.pairs()[0])
-    assert 0.0 <= result.figure <= 1.0
-
-
-def test_non_english_text_and_emoji_give_finite_results(tiny_models, tmp_path: Path) -> None:  # 18
-    texts = ["Der Film war großartig 🎬🍿", "映画はとても退屈だった", "фильм был ужасен 😡",
-             "¡Qué película tan buena!", "😀😀😀", "film الجميل جدا"] * 5
-    path = write_rows(tmp_path / "intl.jsonl", [f"{t} {i}" for i, t in enumerate(texts)])
-    g = gate(tiny_models, tmp_path, test_data=str(path), k=5)
-    result = g.compare("data_representation", g.pairs()[0])
-    assert np.isfinite(g.outputs(g.reference, "test")["embeddings"]).all() and 0 <= result.figure <= 1
-
-
-# -- cache and faults ----------------------------------------------------------------------
-def test_corrupted_cache_file_is_recomputed(tiny_models, tmp_path: Path) -> None:  # 19
-    expected = figures(gate(tiny_models, tmp_path))
-    for path in (tmp_path / "cache" / "outputs").glob("*.npz"):
-        path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])  # truncated
-    g = gate(tiny_models, tmp_path)
-    with pytest.warns(CacheWarning, match="unreadable.*recomputing"):
-        assert figures(g) == expected
-
-
-def test_read_only_cache_dir(tiny_models, tmp_path: Path) -> None:  # 20
-    blocker = tmp_path / "blocker"
-    blocker.write_text("a file where the cache folder should be")
-    with pytest.raises(MiniatureError, match=r"cache dir .* is not writable.*--cache-dir.*--no-cache"):
-        gate(tiny_models, tmp_path, cache_dir=blocker / "cache")
-
-
-def test_interrupted_encoding_resumes_from_saved_chunks(tiny_models, tmp_path: Path) -> None:  # 21
-    uninterrupted = gate(tiny_models, tmp_path / "fresh", data_limit=60)
-    uninterrupted.chunk_size = 16  # the same chunks, so the same batches and the same floats
-    expected = figures(uninterrupted)
-    g = gate(tiny_models, tmp_path, data_limit=60)
-    g.chunk_size = 16
-    wrapper = g.wrapper(g.reference)
-    original, calls = wrapper.encode_and_classify, []
-
-    def interrupted(texts):
-        calls.append(len(texts))
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return original(texts)
-
-    wrapper.encode_and_classify = interrupted
-    with pytest.raises(KeyboardInterrupt):
-        figures(g)
-    saved = list((tmp_path / "cache" / "outputs").glob("*.part*.npz"))
-    assert len(saved) == 2
-    resumed = gate(tiny_models, tmp_path, data_limit=60)
-    resumed.chunk_size = 16
-    assert figures(resumed) == expected
-    reference_wrapper = resumed._wrappers[(resumed.reference, "")]
-    assert reference_wrapper.forward_calls < 30  # only the missing chunks were encoded
-
-
-def _run_gate(args: tuple[str, str, str, str]) -> dict[str, float]:
-    reference, candidate, cache, _ = args
-    g = Gate(make_settings(reference=reference, candidate=[candidate], cache_dir=Path(cache),
-                           data_limit=40, bootstrap=0))
-    return figures(g)
-
-
-def test_two_gate_runs_at_once_on_the_same_cache(tiny_models, tmp_path: Path) -> None:  # 22
-    args = (str(tiny_models["reference"]), str(tiny_models["small"]), str(tmp_path / "cache"), "")
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(2) as pool:
-        first, second = pool.map(_run_gate, [args, args])
-    assert first == second
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # every cache file is whole: no CacheWarning
-        assert _run_gate(args) == first
-    assert not list((tmp_path / "cache").rglob("*.tmp"))
-
-
-def test_unreachable_hub_is_one_line(monkeypatch: pytest.MonkeyPatch, tiny_models, tmp_path: Path) -> None:  # 23
+def test_unreachable_hub_is_one_line(monkeypatch: pytest.MonkeyPatch, tiny_models, tmp_path: Path) -> None:
     import huggingface_hub.constants
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -272,38 +374,6 @@ def test_unreachable_hub_is_one_line(monkeypatch: pytest.MonkeyPatch, tiny_model
     assert "not in the local Hugging Face cache and HF_HUB_OFFLINE is set; fix:" in message
 
 
-# -- round two: data, model files and writes ------------------------------------------------
-def _one_line_naming(error: BaseException, *parts: str) -> str:
-    message = str(error)
-    assert "\n" not in message and "fix:" in message, message
-    for part in parts:
-        assert part in message, (part, message)
-    return message
-
-
-def test_labels_that_look_like_integers_are_integers(tmp_path: Path) -> None:  # 24
-    path = tmp_path / "twelve.jsonl"
-    write_jsonl(path, [{"text": f"item {i}", "label": str(i % 12)} for i in range(24)])
-    data = load_text_data(path)
-    assert data.labels == [i % 12 for i in range(24)] and data.label_names == []  # "10" is 10, not 2
-
-
-def test_label_names_that_are_integers_are_data_label_ids() -> None:  # 25
-    from miniature.core.tasks.classification import check_label_maps, translation_table
-
-    swapped = {"id2label": {"0": "1", "1": "0"}}
-    mapping = check_label_maps(swapped, {"id2label": {"0": "0", "1": "1"}}, [0, 1, 1])
-    assert translation_table({0: "1", 1: "0"}, mapping, "swapped").tolist() == [1, 0]
-
-
-def test_blank_label_in_a_csv_is_an_error_naming_file_row_and_column(tmp_path: Path) -> None:  # 26
-    path = tmp_path / "blank.csv"
-    path.write_text("text,label\nfine film,1\ndull film,0\nodd film,\ngreat film,1\n")
-    with pytest.raises(DataError) as info:
-        load_text_data(path)
-    _one_line_naming(info.value, str(path), "column 'label' in row 2 is blank")
-
-
 def _corrupt_header(path: Path) -> None:  # a header that claims 2^62 bytes
     path.write_bytes((2 ** 62).to_bytes(8, "little") + path.read_bytes()[8:])
 
@@ -313,18 +383,18 @@ def _truncate(path: Path) -> None:
 
 
 MODEL_FILE_FAULTS = {
-    "safetensors-header-2^62": ("model.safetensors", _corrupt_header),                       # 27
-    "safetensors-truncated": ("model.safetensors", _truncate),                              # 28
-    "safetensors-3-bytes": ("model.safetensors", lambda p: p.write_bytes(b"abc")),           # 29
-    "safetensors-header-not-json": ("model.safetensors",                                     # 30
+    "safetensors-header-2^62": ("model.safetensors", _corrupt_header),
+    "safetensors-truncated": ("model.safetensors", _truncate),
+    "safetensors-3-bytes": ("model.safetensors", lambda p: p.write_bytes(b"abc")),
+    "safetensors-header-not-json": ("model.safetensors",
                                     lambda p: p.write_bytes((16).to_bytes(8, "little") + b"{not json" * 4)),
-    "tokenizer-json-truncated": ("tokenizer.json", _truncate),                              # 31
-    "tokenizer-json-wrong-shape": ("tokenizer.json",                                        # 32
+    "tokenizer-json-truncated": ("tokenizer.json", _truncate),
+    "tokenizer-json-wrong-shape": ("tokenizer.json",
                                    lambda p: p.write_text('{"version": "1.0", "model": 5}')),
-    "tokenizer-config-not-json": ("tokenizer_config.json", lambda p: p.write_text("{oops")),  # 33
-    "config-is-a-list": ("config.json", lambda p: p.write_text("[]")),                       # 34
-    "config-not-json": ("config.json", lambda p: p.write_text("model_type: bert\n")),        # 35
-    "config-wrong-values": ("config.json", lambda p: p.write_text(                          # 36
+    "tokenizer-config-not-json": ("tokenizer_config.json", lambda p: p.write_text("{oops")),
+    "config-is-a-list": ("config.json", lambda p: p.write_text("[]")),
+    "config-not-json": ("config.json", lambda p: p.write_text("model_type: bert\n")),
+    "config-wrong-values": ("config.json", lambda p: p.write_text(
         '{"model_type": "bert", "hidden_size": "wide", "num_attention_heads": 2}')),
 }
 
@@ -344,7 +414,7 @@ def test_corrupted_model_files_are_one_line_naming_model_and_file(tiny_models, t
 
 
 def test_corrupted_weights_found_at_start_up_by_the_gate_and_head_detection(tiny_models,
-                                                                          tmp_path: Path) -> None:  # 37
+                                                                          tmp_path: Path) -> None:
     from miniature.core.tasks.classification import is_finetuned
 
     target = tmp_path / "huge-header"
@@ -357,7 +427,41 @@ def test_corrupted_weights_found_at_start_up_by_the_gate_and_head_detection(tiny
         is_finetuned(target, "classification")
 
 
-def test_max_length_above_the_position_limit_is_clamped_per_model(tiny_models, tmp_path: Path) -> None:  # 38
+@pytest.mark.parametrize("attack_model", ["small", "encoder"])
+def test_attack_model_without_masked_lm_head_is_refused(tiny_models, tmp_path: Path,
+                                                        attack_model: str) -> None:
+    import transformers
+
+    source = tiny_models["small"]
+    if attack_model == "encoder":  # a bare encoder: no head at all
+        source = tmp_path / "encoder"
+        transformers.AutoModel.from_pretrained(str(tiny_models["small"])).save_pretrained(str(source))
+        transformers.AutoTokenizer.from_pretrained(str(tiny_models["small"])).save_pretrained(str(source))
+    g = gate(tiny_models, tmp_path, attack_model=str(source), attack_size=12)
+    with pytest.raises(ModelReferenceError) as info:
+        g.compare("adversarial_vulnerability", g.pairs()[0])
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"attack model {source.name!r} has no masked-LM head (cls.predictions.bias" in message
+    assert "fix: pass --attack-model a masked-LM checkpoint such as bert-base" in message
+
+
+def test_masked_lm_attack_model_is_accepted(tiny_models, tmp_path: Path) -> None:
+    g = gate(tiny_models, tmp_path, attack_model=str(tiny_models["attacker"]))
+    wrapper = g.attack_wrapper()
+    assert type(wrapper.model).__name__ == "BertForMaskedLM" and wrapper.missing_head == []
+
+
+# == options: values, combinations and where they are given ====================================
+@pytest.mark.parametrize(("value", "expected"), [("1.2", "outside [0, 1]"), ("-0.1", "outside [0, 1]"),
+                                                 ("high", "not a number in [0, 1]")])
+def test_bad_thresholds_fail_at_parse_time(pytester: pytest.Pytester, value: str, expected: str) -> None:
+    result = pytester.runpytest(f"{opt.THRESHOLD_DISTRIBUTION}={value}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert opt.THRESHOLD_DISTRIBUTION in result.stderr.str() and expected in result.stderr.str()
+
+
+def test_max_length_above_the_position_limit_is_clamped_per_model(tiny_models, tmp_path: Path) -> None:
     long = " ".join(["the plot was long and winding"] * 60)
     path = write_rows(tmp_path / "long.jsonl", [f"{long} {i}" for i in range(10)] + [f"short {i}" for i in range(10)])
     at_limit = figures(gate(tiny_models, tmp_path / "at", test_data=str(path), max_length=128, k=3))
@@ -366,198 +470,8 @@ def test_max_length_above_the_position_limit_is_clamped_per_model(tiny_models, t
     assert above == at_limit
 
 
-def test_cache_subfolder_not_writable_is_found_before_the_work(tiny_models, tmp_path: Path) -> None:  # 39
-    from miniature.core.cache import OutputCache
-
-    root = tmp_path / "cache"
-    root.mkdir()
-    (root / "outputs").write_text("someone else's file where the folder should be")
-    with pytest.raises(MiniatureError) as info:
-        gate(tiny_models, tmp_path)
-    _one_line_naming(info.value, str(root), "'outputs' is not writable", "--cache-dir", "--no-cache")
-    with pytest.raises(MiniatureError, match="'outputs' is not writable"):
-        OutputCache(root)
-    (root / "outputs").unlink()
-    cache = OutputCache(root)
-    (root / "answers").write_text("in the way")
-    with pytest.raises(MiniatureError, match="'answers' is not writable"):
-        cache.check_writable()  # the public probe a start-up can call
-
-
-@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() == 0,
-                    reason="root writes into read-only folders")
-def test_cache_subfolder_without_write_permission(tiny_models, tmp_path: Path) -> None:  # 40
-    root = tmp_path / "cache"
-    (root / "adversarial").mkdir(parents=True)
-    (root / "adversarial").chmod(0o555)
-    try:
-        with pytest.raises(MiniatureError, match="'adversarial' is not writable.*--cache-dir"):
-            gate(tiny_models, tmp_path)
-    finally:
-        (root / "adversarial").chmod(0o755)
-
-
-def _copy_source(tiny_models, tmp_path: Path) -> tuple[Path, Path]:
-    parent = tmp_path / "models"
-    source = parent / "src"
-    shutil.copytree(tiny_models["small"], source)
-    (parent / "notes.txt").write_text("unrelated")
-    return parent, source
-
-
-def test_compress_overwrite_never_deletes_the_source(tiny_models, tmp_path: Path, capsys) -> None:  # 41
-    from miniature.tools.cli import main
-
-    parent, source = _copy_source(tiny_models, tmp_path)
-    before = sorted(p.name for p in source.iterdir())
-    code = main(["compress", str(source), "--method", "prune", "--output-dir", str(parent),
-                 "--overwrite", "--no-progress"])
-    error = capsys.readouterr().err.strip()
-    assert code == 2 and "\n" not in error and "contains the reference" in error and "fix:" in error
-    assert sorted(p.name for p in source.iterdir()) == before and (parent / "notes.txt").exists()
-
-
-def test_compress_overwrite_replaces_only_an_earlier_compression(tiny_models, tmp_path: Path) -> None:  # 42
-    import os
-
-    from miniature.tools.compress import RECORD_NAME, CompressionError, compress
-
-    _, source = _copy_source(tiny_models, tmp_path)
-    unrelated = tmp_path / "work"
-    unrelated.mkdir()
-    (unrelated / "thesis.tex").write_text("months of work")
-    with pytest.raises(CompressionError, match=r"other files.*never replaced.*fix:"):
-        compress(source, unrelated, method="prune", sparsity=0.2, overwrite=True, progress=False)
-    assert (unrelated / "thesis.tex").read_text() == "months of work"
-    output = tmp_path / "pruned"
-    old = os.umask(0o022)
-    try:
-        compress(source, output, method="prune", sparsity=0.2, progress=False)
-        compress(source, output, method="prune", sparsity=0.4, overwrite=True, progress=False)
-    finally:
-        os.umask(old)
-    assert json.loads((output / RECORD_NAME).read_text())["requested"]["sparsity"] == 0.4
-    assert {oct(p.stat().st_mode & 0o777) for p in output.iterdir()} == {"0o644"}  # readable as umask says
-
-
-@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664)])
-def test_atomic_writes_get_the_mode_the_umask_gives(tmp_path: Path, umask: int, mode: int) -> None:  # 43
-    import os
-
-    from miniature.core.cache import OutputCache, atomic_write_text
-
-    old = os.umask(umask)
-    try:
-        cache = OutputCache(tmp_path / "cache")
-        cache.save_arrays("outputs", "k", {"x": np.zeros(3)})
-        cache.save_json("answers", "k", ["a"])
-        atomic_write_text(tmp_path / "reports" / "latest.json", "{}")  # how every report is written
-    finally:
-        os.umask(old)
-    for path in (cache.path("outputs", "k"), cache.path("answers", "k", ".json"),
-                 tmp_path / "reports" / "latest.json"):
-        assert path.stat().st_mode & 0o777 == mode, path
-
-
-def test_finetuned_model_files_get_the_mode_the_umask_gives(tiny_models, tmp_path: Path) -> None:  # 44
-    import os
-
-    from miniature.core.finetune import finetune
-
-    path = write_rows(tmp_path / "train.jsonl", [f"review number {i}" for i in range(16)])
-    old = os.umask(0o022)
-    try:
-        target = finetune(str(tiny_models["small"]), "classification", load_text_data(path),
-                          output_root=tmp_path / "finetuned", max_steps=1, batch_size=8, progress=False)
-    finally:
-        os.umask(old)
-    assert {oct(p.stat().st_mode & 0o777) for p in target.iterdir()} == {"0o644"}
-
-
-def _squad_rows() -> list[dict]:
-    return [{"id": str(i), "question": "who?", "context": "Ada wrote it.",
-             "answers": {"text": ["Ada"], "answer_start": [0]}} for i in range(3)]
-
-
-def _parquet(path: Path, rows: dict) -> None:
-    import pandas as pd
-
-    pd.DataFrame(rows).to_parquet(path)
-
-
-BAD_DATA = {  # file name, how to write it, load options, what the one line says
-    "jsonl-line-not-an-object": ("d.jsonl", lambda p: p.write_text('{"text": "a", "label": 0}\n[1, 2]\n'),   # 45
-                                 {}, "line 2 is a JSON list, not an object"),
-    "json-is-a-dict": ("d.json", lambda p: p.write_text('{"text": ["a", "b"], "label": [0, 1]}'),           # 46
-                       {}, "is a JSON object (keys 'text', 'label'), not a list of records"),
-    "json-row-not-an-object": ("d.json", lambda p: p.write_text('[{"text": "a", "label": 0}, "b"]'),        # 47
-                               {}, "row 1 is a JSON string, not an object"),
-    "json-not-valid": ("d.json", lambda p: p.write_text('[{"text": "a",\n "label": }]'),                   # 48
-                       {}, "is not valid JSON (line 2 column"),
-    "csv-ragged-long-row": ("d.csv", lambda p: p.write_text("text,label\nfine,1\ngood, really,1\n"),        # 49
-                            {}, "line 3 has 3 field(s) but the header has 2 (text, label)"),
-    "csv-ragged-short-row": ("d.csv", lambda p: p.write_text("text,label\nfine,1\nno label here\n"),        # 50
-                             {}, "line 3 has 1 field(s) but the header has 2"),
-    "label-float": ("d.jsonl", lambda p: write_jsonl(p, [{"text": "a", "label": 0}, {"text": "b", "label": 1.5}]),  # 51
-                    {}, "column 'label' in row 1 is float 1.5, not a whole number"),
-    "label-boolean": ("d.jsonl", lambda p: write_jsonl(p, [{"text": "a", "label": True}]),                # 52
-                      {}, "column 'label' in row 0 is a boolean"),
-    "label-ids-mixed-with-names": ("d.jsonl", lambda p: write_jsonl(                                        # 53
-        p, [{"text": "a", "label": 0}, {"text": "b", "label": "pos"}]), {},
-        "column 'label' mixes integer label ids (row 0: 0) and label names (row 1: 'pos')"),
-    "qa-file-as-classification": ("qa.jsonl", lambda p: write_jsonl(p, _squad_rows()),                     # 54
-                                  {"text_column": "question", "label_column": "answers"},
-                                  "column 'answers' in row 0 is a dict"),
-    "parquet-null-text": ("d.parquet", lambda p: _parquet(p, {"text": ["a", None], "label": [0, 1]}),       # 55
-                          {}, "column 'text' in row 1 is empty (null)"),
-    "parquet-null-label": ("d.parquet", lambda p: _parquet(p, {"text": ["a", "b", "c"], "label": [0, 1, None]}),  # 56
-                           {}, "column 'label' in row 2 is empty (null)"),
-    "jsonl-not-utf8": ("d.jsonl", lambda p: p.write_bytes(b'{"text": "a", "label": 0}\n{"text": "b", "label": 1}\n'  # 57
-                                                          b'{"text": "caf\xe9", "label": 0}\n'),
-                       {}, "line 3 is not UTF-8 text (byte 0xe9"),
-    "csv-not-utf8": ("d.csv", lambda p: p.write_bytes(b"text,label\nna\xefve,1\n"),                       # 58
-                     {}, "line 2 is not UTF-8 text (byte 0xef"),
-}
-
-
-@pytest.mark.parametrize("case", list(BAD_DATA))
-def test_bad_data_is_one_line_naming_file_row_and_column(tmp_path: Path, case: str) -> None:
-    name, write, options, expected = BAD_DATA[case]
-    path = tmp_path / name
-    write(path)
-    with pytest.raises(DataError) as info:
-        load_text_data(path, **options)
-    _one_line_naming(info.value, str(path), expected)
-    if case == "qa-file-as-classification":
-        assert "--task qa" in str(info.value)
-
-
-@pytest.mark.parametrize(("name", "content", "labels"), [
-    ("bom.jsonl", '\ufeff{"text": "a", "label": 1}\n{"text": "b", "label": 0}\n', [1, 0]),              # 59
-    ("bom.json", '\ufeff[{"text": "a", "label": 1}, {"text": "b", "label": 0}]', [1, 0]),              # 60
-    ("whole.jsonl", '{"text": "a", "label": 1.0}\n{"text": "b", "label": 0.0}\n', [1, 0]),             # 61
-    ("padded.jsonl", '{"text": "a", "label": " 1"}\n{"text": "b", "label": "0"}\n{"text": "c", "label": "10"}\n',
-     [1, 0, 10]),                                                                                       # 62
-])
-def test_data_that_reads_correctly(tmp_path: Path, name: str, content: str, labels: list[int]) -> None:
-    path = tmp_path / name
-    path.write_text(content, encoding="utf-8")
-    data = load_text_data(path)
-    assert data.labels == labels and data.label_names == [] and data.texts[0] == "a"
-
-
-
-# -- round two: options, reports and ids ---------------------------------------------------
-def one_line_usage_error(result: pytest.RunResult) -> str:
-    """The single non-blank line a usage error prints (asserted to be one)."""
-    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str() + result.stderr.str()
-    lines = [line for line in result.stderr.lines if line.strip()]
-    assert len(lines) == 1, lines
-    return lines[0]
-
-
 @pytest.mark.parametrize("where", ["command line", "ini", "both"])
-def test_bootstrap_zero_with_ci_lower_is_refused(pytester: pytest.Pytester, where: str) -> None:  # 24
+def test_bootstrap_zero_with_ci_lower_is_refused(pytester: pytest.Pytester, where: str) -> None:
     args = [f"{opt.BOOTSTRAP}=0", f"{opt.THRESHOLD_ON}=ci_lower"]
     if where == "ini":
         pytester.makeini("[pytest]\nminiature_bootstrap = 0\nminiature_threshold_on = ci_lower\n")
@@ -571,7 +485,7 @@ def test_bootstrap_zero_with_ci_lower_is_refused(pytester: pytest.Pytester, wher
 
 @pytest.mark.parametrize("flag", [opt.CACHE_DIR, opt.REPORT_DIR, opt.TRAIN_DATA])
 def test_path_option_written_as_two_words_that_loses_the_project_ini(
-        pytester: pytest.Pytester, tiny_models, tmp_path_factory: pytest.TempPathFactory, flag: str) -> None:  # 25
+        pytester: pytest.Pytester, tiny_models, tmp_path_factory: pytest.TempPathFactory, flag: str) -> None:
     pytester.makepyprojecttoml("[tool.pytest.ini_options]\nminiature_threshold_errors = 0.9\n")
     outside = tmp_path_factory.mktemp("shared")
     value = outside / "train.jsonl" if flag == opt.TRAIN_DATA else outside
@@ -585,7 +499,7 @@ def test_path_option_written_as_two_words_that_loses_the_project_ini(
 
 @pytest.mark.parametrize("device", ["cuda", "mps"])
 def test_device_this_torch_cannot_use(pytester: pytest.Pytester, tiny_models, monkeypatch: pytest.MonkeyPatch,
-                                      device: str) -> None:  # 26
+                                      device: str) -> None:
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -596,72 +510,6 @@ def test_device_this_torch_cannot_use(pytester: pytest.Pytester, tiny_models, mo
     assert f"{opt.DEVICE} {device}" in line and "fix:" in line and f"{opt.DEVICE} cpu" in line
 
 
-def previous_report(tmp_path: Path, **changes) -> Path:
-    from miniature.core.characteristics.base import ComparisonResult
-
-    entry = json.loads(ComparisonResult("prediction_errors", "reference", "small", "error-set Jaccard",
-                                        0.8, 60, threshold=0.5).to_json())
-    entry.update(changes)
-    for name in [name for name, value in changes.items() if value is None]:
-        del entry[name]
-    path = tmp_path / "previous.json"
-    path.write_text(json.dumps({"schema": 1, "results": [entry]}))
-    return path
-
-
-@pytest.mark.parametrize(("changes", "field"), [
-    ({"figure": "high"}, "figure"),
-    ({"n": 2.5}, "n"),
-    ({"threshold": "0.5"}, "threshold"),
-    ({"gating": "yes"}, "gating"),
-    ({"stage": 3}, "stage"),
-    ({"details": []}, "details"),
-    ({"conditions": [{"name": "accuracy drop"}]}, "conditions"),
-])
-def test_compare_to_report_with_wrong_field_types(tmp_path: Path, changes, field: str) -> None:  # 27
-    from miniature.reports.payload import ReportError, load_report
-
-    path = previous_report(tmp_path, **changes)
-    with pytest.raises(ReportError) as info:
-        load_report(path)
-    message = str(info.value)
-    assert "\n" not in message and str(path) in message and f"'{field}'" in message and "fix:" in message
-
-
-def test_compare_to_report_with_wrong_field_types_is_a_usage_error(pytester: pytest.Pytester, tmp_path: Path) -> None:
-    path = previous_report(tmp_path, figure="high")
-    line = one_line_usage_error(pytester.runpytest(f"{opt.COMPARE_TO}={path}"))
-    assert opt.COMPARE_TO in line and "'figure'" in line
-
-
-HOSTILE_NAME = "<img src=x onerror=alert(1)>"
-
-
-def test_html_in_a_model_folder_name_gives_safe_test_ids(gate_checks: pytest.Pytester, tiny_models) -> None:  # 28
-    folder = gate_checks.path / HOSTILE_NAME
-    shutil.copytree(tiny_models["small"], folder)
-    result = gate_checks.runpytest(
-        f"{opt.REFERENCE}={tiny_models['reference']}", f"{opt.CANDIDATE}={folder}", "-v",
-        f"{opt.CACHE_DIR}={gate_checks.path / 'cache'}", f"{opt.REPORT_DIR}={gate_checks.path / 'reports'}",
-        f"{opt.BOOTSTRAP}=0", f"{opt.DATA_LIMIT}=40", "-k", "errors", "--html=report.html")
-    ids = re.findall(r"test_equivalence\.py::\S+", result.stdout.str())  # the node ids, not the messages
-    assert ids and not any("<" in node or ">" in node for node in ids), ids
-    assert "<img src=x" not in (gate_checks.path / "report.html").read_text()
-    page = (gate_checks.path / "reports" / "summary.html").read_text()
-    assert "&lt;img src=x onerror=alert(1)&gt;" in page and "<img" not in page  # the real name, escaped
-
-
-def test_sanitised_ids_stay_unique(tiny_models, tmp_path: Path) -> None:
-    first, second = tmp_path / "a<b", tmp_path / "a>b"
-    for folder in (first, second):
-        shutil.copytree(tiny_models["small"], folder)
-    g = gate(tiny_models, tmp_path, candidate=[str(first), str(second)])
-    ids = [pair.id for pair in g.pairs()]
-    assert len(set(ids)) == len(ids) == 3 and not any(set(i) & set("<>") for i in ids), ids
-    assert g.names[1] == "a<b"  # reports keep the real name
-
-
-#: one bad value (or several) for every option: each is refused at start-up naming the option
 BAD_OPTION_VALUES: dict[str, list[tuple[str, str]]] = {
     opt.REFERENCE: [("garbage", "unknown model alias")],
     opt.CANDIDATE: [("garbage", "unknown model alias")],
@@ -721,7 +569,7 @@ def test_every_option_has_a_bad_value_test() -> None:
 @pytest.mark.parametrize(("flag", "value", "expected"), [
     (flag, value, expected) for flag, cases in BAD_OPTION_VALUES.items() for value, expected in cases])
 def test_every_option_refuses_a_bad_value_at_start_up(pytester: pytest.Pytester, tiny_models, flag: str,
-                                                      value: str, expected: str) -> None:  # 29
+                                                      value: str, expected: str) -> None:
     option = opt.BY_FLAG[flag]
     args = [] if flag == opt.REFERENCE else [f"{opt.REFERENCE}={tiny_models['reference']}"]
     if flag in (opt.REFERENCE_BASE, opt.CANDIDATE_BASE):  # the other base, so only the value is wrong
@@ -740,7 +588,7 @@ def test_every_option_refuses_a_bad_value_at_start_up(pytester: pytest.Pytester,
 
 @pytest.mark.parametrize(("reference_base", "candidate_bases"), [(True, 0), (False, 1), (True, 2)])
 def test_base_checkpoints_must_match_the_models(pytester: pytest.Pytester, tiny_models, reference_base: bool,
-                                                candidate_bases: int) -> None:  # 30
+                                                candidate_bases: int) -> None:
     args = [f"{opt.REFERENCE}={tiny_models['reference']}", f"{opt.CANDIDATE}={tiny_models['small']}"]
     if reference_base:
         args.append(f"{opt.REFERENCE_BASE}={tiny_models['reference']}")
@@ -749,8 +597,74 @@ def test_base_checkpoints_must_match_the_models(pytester: pytest.Pytester, tiny_
     assert opt.REFERENCE_BASE in line and opt.CANDIDATE_BASE in line and "fix:" in line
 
 
+# == reports: --compare-to, names, ids and what a run prints ===================================
+def previous_report(tmp_path: Path, **changes) -> Path:
+    from miniature.core.characteristics.base import ComparisonResult
+
+    entry = json.loads(ComparisonResult("prediction_errors", "reference", "small", "error-set Jaccard",
+                                        0.8, 60, threshold=0.5).to_json())
+    entry.update(changes)
+    for name in [name for name, value in changes.items() if value is None]:
+        del entry[name]
+    path = tmp_path / "previous.json"
+    path.write_text(json.dumps({"schema": 1, "results": [entry]}))
+    return path
+
+
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"figure": "high"}, "figure"),
+    ({"n": 2.5}, "n"),
+    ({"threshold": "0.5"}, "threshold"),
+    ({"gating": "yes"}, "gating"),
+    ({"stage": 3}, "stage"),
+    ({"details": []}, "details"),
+    ({"conditions": [{"name": "accuracy drop"}]}, "conditions"),
+])
+def test_compare_to_report_with_wrong_field_types(tmp_path: Path, changes, field: str) -> None:
+    from miniature.reports.payload import ReportError, load_report
+
+    path = previous_report(tmp_path, **changes)
+    with pytest.raises(ReportError) as info:
+        load_report(path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message and f"'{field}'" in message and "fix:" in message
+
+
+def test_compare_to_report_with_wrong_field_types_is_a_usage_error(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    path = previous_report(tmp_path, figure="high")
+    line = one_line_usage_error(pytester.runpytest(f"{opt.COMPARE_TO}={path}"))
+    assert opt.COMPARE_TO in line and "'figure'" in line
+
+
+HOSTILE_NAME = "<img src=x onerror=alert(1)>"
+
+
+def test_html_in_a_model_folder_name_gives_safe_test_ids(gate_checks: pytest.Pytester, tiny_models) -> None:
+    folder = gate_checks.path / HOSTILE_NAME
+    shutil.copytree(tiny_models["small"], folder)
+    result = gate_checks.runpytest(
+        f"{opt.REFERENCE}={tiny_models['reference']}", f"{opt.CANDIDATE}={folder}", "-v",
+        f"{opt.CACHE_DIR}={gate_checks.path / 'cache'}", f"{opt.REPORT_DIR}={gate_checks.path / 'reports'}",
+        f"{opt.BOOTSTRAP}=0", f"{opt.DATA_LIMIT}=40", "-k", "errors", "--html=report.html")
+    ids = re.findall(r"test_equivalence\.py::\S+", result.stdout.str())  # the node ids, not the messages
+    assert ids and not any("<" in node or ">" in node for node in ids), ids
+    assert "<img src=x" not in (gate_checks.path / "report.html").read_text()
+    page = (gate_checks.path / "reports" / "summary.html").read_text()
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page and "<img" not in page  # the real name, escaped
+
+
+def test_sanitised_ids_stay_unique(tiny_models, tmp_path: Path) -> None:
+    first, second = tmp_path / "a<b", tmp_path / "a>b"
+    for folder in (first, second):
+        shutil.copytree(tiny_models["small"], folder)
+    g = gate(tiny_models, tmp_path, candidate=[str(first), str(second)])
+    ids = [pair.id for pair in g.pairs()]
+    assert len(set(ids)) == len(ids) == 3 and not any(set(i) & set("<>") for i in ids), ids
+    assert g.names[1] == "a<b"  # reports keep the real name
+
+
 @pytest.mark.parametrize("where", ["collection", "check"])
-def test_gate_errors_are_printed_once(gate_checks: pytest.Pytester, tiny_models, where: str) -> None:  # 31
+def test_gate_errors_are_printed_once(gate_checks: pytest.Pytester, tiny_models, where: str) -> None:
     args = [f"{opt.REFERENCE}={tiny_models['reference']}", f"{opt.CANDIDATE}={tiny_models['small']}",
             f"{opt.REPORT_DIR}={gate_checks.path / 'reports'}", f"{opt.BOOTSTRAP}=0", "-k", "data_representation"]
     if where == "collection":  # the gate cannot be built: its cache dir is under a file
@@ -767,89 +681,173 @@ def test_gate_errors_are_printed_once(gate_checks: pytest.Pytester, tiny_models,
     assert naming and all(str(r.longrepr).count(message) == 1 for r in naming), [str(r.longrepr) for r in naming]
 
 
-
-# -- round two: heads and sample sizes --------------------------------------------------------
-@pytest.mark.parametrize("attack_model", ["small", "encoder"])
-def test_attack_model_without_masked_lm_head_is_refused(tiny_models, tmp_path: Path,
-                                                        attack_model: str) -> None:  # 24
-    import transformers
-
-    source = tiny_models["small"]
-    if attack_model == "encoder":  # a bare encoder: no head at all
-        source = tmp_path / "encoder"
-        transformers.AutoModel.from_pretrained(str(tiny_models["small"])).save_pretrained(str(source))
-        transformers.AutoTokenizer.from_pretrained(str(tiny_models["small"])).save_pretrained(str(source))
-    g = gate(tiny_models, tmp_path, attack_model=str(source), attack_size=12)
-    with pytest.raises(ModelReferenceError) as info:
-        g.compare("adversarial_vulnerability", g.pairs()[0])
-    message = str(info.value)
-    assert "\n" not in message
-    assert f"attack model {source.name!r} has no masked-LM head (cls.predictions.bias" in message
-    assert "fix: pass --attack-model a masked-LM checkpoint such as bert-base" in message
-
-
-def test_masked_lm_attack_model_is_accepted(tiny_models, tmp_path: Path) -> None:  # 24
-    g = gate(tiny_models, tmp_path, attack_model=str(tiny_models["attacker"]))
-    wrapper = g.attack_wrapper()
-    assert type(wrapper.model).__name__ == "BertForMaskedLM" and wrapper.missing_head == []
-
-
-def write_labelled(path: Path, n: int) -> Path:
-    from miniature.core.builtin_data import sentiment_reviews
-
-    write_jsonl(path, [{"text": r.text, "label": r.label} for r in sentiment_reviews(n, seed=3)])
-    return path
-
-
-def test_too_few_attacked_items_skip_the_attack_with_the_reason(tiny_models, tmp_path: Path) -> None:  # 25
-    from miniature.core.characteristics.adversarial import MIN_ITEMS
-    from miniature.errors import NotApplicable
-
-    reference = str(tiny_models["reference"])
-    one = write_labelled(tmp_path / "one.jsonl", 1)
-    g = gate(tiny_models, tmp_path, candidate=[reference], test_data=str(one),
-             attack_model=str(tiny_models["attacker"]))
-    with pytest.raises(NotApplicable) as info:
-        g.compare("adversarial_vulnerability", g.pairs()[0])
-    message = str(info.value)
-    assert "\n" not in message and "nan" not in message
-    assert "of the 1 sampled item(s) were classified correctly by both" in message
-    assert f"at least {MIN_ITEMS} are needed" in message
-    assert "fix: pass more labelled test items (the test data has 1)" in message
-    # enough test items, too small a sample: the fix is the sample size
-    many = write_labelled(tmp_path / "many.jsonl", 40)
-    g = gate(tiny_models, tmp_path, candidate=[reference], test_data=str(many),
-             attack_model=str(tiny_models["attacker"]), attack_size=2)
-    with pytest.raises(NotApplicable, match=r"of the 2 sampled item.*fix: raise --attack-size \(now 2\)"):
-        g.compare("adversarial_vulnerability", g.pairs()[0])
-
-
-def test_too_few_test_items_skip_prediction_errors(tiny_models, tmp_path: Path) -> None:  # 25
-    from miniature.errors import NotApplicable
-
-    few = write_labelled(tmp_path / "few.jsonl", 5)
-    g = gate(tiny_models, tmp_path, test_data=str(few))
-    with pytest.raises(NotApplicable, match=r"only 5 test item\(s\) in .*few.jsonl.*needs at least 10"):
-        g.compare("prediction_errors", g.pairs()[0])
-
-
-def test_no_errors_at_all_is_said_not_nan(tiny_models, tmp_path: Path) -> None:  # 26
-    from miniature.errors import NotApplicable
-
+# == cache: corruption, permissions, interruptions and concurrency =============================
+def test_corrupted_cache_file_is_recomputed(tiny_models, tmp_path: Path) -> None:
+    expected = figures(gate(tiny_models, tmp_path))
+    for path in (tmp_path / "cache" / "outputs").glob("*.npz"):
+        path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])  # truncated
     g = gate(tiny_models, tmp_path)
-    g.correct = lambda name: np.ones(len(g.data.test), dtype=bool)  # both models always right
-    with pytest.raises(NotApplicable, match="neither 'reference' nor 'small' erred on any of the 60 "
-                                            "test items.*fix: pass a larger or harder --test-data"):
-        g.compare("prediction_errors", g.pairs()[0])
+    with pytest.warns(CacheWarning, match="unreadable.*recomputing"):
+        assert figures(g) == expected
 
 
-def test_small_samples_warn_that_the_interval_is_wide(tiny_models, tmp_path: Path) -> None:  # 27
-    g = gate(tiny_models, tmp_path, data_limit=20, k=5)
-    with pytest.warns(DataWarning, match=r"data representation, reference vs small: computed on only "
-                                         r"n=20 items \(fewer than 30\), so its 95% interval is wide"):
-        result = g.compare("data_representation", g.pairs()[0])
-    assert result.n == 20 and 0.0 <= result.figure <= 1.0
-    roomy = gate(tiny_models, tmp_path, data_limit=40, k=5)
+def test_read_only_cache_dir(tiny_models, tmp_path: Path) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the cache folder should be")
+    with pytest.raises(MiniatureError, match=r"cache dir .* is not writable.*--cache-dir.*--no-cache"):
+        gate(tiny_models, tmp_path, cache_dir=blocker / "cache")
+
+
+def test_interrupted_encoding_resumes_from_saved_chunks(tiny_models, tmp_path: Path) -> None:
+    uninterrupted = gate(tiny_models, tmp_path / "fresh", data_limit=60)
+    uninterrupted.chunk_size = 16  # the same chunks, so the same batches and the same floats
+    expected = figures(uninterrupted)
+    g = gate(tiny_models, tmp_path, data_limit=60)
+    g.chunk_size = 16
+    wrapper = g.wrapper(g.reference)
+    original, calls = wrapper.encode_and_classify, []
+
+    def interrupted(texts):
+        calls.append(len(texts))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(texts)
+
+    wrapper.encode_and_classify = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        figures(g)
+    saved = list((tmp_path / "cache" / "outputs").glob("*.part*.npz"))
+    assert len(saved) == 2
+    resumed = gate(tiny_models, tmp_path, data_limit=60)
+    resumed.chunk_size = 16
+    assert figures(resumed) == expected
+    reference_wrapper = resumed._wrappers[(resumed.reference, "")]
+    assert reference_wrapper.forward_calls < 30  # only the missing chunks were encoded
+
+
+def _run_gate(args: tuple[str, str, str, str]) -> dict[str, float]:
+    reference, candidate, cache, _ = args
+    g = Gate(make_settings(reference=reference, candidate=[candidate], cache_dir=Path(cache),
+                           data_limit=40, bootstrap=0))
+    return figures(g)
+
+
+def test_two_gate_runs_at_once_on_the_same_cache(tiny_models, tmp_path: Path) -> None:
+    args = (str(tiny_models["reference"]), str(tiny_models["small"]), str(tmp_path / "cache"), "")
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(2) as pool:
+        first, second = pool.map(_run_gate, [args, args])
+    assert first == second
     with warnings.catch_warnings():
-        warnings.simplefilter("error", DataWarning)
-        roomy.compare("data_representation", roomy.pairs()[0])
+        warnings.simplefilter("error")  # every cache file is whole: no CacheWarning
+        assert _run_gate(args) == first
+    assert not list((tmp_path / "cache").rglob("*.tmp"))
+
+
+def test_cache_subfolder_not_writable_is_found_before_the_work(tiny_models, tmp_path: Path) -> None:
+    from miniature.core.cache import OutputCache
+
+    root = tmp_path / "cache"
+    root.mkdir()
+    (root / "outputs").write_text("someone else's file where the folder should be")
+    with pytest.raises(MiniatureError) as info:
+        gate(tiny_models, tmp_path)
+    _one_line_naming(info.value, str(root), "'outputs' is not writable", "--cache-dir", "--no-cache")
+    with pytest.raises(MiniatureError, match="'outputs' is not writable"):
+        OutputCache(root)
+    (root / "outputs").unlink()
+    cache = OutputCache(root)
+    (root / "answers").write_text("in the way")
+    with pytest.raises(MiniatureError, match="'answers' is not writable"):
+        cache.check_writable()  # the public probe a start-up can call
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() == 0,
+                    reason="root writes into read-only folders")
+def test_cache_subfolder_without_write_permission(tiny_models, tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    (root / "adversarial").mkdir(parents=True)
+    (root / "adversarial").chmod(0o555)
+    try:
+        with pytest.raises(MiniatureError, match="'adversarial' is not writable.*--cache-dir"):
+            gate(tiny_models, tmp_path)
+    finally:
+        (root / "adversarial").chmod(0o755)
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664)])
+def test_atomic_writes_get_the_mode_the_umask_gives(tmp_path: Path, umask: int, mode: int) -> None:
+    import os
+
+    from miniature.core.cache import OutputCache, atomic_write_text
+
+    old = os.umask(umask)
+    try:
+        cache = OutputCache(tmp_path / "cache")
+        cache.save_arrays("outputs", "k", {"x": np.zeros(3)})
+        cache.save_json("answers", "k", ["a"])
+        atomic_write_text(tmp_path / "reports" / "latest.json", "{}")  # how every report is written
+    finally:
+        os.umask(old)
+    for path in (cache.path("outputs", "k"), cache.path("answers", "k", ".json"),
+                 tmp_path / "reports" / "latest.json"):
+        assert path.stat().st_mode & 0o777 == mode, path
+
+
+# == tools: miniature compress and finetune ====================================================
+def _copy_source(tiny_models, tmp_path: Path) -> tuple[Path, Path]:
+    parent = tmp_path / "models"
+    source = parent / "src"
+    shutil.copytree(tiny_models["small"], source)
+    (parent / "notes.txt").write_text("unrelated")
+    return parent, source
+
+
+def test_compress_overwrite_never_deletes_the_source(tiny_models, tmp_path: Path, capsys) -> None:
+    from miniature.tools.cli import main
+
+    parent, source = _copy_source(tiny_models, tmp_path)
+    before = sorted(p.name for p in source.iterdir())
+    code = main(["compress", str(source), "--method", "prune", "--output-dir", str(parent),
+                 "--overwrite", "--no-progress"])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in error and "contains the reference" in error and "fix:" in error
+    assert sorted(p.name for p in source.iterdir()) == before and (parent / "notes.txt").exists()
+
+
+def test_compress_overwrite_replaces_only_an_earlier_compression(tiny_models, tmp_path: Path) -> None:
+    import os
+
+    from miniature.tools.compress import RECORD_NAME, CompressionError, compress
+
+    _, source = _copy_source(tiny_models, tmp_path)
+    unrelated = tmp_path / "work"
+    unrelated.mkdir()
+    (unrelated / "thesis.tex").write_text("months of work")
+    with pytest.raises(CompressionError, match=r"other files.*never replaced.*fix:"):
+        compress(source, unrelated, method="prune", sparsity=0.2, overwrite=True, progress=False)
+    assert (unrelated / "thesis.tex").read_text() == "months of work"
+    output = tmp_path / "pruned"
+    old = os.umask(0o022)
+    try:
+        compress(source, output, method="prune", sparsity=0.2, progress=False)
+        compress(source, output, method="prune", sparsity=0.4, overwrite=True, progress=False)
+    finally:
+        os.umask(old)
+    assert json.loads((output / RECORD_NAME).read_text())["requested"]["sparsity"] == 0.4
+    assert {oct(p.stat().st_mode & 0o777) for p in output.iterdir()} == {"0o644"}  # readable as umask says
+
+
+def test_finetuned_model_files_get_the_mode_the_umask_gives(tiny_models, tmp_path: Path) -> None:
+    import os
+
+    from miniature.core.finetune import finetune
+
+    path = write_rows(tmp_path / "train.jsonl", [f"review number {i}" for i in range(16)])
+    old = os.umask(0o022)
+    try:
+        target = finetune(str(tiny_models["small"]), "classification", load_text_data(path),
+                          output_root=tmp_path / "finetuned", max_steps=1, batch_size=8, progress=False)
+    finally:
+        os.umask(old)
+    assert {oct(p.stat().st_mode & 0o777) for p in target.iterdir()} == {"0o644"}

@@ -10,21 +10,22 @@ from those outputs, memoised. The characteristic modules do the arithmetic.
 
 from __future__ import annotations
 
+import traceback
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
 from miniature.core import settings as opt
 from miniature.core.cache import OutputCache
-from miniature.core.characteristics.base import ComparisonResult
+from miniature.core.characteristics.base import ERROR, SKIPPED, ComparisonResult
 from miniature.core.data import TaskData
 from miniature.core.loading import AFTER, BEFORE, ENCODER, ModelLoading
 from miniature.core.models import ModelSpec, ModelWrapper, locate, resolve_model, safe_id
 from miniature.core.outputs import PerItemOutputs
-from miniature.core.registry import Registry, active
+from miniature.core.registry import Characteristic, Registry, active
 from miniature.errors import DataWarning, MiniatureError, ModelReferenceError, NotApplicable
 
-__all__ = ["AFTER", "BEFORE", "ENCODER", "Gate", "Pair", "WIDE_INTERVAL_ITEMS"]
+__all__ = ["AFTER", "BEFORE", "ENCODER", "Gate", "Pair", "WIDE_INTERVAL_ITEMS", "not_computed", "threshold_for"]
 
 #: Below this many items a figure's 95% interval is wide: a DataWarning says so.
 WIDE_INTERVAL_ITEMS = 30
@@ -42,6 +43,23 @@ class Pair:
     def id(self) -> str:
         """The test id: the names made safe (see :func:`miniature.core.models.safe_id`)."""
         return f"{safe_id(self.reference)}-vs-{safe_id(self.candidate)}"
+
+
+def threshold_for(settings: opt.Settings, spec: Characteristic) -> float | None:
+    """``--threshold NAME=J``, else the characteristic's own flag, else its default."""
+    if spec.name in settings.thresholds:
+        return settings.thresholds[spec.name]
+    if spec.threshold_flag in opt.BY_FLAG:
+        return settings[spec.threshold_flag]
+    return spec.default_threshold
+
+
+def not_computed(settings: opt.Settings, spec: Characteristic, pair: Pair, stage: str | None, *,
+                 status: str, reason: str) -> ComparisonResult:
+    """The result of a check that was skipped or errored, with the threshold it would have met."""
+    return ComparisonResult.not_computed(
+        spec.name, pair.reference, pair.candidate, status=status, reason=reason, stage=stage,
+        gating=pair.gating, threshold_on=settings[opt.THRESHOLD_ON], threshold=threshold_for(settings, spec))
 
 
 class Gate(ModelLoading, PerItemOutputs):
@@ -121,12 +139,7 @@ class Gate(ModelLoading, PerItemOutputs):
 
     def threshold(self, characteristic: str) -> float | None:
         """``--threshold NAME=J``, else the characteristic's own flag, else its default."""
-        spec = self.registry[characteristic]
-        if characteristic in self.settings.thresholds:
-            return self.settings.thresholds[characteristic]
-        if spec.threshold_flag in opt.BY_FLAG:
-            return self.settings[spec.threshold_flag]
-        return spec.default_threshold
+        return threshold_for(self.settings, self.registry[characteristic])
 
     def prepare(self) -> dict[str, Any]:
         """Run the per-item work of the selected characteristics on the ``--executor`` (once;
@@ -171,6 +184,24 @@ class Gate(ModelLoading, PerItemOutputs):
             self._results[key] = result
         return self._results[key]
 
+    def outcome(self, characteristic: str, pair: Pair, *, stage: str | None = None) -> ComparisonResult:
+        """:meth:`compare`, never raising: a check that does not apply is a *skipped* result;
+        one that cannot be computed is an *error* result with the reason — a MiniatureError,
+        or any other exception (a full disk, a bug in a project's characteristic), whose
+        traceback then rides in ``details["traceback"]``."""
+        spec = self.registry[characteristic]
+        try:
+            return self.compare(characteristic, pair, stage=stage)
+        except NotApplicable as error:
+            return not_computed(self.settings, spec, pair, stage, status=SKIPPED, reason=str(error))
+        except MiniatureError as error:
+            return not_computed(self.settings, spec, pair, stage, status=ERROR, reason=str(error))
+        except Exception as error:  # noqa: BLE001 - every failure of a check is a result, never a gap
+            result = not_computed(self.settings, spec, pair, stage, status=ERROR,
+                                  reason=crash_reason(spec, pair, error))
+            result.details["traceback"] = traceback.format_exc()
+            return result
+
     def common(self, characteristic: str, pair: Pair) -> dict[str, Any]:
         """The arguments every characteristic's comparison takes from the run's settings."""
         return dict(reference=pair.reference, candidate=pair.candidate,
@@ -184,3 +215,13 @@ class Gate(ModelLoading, PerItemOutputs):
             problem = self.head_problem(name)
             if problem:
                 raise NotApplicable(problem)
+
+
+def crash_reason(spec: Characteristic, pair: Pair, error: BaseException) -> str:
+    """One line for an exception no check expected: what crashed, where, and the fix an
+    operating-system error suggests."""
+    where = f"{spec.title}, {pair.reference} vs {pair.candidate}"
+    line = f"{where}: crashed with {type(error).__name__}: {error}"
+    if isinstance(error, OSError):
+        return f"{line}; fix: free disk space or pass a writable {opt.CACHE_DIR} / {opt.REPORT_DIR}"
+    return f"{line} (the traceback is in the report's details)"

@@ -383,31 +383,24 @@ class Check:
         """Compare ``pair``; fail the test if a gating pair is below its threshold, skip it
         when the characteristic does not apply. Every outcome is recorded on the report."""
         __tracebackhide__ = True
-        from miniature.core.characteristics.base import ERROR, SKIPPED, ComparisonResult
-        from miniature.errors import MiniatureError, NotApplicable
+        from miniature.core.characteristics.base import ERROR, SKIPPED
+        from miniature.core.gate import not_computed
+        from miniature.errors import MiniatureError
 
         characteristic = self.request.config.stash[REGISTRY_KEY][self.characteristic]
-        problem: tuple[str, str] | None = None
         try:
-            result = gate_for(self.request.config, fail=False).compare(self.characteristic, pair, stage=stage)
-        except NotApplicable as error:
-            problem = (SKIPPED, str(error))
+            gate = gate_for(self.request.config, fail=False)
         except MiniatureError as error:
-            problem = (ERROR, str(error))
-        if problem is not None:  # outside the except block: the message is printed once
-            status, reason = problem
-            settings = self.request.config.stash[SETTINGS_KEY]
-            result = ComparisonResult.not_computed(
-                self.characteristic, pair.reference, pair.candidate, status=status, reason=reason,
-                stage=stage, gating=pair.gating, threshold_on=settings[opt.THRESHOLD_ON],
-                threshold=settings.thresholds.get(characteristic.name, settings[characteristic.threshold_flag]
-                                                  if characteristic.threshold_flag in opt.BY_FLAG
-                                                  else characteristic.default_threshold))
+            result = not_computed(self.request.config.stash[SETTINGS_KEY], characteristic, pair, stage,
+                                  status=ERROR, reason=str(error))
+        else:
+            result = gate.outcome(self.characteristic, pair, stage=stage)
         self.record(result)
         if result.status == SKIPPED:
             pytest.skip(f"miniature: {result.reason}")
         if result.status == ERROR:
-            pytest.fail(str(result.reason), pytrace=False)
+            crash = result.details.get("traceback")
+            pytest.fail(f"{result.reason}\n{crash}" if crash else str(result.reason), pytrace=False)
         if not result.passed and result.gating:
             pytest.fail(result.failure_message(characteristic.fix), pytrace=False)
         return result
