@@ -151,3 +151,17 @@ def test_properties(reference: np.ndarray, candidate: np.ndarray, targets: np.nd
     stats = summarise(values)
     assert 0.0 <= stats.same_top <= 1.0
     assert stats.kld_min <= stats.kld_median <= stats.kld_max
+
+
+def test_llama_cpp_chunks_score_the_second_half_of_each_window() -> None:
+    from miniature.core.token_stats import llama_cpp_chunks
+
+    tokens = np.arange(100, 125)  # 25 tokens, n_ctx 8: 3 chunks, the last token unused
+    chunks = llama_cpp_chunks(tokens, 8, bos_token_id=1)
+    assert len(chunks) == 3
+    assert chunks[1].tokens.tolist() == [1, 109, 110, 111, 112, 113, 114, 115]  # BOS replaces the first
+    assert chunks[1].first == 4 and chunks[1].targets.tolist() == [113, 114, 115]  # 8 - 1 - 4 scored
+    assert llama_cpp_chunks(tokens, 8)[0].tokens[0] == 100  # no BOS: the text's own first token
+    assert len(llama_cpp_chunks(tokens, 8, n_chunks=2)) == 2
+    with pytest.raises(ValueError, match="needs at least 32"):
+        llama_cpp_chunks(tokens, 16)

@@ -182,3 +182,40 @@ def summarise(values: dict[str, np.ndarray]) -> TokenStatistics:
         ppl_reference=math.exp(log_ppl_r), ppl_candidate=math.exp(log_ppl_c),
         ln_ppl_ratio=log_ppl_c - log_ppl_r, ln_ppl_ratio_se=math.sqrt(max(ratio_variance, 0.0)),
         ln_ppl_correlation=cov / both_se if both_se > 0 else float("nan"))
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One context window as llama.cpp's perplexity tool evaluates it: ``tokens`` are fed to
+    the model, and the logits at positions ``first … len(tokens) − 2`` are scored against
+    the tokens that follow them."""
+
+    tokens: np.ndarray
+    first: int
+
+    @property
+    def targets(self) -> np.ndarray:
+        return self.tokens[self.first + 1:]
+
+
+def llama_cpp_chunks(tokens: np.ndarray, n_ctx: int, *, bos_token_id: int | None = None,
+                     n_chunks: int | None = None) -> list[Chunk]:
+    """The windows ``llama-perplexity`` scores for a text tokenized once into ``tokens``:
+    ``len(tokens) // n_ctx`` chunks of ``n_ctx`` tokens (at most ``n_chunks``), each one's
+    first token replaced by BOS when the vocabulary adds one, and the second half of each
+    chunk scored (``n_ctx − 1 − n_ctx // 2`` tokens a chunk). Like the tool, it needs at
+    least ``2 · n_ctx`` tokens."""
+    ids = np.asarray(tokens, dtype=np.int64)
+    if n_ctx < 4:
+        raise ValueError(f"n_ctx must be at least 4, got {n_ctx}")
+    if ids.size < 2 * n_ctx:
+        raise ValueError(f"the text tokenizes to {ids.size} tokens; scoring as llama.cpp does with a "
+                         f"context of {n_ctx} needs at least {2 * n_ctx}: pass more text or a smaller n_ctx")
+    count = ids.size // n_ctx if n_chunks is None else min(n_chunks, ids.size // n_ctx)
+    chunks = []
+    for index in range(count):
+        window = ids[index * n_ctx:(index + 1) * n_ctx].copy()
+        if bos_token_id is not None:
+            window[0] = bos_token_id
+        chunks.append(Chunk(window, n_ctx // 2))
+    return chunks
