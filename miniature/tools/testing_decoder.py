@@ -1,0 +1,70 @@
+"""Tiny offline decoder LMs for tests: a word-level tokenizer built from the project's own
+text (deterministic: words by count, ties alphabetical) and randomly initialised Llama and
+GPT-2 causal LMs, saved with ``save_pretrained`` (safetensors) so loading is exercised for
+real, with no hub."""
+
+from __future__ import annotations
+
+import collections
+import re
+from pathlib import Path
+from typing import Any
+
+from miniature.core.builtin_data import sentiment_reviews
+
+#: name -> (architecture, layers, hidden size, heads, init seed)
+TINY_DECODERS: dict[str, tuple[str, int, int, int, int]] = {
+    "llama": ("llama", 2, 64, 4, 0),
+    "gpt2": ("gpt2", 2, 64, 4, 1),
+}
+SPECIALS = ("<pad>", "<unk>", "<s>", "</s>")
+
+
+def decoder_tokenizer(directory: Path, *, vocab_size: int = 400) -> Any:
+    """A whitespace/punctuation word-level fast tokenizer with pad, unk, BOS and EOS, saved."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = [r.text for r in sentiment_reviews(600, seed=11)]
+    counts = collections.Counter(w for text in corpus for w in re.findall(r"\w+|[^\w\s]", text))
+    words = [w for w, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0]))]
+    words += ["Answer", "Review", "Sentiment", "positive", "negative", ":"]
+    vocab = {token: i for i, token in enumerate(SPECIALS)}
+    for word in words:
+        if len(vocab) >= vocab_size:
+            break
+        vocab.setdefault(word, len(vocab))
+    model = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    model.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=model, pad_token="<pad>", unk_token="<unk>",
+                                        bos_token="<s>", eos_token="</s>")
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(directory)
+    return tokenizer
+
+
+def make_tiny_decoders(root: Path) -> dict[str, Path]:
+    """Each of :data:`TINY_DECODERS` saved under ``root/NAME`` with the shared tokenizer."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = decoder_tokenizer(root / "tokenizer")
+    vocab = len(tokenizer)
+    paths = {}
+    for name, (architecture, layers, hidden, heads, seed) in TINY_DECODERS.items():
+        torch.manual_seed(seed)
+        if architecture == "llama":
+            config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
+                                 num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads // 2,
+                                 max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
+                                 bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+            model: Any = LlamaForCausalLM(config)
+        else:
+            config = GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=heads, n_positions=256,
+                                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+            model = GPT2LMHeadModel(config)
+        path = root / name
+        model.eval().save_pretrained(path, safe_serialization=True)
+        tokenizer.save_pretrained(path)
+        paths[name] = path
+    return paths
