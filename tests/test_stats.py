@@ -263,3 +263,30 @@ def test_mcnemar_hand_worked():
     assert mcnemar_exact(0, 5) == pytest.approx(1 / 16)
     assert mcnemar_exact(0, 0) == 1.0
     assert mcnemar_exact(4, 4) == 1.0
+
+
+def test_flips_hand_worked() -> None:
+    from miniature.core.stats import flips
+
+    labels = np.array([0, 1, 2, 0, 1, 2, 0])
+    ref = np.array([0, 1, 0, 1, 2, 2, 1])  # right, right, wrong, wrong, wrong, right, wrong
+    cand = np.array([0, 2, 2, 2, 2, 0, 1])  # right, wrong, right, wrong (other), wrong (same), wrong, wrong (same)
+    found = flips(labels, ref, cand)
+    assert (found.correct_to_incorrect, found.incorrect_to_correct, found.wrong_to_other_wrong) == (2, 1, 1)
+    assert found.flipped == 3 and found.rates()["flip_rate"] == pytest.approx(3 / 7)
+
+
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(0, 3)), min_size=1, max_size=60))
+def test_flips_match_a_loop_and_are_symmetric(rows) -> None:
+    from miniature.core.stats import flips
+
+    labels, ref, cand = (np.array(column) for column in zip(*rows))
+    found = flips(labels, ref, cand)
+    assert found.correct_to_incorrect == sum(r == y != c for y, r, c in rows)
+    assert found.incorrect_to_correct == sum(c == y != r for y, r, c in rows)
+    assert found.wrong_to_other_wrong == sum(r != y and c != y and r != c for y, r, c in rows)
+    swapped = flips(labels, cand, ref)  # the reverse direction swaps the two kinds of flip
+    assert (swapped.correct_to_incorrect, swapped.incorrect_to_correct) == (found.incorrect_to_correct,
+                                                                           found.correct_to_incorrect)
+    accuracy_change = (cand == labels).mean() - (ref == labels).mean()
+    assert accuracy_change == pytest.approx((found.incorrect_to_correct - found.correct_to_incorrect) / len(rows))

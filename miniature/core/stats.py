@@ -24,6 +24,7 @@ __all__ = [
     "chance_corrected",
     "paired_bootstrap_ci",
     "mcnemar_exact",
+    "flips",
 ]
 
 # Upper bound on the number of resampled index entries held in memory at once.
@@ -276,6 +277,43 @@ def mcnemar_exact(b: int, c: int) -> float:
     if trials == 0:
         return 1.0
     return float(min(1.0, 2.0 * _scipy_stats.binom.cdf(min(b, c), trials, 0.5)))
+
+
+
+@dataclass(frozen=True)
+class Flips:
+    """How answers changed from the reference to the candidate (Dutta et al., 2024, "Accuracy
+    is Not All You Need"): counts over ``n`` items and their rates."""
+
+    n: int
+    correct_to_incorrect: int
+    incorrect_to_correct: int
+    wrong_to_other_wrong: int
+
+    @property
+    def flipped(self) -> int:
+        """Items whose correctness changed (what Dutta et al. call flips)."""
+        return self.correct_to_incorrect + self.incorrect_to_correct
+
+    def rates(self) -> dict[str, float]:
+        n = max(self.n, 1)
+        return {"flip_rate": self.flipped / n, "correct_to_incorrect": self.correct_to_incorrect / n,
+                "incorrect_to_correct": self.incorrect_to_correct / n,
+                "wrong_to_other_wrong": self.wrong_to_other_wrong / n}
+
+
+def flips(labels: np.ndarray, reference: np.ndarray, candidate: np.ndarray) -> Flips:
+    """Flips between the reference's and the candidate's predicted labels for the same items:
+    correct → incorrect, incorrect → correct, and wrong → a different wrong answer."""
+    labels, reference, candidate = (np.asarray(v).ravel() for v in (labels, reference, candidate))
+    if not labels.shape == reference.shape == candidate.shape:
+        raise ValueError(f"flips need one label and two predictions per item, got {labels.size}, "
+                         f"{reference.size} and {candidate.size}")
+    right_before, right_after = reference == labels, candidate == labels
+    return Flips(n=int(labels.size),
+                 correct_to_incorrect=int(np.count_nonzero(right_before & ~right_after)),
+                 incorrect_to_correct=int(np.count_nonzero(~right_before & right_after)),
+                 wrong_to_other_wrong=int(np.count_nonzero(~right_before & ~right_after & (reference != candidate))))
 
 
 def _as_mask(values: np.ndarray, name: str) -> np.ndarray:
