@@ -97,7 +97,8 @@ class ModelLoading:
             options = dict(device=self.device, trust_remote_code=self.settings[opt.TRUST_REMOTE_CODE],
                            allow_pickle=self.settings[opt.ALLOW_PICKLE],
                            max_length=self.settings[opt.MAX_LENGTH],
-                           batch_size=self.settings[opt.BATCH_SIZE], pooling=self.settings[opt.POOLING])
+                           batch_size=self.settings[opt.BATCH_SIZE], pooling=self.settings[opt.POOLING],
+                           onnx_outputs=self.settings.onnx_outputs)
             wrapper = load_model(spec, head="encoder" if headless else self.head, **options)
             if wrapper.missing_head:  # the headers could not tell (pickle, hub): never use a made-up head
                 self._missing_head[name] = wrapper.missing_head
@@ -130,7 +131,8 @@ class ModelLoading:
             return []
         if name not in self._missing_head:
             self._missing_head[name] = missing_head_weights(
-                self.specs[name], self.head, trust_remote_code=self.settings[opt.TRUST_REMOTE_CODE])
+                self.specs[name], self.head, trust_remote_code=self.settings[opt.TRUST_REMOTE_CODE],
+                onnx_outputs=self.settings.onnx_outputs)
         return self._missing_head[name] or []
 
     def onnx_export(self, name: str) -> Any:
@@ -146,9 +148,9 @@ class ModelLoading:
         config.json and the weight files' headers, loads no model."""
         missing = self.missing_head(name)
         if missing and self.onnx_export(name) is not None:
-            from miniature.core.onnx_model import missing_output_line
+            from miniature.core.onnx_model import missing_output_line, onnx_outputs
 
-            return missing_output_line(name, self.head, missing)
+            return missing_output_line(name, self.head, missing, onnx_outputs(self.onnx_export(name)))
         if missing:
             return (f"{head_missing_line(name, self.head, missing)}; fix: pass --finetune to "
                     "fine-tune it here on the training data, or pass a checkpoint fine-tuned "

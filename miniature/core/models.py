@@ -298,6 +298,7 @@ def load_model(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     device: str = "cpu",
+    onnx_outputs: "dict[str, str] | None" = None,
     **wrapper_options: Any,
 ) -> "ModelWrapper":
     """Load a model and its tokenizer safely and wrap them.
@@ -310,6 +311,8 @@ def load_model(
     from safetensors only unless ``allow_pickle``; code shipped with a model runs only with
     ``trust_remote_code``. The head's weights the
     checkpoint lacks (initialised at random) are listed in ``wrapper.missing_head``.
+    ``onnx_outputs`` names an export's outputs by role (``{"last_hidden_state": "1234"}``,
+    ``--onnx-output``), for exports that do not use optimum's names.
     """
     if isinstance(spec, str):
         spec = resolve_model(spec)
@@ -333,11 +336,12 @@ def load_model(
     if exported is not None:  # an ONNX export: run by onnxruntime behind the same wrapper
         from miniature.core.onnx_model import load_onnx, missing_outputs
 
-        onnx_model = load_onnx(spec, exported, device=device)
+        onnx_model = load_onnx(spec, exported, device=device, named=onnx_outputs)
+        check_vocabulary(spec, tokenizer, onnx_model.config)
         wrapper = ModelWrapper(spec.name, onnx_model, tokenizer,
                                fingerprint=fingerprint_files(Path(spec.source)), device="cpu",
                                **wrapper_options)
-        wrapper.missing_head = missing_outputs(onnx_model.output_names, head)
+        wrapper.missing_head = missing_outputs(onnx_model.roles, head)
         return wrapper
     with model_file_boundary(spec, weights_file_name(spec), allow_pickle=allow_pickle):
         if spec.is_local and read_record(spec.source, method="int8") is not None:
@@ -350,6 +354,7 @@ def load_model(
                 output_loading_info=True,
             )
             missing_head = _missing_head_keys(spec, model, info.get("missing_keys", ()))
+    check_vocabulary(spec, tokenizer, model.config)
     fingerprint = fingerprint_files(Path(spec.source)) if spec.is_local else hub_fingerprint(spec, model)
     model.to(device)
     model.eval()
@@ -357,6 +362,19 @@ def load_model(
                            **wrapper_options)
     wrapper.missing_head = missing_head if head != "encoder" else []
     return wrapper
+
+
+def check_vocabulary(spec: ModelSpec, tokenizer: Any, config: Any) -> None:
+    """Refuse a tokenizer that gives token ids the model's embeddings do not have (one line,
+    the fix), rather than an IndexError deep in the first forward pass."""
+    size = getattr(config, "vocab_size", None)
+    tokens = len(tokenizer)
+    if isinstance(size, int) and 0 < size < tokens:
+        raise ModelReferenceError(
+            f"model {spec.name!r}: its tokenizer has {tokens} tokens but its embeddings only {size} "
+            f"(vocab_size in config.json), so token ids {size} and above cannot be embedded; fix: "
+            "save the tokenizer the model was trained with beside it (tokenizer.save_pretrained), "
+            "or resize its embeddings (model.resize_token_embeddings(len(tokenizer))) and save it again")
 
 
 def _missing_head_keys(spec: ModelSpec, model: Any, missing: Sequence[str]) -> list[str]:
@@ -479,12 +497,12 @@ class ModelWrapper:
     def hidden_problem(self) -> str | None:
         """Why this model gives no sentence vectors (an ONNX export without its last hidden
         state), in one line with the fix; None when it gives them."""
-        outputs = getattr(self.model, "output_names", None)
-        if outputs is None or "last_hidden_state" in outputs:
+        roles = getattr(self.model, "roles", None)
+        if roles is None or "last_hidden_state" in roles:
             return None
         from miniature.core.onnx_model import hidden_output_line
 
-        return hidden_output_line(self.name)
+        return hidden_output_line(self.name, self.model.output_names)
 
     def tokenize(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[dict]:
         """Token ids per item (no padding), truncated to ``max_length``; counts truncations."""
@@ -529,6 +547,10 @@ class ModelWrapper:
                 batch = {k: v.to(self.device) for k, v in batch.items() if k in self.input_names}
                 outputs = self.model(**batch, output_hidden_states=True)
                 self.forward_calls += 1
+                for field in PER_ITEM_OUTPUTS:
+                    value = getattr(outputs, field, None)
+                    if value is not None:
+                        self.check_finite(_masked(value, batch), field)
                 rows = step(outputs, batch)
                 for position, item in enumerate(index):
                     results[item] = rows[position]
@@ -543,8 +565,9 @@ class ModelWrapper:
         pooling = pooling or self.pooling
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-        return self.run(self.tokenize(texts, pairs), lambda out, batch: pool(out, batch, pooling),
-                        description="encoding")
+        vectors = self.run(self.tokenize(texts, pairs), lambda out, batch: pool(out, batch, pooling),
+                           description="encoding")
+        return self.check_finite(vectors, "sentence vectors")
 
     def logits(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> "np.ndarray":
         """(n, num_labels) float32 logits of a sequence-classification head."""
@@ -562,7 +585,36 @@ class ModelWrapper:
 
         both = self.run(self.tokenize(texts), step, description="encoding")
         width = self.model.config.num_labels
-        return both[:, :-width].copy(), both[:, -width:].copy()
+        return self.check_finite(both[:, :-width].copy(), "sentence vectors"), both[:, -width:].copy()
+
+    def check_finite(self, values: Any, output: str) -> Any:
+        """``values`` (one row per item, numpy or torch) when every number is finite; else a
+        one-line error naming this model, the output and how many items: a NaN or inf output
+        gives no answer at all (the argmax of NaN logits is class 0 for every item)."""
+        import numpy as np
+
+        array = values.float().cpu().numpy() if hasattr(values, "cpu") else np.asarray(values)
+        bad = ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
+        if bad.any():
+            raise ModelReferenceError(
+                f"model {self.name!r} gives NaN or inf {output} for {int(bad.sum())} of {len(array)} "
+                "item(s) in a batch, so its results would be meaningless; fix: check its weights "
+                "for NaN or inf (e.g. in the classifier's bias) and re-save them, or run it in "
+                "float32 (--device cpu) if it overflows in float16")
+        return values
+
+
+#: The per-item outputs of a forward pass every batch is checked for NaN and inf.
+PER_ITEM_OUTPUTS = ("logits", "start_logits", "end_logits")
+
+
+def _masked(value: Any, batch: dict) -> Any:
+    """Per-token outputs (start/end logits) with padded positions set to 0: only the tokens
+    an item has are checked."""
+    mask = batch.get("attention_mask")
+    if mask is not None and value.dim() == 2 and tuple(value.shape) == tuple(mask.shape):
+        return value.masked_fill(mask == 0, 0)
+    return value
 
 
 def pool(outputs: Any, batch: dict, pooling: str) -> "np.ndarray":
@@ -633,7 +685,7 @@ class WeightCheck:
     task head (only a classifier reads it). Each list names a parameter (one name per group
     of tied ones): ``missing_encoder`` and ``missing_head`` would be initialised at random,
     ``wrong_shape`` holds (name, stored shape, expected shape), ``unexpected`` stored
-    encoder tensors the architecture has no place for (only checked for ``head="encoder"``).
+    encoder tensors the architecture has no place for (a pooler the head does not use aside).
     """
 
     encoder_weights: int
@@ -675,13 +727,12 @@ def compare_weights(model: Any, stored: dict[str, tuple[int, ...]]) -> WeightChe
         elif not present and not any(p.search(n) for p in may_miss for n in names):
             (check.missing_encoder if encoder else check.missing_head).append(names[0])
     check.missing_head.sort(key=lambda n: plain(n).startswith("pooler."))  # the head itself first
-    if is_base:
-        buffers = {plain(n) for n, _ in model.named_buffers()}
-        may_add = [re.compile(p) for p in (getattr(model, "_keys_to_ignore_on_load_unexpected", None) or [])]
-        prefixed = any(n.startswith(prefix) for n in stored)  # else all of it is the base model
-        check.unexpected = [n for n in stored if (n.startswith(prefix) or not prefixed)
-                            and plain(n) not in known and plain(n) not in buffers
-                            and not any(p.search(n) for p in may_add)]
+    buffers = {plain(n) for n, _ in model.named_buffers()}
+    may_add = [re.compile(p) for p in (getattr(model, "_keys_to_ignore_on_load_unexpected", None) or [])]
+    prefixed = any(n.startswith(prefix) for n in stored)  # else all of it is the base model
+    check.unexpected = [n for n in stored if (n.startswith(prefix) or not prefixed)
+                        and plain(n) not in known and plain(n) not in buffers
+                        and not plain(n).startswith("pooler.") and not any(p.search(n) for p in may_add)]
     return check
 
 
@@ -758,8 +809,8 @@ def check_weights(spec: ModelSpec, head: str = "encoder") -> None:
         raise ModelReferenceError(problem)
 
 
-def missing_head_weights(spec: ModelSpec | str, head: str, *,
-                         trust_remote_code: bool = False) -> list[str] | None:
+def missing_head_weights(spec: ModelSpec | str, head: str, *, trust_remote_code: bool = False,
+                         onnx_outputs: "dict[str, str] | None" = None) -> list[str] | None:
     """Weights of the ``head`` task head that the checkpoint lacks, which transformers would
     initialise at random: ``[]`` when the head is complete, ``None`` when it cannot be told
     without loading (pickle-only weights, a hub model not in the local cache).
@@ -778,9 +829,9 @@ def missing_head_weights(spec: ModelSpec | str, head: str, *,
         return None
     exported = onnx_file(directory)
     if exported is not None:  # an ONNX export: the head is its outputs
-        from miniature.core.onnx_model import missing_outputs, onnx_outputs
+        from miniature.core.onnx_model import export_roles, missing_outputs
 
-        return missing_outputs(onnx_outputs(exported, spec), head)
+        return missing_outputs(export_roles(exported, spec, onnx_outputs)[0], head)
     record = read_record(directory, method="int8")
     if record is not None:
         if record.get("head", "encoder") == head:
