@@ -631,8 +631,9 @@ def _rename_outputs(folder: Path, names: dict[str, str], copy_of: dict[str, str]
 
     model = onnx.load(str(folder / "model.onnx"))
     for node in model.graph.node:
-        for i, name in enumerate(node.output):
-            node.output[i] = names.get(name, name)
+        for values in (node.input, node.output):
+            for i, name in enumerate(values):
+                values[i] = names.get(name, name)
     for output in model.graph.output:
         output.name = names.get(output.name, output.name)
     for new, old in (copy_of or {}).items():
