@@ -116,11 +116,16 @@ class ModelLoading:
         from miniature.core.models import fingerprint_files
 
         spec = self.spec(name, stage)
-        if spec.is_local:
-            if spec.source not in self._file_fingerprints:
-                self._file_fingerprints[spec.source] = fingerprint_files(Path(spec.source))
-            return self._file_fingerprints[spec.source]
-        return self.wrapper(name, stage=stage).fingerprint
+        if not spec.is_local:
+            return self.wrapper(name, stage=stage).fingerprint
+        if spec.source not in self._file_fingerprints:
+            self._file_fingerprints[spec.source] = fingerprint_files(Path(spec.source))
+        found = self._file_fingerprints[spec.source]
+        if self.settings.onnx_outputs and self.onnx_export(name) is not None:  # other outputs read
+            from miniature.core.cache import fingerprint
+
+            found = fingerprint(found, sorted(self.settings.onnx_outputs.items()))
+        return found
 
     # -- comparisons -----------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any
 
+from miniature.core.onnx_model import ROLES as ONNX_ROLES
 from miniature.core.registry import BUILTIN
 
 GROUP = "miniature"
@@ -119,10 +120,6 @@ def named_fraction(value: str) -> tuple[str, float]:
     if not sep or not name.strip():
         raise argparse.ArgumentTypeError(f"{value!r} is not NAME=J (e.g. data_representation=0.5)")
     return name.strip(), fraction(number)
-
-
-#: The roles an ONNX export's outputs serve, by optimum's names (``--onnx-output ROLE=NAME``).
-ONNX_ROLES = ("logits", "start_logits", "end_logits", "last_hidden_state")
 
 
 def named_output(value: str) -> tuple[str, str]:
