@@ -452,6 +452,286 @@ def test_masked_lm_attack_model_is_accepted(tiny_models, tmp_path: Path) -> None
     assert type(wrapper.model).__name__ == "BertForMaskedLM" and wrapper.missing_head == []
 
 
+def _variant(tiny_models, tmp_path: Path, name: str, source: str = "small") -> Path:
+    target = tmp_path / name
+    shutil.copytree(tiny_models[source], target)
+    return target
+
+
+def _edit_config(folder: Path, **values) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    config.update(values)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def _edit_weights(folder: Path, edit) -> None:
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(folder / "model.safetensors"))
+    edit(weights)
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(folder / "model.safetensors"),
+              metadata={"format": "pt"})
+
+
+def _narrow(weights) -> None:
+    key = "bert.encoder.layer.0.output.dense.weight"
+    weights[key] = weights[key][:, :10]
+
+
+def _as_distilbert(folder: Path, tiny_models) -> None:  # a config of another model_type
+    (folder / "config.json").write_text((tiny_models["distil"] / "config.json").read_text())
+
+
+#: weights that do not fit their config.json: (change, what the one line says)
+WEIGHT_FAULTS = {
+    "config-4-layers-weights-for-2": (lambda d, t: _edit_config(d, num_hidden_layers=4),
+                                      "lacks 32 of the 69 encoder weights its config.json describes"),
+    "config-1-layer-weights-for-2": (lambda d, t: _edit_config(d, num_hidden_layers=1),
+                                     "encoder tensor(s) the architecture its config.json describes has no place for"),
+    "weights-file-without-tensors": (lambda d, t: _edit_weights(d, lambda w: w.clear()),
+                                     "model.safetensors holds no tensors at all"),
+    "tensor-of-another-shape": (lambda d, t: _edit_weights(d, _narrow),
+                                "'encoder.layer.0.output.dense.weight' in model.safetensors has shape [32, 10]"),
+    "model-type-of-another-model": (_as_distilbert, "model_type 'distilbert' architecture"),
+}
+
+
+@pytest.mark.parametrize("fault", list(WEIGHT_FAULTS))
+def test_weights_that_do_not_fit_the_config_are_refused_never_made_up(tiny_models, tmp_path: Path,
+                                                                    fault: str) -> None:
+    from miniature.core.models import load_model
+
+    change, expected = WEIGHT_FAULTS[fault]
+    target = _variant(tiny_models, tmp_path, fault)
+    change(target, tiny_models)
+    with pytest.raises(ModelReferenceError) as info:  # at start-up, before any work
+        gate(tiny_models, tmp_path, candidate=[str(target)])
+    _one_line_naming(info.value, f"model {fault!r}", expected, "save_pretrained")
+    for head in ("encoder", "classification"):  # and by every load
+        with pytest.raises(ModelReferenceError, match=re.escape(expected)):
+            load_model(str(target), head=head)
+
+
+def test_a_gate_run_on_weights_for_fewer_layers_is_a_usage_error(pytester: pytest.Pytester, tiny_models) -> None:
+    target = Path(shutil.copytree(tiny_models["small"], pytester.path / "four-layers"))
+    _edit_config(target, num_hidden_layers=4)
+    line = one_line_usage_error(pytester.runpytest(f"{opt.REFERENCE}={tiny_models['reference']}",
+                                                   f"{opt.CANDIDATE}={target}"))
+    assert "lacks 32 of the 69 encoder weights" in line and "fix:" in line
+
+
+def test_pickle_weights_for_fewer_layers_are_refused_after_loading(tiny_models, tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from miniature.core.models import load_model
+
+    target = _variant(tiny_models, tmp_path, "pickled-4-layers")
+    torch.save(load_file(str(target / "model.safetensors")), target / "pytorch_model.bin")
+    (target / "model.safetensors").unlink()
+    _edit_config(target, num_hidden_layers=4)
+    with pytest.raises(ModelReferenceError) as info:
+        load_model(str(target), head="classification", allow_pickle=True)
+    _one_line_naming(info.value, "'pickled-4-layers'", "lack 32 of the 69 encoder weights")
+
+
+def test_a_classifier_of_another_shape_names_the_tensor_and_both_shapes(tiny_models, tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from miniature.core.models import load_model
+
+    def three_labels(weights) -> None:
+        weights["classifier.weight"], weights["classifier.bias"] = torch.zeros(3, 32), torch.zeros(3)
+
+    target = _variant(tiny_models, tmp_path, "three-columns")
+    _edit_weights(target, three_labels)
+    with pytest.raises(ModelReferenceError) as info:
+        load_model(str(target), head="classification")
+    _one_line_naming(info.value, "'classifier.weight'", "shape [3, 32]", "[2, 32]")
+    torch.save(load_file(str(target / "model.safetensors")), target / "pytorch_model.bin")  # pickle:
+    (target / "model.safetensors").unlink()  # transformers' own error, its detail kept
+    with pytest.raises(ModelReferenceError) as info:
+        load_model(str(target), head="classification", allow_pickle=True)
+    _one_line_naming(info.value, "size mismatch for", "torch.Size([3])", "torch.Size([2])")
+
+
+def test_token_ids_beyond_the_embeddings_are_one_line(tiny_models, tmp_path: Path) -> None:
+    import transformers
+
+    from miniature.core.models import load_model
+
+    target = _variant(tiny_models, tmp_path, "more-tokens")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(target))
+    tokenizer.add_tokens([f"newword{i}" for i in range(30)])  # added, the embeddings not resized
+    tokenizer.save_pretrained(str(target))
+    size = json.loads((target / "config.json").read_text())["vocab_size"]
+    g = gate(tiny_models, tmp_path, candidate=[str(target)])
+    with pytest.raises(ModelReferenceError) as info:
+        g.compare("data_representation", g.pairs()[0])
+    _one_line_naming(info.value, "'more-tokens'", f"has {size + 30} tokens but its embeddings only {size}",
+                     "resize_token_embeddings")
+    with pytest.raises(ModelReferenceError):
+        load_model(str(target)).encode(["newword3 is a newword29"])
+
+
+def _nan_bias(weights) -> None:
+    weights["classifier.bias"][0] = float("nan")
+
+
+def test_nan_classifier_bias_is_an_error_naming_model_and_output(tiny_models, tmp_path: Path) -> None:
+    target = _variant(tiny_models, tmp_path, "nan-bias")
+    _edit_weights(target, _nan_bias)
+    g = gate(tiny_models, tmp_path, candidate=[str(target)])
+    with pytest.raises(ModelReferenceError) as info:  # was: every prediction class 0, Jaccard 1.0
+        g.compare("prediction_errors", g.pairs()[0])
+    _one_line_naming(info.value, "model 'nan-bias' gives NaN or inf logits for")
+    result = g.outcome("prediction_errors", g.pairs()[0])
+    assert result.status == "error" and "NaN or inf logits" in result.reason
+
+
+def test_inf_start_logits_of_a_qa_model_are_an_error(tiny_models, tmp_path: Path) -> None:
+    from miniature.core.builtin_data import qa_items
+    from miniature.core.models import load_model
+    from miniature.core.tasks.qa import predict_qa
+    from miniature.tools.testing import make_tiny_model
+
+    target = make_tiny_model(tmp_path / "inf-qa", tiny_models.tokenizer_dir, head="qa", seed=5)
+
+    def inf_start(weights) -> None:
+        weights["qa_outputs.bias"][0] = float("inf")
+
+    _edit_weights(target, inf_start)
+    with pytest.raises(ModelReferenceError) as info:
+        predict_qa(load_model(str(target), head="qa"), qa_items(6, seed=1))
+    _one_line_naming(info.value, "model 'inf-qa' gives NaN or inf start_logits")
+
+
+# -- ONNX exports: outputs checked against the config, found by shape or named by the user ------
+def _onnx_export(source: Path, target: Path, *, num_labels: int | None = None) -> Path:
+    """An fp32 ONNX export of a tiny classifier (the config's num_labels replaced when given)."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    import transformers
+
+    from miniature.tools.export import export_onnx
+
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(str(source))
+    export_onnx(model, transformers.AutoTokenizer.from_pretrained(str(source)), target, head="classification")
+    if num_labels is not None:
+        _edit_config(target, num_labels=num_labels, id2label={str(i): f"LABEL_{i}" for i in range(num_labels)},
+                     label2id={f"LABEL_{i}": i for i in range(num_labels)})
+    return target
+
+
+def _rename_outputs(folder: Path, names: dict[str, str], copy_of: dict[str, str] | None = None) -> None:
+    """Rename the export's outputs (as other exporters name them), adding ``copy_of`` outputs
+    (new name -> output copied through an Identity node)."""
+    import onnx
+
+    model = onnx.load(str(folder / "model.onnx"))
+    for node in model.graph.node:
+        for values in (node.input, node.output):
+            for i, name in enumerate(values):
+                values[i] = names.get(name, name)
+    for output in model.graph.output:
+        output.name = names.get(output.name, output.name)
+    for new, old in (copy_of or {}).items():
+        model.graph.node.append(onnx.helper.make_node("Identity", [old], [new]))
+        twin = onnx.ValueInfoProto()
+        twin.CopyFrom(next(o for o in model.graph.output if o.name == old))
+        twin.name = new
+        model.graph.output.append(twin)
+    onnx.save(model, str(folder / "model.onnx"))
+
+
+def test_onnx_logits_wider_than_the_config_are_an_error(tiny_models, tmp_path: Path) -> None:
+    from miniature.core.models import load_model
+    from miniature.tools.testing import make_tiny_model
+
+    three = make_tiny_model(tmp_path / "three", tiny_models.tokenizer_dir, num_labels=3, seed=6)
+    export = _onnx_export(three, tmp_path / "three-onnx", num_labels=2)  # config: 2 labels
+    wrapper = load_model(str(export), head="classification")
+    for compute in (lambda: wrapper.logits(["a fine film"]),  # prediction errors, the attack
+                    lambda: wrapper.encode_and_classify(["a fine film"])):  # vectors and logits
+        with pytest.raises(ModelReferenceError) as info:
+            compute()
+        _one_line_naming(info.value, "'three-onnx'", "output 'logits' (logits) has shape [1, 3]",
+                         "[batch, num_labels]")
+
+
+def test_onnx_export_producing_nan_is_an_error(tiny_models, tmp_path: Path) -> None:
+    from miniature.core.models import load_model
+
+    source = _variant(tiny_models, tmp_path, "nan-source")
+    _edit_weights(source, _nan_bias)
+    export = _onnx_export(source, tmp_path / "nan-onnx")
+    with pytest.raises(ModelReferenceError) as info:
+        load_model(str(export), head="classification").logits(["a fine film"])
+    _one_line_naming(info.value, "model 'nan-onnx' gives NaN or inf logits")
+
+
+@pytest.fixture(scope="module")
+def numbered_exports(tiny_models, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The reference exported with numbered outputs ('17' logits, '42' hidden state), and the
+    same with a second hidden-state-shaped output ('99'): by shape, ambiguous."""
+    root = tmp_path_factory.mktemp("numbered")
+    plain = _onnx_export(tiny_models["reference"], root / "optimum-names")
+    numbered = Path(shutil.copytree(plain, root / "numbered"))
+    _rename_outputs(numbered, {"logits": "17", "last_hidden_state": "42"})
+    ambiguous = Path(shutil.copytree(numbered, root / "ambiguous"))
+    _rename_outputs(ambiguous, {}, copy_of={"99": "42"})
+    return {"plain": plain, "numbered": numbered, "ambiguous": ambiguous}
+
+
+def test_numbered_onnx_outputs_are_found_by_shape(tiny_models, numbered_exports, tmp_path: Path) -> None:
+    from miniature.core.models import load_model
+
+    texts = ["a fine film", "a dull and long film"]
+    plain = load_model(str(numbered_exports["plain"]), head="classification")
+    numbered = load_model(str(numbered_exports["numbered"]), head="classification")
+    assert numbered.model.roles == {"logits": "17", "last_hidden_state": "42"} and numbered.missing_head == []
+    assert np.array_equal(numbered.encode(texts), plain.encode(texts))
+    assert np.array_equal(numbered.logits(texts), plain.logits(texts))
+    g = gate(tiny_models, tmp_path, candidate=[str(numbered_exports["numbered"])])
+    assert 0.0 <= g.compare("data_representation", g.pairs()[0]).figure <= 1.0  # was: AttributeError
+    assert 0.0 <= g.compare("prediction_errors", g.pairs()[0]).figure <= 1.0
+
+
+def test_ambiguous_onnx_outputs_skip_listing_them_or_use_the_one_named(tiny_models, numbered_exports,
+                                                                       tmp_path: Path) -> None:
+    from miniature.errors import NotApplicable
+
+    folder = str(numbered_exports["ambiguous"])
+    g = gate(tiny_models, tmp_path, candidate=[folder])
+    with pytest.raises(NotApplicable) as info:  # two outputs of the hidden state's shape
+        g.compare("data_representation", g.pairs()[0])
+    _one_line_naming(info.value, "'ambiguous'", "(its outputs: '17', '42', '99')",
+                     "--onnx-output last_hidden_state=NAME")
+    named = gate(tiny_models, tmp_path / "named", candidate=[folder], onnx_output=[("last_hidden_state", "99")])
+    assert named.wrapper(named.names[1]).model.roles["last_hidden_state"] == "99"
+    assert 0.0 <= named.compare("data_representation", named.pairs()[0]).figure <= 1.0
+
+
+def test_onnx_output_named_on_the_command_line(pytester: pytest.Pytester, tiny_models, numbered_exports) -> None:
+    result = pytester.runpytest(f"{opt.REFERENCE}={tiny_models['reference']}",
+                                f"{opt.CANDIDATE}={numbered_exports['ambiguous']}",
+                                f"{opt.ONNX_OUTPUT}=last_hidden_state=42", "--co", "-q")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str() + result.stderr.str()
+
+
+def test_an_empty_model_onnx_is_one_line_at_start_up(tiny_models, tmp_path: Path) -> None:
+    target = tmp_path / "empty-onnx"
+    target.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (tiny_models["small"] / name).is_file():
+            shutil.copy(tiny_models["small"] / name, target)
+    (target / "model.onnx").write_bytes(b"")
+    with pytest.raises(ModelReferenceError) as info:  # was: skipped as a feature-extraction export
+        gate(tiny_models, tmp_path, candidate=[str(target)])
+    _one_line_naming(info.value, "model.onnx", "it is empty (0 bytes)", "export the model to ONNX again")
+
+
 # == options: values, combinations and where they are given ====================================
 @pytest.mark.parametrize(("value", "expected"), [("1.2", "outside [0, 1]"), ("-0.1", "outside [0, 1]"),
                                                  ("high", "not a number in [0, 1]")])
@@ -552,6 +832,8 @@ BAD_OPTION_VALUES: dict[str, list[tuple[str, str]]] = {
     opt.COMPARE_TO: [("missing.json", "no such file")],
     opt.TRUST_REMOTE_CODE: [("maybe", "not true/false")],
     opt.ALLOW_PICKLE: [("maybe", "not true/false")],
+    opt.ONNX_OUTPUT: [("hidden", "is not ROLE=NAME"), ("hidden=1234", "is not one of"),
+                      ("logits= ", "is not ROLE=NAME")],
     opt.FINETUNE: [("maybe", "not true/false")],
     opt.ATTACK_MODEL: [("garbage", "unknown model alias")],
     opt.ATTACK_SIZE: [("0", "below the minimum 1")],

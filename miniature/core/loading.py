@@ -97,7 +97,8 @@ class ModelLoading:
             options = dict(device=self.device, trust_remote_code=self.settings[opt.TRUST_REMOTE_CODE],
                            allow_pickle=self.settings[opt.ALLOW_PICKLE],
                            max_length=self.settings[opt.MAX_LENGTH],
-                           batch_size=self.settings[opt.BATCH_SIZE], pooling=self.settings[opt.POOLING])
+                           batch_size=self.settings[opt.BATCH_SIZE], pooling=self.settings[opt.POOLING],
+                           onnx_outputs=self.settings.onnx_outputs)
             wrapper = load_model(spec, head="encoder" if headless else self.head, **options)
             if wrapper.missing_head:  # the headers could not tell (pickle, hub): never use a made-up head
                 self._missing_head[name] = wrapper.missing_head
@@ -115,11 +116,16 @@ class ModelLoading:
         from miniature.core.models import fingerprint_files
 
         spec = self.spec(name, stage)
-        if spec.is_local:
-            if spec.source not in self._file_fingerprints:
-                self._file_fingerprints[spec.source] = fingerprint_files(Path(spec.source))
-            return self._file_fingerprints[spec.source]
-        return self.wrapper(name, stage=stage).fingerprint
+        if not spec.is_local:
+            return self.wrapper(name, stage=stage).fingerprint
+        if spec.source not in self._file_fingerprints:
+            self._file_fingerprints[spec.source] = fingerprint_files(Path(spec.source))
+        found = self._file_fingerprints[spec.source]
+        if self.settings.onnx_outputs and self.onnx_export(name) is not None:  # other outputs read
+            from miniature.core.cache import fingerprint
+
+            found = fingerprint(found, sorted(self.settings.onnx_outputs.items()))
+        return found
 
     # -- comparisons -----------------------------------------------------------------------
 
@@ -130,7 +136,8 @@ class ModelLoading:
             return []
         if name not in self._missing_head:
             self._missing_head[name] = missing_head_weights(
-                self.specs[name], self.head, trust_remote_code=self.settings[opt.TRUST_REMOTE_CODE])
+                self.specs[name], self.head, trust_remote_code=self.settings[opt.TRUST_REMOTE_CODE],
+                onnx_outputs=self.settings.onnx_outputs)
         return self._missing_head[name] or []
 
     def onnx_export(self, name: str) -> Any:
@@ -146,9 +153,9 @@ class ModelLoading:
         config.json and the weight files' headers, loads no model."""
         missing = self.missing_head(name)
         if missing and self.onnx_export(name) is not None:
-            from miniature.core.onnx_model import missing_output_line
+            from miniature.core.onnx_model import missing_output_line, onnx_outputs
 
-            return missing_output_line(name, self.head, missing)
+            return missing_output_line(name, self.head, missing, onnx_outputs(self.onnx_export(name)))
         if missing:
             return (f"{head_missing_line(name, self.head, missing)}; fix: pass --finetune to "
                     "fine-tune it here on the training data, or pass a checkpoint fine-tuned "

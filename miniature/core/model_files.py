@@ -50,9 +50,13 @@ def _as_spec(model: "ModelSpec | str | Path") -> "ModelSpec":
 
 
 def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    line = text.splitlines()[0].strip() if text else ""
-    line = line[:200] + ("..." if len(line) > 200 else "")
+    """The error's first line, with the next one when the first only announces it (torch's
+    "Error(s) in loading state_dict for Linear:" is followed by the tensor and both shapes)."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    line = lines[0] if lines else ""
+    if line.endswith(":") and len(lines) > 1:
+        line = f"{line} {lines[1]}"
+    line = line[:300] + ("..." if len(line) > 300 else "")
     return f"{type(error).__name__}: {line}" if line else type(error).__name__
 
 
@@ -149,7 +153,7 @@ def safetensors_header(model: "ModelSpec | str | Path", name: str) -> dict[str, 
 
 def check_model_files(path: Path, reference: str | None = None) -> None:
     """Parse a local model folder's small files before anything loads it: config.json,
-    the tokenizer's JSON files and each safetensors header. Each problem is one line
+    the tokenizer's JSON files, each safetensors header, and that no ONNX file is empty. Each problem is one line
     naming the model and the file (see :func:`model_file_boundary`)."""
     spec = ModelSpec(name=reference or path.name, source=str(path), is_local=True)
     read_model_config(spec)
@@ -159,3 +163,6 @@ def check_model_files(path: Path, reference: str | None = None) -> None:
             read_json_file(spec, name)
     for file in sorted(path.glob("*.safetensors")):
         safetensors_header(spec, file.name)
+    for file in sorted(path.glob("*.onnx")):
+        if file.is_file() and file.stat().st_size == 0:
+            raise model_file_error(spec, file.name, "it is empty (0 bytes)", fix="export the model to ONNX again")

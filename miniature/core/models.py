@@ -14,6 +14,7 @@ import hashlib
 import os
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -181,11 +182,13 @@ _HUB_PROBES: dict[str, str | None] = {}
 def locate(spec: ModelSpec) -> ModelSpec:
     """Make sure a model can be loaded before any work starts.
 
-    Local models are returned as they are. A hub model is used from the hub when the hub
+    Local models are returned as they are once their weights fit their config.json
+    (:func:`check_weights`: no encoder weight missing or of another shape). A hub model is used from the hub when the hub
     has it; otherwise from the local Hugging Face cache (as a local directory, so no later
     call touches the network); otherwise :class:`ModelReferenceError`.
     """
     if spec.is_local:
+        check_weights(spec)
         return spec
     problem = hub_problem(spec.source)
     if problem is None:
@@ -202,7 +205,9 @@ def locate(spec: ModelSpec) -> ModelSpec:
             "a local directory"
         ) from None
     check_model_dir(folder, spec.name)
-    return ModelSpec(name=spec.name, source=str(folder), is_local=True)
+    located = ModelSpec(name=spec.name, source=str(folder), is_local=True)
+    check_weights(located)
+    return located
 
 
 def _unknown_alias(reference: str, close: Sequence[str] = ()) -> str:
@@ -293,6 +298,7 @@ def load_model(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     device: str = "cpu",
+    onnx_outputs: "dict[str, str] | None" = None,
     **wrapper_options: Any,
 ) -> "ModelWrapper":
     """Load a model and its tokenizer safely and wrap them.
@@ -305,6 +311,8 @@ def load_model(
     from safetensors only unless ``allow_pickle``; code shipped with a model runs only with
     ``trust_remote_code``. The head's weights the
     checkpoint lacks (initialised at random) are listed in ``wrapper.missing_head``.
+    ``onnx_outputs`` names an export's outputs by role (``{"last_hidden_state": "1234"}``,
+    ``--onnx-output``), for exports that do not use optimum's names.
     """
     if isinstance(spec, str):
         spec = resolve_model(spec)
@@ -313,16 +321,13 @@ def load_model(
     import transformers
 
     transformers.logging.set_verbosity_error()
-    auto = {
-        "encoder": transformers.AutoModel,
-        "classification": transformers.AutoModelForSequenceClassification,
-        "qa": transformers.AutoModelForQuestionAnswering,
-        "masked-lm": transformers.AutoModelForMaskedLM,
-    }[head]
+    auto = getattr(transformers, AUTO_CLASSES[head])
     exported = onnx_file(spec.source) if spec.is_local else None
     if spec.is_local:
         check_model_files(Path(spec.source), spec.name)
         refuse_unsafe_local(spec, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+        if exported is None:
+            check_weights(spec, head)
     with model_file_boundary(spec, tokenizer_file_name(spec), allow_pickle=allow_pickle):
         tokenizer = transformers.AutoTokenizer.from_pretrained(
             spec.source, trust_remote_code=trust_remote_code
@@ -331,11 +336,12 @@ def load_model(
     if exported is not None:  # an ONNX export: run by onnxruntime behind the same wrapper
         from miniature.core.onnx_model import load_onnx, missing_outputs
 
-        onnx_model = load_onnx(spec, exported, device=device)
+        onnx_model = load_onnx(spec, exported, device=device, named=onnx_outputs)
+        check_vocabulary(spec, tokenizer, onnx_model.config)
         wrapper = ModelWrapper(spec.name, onnx_model, tokenizer,
                                fingerprint=fingerprint_files(Path(spec.source)), device="cpu",
                                **wrapper_options)
-        wrapper.missing_head = missing_outputs(onnx_model.output_names, head)
+        wrapper.missing_head = missing_outputs(onnx_model.roles, head)
         return wrapper
     with model_file_boundary(spec, weights_file_name(spec), allow_pickle=allow_pickle):
         if spec.is_local and read_record(spec.source, method="int8") is not None:
@@ -347,8 +353,8 @@ def load_model(
                 use_safetensors=None if allow_pickle else True,
                 output_loading_info=True,
             )
-            prefix = f"{model.base_model_prefix}."
-            missing_head = sorted(k for k in info.get("missing_keys", ()) if not k.startswith(prefix))
+            missing_head = _missing_head_keys(spec, model, info.get("missing_keys", ()))
+    check_vocabulary(spec, tokenizer, model.config)
     fingerprint = fingerprint_files(Path(spec.source)) if spec.is_local else hub_fingerprint(spec, model)
     model.to(device)
     model.eval()
@@ -356,6 +362,35 @@ def load_model(
                            **wrapper_options)
     wrapper.missing_head = missing_head if head != "encoder" else []
     return wrapper
+
+
+def check_vocabulary(spec: ModelSpec, tokenizer: Any, config: Any) -> None:
+    """Refuse a tokenizer that gives token ids the model's embeddings do not have (one line,
+    the fix), rather than an IndexError deep in the first forward pass."""
+    size = getattr(config, "vocab_size", None)
+    tokens = len(tokenizer)
+    if isinstance(size, int) and 0 < size < tokens:
+        raise ModelReferenceError(
+            f"model {spec.name!r}: its tokenizer has {tokens} tokens but its embeddings only {size} "
+            f"(vocab_size in config.json), so token ids {size} and above cannot be embedded; fix: "
+            "save the tokenizer the model was trained with beside it (tokenizer.save_pretrained), "
+            "or resize its embeddings (model.resize_token_embeddings(len(tokenizer))) and save it again")
+
+
+def _missing_head_keys(spec: ModelSpec, model: Any, missing: Sequence[str]) -> list[str]:
+    """The task-head weights among the keys transformers reports missing after a load; any
+    encoder weight among them (what the headers could not tell: pickle, a hub copy) is an
+    error, never a random encoder."""
+    check = compare_weights(model, {k: tuple(v.shape) for k, v in model.state_dict().items()
+                                    if k not in set(missing) and hasattr(v, "shape")})
+    if check.missing_encoder:
+        shown = ", ".join(check.missing_encoder[:3])
+        raise ModelReferenceError(
+            f"model {spec.name!r}: its weights lack {len(check.missing_encoder)} of the "
+            f"{check.encoder_weights} encoder weights its config.json describes ({shown}), which "
+            "would be initialised at random; fix: save the model with save_pretrained so that "
+            "config.json describes its weights, or copy or download it again")
+    return sorted(check.missing_head)
 
 
 def tokenizer_file_name(spec: ModelSpec) -> str:
@@ -462,12 +497,12 @@ class ModelWrapper:
     def hidden_problem(self) -> str | None:
         """Why this model gives no sentence vectors (an ONNX export without its last hidden
         state), in one line with the fix; None when it gives them."""
-        outputs = getattr(self.model, "output_names", None)
-        if outputs is None or "last_hidden_state" in outputs:
+        roles = getattr(self.model, "roles", None)
+        if roles is None or "last_hidden_state" in roles:
             return None
         from miniature.core.onnx_model import hidden_output_line
 
-        return hidden_output_line(self.name)
+        return hidden_output_line(self.name, self.model.output_names)
 
     def tokenize(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[dict]:
         """Token ids per item (no padding), truncated to ``max_length``; counts truncations."""
@@ -512,6 +547,10 @@ class ModelWrapper:
                 batch = {k: v.to(self.device) for k, v in batch.items() if k in self.input_names}
                 outputs = self.model(**batch, output_hidden_states=True)
                 self.forward_calls += 1
+                for field in PER_ITEM_OUTPUTS:
+                    value = getattr(outputs, field, None)
+                    if value is not None:
+                        self.check_finite(_masked(value, batch), field)
                 rows = step(outputs, batch)
                 for position, item in enumerate(index):
                     results[item] = rows[position]
@@ -526,8 +565,9 @@ class ModelWrapper:
         pooling = pooling or self.pooling
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-        return self.run(self.tokenize(texts, pairs), lambda out, batch: pool(out, batch, pooling),
-                        description="encoding")
+        vectors = self.run(self.tokenize(texts, pairs), lambda out, batch: pool(out, batch, pooling),
+                           description="encoding")
+        return self.check_finite(vectors, "sentence vectors")
 
     def logits(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> "np.ndarray":
         """(n, num_labels) float32 logits of a sequence-classification head."""
@@ -545,7 +585,36 @@ class ModelWrapper:
 
         both = self.run(self.tokenize(texts), step, description="encoding")
         width = self.model.config.num_labels
-        return both[:, :-width].copy(), both[:, -width:].copy()
+        return self.check_finite(both[:, :-width].copy(), "sentence vectors"), both[:, -width:].copy()
+
+    def check_finite(self, values: Any, output: str) -> Any:
+        """``values`` (one row per item, numpy or torch) when every number is finite; else a
+        one-line error naming this model, the output and how many items: a NaN or inf output
+        gives no answer at all (the argmax of NaN logits is class 0 for every item)."""
+        import numpy as np
+
+        array = values.float().cpu().numpy() if hasattr(values, "cpu") else np.asarray(values)
+        bad = ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
+        if bad.any():
+            raise ModelReferenceError(
+                f"model {self.name!r} gives NaN or inf {output} for {int(bad.sum())} of {len(array)} "
+                "item(s) in a batch, so its results would be meaningless; fix: check its weights "
+                "for NaN or inf (e.g. in the classifier's bias) and re-save them, or run it in "
+                "float32 (--device cpu) if it overflows in float16")
+        return values
+
+
+#: The per-item outputs of a forward pass every batch is checked for NaN and inf.
+PER_ITEM_OUTPUTS = ("logits", "start_logits", "end_logits")
+
+
+def _masked(value: Any, batch: dict) -> Any:
+    """Per-token outputs (start/end logits) with padded positions set to 0: only the tokens
+    an item has are checked."""
+    mask = batch.get("attention_mask")
+    if mask is not None and value.dim() == 2 and tuple(value.shape) == tuple(mask.shape):
+        return value.masked_fill(mask == 0, 0)
+    return value
 
 
 def pool(outputs: Any, batch: dict, pooling: str) -> "np.ndarray":
@@ -565,51 +634,183 @@ HEAD_NAMES: dict[str, str] = {"encoder": "encoder", "classification": "classific
                               "qa": "question-answering", "masked-lm": "masked-LM"}
 
 
-def checkpoint_weight_names(directory: str | Path) -> list[str] | None:
-    """Tensor names stored in a model folder's safetensors files, read from their headers
-    (no tensor is read); None when the folder has no safetensors weights."""
-    import json
-    import struct
+#: The transformers auto class of each task head.
+AUTO_CLASSES: dict[str, str] = {"encoder": "AutoModel",
+                                "classification": "AutoModelForSequenceClassification",
+                                "qa": "AutoModelForQuestionAnswering", "masked-lm": "AutoModelForMaskedLM"}
 
+
+def stored_weight_shapes(directory: str | Path) -> dict[str, tuple[int, ...]] | None:
+    """Tensor name -> shape of a model folder's safetensors weights (every file, or the
+    shards its index names), read from their checked headers (no tensor is read); None when
+    the folder has no safetensors weights."""
     folder = Path(directory)
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        return list(json.loads(index.read_text("utf-8")).get("weight_map", {}))
-    files = sorted(folder.glob("*.safetensors"))
+        files = sorted({str(f) for f in read_json_file(folder, index.name).get("weight_map", {}).values()})
+    else:
+        files = sorted(p.name for p in folder.glob("*.safetensors"))
     if not files:
         return None
-    names: list[str] = []
+    shapes: dict[str, tuple[int, ...]] = {}
     for file in files:
-        with open(file, "rb") as handle:
-            size = struct.unpack("<Q", handle.read(8))[0]
-            header = json.loads(handle.read(size))
-        names.extend(key for key in header if key != "__metadata__")
-    return names
+        for key, info in safetensors_header(folder, file).items():
+            if key != "__metadata__":
+                shapes[_modern_name(key)] = tuple(int(d) for d in info.get("shape", ()))
+    return shapes
 
 
-def head_weight_groups(config: Any, head: str) -> list[list[str]]:
-    """The weights ``head`` adds on top of the encoder, as groups of names sharing one
-    tensor (a group tied to the encoder, e.g. an MLM decoder tied to the word embeddings,
-    is left out). The model is built on the meta device: no memory, no initialisation."""
+def checkpoint_weight_names(directory: str | Path) -> list[str] | None:
+    """Tensor names stored in a model folder's safetensors files, read from their headers
+    (no tensor is read); None when the folder has no safetensors weights."""
+    shapes = stored_weight_shapes(directory)
+    return None if shapes is None else list(shapes)
+
+
+def meta_architecture(config: Any, head: str) -> Any:
+    """The ``head`` model ``config`` describes, built on the meta device: its parameters'
+    names and shapes, with no memory and no initialisation."""
     import torch
     import transformers
 
-    if head == "encoder":
-        return []
-    auto = {"classification": transformers.AutoModelForSequenceClassification,
-            "qa": transformers.AutoModelForQuestionAnswering,
-            "masked-lm": transformers.AutoModelForMaskedLM}[head]
     with torch.device("meta"):
-        model = auto.from_config(config)
-    groups: dict[int, list[str]] = {}
+        return getattr(transformers, AUTO_CLASSES[head]).from_config(config)
+
+
+@dataclass
+class WeightCheck:
+    """A checkpoint's stored tensors against the parameters its config's architecture has.
+
+    The *encoder* is the base model the hidden states come from; its pooler counts with the
+    task head (only a classifier reads it). Each list names a parameter (one name per group
+    of tied ones): ``missing_encoder`` and ``missing_head`` would be initialised at random,
+    ``wrong_shape`` holds (name, stored shape, expected shape), ``unexpected`` stored
+    encoder tensors the architecture has no place for (a pooler the head does not use aside).
+    """
+
+    encoder_weights: int
+    stored: int
+    missing_encoder: list[str]
+    missing_head: list[str]
+    wrong_shape: list[tuple[str, tuple[int, ...], tuple[int, ...]]]
+    unexpected: list[str]
+
+
+def compare_weights(model: Any, stored: dict[str, tuple[int, ...]]) -> WeightCheck:
+    """Compare the parameters of ``model`` (see :func:`meta_architecture`) with the stored
+    tensors' names and shapes, as transformers matches them: with or without the base-model
+    prefix (``bert.``), tied parameters found through any of their names, and the keys the
+    architecture declares may be missing or unexpected."""
+    prefix = f"{model.base_model_prefix}." if model.base_model_prefix else "\0"
+    is_base = model.base_model is model
+
+    def plain(name: str) -> str:
+        return name[len(prefix):] if name.startswith(prefix) else name
+
+    def in_encoder(name: str) -> bool:
+        return (is_base or name.startswith(prefix)) and not plain(name).startswith("pooler.")
+
+    found = {plain(name): shape for name, shape in stored.items()}
+    may_miss = [re.compile(p) for p in (getattr(model, "_keys_to_ignore_on_load_missing", None) or [])]
+    groups: dict[int, tuple[list[str], tuple[int, ...]]] = {}
     for name, parameter in model.named_parameters(remove_duplicate=False):
-        groups.setdefault(id(parameter), []).append(name)
-    prefix = f"{model.base_model_prefix}."
-    return [names for names in groups.values() if not any(n.startswith(prefix) for n in names)]
+        groups.setdefault(id(parameter), ([], tuple(parameter.shape)))[0].append(name)
+    check = WeightCheck(0, len(stored), [], [], [], [])
+    known: set[str] = set()
+    for names, shape in groups.values():
+        known.update(plain(n) for n in names)
+        encoder = any(in_encoder(n) for n in names)
+        check.encoder_weights += encoder
+        present = [plain(n) for n in names if plain(n) in found]
+        if present and found[present[0]] != shape:
+            check.wrong_shape.append((present[0], found[present[0]], shape))
+        elif not present and not any(p.search(n) for p in may_miss for n in names):
+            (check.missing_encoder if encoder else check.missing_head).append(names[0])
+    check.missing_head.sort(key=lambda n: plain(n).startswith("pooler."))  # the head itself first
+    buffers = {plain(n) for n, _ in model.named_buffers()}
+    may_add = [re.compile(p) for p in (getattr(model, "_keys_to_ignore_on_load_unexpected", None) or [])]
+    prefixed = any(n.startswith(prefix) for n in stored)  # else all of it is the base model
+    check.unexpected = [n for n in stored if (n.startswith(prefix) or not prefixed)
+                        and plain(n) not in known and plain(n) not in buffers
+                        and not plain(n).startswith("pooler.") and not any(p.search(n) for p in may_add)]
+    return check
 
 
-def missing_head_weights(spec: ModelSpec | str, head: str, *,
-                         trust_remote_code: bool = False) -> list[str] | None:
+def weight_check(spec: ModelSpec, head: str = "encoder") -> WeightCheck | None:
+    """A local checkpoint's :class:`WeightCheck` for ``head``, from config.json and the
+    safetensors headers; None where the headers cannot tell: no safetensors weights (pickle;
+    a hub model), an ONNX export (checked by its outputs), a ``miniature compress`` int8
+    folder (checked when it loads), custom code (auto_map), an architecture transformers
+    cannot build from the config (loading says why)."""
+    directory = _snapshot_dir(spec)
+    if directory is None or onnx_file(directory) is not None or read_record(directory, method="int8"):
+        return None
+    if read_model_config(spec if spec.is_local else directory).get("auto_map"):
+        return None
+    stored = stored_weight_shapes(directory)
+    if stored is None:
+        return None
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(directory))
+        model = meta_architecture(config, head)
+    except (OSError, ValueError, KeyError, TypeError):  # no such architecture: loading says so
+        return None
+    return compare_weights(model, stored)
+
+
+def weights_problem(spec: ModelSpec, check: WeightCheck) -> str | None:
+    """One line for a checkpoint whose weights do not fit the architecture its config.json
+    describes (which transformers would fill at random or drop silently), with the fix;
+    None when they fit (a missing task head is not a problem here: see missing_head_weights)."""
+    where = " and ".join(sorted(p.name for p in Path(spec.source).glob("*.safetensors"))) or "its weights"
+    model_type = read_model_config(spec).get("model_type") if spec.is_local else None
+    fix = ("fix: save the model with save_pretrained so that config.json describes its weights "
+           "(model_type, num_hidden_layers, hidden_size, vocab_size, num_labels), or copy or "
+           "download it again")
+
+    def shown(names: Sequence[str]) -> str:
+        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+    if check.missing_encoder and len(check.missing_encoder) == check.encoder_weights:
+        if not check.stored:
+            what = f"{where} holds no tensors at all"
+        else:
+            what = (f"none of the {check.encoder_weights} encoder weights of the model_type "
+                    f"{model_type!r} architecture its config.json describes are in {where} "
+                    f"(which holds {shown(check.unexpected) if check.unexpected else 'other tensors'}), "
+                    "so config.json belongs to another model")
+        return f"model {spec.name!r}: {what}; the whole encoder would be initialised at random; {fix}"
+    if check.missing_encoder:
+        return (f"model {spec.name!r}: {where} lacks {len(check.missing_encoder)} of the "
+                f"{check.encoder_weights} encoder weights its config.json describes "
+                f"({shown(check.missing_encoder)}), which would be initialised at random; {fix}")
+    if check.wrong_shape:
+        name, stored, expected = check.wrong_shape[0]
+        more = f" (and {len(check.wrong_shape) - 1} more tensors)" if len(check.wrong_shape) > 1 else ""
+        return (f"model {spec.name!r}: the tensor {name!r} in {where} has shape {list(stored)} but "
+                f"the architecture its config.json describes has {list(expected)}{more}; {fix}")
+    if check.unexpected:
+        return (f"model {spec.name!r}: {where} holds {len(check.unexpected)} encoder tensor(s) the "
+                f"architecture its config.json describes has no place for ({shown(check.unexpected)}), "
+                f"which would be dropped unused; {fix}")
+    return None
+
+
+def check_weights(spec: ModelSpec, head: str = "encoder") -> None:
+    """Refuse a local checkpoint whose weights do not fit its config.json (see
+    :func:`weights_problem`): encoder weights missing, tensors of another shape, encoder
+    tensors with no place; cheap (headers and a meta-device model)."""
+    check = weight_check(spec, head)
+    problem = weights_problem(spec, check) if check is not None else None
+    if problem:
+        raise ModelReferenceError(problem)
+
+
+def missing_head_weights(spec: ModelSpec | str, head: str, *, trust_remote_code: bool = False,
+                         onnx_outputs: "dict[str, str] | None" = None) -> list[str] | None:
     """Weights of the ``head`` task head that the checkpoint lacks, which transformers would
     initialise at random: ``[]`` when the head is complete, ``None`` when it cannot be told
     without loading (pickle-only weights, a hub model not in the local cache).
@@ -628,31 +829,26 @@ def missing_head_weights(spec: ModelSpec | str, head: str, *,
         return None
     exported = onnx_file(directory)
     if exported is not None:  # an ONNX export: the head is its outputs
-        from miniature.core.onnx_model import missing_outputs, onnx_outputs
+        from miniature.core.onnx_model import export_roles, missing_outputs
 
-        return missing_outputs(onnx_outputs(exported, spec), head)
-    import json
-
-    import transformers
-
-    raw = json.loads((directory / "config.json").read_text("utf-8"))
-    if raw.get("auto_map") and not trust_remote_code:
-        return None  # its own code defines the head; loading refuses it anyway
-    transformers.logging.set_verbosity_error()
-    try:
-        config = transformers.AutoConfig.from_pretrained(str(directory),
-                                                         trust_remote_code=trust_remote_code)
-        groups = head_weight_groups(config, head)
-    except (OSError, ValueError, KeyError):  # no such head for this architecture: loading says so
-        return None
+        return missing_outputs(export_roles(exported, spec, onnx_outputs)[0], head)
     record = read_record(directory, method="int8")
     if record is not None:
-        return [] if record.get("head", "encoder") == head else [g[0] for g in groups]
-    stored = checkpoint_weight_names(directory)
-    if stored is None:
-        return None
-    names = {_modern_name(n) for n in stored}
-    return [group[0] for group in groups if not any(n in names for n in group)]
+        if record.get("head", "encoder") == head:
+            return []
+        import transformers
+
+        try:
+            config = transformers.AutoConfig.from_pretrained(str(directory))
+            quantized = meta_architecture(config, record.get("head", "encoder"))  # what it holds
+            held = {n: tuple(p.shape) for n, p in quantized.named_parameters()}
+            return compare_weights(meta_architecture(config, head), held).missing_head
+        except (OSError, ValueError, KeyError):  # no such head for this architecture: loading says so
+            return None
+    if not trust_remote_code and read_model_config(spec if spec.is_local else directory).get("auto_map"):
+        return None  # its own code defines the head; loading refuses it anyway
+    check = weight_check(spec, head)
+    return None if check is None else check.missing_head
 
 
 def _modern_name(name: str) -> str:

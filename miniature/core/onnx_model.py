@@ -15,11 +15,12 @@ onnxruntime is imported only when such a folder is loaded (``pip install miniatu
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from miniature.core.model_files import ModelSpec, model_file_boundary
+from miniature.core.model_files import ModelSpec, model_file_boundary, model_file_error
 from miniature.errors import ModelReferenceError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -27,6 +28,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 ONNX_FILE = "model.onnx"
 HIDDEN_OUTPUT = "last_hidden_state"
+#: The roles an export's outputs can serve, by optimum's names (see :func:`output_roles`).
+ROLES = ("logits", "start_logits", "end_logits", HIDDEN_OUTPUT)
 #: The outputs each task head needs from an export.
 HEAD_OUTPUTS: dict[str, tuple[str, ...]] = {
     "encoder": (), "classification": ("logits",), "qa": ("start_logits", "end_logits"),
@@ -57,37 +60,96 @@ def onnx_file(folder: str | Path) -> Path | None:
     return found[0] if found else None
 
 
-def onnx_outputs(file: Path, spec: ModelSpec | None = None) -> list[str]:
-    """The output names of an ONNX graph, read without running it (the ``onnx`` package when
-    installed, else an onnxruntime session)."""
-    with model_file_boundary(spec or file.parent, file.name, fix="export the model to ONNX again"):
+def graph_outputs(file: Path, spec: ModelSpec | None = None) -> list[tuple[str, tuple[Any, ...]]]:
+    """The outputs of an ONNX graph, read without running it (the ``onnx`` package when
+    installed, else an onnxruntime session): each name with its shape (an int per fixed
+    axis, a name or None per dynamic one). An empty file, or a graph without outputs, is
+    refused by name: it is no export at all."""
+    where = spec or file.parent
+    with model_file_boundary(where, file.name, fix="export the model to ONNX again"):
+        if file.stat().st_size == 0:
+            raise model_file_error(where, file.name, "it is empty (0 bytes)", fix="export the model to ONNX again")
         try:
             import onnx
         except ImportError:
-            return [o.name for o in _session(file, "cpu").get_outputs()]
-        model = onnx.load(str(file), load_external_data=False)
-        return [o.name for o in model.graph.output]
+            found = [(o.name, tuple(o.shape or ())) for o in _session(file, "cpu").get_outputs()]
+        else:
+            graph = onnx.load(str(file), load_external_data=False).graph
+            found = [(o.name, tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                                    for d in o.type.tensor_type.shape.dim)) for o in graph.output]
+        if not found:
+            raise model_file_error(where, file.name, "its graph has no outputs", fix="export the model to ONNX again")
+    return found
 
 
-def missing_outputs(outputs: list[str], head: str) -> list[str]:
+def onnx_outputs(file: Path, spec: ModelSpec | None = None) -> list[str]:
+    """The output names of an ONNX graph (see :func:`graph_outputs`)."""
+    return [name for name, _ in graph_outputs(file, spec)]
+
+
+def output_roles(outputs: list[tuple[str, tuple[Any, ...]]], config: Any,
+                 named: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Which graph output serves each role (``logits``, ``start_logits``, ``end_logits``,
+    ``last_hidden_state``): the one the user named (``--onnx-output ROLE=NAME``), else the one
+    of optimum's name, else, for the hidden state and a classifier's logits, the only output
+    of their shape ([batch, sequence, hidden_size] and [batch, num_labels]). Other exporters
+    name outputs differently (even by number); an ambiguous shape serves no role."""
+    names = [name for name, _ in outputs]
+    roles = {role: name for role, name in (named or {}).items() if name in names}
+    roles.update({role: role for role in ROLES if role in names and role not in roles})
+    shapes = {"last_hidden_state": (3, getattr(config, "hidden_size", None)),
+              "logits": (2, getattr(config, "num_labels", None))}
+    for role, (rank, width) in shapes.items():
+        if role in roles or not isinstance(width, int):
+            continue
+        taken = set(roles.values())
+        fits = [name for name, shape in outputs if name not in taken and len(shape) == rank
+                and shape[-1] == width]
+        if len(fits) == 1:
+            roles[role] = fits[0]
+    return roles
+
+
+def export_roles(file: Path, spec: ModelSpec, named: Mapping[str, str] | None = None) -> tuple[dict[str, str], list[str]]:
+    """The roles an export's outputs serve (see :func:`output_roles`) and all its output names."""
+    import transformers
+
+    outputs = graph_outputs(file, spec)
+    with model_file_boundary(spec, "config.json"):
+        config = transformers.AutoConfig.from_pretrained(str(file.parent))
+    return output_roles(outputs, config, named), [name for name, _ in outputs]
+
+
+def missing_outputs(roles: Mapping[str, str] | list[str], head: str) -> list[str]:
     """The outputs ``head`` needs that an export lacks (``[]`` when it has them all)."""
-    return [name for name in HEAD_OUTPUTS[head] if name not in outputs]
+    return [name for name in HEAD_OUTPUTS[head] if name not in roles]
 
 
-def missing_output_line(model: str, head: str, missing: list[str]) -> str:
-    """One line: the export lacks the outputs a head needs, and the export option that adds them."""
+def _found(outputs: list[str] | None) -> str:
+    if not outputs:
+        return ""
+    return f" (its outputs: {', '.join(repr(o) for o in outputs[:6])}{' ...' if len(outputs) > 6 else ''})"
+
+
+def missing_output_line(model: str, head: str, missing: list[str], outputs: list[str] | None = None) -> str:
+    """One line: the export lacks the outputs a head needs (its outputs listed), the export
+    option that adds them, and how to name one that is there under another name."""
     names = " and ".join(repr(m) for m in missing) + (" outputs" if len(missing) > 1 else " output")
     return (f"model {model!r} is an ONNX export without the {names} of a "
-            f"{_HEAD_NAMES[head]} head (a bare feature-extraction export); fix: export it with the "
-            f"head, e.g. `optimum-cli export onnx --task {EXPORT_TASKS[head]}` (or torch.onnx.export "
-            f"of the {_HEAD_NAMES[head]} model with an output named {missing[0]!r})")
+            f"{_HEAD_NAMES[head]} head (a bare feature-extraction export){_found(outputs)}; fix: "
+            f"export it with the head, e.g. `optimum-cli export onnx --task {EXPORT_TASKS[head]}` (or "
+            f"torch.onnx.export of the {_HEAD_NAMES[head]} model with an output named {missing[0]!r}), "
+            f"or pass --onnx-output {missing[0]}=NAME if one of its outputs is it")
 
 
-def hidden_output_line(model: str) -> str:
-    """One line: the export has no last hidden state, so no sentence vectors; and the fix."""
-    return (f"model {model!r} is an ONNX export without the {HIDDEN_OUTPUT!r} output, so it gives no "
-            "sentence vectors; fix: export it with that output too (torch.onnx.export with "
-            f"output_names [..., {HIDDEN_OUTPUT!r}], or optimum's feature-extraction export)")
+def hidden_output_line(model: str, outputs: list[str] | None = None) -> str:
+    """One line: the export has no last hidden state (none by name, none alone of its shape),
+    so no sentence vectors; its outputs, and the fix."""
+    return (f"model {model!r} is an ONNX export without the {HIDDEN_OUTPUT!r} output{_found(outputs)} "
+            "(none by that name, and not exactly one of shape [batch, sequence, hidden_size]), so it "
+            "gives no sentence vectors; fix: export it with that output too (torch.onnx.export with "
+            f"output_names [..., {HIDDEN_OUTPUT!r}], or optimum's feature-extraction export), or pass "
+            f"--onnx-output {HIDDEN_OUTPUT}=NAME naming the one that is it")
 
 
 def onnx_providers(device: str) -> list[str]:
@@ -137,16 +199,21 @@ class OnnxOutput:
 class OnnxModel:
     """An ONNX file run by onnxruntime, called like a transformers model on a padded batch."""
 
-    def __init__(self, file: Path, config: Any, *, device: str = "cpu", spec: ModelSpec | None = None) -> None:
+    def __init__(self, file: Path, config: Any, *, device: str = "cpu", spec: ModelSpec | None = None,
+                 named: Mapping[str, str] | None = None) -> None:
         with model_file_boundary(spec or file.parent, file.name, fix="export the model to ONNX again"):
             self.session = _session(file, device)
         self.file = file
         self.config = config
+        self.name = spec.name if spec is not None else file.parent.name
         inputs = self.session.get_inputs()
         self.input_types = {i.name: _INT_TYPES.get(i.type, "int64") for i in inputs}
         #: the inputs the export takes (ModelWrapper passes only these)
         self.runtime_input_names = set(self.input_types)
         self.output_names = [o.name for o in self.session.get_outputs()]
+        #: role (optimum's output name) -> the graph output serving it (see output_roles)
+        self.roles = output_roles([(o.name, tuple(o.shape or ())) for o in self.session.get_outputs()],
+                                  config, named)
 
     @property
     def providers(self) -> list[str]:
@@ -180,11 +247,38 @@ class OnnxModel:
     def __call__(self, output_hidden_states: bool = False, **batch: Any) -> OnnxOutput:
         import torch
 
-        values = self.session.run(self.output_names, self.feed(batch))
-        found = {name: torch.from_numpy(value) for name, value in zip(self.output_names, values)}
+        feed = self.feed(batch)
+        roles = list(self.roles)
+        values = self.session.run([self.roles[role] for role in roles], feed)
+        found = {role: torch.from_numpy(value) for role, value in zip(roles, values)}
+        ids = feed.get("input_ids", next(iter(feed.values())))
+        for role, value in found.items():
+            self._check_shape(role, tuple(value.shape), tuple(ids.shape))
         return OnnxOutput(logits=found.get("logits"), start_logits=found.get("start_logits"),
                           end_logits=found.get("end_logits"),
                           last_hidden_state=found.get(HIDDEN_OUTPUT))
+
+    def _check_shape(self, role: str, shape: tuple[int, ...], tokens: tuple[int, ...]) -> None:
+        """Refuse an output whose shape is not what config.json describes (a classifier's
+        logits with another number of columns would be read as other labels)."""
+        batch, length = tokens[0], tokens[-1]
+        config = self.config
+        if role == "logits":
+            expected = [(batch, getattr(config, "num_labels", None)),
+                        (batch, length, getattr(config, "vocab_size", None))]
+            what = "[batch, num_labels] (or [batch, sequence, vocab_size] for a masked LM)"
+        elif role == HIDDEN_OUTPUT:
+            expected, what = [(batch, length, getattr(config, "hidden_size", None))], "[batch, sequence, hidden_size]"
+        else:
+            expected, what = [(batch, length)], "[batch, sequence]"
+        if shape not in expected:
+            described = " or ".join(str(list(e)) for e in expected)
+            raise ModelReferenceError(
+                f"model {self.name!r}: the ONNX export's output {self.roles[role]!r} ({role}) has shape "
+                f"{list(shape)} on a batch of {list(tokens)} tokens, but its config.json describes "
+                f"{what} = {described}; fix: export the model config.json describes again (its "
+                "outputs must fit config.json), or name the right output with --onnx-output "
+                f"{role}=NAME")
 
 
 #: Operators onnxruntime's dynamic quantization writes (an int8 export holds some of them).
@@ -200,14 +294,16 @@ def _graph_nodes(file: Path) -> list[Any]:
     return list(onnx.load(str(file), load_external_data=False).graph.node)
 
 
-def load_onnx(spec: ModelSpec, file: Path, *, device: str = "cpu") -> OnnxModel:
+def load_onnx(spec: ModelSpec, file: Path, *, device: str = "cpu",
+              named: Mapping[str, str] | None = None) -> OnnxModel:
     """An ONNX model folder's model: its config.json (no code from the folder runs) and an
     onnxruntime session of ``file``."""
     import transformers
 
     with model_file_boundary(spec, "config.json"):
         config = transformers.AutoConfig.from_pretrained(spec.source)
-    return OnnxModel(file, config, device=device, spec=spec)
+    graph_outputs(file, spec)  # an empty file or a graph without outputs is refused by name
+    return OnnxModel(file, config, device=device, spec=spec, named=named)
 
 
 def is_int8_onnx(file: Path) -> bool:

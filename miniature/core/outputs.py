@@ -77,7 +77,9 @@ class PerItemOutputs:
             wrapper = self.wrapper(name, stage=stage)
             used[0] = wrapper.max_length  # less than --max-length past the model's positions
             texts = data.texts[part]
-            if wrapper.hidden_problem is not None:  # an ONNX export with logits only
+            if wrapper.hidden_problem is not None:  # an ONNX export without the hidden state
+                if stage == BEFORE or self.task == "qa" or self.missing_head(name):
+                    raise NotApplicable(wrapper.hidden_problem)  # nothing of it serves
                 return {"logits": wrapper.logits(texts)}
             if stage == BEFORE or self.task == "qa" or self.missing_head(name):
                 pairs = data.pairs[part] if data.pairs is not None else None

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any
 
+from miniature.core.onnx_model import ROLES as ONNX_ROLES
 from miniature.core.registry import BUILTIN
 
 GROUP = "miniature"
@@ -53,6 +54,7 @@ REPORT_DIR = "--report-dir"
 COMPARE_TO = "--compare-to"
 TRUST_REMOTE_CODE = "--trust-remote-code"
 ALLOW_PICKLE = "--allow-pickle"
+ONNX_OUTPUT = "--onnx-output"
 FINETUNE = "--finetune"
 ATTACK_MODEL = "--attack-model"
 ATTACK_SIZE = "--attack-size"
@@ -118,6 +120,16 @@ def named_fraction(value: str) -> tuple[str, float]:
     if not sep or not name.strip():
         raise argparse.ArgumentTypeError(f"{value!r} is not NAME=J (e.g. data_representation=0.5)")
     return name.strip(), fraction(number)
+
+
+def named_output(value: str) -> tuple[str, str]:
+    """``ROLE=NAME``: the ONNX output that serves a role, for exports not named as optimum names them."""
+    role, sep, name = str(value).partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"{value!r} is not ROLE=NAME (e.g. last_hidden_state=1234)")
+    if role.strip() not in ONNX_ROLES:
+        raise argparse.ArgumentTypeError(f"{role.strip()!r} is not one of {', '.join(ONNX_ROLES)}")
+    return role.strip(), name.strip()
 
 
 def open_fraction(value: str) -> float:
@@ -256,6 +268,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(COMPARE_TO, "a previous run's JSON report (e.g. reports/latest.json): the summary shows what changed since", path, metavar="PREVIOUS.json"),
     Option(TRUST_REMOTE_CODE, "allow code shipped with a model to run (off by default)", boolean, False, switch=True),
     Option(ALLOW_PICKLE, "allow pickle (*.bin) weights when no safetensors exist (off by default)", boolean, False, switch=True),
+    Option(ONNX_OUTPUT, "the output of an ONNX export that serves a role, for exports not named as optimum names them: ROLE=NAME (roles: logits, start_logits, end_logits, last_hidden_state); repeat for several", named_output, multiple=True, metavar="ROLE=NAME"),
     Option(FINETUNE, "fine-tune each model on --train-data first; compare before and after", boolean, False, switch=True),
     Option(ATTACK_MODEL, "masked LM proposing BERT-Attack substitutions (the paper: bert-base)", text, "bert-base", metavar="MODEL"),
     Option(ATTACK_SIZE, "items attacked per model (the paper: 1000)", integer(1), 200, metavar="N"),
@@ -312,6 +325,11 @@ class Settings(_SettingsFields):  # type: ignore[misc, valid-type]
     @property
     def candidates(self) -> list[str]:
         return list(self.candidate or [])
+
+    @property
+    def onnx_outputs(self) -> dict[str, str]:
+        """``--onnx-output ROLE=NAME`` values by role."""
+        return dict(self.onnx_output or ())
 
     @property
     def thresholds(self) -> dict[str, float]:

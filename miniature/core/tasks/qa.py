@@ -259,7 +259,7 @@ def qa_logits(wrapper: "ModelWrapper", features: QAFeatures) -> tuple[np.ndarray
     right = getattr(wrapper.tokenizer, "padding_side", "right") == "right"
 
     def step(outputs: Any, batch: dict) -> np.ndarray:
-        if not hasattr(outputs, "start_logits"):
+        if getattr(outputs, "start_logits", None) is None or getattr(outputs, "end_logits", None) is None:
             raise ModelReferenceError(
                 f"model {wrapper.name!r} has no question-answering head (its outputs have no "
                 "start_logits); fix: load it with head='qa' (a *ForQuestionAnswering checkpoint)"
