@@ -103,6 +103,11 @@ def _check_arguments(task: str, train: Any, *, epochs: float, learning_rate: flo
     if task == "classification":
         if not isinstance(train, TextData):
             raise TypeError(f"classification trains on TextData, got {type(train).__name__}")
+        if train.labels is None and train.source.lower().endswith(".txt"):
+            raise DataError(f"data {train.source!r} is a .txt file (one text per line), which has "
+                            "no labels, and fine-tuning a classifier needs them; fix: pass a "
+                            ".jsonl/.csv/.parquet file with a text and a label column, e.g. "
+                            "{\"text\": \"a fine film\", \"label\": 1} per line")
         if train.labels is None:
             raise DataError(f"data {train.source!r} has no labels, and fine-tuning a classifier "
                             "needs them; fix: pass --label-column naming the label column")
