@@ -83,18 +83,25 @@ def _show(labels: Mapping[int, str]) -> str:
 def match_label_names(labels: Mapping[int, str], names: Sequence[str]) -> dict[str, int] | None:
     """Model label name -> data label id (the index in ``names``), matched by name ignoring
     case: exact matches first, then a prefix either way that fits one remaining data name
-    only ("neg" for NEGATIVE, "pos" for POSITIVE). None unless every model label matches a
-    different data name and every data name is matched: anything less would be a guess."""
+    only ("neg" for NEGATIVE, "pos" for POSITIVE). None unless every data name is matched by
+    a different model label: anything less would be a guess. A model label that fits no
+    data name at all (the data has no "neutral" item) gets an id the data does not have, so
+    predicting it is an error; one that fits several is ambiguous (None)."""
     index = {name.strip().casefold(): i for i, name in enumerate(names)}
     matched = {name: index[name.strip().casefold()] for name in labels.values()
                if name.strip().casefold() in index}
     left = {key: i for key, i in index.items() if i not in matched.values()}
+    unused = len(names)
     for name in labels.values():
+        if name in matched:
+            continue
         key = name.strip().casefold()
         hits = [i for other, i in left.items() if key and (other.startswith(key) or key.startswith(other))]
-        if name not in matched and len(hits) == 1:
-            matched[name] = hits[0]
-    ids = list(matched.values())
+        if len(hits) > 1:
+            return None
+        matched[name] = hits[0] if hits else unused
+        unused += 0 if hits else 1
+    ids = [i for i in matched.values() if i < len(names)]
     if len(matched) != len(labels) or len(set(ids)) != len(ids) or len(ids) != len(index):
         return None
     return matched
