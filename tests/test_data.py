@@ -90,7 +90,7 @@ def test_bad_txt_names_the_file(tmp_path: Path) -> None:
         load_text_data(blank)
     latin = tmp_path / "latin.txt"
     latin.write_bytes("caf\xe9\n".encode("latin-1"))
-    with pytest.raises(DataError, match=r"latin.txt' is not UTF-8 text; fix: re-encode it as UTF-8"):
+    with pytest.raises(DataError, match=r"latin.txt': line 1 is not UTF-8 text \(byte 0xe9.*fix: re-encode"):
         load_text_data(latin)
 
 

@@ -274,6 +274,173 @@ def test_small_samples_warn_that_the_interval_is_wide(tiny_models, tmp_path: Pat
         roomy.compare("data_representation", roomy.pairs()[0])
 
 
+# -- data: label names, degenerate comparisons, invisible and odd texts -----------------------
+def _relabel(source: Path, target: Path, id2label: dict[int, str]) -> Path:
+    """A copy of a tiny model whose config names its labels ``id2label``."""
+    shutil.copytree(source, target)
+    config = json.loads((target / "config.json").read_text())
+    config["id2label"] = {str(i): name for i, name in id2label.items()}
+    config["label2id"] = {name: i for i, name in id2label.items()}
+    (target / "config.json").write_text(json.dumps(config))
+    return target
+
+
+def _named_labels(path: Path, names: tuple[str, str], n: int = 60) -> Path:
+    from miniature.core.builtin_data import sentiment_reviews
+
+    write_jsonl(path, [{"text": r.text, "label": names[r.label]} for r in sentiment_reviews(n, seed=3)])
+    return path
+
+
+def test_label_names_are_matched_by_name_not_alphabetically(tiny_models, tmp_path: Path) -> None:
+    # the models say {0: POSITIVE, 1: NEGATIVE}; the data says neg/pos (sorted: neg=0, pos=1)
+    pos_neg = {0: "POSITIVE", 1: "NEGATIVE"}
+    reference = _relabel(tiny_models["reference"], tmp_path / "ref", pos_neg)
+    candidate = _relabel(tiny_models["small"], tmp_path / "cand", pos_neg)
+    data = _named_labels(tmp_path / "named.jsonl", ("neg", "pos"))
+    g = gate(tiny_models, tmp_path, reference=str(reference), candidate=[str(candidate)], test_data=str(data))
+    gold = [row["label"] for row in map(json.loads, data.read_text().splitlines())]
+    for name in g.names:
+        predicted = [pos_neg[int(i)] for i in g.outputs(name, "test")["logits"].argmax(axis=1)]
+        expected = [p.lower().startswith(label) for p, label in zip(predicted, gold)]
+        assert g.correct(name).tolist() == expected  # alphabetical ids would invert every item
+
+
+def test_label_names_match_by_unique_prefix_in_any_order_or_are_refused() -> None:
+    from miniature.core.tasks.classification import check_label_maps, translation_table
+
+    nli = {"id2label": {"0": "ENTAILMENT", "1": "NEUTRAL", "2": "CONTRADICTION"}}
+    names = ["contradict", "entail", "neutral"]  # sorted by the loader: contradict=0, entail=1, neutral=2
+    mapping = check_label_maps(nli, nli, [0, 1, 2], data_label_names=names)
+    assert translation_table({0: "ENTAILMENT", 1: "NEUTRAL", 2: "CONTRADICTION"}, mapping, "m").tolist() == [1, 2, 0]
+    # an ambiguous prefix ("ne" fits NEGATIVE and NEUTRAL) is refused, never guessed
+    three = {"id2label": {"0": "NEGATIVE", "1": "NEUTRAL", "2": "POSITIVE"}}
+    with pytest.raises(DataError) as info:
+        check_label_maps(three, three, [0, 1, 2], data_label_names=["ne", "neu", "po"], data_source="nli.jsonl")
+    _one_line_naming(info.value, "nli.jsonl", "['ne', 'neu', 'po']", "'NEGATIVE'", "--label-map")
+
+
+def test_label_names_without_name_evidence_are_refused_listing_both_sets(tiny_models, tmp_path: Path) -> None:
+    # LABEL_0/LABEL_1 say nothing of which is neg and which is pos
+    data = _named_labels(tmp_path / "named.jsonl", ("neg", "pos"))
+    g = gate(tiny_models, tmp_path, test_data=str(data))
+    with pytest.raises(DataError) as info:
+        g.correct(g.reference)
+    _one_line_naming(info.value, str(data), "['neg', 'pos']", "{0: 'LABEL_0', 1: 'LABEL_1'}",
+                     "neg=0, pos=1", '--label-map "LABEL_0=0,LABEL_1=1"')
+    assert g.outcome("prediction_errors", g.pairs()[0]).status == "error"
+    mapped = gate(tiny_models, tmp_path, test_data=str(data), label_map="LABEL_0=1,LABEL_1=0")
+    logits = mapped.outputs(mapped.reference, "test")["logits"]
+    assert mapped.correct(mapped.reference).tolist() == (1 - logits.argmax(axis=1) == mapped.data.test.labels).tolist()
+
+
+def test_finetuning_keeps_the_ids_of_labels_the_model_already_names(tiny_models, tmp_path: Path) -> None:
+    from miniature.core.finetune import _classification_items, finetune
+    from miniature.core.tasks.classification import id2label
+    from transformers import AutoConfig, AutoTokenizer
+
+    pos_neg = {0: "POSITIVE", 1: "NEGATIVE"}
+    base = _relabel(tiny_models["small"], tmp_path / "base", pos_neg)
+    train = load_text_data(_named_labels(tmp_path / "train.jsonl", ("neg", "pos"), n=16))
+    target = finetune(str(base), "classification", train, output_root=tmp_path / "ft", max_steps=1,
+                      batch_size=8, progress=False)
+    assert id2label(AutoConfig.from_pretrained(target)) == pos_neg  # not {0: neg, 1: pos}
+    items = _classification_items(AutoTokenizer.from_pretrained(target), train, {"input_ids"}, 32, pos_neg)
+    assert [item["labels"] for item in items] == [1 - label for label in train.labels]  # pos -> 0
+
+
+def test_challenge_equal_to_train_skips_distribution_and_warns(tiny_models, tmp_path: Path) -> None:
+    from miniature.errors import NotApplicable
+
+    data = write_labelled(tmp_path / "train.jsonl", 60)
+    # K=1: each challenge item's nearest training item is itself, at distance 0, so no model flags it
+    g = gate(tiny_models, tmp_path, train_data=str(data), challenge_data=str(data), k=1)
+    with pytest.warns(DataWarning, match=r"challenge data \(.*train.jsonl\) shares 60 of its 60 item.*"
+                                         r"training data \(.*train.jsonl\)"):
+        g.data
+    with pytest.raises(NotApplicable) as info:
+        g.compare("data_distribution", g.pairs()[0])
+    message = str(info.value)
+    assert "\n" not in message and "60 of them training items" in message and "fix:" in message
+    assert "neither model flags any of the 60 challenge items" in message and "chance 1.000" in message
+    assert g.outcome("data_distribution", g.pairs()[0]).status == "skipped"  # not a perfect 1.0 pass
+
+
+def test_nearly_every_neighbour_skips_representation_with_the_chance(tiny_models, tmp_path: Path) -> None:
+    from miniature.errors import NotApplicable
+
+    g = gate(tiny_models, tmp_path, k=57)  # 57 of the 59 others: chance 0.93
+    with pytest.raises(NotApplicable, match=r"K=57 neighbours of the 59 other test items .* chance 0\.9\d\d.*"
+                                            r"fix: choose a K well below n/2 \(--k"):
+        g.compare("data_representation", g.pairs()[0])
+    assert gate(tiny_models, tmp_path, k=20).compare("data_representation", g.pairs()[0]).computed
+
+
+def test_both_models_wrong_on_everything_skip_prediction_errors(tiny_models, tmp_path: Path) -> None:
+    from miniature.errors import NotApplicable
+
+    g = gate(tiny_models, tmp_path)
+    g.correct = lambda name: np.zeros(len(g.data.test), dtype=bool)  # both error sets are everything
+    with pytest.raises(NotApplicable, match="erred on every one of the 60 test items.*chance 1.000.*fix:"):
+        g.compare("prediction_errors", g.pairs()[0])
+
+
+def test_zero_width_only_text_is_an_empty_text(tmp_path: Path) -> None:
+    path = write_rows(tmp_path / "d.jsonl", ["fine", "\u200b\u200b", "also fine"])
+    with pytest.raises(DataError) as info:
+        load_text_data(path)
+    _one_line_naming(info.value, str(path), "(first at row 1)", "only invisible character(s) U+200B")
+    text_file = tmp_path / "d.txt"
+    text_file.write_text("one\n\u200b\u2060\ntwo\n", encoding="utf-8")
+    assert load_text_data(text_file).texts == ["one", "two"]  # skipped like a blank line
+
+
+def test_lone_surrogate_names_file_row_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "fine", "label": 0}\n{"text": "odd \\ud83d here", "label": 1}\n')
+    with pytest.raises(DataError) as info:
+        load_text_data(path)
+    _one_line_naming(info.value, str(path), "column 'text' in row 1", "lone surrogate")
+
+
+def test_identical_texts_skip_representation_and_cka_names_the_data(tiny_models, tmp_path: Path) -> None:
+    from miniature.errors import NotApplicable
+
+    path = write_rows(tmp_path / "same.jsonl", ["the very same review"] * 100)
+    g = gate(tiny_models, tmp_path, test_data=str(path), data_limit=100)
+    with pytest.warns(DataWarning, match="99 duplicate"):
+        g.data
+    with pytest.raises(NotApplicable, match=r"every one of the 100 test items .*same.jsonl.* identical "
+                                            r"copies .*fix: remove the duplicates"):
+        g.compare("data_representation", g.pairs()[0])
+    with pytest.raises(NotApplicable) as info:
+        g.compare("representation_similarity", g.pairs()[0])
+    _one_line_naming(info.value, str(path), "all 100 test items", "the same text")
+    from miniature.core.characteristics.similarity import compare_similarity
+
+    same = np.ones((6, 3))
+    with pytest.raises(ValueError, match="model 'tiny' gives every one of the 6 items the same vector"):
+        compare_similarity(same, np.random.default_rng(0).normal(size=(6, 3)), reference="tiny", candidate="b")
+
+
+def test_compressed_file_is_named_as_compressed(tmp_path: Path) -> None:
+    import gzip
+
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(gzip.compress(b'{"text": "a", "label": 0}\n'))
+    with pytest.raises(DataError) as info:
+        load_text_data(path)
+    message = _one_line_naming(info.value, str(path), "is a gzip-compressed file", "gunzip")
+    assert "UTF-8" not in message
+
+
+def test_csv_text_column_of_digits_is_text(tmp_path: Path) -> None:
+    path = tmp_path / "digits.csv"
+    path.write_text("text,label\n007,1\n12345,0\n3.50,1\n")
+    data = load_text_data(path)
+    assert data.texts == ["007", "12345", "3.50"] and data.labels == [1, 0, 1]
+
+
 # == models: references, model files, heads and outputs ========================================
 @pytest.mark.parametrize(("value", "expected"), [
     ("bert-lage", "unknown model alias 'bert-lage'"),                       # 1 unknown alias
@@ -1133,3 +1300,15 @@ def test_finetuned_model_files_get_the_mode_the_umask_gives(tiny_models, tmp_pat
     finally:
         os.umask(old)
     assert {oct(p.stat().st_mode & 0o777) for p in target.iterdir()} == {"0o644"}
+
+
+def test_finetune_on_a_txt_file_says_a_txt_file_has_no_labels(tiny_models, tmp_path: Path, capsys) -> None:
+    from miniature.tools.cli import main
+
+    train = tmp_path / "reviews.txt"
+    train.write_text("a fine film\na dull film\n")
+    code = main(["finetune", str(tiny_models["small"]), "--train", str(train), "--output-dir",
+                 str(tmp_path / "out"), "--no-progress"])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in error and "reviews.txt" in error and ".txt file" in error
+    assert "--label-column" not in error and "label column" in error and "fix:" in error

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -85,7 +87,7 @@ def test_identical_and_perfect_models_agree_fully():
     assert same.figure == 1.0 and same.corrected == pytest.approx(1.0)
     assert same.ci_low == 1.0 and same.ci_high == 1.0
     perfect = compare(np.ones(10, bool), np.ones(10, bool))
-    assert perfect.figure == 1.0 and perfect.chance == 1.0 and perfect.corrected == 1.0
+    assert perfect.figure == 1.0 and perfect.chance == 1.0 and math.isnan(perfect.corrected)  # undefined, not 1
     assert perfect.details["mcnemar_p"] == 1.0 and perfect.evidence == []
 
 

@@ -15,6 +15,8 @@ from scipy.stats import binomtest
 from miniature.core.stats import (
     chance_corrected,
     chance_jaccard,
+    informative,
+    set_agreement,
     jaccard,
     jaccard_batch,
     jaccard_rows,
@@ -195,9 +197,63 @@ def test_chance_corrected_scale():
 
 
 def test_chance_corrected_when_chance_is_perfect_or_nan():
-    assert chance_corrected(1.0, 1.0) == 1.0
+    # chance 1 (both sets empty, or K = n - 1): any two models agree, so nothing beyond
+    # chance is measured: undefined, never a perfect 1.0
+    assert math.isnan(chance_corrected(1.0, 1.0))
     assert math.isnan(chance_corrected(0.5, 1.0))
     assert math.isnan(chance_corrected(float("nan"), 0.2))
+
+
+def test_degenerate_set_agreements_have_no_corrected_score():
+    empty = np.zeros(8, dtype=bool)
+    both_empty = set_agreement(empty, empty, n_bootstrap=0, seed=0)
+    assert both_empty.figure == 1.0 and both_empty.chance == 1.0 and math.isnan(both_empty.corrected)
+    full = np.ones(8, dtype=bool)
+    assert math.isnan(set_agreement(full, full, n_bootstrap=0, seed=0).corrected)
+    # sizes 1 and 2 of 8 items, the one inside the two: I = 1 with probability 2/8, where J = 1/2,
+    # so chance = 1/8 and corrected = (1/2 - 1/8) / (1 - 1/8) = 3/7
+    one = np.zeros(8, dtype=bool)
+    one[0] = True
+    two = one.copy()
+    two[1] = True
+    worked = set_agreement(one, two, n_bootstrap=0, seed=0)
+    assert worked.figure == 0.5 and worked.chance == pytest.approx(1 / 8)
+    assert worked.corrected == pytest.approx(3 / 7)
+
+
+def test_informative_by_hand():
+    assert informative(0.0) and informative(0.5) and informative(0.8999)
+    assert not informative(0.9) and not informative(1.0) and not informative(float("nan"))
+    # K = 56 of the 59 others: chance 0.903, so the kNN figure is not informative; K = 55: 0.873 is
+    assert not informative(chance_jaccard(59, 56, 56)) and informative(chance_jaccard(59, 55, 55))
+    # K = n - 1: every neighbour set is all the others
+    assert chance_jaccard(59, 59, 59) == pytest.approx(1.0) and not informative(chance_jaccard(59, 59, 59))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 60).flatmap(lambda n: st.tuples(st.just(n), st.integers(0, n), st.integers(0, n))),
+       st.floats(0.0, 1.0))
+def test_corrected_is_undefined_exactly_when_chance_is_one(sizes, j):
+    n, a, b = sizes
+    chance = chance_jaccard(n, a, b)
+    corrected = chance_corrected(j, chance)
+    if chance >= 1.0:
+        assert math.isnan(corrected) and not informative(chance)
+        assert a == b and a in (0, n)  # only both empty or both everything
+    else:
+        assert corrected == pytest.approx((j - chance) / (1 - chance)) and corrected <= 1.0 + 1e-12
+        assert chance_corrected(1.0, chance) == pytest.approx(1.0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(3, 200).flatmap(lambda n: st.tuples(st.just(n), st.integers(1, n - 1))))
+def test_knn_chance_grows_with_k_and_is_informative_below_half(sizes):
+    n, k = sizes  # k neighbours among n others
+    chance = chance_jaccard(n, k, k)
+    if k + 1 <= n - 1:
+        assert chance_jaccard(n, k + 1, k + 1) >= chance - 1e-12
+    if 2 * k <= n:
+        assert informative(chance)  # half the items or fewer: chance about 1/3 at most
 
 
 # ------------------------------------------------------------------- bootstrap

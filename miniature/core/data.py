@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
@@ -21,12 +22,14 @@ from miniature.errors import DataError
 FILE_FORMATS = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 
 
-def load_records(source: str | Path, *, split: str | None = None) -> list[dict[str, Any]]:
-    """Rows of a local file or of a ``datasets`` dataset (``name`` or ``name:split``)."""
+def load_records(source: str | Path, *, split: str | None = None,
+                 text_columns: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Rows of a local file or of a ``datasets`` dataset (``name`` or ``name:split``);
+    ``text_columns`` of a CSV file are read as text ("007" stays "007", not the number 7)."""
     text = str(source)
     path = Path(text).expanduser()
     if path.is_file():
-        return _read_file(path)
+        return _read_file(path, text_columns)
     if path.is_dir() or text.startswith((".", "/", "~")) or path.suffix.lower() in FILE_FORMATS:
         what = "is a directory" if path.is_dir() else "does not exist"
         raise DataError(f"data {text!r}: the path {what}; fix: pass a {'/'.join(FILE_FORMATS)} "
@@ -35,10 +38,23 @@ def load_records(source: str | Path, *, split: str | None = None) -> list[dict[s
     return _load_hub_dataset(name, split or named_split or "test")
 
 
+#: Leading bytes of compressed or binary files, so they are named rather than read as text.
+_MAGIC = {b"\x1f\x8b": ("gzip-compressed", "decompress it (gunzip)"),
+          b"PK\x03\x04": ("zip archive", "extract it (unzip)"),
+          b"BZh": ("bzip2-compressed", "decompress it (bunzip2)"),
+          b"\xfd7zXZ\x00": ("xz-compressed", "decompress it (unxz)"),
+          b"\x28\xb5\x2f\xfd": ("zstd-compressed", "decompress it (unzstd)"),
+          b"PAR1": ("Parquet", "rename it to .parquet")}
+
+
 def _decode(path: Path) -> str:
-    """The file as text (UTF-8, a byte-order mark dropped); bytes that are not UTF-8 are
-    refused naming the line and the byte."""
+    """The file as text (UTF-8, a byte-order mark dropped); a compressed or binary file is
+    named as such, and bytes that are not UTF-8 are refused naming the line and the byte."""
     data = path.read_bytes()
+    for magic, (kind, fix) in _MAGIC.items():
+        if data.startswith(magic):
+            raise DataError(f"data {str(path)!r} is a {kind} file, not {path.suffix} text; fix: "
+                            f"{fix} and pass the {path.suffix} text file it holds")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
@@ -69,7 +85,7 @@ def _check_csv_fields(path: Path, text: str) -> None:
                             "that contain commas (\"a, b\") and give every row one value per column")
 
 
-def _read_file(path: Path) -> list[dict[str, Any]]:
+def _read_file(path: Path, text_columns: Sequence[str] = ()) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
     try:
         if suffix == ".jsonl":
@@ -112,13 +128,16 @@ def _read_file(path: Path) -> list[dict[str, Any]]:
                                         f"{_json_kind(row)}, not an object; fix: one object per "
                                         "item with named columns")
         elif suffix == ".csv":
+            import csv
             import io
 
             import pandas as pd
 
             text = _decode(path)
             _check_csv_fields(path, text)
-            rows = pd.read_csv(io.StringIO(text), keep_default_na=False).to_dict("records")
+            header = next(csv.reader(io.StringIO(text)), [])
+            as_text = {column: str for column in text_columns if column in header}
+            rows = pd.read_csv(io.StringIO(text), keep_default_na=False, dtype=as_text).to_dict("records")
         elif suffix == ".parquet":
             import pandas as pd
 
@@ -150,13 +169,37 @@ def _json_kind(value: Any) -> str:
 
 def read_lines(path: Path) -> list[str]:
     """The items of a plain-text file, one per line: only the line ending is stripped
-    (``\n`` or ``\r\n``); blank or whitespace-only lines are skipped."""
-    try:
-        lines = path.read_text("utf-8").split("\n")
-    except UnicodeDecodeError:
-        raise DataError(f"data {str(path)!r} is not UTF-8 text; fix: re-encode it as UTF-8") from None
+    (``\n`` or ``\r\n``); blank lines, whitespace or invisible characters only, are skipped."""
+    lines = _decode(path).split("\n")
     lines = [line[:-1] if line.endswith("\r") else line for line in lines]
-    return [line for line in lines if line.strip()]
+    return [line for line in lines if not is_blank(line)]
+
+
+def is_blank(text: str) -> bool:
+    """Whether a text has nothing a tokenizer keeps: only whitespace, zero-width and other
+    format or control characters (U+200B, U+FEFF, ...), which tokenize like ""."""
+    return all(ch.isspace() or unicodedata.category(ch).startswith("C") for ch in text)
+
+
+def check_texts(texts: Sequence[str], column: str, source: str, first_row: int = 0) -> None:
+    """Refuse blank texts (:func:`is_blank`) and texts with a lone surrogate (a JSON escape
+    such as \\ud83d without its pair, which no tokenizer or UTF-8 file can hold), by row."""
+    blank = [i for i, t in enumerate(texts) if is_blank(t)]
+    if blank:
+        first = texts[blank[0]]
+        invisible = sorted({f"U+{ord(ch):04X}" for ch in first if not ch.isspace()})
+        what = (f"; row {blank[0] + first_row} holds only invisible character(s) "
+                f"{', '.join(invisible[:4])}, which tokenize like an empty text" if invisible else "")
+        raise DataError(f"data {source!r}: {len(blank)} empty or whitespace-only text(s) in column "
+                        f"{column!r} (first at row {blank[0] + first_row}){what}; fix: remove them")
+    for number, text in enumerate(texts):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise DataError(f"data {source!r}: column {column!r} in row {number + first_row} holds "
+                            f"a lone surrogate {text[error.start]!r} (half of a character, from a "
+                            "JSON escape such as \\ud83d without its pair); fix: write the whole "
+                            "character, or both halves of its escape (\\ud83d\\ude00)") from None
 
 
 def _flatten_squad(articles: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -257,7 +300,9 @@ def load_text_data(
     Labels that look like integers (``1``, ``1.0``, ``"10"``) are label ids; other string
     labels are names, mapped to integers in sorted order (recorded in ``label_names``).
     Blank, null and fractional labels, and ids mixed with names, are refused by row.
-    Empty or whitespace-only texts are refused: they have no content to compare.
+    Empty texts, and texts of only whitespace or invisible characters (zero-width spaces),
+    are refused: they have no content to compare; so are lone surrogates, by row. The text
+    column of a CSV file is read as text, so a text of digits stays a text.
     A ``.txt`` file holds one text per line and no labels (``labels`` is None whatever
     ``label_column`` says; the checks that need labels say so); blank lines are skipped.
     """
@@ -266,7 +311,7 @@ def load_text_data(
         if not texts:
             raise DataError(f"data {str(source)!r} is empty (no non-blank line); fix: one item per line")
         return TextData(source=str(source), texts=texts[:limit] if limit is not None else texts)
-    rows = load_records(source, split=split)
+    rows = load_records(source, split=split, text_columns=[text_column])
     if limit is not None:
         rows = rows[:limit]
     name = str(source)
@@ -275,10 +320,7 @@ def load_text_data(
         columns[label_column] = object  # present here; the values are checked below
     require_columns(rows, columns, name)
     texts = [row[text_column] for row in rows]
-    blank = [i for i, t in enumerate(texts) if not t.strip()]
-    if blank:
-        raise DataError(f"data {name!r}: {len(blank)} empty or whitespace-only text(s) in column "
-                        f"{text_column!r} (first at row {blank[0]}); fix: remove them")
+    check_texts(texts, text_column, name)
     if label_column is None:
         return TextData(source=name, texts=texts)
     raw = [_label_value(row, label_column, number, name) for number, row in enumerate(rows)]

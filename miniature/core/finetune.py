@@ -31,6 +31,7 @@ from miniature.core.data import TextData
 from miniature.errors import DataError, MiniatureError, ModelReferenceError
 from miniature.core.models import ModelSpec, fingerprint_files, hub_error, refuse_unsafe_local, resolve_model
 from miniature.core.tasks import TASKS, OptionError
+from miniature.core.tasks.classification import id2label, match_label_names
 from miniature.core.tasks.qa import QAExample, prepare_qa_features
 
 #: Bump when the training recipe changes, so older fine-tuned folders are not reused.
@@ -102,6 +103,11 @@ def _check_arguments(task: str, train: Any, *, epochs: float, learning_rate: flo
     if task == "classification":
         if not isinstance(train, TextData):
             raise TypeError(f"classification trains on TextData, got {type(train).__name__}")
+        if train.labels is None and train.source.lower().endswith(".txt"):
+            raise DataError(f"data {train.source!r} is a .txt file (one text per line), which has "
+                            "no labels, and fine-tuning a classifier needs them; fix: pass a "
+                            ".jsonl/.csv/.parquet file with a text and a label column, e.g. "
+                            "{\"text\": \"a fine film\", \"label\": 1} per line")
         if train.labels is None:
             raise DataError(f"data {train.source!r} has no labels, and fine-tuning a classifier "
                             "needs them; fix: pass --label-column naming the label column")
@@ -186,7 +192,10 @@ def _load(spec: ModelSpec, task: str, train: Any, *, trust_remote_code: bool,
                 config = transformers.AutoConfig.from_pretrained(
                     spec.source, trust_remote_code=trust_remote_code)
             needed = max(max(train.labels) + 1, len(train.label_names))
-            if train.label_names:
+            kept = id2label(config)
+            if train.label_names and config.num_labels == needed and match_label_names(kept, train.label_names):
+                names = kept  # the model already names these labels: train each on its own id
+            elif train.label_names:
                 names = {i: name for i, name in enumerate(train.label_names)}
             elif config.num_labels == needed:
                 names = dict(config.id2label)
@@ -213,10 +222,14 @@ def _load(spec: ModelSpec, task: str, train: Any, *, trust_remote_code: bool,
 
 
 def _classification_items(tokenizer: Any, train: TextData, keys: set[str],
-                          max_length: int) -> list[dict[str, Any]]:
+                          max_length: int, labels: dict[int, str]) -> list[dict[str, Any]]:
+    """Tokenised items with their label as the model's id: where the model names the data's
+    labels (``labels``, its id2label), each data label goes to the id of its name."""
     encoded = tokenizer(list(train.texts), truncation=True, max_length=max_length)
     names = [k for k in encoded.keys() if k in keys]
-    return [{**{k: encoded[k][i] for k in names}, "labels": int(label)}
+    matched = match_label_names(labels, train.label_names) if train.label_names else None
+    model_id = {matched[name]: i for i, name in labels.items()} if matched else {}
+    return [{**{k: encoded[k][i] for k in names}, "labels": model_id.get(int(label), int(label))}
             for i, label in enumerate(train.labels or [])]
 
 
@@ -265,7 +278,7 @@ def _train(spec: ModelSpec, task: str, train: Any, *, output_root: Path, setting
 
     max_length = effective_max_length(model.config, settings["max_length"], spec.name)
     if task == "classification":
-        items = _classification_items(tokenizer, train, keys, max_length)
+        items = _classification_items(tokenizer, train, keys, max_length, id2label(model.config))
     else:
         items = _qa_items(tokenizer, train, keys, max_length, settings["doc_stride"])
     rng = np.random.default_rng(settings["seed"])

@@ -169,8 +169,11 @@ class Gate(ModelLoading, PerItemOutputs):
             try:
                 result = compare(self, pair, stage)
                 if self.noise_model is not None:
-                    floor = compare(self, Pair(self.reference, self.noise_model, False), stage)
-                    result.noise_floor = floor.figure
+                    try:
+                        floor = compare(self, Pair(self.reference, self.noise_model, False), stage)
+                        result.noise_floor = floor.figure
+                    except NotApplicable:  # the reference against itself has no figure: no floor
+                        result.noise_floor = None
             except ValueError as error:  # the numeric layer's input checks
                 raise MiniatureError(f"{characteristic.replace('_', ' ')}, {pair.reference} vs "
                                      f"{pair.candidate}: {error}") from None

@@ -206,7 +206,7 @@ class ModelLoading:
                 reference, config(name) if name != self.reference else reference,
                 self.data.test.labels or [], label_map=self.settings[opt.LABEL_MAP],
                 reference_name=f"{self.reference} (reference)", candidate_name=name,
-                data_label_names=self.data.test.label_names)
+                data_label_names=self.data.test.label_names, data_source=self.data.test.source)
             self._label_maps[name] = (None if mapping is None
                                       else translation_table(id2label(config(name)), mapping, name))
         return self._label_maps[name]

@@ -50,13 +50,21 @@ class PerItemOutputs:
         if "challenge" not in given and builtin is not None and builtin.challenge_is_ood:
             is_ood = builtin.challenge_is_ood[: len(sets["challenge"])]
         for role, data in sets.items():
-            items = list(zip(data.texts, data.pairs or data.texts))
+            items = _items(data)
             duplicates = len(items) - len(set(items))
             if duplicates:
                 warnings.warn(DataWarning(
                     f"the {role} data ({data.source}) holds {duplicates} duplicate item(s); "
                     "duplicates are each other's nearest neighbours and tie exactly (ties are "
                     "broken by item order); remove them unless they are meant"), stacklevel=2)
+        challenge, train = sets["challenge"], sets["train"]
+        overlap = len(set(_items(challenge)) & set(_items(train)))
+        if overlap:
+            warnings.warn(DataWarning(
+                f"the challenge data ({challenge.source}) shares {overlap} of its {len(challenge)} "
+                f"item(s) with the training data ({train.source}); a training item is its own "
+                "nearest training neighbour, so every model calls it in-distribution; pass "
+                "challenge items that are not training items"), stacklevel=2)
         return TaskData(challenge_is_ood=is_ood, **sets)
 
     # -- outputs ---------------------------------------------------------------------------
@@ -193,13 +201,26 @@ class PerItemOutputs:
         self._attack_problem(name)
         test = self.data.test
         index = sample_items(len(test), self.settings[opt.ATTACK_SIZE], self.settings[opt.SEED])
-        return attack_model_outcomes(
-            self.attack_wrapper(), self.wrapper(name),
-            [test.texts[i] for i in index], [test.labels[i] for i in index],  # type: ignore[index]
+        labels = [test.labels[i] for i in index]  # type: ignore[index]
+        translation = self.label_translation(name)  # model id -> data id; the attack runs on model ids
+        if translation is not None:
+            if len(set(translation.tolist())) != len(translation):
+                raise NotApplicable(f"model {name!r} gives several of its labels the same data label "
+                                    "(--label-map), so an attack on its ids has no single target "
+                                    "label; fix: map each model label to its own data label id")
+            to_model = {int(data): model for model, data in enumerate(translation)}
+            labels = [to_model[label] for label in labels]
+        outcomes = attack_model_outcomes(
+            self.attack_wrapper(), self.wrapper(name), [test.texts[i] for i in index], labels,
             settings=AttackSettings(top_k_words=self.settings[opt.ATTACK_TOP_K],
                                     max_length=min(self.settings[opt.MAX_LENGTH],
                                                    self.attack_wrapper().max_length)),
             cache=self.cache, seed=self.settings[opt.SEED], items=items)
+        if translation is None:
+            return outcomes
+        ids = ("label", "original_prediction", "perturbed_prediction")  # back to the data's ids
+        return [{**o, **{key: int(translation[o[key]]) for key in ids if o.get(key) is not None}}
+                for o in outcomes]
 
 
 class WithoutVectors(dict):
@@ -220,6 +241,11 @@ def _length_used(used: int, requested: int) -> str:
     if used == requested:
         return f"--max-length {requested}"
     return f"{used} (the model's position limit; --max-length {requested})"
+
+
+def _items(data: TextData) -> list[tuple[str, str]]:
+    """A data set's items as (text, pair segment) tuples, to find duplicates and overlaps."""
+    return list(zip(data.texts, data.pairs or data.texts))
 
 
 def _data_fingerprint(data: TextData) -> str:

@@ -793,6 +793,10 @@ def compare_in_gate(gate: "Gate", pair: "Pair", stage: str | None) -> Comparison
             f"by both {pair.reference!r} and {pair.candidate!r}, so only they were attacked; at "
             f"least {least} are needed for a broken-set Jaccard; fix: {fix}")
     common = gate.common("adversarial_vulnerability", pair)
+    transfer = transfer_predictions(reference, gate.wrapper(pair.candidate))
+    translation = gate.label_translation(pair.candidate)  # the candidate's ids as the data's
+    if translation is not None:
+        transfer = {i: int(translation[p]) for i, p in transfer.items()}
     return compare_adversarial(
         reference, candidate, drop_tolerance=gate.settings.attack_drop_tolerance,
-        transfer=transfer_predictions(reference, gate.wrapper(pair.candidate)), **common)
+        transfer=transfer, **common)

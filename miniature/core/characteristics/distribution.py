@@ -30,7 +30,9 @@ from miniature.core.characteristics.representation import (
     normalized_float32,
     usable_ks,
 )
-from miniature.core.stats import jaccard, set_agreement
+from miniature.core import settings as opt
+from miniature.core.stats import informative, jaccard, set_agreement
+from miniature.errors import NotApplicable
 
 __all__ = [
     "FeatureSplits",
@@ -369,8 +371,26 @@ def compare_in_gate(gate: "Gate", pair: "Pair", stage: str | None) -> Comparison
     n_train = len(gate.data.train)
     ks = tuple(k for k in gate.settings.k_sweep if k < n_train)
     labels = gate.data.challenge_is_ood
-    return compare_distribution(
+    result = compare_distribution(
         feats(pair.reference), feats(pair.candidate), k=gate.settings.k,
         keep=gate.settings.ood_keep, ks=ks,
         challenge_is_ood=np.asarray(labels) if labels is not None else None,
         item_texts=gate.data.challenge.texts, **gate.common("data_distribution", pair))
+    if not informative(result.chance):
+        challenge, train = gate.data.challenge, gate.data.train
+        a, b, m = result.details["reference_ood"], result.details["candidate_ood"], result.n
+        overlap = len(set(challenge.texts) & set(train.texts))
+        seen = f", {overlap} of them training items ({train.source})" if overlap else ""
+        where = f"of the {m} challenge items ({challenge.source}{seen})"
+        if a == b == 0:
+            why = f"neither model flags any {where} as out-of-distribution"
+        elif a == b == m:
+            why = f"both models flag every one {where} as out-of-distribution"
+        else:
+            why = f"the models flag {a} and {b} {where} as out-of-distribution"
+        raise NotApplicable(
+            f"data distribution, {pair.reference} vs {pair.candidate}: {why}, so unrelated models "
+            f"would agree at chance {result.chance:.3f} and the OOD-set Jaccard says nothing of "
+            f"these models; fix: pass a {opt.CHALLENGE_DATA} that mixes unseen in-distribution "
+            "items with items from another distribution (none of them training items)")
+    return result

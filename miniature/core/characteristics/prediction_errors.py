@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from miniature.core.characteristics.base import THRESHOLD_ON_CHOICES, ComparisonResult
-from miniature.core.stats import mcnemar_exact, set_agreement
+from miniature.core.stats import informative, mcnemar_exact, set_agreement
 
 __all__ = ["error_mask", "compare_prediction_errors"]
 
@@ -157,5 +157,16 @@ def compare_in_gate(gate: "Gate", pair: "Pair", stage: str | None) -> Comparison
         raise NotApplicable(f"neither {pair.reference!r} nor {pair.candidate!r} erred on any of "
                             f"the {len(test)} test items ({test.source}), so there are no error "
                             "sets to compare; fix: pass a larger or harder --test-data")
-    return compare_prediction_errors(reference, candidate, item_texts=test.texts,
-                                     **gate.common("prediction_errors", pair))
+    result = compare_prediction_errors(reference, candidate, item_texts=test.texts,
+                                       **gate.common("prediction_errors", pair))
+    if not informative(result.chance):
+        a, b = result.details["reference_errors"], result.details["candidate_errors"]
+        why = (f"both {pair.reference!r} and {pair.candidate!r} erred on every one of the "
+               f"{len(test)} test items ({test.source})" if a == b == len(test) else
+               f"{pair.reference!r} and {pair.candidate!r} erred on {a} and {b} of the "
+               f"{len(test)} test items ({test.source})")
+        raise NotApplicable(f"{why}, so unrelated models would agree at chance "
+                            f"{result.chance:.3f} and the error-set Jaccard says nothing of these "
+                            "models; fix: pass models fine-tuned for this task (--finetune) or "
+                            "a --test-data they can mostly answer")
+    return result

@@ -15,13 +15,17 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pragma: no cover
     from miniature.core.gate import Gate, Pair
 
+import warnings
+from collections import Counter
 from typing import Literal, Sequence
 
 import faiss
 import numpy as np
 
+from miniature.core import settings as opt
 from miniature.core.characteristics.base import THRESHOLD_ON_CHOICES, ComparisonResult
-from miniature.core.stats import chance_jaccard, jaccard_rows, mean_agreement
+from miniature.core.stats import chance_jaccard, informative, jaccard_rows, mean_agreement
+from miniature.errors import DataWarning, NotApplicable
 
 __all__ = [
     "DEFAULT_KS",
@@ -340,10 +344,45 @@ def check_texts(item_texts: Sequence[str] | None, n: int) -> None:
         raise ValueError(f"item_texts has {len(item_texts)} entries but there are {n} items; pass one text per item")
 
 
+def uninformative_reason(texts: Sequence[str], k: int, source: str) -> str | None:
+    """Why the mean kNN Jaccard of these items at ``k`` would be the same for any two models
+    (one line with the fix), or None. Two cases: the K neighbours are nearly all the n - 1
+    other items, so chance agreement is :data:`~miniature.core.stats.UNINFORMATIVE_CHANCE`
+    or more (:func:`~miniature.core.stats.informative`); or every item has K or more
+    duplicates, whose identical vectors fill its neighbour set in every model (ties are
+    broken by index). When only some items are such duplicates, a DataWarning counts them."""
+    n = len(texts)
+    if not 1 <= k < n:
+        return None  # the comparison refuses it with its own message
+    chance = chance_jaccard(n - 1, k, k)
+    if not informative(chance):
+        return (f"K={k} neighbours of the {n - 1} other test items ({source}) are nearly all of "
+                f"them, so two unrelated models already agree at chance {chance:.3f} and the kNN "
+                f"Jaccard measures K, not the models; fix: choose a K well below n/2 ({opt.K}, "
+                f"e.g. 10) or pass more test data")
+    counts = Counter(texts)
+    forced = sum(c for c in counts.values() if c > k)
+    if forced == n:
+        return (f"every one of the {n} test items ({source}) has {k} or more identical copies "
+                f"({len(counts)} distinct text(s)), so each neighbour set is its copies in any "
+                f"model and agreement is 1.0 whatever the models; fix: remove the duplicates from "
+                f"{opt.TEST_DATA}")
+    if forced:
+        warnings.warn(DataWarning(
+            f"{forced} of the {n} test items ({source}) have {k} or more identical copies, so "
+            f"their neighbour sets are those copies in any model and agree by construction; "
+            f"remove the duplicates to compare the models on them"), stacklevel=3)
+    return None
+
+
 # -- in a gate run ----------------------------------------------------------------------
 def compare_in_gate(gate: "Gate", pair: "Pair", stage: str | None) -> ComparisonResult:
-    """The gate's comparison of one pair: its per-item outputs fed to the function above."""
+    """The gate's comparison of one pair: its per-item outputs fed to the function above,
+    skipped when the figure could not tell the models apart (:func:`uninformative_reason`)."""
     n = len(gate.data.test)
+    reason = uninformative_reason(gate.data.test.texts, gate.settings.k, gate.data.test.source)
+    if reason is not None:
+        raise NotApplicable(f"data representation, {pair.reference} vs {pair.candidate}: {reason}")
     ks = tuple(k for k in gate.settings.k_sweep if k < n)
     return compare_representation(
         gate.outputs(pair.reference, "test", stage=stage)["embeddings"],

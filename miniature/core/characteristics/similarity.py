@@ -37,6 +37,8 @@ import numpy as np
 from miniature.core.characteristics.representation import knn_indices
 from miniature.core.characteristics.base import THRESHOLD_ON_CHOICES, ComparisonResult
 from miniature.core.stats import paired_bootstrap_ci
+from miniature.core import settings as opt
+from miniature.errors import NotApplicable
 
 __all__ = [
     "linear_cka",
@@ -83,12 +85,13 @@ def debiased_cka(X: np.ndarray, Y: np.ndarray) -> float:
     return cka_pair(X, Y)[1]
 
 
-def cka_pair(X: np.ndarray, Y: np.ndarray) -> tuple[float, float]:
+def cka_pair(X: np.ndarray, Y: np.ndarray, *, names: tuple[str, str] = ("X", "Y")) -> tuple[float, float]:
     """(linear CKA, debiased CKA) from one pass over the data: cheaper than both calls.
 
     With n < 4 the debiased value is nan (it needs four items) rather than an error.
+    ``names`` say whose vectors X and Y are in an error (the models' names in a gate).
     """
-    Xc, Yc, n = _prepare(X, Y, min_items=2)
+    Xc, Yc, n = _prepare(X, Y, min_items=2, names=names)
     sums = _sums(Xc, Yc, np.ones((1, n)))
     linear = float(_linear_from_sums(sums, n)[0])
     debiased = float(_debiased_from_sums(sums, n)[0]) if n >= 4 else math.nan
@@ -485,11 +488,12 @@ class _Centred:
         return self.rows(0, self.shape[0])
 
 
-def _prepare(X: np.ndarray, Y: np.ndarray, *, min_items: int) -> tuple[_Centred, _Centred, int]:
+def _prepare(X: np.ndarray, Y: np.ndarray, *, min_items: int,
+             names: tuple[str, str] = ("X", "Y")) -> tuple[_Centred, _Centred, int]:
     """Validated inputs with their float64 column means, and n."""
     n = _check_pair(X, Y, min_items=min_items)
     centred = []
-    for name, values in (("X", X), ("Y", Y)):
+    for name, values in zip(names, (X, Y)):
         array = np.asarray(values)
         if np.all(array == array[:1]):
             raise ValueError(
@@ -575,7 +579,7 @@ def compare_similarity(
     n = _check_pair(emb_ref, emb_cand, min_items=4)
     if item_texts is not None and len(item_texts) != n:
         raise ValueError(f"item_texts has {len(item_texts)} entries but there are {n} items")
-    linear, debiased = cka_pair(emb_ref, emb_cand)
+    linear, debiased = cka_pair(emb_ref, emb_cand, names=(f"model {reference!r}", f"model {candidate!r}"))
     figure = debiased if estimator == "debiased" else linear
     ci_low = ci_high = None
     interval = None
@@ -608,6 +612,12 @@ def compare_similarity(
 def compare_in_gate(gate: "Gate", pair: "Pair", stage: str | None) -> ComparisonResult:
     """The gate's comparison of one pair: the test items' sentence vectors (per stage)."""
     settings = gate.settings
+    test = gate.data.test
+    if len(set(test.texts)) == 1:
+        raise NotApplicable(
+            f"representation similarity, {pair.reference} vs {pair.candidate}: all {len(test)} test "
+            f"items ({test.source}) are the same text, so every model gives them one vector and "
+            f"CKA is undefined (0/0); fix: pass distinct texts in {opt.TEST_DATA}")
     return compare_similarity(
         gate.outputs(pair.reference, "test", stage=stage)["embeddings"],
         gate.outputs(pair.candidate, "test", stage=stage)["embeddings"],

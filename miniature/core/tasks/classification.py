@@ -80,6 +80,45 @@ def _show(labels: Mapping[int, str]) -> str:
     return "{" + ", ".join(f"{i}: {name!r}" for i, name in labels.items()) + "}"
 
 
+def match_label_names(labels: Mapping[int, str], names: Sequence[str]) -> dict[str, int] | None:
+    """Model label name -> data label id (the index in ``names``), matched by name ignoring
+    case: exact matches first, then a prefix either way that fits one remaining data name
+    only ("neg" for NEGATIVE, "pos" for POSITIVE). None unless every data name is matched by
+    a different model label: anything less would be a guess. A model label that fits no
+    data name at all (the data has no "neutral" item) gets an id the data does not have, so
+    predicting it is an error; one that fits several is ambiguous (None)."""
+    index = {name.strip().casefold(): i for i, name in enumerate(names)}
+    matched = {name: index[name.strip().casefold()] for name in labels.values()
+               if name.strip().casefold() in index}
+    left = {key: i for key, i in index.items() if i not in matched.values()}
+    unused = len(names)
+    for name in labels.values():
+        if name in matched:
+            continue
+        key = name.strip().casefold()
+        hits = [i for other, i in left.items() if key and (other.startswith(key) or key.startswith(other))]
+        if len(hits) > 1:
+            return None
+        matched[name] = hits[0] if hits else unused
+        unused += 0 if hits else 1
+    ids = [i for i in matched.values() if i < len(names)]
+    if len(matched) != len(labels) or len(set(ids)) != len(ids) or len(ids) != len(index):
+        return None
+    return matched
+
+
+def _unmatched_line(model: str, labels: Mapping[int, str], names: Sequence[str], source: str) -> str:
+    """The refusal when a model's label names do not say which data label each id is."""
+    why = ("are generic and say nothing of their meaning" if _is_generic(labels)
+           else "do not match them one to one by name")
+    ids = ", ".join(f"{name}={i}" for i, name in enumerate(names))
+    first = next(iter(labels.values()), "LABEL_0")
+    return (f"data {source!r} names its labels {list(names)} but model {model!r} has labels "
+            f"{_show(labels)}, which {why}; fix: pass --label-map giving each model label its "
+            f"data label id (the data's ids: {ids}), e.g. --label-map \"{_suggest(labels)}\" if "
+            f"{first} means {names[0]}")
+
+
 def translation_table(labels: Mapping[int, str], label_map: Mapping[str, int],
                       model: str) -> np.ndarray:
     """Model label id -> data label id (``table[model_id]``) through ``label_map``, names
@@ -119,14 +158,18 @@ def check_label_maps(
     reference_name: str = "reference",
     candidate_name: str = "candidate",
     data_label_names: Sequence[str] = (),
+    data_source: str = "the data",
 ) -> dict[str, int] | None:
     """Check that both models' label ids mean the same labels, and cover the data's.
 
     Returns the label map to give :func:`predict_labels` (``None``: the ids already agree).
-    Generic names (LABEL_0, ...) count as "ids are the data's ids". When both models
-    name their labels differently, the data's string label names (``data_label_names``,
-    as :func:`~miniature.core.data.load_text_data` records them) resolve it if they match;
-    otherwise a :class:`ModelReferenceError` names both models, both maps and the fix.
+    ``label_map`` decides when given. When the data names its labels (``data_label_names``,
+    as :func:`~miniature.core.data.load_text_data` records them: "neg", "pos"), each model's
+    label names are matched to them (:func:`match_label_names`); a model whose names do not
+    match one to one, generic LABEL_i names included, is refused naming both label sets,
+    since any other pairing would be a guess. With integer data labels, generic names
+    (LABEL_0, ...) and names "0", "1", ... count as "ids are the data's ids", and two models
+    whose names differ are refused (:class:`ModelReferenceError`) naming both maps and the fix.
     """
     labels = np.asarray(data_labels, dtype=np.int64).ravel()
     if labels.size and labels.min() < 0:
@@ -155,6 +198,15 @@ def check_label_maps(
                 "task (or `miniature finetune` it on this data), or choose the right --label-column"
             )
     (ref_name, ref), (cand_name, cand) = maps.items()
+    if data_label_names:  # the data names its labels: only the models' names can say which is which
+        by_name: dict[str, int] = {}
+        for model, labels_of_model in maps.items():
+            matched = match_label_names(labels_of_model, data_label_names)
+            if matched is None:
+                raise DataError(_unmatched_line(model, labels_of_model, data_label_names, data_source))
+            by_name.update(matched)
+        identity = all(by_name[n] == i for m in (ref, cand) for i, n in m.items())
+        return None if identity else by_name
     if _is_numeric(ref) and _is_numeric(cand):  # label names "0", "1", ... are data label ids
         by_id = {name: int(name) for m in (ref, cand) for name in m.values()}
         return None if all(int(n) == i for m in (ref, cand) for i, n in m.items()) else by_id
@@ -165,12 +217,6 @@ def check_label_maps(
             f"--label-map naming every label of both with its data label id, e.g. "
             f"--label-map \"{_suggest(ref)}\""
         )
-    if data_label_names and not (_is_generic(ref) or _is_generic(cand)):
-        names = {n.casefold(): i for i, n in enumerate(data_label_names)}
-        if all(n.casefold() in names for m in (ref, cand) for n in m.values()):
-            by_name = {n: names[n.casefold()] for m in (ref, cand) for n in m.values()}
-            identity = all(by_name[n] == i for m in (ref, cand) for i, n in m.items())
-            return None if identity else by_name
     same = all(a.casefold() == b.casefold() for a, b in zip(ref.values(), cand.values()))
     if same or _is_generic(ref) or _is_generic(cand):
         return None
