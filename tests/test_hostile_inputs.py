@@ -597,6 +597,60 @@ def test_base_checkpoints_must_match_the_models(pytester: pytest.Pytester, tiny_
     assert opt.REFERENCE_BASE in line and opt.CANDIDATE_BASE in line and "fix:" in line
 
 
+def _thresholds(pytester: pytest.Pytester, ini: str, *args: str) -> dict[str, float | None]:
+    """The threshold each characteristic gets, from an ini and command-line arguments."""
+    from miniature.core.gate import threshold_for
+    from miniature.plugin.hooks import REGISTRY_KEY, SETTINGS_KEY
+
+    pytester.makeini(f"[pytest]\n{ini}\n")
+    config = pytester.parseconfigure(*args)
+    registry = config.stash[REGISTRY_KEY]
+    return {c.name: threshold_for(config.stash[SETTINGS_KEY], c) for c in registry}
+
+
+@pytest.mark.parametrize(("ini", "args", "expected"), [
+    ("miniature_threshold = data_representation=0.1", [f"{opt.THRESHOLD_REPRESENTATION}=0.9"],
+     {"data_representation": 0.9}),
+    ("miniature_threshold_representation = 0.1", [f"{opt.THRESHOLDS}=data_representation=0.9"],
+     {"data_representation": 0.9}),
+    # a command-line --threshold for one characteristic keeps the ini's for another
+    ("miniature_threshold = data_representation=0.1", [f"{opt.THRESHOLDS}=prediction_errors=0.7"],
+     {"data_representation": 0.1, "prediction_errors": 0.7}),
+    ("miniature_threshold_errors = 0.3", [f"{opt.THRESHOLD_REPRESENTATION}=0.9"],
+     {"data_representation": 0.9, "prediction_errors": 0.3}),
+])
+def test_command_line_threshold_beats_the_ini_however_each_is_written(
+        pytester: pytest.Pytester, ini: str, args: list[str], expected: dict[str, float]) -> None:
+    found = _thresholds(pytester, ini, *args)
+    assert {name: found[name] for name in expected} == expected
+
+
+def test_command_line_threshold_beats_the_ini_in_the_gate(gate_checks: pytest.Pytester, tiny_models) -> None:
+    gate_checks.makeini("[pytest]\nminiature_threshold = data_representation=0.1\n")
+    result = gate_checks.runpytest(
+        f"{opt.REFERENCE}={tiny_models['reference']}", f"{opt.CANDIDATE}={tiny_models['small']}",
+        f"{opt.CACHE_DIR}={gate_checks.path / 'cache'}", f"{opt.REPORT_DIR}={gate_checks.path / 'reports'}",
+        f"{opt.BOOTSTRAP}=0", f"{opt.DATA_LIMIT}=40", f"{opt.THRESHOLD_REPRESENTATION}=0.9",
+        "-k", "data_representation")
+    payload = json.loads((gate_checks.path / "reports" / "latest.json").read_text())
+    results = [r for r in payload["results"] if r["characteristic"] == "data_representation"]
+    assert results and all(r["threshold"] == 0.9 for r in results), results
+    assert all(r["figure"] < 0.9 for r in results) and result.ret == pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.mark.parametrize(("ini", "args"), [
+    ("", [f"{opt.THRESHOLD_REPRESENTATION}=0.9", f"{opt.THRESHOLDS}=data_representation=0.5"]),
+    ("", [f"{opt.THRESHOLDS}=data_representation=0.5", f"{opt.THRESHOLDS}=data_representation=0.6"]),
+    ("miniature_threshold_representation = 0.9\nminiature_threshold = data_representation=0.5", []),
+])
+def test_one_threshold_given_twice_in_one_place_is_refused(pytester: pytest.Pytester, ini: str,
+                                                            args: list[str]) -> None:
+    if ini:
+        pytester.makeini(f"[pytest]\n{ini}\n")
+    line = one_line_usage_error(pytester.runpytest(*args, "--co"))
+    assert "two values for the data_representation threshold" in line and "0.5" in line and "fix:" in line
+
+
 # == reports: --compare-to, names, ids and what a run prints ===================================
 def previous_report(tmp_path: Path, **changes) -> Path:
     from miniature.core.characteristics.base import ComparisonResult

@@ -80,15 +80,19 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", f"{CHECK_MARKER}: a miniature equivalence check (needs {opt.REFERENCE})")
     config.addinivalue_line("markers", f"{INFORMATIONAL_MARKER}: a candidate-vs-candidate comparison, reported but not gating")
     _check_split_options(config)
-    values = {}
+    values, given = {}, {}
     for option in opt.OPTIONS:
         cli = config.getoption(option.dest)
         ini = config.getini(option.ini)
+        given[option.flag] = (cli, ini)
         try:
             values[option.flag] = opt.resolve(option, cli, ini)
         except (ValueError, argparse.ArgumentTypeError) as error:
             raise pytest.UsageError(f"{error} (accepted: {option.help})") from None
+    thresholds = (*opt.THRESHOLD_NAMES, opt.THRESHOLDS)
     try:
+        values.update(opt.resolve_thresholds({flag: given[flag][0] for flag in thresholds},
+                                             {flag: given[flag][1] for flag in thresholds}))
         opt.check_combinations(values)
     except ValueError as error:
         raise pytest.UsageError(str(error)) from None
