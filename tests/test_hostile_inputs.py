@@ -735,6 +735,132 @@ def test_gate_errors_are_printed_once(gate_checks: pytest.Pytester, tiny_models,
     assert naming and all(str(r.longrepr).count(message) == 1 for r in naming), [str(r.longrepr) for r in naming]
 
 
+FULL_DISK_CONFTEST = """
+import errno
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def full_disk(monkeypatch):
+    \"\"\"The attack journal's disk is full: every append raises ENOSPC.\"\"\"
+    from miniature.core import cache
+    from miniature.core.characteristics import adversarial
+
+    def append_record(journal, record):
+        raise OSError(errno.ENOSPC, "No space left on device", str(journal))
+
+    monkeypatch.setattr(cache, "append_record", append_record)
+    monkeypatch.setattr(adversarial, "append_record", append_record)
+"""
+
+RAISING_CHARACTERISTIC_CONFTEST = """
+from miniature import Characteristic
+
+
+def compare_broken(gate, pair, stage):
+    raise RuntimeError("a bug in the project's own characteristic")
+
+
+def pytest_miniature_characteristics(config):
+    return [Characteristic("broken_check", "broken check", compare_broken, default_threshold=0.5)]
+"""
+
+
+MALFORMED_RESULT_CONFTEST = """
+from miniature import Characteristic
+from miniature.core.characteristics.base import ComparisonResult
+
+
+def compare_broken(gate, pair, stage):
+    return ComparisonResult("broken_check", pair.reference, pair.candidate, "agreement", "high", 40,
+                            details={"items": {1, 2}})
+
+
+def pytest_miniature_characteristics(config):
+    return [Characteristic("broken_check", "broken check", compare_broken, default_threshold=0.5)]
+"""
+
+
+@pytest.mark.parametrize(("conftest", "characteristic", "crash"), [
+    (FULL_DISK_CONFTEST, "adversarial_vulnerability", "OSError: [Errno 28] No space left on device"),
+    (RAISING_CHARACTERISTIC_CONFTEST, "broken_check", "RuntimeError: a bug in the project's own characteristic"),
+    (MALFORMED_RESULT_CONFTEST, "broken_check", "its result cannot be reported"),
+], ids=["full-disk-in-the-attack", "project-characteristic-raises", "project-characteristic-malformed-result"])
+def test_a_check_that_crashes_is_an_error_in_every_report(gate_checks: pytest.Pytester, tiny_models, conftest: str,
+                                                          characteristic: str, crash: str) -> None:
+    import xml.etree.ElementTree as ElementTree
+
+    gate_checks.makeconftest(conftest)
+    where = gate_checks.path
+    result = gate_checks.runpytest(
+        f"{opt.REFERENCE}={tiny_models['reference']}", f"{opt.CANDIDATE}={tiny_models['small']}",
+        f"{opt.ATTACK_MODEL}={tiny_models['attacker']}", f"{opt.ATTACK_SIZE}=12", f"{opt.CACHE_DIR}={where / 'cache'}",
+        f"{opt.REPORT_DIR}={where / 'reports'}", f"{opt.BOOTSTRAP}=0", f"{opt.DATA_LIMIT}=40",
+        "-k", f"{characteristic} or prediction_errors", f"--junitxml={where / 'junit.xml'}")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    payload = json.loads((where / "reports" / "latest.json").read_text())
+    crashed = [r for r in payload["results"] if r["characteristic"] == characteristic]
+    assert [r["status"] for r in crashed] == ["error"] and crash in crashed[0]["reason"], payload["results"]
+    assert payload["gate"]["total"] == 2 and payload["gate"]["error"] == 1, payload["gate"]
+    summary = result.stdout.lines[result.stdout.lines.index(next(
+        line for line in result.stdout.lines if "miniature summary" in line)):]
+    assert re.match(r"reference vs small +FAIL [\d.]+ +ERROR$", summary[2]), summary
+    assert any(line.startswith("ERROR: reference vs small ") and crash in line for line in summary), summary
+    page = (where / "reports" / "summary.html").read_text()
+    assert re.search(r"Gate FAILED: \d of 2 gating checks below threshold, 1 errored", page), page[:2000]
+    verdicts = {case.get("name"): {p.get("name"): p.get("value") for p in case.iter("property")}
+                for case in ElementTree.parse(where / "junit.xml").iter("testcase")}
+    assert verdicts[f"test_{characteristic}[reference-vs-small]"]["miniature_verdict"] == "ERROR", verdicts
+
+
+def _one_result() -> list:
+    from miniature.core.characteristics.base import ComparisonResult
+
+    return [ComparisonResult("prediction_errors", "reference", "small", "error-set Jaccard", 0.8, 60, threshold=0.5)]
+
+
+def _write_reports_at_once(barrier, report_dir: str, rounds: int) -> None:
+    from miniature.reports.write import write_reports
+
+    for _ in range(rounds):
+        barrier.wait()  # both writers finish in the same instant
+        write_reports(_one_result(), make_settings(), Path(report_dir))
+
+
+def test_two_runs_finishing_at_once_write_reports_of_their_own(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("spawn")
+    barrier, rounds = context.Barrier(2), 5
+    writers = [context.Process(target=_write_reports_at_once, args=(barrier, str(tmp_path), rounds))
+               for _ in range(2)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(120)
+    assert [writer.exitcode for writer in writers] == [0, 0]
+    reports, pages = sorted(tmp_path.glob("miniature-*.json")), sorted(tmp_path.glob("summary-*.html"))
+    assert len(reports) == len(pages) == 2 * rounds, [p.name for p in reports]
+    assert all(json.loads(p.read_text())["results"] for p in reports)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_report_name_already_taken_is_never_overwritten(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from miniature.core.cache import atomic_write_text
+    from miniature.reports import write
+
+    taken = tmp_path / "miniature-taken.json"
+    taken.write_text("another run's report")
+    with pytest.raises(FileExistsError):
+        atomic_write_text(taken, "{}", exclusive=True)
+    stamps = iter(["taken", "taken", "free"])  # the clock and the suffix give a name in use
+    monkeypatch.setattr(write, "_stamp", lambda: next(stamps))
+    paths = write.write_reports(_one_result(), make_settings(), tmp_path)
+    assert taken.read_text() == "another run's report"
+    assert paths.json.name == "miniature-free.json" and json.loads(paths.json.read_text())["results"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "latest.json", "miniature-free.json", "miniature-taken.json", "summary-free.html", "summary.html"]
+
+
 # == cache: corruption, permissions, interruptions and concurrency =============================
 def test_corrupted_cache_file_is_recomputed(tiny_models, tmp_path: Path) -> None:
     expected = figures(gate(tiny_models, tmp_path))

@@ -59,11 +59,13 @@ def file_mode() -> int:
     return 0o666 & ~current_umask()
 
 
-def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
+def atomic_write_bytes(path: Path, write: Callable[[Any], None], *, exclusive: bool = False) -> None:
     """Call ``write(handle)`` on a temporary file beside ``path``, then rename it into place.
 
     The file gets the mode ``open()`` would give it (0o666 less the umask), not the 0600
     of a temporary file, so others read it as the umask says (a shared cache, CI reports).
+    ``exclusive``: never replace an existing ``path`` (FileExistsError instead), so two
+    writers choosing one name cannot overwrite each other.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
@@ -75,10 +77,27 @@ def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
             if hasattr(os, "fchmod"):  # POSIX
                 os.fchmod(handle.fileno(), file_mode())
             os.fsync(handle.fileno())
-        os.replace(handle.name, path)
+        if exclusive:
+            _link_exclusively(Path(handle.name), path)
+            Path(handle.name).unlink()
+        else:
+            os.replace(handle.name, path)
     except BaseException:
         Path(handle.name).unlink(missing_ok=True)
         raise
+
+
+def _link_exclusively(source: Path, path: Path) -> None:
+    """Give the whole file ``source`` the name ``path`` unless that exists (FileExistsError):
+    a hard link, or on a file system without them the name reserved by an exclusive create
+    and then replaced."""
+    try:
+        os.link(source, path)
+    except FileExistsError:
+        raise
+    except OSError:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        os.replace(source, path)
 
 
 def apply_umask(folder: Path) -> None:
@@ -91,8 +110,8 @@ def apply_umask(folder: Path) -> None:
             path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda handle: handle.write(text.encode("utf-8")))
+def atomic_write_text(path: Path, text: str, *, exclusive: bool = False) -> None:
+    atomic_write_bytes(path, lambda handle: handle.write(text.encode("utf-8")), exclusive=exclusive)
 
 
 #: The folders under the cache root the gate writes to (outputs, QA answers, attack
