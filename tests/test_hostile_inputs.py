@@ -651,6 +651,21 @@ def test_one_threshold_given_twice_in_one_place_is_refused(pytester: pytest.Pyte
     assert "two values for the data_representation threshold" in line and "0.5" in line and "fix:" in line
 
 
+@pytest.mark.parametrize(("flag", "inside"), [(opt.REPORT_DIR, "reports"), (opt.CACHE_DIR, "cache")])
+def test_report_or_cache_dir_inside_a_model_folder_is_refused(pytester: pytest.Pytester, tiny_models,
+                                                              tmp_path: Path, flag: str, inside: str) -> None:
+    from miniature.core.models import fingerprint_files
+
+    candidate = tmp_path / "candidate"
+    shutil.copytree(tiny_models["small"], candidate)
+    before = fingerprint_files(candidate)
+    line = one_line_usage_error(pytester.runpytest(
+        f"{opt.REFERENCE}={tiny_models['reference']}", f"{opt.CANDIDATE}={candidate}",
+        f"{flag}={candidate / inside}", "--co"))
+    assert f"{flag} {candidate / inside} is inside the model folder {candidate} ({opt.CANDIDATE})" in line
+    assert "fix:" in line and fingerprint_files(candidate) == before
+
+
 # == reports: --compare-to, names, ids and what a run prints ===================================
 def previous_report(tmp_path: Path, **changes) -> Path:
     from miniature.core.characteristics.base import ComparisonResult
@@ -861,6 +876,15 @@ def test_a_report_name_already_taken_is_never_overwritten(tmp_path: Path, monkey
         "latest.json", "miniature-free.json", "miniature-taken.json", "summary-free.html", "summary.html"]
 
 
+def test_a_gate_that_cannot_be_built_says_why_once(gate_checks: pytest.Pytester, tiny_models) -> None:
+    (gate_checks.path / "blocker").write_text("x")
+    result = gate_checks.runpytest(
+        f"{opt.REFERENCE}={tiny_models['reference']}", f"{opt.CANDIDATE}={tiny_models['small']}",
+        f"{opt.CACHE_DIR}={gate_checks.path / 'blocker' / 'cache'}", "-k", "data_representation")
+    assert "is not writable" in result.stdout.str()
+    assert "no equivalence check ran" not in result.stdout.str()  # -k deselected nothing
+
+
 # == cache: corruption, permissions, interruptions and concurrency =============================
 def test_corrupted_cache_file_is_recomputed(tiny_models, tmp_path: Path) -> None:
     expected = figures(gate(tiny_models, tmp_path))
@@ -972,6 +996,36 @@ def test_atomic_writes_get_the_mode_the_umask_gives(tmp_path: Path, umask: int, 
     for path in (cache.path("outputs", "k"), cache.path("answers", "k", ".json"),
                  tmp_path / "reports" / "latest.json"):
         assert path.stat().st_mode & 0o777 == mode, path
+
+
+def test_cache_dir_that_is_a_file(tiny_models, tmp_path: Path) -> None:
+    (tmp_path / "cache").write_text("a file where the cache folder should be")
+    with pytest.raises(MiniatureError) as info:
+        gate(tiny_models, tmp_path)
+    message = _one_line_naming(info.value, str(tmp_path / "cache"), "is a file, not a folder", "--cache-dir")
+    assert "File exists" not in message
+
+
+def test_an_unreadable_journal_line_is_dropped_once(tmp_path: Path) -> None:
+    from miniature.core.cache import OutputCache
+
+    cache = OutputCache(tmp_path / "cache")
+    journal = cache.path("adversarial", "k", ".jsonl")
+    journal.parent.mkdir(parents=True)
+    journal.write_text('{"index": 0, "out": "a"}\n{"index": 1, "ou\n{"index": 2, "out": "c"}\n')
+    computed: list[str] = []
+
+    def compute(item: str) -> dict[str, str]:
+        computed.append(item)
+        return {"out": item}
+
+    with pytest.warns(CacheWarning, match=r"dropped 1 unreadable line\(s\) from .*k.jsonl.*rewrote it"):
+        first = cache.records("adversarial", "k", ["a", "b", "c"], compute)
+    assert computed == ["b"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the next run has nothing to drop, and nothing to compute
+        second = OutputCache(tmp_path / "cache").records("adversarial", "k", ["a", "b", "c"], compute)
+    assert computed == ["b"] and [r["out"] for r in first] == [r["out"] for r in second] == ["a", "b", "c"]
 
 
 # == tools: miniature compress and finetune ====================================================

@@ -147,6 +147,8 @@ class OutputCache:
         if self.root is None:
             return
         fix = "fix: pass --cache-dir with a folder you can write, or --no-cache to compute without storing"
+        if self.root.exists() and not self.root.is_dir():
+            raise MiniatureError(f"cache dir {str(self.root)!r} is a file, not a folder; {fix}")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             _probe(self.root)
@@ -240,18 +242,23 @@ class OutputCache:
 
     def read_journal(self, kind: str, key: str) -> tuple[Path | None, dict[int, dict[str, Any]]]:
         """The journal file of ``kind``/``key`` (None without a cache) and its records by item
-        index; an unreadable line is dropped with a warning (that item is recomputed), and
-        with ``refresh`` the journal is removed."""
+        index; unreadable lines are dropped with a warning and the journal is rewritten
+        without them (said once, not every run); with ``refresh`` the journal is removed."""
         done: dict[int, dict[str, Any]] = {}
         journal = self.path(kind, key, ".jsonl") if self.root is not None else None
         if journal is not None and journal.exists() and not self.refresh:
+            dropped = 0
             for line in journal.read_text("utf-8").splitlines():
                 try:
                     record = json.loads(line)
                     done[int(record["index"])] = record
                 except (ValueError, KeyError, TypeError):
-                    warnings.warn(CacheWarning(f"dropped an unreadable line in {journal}; "
-                                               "that item is recomputed"), stacklevel=3)
+                    dropped += 1
+            if dropped:  # rewritten without them, so the next run has nothing to drop
+                atomic_write_text(journal, "".join(json.dumps(r, sort_keys=True) + "\n" for r in done.values()))
+                warnings.warn(CacheWarning(
+                    f"dropped {dropped} unreadable line(s) from {journal} (a write cut short?) and rewrote "
+                    "it without them; items left without a record are computed again"), stacklevel=3)
         elif journal is not None and journal.exists():
             journal.unlink()
         return journal, done
