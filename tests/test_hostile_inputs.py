@@ -705,6 +705,46 @@ def test_compare_to_report_with_wrong_field_types_is_a_usage_error(pytester: pyt
     assert opt.COMPARE_TO in line and "'figure'" in line
 
 
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"figure": float("inf")}, "figure"),
+    ({"figure": 1.5}, "figure"),
+    ({"figure": -0.1}, "figure"),
+    ({"threshold": float("nan")}, "threshold"),
+    ({"ci_low": float("-inf")}, "ci_low"),
+    ({"corrected": float("inf")}, "corrected"),
+    ({"status": "passed"}, "status"),
+    ({"threshold_on": "median"}, "threshold_on"),
+    ({"n": -3}, "n"),
+])
+def test_compare_to_report_with_values_out_of_range(tmp_path: Path, changes, field: str) -> None:
+    from miniature.reports.payload import ReportError, load_report
+
+    path = previous_report(tmp_path, **changes)
+    with pytest.raises(ReportError) as info:
+        load_report(path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message and f"'{field}'" in message and "fix:" in message
+
+
+def test_compare_to_report_with_a_figure_that_could_not_be_computed_is_read(tmp_path: Path) -> None:
+    from miniature.reports.payload import load_report
+
+    [result] = load_report(previous_report(tmp_path, figure=float("nan")))["results"]  # as the gate writes it
+    assert np.isnan(result.figure)
+
+
+def test_compare_to_a_huge_file_is_refused_unread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from miniature.reports.payload import MAX_REPORT_BYTES, ReportError, load_report
+
+    path = tmp_path / "huge.json"
+    with open(path, "wb") as handle:
+        handle.truncate(MAX_REPORT_BYTES + 1)  # sparse: no disk used
+    monkeypatch.setattr(Path, "read_text", lambda *a, **k: pytest.fail("the file was read"))
+    with pytest.raises(ReportError) as info:
+        load_report(path)
+    _one_line_naming(info.value, str(path), "MiB", "fix:")
+
+
 HOSTILE_NAME = "<img src=x onerror=alert(1)>"
 
 

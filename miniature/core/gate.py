@@ -221,15 +221,16 @@ class Gate(ModelLoading, PerItemOutputs):
 def check_reportable(result: Any) -> None:
     """Raise TypeError unless ``result`` is a ComparisonResult every report can hold (a
     project's compare function that returns something else, or a figure that is not a
-    number, is its check's error, not a crash of the terminal table or the JSON)."""
+    number in [0, 1], is its check's error, not a crash of the terminal table or the JSON)."""
     import json
 
-    from miniature.reports.payload import result_schema_problem
+    from miniature.reports.payload import result_schema_problem, result_value_problem
 
     if not isinstance(result, ComparisonResult):
         raise TypeError(f"its compare function returned {type(result).__name__}, not a ComparisonResult")
     try:
-        problem = result_schema_problem(json.loads(result.to_json()))
+        entry = json.loads(result.to_json())
+        problem = result_schema_problem(entry) or result_value_problem(entry)
     except (TypeError, ValueError) as error:
         problem = str(error)
     if problem:
