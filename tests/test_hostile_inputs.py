@@ -1125,3 +1125,51 @@ def test_finetuned_model_files_get_the_mode_the_umask_gives(tiny_models, tmp_pat
     finally:
         os.umask(old)
     assert {oct(p.stat().st_mode & 0o777) for p in target.iterdir()} == {"0o644"}
+
+
+@pytest.mark.parametrize("command", ["compress", "finetune"])
+def test_output_dir_inside_the_source_model_is_refused(tiny_models, tmp_path: Path, capsys, command: str) -> None:
+    from miniature.core.models import fingerprint_files
+    from miniature.tools.cli import main
+
+    _, source = _copy_source(tiny_models, tmp_path)
+    before = fingerprint_files(source), sorted(p.name for p in source.iterdir())
+    train = write_rows(tmp_path / "train.jsonl", [f"review number {i}" for i in range(16)])
+    extra = (["--method", "prune"] if command == "compress"
+             else ["--train", str(train), "--max-steps", "1", "--batch-size", "8"])
+    code = main([command, str(source), *extra, "--output-dir", str(source / "out"), "--no-progress"])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in error and "inside" in error and str(source) in error and "fix:" in error
+    assert (fingerprint_files(source), sorted(p.name for p in source.iterdir())) == before
+
+
+def test_compress_onto_a_symlinked_output_dir_is_refused_before_the_work(
+        tiny_models, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    from miniature.tools import compress as compress_module
+    from miniature.tools.cli import main
+
+    _, source = _copy_source(tiny_models, tmp_path)
+    earlier = tmp_path / "earlier"
+    assert main(["compress", str(source), "--method", "prune", "--output-dir", str(earlier), "--no-progress"]) == 0
+    link = tmp_path / "link"
+    link.symlink_to(earlier, target_is_directory=True)
+    capsys.readouterr()
+    monkeypatch.setattr(compress_module, "_build", lambda *a, **k: pytest.fail("the work ran"))
+    code = main(["compress", str(source), "--method", "prune", "--sparsity", "0.3", "--output-dir", str(link),
+                 "--overwrite", "--no-progress"])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in error and "symbolic link" in error and str(earlier) in error and "fix:" in error
+    assert link.is_symlink() and (earlier / "miniature_compression.json").exists()
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--learning-rate", "nan"), ("--learning-rate", "inf"),
+                                             ("--epochs", "nan")])
+def test_finetune_with_a_non_finite_number(tiny_models, tmp_path: Path, capsys, flag: str, value: str) -> None:
+    from miniature.tools.cli import main
+
+    train = write_rows(tmp_path / "train.jsonl", [f"review number {i}" for i in range(16)])
+    code = main(["finetune", str(tiny_models["small"]), "--train", str(train), flag, value, "--batch-size", "8",
+                 "--output-dir", str(tmp_path / "out"), "--no-progress"])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in error and "finite number > 0" in error and "fix:" in error
+    assert not list((tmp_path / "out").glob("*/config.json"))
