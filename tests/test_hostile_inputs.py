@@ -666,6 +666,31 @@ def test_report_or_cache_dir_inside_a_model_folder_is_refused(pytester: pytest.P
     assert "fix:" in line and fingerprint_files(candidate) == before
 
 
+@pytest.mark.parametrize("where", ["ray.init", "ray.cluster_resources"])
+def test_a_dead_ray_system_process_is_one_line(gate_checks: pytest.Pytester, tiny_models,
+                                               monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    ray = pytest.importorskip("ray")
+
+    def dead(*args, **kwargs):  # what a driver whose GCS died gets from its next call
+        raise ray.exceptions.RpcError("failed to connect to the GCS at 127.0.0.1:6379 (Connection refused)")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "shutdown", dead)
+    for name in ("init", "cluster_resources"):
+        monkeypatch.setattr(ray, name, dead if f"ray.{name}" == where else lambda *a, **k: {"CPU": 2.0})
+    monkeypatch.setattr("miniature.core.executors.check_shared_cache", lambda ray, root: None)
+    result = gate_checks.runpytest(
+        f"{opt.REFERENCE}={tiny_models['reference']}", f"{opt.CANDIDATE}={tiny_models['small']}",
+        f"{opt.CACHE_DIR}={gate_checks.path / 'cache'}", f"{opt.REPORT_DIR}={gate_checks.path / 'reports'}",
+        f"{opt.BOOTSTRAP}=0", f"{opt.DATA_LIMIT}=40", f"{opt.EXECUTOR}=ray", "-k", "data_representation or errors")
+    output = result.stdout.str()
+    assert result.ret == pytest.ExitCode.TESTS_FAILED and "Traceback" not in output, output
+    lines = [line for line in result.stdout.lines if "GCS at 127.0.0.1:6379" in line and "fix:" in line]
+    assert lines and all(f"{opt.EXECUTOR} inprocess" in line for line in lines), output
+    payload = json.loads((gate_checks.path / "reports" / "latest.json").read_text())
+    assert {r["status"] for r in payload["results"]} == {"error"}
+
+
 # == reports: --compare-to, names, ids and what a run prints ===================================
 def previous_report(tmp_path: Path, **changes) -> Path:
     from miniature.core.characteristics.base import ComparisonResult
