@@ -1046,6 +1046,100 @@ def test_base_checkpoints_must_match_the_models(pytester: pytest.Pytester, tiny_
     assert opt.REFERENCE_BASE in line and opt.CANDIDATE_BASE in line and "fix:" in line
 
 
+def _thresholds(pytester: pytest.Pytester, ini: str, *args: str) -> dict[str, float | None]:
+    """The threshold each characteristic gets, from an ini and command-line arguments."""
+    from miniature.core.gate import threshold_for
+    from miniature.plugin.hooks import REGISTRY_KEY, SETTINGS_KEY
+
+    pytester.makeini(f"[pytest]\n{ini}\n")
+    config = pytester.parseconfigure(*args)
+    registry = config.stash[REGISTRY_KEY]
+    return {c.name: threshold_for(config.stash[SETTINGS_KEY], c) for c in registry}
+
+
+@pytest.mark.parametrize(("ini", "args", "expected"), [
+    ("miniature_threshold = data_representation=0.1", [f"{opt.THRESHOLD_REPRESENTATION}=0.9"],
+     {"data_representation": 0.9}),
+    ("miniature_threshold_representation = 0.1", [f"{opt.THRESHOLDS}=data_representation=0.9"],
+     {"data_representation": 0.9}),
+    # a command-line --threshold for one characteristic keeps the ini's for another
+    ("miniature_threshold = data_representation=0.1", [f"{opt.THRESHOLDS}=prediction_errors=0.7"],
+     {"data_representation": 0.1, "prediction_errors": 0.7}),
+    ("miniature_threshold_errors = 0.3", [f"{opt.THRESHOLD_REPRESENTATION}=0.9"],
+     {"data_representation": 0.9, "prediction_errors": 0.3}),
+])
+def test_command_line_threshold_beats_the_ini_however_each_is_written(
+        pytester: pytest.Pytester, ini: str, args: list[str], expected: dict[str, float]) -> None:
+    found = _thresholds(pytester, ini, *args)
+    assert {name: found[name] for name in expected} == expected
+
+
+def test_command_line_threshold_beats_the_ini_in_the_gate(gate_checks: pytest.Pytester, tiny_models) -> None:
+    gate_checks.makeini("[pytest]\nminiature_threshold = data_representation=0.1\n")
+    result = gate_checks.runpytest(
+        f"{opt.REFERENCE}={tiny_models['reference']}", f"{opt.CANDIDATE}={tiny_models['small']}",
+        f"{opt.CACHE_DIR}={gate_checks.path / 'cache'}", f"{opt.REPORT_DIR}={gate_checks.path / 'reports'}",
+        f"{opt.BOOTSTRAP}=0", f"{opt.DATA_LIMIT}=40", f"{opt.THRESHOLD_REPRESENTATION}=0.9",
+        "-k", "data_representation")
+    payload = json.loads((gate_checks.path / "reports" / "latest.json").read_text())
+    results = [r for r in payload["results"] if r["characteristic"] == "data_representation"]
+    assert results and all(r["threshold"] == 0.9 for r in results), results
+    assert all(r["figure"] < 0.9 for r in results) and result.ret == pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.mark.parametrize(("ini", "args"), [
+    ("", [f"{opt.THRESHOLD_REPRESENTATION}=0.9", f"{opt.THRESHOLDS}=data_representation=0.5"]),
+    ("", [f"{opt.THRESHOLDS}=data_representation=0.5", f"{opt.THRESHOLDS}=data_representation=0.6"]),
+    ("miniature_threshold_representation = 0.9\nminiature_threshold = data_representation=0.5", []),
+])
+def test_one_threshold_given_twice_in_one_place_is_refused(pytester: pytest.Pytester, ini: str,
+                                                            args: list[str]) -> None:
+    if ini:
+        pytester.makeini(f"[pytest]\n{ini}\n")
+    line = one_line_usage_error(pytester.runpytest(*args, "--co"))
+    assert "two values for the data_representation threshold" in line and "0.5" in line and "fix:" in line
+
+
+@pytest.mark.parametrize(("flag", "inside"), [(opt.REPORT_DIR, "reports"), (opt.CACHE_DIR, "cache")])
+def test_report_or_cache_dir_inside_a_model_folder_is_refused(pytester: pytest.Pytester, tiny_models,
+                                                              tmp_path: Path, flag: str, inside: str) -> None:
+    from miniature.core.models import fingerprint_files
+
+    candidate = tmp_path / "candidate"
+    shutil.copytree(tiny_models["small"], candidate)
+    before = fingerprint_files(candidate)
+    line = one_line_usage_error(pytester.runpytest(
+        f"{opt.REFERENCE}={tiny_models['reference']}", f"{opt.CANDIDATE}={candidate}",
+        f"{flag}={candidate / inside}", "--co"))
+    assert f"{flag} {candidate / inside} is inside the model folder {candidate} ({opt.CANDIDATE})" in line
+    assert "fix:" in line and fingerprint_files(candidate) == before
+
+
+@pytest.mark.parametrize("where", ["ray.init", "ray.cluster_resources"])
+def test_a_dead_ray_system_process_is_one_line(gate_checks: pytest.Pytester, tiny_models,
+                                               monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    ray = pytest.importorskip("ray")
+
+    def dead(*args, **kwargs):  # what a driver whose GCS died gets from its next call
+        raise ray.exceptions.RpcError("failed to connect to the GCS at 127.0.0.1:6379 (Connection refused)")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "shutdown", dead)
+    for name in ("init", "cluster_resources"):
+        monkeypatch.setattr(ray, name, dead if f"ray.{name}" == where else lambda *a, **k: {"CPU": 2.0})
+    monkeypatch.setattr("miniature.core.executors.check_shared_cache", lambda ray, root: None)
+    result = gate_checks.runpytest(
+        f"{opt.REFERENCE}={tiny_models['reference']}", f"{opt.CANDIDATE}={tiny_models['small']}",
+        f"{opt.CACHE_DIR}={gate_checks.path / 'cache'}", f"{opt.REPORT_DIR}={gate_checks.path / 'reports'}",
+        f"{opt.BOOTSTRAP}=0", f"{opt.DATA_LIMIT}=40", f"{opt.EXECUTOR}=ray", "-k", "data_representation or errors")
+    output = result.stdout.str()
+    assert result.ret == pytest.ExitCode.TESTS_FAILED and "Traceback" not in output, output
+    lines = [line for line in result.stdout.lines if "GCS at 127.0.0.1:6379" in line and "fix:" in line]
+    assert lines and all(f"{opt.EXECUTOR} inprocess" in line for line in lines), output
+    payload = json.loads((gate_checks.path / "reports" / "latest.json").read_text())
+    assert {r["status"] for r in payload["results"]} == {"error"}
+
+
 # == reports: --compare-to, names, ids and what a run prints ===================================
 def previous_report(tmp_path: Path, **changes) -> Path:
     from miniature.core.characteristics.base import ComparisonResult
@@ -1083,6 +1177,46 @@ def test_compare_to_report_with_wrong_field_types_is_a_usage_error(pytester: pyt
     path = previous_report(tmp_path, figure="high")
     line = one_line_usage_error(pytester.runpytest(f"{opt.COMPARE_TO}={path}"))
     assert opt.COMPARE_TO in line and "'figure'" in line
+
+
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"figure": float("inf")}, "figure"),
+    ({"figure": 1.5}, "figure"),
+    ({"figure": -0.1}, "figure"),
+    ({"threshold": float("nan")}, "threshold"),
+    ({"ci_low": float("-inf")}, "ci_low"),
+    ({"corrected": float("inf")}, "corrected"),
+    ({"status": "passed"}, "status"),
+    ({"threshold_on": "median"}, "threshold_on"),
+    ({"n": -3}, "n"),
+])
+def test_compare_to_report_with_values_out_of_range(tmp_path: Path, changes, field: str) -> None:
+    from miniature.reports.payload import ReportError, load_report
+
+    path = previous_report(tmp_path, **changes)
+    with pytest.raises(ReportError) as info:
+        load_report(path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message and f"'{field}'" in message and "fix:" in message
+
+
+def test_compare_to_report_with_a_figure_that_could_not_be_computed_is_read(tmp_path: Path) -> None:
+    from miniature.reports.payload import load_report
+
+    [result] = load_report(previous_report(tmp_path, figure=float("nan")))["results"]  # as the gate writes it
+    assert np.isnan(result.figure)
+
+
+def test_compare_to_a_huge_file_is_refused_unread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from miniature.reports.payload import MAX_REPORT_BYTES, ReportError, load_report
+
+    path = tmp_path / "huge.json"
+    with open(path, "wb") as handle:
+        handle.truncate(MAX_REPORT_BYTES + 1)  # sparse: no disk used
+    monkeypatch.setattr(Path, "read_text", lambda *a, **k: pytest.fail("the file was read"))
+    with pytest.raises(ReportError) as info:
+        load_report(path)
+    _one_line_naming(info.value, str(path), "MiB", "fix:")
 
 
 HOSTILE_NAME = "<img src=x onerror=alert(1)>"
@@ -1128,6 +1262,141 @@ def test_gate_errors_are_printed_once(gate_checks: pytest.Pytester, tiny_models,
     failed = [r for r in result.reprec.getreports("pytest_runtest_logreport pytest_collectreport") if r.failed]
     naming = [r for r in failed if message in str(r.longrepr)]  # other checks may fail on their figure
     assert naming and all(str(r.longrepr).count(message) == 1 for r in naming), [str(r.longrepr) for r in naming]
+
+
+FULL_DISK_CONFTEST = """
+import errno
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def full_disk(monkeypatch):
+    \"\"\"The attack journal's disk is full: every append raises ENOSPC.\"\"\"
+    from miniature.core import cache
+    from miniature.core.characteristics import adversarial
+
+    def append_record(journal, record):
+        raise OSError(errno.ENOSPC, "No space left on device", str(journal))
+
+    monkeypatch.setattr(cache, "append_record", append_record)
+    monkeypatch.setattr(adversarial, "append_record", append_record)
+"""
+
+RAISING_CHARACTERISTIC_CONFTEST = """
+from miniature import Characteristic
+
+
+def compare_broken(gate, pair, stage):
+    raise RuntimeError("a bug in the project's own characteristic")
+
+
+def pytest_miniature_characteristics(config):
+    return [Characteristic("broken_check", "broken check", compare_broken, default_threshold=0.5)]
+"""
+
+
+MALFORMED_RESULT_CONFTEST = """
+from miniature import Characteristic
+from miniature.core.characteristics.base import ComparisonResult
+
+
+def compare_broken(gate, pair, stage):
+    return ComparisonResult("broken_check", pair.reference, pair.candidate, "agreement", "high", 40,
+                            details={"items": {1, 2}})
+
+
+def pytest_miniature_characteristics(config):
+    return [Characteristic("broken_check", "broken check", compare_broken, default_threshold=0.5)]
+"""
+
+
+@pytest.mark.parametrize(("conftest", "characteristic", "crash"), [
+    (FULL_DISK_CONFTEST, "adversarial_vulnerability", "OSError: [Errno 28] No space left on device"),
+    (RAISING_CHARACTERISTIC_CONFTEST, "broken_check", "RuntimeError: a bug in the project's own characteristic"),
+    (MALFORMED_RESULT_CONFTEST, "broken_check", "its result cannot be reported"),
+], ids=["full-disk-in-the-attack", "project-characteristic-raises", "project-characteristic-malformed-result"])
+def test_a_check_that_crashes_is_an_error_in_every_report(gate_checks: pytest.Pytester, tiny_models, conftest: str,
+                                                          characteristic: str, crash: str) -> None:
+    import xml.etree.ElementTree as ElementTree
+
+    gate_checks.makeconftest(conftest)
+    where = gate_checks.path
+    result = gate_checks.runpytest(
+        f"{opt.REFERENCE}={tiny_models['reference']}", f"{opt.CANDIDATE}={tiny_models['small']}",
+        f"{opt.ATTACK_MODEL}={tiny_models['attacker']}", f"{opt.ATTACK_SIZE}=12", f"{opt.CACHE_DIR}={where / 'cache'}",
+        f"{opt.REPORT_DIR}={where / 'reports'}", f"{opt.BOOTSTRAP}=0", f"{opt.DATA_LIMIT}=40",
+        "-k", f"{characteristic} or prediction_errors", f"--junitxml={where / 'junit.xml'}")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    payload = json.loads((where / "reports" / "latest.json").read_text())
+    crashed = [r for r in payload["results"] if r["characteristic"] == characteristic]
+    assert [r["status"] for r in crashed] == ["error"] and crash in crashed[0]["reason"], payload["results"]
+    assert payload["gate"]["total"] == 2 and payload["gate"]["error"] == 1, payload["gate"]
+    summary = result.stdout.lines[result.stdout.lines.index(next(
+        line for line in result.stdout.lines if "miniature summary" in line)):]
+    assert re.match(r"reference vs small +FAIL [\d.]+ +ERROR$", summary[2]), summary
+    assert any(line.startswith("ERROR: reference vs small ") and crash in line for line in summary), summary
+    page = (where / "reports" / "summary.html").read_text()
+    assert re.search(r"Gate FAILED: \d of 2 gating checks below threshold, 1 errored", page), page[:2000]
+    verdicts = {case.get("name"): {p.get("name"): p.get("value") for p in case.iter("property")}
+                for case in ElementTree.parse(where / "junit.xml").iter("testcase")}
+    assert verdicts[f"test_{characteristic}[reference-vs-small]"]["miniature_verdict"] == "ERROR", verdicts
+
+
+def _one_result() -> list:
+    from miniature.core.characteristics.base import ComparisonResult
+
+    return [ComparisonResult("prediction_errors", "reference", "small", "error-set Jaccard", 0.8, 60, threshold=0.5)]
+
+
+def _write_reports_at_once(barrier, report_dir: str, rounds: int) -> None:
+    from miniature.reports.write import write_reports
+
+    for _ in range(rounds):
+        barrier.wait()  # both writers finish in the same instant
+        write_reports(_one_result(), make_settings(), Path(report_dir))
+
+
+def test_two_runs_finishing_at_once_write_reports_of_their_own(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("spawn")
+    barrier, rounds = context.Barrier(2), 5
+    writers = [context.Process(target=_write_reports_at_once, args=(barrier, str(tmp_path), rounds))
+               for _ in range(2)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(120)
+    assert [writer.exitcode for writer in writers] == [0, 0]
+    reports, pages = sorted(tmp_path.glob("miniature-*.json")), sorted(tmp_path.glob("summary-*.html"))
+    assert len(reports) == len(pages) == 2 * rounds, [p.name for p in reports]
+    assert all(json.loads(p.read_text())["results"] for p in reports)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_report_name_already_taken_is_never_overwritten(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from miniature.core.cache import atomic_write_text
+    from miniature.reports import write
+
+    taken = tmp_path / "miniature-taken.json"
+    taken.write_text("another run's report")
+    with pytest.raises(FileExistsError):
+        atomic_write_text(taken, "{}", exclusive=True)
+    stamps = iter(["taken", "taken", "free"])  # the clock and the suffix give a name in use
+    monkeypatch.setattr(write, "_stamp", lambda: next(stamps))
+    paths = write.write_reports(_one_result(), make_settings(), tmp_path)
+    assert taken.read_text() == "another run's report"
+    assert paths.json.name == "miniature-free.json" and json.loads(paths.json.read_text())["results"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "latest.json", "miniature-free.json", "miniature-taken.json", "summary-free.html", "summary.html"]
+
+
+def test_a_gate_that_cannot_be_built_says_why_once(gate_checks: pytest.Pytester, tiny_models) -> None:
+    (gate_checks.path / "blocker").write_text("x")
+    result = gate_checks.runpytest(
+        f"{opt.REFERENCE}={tiny_models['reference']}", f"{opt.CANDIDATE}={tiny_models['small']}",
+        f"{opt.CACHE_DIR}={gate_checks.path / 'blocker' / 'cache'}", "-k", "data_representation")
+    assert "is not writable" in result.stdout.str()
+    assert "no equivalence check ran" not in result.stdout.str()  # -k deselected nothing
 
 
 # == cache: corruption, permissions, interruptions and concurrency =============================
@@ -1243,6 +1512,36 @@ def test_atomic_writes_get_the_mode_the_umask_gives(tmp_path: Path, umask: int, 
         assert path.stat().st_mode & 0o777 == mode, path
 
 
+def test_cache_dir_that_is_a_file(tiny_models, tmp_path: Path) -> None:
+    (tmp_path / "cache").write_text("a file where the cache folder should be")
+    with pytest.raises(MiniatureError) as info:
+        gate(tiny_models, tmp_path)
+    message = _one_line_naming(info.value, str(tmp_path / "cache"), "is a file, not a folder", "--cache-dir")
+    assert "File exists" not in message
+
+
+def test_an_unreadable_journal_line_is_dropped_once(tmp_path: Path) -> None:
+    from miniature.core.cache import OutputCache
+
+    cache = OutputCache(tmp_path / "cache")
+    journal = cache.path("adversarial", "k", ".jsonl")
+    journal.parent.mkdir(parents=True)
+    journal.write_text('{"index": 0, "out": "a"}\n{"index": 1, "ou\n{"index": 2, "out": "c"}\n')
+    computed: list[str] = []
+
+    def compute(item: str) -> dict[str, str]:
+        computed.append(item)
+        return {"out": item}
+
+    with pytest.warns(CacheWarning, match=r"dropped 1 unreadable line\(s\) from .*k.jsonl.*rewrote it"):
+        first = cache.records("adversarial", "k", ["a", "b", "c"], compute)
+    assert computed == ["b"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the next run has nothing to drop, and nothing to compute
+        second = OutputCache(tmp_path / "cache").records("adversarial", "k", ["a", "b", "c"], compute)
+    assert computed == ["b"] and [r["out"] for r in first] == [r["out"] for r in second] == ["a", "b", "c"]
+
+
 # == tools: miniature compress and finetune ====================================================
 def _copy_source(tiny_models, tmp_path: Path) -> tuple[Path, Path]:
     parent = tmp_path / "models"
@@ -1312,3 +1611,51 @@ def test_finetune_on_a_txt_file_says_a_txt_file_has_no_labels(tiny_models, tmp_p
     error = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in error and "reviews.txt" in error and ".txt file" in error
     assert "--label-column" not in error and "label column" in error and "fix:" in error
+
+
+@pytest.mark.parametrize("command", ["compress", "finetune"])
+def test_output_dir_inside_the_source_model_is_refused(tiny_models, tmp_path: Path, capsys, command: str) -> None:
+    from miniature.core.models import fingerprint_files
+    from miniature.tools.cli import main
+
+    _, source = _copy_source(tiny_models, tmp_path)
+    before = fingerprint_files(source), sorted(p.name for p in source.iterdir())
+    train = write_rows(tmp_path / "train.jsonl", [f"review number {i}" for i in range(16)])
+    extra = (["--method", "prune"] if command == "compress"
+             else ["--train", str(train), "--max-steps", "1", "--batch-size", "8"])
+    code = main([command, str(source), *extra, "--output-dir", str(source / "out"), "--no-progress"])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in error and "inside" in error and str(source) in error and "fix:" in error
+    assert (fingerprint_files(source), sorted(p.name for p in source.iterdir())) == before
+
+
+def test_compress_onto_a_symlinked_output_dir_is_refused_before_the_work(
+        tiny_models, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    from miniature.tools import compress as compress_module
+    from miniature.tools.cli import main
+
+    _, source = _copy_source(tiny_models, tmp_path)
+    earlier = tmp_path / "earlier"
+    assert main(["compress", str(source), "--method", "prune", "--output-dir", str(earlier), "--no-progress"]) == 0
+    link = tmp_path / "link"
+    link.symlink_to(earlier, target_is_directory=True)
+    capsys.readouterr()
+    monkeypatch.setattr(compress_module, "_build", lambda *a, **k: pytest.fail("the work ran"))
+    code = main(["compress", str(source), "--method", "prune", "--sparsity", "0.3", "--output-dir", str(link),
+                 "--overwrite", "--no-progress"])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in error and "symbolic link" in error and str(earlier) in error and "fix:" in error
+    assert link.is_symlink() and (earlier / "miniature_compression.json").exists()
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--learning-rate", "nan"), ("--learning-rate", "inf"),
+                                             ("--epochs", "nan")])
+def test_finetune_with_a_non_finite_number(tiny_models, tmp_path: Path, capsys, flag: str, value: str) -> None:
+    from miniature.tools.cli import main
+
+    train = write_rows(tmp_path / "train.jsonl", [f"review number {i}" for i in range(16)])
+    code = main(["finetune", str(tiny_models["small"]), "--train", str(train), flag, value, "--batch-size", "8",
+                 "--output-dir", str(tmp_path / "out"), "--no-progress"])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in error and "finite number > 0" in error and "fix:" in error
+    assert not list((tmp_path / "out").glob("*/config.json"))

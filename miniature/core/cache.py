@@ -59,11 +59,13 @@ def file_mode() -> int:
     return 0o666 & ~current_umask()
 
 
-def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
+def atomic_write_bytes(path: Path, write: Callable[[Any], None], *, exclusive: bool = False) -> None:
     """Call ``write(handle)`` on a temporary file beside ``path``, then rename it into place.
 
     The file gets the mode ``open()`` would give it (0o666 less the umask), not the 0600
     of a temporary file, so others read it as the umask says (a shared cache, CI reports).
+    ``exclusive``: never replace an existing ``path`` (FileExistsError instead), so two
+    writers choosing one name cannot overwrite each other.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
@@ -75,10 +77,27 @@ def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
             if hasattr(os, "fchmod"):  # POSIX
                 os.fchmod(handle.fileno(), file_mode())
             os.fsync(handle.fileno())
-        os.replace(handle.name, path)
+        if exclusive:
+            _link_exclusively(Path(handle.name), path)
+            Path(handle.name).unlink()
+        else:
+            os.replace(handle.name, path)
     except BaseException:
         Path(handle.name).unlink(missing_ok=True)
         raise
+
+
+def _link_exclusively(source: Path, path: Path) -> None:
+    """Give the whole file ``source`` the name ``path`` unless that exists (FileExistsError):
+    a hard link, or on a file system without them the name reserved by an exclusive create
+    and then replaced."""
+    try:
+        os.link(source, path)
+    except FileExistsError:
+        raise
+    except OSError:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        os.replace(source, path)
 
 
 def apply_umask(folder: Path) -> None:
@@ -91,8 +110,8 @@ def apply_umask(folder: Path) -> None:
             path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda handle: handle.write(text.encode("utf-8")))
+def atomic_write_text(path: Path, text: str, *, exclusive: bool = False) -> None:
+    atomic_write_bytes(path, lambda handle: handle.write(text.encode("utf-8")), exclusive=exclusive)
 
 
 #: The folders under the cache root the gate writes to (outputs, QA answers, attack
@@ -128,6 +147,8 @@ class OutputCache:
         if self.root is None:
             return
         fix = "fix: pass --cache-dir with a folder you can write, or --no-cache to compute without storing"
+        if self.root.exists() and not self.root.is_dir():
+            raise MiniatureError(f"cache dir {str(self.root)!r} is a file, not a folder; {fix}")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             _probe(self.root)
@@ -221,18 +242,23 @@ class OutputCache:
 
     def read_journal(self, kind: str, key: str) -> tuple[Path | None, dict[int, dict[str, Any]]]:
         """The journal file of ``kind``/``key`` (None without a cache) and its records by item
-        index; an unreadable line is dropped with a warning (that item is recomputed), and
-        with ``refresh`` the journal is removed."""
+        index; unreadable lines are dropped with a warning and the journal is rewritten
+        without them (said once, not every run); with ``refresh`` the journal is removed."""
         done: dict[int, dict[str, Any]] = {}
         journal = self.path(kind, key, ".jsonl") if self.root is not None else None
         if journal is not None and journal.exists() and not self.refresh:
+            dropped = 0
             for line in journal.read_text("utf-8").splitlines():
                 try:
                     record = json.loads(line)
                     done[int(record["index"])] = record
                 except (ValueError, KeyError, TypeError):
-                    warnings.warn(CacheWarning(f"dropped an unreadable line in {journal}; "
-                                               "that item is recomputed"), stacklevel=3)
+                    dropped += 1
+            if dropped:  # rewritten without them, so the next run has nothing to drop
+                atomic_write_text(journal, "".join(json.dumps(r, sort_keys=True) + "\n" for r in done.values()))
+                warnings.warn(CacheWarning(
+                    f"dropped {dropped} unreadable line(s) from {journal} (a write cut short?) and rewrote "
+                    "it without them; items left without a record are computed again"), stacklevel=3)
         elif journal is not None and journal.exists():
             journal.unlink()
         return journal, done

@@ -19,6 +19,7 @@ as an in-process run does, so the figures are the same.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -261,10 +262,11 @@ class RayExecutor:
             os.environ.setdefault(WORKER_NICENESS, "0")
         try:
             ray.init(**options)
-        except (ConnectionError, RuntimeError, ValueError) as error:
+        except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as error:
             where = self.address or "a local cluster"
             raise MiniatureError(f"could not start Ray on {where} ({str(error).splitlines()[0]}); fix: "
-                                 f"check {opt.RAY_ADDRESS} (ray status shows the cluster)") from None
+                                 f"check {opt.RAY_ADDRESS} (ray status shows the cluster), or run with "
+                                 f"{opt.EXECUTOR} inprocess") from None
         finally:
             if niceness is None:
                 os.environ.pop(WORKER_NICENESS, None)
@@ -275,56 +277,68 @@ class RayExecutor:
         ray, started_here = self.start()
         began = time.perf_counter()
         try:
-            resources = ray.cluster_resources()
-            use_gpu = gate.settings[opt.DEVICE] == "cuda" or (
-                gate.settings[opt.DEVICE] == "auto" and resources.get("GPU", 0) >= 1)
-            workers = int(resources.get("GPU", 0)) if use_gpu else int(resources.get("CPU", 1))
-            workers = max(1, workers)
-            jobs = plan(gate, characteristics, workers=workers)
-            execution = Execution(executor="ray", workers=workers, jobs=len(jobs),
-                                  address=self.address or "local")
-            root = gate.cache.root
-            if root is None:  # refused by check_combinations; a Gate built by hand may still get here
-                raise MiniatureError(f"{opt.EXECUTOR} ray needs the cache: the workers hand their "
-                                     f"outputs over through it; fix: drop {opt.NO_CACHE}")
-            check_shared_cache(ray, root.resolve())
-            if gate.settings[opt.FINETUNE]:  # fine-tune once, here, before the workers load the models
-                for name in gate.names:
-                    gate.spec(name)
-            values = dict(gate.settings.values)
-            values[opt.CACHE_DIR] = root.resolve()  # the workers' folder is not the driver's
-            data = ray.put(gate.data)
-            task = ray.remote(run_job).options(num_cpus=1, num_gpus=1 if use_gpu else 0,
-                                               max_retries=MAX_RETRIES)
-            pending = {task.remote(type(gate), values, data, job): job for job in jobs}
-            pids: set[tuple[str, int]] = set()
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(pending), desc=f"ray jobs [{workers} workers]", unit="job",
-                       leave=False, disable=None)  # shown on a terminal only
-            while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
-                job = pending.pop(done[0])
-                bar.update(1)
-                bar.set_postfix_str(job.label[:60], refresh=False)
-                try:
-                    answer = ray.get(done[0])
-                except Exception as error:  # noqa: BLE001 - a task's failure, after its retries
-                    last = (str(error).strip().splitlines() or [type(error).__name__])[-1]
-                    raise MiniatureError(f"Ray task '{job.label}' failed ({last}); fix: see the worker's "
-                                         f"log (ray logs), or run with {opt.EXECUTOR} inprocess") from None
-                pids.add((answer["node"], answer["pid"]))
-                execution.timings.append((job.label, round(answer["seconds"], 3), answer["pid"]))
-                if answer["problem"]:
-                    execution.errors.append(f"{job.label}: {answer['problem']}")
-                for category, message in answer["warnings"]:  # miniature's own: the data's, the cache's
-                    if isinstance(category, type) and category.__module__.startswith("miniature"):
-                        warnings.warn(category(message), stacklevel=2)
-            bar.close()
-            execution.worker_processes = len(pids)
-            execution.seconds = round(time.perf_counter() - began, 3)
-            return execution
+            return self._run(ray, gate, characteristics, began)
+        except (ray.exceptions.RayError, ConnectionError, TimeoutError) as error:
+            # a Ray system process (GCS, raylet) died under the driver: one line, not a traceback
+            first = (str(error).strip().splitlines() or [""])[0]
+            raise MiniatureError(
+                f"Ray on {self.address or 'the local cluster'} stopped answering ({type(error).__name__}: "
+                f"{first}; has a Ray system process, the GCS or a raylet, died?); fix: restart Ray "
+                f"(ray status shows the cluster), or run with {opt.EXECUTOR} inprocess") from None
         finally:
             if started_here:
-                ray.shutdown()
+                with contextlib.suppress(Exception):  # a dead cluster may not shut down cleanly
+                    ray.shutdown()
+
+    def _run(self, ray: Any, gate: "Gate", characteristics: Iterable[str] | None, began: float) -> Execution:
+        """:meth:`run` on a connected Ray."""
+        resources = ray.cluster_resources()
+        use_gpu = gate.settings[opt.DEVICE] == "cuda" or (
+            gate.settings[opt.DEVICE] == "auto" and resources.get("GPU", 0) >= 1)
+        workers = int(resources.get("GPU", 0)) if use_gpu else int(resources.get("CPU", 1))
+        workers = max(1, workers)
+        jobs = plan(gate, characteristics, workers=workers)
+        execution = Execution(executor="ray", workers=workers, jobs=len(jobs),
+                              address=self.address or "local")
+        root = gate.cache.root
+        if root is None:  # refused by check_combinations; a Gate built by hand may still get here
+            raise MiniatureError(f"{opt.EXECUTOR} ray needs the cache: the workers hand their "
+                                 f"outputs over through it; fix: drop {opt.NO_CACHE}")
+        check_shared_cache(ray, root.resolve())
+        if gate.settings[opt.FINETUNE]:  # fine-tune once, here, before the workers load the models
+            for name in gate.names:
+                gate.spec(name)
+        values = dict(gate.settings.values)
+        values[opt.CACHE_DIR] = root.resolve()  # the workers' folder is not the driver's
+        data = ray.put(gate.data)
+        task = ray.remote(run_job).options(num_cpus=1, num_gpus=1 if use_gpu else 0,
+                                           max_retries=MAX_RETRIES)
+        pending = {task.remote(type(gate), values, data, job): job for job in jobs}
+        pids: set[tuple[str, int]] = set()
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(pending), desc=f"ray jobs [{workers} workers]", unit="job",
+                   leave=False, disable=None)  # shown on a terminal only
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            job = pending.pop(done[0])
+            bar.update(1)
+            bar.set_postfix_str(job.label[:60], refresh=False)
+            try:
+                answer = ray.get(done[0])
+            except Exception as error:  # noqa: BLE001 - a task's failure, after its retries
+                last = (str(error).strip().splitlines() or [type(error).__name__])[-1]
+                raise MiniatureError(f"Ray task '{job.label}' failed ({last}); fix: see the worker's "
+                                     f"log (ray logs), or run with {opt.EXECUTOR} inprocess") from None
+            pids.add((answer["node"], answer["pid"]))
+            execution.timings.append((job.label, round(answer["seconds"], 3), answer["pid"]))
+            if answer["problem"]:
+                execution.errors.append(f"{job.label}: {answer['problem']}")
+            for category, message in answer["warnings"]:  # miniature's own: the data's, the cache's
+                if isinstance(category, type) and category.__module__.startswith("miniature"):
+                    warnings.warn(category(message), stacklevel=2)
+        bar.close()
+        execution.worker_processes = len(pids)
+        execution.seconds = round(time.perf_counter() - began, 3)
+        return execution
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import math
 import os
 import shutil
 import sys
@@ -69,6 +70,10 @@ def finetune(
                      doc_stride=doc_stride)
     spec = resolve_model(model_source)
     output_root = Path(output_root).expanduser()
+    if spec.is_local and output_root.resolve().is_relative_to(Path(spec.source).resolve()):
+        raise OptionError(f"output dir {str(output_root)!r} is inside the model folder {spec.source!r}, "
+                          "which must stay as it is (its fingerprint names the fine-tuned copy); fix: "
+                          "pass an --output-dir outside the model's folder")
     _check_writable(output_root)
     # typed, so 10 and 10.0 epochs (library vs command line) are the same model
     settings: dict[str, Any] = {
@@ -122,11 +127,11 @@ def _check_arguments(task: str, train: Any, *, epochs: float, learning_rate: flo
             raise TypeError("qa trains on a list of QAExample (see qa_examples_from_records)")
     if len(train) == 0:
         raise DataError("training data is empty (0 items); fix: pass a file with items")
-    if max_steps <= 0 and epochs <= 0:
-        raise OptionError(f"epochs must be > 0 (or max_steps > 0), got epochs={epochs}; "
+    if max_steps <= 0 and not 0 < epochs < math.inf:  # NaN too
+        raise OptionError(f"epochs must be a finite number > 0 (or max_steps > 0), got epochs={epochs}; "
                           "fix: pass --epochs above 0")
-    if learning_rate <= 0:
-        raise OptionError(f"learning_rate must be > 0, got {learning_rate}; fix: pass "
+    if not 0 < learning_rate < math.inf:  # NaN too: it would train on NaN weights
+        raise OptionError(f"learning_rate must be a finite number > 0, got {learning_rate}; fix: pass "
                           "--learning-rate such as 5e-5")
     if batch_size < 1:
         raise OptionError(f"batch_size must be >= 1, got {batch_size}; fix: pass --batch-size 1 "

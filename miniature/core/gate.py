@@ -168,6 +168,7 @@ class Gate(ModelLoading, PerItemOutputs):
             compare = self.registry[characteristic].compare_function
             try:
                 result = compare(self, pair, stage)
+                check_reportable(result)
                 if self.noise_model is not None:
                     try:
                         floor = compare(self, Pair(self.reference, self.noise_model, False), stage)
@@ -218,6 +219,25 @@ class Gate(ModelLoading, PerItemOutputs):
             problem = self.head_problem(name)
             if problem:
                 raise NotApplicable(problem)
+
+
+def check_reportable(result: Any) -> None:
+    """Raise TypeError unless ``result`` is a ComparisonResult every report can hold (a
+    project's compare function that returns something else, or a figure that is not a
+    number in [0, 1], is its check's error, not a crash of the terminal table or the JSON)."""
+    import json
+
+    from miniature.reports.payload import result_schema_problem, result_value_problem
+
+    if not isinstance(result, ComparisonResult):
+        raise TypeError(f"its compare function returned {type(result).__name__}, not a ComparisonResult")
+    try:
+        entry = json.loads(result.to_json())
+        problem = result_schema_problem(entry) or result_value_problem(entry)
+    except (TypeError, ValueError) as error:
+        problem = str(error)
+    if problem:
+        raise TypeError(f"its result cannot be reported: {problem}")
 
 
 def crash_reason(spec: Characteristic, pair: Pair, error: BaseException) -> str:

@@ -387,6 +387,46 @@ def resolve(option: Option, cli_value: Any, ini_value: Any) -> Any:
     return [] if option.multiple else option.default
 
 
+#: the built-in characteristics' names by their threshold flag (``--threshold-errors`` -> ``prediction_errors``)
+THRESHOLD_NAMES: dict[str, str] = {c.threshold_flag: c.name for c in BUILTIN if c.threshold_flag}
+
+
+def resolve_thresholds(cli: dict[str, Any], ini: dict[str, Any]) -> dict[str, Any]:
+    """Every threshold, command line over ini over default, however each is written
+    (``--threshold-representation J`` or ``--threshold data_representation=J``): an ini's
+    ``miniature_threshold`` list never beats a command-line flag, nor drops the ini's
+    other thresholds. ``cli`` holds parsed values by flag, ``ini`` the ini strings; both
+    hold the per-characteristic flags and ``--threshold``. One threshold given twice in
+    one place is refused (which value was meant?). Returns those flags' resolved values;
+    ``--threshold`` keeps only the names without a flag of their own."""
+    given: dict[str, float] = {}
+    for where, source in (("ini", ini), ("command line", cli)):
+        entries: list[tuple[str, str, float]] = []  # (how it was written, name, value)
+        for flag, name in THRESHOLD_NAMES.items():
+            value = source.get(flag)
+            if value in (None, ""):
+                continue
+            if where == "ini":
+                value = resolve(BY_FLAG[flag], None, value)
+            entries.append((f"{BY_FLAG[flag].ini} = {value}" if where == "ini" else f"{flag} {value}", name, value))
+        named = source.get(THRESHOLDS)
+        if named not in (None, "", []):
+            if where == "ini":
+                named = resolve(BY_FLAG[THRESHOLDS], None, named)
+            prefix = f"{BY_FLAG[THRESHOLDS].ini} = " if where == "ini" else f"{THRESHOLDS} "
+            entries += [(f"{prefix}{name}={value}", name, value) for name, value in named]
+        found: dict[str, str] = {}
+        for written, name, value in entries:
+            if name in found:
+                raise ValueError(f"{found[name]} and {written} on the {where}: two values for the {name} "
+                                 f"threshold; fix: give it once")
+            found[name] = written
+            given[name] = value  # the command line comes second: it wins
+    values: dict[str, Any] = {flag: given.pop(name, BY_FLAG[flag].default) for flag, name in THRESHOLD_NAMES.items()}
+    values[THRESHOLDS] = list(given.items())
+    return values
+
+
 def make_settings(**overrides: Any) -> Settings:
     """Settings with defaults, overridden by keyword (``reference="x"``, ``k=5``, ...).
 

@@ -80,15 +80,19 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", f"{CHECK_MARKER}: a miniature equivalence check (needs {opt.REFERENCE})")
     config.addinivalue_line("markers", f"{INFORMATIONAL_MARKER}: a candidate-vs-candidate comparison, reported but not gating")
     _check_split_options(config)
-    values = {}
+    values, given = {}, {}
     for option in opt.OPTIONS:
         cli = config.getoption(option.dest)
         ini = config.getini(option.ini)
+        given[option.flag] = (cli, ini)
         try:
             values[option.flag] = opt.resolve(option, cli, ini)
         except (ValueError, argparse.ArgumentTypeError) as error:
             raise pytest.UsageError(f"{error} (accepted: {option.help})") from None
+    thresholds = (*opt.THRESHOLD_NAMES, opt.THRESHOLDS)
     try:
+        values.update(opt.resolve_thresholds({flag: given[flag][0] for flag in thresholds},
+                                             {flag: given[flag][1] for flag in thresholds}))
         opt.check_combinations(values)
     except ValueError as error:
         raise pytest.UsageError(str(error)) from None
@@ -230,6 +234,8 @@ def no_checks_line(config: pytest.Config) -> str | None:
         return None
     if getattr(config.option, "dist", "no") != "no":
         return None  # under pytest-xdist the workers collect
+    if isinstance(config.stash.get(GATE_KEY, None), Exception):
+        return None  # the gate could not be built: its error, already printed, is why
     selection = [f"{flag} {value!r}" for flag, value in (("-k", config.option.keyword),
                                                           ("-m", config.option.markexpr)) if value]
     why = (f"{' and '.join(selection)} deselected all of them; fix: select them with -m {GATE_MARKER}"
@@ -305,6 +311,7 @@ def _check_start_up(settings: "opt.Settings") -> None:
                 resolve_model(value)
             except MiniatureError as error:
                 raise pytest.UsageError(f"{flag}: {error}") from None
+    _check_outputs_outside_models(settings)
     try:
         check_device(settings[opt.DEVICE])
     except MiniatureError as error:
@@ -316,6 +323,34 @@ def _check_start_up(settings: "opt.Settings") -> None:
 
         if importlib.util.find_spec("ray") is None:  # found, not imported: that waits for the first check
             raise pytest.UsageError(RAY_MISSING)
+
+
+def _check_outputs_outside_models(settings: "opt.Settings") -> None:
+    """A usage error when ``--report-dir`` or ``--cache-dir`` lies inside a local model
+    folder: the files written there would change that model's fingerprint every run (so
+    nothing cached would be reused), and a model folder is not the place for them."""
+    from pathlib import Path
+
+    from miniature.core.models import resolve_model
+
+    written = [(opt.REPORT_DIR, settings[opt.REPORT_DIR])]
+    if not settings[opt.NO_CACHE]:
+        written.append((opt.CACHE_DIR, settings[opt.CACHE_DIR]))
+    for model_flag in opt.MODEL_FLAGS:
+        given = settings[model_flag]
+        for value in (given if isinstance(given, list) else [given] if given else []):
+            spec = resolve_model(value)
+            if not spec.is_local:
+                continue
+            folder = Path(spec.source).resolve()
+            for flag, where in written:
+                inside = Path(where).resolve()
+                if inside.is_relative_to(folder) and not any(
+                        part.startswith(".") for part in inside.relative_to(folder).parts):  # hidden: not fingerprinted
+                    raise pytest.UsageError(
+                        f"{flag} {where} is inside the model folder {folder} ({model_flag}): the files "
+                        f"written there would change the model's fingerprint every run, so nothing "
+                        f"cached is reused; fix: pass a {flag} outside the model folder")
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:

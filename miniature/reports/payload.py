@@ -229,6 +229,10 @@ def load_report(path: Path | str) -> dict[str, Any]:
     path = Path(path)
     fix = "fix: pass a JSON report an earlier gate run wrote (e.g. reports/latest.json)"
     try:
+        size = path.stat().st_size
+        if size > MAX_REPORT_BYTES:
+            raise ReportError(f"--compare-to {path}: {size / 2**20:.0f} MiB, more than the "
+                              f"{MAX_REPORT_BYTES // 2**20} MiB a gate report can be (so it is not read); {fix}")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ReportError(f"--compare-to {path}: no such file; {fix}") from None
@@ -245,7 +249,7 @@ def load_report(path: Path | str) -> dict[str, Any]:
     for i, entry in enumerate(payload["results"]):
         if not isinstance(entry, dict):
             raise ReportError(f"--compare-to {path}: result {i} is not an object; {fix}")
-        problem = result_schema_problem(entry)
+        problem = result_schema_problem(entry) or result_value_problem(entry)
         if problem:
             raise ReportError(f"--compare-to {path}: result {i} {problem}; {fix}")
         results.append(ComparisonResult(**{k: v for k, v in entry.items() if k in known}))
@@ -288,6 +292,37 @@ def result_schema_problem(entry: Mapping[str, Any]) -> str | None:
                 for key, types in _CONDITION_KEYS.items()):
             return (f"is malformed: field 'conditions' holds {json.dumps(condition)[:60]}, not an object with "
                     "name, value, limit and passed (true/false)")
+    return None
+
+
+#: a previous report above this size is refused unread (a run's report is well under 1 MiB)
+MAX_REPORT_BYTES = 64 * 2**20
+#: result fields that hold a fraction in [0, 1] (NaN: no figure) or null
+_FRACTION_FIELDS = ("figure", "threshold", "chance", "ci_low", "ci_high", "noise_floor")
+
+
+def result_value_problem(entry: Mapping[str, Any]) -> str | None:
+    """What is wrong with the values of one JSON result whose types are right (an unknown
+    status, an infinite or out-of-range figure, a negative count), worded as
+    :func:`result_schema_problem`, or ``None``."""
+    from miniature.core.characteristics.base import STATUSES, THRESHOLD_ON_CHOICES
+
+    def bad(name: str, what: str) -> str:
+        return f"is malformed: field {name!r} is {json.dumps(entry[name])[:40]}, not {what}"
+
+    if entry.get("status", STATUSES[0]) not in STATUSES:
+        return bad("status", " or ".join(STATUSES))
+    if entry.get("threshold_on", THRESHOLD_ON_CHOICES[0]) not in THRESHOLD_ON_CHOICES:
+        return bad("threshold_on", " or ".join(THRESHOLD_ON_CHOICES))
+    for name in _FRACTION_FIELDS:
+        value = entry.get(name)
+        if value is not None and not (0 <= value <= 1 or (math.isnan(value) and name != "threshold")):
+            return bad(name, "a number in [0, 1]" + ("" if name == "threshold" else " (or NaN: no figure)"))
+    corrected = entry.get("corrected")
+    if corrected is not None and not (corrected <= 1 and not math.isinf(corrected) or math.isnan(corrected)):
+        return bad("corrected", "a finite number up to 1")
+    if entry["n"] < 0:
+        return bad("n", "a count >= 0")
     return None
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,14 +34,11 @@ class ReportPaths:
     latest_page: Path
 
 
-def _free_stamp(report_dir: Path) -> str:
-    """A timestamp no earlier report in ``report_dir`` used (so nothing is overwritten)."""
-    base = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    stamp, counter = base, 1
-    while (report_dir / f"miniature-{stamp}.json").exists() or (report_dir / f"summary-{stamp}.html").exists():
-        counter += 1
-        stamp = f"{base}-{counter}"
-    return stamp
+def _stamp() -> str:
+    """The time to the millisecond and a random suffix: two runs finishing at once into one
+    folder get different names (and an exclusive create refuses to overwrite either way)."""
+    now = _dt.datetime.now()
+    return f"{now:%Y%m%d-%H%M%S}.{now.microsecond // 1000:03d}-{secrets.token_hex(2)}"
 
 
 def _dumps(payload: Mapping[str, Any]) -> str:
@@ -59,15 +57,26 @@ def write_reports(results: Sequence[ComparisonResult], settings: Any, report_dir
 
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
-    stamp = _free_stamp(report_dir)
-    paths = ReportPaths(json=report_dir / f"miniature-{stamp}.json", latest_json=report_dir / LATEST_JSON,
-                        page=report_dir / f"summary-{stamp}.html", latest_page=report_dir / PAGE_NAME)
     payload = report_payload(results, settings, duration_s=duration_s, execution=execution,
                              compare_to=None if previous is None else str(previous.get("path")))
     text = _dumps(payload)
-    atomic_write_text(paths.json, text)
+    for _ in range(100):  # a name another run took since is never overwritten: take another
+        stamp = _stamp()
+        paths = ReportPaths(json=report_dir / f"miniature-{stamp}.json", latest_json=report_dir / LATEST_JSON,
+                            page=report_dir / f"summary-{stamp}.html", latest_page=report_dir / PAGE_NAME)
+        try:
+            atomic_write_text(paths.json, text, exclusive=True)
+        except FileExistsError:
+            continue
+        page = render_summary_page(json.loads(text), previous=previous, json_name=paths.json.name)
+        try:
+            atomic_write_text(paths.page, page, exclusive=True)
+        except FileExistsError:
+            paths.json.unlink()
+            continue
+        break
+    else:
+        raise FileExistsError(f"no free report name in {report_dir} after 100 tries")
     atomic_write_text(paths.latest_json, text)
-    page = render_summary_page(json.loads(text), previous=previous, json_name=paths.json.name)
-    atomic_write_text(paths.page, page)
     atomic_write_text(paths.latest_page, page)
     return paths

@@ -133,9 +133,14 @@ def compress(
         raise CompressionError(f"reference {spec.source!r} is an ONNX export; fix: compress the "
                                "PyTorch model it was exported from (--format onnx exports the result)")
     output = Path(output_dir).expanduser()
-    if output.resolve() == Path(spec.source).resolve():
-        raise CompressionError(f"output_dir {str(output)!r} is the reference's own folder; fix: "
-                               "pass another --output-dir")
+    if output.resolve().is_relative_to(Path(spec.source).resolve()):
+        raise CompressionError(f"output_dir {str(output)!r} is inside the reference's own folder "
+                               f"{spec.source!r}, which must stay as it is; fix: pass an --output-dir "
+                               "outside it, such as a new sibling folder")
+    if output.is_symlink():  # found now, not when the finished model is moved into place
+        raise CompressionError(f"output_dir {str(output)!r} is a symbolic link (to "
+                               f"{str(output.resolve())!r}), which is never replaced; fix: pass the "
+                               "folder it points to, or another --output-dir")
     source_print = fingerprint_files(Path(spec.source))
     existing = read_record(output) if output.exists() else None
     if existing is not None and _same_job(existing, method, settings, source_print):
@@ -286,8 +291,8 @@ def _check_distil(epochs: float, learning_rate: float, texts: Sequence[str]) -> 
     from miniature.core.cache import fingerprint_texts
 
     for name, value in (("distil_epochs", epochs), ("distil_learning_rate", learning_rate)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise CompressionError(f"{name}={value!r} must be a number > 0; fix: pass "
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+            raise CompressionError(f"{name}={value!r} must be a finite number > 0; fix: pass "
                                    f"--{name.replace('_', '-')} (e.g. {DISTIL_EPOCHS:g} epochs)")
     return {"epochs": float(epochs), "learning_rate": float(learning_rate),
             "temperature": DISTIL_TEMPERATURE, "batch_size": 32, "seed": 0, "max_length": 128,
