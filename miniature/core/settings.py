@@ -270,6 +270,15 @@ OPTIONS: tuple[Option, ...] = (
 
 BY_FLAG: dict[str, Option] = {option.flag: option for option in OPTIONS}
 
+
+def default_text(option: Option) -> str:
+    """An option's default as ``pytest --help`` and the options page show it ("" when it has
+    none: no value, or a switch that is off); ``0`` is a default too."""
+    value = option.default
+    if option.switch or value is None or value in ([], ()):
+        return ""
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
 #: options that take a value: written as two words (``--cache-dir DIR``), the value is a
 #: free argument when pytest picks its rootdir and ini file, before this plugin loads
 VALUE_FLAGS: tuple[str, ...] = tuple(option.flag for option in OPTIONS if not option.switch)
