@@ -79,8 +79,7 @@ def test_attack_model_work_is_shared_across_targets_and_target_queries_memoised(
     texts, labels = reviews
     settings = AttackSettings(engine="batched")
     attacker = _attacker(models)
-    reference = attack_model_outcomes(attacker, _target(models), texts, labels, progress=False,
-                                      settings=settings)
+    attack_model_outcomes(attacker, _target(models), texts, labels, progress=False, settings=settings)
     store = _batched().shared_outputs(attacker, settings, None)
     first = store.mlm_texts, store.encoded_texts
     assert first[0] > 0 and first[1] > 0

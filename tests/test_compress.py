@@ -15,9 +15,9 @@ from miniature.tools.compress import (RECORD_NAME, CompressionError, compress, d
                                 read_record)
 from miniature.core.models import fingerprint_files, load_model
 
-#: torchao is an optional extra (miniature[quantize]); CI installs it, so these run there
+#: torchao is an optional extra (pytest-miniature[quantize]); CI installs it, so these run there
 needs_torchao = pytest.mark.skipif(importlib.util.find_spec("torchao") is None,
-                                   reason="compress --method int8 needs torchao (pip install 'miniature[quantize]')")
+                                   reason="compress --method int8 needs torchao (pip install 'pytest-miniature[quantize]')")
 
 TEXTS = ["the film was wonderful and the cast was warm", "a dull, tedious script",
          "city council approved the annual budget", "I thought the ending was not boring",

@@ -76,7 +76,7 @@ def test_partly_missing_head_is_missing(tiny_models, tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torchao") is None,
-                    reason="compress --method int8 needs torchao (pip install 'miniature[quantize]')")
+                    reason="compress --method int8 needs torchao (pip install 'pytest-miniature[quantize]')")
 def test_int8_folder_of_an_encoder_has_no_head(tiny_models, encoders, tmp_path: Path) -> None:
     from miniature.tools.compress import compress
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("onnxruntime", reason="ONNX candidates need onnxruntime (pip install 'miniature[onnx]')")
-pytest.importorskip("onnx", reason="exporting to ONNX needs onnx (pip install 'miniature[onnx]')")
+pytest.importorskip("onnxruntime", reason="ONNX candidates need onnxruntime (pip install 'pytest-miniature[onnx]')")
+pytest.importorskip("onnx", reason="exporting to ONNX needs onnx (pip install 'pytest-miniature[onnx]')")
 
 from miniature.core.characteristics.representation import knn_jaccard, normalized_float32  # noqa: E402
 from miniature.core.gate import Gate  # noqa: E402

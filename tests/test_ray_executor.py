@@ -26,7 +26,7 @@ CHARACTERISTICS = ("prediction_errors", "data_representation", "data_distributio
 @pytest.fixture(scope="module")
 def ray_cluster():
     """A local Ray cluster of 2 CPUs whose workers import this checkout of miniature."""
-    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'miniature[ray]')")
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'pytest-miniature[ray]')")
     root = str(Path(miniature.__file__).resolve().parents[1])
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
     niceness = os.environ.get("RAY_worker_niceness")
@@ -237,7 +237,7 @@ def test_executor_ray_without_ray_is_a_usage_error(pytester: pytest.Pytester, ti
     result = pytester.runpytest(f"--reference={tiny_models['reference']}", "--executor=ray", "--co")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     lines = [line for line in result.stderr.lines if "needs Ray" in line]
-    assert len(lines) == 1 and "pip install 'miniature[ray]'" in lines[0], result.stderr.lines
+    assert len(lines) == 1 and "pip install 'pytest-miniature[ray]'" in lines[0], result.stderr.lines
 
 
 def test_the_plan_comes_from_the_registrations(tiny_models, tmp_path: Path) -> None:

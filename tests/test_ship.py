@@ -48,36 +48,76 @@ def small_gate(tiny_models, where: Path, *extra: str, candidate: str = "small") 
 
 # -- the checks ship with the package ------------------------------------------------------------
 @pytest.fixture(scope="module")
-def installed_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A Python whose only miniature is a wheel built from this checkout (not the editable
-    install): a fresh venv seeing this venv's other packages, miniature installed from the wheel."""
-    root = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(root / "dist"), str(REPOSITORY)], check=True, capture_output=True)
-    wheel = next((root / "dist").glob("miniature-*.whl"))
-    venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+def built_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel `python -m build` makes of this checkout (no isolation: offline, this
+    environment's setuptools)."""
+    dist = tmp_path_factory.mktemp("dist")
+    done = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist),
+                           str(REPOSITORY)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return next(dist.glob("pytest_miniature-*.whl"))
+
+
+@pytest.fixture(scope="module")
+def installed_wheel(built_wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Python whose only miniature is the wheel (not the editable install): a fresh venv,
+    `pip install` of the wheel, this environment's other packages (torch, ...) on its path."""
+    venv = tmp_path_factory.mktemp("wheel") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
     python = venv / "bin" / "python"
     purelib = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                   check=True, capture_output=True, text=True).stdout.strip())
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(purelib),
-                    str(wheel)], check=True, capture_output=True)
-    # the other packages (torch, transformers, ...) from this environment, as plain path entries:
-    # its editable-install hook for miniature is a .pth file that is *not* processed this way
+    # without PYTHONPATH: a checkout on it (with the build's egg-info) would count as installed already
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(built_wheel)],
+                   check=True, capture_output=True, env=env)
+    # the other packages from this environment, as plain path entries: its editable-install
+    # hook for miniature is a .pth file that is *not* processed this way
     (purelib / "zz-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     return python
 
 
+def test_the_wheel_holds_what_the_plugin_reads_and_not_the_projects_tests(built_wheel: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_wheel", REPOSITORY / ".ci" / "check_wheel.py")
+    check_wheel = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check_wheel)
+    assert check_wheel.problems(built_wheel) == []
+
+
+@pytest.mark.slow
+def test_the_installed_wheel_is_pytest_miniature_with_its_metadata(installed_wheel: Path, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    shown = subprocess.run([str(installed_wheel), "-m", "pip", "show", "pytest-miniature"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    import miniature
+
+    assert f"Version: {miniature.__version__}" in shown.stdout
+    metadata = subprocess.run([str(installed_wheel), "-c", "import importlib.metadata as m; "
+                               "d = m.metadata('pytest-miniature'); "
+                               "print('\\n'.join([d['License-Expression'], *d.get_all('Classifier')]))"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True).stdout
+    assert metadata.splitlines()[0] == "MIT" and "Framework :: Pytest" in metadata.splitlines()
+    version = subprocess.run([str(installed_wheel), "-m", "pytest", "--version", "--version"], cwd=tmp_path,
+                             env=env, capture_output=True, text=True)
+    assert f"pytest-miniature-{miniature.__version__}" in version.stdout + version.stderr
+    command = subprocess.run([str(installed_wheel.parent / "miniature"), "--version"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True)
+    assert command.stdout.strip() == f"miniature {miniature.__version__}"
+
+
 @pytest.mark.slow
 def test_wheel_in_a_folder_without_checks_runs_the_gate(installed_wheel: Path, tiny_models, tmp_path: Path) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)
     where = subprocess.run([str(installed_wheel), "-c", "import miniature.plugin.checks as c; print(c.__file__)"],
-                           check=True, capture_output=True, text=True, cwd=tmp_path).stdout
+                           check=True, capture_output=True, text=True, cwd=tmp_path, env=env).stdout
     assert str(installed_wheel.parent.parent) in where and str(REPOSITORY) not in where
     project = tmp_path / "project"
     (project / "tests").mkdir(parents=True)
     (project / "tests" / "test_own.py").write_text("def test_own():\n    assert True\n")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    env.pop("PYTHONPATH", None)
     done = subprocess.run([str(installed_wheel), "-m", "pytest", *small_gate(tiny_models, tmp_path)],
                           cwd=project, env=env, capture_output=True, text=True, timeout=300)
     out = done.stdout
@@ -233,15 +273,20 @@ def test_ci_recipe_uploads_what_the_gate_writes() -> None:
     uploaded = steps["Upload the summary page and JSON"]["with"]["path"].split()
     assert {"reports/latest.json", "reports/summary.html", "reports/junit.xml"} <= set(uploaded)
     assert steps["Last report of main"]["with"]["path"] == "baseline"
+    install = steps["Install"]["run"]  # our distribution, not the unrelated `miniature` on PyPI
+    assert "pip install pytest-miniature pytest-html" in install and "pip install miniature" not in install
+    assert "git+https://" in install  # how to install before a release
     run = gate_step()["run"]
     assert "--cache-dir=.miniature-cache" in run and "--report-dir=reports" in run
     assert "--junitxml=reports/junit.xml" in run and "baseline/latest.json" in run
 
 
 @pytest.mark.slow
-def test_ci_recipe_commands_run_twice_and_compare_with_the_last_report(tiny_models, tmp_path: Path) -> None:
-    """The workflow's Gate step, run by bash as the runner would, on the tiny models; the second
-    run finds the first one's report where the download step puts it and compares."""
+def test_ci_recipe_commands_run_twice_and_compare_with_the_last_report(installed_wheel: Path, tiny_models,
+                                                                       tmp_path: Path) -> None:
+    """The workflow's Gate step, run by bash as the runner would, with the installed wheel's
+    Python, from a project folder with no checks; the second run finds the first one's report
+    where the download step puts it and compares."""
     step = gate_step()
     project = tmp_path / "project"
     project.mkdir()
@@ -251,7 +296,8 @@ def test_ci_recipe_commands_run_twice_and_compare_with_the_last_report(tiny_mode
         f"miniature_attack_size = \"4\"\nminiature_attack_model = \"{tiny_models['attacker']}\"\n")
     env = {**os.environ, **{k: str(v) for k, v in step["env"].items()},
            "REFERENCE": str(tiny_models["reference"]), "CANDIDATE": str(tiny_models["small"]),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+           "PATH": f"{installed_wheel.parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("PYTHONPATH", None)
 
     def run() -> subprocess.CompletedProcess:
         return subprocess.run(["bash", "-euo", "pipefail", "-c", step["run"]], cwd=project, env=env,

@@ -51,7 +51,7 @@ MAX_RETRIES = 3
 WORKER_NICENESS = "RAY_worker_niceness"
 
 RAY_MISSING = ("--executor ray needs Ray, which is not installed; fix: pip install "
-               "'miniature[ray]' (or use --executor inprocess)")
+               "'pytest-miniature[ray]' (or use --executor inprocess)")
 
 
 @dataclass(frozen=True)
@@ -166,10 +166,8 @@ def run_job(gate_class: type, values: dict[str, Any], data: "TaskData | None", j
                     gate.attack_shard(model, job.start, job.stop)
         except (NotApplicable, MiniatureError) as error:
             problem = str(error)
-    import miniature
-
     return {"job": job, "problem": problem, "pid": os.getpid(), "node": _node(),
-            "seconds": time.perf_counter() - started, "package": str(Path(miniature.__file__).parent),
+            "seconds": time.perf_counter() - started, "package": str(Path(__file__).parent.parent),  # the miniature package folder
             "warnings": [(w.category, str(w.message)) for w in caught]}
 
 

@@ -9,7 +9,7 @@ safetensors flattening; nothing is pickled). :func:`read_record` reads the recor
 :func:`load_quantized` rebuilds the fp32 architecture from ``config.json`` (no code from the
 folder runs) and sets the stored quantized weights exactly, so reloaded outputs equal the
 in-memory compressed model's. torchao is imported only for such folders
-(``pip install 'miniature[quantize]'``).
+(``pip install 'pytest-miniature[quantize]'``).
 
 Both :mod:`miniature.tools.compress` (the writer) and :mod:`miniature.core.models` (the
 loader) import it, so core never imports a tool.
@@ -117,7 +117,7 @@ def require_torchao(what: str) -> None:
 
     if importlib.util.find_spec("torchao") is None:
         raise ModelReferenceError(f"{what}, which needs torchao; fix: pip install "
-                                  "'miniature[quantize]' (or torchao)")
+                                  "'pytest-miniature[quantize]' (or torchao)")
 
 
 #: torchao quantization schemes of ``miniature compress --quantization``.

@@ -10,7 +10,7 @@ batches, pools, caches and attacks it unchanged.
 
 Which outputs the export has decides what it can serve: ``logits`` the prediction-error and
 attack checks, ``last_hidden_state`` the representation and distribution checks.
-onnxruntime is imported only when such a folder is loaded (``pip install miniature[onnx]``).
+onnxruntime is imported only when such a folder is loaded (``pip install pytest-miniature[onnx]``).
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def _session(file: Path, device: str) -> Any:
     except ImportError:
         raise ModelReferenceError(
             f"model file {str(file)!r} is an ONNX model, which needs onnxruntime; fix: pip install "
-            "'miniature[onnx]' (or onnxruntime)") from None
+            "'pytest-miniature[onnx]' (or onnxruntime)") from None
     import torch
 
     options = onnxruntime.SessionOptions()

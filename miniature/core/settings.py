@@ -71,7 +71,7 @@ TASKS = ("classification", "qa")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 POOLINGS = ("cls", "mean")
 THRESHOLD_ON_CHOICES = ("raw", "corrected", "ci_lower")
-#: where the encodings and attack shards run: this process, or Ray tasks (``miniature[ray]``)
+#: where the encodings and attack shards run: this process, or Ray tasks (``pytest-miniature[ray]``)
 EXECUTORS = ("inprocess", "ray")
 
 
@@ -273,7 +273,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(ATTACK_MODEL, "masked LM proposing BERT-Attack substitutions (the paper: bert-base)", text, "bert-base", metavar="MODEL"),
     Option(ATTACK_SIZE, "items attacked per model (the paper: 1000)", integer(1), 200, metavar="N"),
     Option(ATTACK_TOP_K, "BERT-Attack's K: most important words perturbed (the paper: 3)", integer(1), 3, metavar="K"),
-    Option(EXECUTOR, "where encodings and attack shards run: inprocess, or ray (pip install 'miniature[ray]'; the cache dir must be shared with the workers)", choice(*EXECUTORS), "inprocess"),
+    Option(EXECUTOR, "where encodings and attack shards run: inprocess, or ray (pip install 'pytest-miniature[ray]'; the cache dir must be shared with the workers)", choice(*EXECUTORS), "inprocess"),
     Option(RAY_ADDRESS, "with --executor ray: the address of an existing Ray cluster (default: start a local one)", text, metavar="ADDRESS"),
     Option(RAY_WORKERS, "with --executor ray: CPUs of the local cluster it starts (default: all cores); on an existing cluster, its own resources", integer(1), metavar="N"),
     # options a built-in characteristic declares in its registration
@@ -282,6 +282,15 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 BY_FLAG: dict[str, Option] = {option.flag: option for option in OPTIONS}
+
+
+def default_text(option: Option) -> str:
+    """An option's default as ``pytest --help`` and the options page show it ("" when it has
+    none: no value, or a switch that is off); ``0`` is a default too."""
+    value = option.default
+    if option.switch or value is None or value in ([], ()):
+        return ""
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 #: options that take a value: written as two words (``--cache-dir DIR``), the value is a
 #: free argument when pytest picks its rootdir and ini file, before this plugin loads

@@ -62,17 +62,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 kwargs["action"] = "append"
             if option.metavar:
                 kwargs["metavar"] = option.metavar
-        if option.default not in (None, False, [], ()):
-            kwargs["help"] += f" (default: {_show(option.default)})"
+        if opt.default_text(option):
+            kwargs["help"] += f" (default: {opt.default_text(option)})"
         group.addoption(option.flag, **kwargs)
         parser.addini(option.ini, help=f"{option.help} (same as {option.flag})",
                       type="linelist" if option.multiple else "string", default=None)
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, tuple):
-        return ",".join(map(str, value))
-    return str(value)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -276,7 +276,7 @@ def _available(candidate: str) -> bool:
     missing = [p for p in packages if importlib.util.find_spec(p) is None]
     if missing:
         print(f"miniature demo: skipping candidate {candidate!r}: it needs {', '.join(missing)}; "
-              f"fix: pip install 'miniature[{extra}]'", file=sys.stderr, flush=True)
+              f"fix: pip install 'pytest-miniature[{extra}]'", file=sys.stderr, flush=True)
     return not missing
 
 

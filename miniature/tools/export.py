@@ -40,7 +40,7 @@ def export_onnx(model: Any, tokenizer: Any, output: str | Path, *, head: str,
         import onnx  # noqa: F401 - torch.onnx.export needs it
     except ImportError:
         raise ExportError("exporting to ONNX needs the onnx package; fix: pip install "
-                          "'miniature[onnx]'") from None
+                          "'pytest-miniature[onnx]'") from None
     folder = Path(output)
     folder.mkdir(parents=True, exist_ok=True)
     heads = () if features_only else _OUTPUTS[head]
@@ -88,7 +88,7 @@ def quantize_onnx(file: Path, *, per_channel: bool = True) -> dict[str, Any]:
         import onnxruntime
         from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError:
-        raise ExportError("int8 ONNX needs onnxruntime; fix: pip install 'miniature[onnx]'") from None
+        raise ExportError("int8 ONNX needs onnxruntime; fix: pip install 'pytest-miniature[onnx]'") from None
     import logging
 
     root = logging.getLogger()

@@ -69,8 +69,6 @@ from miniature.errors import NotApplicable
 
 if TYPE_CHECKING:  # pragma: no cover
     from miniature.core.gate import Gate, Pair
-    import numpy as np
-
     from miniature.core.models import ModelWrapper
 
 __all__ = [
