@@ -213,7 +213,8 @@ def _auto_classes() -> dict[str, Any]:
     return {"encoder": transformers.AutoModel,
             "classification": transformers.AutoModelForSequenceClassification,
             "qa": transformers.AutoModelForQuestionAnswering,
-            "masked-lm": transformers.AutoModelForMaskedLM}
+            "masked-lm": transformers.AutoModelForMaskedLM,
+            "causal-lm": transformers.AutoModelForCausalLM}
 
 
 # -- loading helpers --------------------------------------------------------------------------

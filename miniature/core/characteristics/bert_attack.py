@@ -51,7 +51,7 @@ class TargetModelWrapper(_TextAttackModelWrapper):
     def __call__(self, text_input_list: Sequence[Any], **kwargs: Any) -> np.ndarray:
         items = list(text_input_list)
         if not items:
-            return np.zeros((0, int(self.wrapper.config.num_labels)), dtype=np.float32)
+            return np.zeros((0, int(self.wrapper.num_labels)), dtype=np.float32)
         self.queries += len(items)
         self.calls += 1
         progress, self.wrapper.progress = self.wrapper.progress, False
