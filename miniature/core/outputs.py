@@ -147,12 +147,16 @@ class PerItemOutputs:
         if labels is None:
             raise NotApplicable(self.unlabelled("test", "prediction errors need each test item's "
                                                 "gold label"))
+        return self.predicted(name) == np.asarray(labels)
+
+    def predicted(self, name: str) -> np.ndarray:
+        """Per test item: the label id ``name`` answers (classification), in the data's ids."""
         logits = self.outputs(name, "test")["logits"]
         predicted = logits.argmax(axis=1)
         translation = self.label_translation(name)
         if translation is not None:
             predicted = translation[predicted]
-        return predicted == np.asarray(labels)
+        return predicted
 
     def _qa_correct(self, name: str) -> np.ndarray:
         """Exact match under SQuAD 2.0 rules of the model's answers ("" = no answer), cached."""

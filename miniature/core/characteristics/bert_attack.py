@@ -168,6 +168,18 @@ def similarity_encoder(name: str, device: Any = None) -> "ModelWrapper":
     return _ENCODERS[name]
 
 
+class _DecoderCompatibilityFilter:
+    """TextAttack warns that it does not know whether a causal LM suits a classification goal
+    function; miniature decides that itself (a decoder answers by scoring its choices)."""
+
+    def filter(self, record: Any) -> bool:
+        message = str(record.getMessage())
+        return not (message.startswith("Unknown if model of class") and
+                    ("ForCausalLM" in message or "LMHeadModel" in message))
+
+
+_ta_utils.logger.addFilter(_DecoderCompatibilityFilter())
+
 _ENCODERS: dict[str, "ModelWrapper"] = {}
 _MEMO: dict[int, dict[str, np.ndarray]] = {}
 

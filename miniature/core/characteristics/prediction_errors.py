@@ -157,5 +157,13 @@ def compare_in_gate(gate: "Gate", pair: "Pair", stage: str | None) -> Comparison
         raise NotApplicable(f"neither {pair.reference!r} nor {pair.candidate!r} erred on any of "
                             f"the {len(test)} test items ({test.source}), so there are no error "
                             "sets to compare; fix: pass a larger or harder --test-data")
-    return compare_prediction_errors(reference, candidate, item_texts=test.texts,
-                                     **gate.common("prediction_errors", pair))
+    result = compare_prediction_errors(reference, candidate, item_texts=test.texts,
+                                       **gate.common("prediction_errors", pair))
+    if gate.task == "classification":  # the flips of Dutta et al. need the answers, not only right/wrong
+        from miniature.core.stats import flips
+
+        found = flips(np.asarray(test.labels), gate.predicted(pair.reference), gate.predicted(pair.candidate))
+        result.details.update(wrong_to_other_wrong=found.wrong_to_other_wrong, **{
+            f"{name}_rate": rate for name, rate in found.rates().items() if name != "flip_rate"},
+            flip_rate=found.rates()["flip_rate"])
+    return result
