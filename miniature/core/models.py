@@ -355,6 +355,11 @@ def load_model(
     if spec.is_local:
         check_model_files(Path(spec.source), spec.name)
         refuse_unsafe_local(spec, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+        config = read_model_config(spec)
+        if config.get("quantization_config"):  # a checkpoint quantized by transformers: can it run here?
+            from miniature.core.quantized_checkpoints import check_quantized_checkpoint
+
+            check_quantized_checkpoint(config, spec.name)
     with model_file_boundary(spec, tokenizer_file_name(spec), allow_pickle=allow_pickle):
         tokenizer = transformers.AutoTokenizer.from_pretrained(
             spec.source, trust_remote_code=trust_remote_code
