@@ -275,5 +275,5 @@ def test_a_torchao_checkpoint_saved_by_transformers_loads_and_is_named(tiny_mode
     in_memory = load_model(str(tiny_models["reference"]), head="classification")
     in_memory.model = quantized.eval()
     assert np.array_equal(wrapper.logits(TEXTS), in_memory.logits(TEXTS))
-    assert quantization_of(folder) == "torchao Int8WeightOnlyConfig (transformers quantization_config)"
+    assert quantization_of(folder) == "torchao int8 weight-only (transformers quantization_config)"
     assert torch.is_tensor(query.qdata) and query.qdata.dtype == torch.int8

@@ -46,7 +46,7 @@ def pytest_miniature_characteristics(config):
 def test_builtin_registry_is_the_paper_four_and_similarity() -> None:
     names = [c.name for c in BUILTIN]
     assert names == ["prediction_errors", "data_representation", "data_distribution",
-                     "adversarial_vulnerability", "representation_similarity"]
+                     "adversarial_vulnerability", "representation_similarity", "token_distribution"]
     # every built-in has its threshold option, generated from the registry
     assert {c.threshold_flag for c in BUILTIN} <= set(opt.BY_FLAG)
     for characteristic in BUILTIN:
@@ -93,7 +93,7 @@ def test_a_conftest_characteristic_gates_the_run_and_is_reported(gate_checks: py
     small = [a.replace(str(tiny_models["reference"]), str(tiny_models["small"])) if a.startswith("--candidate")
              else a for a in args]
     failed = gate_checks.runpytest(*small, "--threshold", "norm_agreement=1", "-k", "norm")
-    failed.assert_outcomes(failed=1, deselected=5)
+    failed.assert_outcomes(failed=1, deselected=6)
     failed.stdout.fnmatch_lines(["*< threshold 1*", "  fix: the candidate's long vectors are other items'"])
 
 

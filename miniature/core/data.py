@@ -64,6 +64,11 @@ def _decode(path: Path) -> str:
                         "file as UTF-8") from None
 
 
+def read_text_file(path: Path) -> str:
+    """A plain-text file whole, as a tool that reads it raw sees it (llama.cpp's perplexity tool)."""
+    return _decode(Path(path))
+
+
 def _one_line(error: BaseException) -> str:
     text = " ".join(str(error).split())
     return text[:200] + ("..." if len(text) > 200 else "")
@@ -403,6 +408,10 @@ class TaskData:
 
 
 ROLES = ("train", "holdout", "test", "challenge")
+
+
+#: the words a decoder scores for the built-in reviews' labels 0 and 1
+BUILTIN_LABEL_WORDS = ("negative", "positive")
 
 
 def builtin_sentiment_data(*, seed: int = 0, scale: float = 1.0) -> TaskData:

@@ -196,14 +196,10 @@ def quantization_of(folder: str | Path) -> str | None:
         config = json.loads(config_file.read_text("utf-8"))
     except (OSError, ValueError):
         return None
-    quantization = config.get("quantization_config") if isinstance(config, dict) else None
-    if isinstance(quantization, dict):
-        method = quantization.get("quant_method", "?")
-        kind = quantization.get("quant_type")
-        if isinstance(kind, dict):
-            inner = kind.get("default", kind)
-            kind = inner.get("_type") if isinstance(inner, dict) else inner
-        return f"{method} {kind} (transformers quantization_config)" if kind else str(method)
+    if isinstance(config, dict) and isinstance(config.get("quantization_config"), dict):
+        from miniature.core.quantized_checkpoints import quantization_of as scheme_of
+
+        return f"{scheme_of(config) or config['quantization_config'].get('quant_method', '?')} (transformers quantization_config)"
     return None
 
 
@@ -213,7 +209,8 @@ def _auto_classes() -> dict[str, Any]:
     return {"encoder": transformers.AutoModel,
             "classification": transformers.AutoModelForSequenceClassification,
             "qa": transformers.AutoModelForQuestionAnswering,
-            "masked-lm": transformers.AutoModelForMaskedLM}
+            "masked-lm": transformers.AutoModelForMaskedLM,
+            "causal-lm": transformers.AutoModelForCausalLM}
 
 
 # -- loading helpers --------------------------------------------------------------------------

@@ -105,6 +105,7 @@ class Gate(ModelLoading, PerItemOutputs):
         self.chunk_size = 1024
         self._label_maps: dict[str, Any] = {}
         self._missing_head: dict[str, list[str] | None] = {}
+        self._decoders: dict[str, bool] = {}
         #: the characteristics this run compares (the plugin narrows it to the collected checks);
         #: the executor computes their per-item outputs ahead of the first comparison
         self.selected: list[str] | None = None

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from miniature.core import settings as opt
-from miniature.core.models import (ModelSpec, ModelWrapper, check_device, head_missing_line, missing_head_weights,
-                                   resolve_model, unique_name, locate)
+from miniature.core.models import (ModelSpec, ModelWrapper, check_device, head_missing_line, local_is_decoder,
+                                   missing_head_weights, resolve_model, unique_name, locate)
 from miniature.errors import MiniatureError, ModelReferenceError, NotApplicable
 
 #: Representation stages: the base checkpoints, the task checkpoints (fine-tuned here or given)
@@ -75,6 +75,59 @@ class ModelLoading:
         """The task head of the checkpoints: classification or extractive QA."""
         return "qa" if self.task == "qa" else "classification"
 
+    def is_decoder(self, name: str) -> bool:
+        """Whether ``name`` is a decoder-only causal LM (told from its config.json)."""
+        if name not in self._decoders:
+            spec = self.specs[name]
+            self._decoders[name] = self.onnx_export(name) is None and local_is_decoder(spec)
+        return self._decoders[name]
+
+    def head_of(self, name: str) -> str:
+        """The head ``name`` answers the task with: a decoder's language-modelling head."""
+        return "causal-lm" if self.is_decoder(name) else self.head
+
+    def choice_problem(self) -> str | None:
+        """Why a decoder cannot answer the task (no words to score as labels), else None."""
+        if self.task != "classification":
+            return None
+        try:
+            self.choice_words()
+        except MiniatureError as error:
+            return str(error)
+        return None
+
+    def decoder_signature(self, name: str) -> tuple[Any, ...]:
+        """What a decoder's answers depend on beyond its weights (for the cache key): the
+        prompt template, the label words and the choice score; ``()`` for other models."""
+        if not self.is_decoder(name) or self.choice_problem() is not None:
+            return ()
+        return (self.settings[opt.PROMPT_TEMPLATE], tuple(self.choice_words()), self.settings[opt.CHOICE_SCORE])
+
+    def pooling_of(self, name: str) -> str:
+        """``--pooling`` for ``name``, ``auto`` resolved: [CLS] of an encoder, a decoder's last token."""
+        pooling = self.settings[opt.POOLING]
+        if pooling == "auto":
+            return "last" if self.is_decoder(name) else "cls"
+        return pooling
+
+    def choice_words(self) -> list[str]:
+        """The words a decoder scores as the labels, by label id: ``--verbalizer``, else the
+        data's label names, else the built-in reviews' negative/positive."""
+        given = self.settings[opt.VERBALIZER]
+        if given:
+            return [given[i] for i in range(len(given))]
+        test = self.data.test
+        if test.label_names:
+            return list(test.label_names)
+        if test.source.startswith("builtin:") and self.task == "classification":
+            from miniature.core.data import BUILTIN_LABEL_WORDS
+
+            return list(BUILTIN_LABEL_WORDS)
+        raise MiniatureError(
+            f"a decoder LM answers by scoring a word per label, and the test data {test.source!r} has "
+            f"label ids only; fix: pass {opt.VERBALIZER} naming each label's word, e.g. "
+            f"{opt.VERBALIZER} 0=negative,1=positive")
+
     @property
     def device(self) -> str:
         device = self.settings[opt.DEVICE]
@@ -97,8 +150,11 @@ class ModelLoading:
             options = dict(device=self.device, trust_remote_code=self.settings[opt.TRUST_REMOTE_CODE],
                            allow_pickle=self.settings[opt.ALLOW_PICKLE],
                            max_length=self.settings[opt.MAX_LENGTH],
-                           batch_size=self.settings[opt.BATCH_SIZE], pooling=self.settings[opt.POOLING],
+                           batch_size=self.settings[opt.BATCH_SIZE], pooling=self.pooling_of(name),
                            onnx_outputs=self.settings.onnx_outputs)
+            if self.is_decoder(name) and not headless and self.choice_problem() is None:
+                options.update(choices=self.choice_words(), prompt_template=self.settings[opt.PROMPT_TEMPLATE],
+                               choice_score=self.settings[opt.CHOICE_SCORE])
             wrapper = load_model(spec, head="encoder" if headless else self.head, **options)
             if wrapper.missing_head:  # the headers could not tell (pickle, hub): never use a made-up head
                 self._missing_head[name] = wrapper.missing_head
@@ -136,7 +192,7 @@ class ModelLoading:
             return []
         if name not in self._missing_head:
             self._missing_head[name] = missing_head_weights(
-                self.specs[name], self.head, trust_remote_code=self.settings[opt.TRUST_REMOTE_CODE],
+                self.specs[name], self.head_of(name), trust_remote_code=self.settings[opt.TRUST_REMOTE_CODE],
                 onnx_outputs=self.settings.onnx_outputs)
         return self._missing_head[name] or []
 
@@ -151,20 +207,27 @@ class ModelLoading:
         """Why ``name`` cannot run the checks that need its task head (prediction errors,
         adversarial vulnerability), in one line with the fix; None when it can. Cheap: reads
         config.json and the weight files' headers, loads no model."""
+        if self.is_decoder(name) and self.choice_problem() is not None:
+            return self.choice_problem()
+        if self.is_decoder(name) and self.task == "qa":
+            return (f"model {name!r} is a decoder LM, and extractive QA reads answer spans from an "
+                    "encoder's start/end logits; fix: gate decoders with --task classification "
+                    "(answers scored by choice log-likelihood)")
         missing = self.missing_head(name)
         if missing and self.onnx_export(name) is not None:
             from miniature.core.onnx_model import missing_output_line, onnx_outputs
 
             return missing_output_line(name, self.head, missing, onnx_outputs(self.onnx_export(name)))
         if missing:
-            return (f"{head_missing_line(name, self.head, missing)}; fix: pass --finetune to "
+            return (f"{head_missing_line(name, self.head_of(name), missing)}; fix: pass --finetune to "
                     "fine-tune it here on the training data, or pass a checkpoint fine-tuned "
                     "for the task")
         return self._label_count_problem(name)
 
     def _label_count_problem(self, name: str) -> str | None:
         """A classifier trained for another number of labels than the data has."""
-        if self.task != "classification" or self.settings[opt.FINETUNE] or self.settings[opt.LABEL_MAP]:
+        if (self.task != "classification" or self.settings[opt.FINETUNE] or self.settings[opt.LABEL_MAP]
+                or self.is_decoder(name)):  # a decoder scores the data's own labels as words
             return None
         test, train = self.data.test, self.data.train
         if test.labels is None:
@@ -193,6 +256,8 @@ class ModelLoading:
 
         from miniature.core.tasks.classification import check_label_maps, id2label, translation_table
 
+        if self.is_decoder(name):
+            return None  # its answers are the data's label ids (one choice word per label)
         if name not in self._label_maps:
             def config(model: str) -> Any:
                 from miniature.core.models import model_file_boundary

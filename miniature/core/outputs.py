@@ -67,6 +67,24 @@ class PerItemOutputs:
                 "challenge items that are not training items"), stacklevel=2)
         return TaskData(challenge_is_ood=is_ood, **sets)
 
+    def token_texts(self) -> tuple[list[str], str]:
+        """The plain text the token distribution scores, and where it came from: ``--text-data``
+        (a .txt file read whole when scored as llama.cpp does, else a text per line or row),
+        else the test texts."""
+        from pathlib import Path
+
+        given = self.settings[opt.TEXT_DATA]
+        if not given:
+            return list(self.data.test.texts), self.data.test.source
+        path = Path(given)
+        if path.suffix.lower() == ".txt" and self.settings[opt.TOKEN_SCORING] == "llama-cpp" and path.is_file():
+            from miniature.core.data import read_text_file
+
+            return [read_text_file(path)], str(path)
+        data = load_text_data(given, text_column=self.settings[opt.TEXT_COLUMN], label_column=None,
+                              limit=self.settings[opt.DATA_LIMIT])
+        return list(data.texts), data.source
+
     # -- outputs ---------------------------------------------------------------------------
 
     def outputs(self, name: str, role: str, *, stage: str | None = None) -> dict[str, np.ndarray]:
@@ -75,8 +93,8 @@ class PerItemOutputs:
         stage = None if stage == ENCODER else stage
         key = fingerprint(
             "outputs", self._model_fingerprint(name, stage), _data_fingerprint(data),
-            self.settings[opt.POOLING], self.settings[opt.MAX_LENGTH], stage or "task", self.task,
-        )
+            self.pooling_of(name), self.settings[opt.MAX_LENGTH], stage or "task", self.task,
+            *self.decoder_signature(name))
 
         truncated = []
         used = [self.settings[opt.MAX_LENGTH]]
@@ -89,7 +107,9 @@ class PerItemOutputs:
                 if stage == BEFORE or self.task == "qa" or self.missing_head(name):
                     raise NotApplicable(wrapper.hidden_problem)  # nothing of it serves
                 return {"logits": wrapper.logits(texts)}
-            if stage == BEFORE or self.task == "qa" or self.missing_head(name):
+            # a decoder scores its choices on the test items only (other roles need vectors)
+            vectors_only = wrapper.decoder and (role != "test" or not wrapper.is_classifier)
+            if stage == BEFORE or self.task == "qa" or self.missing_head(name) or vectors_only:
                 pairs = data.pairs[part] if data.pairs is not None else None
                 arrays = {"embeddings": wrapper.encode(texts, pairs=pairs)}
             else:
@@ -137,12 +157,16 @@ class PerItemOutputs:
         if labels is None:
             raise NotApplicable(self.unlabelled("test", "prediction errors need each test item's "
                                                 "gold label"))
+        return self.predicted(name) == np.asarray(labels)
+
+    def predicted(self, name: str) -> np.ndarray:
+        """Per test item: the label id ``name`` answers (classification), in the data's ids."""
         logits = self.outputs(name, "test")["logits"]
         predicted = logits.argmax(axis=1)
         translation = self.label_translation(name)
         if translation is not None:
             predicted = translation[predicted]
-        return predicted == np.asarray(labels)
+        return predicted
 
     def _qa_correct(self, name: str) -> np.ndarray:
         """Exact match under SQuAD 2.0 rules of the model's answers ("" = no answer), cached."""

@@ -137,6 +137,15 @@ BUILTIN: tuple[Characteristic, ...] = (
         options=(("--cka-estimator", "representation similarity's CKA: debiased (HSIC, about 0 when "
                   "unrelated) or linear (plain)", ("debiased", "linear"), "debiased"),),
         description="Check that the candidate's representation is linearly similar to the reference's (CKA)."),
+    Characteristic(
+        "token_distribution", "token distribution", f"{_CHARACTERISTICS}.token_distribution:compare_in_gate",
+        default_threshold=0.9, threshold_flag="--threshold-token-top",
+        threshold_help="minimum rate at which both decoder LMs put the same token first (llama.cpp's same top p)",
+        fix="the candidate's next-token predictions differ from the reference's; read the KL divergence "
+            "and the positions of largest divergence in the report, quantize less aggressively, or lower "
+            "--threshold-token-top",
+        evidence_title="Positions where the next-token distributions differ most (largest KL divergence)",
+        description="Check that a decoder LM candidate predicts the same next tokens as the reference."),
 )
 
 

@@ -59,17 +59,27 @@ FINETUNE = "--finetune"
 ATTACK_MODEL = "--attack-model"
 ATTACK_SIZE = "--attack-size"
 ATTACK_TOP_K = "--attack-top-k"
+PROMPT_TEMPLATE = "--prompt-template"
+VERBALIZER = "--verbalizer"
+CHOICE_SCORE = "--choice-score"
+TEXT_DATA = "--text-data"
+TOKEN_SCORING = "--token-scoring"
+N_CTX = "--n-ctx"
 EXECUTOR = "--executor"
 RAY_ADDRESS = "--ray-address"
 RAY_WORKERS = "--ray-workers"
 
 #: the built-in characteristics' threshold flags, named as the rest of the option constants
-THRESHOLD_ERRORS, THRESHOLD_REPRESENTATION, THRESHOLD_DISTRIBUTION, THRESHOLD_ATTACK, THRESHOLD_SIMILARITY = (
+(THRESHOLD_ERRORS, THRESHOLD_REPRESENTATION, THRESHOLD_DISTRIBUTION, THRESHOLD_ATTACK, THRESHOLD_SIMILARITY,
+ THRESHOLD_TOKEN_TOP) = (
     c.threshold_flag for c in BUILTIN)
 
 TASKS = ("classification", "qa")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-POOLINGS = ("cls", "mean")
+POOLINGS = ("auto", "cls", "mean", "last")
+CHOICE_SCORES = ("acc", "acc_norm")
+#: token distribution: every text scored on its own, or the windows llama.cpp's perplexity tool scores
+TOKEN_SCORINGS = ("texts", "llama-cpp")
 THRESHOLD_ON_CHOICES = ("raw", "corrected", "ci_lower")
 #: where the encodings and attack shards run: this process, or Ray tasks (``pytest-miniature[ray]``)
 EXECUTORS = ("inprocess", "ray")
@@ -112,6 +122,29 @@ def fraction(value: str) -> float:
     if not 0.0 <= number <= 1.0:
         raise argparse.ArgumentTypeError(f"{number} is outside [0, 1]")
     return number
+
+
+def prompt_template(value: str) -> str:
+    """A prompt with a ``{text}`` field (written as two characters ``\\n`` for a newline in an ini file)."""
+    template = str(value).replace("\\n", "\n")
+    if "{text}" not in template:
+        raise argparse.ArgumentTypeError(f"{value!r} has no {{text}} field, where the item's text goes")
+    return template
+
+
+def verbalizer(value: str) -> dict[int, str]:
+    """``0=negative,1=positive``: each data label id and the word it is scored as."""
+    mapping: dict[int, str] = {}
+    for piece in (p.strip() for p in str(value).split(",")):
+        label, sep, word = piece.partition("=")
+        if not sep or not label.strip().isdigit() or not word.strip():
+            raise argparse.ArgumentTypeError(f"{piece!r} in {value!r} is not ID=WORD (e.g. 0=negative,1=positive)")
+        if int(label) in mapping:
+            raise argparse.ArgumentTypeError(f"label {int(label)} is given twice in {value!r}")
+        mapping[int(label)] = word.strip()
+    if sorted(mapping) != list(range(len(mapping))):
+        raise argparse.ArgumentTypeError(f"{value!r} must name the labels 0..{len(mapping) - 1}, each once")
+    return mapping
 
 
 def named_fraction(value: str) -> tuple[str, float]:
@@ -256,7 +289,13 @@ OPTIONS: tuple[Option, ...] = (
     Option(BOOTSTRAP, "bootstrap resamples for confidence intervals (0: none)", integer(0), 1000, metavar="N"),
     Option(GATE_ALL_PAIRS, "candidate-vs-candidate pairs fail the run too (default: reported only)", boolean, False, switch=True),
     Option(NOISE_FLOOR, "also compare the reference with a reloaded copy of itself", boolean, False, switch=True),
-    Option(POOLING, "sentence vector: cls (the paper) or mean", choice(*POOLINGS), "cls"),
+    Option(POOLING, "sentence vector: auto (an encoder's [CLS], as the paper; a decoder's last token), cls, mean or last", choice(*POOLINGS), "auto"),
+    Option(PROMPT_TEMPLATE, "decoder LMs: the prompt an item becomes, with {text} where its text goes", prompt_template, "{text}\nAnswer:", metavar="TEMPLATE"),
+    Option(VERBALIZER, "decoder LMs: the word each label is scored as, e.g. 0=negative,1=positive (default: the data's label names)", verbalizer, metavar="MAP"),
+    Option(CHOICE_SCORE, "decoder LMs: a choice's score is its log-likelihood (acc) or that per character (acc_norm), as lm-evaluation-harness", choice(*CHOICE_SCORES), "acc"),
+    Option(TEXT_DATA, "plain text for the token distribution (.txt, or a file with a text column); default: the test texts", metavar="FILE|DATASET"),
+    Option(TOKEN_SCORING, "token distribution: score each text on its own (texts), or the windows llama.cpp's perplexity tool scores (llama-cpp)", choice(*TOKEN_SCORINGS), "texts"),
+    Option(N_CTX, "with --token-scoring llama-cpp: the context window, as llama-perplexity's -c", integer(4), 512, metavar="N"),
     Option(BATCH_SIZE, "items per forward pass", integer(1), 32, metavar="N"),
     Option(MAX_LENGTH, "max tokens per item (longer ones are truncated and counted)", integer(8), 128, metavar="N"),
     Option(DEVICE, "auto, cpu, cuda or mps", choice(*DEVICES), "auto"),

@@ -463,9 +463,10 @@ def _line(text: Any, *, muted: Any = None, href: str | None = None) -> dict[str,
     return {"text": str(text), "muted": None if muted is None else str(muted), "href": href}
 
 
-def _with_quantization(source: Any, quantization: Any) -> str:
-    """A model's source, with how it is quantized or exported when it is."""
-    return f"{source} ({quantization})" if quantization else str(source)
+def _with_quantization(source: Any, quantization: Any, architecture: Any = None) -> str:
+    """A model's source, with its architecture and how it is quantized or exported when known."""
+    about = "; ".join(str(part) for part in (architecture, quantization) if part)
+    return f"{source} ({about})" if about else str(source)
 
 
 def _executor_text(execution: Mapping[str, Any]) -> str:
@@ -483,6 +484,7 @@ def run_view(payload: Mapping[str, Any], json_name: str | None, previous: Mappin
     settings = payload.get("settings") or {}
     models = payload.get("models") or {}
     quantized = models.get("quantization") or {}
+    architectures = models.get("architecture") or {}
     data = payload.get("data") or {}
     items: list[tuple[str, list[dict[str, Any]]]] = [
         ("created", [_line(payload.get("created", "?"))]),
@@ -490,8 +492,10 @@ def run_view(payload: Mapping[str, Any], json_name: str | None, previous: Mappin
         ("executor", [_line(_executor_text(payload.get("execution") or {}))]),
         ("reference", [_line(models.get("reference") or "?",
                              muted=_with_quantization(settings.get("reference") or "?",
-                                                      quantized.get(models.get("reference") or "")))]),
-        ("candidates", [_line(name, muted=_with_quantization(source, quantized.get(name)))
+                                                      quantized.get(models.get("reference") or ""),
+                                                      architectures.get(models.get("reference") or "")))]),
+        ("candidates", [_line(name, muted=_with_quantization(source, quantized.get(name),
+                                                             architectures.get(name)))
                         for name, source in zip(models.get("candidates") or [],
                                                 settings.get("candidate") or [])]
          or [_line("none")]),

@@ -340,7 +340,8 @@ def report_payload(results: Sequence[ComparisonResult], settings: Any, *,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "duration_s": None if duration_s is None else round(float(duration_s), 3),
         "models": {"reference": names[0] if names else None, "candidates": names[1:],
-                   "order": names, "quantization": model_quantization(settings)},
+                   "order": names, "quantization": model_quantization(settings),
+                   "architecture": model_architecture(settings)},
         "data": {role: (str(raw[flag]) if raw.get(flag) else BUILTIN_DATA) for role, flag in DATA_ROLES},
         "compare_to": compare_to,
         "execution": dict(execution) if execution is not None else {
@@ -369,6 +370,28 @@ def model_quantization(settings: Any) -> dict[str, str]:
             text = None
         if text:
             found[name] = text
+    return found
+
+
+def model_architecture(settings: Any) -> dict[str, str]:
+    """Report name -> its architecture as config.json names it, and whether it is a decoder LM
+    (e.g. ``LlamaForCausalLM, decoder``), for the model table; unreadable ones are left out."""
+    from miniature.core.model_files import read_model_config
+    from miniature.core.models import is_decoder, resolve_model
+
+    values = getattr(settings, "values", {})
+    given = [values.get("--reference"), *(values.get("--candidate") or [])]
+    found: dict[str, str] = {}
+    for name, reference in zip(model_order(settings), [g for g in given if g]):
+        try:
+            spec = resolve_model(str(reference))
+            config = read_model_config(spec) if spec.is_local else None
+        except Exception:  # noqa: BLE001 - the table only; a load error is reported by the run
+            config = None
+        if config:
+            kind = "decoder" if is_decoder(config) else "encoder"
+            architecture = ", ".join(config.get("architectures") or []) or str(config.get("model_type", "?"))
+            found[name] = f"{architecture}, {kind}"
     return found
 
 

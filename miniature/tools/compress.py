@@ -60,7 +60,8 @@ DISTIL_EPOCHS = 3.0
 DISTIL_LEARNING_RATE = 1e-4
 DISTIL_TEMPERATURE = 2.0
 _HEAD_SUFFIXES = (("ForSequenceClassification", "classification"),
-                  ("ForQuestionAnswering", "qa"), ("ForMaskedLM", "masked-lm"))
+                  ("ForQuestionAnswering", "qa"), ("ForMaskedLM", "masked-lm"),
+                  ("ForCausalLM", "causal-lm"), ("LMHeadModel", "causal-lm"))
 
 
 class CompressionError(MiniatureError, ValueError):
@@ -512,7 +513,9 @@ def _drop_layers(model: Any, settings: dict[str, Any], built: Path) -> dict[str,
             if hasattr(module, "layer_idx"):
                 module.layer_idx = position
     setattr(container, attribute, kept)
-    model.config.num_hidden_layers = len(keep)  # DistilBERT maps this to n_layers
+    model.config.num_hidden_layers = len(keep)  # DistilBERT maps this to n_layers, GPT-2 to n_layer
+    if isinstance(getattr(model.config, "layer_types", None), list):  # per-layer attention kinds
+        model.config.layer_types = [model.config.layer_types[i] for i in keep]
     model.save_pretrained(str(built), safe_serialization=True)
     return {"kept_layers": list(keep), "layers_before": total, "layers_after": len(keep)}
 
@@ -527,9 +530,12 @@ def _layer_container(model: Any) -> tuple[Any, str]:
         if container is not None and isinstance(getattr(container, "layer", None),
                                                 torch.nn.ModuleList):
             return container, "layer"
-    raise CompressionError(f"cannot find the encoder layers of a {type(model).__name__} "
-                           "(looked for encoder.layer and transformer.layer); fix: compress a "
-                           "BERT- or DistilBERT-style model")
+    for attribute in ("layers", "h"):  # decoders: Llama, Qwen, Mistral (model.layers), GPT-2 (transformer.h)
+        if isinstance(getattr(base, attribute, None), torch.nn.ModuleList):
+            return base, attribute
+    raise CompressionError(f"cannot find the transformer layers of a {type(model).__name__} "
+                           "(looked for encoder.layer, transformer.layer, layers and h); fix: compress a "
+                           "BERT-, DistilBERT-, Llama- or GPT-2-style model")
 
 
 def _record(spec: Any, source_print: str, method: str, settings: dict[str, Any], head: str,

@@ -758,12 +758,11 @@ def _check_masked_lm(wrapper: "ModelWrapper") -> None:
 
 def _check_classifier(wrapper: "ModelWrapper", role: str) -> int:
     model = getattr(wrapper, "model", None)
-    exported = "logits" in (getattr(model, "roles", None) or ())  # an ONNX classifier
-    if model is None or not (exported or type(model).__name__.endswith("ForSequenceClassification")):
+    if model is None or not getattr(wrapper, "is_classifier", False):
         raise ValueError(f"{role} model {getattr(wrapper, 'name', wrapper)!r} is not a sequence "
                          f"classifier ({type(model).__name__}); fix: load it with "
                          "load_model(..., head='classification')")
-    return int(model.config.num_labels)
+    return int(wrapper.num_labels)
 
 
 

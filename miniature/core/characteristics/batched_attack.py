@@ -365,7 +365,7 @@ class MemoTarget(TargetModelWrapper):
     def __call__(self, text_input_list: Sequence[Any], **kwargs: Any) -> np.ndarray:
         items = list(text_input_list)
         if not items:
-            return np.zeros((0, int(self.wrapper.config.num_labels)), dtype=np.float32)
+            return np.zeros((0, int(self.wrapper.num_labels)), dtype=np.float32)
         if not all(isinstance(item, str) for item in items):
             raise TypeError("the batched attack takes single texts; fix: use "
                             "AttackSettings(engine='textattack') for text pairs")

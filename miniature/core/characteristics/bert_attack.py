@@ -51,7 +51,7 @@ class TargetModelWrapper(_TextAttackModelWrapper):
     def __call__(self, text_input_list: Sequence[Any], **kwargs: Any) -> np.ndarray:
         items = list(text_input_list)
         if not items:
-            return np.zeros((0, int(self.wrapper.config.num_labels)), dtype=np.float32)
+            return np.zeros((0, int(self.wrapper.num_labels)), dtype=np.float32)
         self.queries += len(items)
         self.calls += 1
         progress, self.wrapper.progress = self.wrapper.progress, False
@@ -167,6 +167,18 @@ def similarity_encoder(name: str, device: Any = None) -> "ModelWrapper":
         _ENCODERS[name] = load_model(name, head="encoder", max_length=128, batch_size=64)
     return _ENCODERS[name]
 
+
+class _DecoderCompatibilityFilter:
+    """TextAttack warns that it does not know whether a causal LM suits a classification goal
+    function; miniature decides that itself (a decoder answers by scoring its choices)."""
+
+    def filter(self, record: Any) -> bool:
+        message = str(record.getMessage())
+        return not (message.startswith("Unknown if model of class") and
+                    ("ForCausalLM" in message or "LMHeadModel" in message))
+
+
+_ta_utils.logger.addFilter(_DecoderCompatibilityFilter())
 
 _ENCODERS: dict[str, "ModelWrapper"] = {}
 _MEMO: dict[int, dict[str, np.ndarray]] = {}

@@ -169,4 +169,11 @@ def compare_in_gate(gate: "Gate", pair: "Pair", stage: str | None) -> Comparison
                             f"{result.chance:.3f} and the error-set Jaccard says nothing of these "
                             "models; fix: pass models fine-tuned for this task (--finetune) or "
                             "a --test-data they can mostly answer")
+    if gate.task == "classification":  # the flips of Dutta et al. need the answers, not only right/wrong
+        from miniature.core.stats import flips
+
+        found = flips(np.asarray(test.labels), gate.predicted(pair.reference), gate.predicted(pair.candidate))
+        result.details.update(wrong_to_other_wrong=found.wrong_to_other_wrong, **{
+            f"{name}_rate": rate for name, rate in found.rates().items() if name != "flip_rate"},
+            flip_rate=found.rates()["flip_rate"])
     return result
