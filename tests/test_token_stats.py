@@ -165,3 +165,24 @@ def test_llama_cpp_chunks_score_the_second_half_of_each_window() -> None:
     assert len(llama_cpp_chunks(tokens, 8, n_chunks=2)) == 2
     with pytest.raises(ValueError, match="needs at least 32"):
         llama_cpp_chunks(tokens, 16)
+
+
+@pytest.mark.parametrize("scale", [1e-4, 1e-2, 1.0])
+def test_the_fast_torch_path_equals_the_float64_twin(scale: float) -> None:
+    import torch
+
+    from miniature.core.token_stats import per_token_torch
+
+    rng = np.random.default_rng(7)
+    reference = (rng.normal(size=(300, 500)) * 3).astype(np.float32)
+    candidate = (reference + rng.normal(size=reference.shape) * scale + 5.0).astype(np.float32)  # shifted too
+    targets = rng.integers(0, 500, size=300)
+    exact = per_token(reference, candidate, targets)
+    fast = per_token_torch(torch.from_numpy(reference), torch.from_numpy(candidate), torch.from_numpy(targets),
+                           rows_per_chunk=64)
+    np.testing.assert_allclose(fast["kld"], exact["kld"], rtol=1e-5, atol=1e-9)
+    for name in ("nll_reference", "nll_candidate"):
+        np.testing.assert_allclose(fast[name], exact[name], rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(fast["delta_p"], exact["delta_p"], atol=1e-6)
+    assert (fast["same_top"] == exact["same_top"]).all()
+    assert (fast["top_reference"] == reference.argmax(1)).all() and (fast["top_candidate"] == candidate.argmax(1)).all()

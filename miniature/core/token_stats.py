@@ -31,6 +31,8 @@ KLD_PERCENTILES: tuple[float, ...] = (99.9, 99.0, 95.0, 90.0, 10.0, 5.0, 1.0, 0.
 DELTA_P_PERCENTILES: tuple[float, ...] = (99.9, 99.0, 95.0, 90.0, 75.0, 25.0, 10.0, 5.0, 1.0, 0.1)
 #: per-token fields :func:`per_token` returns
 FIELDS: tuple[str, ...] = ("kld", "same_top", "nll_reference", "nll_candidate", "delta_p")
+#: and the token each model put first (the fast path returns them too, for the evidence)
+TOP_FIELDS: tuple[str, ...] = ("top_reference", "top_candidate")
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -223,8 +225,9 @@ def llama_cpp_chunks(tokens: np.ndarray, n_ctx: int, *, bos_token_id: int | None
 
 def per_token_torch(reference_logits: Any, candidate_logits: Any, targets: Any, *,
                     rows_per_chunk: int = 128) -> dict[str, np.ndarray]:
-    """:func:`per_token` for torch logits, in float32 passes over the vocabulary with float64
-    sums, and without float64 copies of the logits.
+    """:func:`per_token` for torch logits (and each model's top token), in float32 passes over
+    the vocabulary with float64 sums, ``rows_per_chunk`` positions at a time, so no float64
+    copy of the logits is made. What the token distribution runs.
 
     With d = z_ref − z_cand and p = softmax(z_ref), KL(p ‖ q) = Σ p d + ln Σ p e^(−d). d is
     centred under p first (d' = d − m, m = Σ p d, which changes neither side), so the two terms
@@ -234,7 +237,7 @@ def per_token_torch(reference_logits: Any, candidate_logits: Any, targets: Any, 
     """
     import torch
 
-    out: dict[str, list[np.ndarray]] = {name: [] for name in FIELDS}
+    out: dict[str, list[np.ndarray]] = {name: [] for name in FIELDS + TOP_FIELDS}
     f64 = torch.float64
     for start in range(0, int(reference_logits.shape[0]), rows_per_chunk):
         z = reference_logits[start:start + rows_per_chunk].float()
@@ -250,7 +253,10 @@ def per_token_torch(reference_logits: Any, candidate_logits: Any, targets: Any, 
         nll_reference = (torch.logsumexp(z, -1, keepdim=True) - z.gather(1, t))[:, 0].double()
         nll_candidate = (torch.logsumexp(w, -1, keepdim=True) - w.gather(1, t))[:, 0].double()
         out["kld"].append((first + second).numpy())
-        out["same_top"].append((z.argmax(-1) == w.argmax(-1)).numpy())
+        top_z, top_w = z.argmax(-1), w.argmax(-1)
+        out["same_top"].append((top_z == top_w).numpy())
+        out["top_reference"].append(top_z.numpy())
+        out["top_candidate"].append(top_w.numpy())
         out["nll_reference"].append(nll_reference.numpy())
         out["nll_candidate"].append(nll_candidate.numpy())
         out["delta_p"].append((torch.exp(-nll_candidate) - torch.exp(-nll_reference)).numpy())

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from miniature.core.characteristics.base import ComparisonResult
-from miniature.core.token_stats import per_token, summarise
+from miniature.core.token_stats import per_token_torch, summarise
 from miniature.errors import NotApplicable
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -108,23 +108,26 @@ def token_values(reference: "ModelWrapper", candidate: "ModelWrapper", texts: li
                                              batch_size=batch_size):
             inputs = {"input_ids": torch.from_numpy(ids).to(reference.device),
                       "attention_mask": torch.from_numpy(mask).to(reference.device)}
-            ref_logits = reference.model(**inputs).logits.float().cpu().numpy()
+            ref_logits = reference.model(**inputs).logits
             inputs = {k: v.to(candidate.device) for k, v in inputs.items()}
-            cand_logits = candidate.model(**inputs).logits.float().cpu().numpy()
+            cand_logits = candidate.model(**inputs).logits
             reference.forward_calls += 1
             candidate.forward_calls += 1
-            # the logits at position t predict token t + 1; both must be real tokens
-            valid = (mask[:, 1:] == 1) & (mask[:, :-1] == 1)
-            valid[:, :max(first, 0)] = False
-            rows, cols = np.nonzero(valid)
-            values = per_token(ref_logits[rows, cols], cand_logits[rows, cols], ids[rows, cols + 1])
-            for name, column in values.items():
-                parts[name].append(column)
-            parts["top_reference"].append(ref_logits[rows, cols].argmax(axis=1))
-            parts["top_candidate"].append(cand_logits[rows, cols].argmax(axis=1))
-            parts["target"].append(ids[rows, cols + 1])
-            parts["item"].append(rows + item)
-            parts["position"].append(cols + 1)
+            # the logits at position t predict token t + 1: positions first … length − 2 of each
+            # row (right padding: a slice of real tokens, read as a view, never copied)
+            for row, length in enumerate(mask.sum(axis=1).tolist()):
+                if length - 1 <= first:
+                    continue
+                span = slice(first, length - 1)
+                targets = ids[row, first + 1:length]
+                values = per_token_torch(ref_logits[row, span].cpu(), cand_logits[row, span].cpu(),
+                                         torch.from_numpy(targets))
+                for name, column in values.items():
+                    parts[name].append(column)
+                parts["target"].append(targets)
+                parts["item"].append(np.full(targets.size, item + row))
+                parts["position"].append(np.arange(first + 1, length))
+            del ref_logits, cand_logits  # one batch of logits at a time
             item += len(ids)
     if not parts["kld"]:
         raise NotApplicable("token distribution: no text to score; fix: pass --text-data")
