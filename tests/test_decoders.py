@@ -224,3 +224,83 @@ def test_a_decoder_without_label_words_is_told_to_name_them(decoders, tmp_path: 
                                test_data=str(data), cache_dir=tmp_path / "cache", bootstrap=0,
                                verbalizer={0: "bad", 1: "good"}))
     assert named.outcome("prediction_errors", named.pairs()[0]).status == "computed"
+
+
+def write_multiple_choice(path: Path, n: int = 40) -> Path:
+    from miniature.core.data import write_jsonl
+
+    words = ["good", "bad", "dull", "superb", "slow"]
+    rows = []
+    for i in range(n):
+        choices = [words[(i + j) % 5] for j in range(2 + i % 2)]  # two or three choices
+        answer = choices[i % len(choices)] if i % 3 else i % len(choices)  # its text, or its index
+        rows.append({"text": f"the film was {words[i % 5]} and the cast was {words[(i * 3) % 5]}",
+                     "choices": choices, "answer": answer})
+    write_jsonl(path, rows)
+    return path
+
+
+def test_multiple_choice_items_are_answered_by_their_own_choices(decoders, tmp_path: Path) -> None:
+    from miniature.core.data import load_text_data
+    from miniature.core.gate import Gate
+    from miniature.core.settings import make_settings
+
+    data = write_multiple_choice(tmp_path / "mc.jsonl")
+    loaded = load_text_data(data)
+    assert loaded.choices is not None and {len(c) for c in loaded.choices} == {2, 3}
+    assert loaded.labels[1] == loaded.choices[1].index("dull") and loaded.labels[3] == 0 and loaded.labels[0] == 0
+    gate = Gate(make_settings(reference=str(decoders["llama"]), candidate=[str(decoders["llama-int8"])],
+                              test_data=str(data), cache_dir=tmp_path / "cache", bootstrap=0))
+    pair = gate.pairs()[0]
+    result = gate.outcome("prediction_errors", pair)
+    assert result.status == "computed", result.reason
+    template = "{text}\nAnswer:"
+    for name in (pair.reference, pair.candidate):
+        wrapper = load(decoders["llama" if name == pair.reference else "llama-int8"])
+        expected = [brute_choice_answers(wrapper, [text], options, template)[0]
+                    for text, options in zip(loaded.texts, loaded.choices)]
+        assert gate.predicted(name).tolist() == expected
+    attack = gate.outcome("adversarial_vulnerability", pair)
+    assert attack.status == "skipped" and "multiple-choice" in attack.reason
+
+
+def test_multiple_choice_data_skips_encoders_with_the_reason(tiny_models, tmp_path: Path) -> None:
+    from miniature.core.gate import Gate
+    from miniature.core.settings import make_settings
+
+    data = write_multiple_choice(tmp_path / "mc.jsonl")
+    gate = Gate(make_settings(reference=str(tiny_models["reference"]), candidate=[str(tiny_models["small"])],
+                              test_data=str(data), cache_dir=tmp_path / "cache", bootstrap=0))
+    result = gate.outcome("prediction_errors", gate.pairs()[0])
+    assert result.status == "skipped" and "multiple-choice" in result.reason and "decoder" in result.reason
+
+
+@pytest.mark.parametrize(("row", "message"), [
+    ({"text": "x", "choices": ["a"], "answer": 0}, "at least two"),
+    ({"text": "x", "choices": ["a", "b"], "answer": "c"}, "neither the index"),
+    ({"text": "x", "choices": ["a", "b"], "answer": 2}, "neither the index"),
+    ({"text": "x", "choices": "a,b", "answer": 0}, "is not a list"),
+])
+def test_bad_multiple_choice_rows_are_one_line_naming_the_row(tmp_path: Path, row: dict, message: str) -> None:
+    from miniature.core.data import load_text_data, write_jsonl
+    from miniature.errors import DataError
+
+    path = tmp_path / "mc.jsonl"
+    write_jsonl(path, [{"text": "y", "choices": ["a", "b"], "answer": 1}, row])
+    with pytest.raises(DataError, match=message) as error:
+        load_text_data(path)
+    assert "row 1" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_compress_prunes_and_drops_layers_of_decoders(decoders, tmp_path: Path) -> None:
+    import json as _json
+
+    from miniature.core.models import load_model
+    from miniature.tools.compress import compress
+
+    pruned = compress(decoders["llama"], tmp_path / "pruned", method="prune", sparsity=0.5)
+    fewer = compress(decoders["gpt2"], tmp_path / "layers", method="layers")
+    assert _json.loads((fewer / "config.json").read_text())["n_layer"] == 1
+    for folder in (pruned, fewer):
+        wrapper = load_model(str(folder), head="classification", choices=["negative", "positive"])
+        assert wrapper.decoder and wrapper.logits(["a fine film"]).shape == (1, 2)

@@ -277,6 +277,8 @@ class TextData:
     pairs: list[str] | None = None
     #: the task's own items when they carry more than text and label (QA examples)
     examples: list[Any] | None = None
+    #: multiple-choice items: each item's choices (its label is the index of the right one)
+    choices: list[list[str]] | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -289,7 +291,44 @@ class TextData:
                         labels=self.labels[:limit] if self.labels is not None else None,
                         label_names=self.label_names,
                         pairs=self.pairs[:limit] if self.pairs is not None else None,
-                        examples=self.examples[:limit] if self.examples is not None else None)
+                        examples=self.examples[:limit] if self.examples is not None else None,
+                        choices=self.choices[:limit] if self.choices is not None else None)
+
+
+#: a multiple-choice item's choices (a list of texts) and its right answer (an index or the choice's text)
+CHOICES_COLUMN, ANSWER_COLUMN = "choices", "answer"
+
+
+def _multiple_choice(rows: list[dict[str, Any]], name: str, *, text_column: str,
+                     label_column: str | None) -> "TextData":
+    """Multiple-choice items: the question in ``text_column``, its ``choices`` (a list of at
+    least two texts) and the right one in ``answer`` (or ``label_column``): its index, or
+    its text. Checked by row."""
+    answer_column = ANSWER_COLUMN if label_column in (None, "label") and ANSWER_COLUMN in rows[0] else label_column
+    require_columns(rows, {text_column: str}, name)
+    texts, choices, labels = [], [], []
+    for number, row in enumerate(rows):
+        options = row.get(CHOICES_COLUMN)
+        if (not isinstance(options, list) or len(options) < 2
+                or not all(isinstance(o, str) and o.strip() for o in options)):
+            raise DataError(f"data {name!r}: row {number}, column {CHOICES_COLUMN!r} is not a list of at least "
+                            f"two non-empty texts ({options!r}); fix: write each item's choices as a list")
+        answer = row.get(answer_column) if answer_column else None
+        if isinstance(answer, str) and answer in options:
+            answer = options.index(answer)
+        elif isinstance(answer, str) and answer.strip().isdigit():
+            answer = int(answer)
+        if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(options):
+            raise DataError(f"data {name!r}: row {number}, column {answer_column!r} = {answer!r} is neither the "
+                            f"index (0..{len(options) - 1}) nor the text of one of its choices; fix: give "
+                            "the right choice's index or text")
+        text = row[text_column]
+        if not str(text).strip():
+            raise DataError(f"data {name!r}: row {number}, column {text_column!r} is empty; fix: remove it")
+        texts.append(str(text))
+        choices.append([str(o) for o in options])
+        labels.append(int(answer))
+    return TextData(source=name, texts=texts, labels=labels, choices=choices)
 
 
 def load_text_data(
@@ -320,6 +359,8 @@ def load_text_data(
     if limit is not None:
         rows = rows[:limit]
     name = str(source)
+    if rows and CHOICES_COLUMN in rows[0]:
+        return _multiple_choice(rows, name, text_column=text_column, label_column=label_column)
     columns: dict[str, Any] = {text_column: str}
     if label_column is not None:
         columns[label_column] = object  # present here; the values are checked below

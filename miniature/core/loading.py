@@ -86,9 +86,14 @@ class ModelLoading:
         """The head ``name`` answers the task with: a decoder's language-modelling head."""
         return "causal-lm" if self.is_decoder(name) else self.head
 
+    @property
+    def multiple_choice(self) -> bool:
+        """Whether the test items carry their own choices (``choices``/``answer`` columns)."""
+        return self.task == "classification" and self.data.test.choices is not None
+
     def choice_problem(self) -> str | None:
         """Why a decoder cannot answer the task (no words to score as labels), else None."""
-        if self.task != "classification":
+        if self.task != "classification" or self.multiple_choice:
             return None
         try:
             self.choice_words()
@@ -101,7 +106,13 @@ class ModelLoading:
         prompt template, the label words and the choice score; ``()`` for other models."""
         if not self.is_decoder(name) or self.choice_problem() is not None:
             return ()
-        return (self.settings[opt.PROMPT_TEMPLATE], tuple(self.choice_words()), self.settings[opt.CHOICE_SCORE])
+        if self.multiple_choice:
+            from miniature.core.cache import fingerprint_texts
+
+            words = ("multiple-choice", fingerprint_texts("\x1f".join(c) for c in self.data.test.choices))
+        else:
+            words = tuple(self.choice_words())
+        return (self.settings[opt.PROMPT_TEMPLATE], words, self.settings[opt.CHOICE_SCORE])
 
     def pooling_of(self, name: str) -> str:
         """``--pooling`` for ``name``, ``auto`` resolved: [CLS] of an encoder, a decoder's last token."""
@@ -153,13 +164,17 @@ class ModelLoading:
                            batch_size=self.settings[opt.BATCH_SIZE], pooling=self.pooling_of(name),
                            onnx_outputs=self.settings.onnx_outputs)
             if self.is_decoder(name) and not headless and self.choice_problem() is None:
-                options.update(choices=self.choice_words(), prompt_template=self.settings[opt.PROMPT_TEMPLATE],
+                options.update(prompt_template=self.settings[opt.PROMPT_TEMPLATE],
                                choice_score=self.settings[opt.CHOICE_SCORE])
+                if not self.multiple_choice:
+                    options.update(choices=self.choice_words())
             wrapper = load_model(spec, head="encoder" if headless else self.head, **options)
             if wrapper.missing_head:  # the headers could not tell (pickle, hub): never use a made-up head
                 self._missing_head[name] = wrapper.missing_head
                 wrapper = load_model(spec, head="encoder", **options)
             wrapper.name = name
+            if wrapper.decoder and not headless:
+                wrapper.multiple_choice = self.multiple_choice
             self._wrappers[key] = wrapper
         return self._wrappers[key]
 
@@ -209,6 +224,10 @@ class ModelLoading:
         config.json and the weight files' headers, loads no model."""
         if self.is_decoder(name) and self.choice_problem() is not None:
             return self.choice_problem()
+        if self.multiple_choice and not self.is_decoder(name):
+            return (f"model {name!r} is an encoder, and the test data {self.data.test.source!r} is multiple-choice "
+                    "(each item its own choices), which a classification head with fixed labels cannot "
+                    "answer; fix: gate decoder LMs on it, or pass text/label data")
         if self.is_decoder(name) and self.task == "qa":
             return (f"model {name!r} is a decoder LM, and extractive QA reads answer spans from an "
                     "encoder's start/end logits; fix: gate decoders with --task classification "
@@ -227,7 +246,7 @@ class ModelLoading:
     def _label_count_problem(self, name: str) -> str | None:
         """A classifier trained for another number of labels than the data has."""
         if (self.task != "classification" or self.settings[opt.FINETUNE] or self.settings[opt.LABEL_MAP]
-                or self.is_decoder(name)):  # a decoder scores the data's own labels as words
+                or self.is_decoder(name) or self.multiple_choice):  # a decoder scores the data's own labels
             return None
         test, train = self.data.test, self.data.train
         if test.labels is None:

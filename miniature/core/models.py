@@ -719,35 +719,45 @@ class DecoderWrapper(ModelWrapper):
 
     @property
     def is_classifier(self) -> bool:
-        return bool(self.choices)
+        return bool(self.choices) or self.multiple_choice
 
-    def logits(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> "np.ndarray":
+    #: set by the gate when the data's items carry their own choices
+    multiple_choice = False
+
+    def logits(self, texts: Sequence[str], pairs: Sequence[str] | None = None, *,
+               choices: Sequence[Sequence[str]] | None = None) -> "np.ndarray":
         """(n, choices) log-likelihood of each choice given the item (``acc_norm``: per
-        character of the choice), the scores whose argmax is the model's answer."""
+        character of the choice), the scores whose argmax is the model's answer. The choices
+        are the label words, or each item's own (``choices``, multiple-choice items; items
+        with fewer than the most choices are padded with -inf, which argmax never picks)."""
         import numpy as np
 
         from miniature.core.tasks.choices import choice_loglikelihoods, normalised_by_length, render_prompt
 
         if pairs is not None:
             raise ValueError(f"{self.name}: a decoder scores single texts, not text pairs")
-        if not self.choices:
+        per_item = [list(c) for c in choices] if choices is not None else [self.choices] * len(texts)
+        if not all(per_item):
             raise ValueError(f"{self.name}: a decoder needs the choices (label words) to score")
         prompts = [render_prompt(self.prompt_template, str(text)) for text in texts]
-        scores = choice_loglikelihoods(self.model, self.tokenizer, prompts, [self.choices] * len(prompts),
+        scores = choice_loglikelihoods(self.model, self.tokenizer, prompts, per_item,
                                        max_length=self.max_length, batch_size=self.batch_size,
                                        device=self.device)
-        self.forward_calls += -(-len(prompts) * len(self.choices) // self.batch_size)
+        self.forward_calls += -(-sum(map(len, per_item)) // self.batch_size)
         self.truncated = scores.truncated
-        rows = self.check_finite(np.stack(scores.loglikelihoods), "choice log-likelihoods")
-        if self.choice_score == "acc_norm":
-            rows = np.stack([normalised_by_length(row, self.choices) for row in rows])
+        width = max(map(len, per_item))
+        rows = np.full((len(texts), width), -np.inf)
+        for row, (values, options) in enumerate(zip(scores.loglikelihoods, per_item)):
+            values = self.check_finite(values[None, :], "choice log-likelihoods")[0]
+            rows[row, :len(options)] = normalised_by_length(values, options) if self.choice_score == "acc_norm" else values
         return rows.astype(np.float32)
 
-    def encode_and_classify(self, texts: Sequence[str]) -> tuple["np.ndarray", "np.ndarray"]:
+    def encode_and_classify(self, texts: Sequence[str], *,
+                            choices: Sequence[Sequence[str]] | None = None) -> tuple["np.ndarray", "np.ndarray"]:
         """Sentence vectors and choice scores (two passes: the text, then prompt + choices)."""
         embeddings = self.encode(texts)
         truncated = self.truncated
-        logits = self.logits(texts)
+        logits = self.logits(texts, choices=choices)
         self.truncated = max(truncated, self.truncated)
         return embeddings, logits
 

@@ -113,7 +113,10 @@ class PerItemOutputs:
                 pairs = data.pairs[part] if data.pairs is not None else None
                 arrays = {"embeddings": wrapper.encode(texts, pairs=pairs)}
             else:
-                embeddings, logits = wrapper.encode_and_classify(texts)
+                if wrapper.decoder and data.choices is not None:  # multiple-choice items
+                    embeddings, logits = wrapper.encode_and_classify(texts, choices=data.choices[part])
+                else:
+                    embeddings, logits = wrapper.encode_and_classify(texts)
                 arrays = {"embeddings": embeddings, "logits": logits}
             truncated.append(wrapper.truncated)
             return arrays
@@ -216,6 +219,10 @@ class PerItemOutputs:
             raise NotApplicable(problem)
         if self.data.test.labels is None:
             raise NotApplicable(self.unlabelled("test", "the attack needs each item's gold label"))
+        if self.multiple_choice:
+            raise NotApplicable(f"the test data {self.data.test.source!r} is multiple-choice; the attack perturbs "
+                                "a text/label classifier's input, as the paper does on IMDB; fix: pass text/label "
+                                "data to run the attack")
         if self.attack_problem is not None:
             raise NotApplicable(self.attack_problem)
 
