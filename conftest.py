@@ -27,6 +27,11 @@ def heavy_modules_imported_once():
     import torch  # noqa: F401
     import transformers  # noqa: F401
 
+    try:  # its scheduling-strategy classes are checked by identity when a task is submitted
+        import ray.util.scheduling_strategies  # noqa: F401
+    except ImportError:
+        pass
+
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory):

@@ -107,6 +107,8 @@ def compare(reference: str | Path, candidates: str | Path | Sequence[str | Path]
     # the plugin's selection: every pair of the gate x every characteristic x (for staged ones) every stage
     results = []
     for characteristic in registry:
+        if not gate.applies(characteristic.name):
+            continue
         for pair in gate.pairs():
             for stage in (gate.stages() if characteristic.staged else [None]):
                 results.append(gate.outcome(characteristic.name, pair, stage=stage))

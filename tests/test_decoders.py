@@ -138,12 +138,12 @@ def test_a_tiny_llama_against_its_int4_copy_runs_every_characteristic(gate_check
         brute_knn_jaccard(vectors["ref"], vectors["cand"], 10), abs=1e-9)
 
     # representation similarity: debiased CKA from the HSIC formula on the n x n Gram matrices
-    def hsic1(k: np.ndarray, l: np.ndarray) -> float:
-        n = len(k)
-        k, l = k - np.diag(np.diag(k)), l - np.diag(np.diag(l))
+    def hsic1(gram_a: np.ndarray, gram_b: np.ndarray) -> float:
+        n = len(gram_a)
+        a, b = gram_a - np.diag(np.diag(gram_a)), gram_b - np.diag(np.diag(gram_b))
         one = np.ones(n)
-        return float((np.trace(k @ l) + (one @ k @ one) * (one @ l @ one) / ((n - 1) * (n - 2))
-                      - 2 / (n - 2) * (one @ k @ l @ one)) / (n * (n - 3)))
+        return float((np.trace(a @ b) + (one @ a @ one) * (one @ b @ one) / ((n - 1) * (n - 2))
+                      - 2 / (n - 2) * (one @ a @ b @ one)) / (n * (n - 3)))
 
     gram = {name: v @ v.T for name, v in vectors.items()}
     cka = hsic1(gram["ref"], gram["cand"]) / math.sqrt(hsic1(gram["ref"], gram["ref"]) * hsic1(gram["cand"], gram["cand"]))

@@ -93,7 +93,7 @@ def test_a_conftest_characteristic_gates_the_run_and_is_reported(gate_checks: py
     small = [a.replace(str(tiny_models["reference"]), str(tiny_models["small"])) if a.startswith("--candidate")
              else a for a in args]
     failed = gate_checks.runpytest(*small, "--threshold", "norm_agreement=1", "-k", "norm")
-    failed.assert_outcomes(failed=1, deselected=6)
+    failed.assert_outcomes(failed=1, deselected=5)
     failed.stdout.fnmatch_lines(["*< threshold 1*", "  fix: the candidate's long vectors are other items'"])
 
 

@@ -481,10 +481,10 @@ def test_compare_to_shows_what_changed(gate_checks: pytest.Pytester, tiny_models
               f"--cache-dir={gate_checks.path / 'cache'}", f"--report-dir={reports}", "--bootstrap=0",
               "--data-limit=60", "--k-sweep=5", "-k", "data_representation"]
     first = gate_checks.runpytest(*common, "--k=5", "--threshold-representation=0")
-    first.assert_outcomes(passed=1, deselected=5)
+    first.assert_outcomes(passed=1, deselected=4)
     previous = next(reports.glob("miniature-*.json"))
     second = gate_checks.runpytest(*common, "--k=10", "--threshold-representation=1", f"--compare-to={previous}")
-    second.assert_outcomes(failed=1, deselected=5)
+    second.assert_outcomes(failed=1, deselected=4)
     before = json.loads(previous.read_text())["results"][0]["figure"]
     after = json.loads((reports / "latest.json").read_text())["results"][0]["figure"]
     assert before != after

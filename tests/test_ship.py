@@ -132,11 +132,11 @@ def test_own_tests_and_the_gate_coexist(gate_checks: pytest.Pytester, tiny_model
     gate_checks.makepyfile(test_own="def test_project():\n    assert 1 + 1 == 2\n")
     gate = small_gate(tiny_models, gate_checks.path, "-k", "distribution")
     both = gate_checks.runpytest(".", *gate)  # paths given: the project's tests and the gate
-    both.assert_outcomes(passed=1, deselected=6)  # -k distribution keeps the gate's distribution check
+    both.assert_outcomes(passed=1, deselected=5)  # -k distribution keeps the gate's distribution check
     assert f"{SHIPPED_CHECKS_NODEID}::test_data_distribution" in "\n".join(
         gate_checks.runpytest(".", *gate, "--co", "-q").outlines)
     own_only = gate_checks.runpytest(".", *small_gate(tiny_models, gate_checks.path), "-m", "not miniature")
-    own_only.assert_outcomes(passed=1, deselected=6)
+    own_only.assert_outcomes(passed=1, deselected=5)
     gate_only = gate_checks.runpytest(*small_gate(tiny_models, gate_checks.path), "--co", "-q")
     assert "test_own.py" not in gate_only.stdout.str() and "5 tests collected" in gate_only.stdout.str()
 
@@ -228,7 +228,7 @@ def test_skipped_and_errored_checks_are_cells_of_their_own(gate_checks: pytest.P
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     args = small_gate(tiny_models, where, "--attack-model=miniature-tests/no-such-lm", f"{opt.K}=70",
                       f"{opt.K_SWEEP}=5", "--junitxml=junit.xml", candidate="reference")
-    result = gate_checks.runpytest(*args, "-k", "not token_distribution")  # the encoders' five
+    result = gate_checks.runpytest(*args)
     result.assert_outcomes(passed=2, failed=2, skipped=1)
     payload = json.loads((where / "reports" / "latest.json").read_text())
     statuses = {r["characteristic"]: r["status"] for r in payload["results"]}

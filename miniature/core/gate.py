@@ -138,6 +138,13 @@ class Gate(ModelLoading, PerItemOutputs):
             return [ENCODER]
         return [None]
 
+    def applies(self, characteristic: str) -> bool:
+        """Whether this run compares ``characteristic`` at all: one for decoder LMs only
+        (the token distribution) is left out of a run that has no decoder LM."""
+        if not self.registry[characteristic].decoders_only:
+            return True
+        return any(self.is_decoder(name) for name in self.names)
+
     def threshold(self, characteristic: str) -> float | None:
         """``--threshold NAME=J``, else the characteristic's own flag, else its default."""
         return threshold_for(self.settings, self.registry[characteristic])
@@ -228,7 +235,7 @@ def check_reportable(result: Any) -> None:
     number in [0, 1], is its check's error, not a crash of the terminal table or the JSON)."""
     import json
 
-    from miniature.reports.payload import result_schema_problem, result_value_problem
+    from miniature.core.characteristics.base import result_schema_problem, result_value_problem
 
     if not isinstance(result, ComparisonResult):
         raise TypeError(f"its compare function returned {type(result).__name__}, not a ComparisonResult")

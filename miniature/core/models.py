@@ -29,6 +29,29 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import torch
 
+class _ImportNoise:
+    """Drops the lines libraries log while being imported on a machine they were not built
+    for: torchao's "Failed to load …_C_mxfp8….so" (CUDA-only kernels on a CPU build) and
+    torch's deprecation note on Enum pytree constants. transformers imports torchao when it
+    builds any model, so without this a one-line usage error would come with four lines of
+    noise."""
+
+    def filter(self, record: Any) -> bool:
+        message = str(record.getMessage())
+        return not (message.startswith("Failed to load ") or "is an Enum subclass" in message)
+
+
+def _quiet_import_noise() -> None:
+    import logging
+
+    for name in ("torchao", "torch.utils._pytree"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _ImportNoise) for f in logger.filters):
+            logger.addFilter(_ImportNoise())
+
+
+_quiet_import_noise()
+
 #: The paper's six models (its Table 1) by alias, mapped to their public Hugging Face ids.
 PAPER_ALIASES: dict[str, str] = {
     "bert-large": "google-bert/bert-large-uncased",

@@ -67,6 +67,9 @@ class Characteristic:
     attacks: bool = False
     #: on a QA task, reads the predicted answers to the test questions instead of ``encodes``
     answers: bool = False
+    #: compares decoder LMs only: a run with no decoder LM does not collect it (a pair with
+    #: an encoder in a run that has one is skipped with the reason)
+    decoders_only: bool = False
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -145,6 +148,7 @@ BUILTIN: tuple[Characteristic, ...] = (
             "and the positions of largest divergence in the report, quantize less aggressively, or lower "
             "--threshold-token-top",
         evidence_title="Positions where the next-token distributions differ most (largest KL divergence)",
+        decoders_only=True,
         description="Check that a decoder LM candidate predicts the same next tokens as the reference."),
 )
 

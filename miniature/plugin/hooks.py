@@ -190,15 +190,26 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     ``tryfirst``: they are added before ``-k`` and ``-m`` deselect, so both select them.
     """
     settings = config.stash.get(SETTINGS_KEY, None)
-    if settings is None or not settings.reference or any(uses_gate(item) for item in items):
+    if settings is None or not settings.reference:
         return
-    from pathlib import Path
+    if not any(uses_gate(item) for item in items):
+        from pathlib import Path
 
-    from miniature.plugin import checks
+        from miniature.plugin import checks
 
-    path = Path(checks.__file__).parent / "test_equivalence.py"
-    module = pytest.Module.from_parent(session, path=path, nodeid=SHIPPED_CHECKS_NODEID)
-    items[:0] = list(session.genitems(module))
+        path = Path(checks.__file__).parent / "test_equivalence.py"
+        module = pytest.Module.from_parent(session, path=path, nodeid=SHIPPED_CHECKS_NODEID)
+        items[:0] = list(session.genitems(module))
+    gate = config.stash.get(GATE_KEY, None)
+    if gate is not None and not isinstance(gate, Exception):
+        # a characteristic this run does not compare (decoder LMs only, and no decoder) is not collected
+        items[:] = [item for item in items if not uses_gate(item) or gate.applies(_characteristic_of(item))
+                    or _characteristic_of(item) not in gate.registry]
+
+
+def _characteristic_of(item: pytest.Item) -> str:
+    """The characteristic a gate item checks, from its test function's name."""
+    return getattr(item, "originalname", item.name).removeprefix("test_")
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

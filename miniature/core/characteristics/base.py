@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from collections.abc import Iterator, Mapping
+from types import UnionType
 from typing import Any, Literal
 
 from miniature.core.registry import active
@@ -185,3 +186,70 @@ def _json_default(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+# -- what every report can hold ----------------------------------------------------------------
+_JSON_TYPES: dict[Any, tuple[type, ...]] = {str: (str,), bool: (bool,), int: (int,), float: (int, float),
+                                             dict: (dict,), list: (list,)}
+_CONDITION_KEYS = {"name": (str,), "value": (int, float, type(None)), "limit": (int, float, type(None)),
+                   "passed": (bool,)}
+
+
+def result_schema_problem(entry: Mapping[str, Any]) -> str | None:
+    """What is wrong with one JSON result against :class:`ComparisonResult`'s fields (a
+    missing required field, a value of the wrong type), worded to follow "result 3 ", or
+    ``None``."""
+    import typing
+
+    hints = typing.get_type_hints(ComparisonResult)
+    for item in fields(ComparisonResult):
+        if item.name not in entry:
+            required = item.default is MISSING and item.default_factory is MISSING
+            if required:
+                return f"is incomplete: field {item.name!r} is missing"
+            continue
+        value = entry[item.name]
+        hint = hints[item.name]
+        options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, UnionType) else (hint,)
+        accepted: tuple[type, ...] = ()
+        for option in options:
+            accepted += (type(None),) if option is type(None) else _JSON_TYPES.get(typing.get_origin(option) or option, ())
+        if not accepted:
+            continue  # a type JSON cannot hold: not checked
+        if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted):
+            names = " or ".join(sorted({"null" if t is type(None) else t.__name__ for t in accepted}))
+            return f"is malformed: field {item.name!r} is {json.dumps(value)[:40]}, not {names}"
+    for condition in entry.get("conditions") or []:
+        if not isinstance(condition, dict) or any(
+                not isinstance(condition.get(key, ...), types) or (key != "passed" and isinstance(condition.get(key), bool))
+                for key, types in _CONDITION_KEYS.items()):
+            return (f"is malformed: field 'conditions' holds {json.dumps(condition)[:60]}, not an object with "
+                    "name, value, limit and passed (true/false)")
+    return None
+
+
+#: result fields that hold a fraction in [0, 1] (NaN: no figure) or null
+_FRACTION_FIELDS = ("figure", "threshold", "chance", "ci_low", "ci_high", "noise_floor")
+
+
+def result_value_problem(entry: Mapping[str, Any]) -> str | None:
+    """What is wrong with the values of one JSON result whose types are right (an unknown
+    status, an infinite or out-of-range figure, a negative count), worded as
+    :func:`result_schema_problem`, or ``None``."""
+    def bad(name: str, what: str) -> str:
+        return f"is malformed: field {name!r} is {json.dumps(entry[name])[:40]}, not {what}"
+
+    if entry.get("status", STATUSES[0]) not in STATUSES:
+        return bad("status", " or ".join(STATUSES))
+    if entry.get("threshold_on", THRESHOLD_ON_CHOICES[0]) not in THRESHOLD_ON_CHOICES:
+        return bad("threshold_on", " or ".join(THRESHOLD_ON_CHOICES))
+    for name in _FRACTION_FIELDS:
+        value = entry.get(name)
+        if value is not None and not (0 <= value <= 1 or (math.isnan(value) and name != "threshold")):
+            return bad(name, "a number in [0, 1]" + ("" if name == "threshold" else " (or NaN: no figure)"))
+    corrected = entry.get("corrected")
+    if corrected is not None and not (corrected <= 1 and not math.isinf(corrected) or math.isnan(corrected)):
+        return bad("corrected", "a finite number up to 1")
+    if entry["n"] < 0:
+        return bad("n", "a count >= 0")
+    return None
