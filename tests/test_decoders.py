@@ -129,7 +129,10 @@ def test_a_tiny_llama_against_its_int4_copy_runs_every_characteristic(gate_check
     assert errors["figure"] == pytest.approx(jaccard(answers["ref"] != labels, answers["cand"] != labels))
     assert errors["details"]["reference_accuracy"] == pytest.approx((answers["ref"] == labels).mean())
     wrong_both = (answers["ref"] != labels) & (answers["cand"] != labels)
-    assert errors["details"]["wrong_to_other_wrong"] == int((wrong_both & (answers["ref"] != answers["cand"])).sum())
+    flips = errors["details"]["flips"]
+    assert flips["wrong_to_other_wrong"] == int((wrong_both & (answers["ref"] != answers["cand"])).sum())
+    assert flips["correct_to_incorrect"] == errors["details"]["negative_flips"]
+    assert flips["flip_rate"] == pytest.approx((answers["ref"] == labels).__ne__(answers["cand"] == labels).mean())
     assert errors["details"]["negative_flips"] == int(((answers["ref"] == labels) & (answers["cand"] != labels)).sum())
 
     # representation: last-token vectors, K = 10 neighbours by cosine

@@ -173,7 +173,9 @@ def compare_in_gate(gate: "Gate", pair: "Pair", stage: str | None) -> Comparison
         from miniature.core.stats import flips
 
         found = flips(np.asarray(test.labels), gate.predicted(pair.reference), gate.predicted(pair.candidate))
-        result.details.update(wrong_to_other_wrong=found.wrong_to_other_wrong, **{
-            f"{name}_rate": rate for name, rate in found.rates().items() if name != "flip_rate"},
-            flip_rate=found.rates()["flip_rate"])
+        result.details["flips"] = {"correct_to_incorrect": found.correct_to_incorrect,
+                                   "incorrect_to_correct": found.incorrect_to_correct,
+                                   "wrong_to_other_wrong": found.wrong_to_other_wrong,
+                                   **{name if name == "flip_rate" else f"{name}_rate": rate
+                                      for name, rate in found.rates().items()}}
     return result
