@@ -84,7 +84,7 @@ def compare(reference: str | Path, candidates: str | Path | Sequence[str | Path]
     """
     from miniature.core.gate import Gate
     from miniature.core.models import check_device
-    from miniature.core.registry import BUILTIN, Registry, activate
+    from miniature.core.registry import BUILTIN, Registry, activate, for_models
 
     started = time.time()
     if isinstance(candidates, (str, Path)):
@@ -101,14 +101,13 @@ def compare(reference: str | Path, candidates: str | Path | Sequence[str | Path]
         raise OptionError(f"{opt.THRESHOLDS} {unknown[0]}=...: no such characteristic; registered: "
                           f"{', '.join(registry.names)}")
     check_device(settings[opt.DEVICE])
+    registry = for_models(registry, [settings.reference, *settings.candidates])
     activate(registry)
     gate = Gate(settings, registry=registry)
     gate.selected = registry.names
     # the plugin's selection: every pair of the gate x every characteristic x (for staged ones) every stage
     results = []
     for characteristic in registry:
-        if not gate.applies(characteristic.name):
-            continue
         for pair in gate.pairs():
             for stage in (gate.stages() if characteristic.staged else [None]):
                 results.append(gate.outcome(characteristic.name, pair, stage=stage))

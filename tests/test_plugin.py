@@ -28,7 +28,7 @@ def test_without_reference_copied_checks_skip_with_one_clear_line(gate_checks: p
         (Path(checks.__file__).parent / "test_equivalence.py").read_text())
     gate_checks.makepyfile(test_own="def test_project():\n    assert 1 + 1 == 2\n")
     result = gate_checks.runpytest("-rs")
-    result.assert_outcomes(passed=1, skipped=5)  # one per characteristic
+    result.assert_outcomes(passed=1, skipped=6)  # one per characteristic
     out = result.stdout.str()
     assert out.count(f"miniature: no {opt.REFERENCE} given") >= 1
     result.stdout.fnmatch_lines([f"miniature: no {opt.REFERENCE} given, so the equivalence checks were skipped; run*"])

@@ -109,7 +109,8 @@ def test_ray_qa_gate_equals_the_in_process_gate(ray_cluster, tiny_models, tmp_pa
                                   cache_dir=tmp_path / folder, data_limit=30, bootstrap=50,
                                   max_length=64, **more))
 
-    local_figures = gate_figures(qa_gate("local"), CHARACTERISTICS)
+    local = qa_gate("local")
+    local_figures = gate_figures(local, CHARACTERISTICS)
     remote = qa_gate("ray", executor="ray")
     remote_figures = gate_figures(remote, CHARACTERISTICS)
     labels = [label for label, _, _ in remote.execution["timings"]]
@@ -119,7 +120,10 @@ def test_ray_qa_gate_equals_the_in_process_gate(ray_cluster, tiny_models, tmp_pa
     moved = {k: (local_figures[k], remote_figures[k]) for k in local_figures
              if not close(local_figures[k], remote_figures[k])}
     assert remote_figures.keys() == local_figures.keys() and not moved, moved
-    assert "skipped" not in remote_figures["prediction_errors:qa5-vs-qa6"]
+    # the tiny QA heads err on every item, so prediction errors is skipped as carrying no
+    # information; the answers the Ray jobs computed are the in-process ones, item by item
+    for name in ("qa5", "qa6"):
+        assert (remote.correct(name) == local.correct(name)).all()
 
 
 def our_ray_tasks() -> list[int]:

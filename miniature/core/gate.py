@@ -138,13 +138,6 @@ class Gate(ModelLoading, PerItemOutputs):
             return [ENCODER]
         return [None]
 
-    def applies(self, characteristic: str) -> bool:
-        """Whether this run compares ``characteristic`` at all: one for decoder LMs only
-        (the token distribution) is left out of a run that has no decoder LM."""
-        if not self.registry[characteristic].decoders_only:
-            return True
-        return any(self.is_decoder(name) for name in self.names)
-
     def threshold(self, characteristic: str) -> float | None:
         """``--threshold NAME=J``, else the characteristic's own flag, else its default."""
         return threshold_for(self.settings, self.registry[characteristic])

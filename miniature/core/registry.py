@@ -189,6 +189,26 @@ class Registry:
         return list(self._by_name)
 
 
+def for_models(registry: Registry, models: Iterable[str]) -> Registry:
+    """``registry`` without the characteristics that compare decoder LMs only when none of
+    ``models`` (what ``--reference`` / ``--candidate`` name) is one: an encoder gate collects,
+    reports and plans exactly what it did before they existed. Reads config.json only."""
+    if not any(c.decoders_only for c in registry):
+        return registry
+    from miniature.core.models import local_is_decoder, resolve_model
+    from miniature.errors import MiniatureError
+
+    def decoder(reference: str) -> bool:
+        try:
+            return local_is_decoder(resolve_model(reference))
+        except MiniatureError:  # located (and refused) by the caller
+            return False
+
+    if any(decoder(m) for m in models if m):
+        return registry
+    return Registry(c for c in registry if not c.decoders_only)
+
+
 def title(name: str, characteristics: Sequence[Characteristic] = BUILTIN) -> str:
     """A characteristic's title by name (its name with spaces when it is not known here)."""
     return next((c.title for c in characteristics if c.name == name), name.replace("_", " "))

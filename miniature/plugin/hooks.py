@@ -40,6 +40,7 @@ PREVIOUS_KEY = pytest.StashKey["dict[str, Any] | None"]()
 GATE_ONLY_KEY = pytest.StashKey[bool]()
 REGISTRY_KEY = pytest.StashKey["Registry"]()
 GATE_ITEMS_KEY = pytest.StashKey[int]()
+PREVIOUS_REGISTRY_KEY = pytest.StashKey["Registry"]()
 
 
 def skip_reason() -> str:
@@ -106,6 +107,15 @@ def pytest_configure(config: pytest.Config) -> None:
         _default_to_checks(config)
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Give the process back the registry it had (an in-process run, as pytester's, ends here)."""
+    previous = config.stash.get(PREVIOUS_REGISTRY_KEY, None)
+    if previous is not None:
+        from miniature.core.registry import activate
+
+        activate(previous)
+
+
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     from miniature.plugin import hookspecs
 
@@ -128,6 +138,13 @@ def _build_registry(config: pytest.Config, settings: "opt.Settings") -> "Registr
     if unknown:
         raise pytest.UsageError(f"{opt.THRESHOLDS} {unknown[0]}=...: no such characteristic; registered: "
                                 f"{', '.join(registry.names)}")
+    if settings.reference:  # without models every check is skipped with one line, whatever it compares
+        from miniature.core.registry import for_models
+
+        registry = for_models(registry, [settings.reference, *settings.candidates])
+    from miniature.core.registry import active
+
+    config.stash[PREVIOUS_REGISTRY_KEY] = active()
     activate(registry)
     if not config.pluginmanager.has_plugin("miniature-fixtures"):
         config.pluginmanager.register(CheckFixtures(registry), "miniature-fixtures")
@@ -190,26 +207,15 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     ``tryfirst``: they are added before ``-k`` and ``-m`` deselect, so both select them.
     """
     settings = config.stash.get(SETTINGS_KEY, None)
-    if settings is None or not settings.reference:
+    if settings is None or not settings.reference or any(uses_gate(item) for item in items):
         return
-    if not any(uses_gate(item) for item in items):
-        from pathlib import Path
+    from pathlib import Path
 
-        from miniature.plugin import checks
+    from miniature.plugin import checks
 
-        path = Path(checks.__file__).parent / "test_equivalence.py"
-        module = pytest.Module.from_parent(session, path=path, nodeid=SHIPPED_CHECKS_NODEID)
-        items[:0] = list(session.genitems(module))
-    gate = config.stash.get(GATE_KEY, None)
-    if gate is not None and not isinstance(gate, Exception):
-        # a characteristic this run does not compare (decoder LMs only, and no decoder) is not collected
-        items[:] = [item for item in items if not uses_gate(item) or gate.applies(_characteristic_of(item))
-                    or _characteristic_of(item) not in gate.registry]
-
-
-def _characteristic_of(item: pytest.Item) -> str:
-    """The characteristic a gate item checks, from its test function's name."""
-    return getattr(item, "originalname", item.name).removeprefix("test_")
+    path = Path(checks.__file__).parent / "test_equivalence.py"
+    module = pytest.Module.from_parent(session, path=path, nodeid=SHIPPED_CHECKS_NODEID)
+    items[:0] = list(session.genitems(module))
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
