@@ -49,3 +49,5 @@ def test_the_repositorys_own_test_run_does_not_collect_the_checks_folder(tiny_mo
     gate_only = run_pytest("--co", "-q", tiny_models=tiny_models, where=tmp_path)
     collected = [line for line in gate_only.stdout.splitlines() if "::" in line]
     assert collected and all(line.startswith("checks/test_equivalence.py::") for line in collected), gate_only.stdout
+    # the folder's own characteristic (checks/conftest.py, found during collection) runs there too
+    assert any("test_norm_agreement[reference-vs-small]" in line for line in collected), gate_only.stdout

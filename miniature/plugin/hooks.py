@@ -105,10 +105,46 @@ def pytest_configure(config: pytest.Config) -> None:
         _locate_models(settings)
         _check_start_up(settings)
         _default_to_checks(config)
+        _narrow_registry(config, settings)
+    _RUNNING.append(config)
+
+
+def _narrow_registry(config: pytest.Config, settings: "opt.Settings") -> None:
+    """Once the models are found: a run with no decoder LM leaves out the characteristics of
+    decoders only (without models every check is skipped with one line, whatever it compares)."""
+    from miniature.core.registry import activate, for_models
+
+    registry = for_models(config.stash[REGISTRY_KEY], [settings.reference, *settings.candidates])
+    config.stash[REGISTRY_KEY] = registry
+    activate(registry)
+
+
+#: the configured run, while it runs: conftests found during collection may register characteristics
+_RUNNING: list[pytest.Config] = []
+
+
+def pytest_plugin_registered(plugin: Any, manager: Any) -> None:
+    """A conftest loaded during collection (``checks/conftest.py`` when a gate run with no
+    paths runs the project's checks folder) that registers characteristics: the registry is
+    built again with them, before the checks module is imported, so they run too."""
+    if not _RUNNING or not hasattr(plugin, "pytest_miniature_characteristics"):
+        return
+    config = _RUNNING[-1]
+    before = set(config.stash[REGISTRY_KEY].names)
+    registry = config.stash[REGISTRY_KEY] = _build_registry(config, config.stash[SETTINGS_KEY])
+    new = [c for c in registry if c.name not in before]
+    if new:
+        from miniature.core.registry import Registry
+
+        config.pluginmanager.register(CheckFixtures(Registry(new)), f"miniature-fixtures-{id(plugin)}")
+    if config.stash[SETTINGS_KEY].reference:
+        _narrow_registry(config, config.stash[SETTINGS_KEY])
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Give the process back the registry it had (an in-process run, as pytester's, ends here)."""
+    if config in _RUNNING:
+        _RUNNING.remove(config)
     previous = config.stash.get(PREVIOUS_REGISTRY_KEY, None)
     if previous is not None:
         from miniature.core.registry import activate
@@ -138,13 +174,10 @@ def _build_registry(config: pytest.Config, settings: "opt.Settings") -> "Registr
     if unknown:
         raise pytest.UsageError(f"{opt.THRESHOLDS} {unknown[0]}=...: no such characteristic; registered: "
                                 f"{', '.join(registry.names)}")
-    if settings.reference:  # without models every check is skipped with one line, whatever it compares
-        from miniature.core.registry import for_models
-
-        registry = for_models(registry, [settings.reference, *settings.candidates])
     from miniature.core.registry import active
 
-    config.stash[PREVIOUS_REGISTRY_KEY] = active()
+    if PREVIOUS_REGISTRY_KEY not in config.stash:
+        config.stash[PREVIOUS_REGISTRY_KEY] = active()
     activate(registry)
     if not config.pluginmanager.has_plugin("miniature-fixtures"):
         config.pluginmanager.register(CheckFixtures(registry), "miniature-fixtures")
