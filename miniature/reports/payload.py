@@ -13,7 +13,7 @@ import datetime as _dt
 import json
 import math
 import platform
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -285,20 +285,32 @@ def report_payload(results: Sequence[ComparisonResult], settings: Any, *,
     }
 
 
-def model_quantization(settings: Any) -> dict[str, str]:
-    """Report name -> how that model is quantized or exported (an ONNX export, torchao), for
-    the model table; models stored as plain fp32 checkpoints are left out."""
-    from miniature.core.formats import quantization_of
+def _local_models(settings: Any) -> Iterator[tuple[str, Any]]:
+    """(report name, spec) of each reference and candidate that is a local folder (the model
+    table's rows; a model that does not resolve is left out: the run reports it)."""
     from miniature.core.models import resolve_model
 
     values = getattr(settings, "values", {})
     given = [values.get("--reference"), *(values.get("--candidate") or [])]
-    found: dict[str, str] = {}
     for name, reference in zip(model_order(settings), [g for g in given if g]):
         try:
             spec = resolve_model(str(reference))
-            text = quantization_of(spec.source) if spec.is_local else None
         except Exception:  # noqa: BLE001 - the table only; a load error is reported by the run
+            continue
+        if spec.is_local:
+            yield name, spec
+
+
+def model_quantization(settings: Any) -> dict[str, str]:
+    """Report name -> how that model is quantized or exported (an ONNX export, torchao), for
+    the model table; models stored as plain fp32 checkpoints are left out."""
+    from miniature.core.formats import quantization_of
+
+    found: dict[str, str] = {}
+    for name, spec in _local_models(settings):
+        try:
+            text = quantization_of(spec.source)
+        except Exception:  # noqa: BLE001 - the table only
             text = None
         if text:
             found[name] = text
@@ -309,21 +321,17 @@ def model_architecture(settings: Any) -> dict[str, str]:
     """Report name -> its architecture as config.json names it, and whether it is a decoder LM
     (e.g. ``LlamaForCausalLM, decoder``), for the model table; unreadable ones are left out."""
     from miniature.core.model_files import read_model_config
-    from miniature.core.models import is_decoder, resolve_model
+    from miniature.core.models import is_decoder
 
-    values = getattr(settings, "values", {})
-    given = [values.get("--reference"), *(values.get("--candidate") or [])]
     found: dict[str, str] = {}
-    for name, reference in zip(model_order(settings), [g for g in given if g]):
+    for name, spec in _local_models(settings):
         try:
-            spec = resolve_model(str(reference))
-            config = read_model_config(spec) if spec.is_local else None
-        except Exception:  # noqa: BLE001 - the table only; a load error is reported by the run
-            config = None
-        if config:
-            kind = "decoder" if is_decoder(config) else "encoder"
-            architecture = ", ".join(config.get("architectures") or []) or str(config.get("model_type", "?"))
-            found[name] = f"{architecture}, {kind}"
+            config = read_model_config(spec)
+        except Exception:  # noqa: BLE001 - the table only
+            continue
+        kind = "decoder" if is_decoder(config) else "encoder"
+        architecture = ", ".join(config.get("architectures") or []) or str(config.get("model_type", "?"))
+        found[name] = f"{architecture}, {kind}"
     return found
 
 
