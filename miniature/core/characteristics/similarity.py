@@ -1,6 +1,6 @@
 """Representation similarity: how alike are two models' sentence vectors of the same items?
 
-Pure numeric layer (arrays in, numbers out) of a fifth characteristic (issue 15, part 5).
+Pure numeric layer (arrays in, numbers out) of a fifth characteristic, beyond the paper's four.
 X is (n, d1) and Y is (n, d2): row i of each is the same item; widths may differ.
 
 * Linear CKA (Kornblith et al. 2019): ||Yc' Xc||_F^2 / (||Xc' Xc||_F ||Yc' Yc||_F) with
