@@ -73,7 +73,7 @@ def gate_worker(payload: dict) -> None:
                 figures[f"{characteristic} {pair.id}"] = result.figure
     out = measure.as_dict()
     loaded = {f"{name}{'/' + stage if stage else ''}": wrapper.forward_calls
-              for (name, stage), wrapper in gate._wrappers.items()}
+              for (name, stage), wrapper in gate.models.loaded().items()}
     out.update(imports=imported, figures=figures, hits=gate.cache.hits, misses=gate.cache.misses,
                models_loaded=loaded, process_peak_rss=h.peak_bytes())
     h.emit(out)

@@ -125,7 +125,7 @@ def gate_worker(payload: dict) -> None:
     pair = gate.pairs()[0]
     names = [gate.reference, *gate.candidates]
     steps = {
-        "load": lambda: ([gate.wrapper(n) for n in names], gate.attack_wrapper()),
+        "load": lambda: ([gate.wrapper(n) for n in names], gate.models.attack_wrapper()),
         "encode": lambda: [gate.outputs(n, role) for n in names
                            for role in ("train", "holdout", "test", "challenge")],
         "prediction errors": lambda: gate.compare("prediction_errors", pair),
@@ -141,7 +141,7 @@ def gate_worker(payload: dict) -> None:
         with h.Measure() as measure:
             results[phase] = steps[phase]()
             if phase == "load":
-                for (name, _), wrapper in gate._wrappers.items():
+                for (name, _), wrapper in gate.models.loaded().items():
                     if id(wrapper.model) not in hooked:
                         hooked.add(id(wrapper.model))
                         time_forward(wrapper.model, name, forward)
@@ -158,7 +158,7 @@ def gate_worker(payload: dict) -> None:
         "phases": phases, "total": total,
         "counts": {role: len(data.role(role)) for role in ("train", "holdout", "test", "challenge")},
         "forward_calls": {f"{k[0]}{'/' + k[1] if k[1] else ''}": w.forward_calls
-                          for k, w in gate._wrappers.items()},
+                          for k, w in gate.models.loaded().items()},
         "figures": {c: results[p].figure for c, p in (("prediction_errors", "prediction errors"),
                                                          ("data_representation", "kNN representation"),
                                                          ("data_distribution", "OOD distribution"),

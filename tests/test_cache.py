@@ -27,7 +27,7 @@ def run_all(gate: Gate) -> dict[str, float]:
 
 
 def forward_calls(gate: Gate) -> int:
-    return sum(w.forward_calls for w in gate._wrappers.values())
+    return sum(w.forward_calls for w in gate.models.loaded().values())
 
 
 def test_second_identical_run_does_no_forward_pass(tiny_models, tmp_path: Path) -> None:

@@ -25,10 +25,10 @@ import os
 import time
 import uuid
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from miniature.core import settings as opt
 from miniature.core.cache import fingerprint
@@ -36,8 +36,36 @@ from miniature.core.loading import ENCODER
 from miniature.errors import MiniatureError, NotApplicable
 
 if TYPE_CHECKING:  # pragma: no cover
+    from miniature.core.cache import OutputCache
     from miniature.core.data import TaskData
-    from miniature.core.gate import Gate
+    from miniature.core.registry import Registry
+
+
+class JobHost(Protocol):
+    """What plans and runs the jobs: the gate (this module does not import it; the gate
+    hands itself in, and a factory that builds one in a worker)."""
+
+    settings: opt.Settings
+    registry: Registry
+    cache: OutputCache
+
+    @property
+    def task(self) -> str: ...
+    @property
+    def names(self) -> list[str]: ...
+    @property
+    def data(self) -> TaskData: ...
+
+    def stages(self) -> list[str | None]: ...
+    def spec(self, name: str, stage: str | None = None) -> Any: ...
+    def attack_items(self, name: str) -> int: ...
+    def outputs(self, name: str, role: str, *, stage: str | None = None) -> Any: ...
+    def correct(self, name: str) -> Any: ...
+    def attack_shard(self, name: str, start: int, stop: int) -> Any: ...
+
+
+#: builds the host a worker computes through, from the driver's settings and data
+HostFactory = Callable[..., JobHost]
 
 __all__ = ["Execution", "Job", "plan", "run_job", "run_jobs", "check_shared_cache",
            "RAY_MISSING"]
@@ -92,7 +120,7 @@ class Execution:
         return asdict(self)
 
 
-def plan(gate: "Gate", characteristics: Iterable[str] | None = None, *, workers: int = 1) -> list[Job]:
+def plan(gate: "JobHost", characteristics: Iterable[str] | None = None, *, workers: int = 1) -> list[Job]:
     """The jobs the ``characteristics`` (default: the gate's registry) need: attack shards
     first (the longest), then one encoding per model, data role and stage. A model the
     attack does not apply to gets no shard (its comparison says why, as in-process)."""
@@ -136,13 +164,13 @@ def plan(gate: "Gate", characteristics: Iterable[str] | None = None, *, workers:
 WORKER_GATES: dict[str, Any] = {}
 
 
-def run_job(gate_class: type, values: dict[str, Any], data: "TaskData | None", job: Job,
+def run_job(make_host: HostFactory, values: dict[str, Any], data: "TaskData | None", job: Job,
             threads: int = 1) -> dict[str, Any]:
     """Run one job in this process (a Ray worker), through the gate's own methods.
 
-    ``gate_class`` is the driver's :class:`~miniature.core.gate.Gate` (passed in, so this
-    module does not import the gate that imports it). Warnings are returned for the driver
-    to show; a job the gate finds inapplicable returns its reason (the comparison reports it).
+    ``make_host(settings, data=...)`` builds the gate in the worker (the driver passes its
+    gate's class). Warnings are returned for the driver to show; a job the gate finds
+    inapplicable returns its reason (the comparison reports it).
     """
     import torch
 
@@ -151,7 +179,7 @@ def run_job(gate_class: type, values: dict[str, Any], data: "TaskData | None", j
     key = fingerprint(sorted((flag, str(value)) for flag, value in values.items()))
     if key not in WORKER_GATES:
         WORKER_GATES.clear()  # another run's gate: free its models first
-        WORKER_GATES[key] = gate_class(opt.Settings.from_flags(values), data=data)
+        WORKER_GATES[key] = make_host(opt.Settings.from_flags(values), data=data)
     gate = WORKER_GATES[key]
     problem = None
     with warnings.catch_warnings(record=True) as caught:
@@ -195,13 +223,16 @@ def _node() -> str:
 
 # -- the driver side -------------------------------------------------------------------------
 
-def run_jobs(gate: "Gate", characteristics: Iterable[str] | None = None) -> Execution:
+def run_jobs(gate: "JobHost", characteristics: Iterable[str] | None = None, *,
+             make_host: HostFactory | None = None) -> Execution:
     """Run the jobs of ``characteristics`` (see :func:`plan`) as the gate's ``--executor``
-    says; ``inprocess`` runs nothing ahead (and imports no Ray)."""
+    says; ``inprocess`` runs nothing ahead (and imports no Ray). ``make_host`` builds the
+    gate in each worker (default: the driver gate's own class)."""
     settings = gate.settings
     if settings[opt.EXECUTOR] != "ray":
         return Execution()
-    return RayExecutor(settings[opt.RAY_ADDRESS], settings[opt.RAY_WORKERS]).run(gate, characteristics)
+    return RayExecutor(settings[opt.RAY_ADDRESS], settings[opt.RAY_WORKERS]).run(
+        gate, characteristics, make_host=make_host or type(gate))
 
 
 def check_shared_cache(ray: Any, root: Path) -> None:
@@ -270,12 +301,13 @@ class RayExecutor:
                 os.environ.pop(WORKER_NICENESS, None)
         return ray, True
 
-    def run(self, gate: "Gate", characteristics: Iterable[str] | None = None) -> Execution:
+    def run(self, gate: "JobHost", characteristics: Iterable[str] | None = None, *,
+            make_host: HostFactory | None = None) -> Execution:
         """Plan the jobs for the cluster's size, run them, and say what ran where."""
         ray, started_here = self.start()
         began = time.perf_counter()
         try:
-            return self._run(ray, gate, characteristics, began)
+            return self._run(ray, gate, characteristics, began, make_host or type(gate))
         except (ray.exceptions.RayError, ConnectionError, TimeoutError) as error:
             # a Ray system process (GCS, raylet) died under the driver: one line, not a traceback
             first = (str(error).strip().splitlines() or [""])[0]
@@ -288,7 +320,8 @@ class RayExecutor:
                 with contextlib.suppress(Exception):  # a dead cluster may not shut down cleanly
                     ray.shutdown()
 
-    def _run(self, ray: Any, gate: "Gate", characteristics: Iterable[str] | None, began: float) -> Execution:
+    def _run(self, ray: Any, gate: "JobHost", characteristics: Iterable[str] | None, began: float,
+             make_host: HostFactory) -> Execution:
         """:meth:`run` on a connected Ray."""
         resources = ray.cluster_resources()
         use_gpu = gate.settings[opt.DEVICE] == "cuda" or (
@@ -311,7 +344,7 @@ class RayExecutor:
         data = ray.put(gate.data)
         task = ray.remote(run_job).options(num_cpus=1, num_gpus=1 if use_gpu else 0,
                                            max_retries=MAX_RETRIES)
-        pending = {task.remote(type(gate), values, data, job): job for job in jobs}
+        pending = {task.remote(make_host, values, data, job): job for job in jobs}
         pids: set[tuple[str, int]] = set()
         from tqdm.auto import tqdm
 

@@ -1,48 +1,40 @@
-"""The shared engine behind every check: which pairs and stages to compare, and comparing them.
+"""The shared engine behind every check: which pairs and stages to compare, comparing them,
+and the verdict.
 
-A :class:`Gate` is built once per pytest process from the resolved options. It is made of
-three parts: :class:`~miniature.core.loading.ModelLoading` (resolving, fine-tuning and
-loading the models, once each), :class:`~miniature.core.outputs.PerItemOutputs` (the data
-and each model's per-item outputs through the :class:`~miniature.core.cache.OutputCache`),
-and this module's comparing of pairs: each characteristic of the registry compares a pair
-from those outputs, memoised. The characteristic modules do the arithmetic.
+A :class:`Gate` is built once per pytest process from the resolved options, out of parts
+each built and tested alone: the run's data (:class:`~miniature.core.run_data.RunData`),
+its models (:class:`~miniature.core.loading.ModelStore`), their per-item outputs
+(:class:`~miniature.core.outputs.OutputStore`) and the attack
+(:class:`~miniature.core.attack.runner.AttackRunner`). The gate does pairs, stages,
+planning and comparing: each characteristic of the registry measures a pair through the
+gate's narrow view (:class:`~miniature.core.characteristics.view.GateView`), and
+:meth:`Gate.compare` alone turns the measurement into a verdict with the threshold.
 """
 
 from __future__ import annotations
 
 import traceback
 import warnings
-from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from miniature.core import settings as opt
 from miniature.core.cache import OutputCache
-from miniature.core.characteristics.base import ERROR, SKIPPED, ComparisonResult
+from miniature.core.characteristics.base import (ERROR, SKIPPED, ComparisonResult, Measurement, Pair,
+                                                 check_threshold_on, judge)
 from miniature.core.data import TaskData
-from miniature.core.loading import AFTER, BEFORE, ENCODER, ModelLoading
-from miniature.core.models import ModelSpec, ModelWrapper, locate, resolve_model, safe_id
-from miniature.core.outputs import PerItemOutputs
+from miniature.core.loading import AFTER, BEFORE, ENCODER, ModelStore
+from miniature.core.models import ModelWrapper
+from miniature.core.outputs import OutputStore
 from miniature.core.registry import Characteristic, Registry, active
-from miniature.errors import DataWarning, MiniatureError, ModelReferenceError, NotApplicable
+from miniature.core.run_data import RunData
+from miniature.errors import DataWarning, MiniatureError, NotApplicable
 
 __all__ = ["AFTER", "BEFORE", "ENCODER", "Gate", "Pair", "WIDE_INTERVAL_ITEMS", "not_computed", "threshold_for"]
 
 #: Below this many items a figure's 95% interval is wide: a DataWarning says so.
 WIDE_INTERVAL_ITEMS = 30
-
-
-@dataclass(frozen=True)
-class Pair:
-    """Two models to compare; ``gating`` pairs (reference vs candidate) can fail the run."""
-
-    reference: str
-    candidate: str
-    gating: bool
-
-    @property
-    def id(self) -> str:
-        """The test id: the names made safe (see :func:`miniature.core.models.safe_id`)."""
-        return f"{safe_id(self.reference)}-vs-{safe_id(self.candidate)}"
 
 
 def threshold_for(settings: opt.Settings, spec: Characteristic) -> float | None:
@@ -62,7 +54,27 @@ def not_computed(settings: opt.Settings, spec: Characteristic, pair: Pair, stage
         gating=pair.gating, threshold_on=settings[opt.THRESHOLD_ON], threshold=threshold_for(settings, spec))
 
 
-class Gate(ModelLoading, PerItemOutputs):
+def verdict(settings: opt.Settings, spec: Characteristic, pair: Pair, stage: str | None,
+            measured: Measurement | ComparisonResult) -> ComparisonResult:
+    """The one place a characteristic's measurement becomes its result: the run's threshold
+    for it, what the threshold is on, and whether the pair gates (a ComparisonResult a
+    project's characteristic returns is judged the same way: its own verdict fields are
+    replaced)."""
+    threshold_on = settings[opt.THRESHOLD_ON]
+    check_threshold_on(threshold_on)
+    if isinstance(measured, ComparisonResult):
+        measured.threshold = threshold_for(settings, spec)
+        measured.threshold_on, measured.gating = threshold_on, pair.gating
+        return measured
+    if not isinstance(measured, Measurement):
+        raise TypeError(f"its compare function returned {type(measured).__name__}, not a Measurement "
+                        "(nor a ComparisonResult)")
+    return judge(measured, characteristic=spec.name, reference=pair.reference, candidate=pair.candidate,
+                 threshold=threshold_for(settings, spec), threshold_on=threshold_on, gating=pair.gating,
+                 stage=stage)
+
+
+class Gate:
     """Everything one gate run computes, shared by all checks of a process."""
 
     def __init__(self, settings: opt.Settings, *, data: TaskData | None = None,
@@ -78,47 +90,100 @@ class Gate(ModelLoading, PerItemOutputs):
             raise MiniatureError(str(error)) from None
         cache_root = None if settings[opt.NO_CACHE] else settings[opt.CACHE_DIR]
         self.cache = OutputCache(cache_root, refresh=settings[opt.REFRESH])
-        self.specs: dict[str, ModelSpec] = {}
-        self.names: list[str] = []
-        self.reference = self._add(settings.reference)
-        self.candidates = [self._add(c) for c in settings.candidates]
-        self.base_specs: dict[str, ModelSpec] = {}
-        bases = [settings[opt.REFERENCE_BASE]] + list(settings[opt.CANDIDATE_BASE] or [])
-        for name, base in zip(self.names, bases):
-            if base:
-                self.base_specs[name] = locate(resolve_model(base))
-        #: why the attack model cannot be loaded (the attack is then skipped), found before any work
-        self.attack_problem: str | None = None
-        self.attack_spec: ModelSpec | None = None
-        if self.task == "classification":
-            try:
-                self.attack_spec = locate(resolve_model(settings[opt.ATTACK_MODEL]))
-            except ModelReferenceError as error:
-                self.attack_problem = f"attack model: {error}"
-        self._data = data
-        self._wrappers: dict[tuple[str, str], ModelWrapper] = {}
+        self.run_data = RunData(settings, data)
+        self.models = ModelStore(settings, self.cache, self.run_data)
+        self.per_item = OutputStore(settings, self.models, self.cache)
         self._results: dict[tuple[str, str, str, str | None], ComparisonResult] = {}
-        self._file_fingerprints: dict[str, str] = {}
-        self._attacks: dict[str, list[dict[str, Any]]] = {}
-        self._finetuned: dict[str, ModelSpec] = {}
-        #: items per saved chunk of outputs: an interrupted run resumes at the last chunk
-        self.chunk_size = 1024
-        self._label_maps: dict[str, Any] = {}
-        self._missing_head: dict[str, list[str] | None] = {}
-        self._decoders: dict[str, bool] = {}
         #: the characteristics this run compares (the plugin narrows it to the collected checks);
         #: the executor computes their per-item outputs ahead of the first comparison
         self.selected: list[str] | None = None
         #: what ran where (``--executor``), once :meth:`prepare` ran; the JSON report's ``execution``
         self.execution: dict[str, Any] | None = None
         self._prepare_error: MiniatureError | None = None
-        self.noise_model: str | None = None
-        if settings[opt.NOISE_FLOOR]:
-            # the reference once more: re-fine-tuned with another seed, or simply reloaded
-            self.noise_model = f"{self.reference}~copy"
-            self.specs[self.noise_model] = self.specs[self.reference]
 
-    # -- models ----------------------------------------------------------------------------
+    # -- the view characteristics see (GateView) -------------------------------------------
+
+    @property
+    def data(self) -> TaskData:
+        return self.run_data.sets
+
+    @property
+    def task(self) -> str:
+        return self.models.task
+
+    @property
+    def names(self) -> list[str]:
+        """Report names of the reference and candidates, in the order given."""
+        return self.models.names
+
+    @property
+    def reference(self) -> str:
+        return self.models.reference
+
+    @property
+    def candidates(self) -> list[str]:
+        return self.models.candidates
+
+    @property
+    def noise_model(self) -> str | None:
+        return self.models.noise_model
+
+    @property
+    def chunk_size(self) -> int:
+        """Items per saved chunk of outputs (an interrupted run resumes at the last chunk)."""
+        return self.per_item.chunk_size
+
+    @chunk_size.setter
+    def chunk_size(self, value: int) -> None:
+        self.per_item.chunk_size = value
+
+    def outputs(self, name: str, role: str, *, stage: str | None = None) -> dict[str, np.ndarray]:
+        return self.per_item.outputs(name, role, stage=stage)
+
+    def correct(self, name: str) -> np.ndarray:
+        return self.per_item.correct(name)
+
+    def predicted(self, name: str) -> np.ndarray:
+        return self.per_item.predicted(name)
+
+    def attack_outcomes(self, name: str) -> list[dict[str, Any]]:
+        return self.per_item.attack_outcomes(name)
+
+    def attack_items(self, name: str) -> int:
+        return self.per_item.attack_items(name)
+
+    def attack_shard(self, name: str, start: int, stop: int) -> list[dict[str, Any]]:
+        return self.per_item.attack_shard(name, start, stop)
+
+    def wrapper(self, name: str, *, stage: str | None = None) -> ModelWrapper:
+        return self.models.wrapper(name, stage=stage)
+
+    def label_translation(self, name: str) -> np.ndarray | None:
+        return self.models.label_translation(name)
+
+    def is_decoder(self, name: str) -> bool:
+        return self.models.is_decoder(name)
+
+    def head_problem(self, name: str) -> str | None:
+        return self.models.head_problem(name)
+
+    def spec(self, name: str, stage: str | None = None) -> Any:
+        return self.models.spec(name, stage)
+
+    def token_texts(self) -> tuple[list[str], str]:
+        return self.run_data.token_texts()
+
+    def model_fingerprint(self, name: str, stage: str | None) -> str:
+        return self.models.model_fingerprint(name, stage)
+
+    def require_heads(self, pair: Pair) -> None:
+        """Raise NotApplicable when either model of ``pair`` lacks a usable task head."""
+        for name in (pair.reference, pair.candidate):
+            problem = self.models.head_problem(name)
+            if problem:
+                raise NotApplicable(problem)
+
+    # -- pairs, stages, planning, comparing -------------------------------------------------
 
     def pairs(self) -> list[Pair]:
         """Reference vs each candidate (gating), then candidates with each other (reported)."""
@@ -132,9 +197,10 @@ class Gate(ModelLoading, PerItemOutputs):
     def stages(self) -> list[str | None]:
         """Representation stages: before/after fine-tuning when base checkpoints are known;
         ``ENCODER`` when no model has its task head (None: the task checkpoints)."""
-        if self.settings[opt.FINETUNE] or (self.base_specs and len(self.base_specs) == len(self.names)):
+        models = self.models
+        if self.settings[opt.FINETUNE] or (models.base_specs and len(models.base_specs) == len(self.names)):
             return [BEFORE, AFTER]
-        if all(self.missing_head(name) for name in self.names):
+        if all(models.missing_head(name) for name in self.names):
             return [ENCODER]
         return [None]
 
@@ -161,18 +227,22 @@ class Gate(ModelLoading, PerItemOutputs):
             self.execution = execution.to_json()
         return self.execution
 
+    def measure(self, characteristic: str, pair: Pair, stage: str | None = None) -> Measurement | ComparisonResult:
+        """What ``characteristic`` measures on ``pair`` (its compare function, no verdict)."""
+        return self.registry[characteristic].compare_function(self, pair, stage)
+
     def compare(self, characteristic: str, pair: Pair, *, stage: str | None = None) -> ComparisonResult:
-        """The memoised comparison of one characteristic for one pair (and stage)."""
+        """The memoised, judged comparison of one characteristic for one pair (and stage)."""
         key = (characteristic, pair.reference, pair.candidate, stage)
         if key not in self._results:
             self.prepare()
-            compare = self.registry[characteristic].compare_function
+            spec = self.registry[characteristic]
             try:
-                result = compare(self, pair, stage)
+                result = verdict(self.settings, spec, pair, stage, self.measure(characteristic, pair, stage))
                 check_reportable(result)
                 if self.noise_model is not None:
                     try:
-                        floor = compare(self, Pair(self.reference, self.noise_model, False), stage)
+                        floor = self.measure(characteristic, Pair(self.reference, self.noise_model, False), stage)
                         result.noise_floor = floor.figure
                     except NotApplicable:  # the reference against itself has no figure: no floor
                         result.noise_floor = None
@@ -206,20 +276,6 @@ class Gate(ModelLoading, PerItemOutputs):
                                   reason=crash_reason(spec, pair, error))
             result.details["traceback"] = traceback.format_exc()
             return result
-
-    def common(self, characteristic: str, pair: Pair) -> dict[str, Any]:
-        """The arguments every characteristic's comparison takes from the run's settings."""
-        return dict(reference=pair.reference, candidate=pair.candidate,
-                    threshold=self.threshold(characteristic),
-                    threshold_on=self.settings[opt.THRESHOLD_ON], gating=pair.gating,
-                    n_bootstrap=self.settings[opt.BOOTSTRAP], seed=self.settings[opt.SEED])
-
-    def require_heads(self, pair: Pair) -> None:
-        """Raise NotApplicable when either model of ``pair`` lacks a usable task head."""
-        for name in (pair.reference, pair.candidate):
-            problem = self.head_problem(name)
-            if problem:
-                raise NotApplicable(problem)
 
 
 def check_reportable(result: Any) -> None:

@@ -1,6 +1,6 @@
-"""Loading the models of a gate run: resolving and locating them, fine-tuning them when
-asked, checking their task heads and label maps, and loading each once (the attack's
-masked LM too). A part of :class:`miniature.core.gate.Gate`."""
+"""The models of a gate run: resolving and locating them, fine-tuning them when asked,
+checking their task heads and label maps, and loading each once (the attack's masked LM
+too). A part of the gate, built and tested on its own: :class:`ModelStore`."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ from typing import Any
 import numpy as np
 
 from miniature.core import settings as opt
+from miniature.core.cache import OutputCache
+from miniature.core.data import TaskData
 from miniature.core.models import (ModelSpec, ModelWrapper, check_device, head_missing_line, local_is_decoder,
                                    missing_head_weights, resolve_model, unique_name, locate)
+from miniature.core.run_data import RunData
 from miniature.errors import MiniatureError, ModelReferenceError, NotApplicable
 
 #: Representation stages: the base checkpoints, the task checkpoints (fine-tuned here or given)
@@ -19,9 +22,55 @@ BEFORE, AFTER = "before fine-tuning", "after fine-tuning"
 ENCODER = "pre-trained encoder"
 
 
+class ModelStore:
+    """The models of a gate run by report name: where each is (specs, base checkpoints,
+    fine-tuned copies), what it is (decoder, head, label map) and each loaded once."""
 
-class ModelLoading:
-    """The models of a gate run, loaded once each (state set up by ``Gate.__init__``)."""
+    def __init__(self, settings: opt.Settings, cache: OutputCache, data: RunData) -> None:
+        self.settings = settings
+        self.cache = cache
+        self.run_data = data
+        #: where each model is, by report name (the reference first, then the candidates as given)
+        self.specs: dict[str, ModelSpec] = {}
+        self.names: list[str] = []
+        self.reference = self._add(settings.reference)
+        self.candidates = [self._add(c) for c in settings.candidates]
+        self.base_specs: dict[str, ModelSpec] = {}
+        bases = [settings[opt.REFERENCE_BASE]] + list(settings[opt.CANDIDATE_BASE] or [])
+        for name, base in zip(self.names, bases):
+            if base:
+                self.base_specs[name] = locate(resolve_model(base))
+        #: why the attack model cannot be loaded (the attack is then skipped), found before any work
+        self.attack_problem: str | None = None
+        self.attack_spec: ModelSpec | None = None
+        if self.task == "classification":
+            try:
+                self.attack_spec = locate(resolve_model(settings[opt.ATTACK_MODEL]))
+            except ModelReferenceError as error:
+                self.attack_problem = f"attack model: {error}"
+        #: the reference once more (``--noise-floor``): re-fine-tuned with another seed, or reloaded
+        self.noise_model: str | None = None
+        if settings[opt.NOISE_FLOOR]:
+            self.noise_model = f"{self.reference}~copy"
+            self.specs[self.noise_model] = self.specs[self.reference]
+        self._wrappers: dict[tuple[str, str], ModelWrapper] = {}
+        self._file_fingerprints: dict[str, str] = {}
+        self._finetuned: dict[str, ModelSpec] = {}
+        self._label_maps: dict[str, Any] = {}
+        self._missing_head: dict[str, list[str] | None] = {}
+        self._decoders: dict[str, bool] = {}
+
+    @property
+    def data(self) -> TaskData:
+        return self.run_data.sets
+
+    def unlabelled(self, role: str, need: str) -> str:
+        """One line: the ``role`` data has no labels, what needs them, and the fix."""
+        return self.run_data.unlabelled(role, need)
+
+    def loaded(self) -> dict[tuple[str, str], ModelWrapper]:
+        """The models loaded so far, by (name, stage)."""
+        return dict(self._wrappers)
 
     def _add(self, reference: str) -> str:
         spec = locate(resolve_model(reference))
@@ -68,7 +117,7 @@ class ModelLoading:
 
     @property
     def task(self) -> str:
-        return self.settings[opt.TASK]
+        return str(self.settings[opt.TASK])
 
     @property
     def head(self) -> str:
@@ -178,9 +227,7 @@ class ModelLoading:
             self._wrappers[key] = wrapper
         return self._wrappers[key]
 
-    # -- data ------------------------------------------------------------------------------
-
-    def _model_fingerprint(self, name: str, stage: str | None) -> str:
+    def model_fingerprint(self, name: str, stage: str | None) -> str:
         """Weights fingerprint without loading the model when it is a local directory."""
         from pathlib import Path
 
@@ -197,8 +244,6 @@ class ModelLoading:
 
             found = fingerprint(found, sorted(self.settings.onnx_outputs.items()))
         return found
-
-    # -- comparisons -----------------------------------------------------------------------
 
     def missing_head(self, name: str) -> list[str]:
         """Task-head weights ``name``'s checkpoint lacks (read from its file headers, no

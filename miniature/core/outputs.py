@@ -1,6 +1,7 @@
-"""Per-item outputs of a gate run: the data, each model's embeddings and logits, correctness
-and attack outcomes, computed once and kept in the :class:`~miniature.core.cache.OutputCache`.
-A part of :class:`miniature.core.gate.Gate`."""
+"""Per-item outputs of a gate run: each model's embeddings and logits, its correctness and
+attack outcomes, computed once and kept in the :class:`~miniature.core.cache.OutputCache`.
+A part of the gate, built on the :class:`~miniature.core.loading.ModelStore`:
+:class:`OutputStore`."""
 
 from __future__ import annotations
 
@@ -10,106 +11,54 @@ from typing import Any
 import numpy as np
 
 from miniature.core import settings as opt
-from miniature.core.cache import fingerprint, fingerprint_texts
-from miniature.core.data import (ROLES, TaskData, TextData, builtin_qa_data, builtin_sentiment_data, load_qa_data,
-                                 load_text_data)
-from miniature.core.loading import BEFORE, ENCODER
+from miniature.core.cache import OutputCache, fingerprint, fingerprint_texts
+from miniature.core.data import TaskData, TextData
+from miniature.core.loading import BEFORE, ENCODER, ModelStore
 from miniature.errors import DataWarning, MiniatureError, NotApplicable
 
 
+class OutputStore:
+    """Each model's per-item outputs and correctness, computed once, through the cache."""
 
-class PerItemOutputs:
-    """Computing and caching per-item outputs (state set up by ``Gate.__init__``)."""
+    def __init__(self, settings: opt.Settings, models: ModelStore, cache: OutputCache) -> None:
+        self.settings = settings
+        self.models = models
+        self.cache = cache
+        #: items per saved chunk of outputs: an interrupted run resumes at the last chunk
+        self.chunk_size = 1024
+        self._attacks: dict[str, list[dict[str, Any]]] = {}
 
     @property
     def data(self) -> TaskData:
-        if self._data is None:
-            self._data = self._load_data()
-        return self._data
+        return self.models.data
 
-    def _load_data(self) -> TaskData:
-        s = self.settings
-        flags = {"train": opt.TRAIN_DATA, "holdout": opt.HOLDOUT_DATA, "test": opt.TEST_DATA,
-                 "challenge": opt.CHALLENGE_DATA}
-        given = {role: s[flag] for role, flag in flags.items() if s[flag]}
-        builtin = None
-        if len(given) < len(flags):
-            builtin = builtin_qa_data() if self.task == "qa" else builtin_sentiment_data()
-        sets: dict[str, TextData] = {}
-        for role in ROLES:
-            if role not in given:
-                sets[role] = builtin.role(role).head(s[opt.DATA_LIMIT])  # type: ignore[union-attr]
-            elif self.task == "qa":
-                sets[role] = load_qa_data(given[role], limit=s[opt.DATA_LIMIT])
-            else:
-                sets[role] = load_text_data(
-                    given[role], text_column=s[opt.TEXT_COLUMN],
-                    label_column=None if role == "challenge" else s[opt.LABEL_COLUMN],
-                    limit=s[opt.DATA_LIMIT])
-        is_ood = None
-        if "challenge" not in given and builtin is not None and builtin.challenge_is_ood:
-            is_ood = builtin.challenge_is_ood[: len(sets["challenge"])]
-        for role, data in sets.items():
-            items = _items(data)
-            duplicates = len(items) - len(set(items))
-            if duplicates:
-                warnings.warn(DataWarning(
-                    f"the {role} data ({data.source}) holds {duplicates} duplicate item(s); "
-                    "duplicates are each other's nearest neighbours and tie exactly (ties are "
-                    "broken by item order); remove them unless they are meant"), stacklevel=2)
-        challenge, train = sets["challenge"], sets["train"]
-        overlap = len(set(_items(challenge)) & set(_items(train)))
-        if overlap:
-            warnings.warn(DataWarning(
-                f"the challenge data ({challenge.source}) shares {overlap} of its {len(challenge)} "
-                f"item(s) with the training data ({train.source}); a training item is its own "
-                "nearest training neighbour, so every model calls it in-distribution; pass "
-                "challenge items that are not training items"), stacklevel=2)
-        return TaskData(challenge_is_ood=is_ood, **sets)
-
-    def token_texts(self) -> tuple[list[str], str]:
-        """The plain text the token distribution scores, and where it came from: ``--text-data``
-        (a .txt file read whole when scored as llama.cpp does, else a text per line or row),
-        else the test texts."""
-        from pathlib import Path
-
-        given = self.settings[opt.TEXT_DATA]
-        if not given:
-            return list(self.data.test.texts), self.data.test.source
-        path = Path(given)
-        if path.suffix.lower() == ".txt" and self.settings[opt.TOKEN_SCORING] == "llama-cpp" and path.is_file():
-            from miniature.core.data import read_text_file
-
-            return [read_text_file(path)], str(path)
-        data = load_text_data(given, text_column=self.settings[opt.TEXT_COLUMN], label_column=None,
-                              limit=self.settings[opt.DATA_LIMIT])
-        return list(data.texts), data.source
-
-    # -- outputs ---------------------------------------------------------------------------
+    @property
+    def task(self) -> str:
+        return self.models.task
 
     def outputs(self, name: str, role: str, *, stage: str | None = None) -> dict[str, np.ndarray]:
         """Per-item ``embeddings`` (and ``logits`` after fine-tuning) of one data set, cached."""
         data = self.data.role(role)
         stage = None if stage == ENCODER else stage
         key = fingerprint(
-            "outputs", self._model_fingerprint(name, stage), _data_fingerprint(data),
-            self.pooling_of(name), self.settings[opt.MAX_LENGTH], stage or "task", self.task,
-            *self.decoder_signature(name))
+            "outputs", self.models.model_fingerprint(name, stage), _data_fingerprint(data),
+            self.models.pooling_of(name), self.settings[opt.MAX_LENGTH], stage or "task", self.task,
+            *self.models.decoder_signature(name))
 
         truncated = []
         used = [self.settings[opt.MAX_LENGTH]]
 
         def compute(part: slice) -> dict[str, np.ndarray]:
-            wrapper = self.wrapper(name, stage=stage)
+            wrapper = self.models.wrapper(name, stage=stage)
             used[0] = wrapper.max_length  # less than --max-length past the model's positions
             texts = data.texts[part]
             if wrapper.hidden_problem is not None:  # an ONNX export without the hidden state
-                if stage == BEFORE or self.task == "qa" or self.missing_head(name):
+                if stage == BEFORE or self.task == "qa" or self.models.missing_head(name):
                     raise NotApplicable(wrapper.hidden_problem)  # nothing of it serves
                 return {"logits": wrapper.logits(texts)}
             # a decoder scores its choices on the test items only (other roles need vectors)
             vectors_only = wrapper.decoder and (role != "test" or not wrapper.is_classifier)
-            if stage == BEFORE or self.task == "qa" or self.missing_head(name) or vectors_only:
+            if stage == BEFORE or self.task == "qa" or self.models.missing_head(name) or vectors_only:
                 pairs = data.pairs[part] if data.pairs is not None else None
                 arrays = {"embeddings": wrapper.encode(texts, pairs=pairs)}
             else:
@@ -129,7 +78,7 @@ class PerItemOutputs:
                 f"{_length_used(used[0], self.settings[opt.MAX_LENGTH])} tokens and were "
                 "truncated; raise --max-length to compare whole texts"), stacklevel=2)
         if "embeddings" not in arrays:  # a logits-only ONNX export: the vectors' checks skip
-            return WithoutVectors(arrays, reason=self.wrapper(name, stage=stage).hidden_problem or "")
+            return WithoutVectors(arrays, reason=self.models.wrapper(name, stage=stage).hidden_problem or "")
         self._check_embeddings(arrays["embeddings"], where)
         return arrays
 
@@ -151,14 +100,14 @@ class PerItemOutputs:
 
     def correct(self, name: str) -> np.ndarray:
         """Per test item: does the model predict the gold label (QA: the exact answer)?"""
-        problem = self.head_problem(name)
+        problem = self.models.head_problem(name)
         if problem:
             raise NotApplicable(problem)
         if self.task == "qa":
             return self._qa_correct(name)
         labels = self.data.test.labels
         if labels is None:
-            raise NotApplicable(self.unlabelled("test", "prediction errors need each test item's "
+            raise NotApplicable(self.models.unlabelled("test", "prediction errors need each test item's "
                                                 "gold label"))
         return self.predicted(name) == np.asarray(labels)
 
@@ -166,7 +115,7 @@ class PerItemOutputs:
         """Per test item: the label id ``name`` answers (classification), in the data's ids."""
         logits = self.outputs(name, "test")["logits"]
         predicted = logits.argmax(axis=1)
-        translation = self.label_translation(name)
+        translation = self.models.label_translation(name)
         if translation is not None:
             predicted = translation[predicted]
         return predicted
@@ -177,11 +126,11 @@ class PerItemOutputs:
 
         test = self.data.test
         doc_stride = max(8, self.settings[opt.MAX_LENGTH] // 3)
-        key = fingerprint("qa-answers", self._model_fingerprint(name, None), _data_fingerprint(test),
+        key = fingerprint("qa-answers", self.models.model_fingerprint(name, None), _data_fingerprint(test),
                           self.settings[opt.MAX_LENGTH], doc_stride)
         answers = self.cache.load_json("answers", key)
         if answers is None or len(answers) != len(test):
-            answers = predict_qa(self.wrapper(name), test.examples, doc_stride=doc_stride)
+            answers = predict_qa(self.models.wrapper(name), test.examples, doc_stride=doc_stride)
             self.cache.save_json("answers", key, answers)
         return qa_correct(answers, test.examples)
 
@@ -214,17 +163,17 @@ class PerItemOutputs:
         if self.task != "classification":
             raise NotApplicable("the adversarial check attacks a sentiment classifier, as the paper "
                                 "does on IMDB; run it with --task classification")
-        problem = self.head_problem(name)
+        problem = self.models.head_problem(name)
         if problem:
             raise NotApplicable(problem)
         if self.data.test.labels is None:
-            raise NotApplicable(self.unlabelled("test", "the attack needs each item's gold label"))
-        if self.multiple_choice:
+            raise NotApplicable(self.models.unlabelled("test", "the attack needs each item's gold label"))
+        if self.models.multiple_choice:
             raise NotApplicable(f"the test data {self.data.test.source!r} is multiple-choice; the attack perturbs "
                                 "a text/label classifier's input, as the paper does on IMDB; fix: pass text/label "
                                 "data to run the attack")
-        if self.attack_problem is not None:
-            raise NotApplicable(self.attack_problem)
+        if self.models.attack_problem is not None:
+            raise NotApplicable(self.models.attack_problem)
 
     def _attack(self, name: str, items: tuple[int, int] | None = None) -> list[dict[str, Any]]:
         from miniature.core.characteristics.adversarial import AttackSettings, attack_model_outcomes, sample_items
@@ -233,7 +182,7 @@ class PerItemOutputs:
         test = self.data.test
         index = sample_items(len(test), self.settings[opt.ATTACK_SIZE], self.settings[opt.SEED])
         labels = [test.labels[i] for i in index]  # type: ignore[index]
-        translation = self.label_translation(name)  # model id -> data id; the attack runs on model ids
+        translation = self.models.label_translation(name)  # model id -> data id; the attack runs on model ids
         if translation is not None:
             if len(set(translation.tolist())) != len(translation):
                 raise NotApplicable(f"model {name!r} gives several of its labels the same data label "
@@ -242,10 +191,10 @@ class PerItemOutputs:
             to_model = {int(data): model for model, data in enumerate(translation)}
             labels = [to_model[label] for label in labels]
         outcomes = attack_model_outcomes(
-            self.attack_wrapper(), self.wrapper(name), [test.texts[i] for i in index], labels,
+            self.models.attack_wrapper(), self.models.wrapper(name), [test.texts[i] for i in index], labels,
             settings=AttackSettings(top_k_words=self.settings[opt.ATTACK_TOP_K],
                                     max_length=min(self.settings[opt.MAX_LENGTH],
-                                                   self.attack_wrapper().max_length)),
+                                                   self.models.attack_wrapper().max_length)),
             cache=self.cache, seed=self.settings[opt.SEED], items=items)
         if translation is None:
             return outcomes
@@ -272,11 +221,6 @@ def _length_used(used: int, requested: int) -> str:
     if used == requested:
         return f"--max-length {requested}"
     return f"{used} (the model's position limit; --max-length {requested})"
-
-
-def _items(data: TextData) -> list[tuple[str, str]]:
-    """A data set's items as (text, pair segment) tuples, to find duplicates and overlaps."""
-    return list(zip(data.texts, data.pairs or data.texts))
 
 
 def _data_fingerprint(data: TextData) -> str:

@@ -20,14 +20,18 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from miniature.core.characteristics.base import use_titles
+
 if TYPE_CHECKING:  # pragma: no cover
-    from miniature.core.characteristics.base import ComparisonResult
+    from miniature.core.characteristics.base import ComparisonResult, Measurement
 
 #: what a characteristic may need; the gate skips it with the reason when a need is unmet
 NEEDS = ("task_head", "labels", "attack_model", "classification")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
-CompareFunction = Callable[[Any, Any, "str | None"], "ComparisonResult"]
+#: ``compare(gate, pair, stage)``: what the characteristic measured (a ComparisonResult is
+#: accepted too; the gate applies its own verdict either way)
+CompareFunction = Callable[[Any, Any, "str | None"], "Measurement | ComparisonResult"]
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,7 @@ _CHARACTERISTICS = "miniature.core.characteristics"
 #: The built-in characteristics, in report order: the paper's four, then representation similarity.
 BUILTIN: tuple[Characteristic, ...] = (
     Characteristic(
-        "prediction_errors", "prediction errors", f"{_CHARACTERISTICS}.prediction_errors:compare_in_gate",
+        "prediction_errors", "prediction errors", "miniature.core.characteristics.prediction_errors:compare_in_gate",
         threshold_flag="--threshold-errors", threshold_help="minimum error-set Jaccard",
         needs=frozenset({"task_head", "labels"}), encodes=("test",), answers=True,
         fix="the candidate errs on other items than the reference; read the negative flips in the "
@@ -102,7 +106,7 @@ BUILTIN: tuple[Characteristic, ...] = (
                        "candidate wrong) first, then positive flips",
         description="Check that the candidate errs on the same items as the reference."),
     Characteristic(
-        "data_representation", "data representation", f"{_CHARACTERISTICS}.representation:compare_in_gate",
+        "data_representation", "data representation", "miniature.core.characteristics.representation:compare_in_gate",
         threshold_flag="--threshold-representation", threshold_help="minimum mean kNN Jaccard", staged=True,
         encodes=("test",),
         fix="the candidate arranges the data differently (other nearest neighbours); distil on the "
@@ -111,7 +115,7 @@ BUILTIN: tuple[Characteristic, ...] = (
                        "model's neighbours (shared ones marked)",
         description="Check that items keep their nearest neighbours under the candidate."),
     Characteristic(
-        "data_distribution", "data distribution", f"{_CHARACTERISTICS}.distribution:compare_in_gate",
+        "data_distribution", "data distribution", "miniature.core.characteristics.distribution:compare_in_gate",
         threshold_flag="--threshold-distribution", threshold_help="minimum OOD-set Jaccard",
         encodes=("train", "holdout", "challenge"),
         fix="the candidate flags other items as out-of-distribution; check the items flagged by one "
@@ -120,7 +124,7 @@ BUILTIN: tuple[Characteristic, ...] = (
                        "that model's threshold first",
         description="Check that the candidate flags the same challenge items as out-of-distribution."),
     Characteristic(
-        "adversarial_vulnerability", "adversarial vulnerability", f"{_CHARACTERISTICS}.adversarial:compare_in_gate",
+        "adversarial_vulnerability", "adversarial vulnerability", "miniature.core.characteristics.adversarial:compare_in_gate",
         threshold_flag="--threshold-attack",
         threshold_help="minimum Jaccard of the sets of successfully attacked items",
         needs=frozenset({"task_head", "labels", "attack_model", "classification"}), attacks=True,
@@ -129,7 +133,7 @@ BUILTIN: tuple[Characteristic, ...] = (
         evidence_title="Adversarial examples: items broken by one model only first",
         description="Check that the candidate breaks under attack on the same items, no more often."),
     Characteristic(
-        "representation_similarity", "representation similarity", f"{_CHARACTERISTICS}.similarity:compare_in_gate",
+        "representation_similarity", "representation similarity", "miniature.core.characteristics.similarity:compare_in_gate",
         default_threshold=0.9, threshold_flag="--threshold-similarity",
         threshold_help="minimum linear CKA between the two models' sentence vectors", staged=True,
         encodes=("test",),
@@ -141,7 +145,7 @@ BUILTIN: tuple[Characteristic, ...] = (
                   "unrelated) or linear (plain)", ("debiased", "linear"), "debiased"),),
         description="Check that the candidate's representation is linearly similar to the reference's (CKA)."),
     Characteristic(
-        "token_distribution", "token distribution", f"{_CHARACTERISTICS}.token_distribution:compare_in_gate",
+        "token_distribution", "token distribution", "miniature.core.characteristics.token_distribution:compare_in_gate",
         default_threshold=0.9, threshold_flag="--threshold-token-top",
         threshold_help="minimum rate at which both decoder LMs put the same token first (llama.cpp's same top p)",
         fix="the candidate's next-token predictions differ from the reference's; read the KL divergence "
@@ -226,3 +230,11 @@ def activate(registry: Registry) -> None:
     """Make ``registry`` the running gate's (the plugin does this once per pytest run)."""
     global _ACTIVE
     _ACTIVE = registry
+
+
+def active_titles() -> dict[str, str]:
+    """The running gate's characteristic titles by name, in report order."""
+    return {c.name: c.title for c in _ACTIVE}
+
+
+use_titles(active_titles)

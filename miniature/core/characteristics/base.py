@@ -1,21 +1,23 @@
-"""The result object every characteristic's comparison returns.
+"""What a characteristic measures, and the verdict the gate turns it into.
 
-A :class:`ComparisonResult` carries the headline figure (a Jaccard agreement), the
-statistics around it (chance baseline, chance-corrected score, bootstrap CI), the
-verdict against a threshold, and the evidence the report shows. It is plain data so it
-can ride on pytest reports (``user_properties``) through pytest-xdist as JSON.
+A characteristic returns a :class:`Measurement`: the headline figure (a Jaccard agreement),
+the statistics around it (chance baseline, chance-corrected score, bootstrap CI), K, the
+sweep, details and evidence. :func:`judge` alone adds the verdict (threshold, what it is on,
+whether the pair gates) and makes the :class:`ComparisonResult` every report shows: plain
+data, so it rides on pytest reports (``user_properties``) through pytest-xdist as JSON.
+
+This module imports nothing of miniature's above it: the characteristics, the registry, the gate and
+the reports all build on it.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from collections.abc import Iterator, Mapping
 from types import UnionType
 from typing import Any, Literal
-
-from miniature.core.registry import active
 
 ThresholdOn = Literal["raw", "corrected", "ci_lower"]
 #: a check that produced a figure, one that did not apply, one that could not be computed
@@ -23,24 +25,96 @@ COMPUTED, SKIPPED, ERROR = "computed", "skipped", "error"
 STATUSES: tuple[str, ...] = (COMPUTED, SKIPPED, ERROR)
 THRESHOLD_ON_CHOICES: tuple[str, ...] = ("raw", "corrected", "ci_lower")
 
+
+def _no_titles() -> Mapping[str, str]:
+    return {}
+
+
+#: the running gate's characteristic titles by name, in report order; the registry installs
+#: its lookup here (:func:`use_titles`), so results need not import the registry
+_titles: Callable[[], Mapping[str, str]] = _no_titles
+
+
+def use_titles(lookup: Callable[[], Mapping[str, str]]) -> None:
+    """Where results read characteristic titles from (the registry calls this on import)."""
+    global _titles
+    _titles = lookup
+
+
 class _Titles(Mapping[str, str]):
-    """Titles of the running gate's characteristics by name, in report order (read from
-    the registry each time, so characteristics a project registers are included)."""
+    """Titles of the running gate's characteristics by name, in report order (read each
+    time, so characteristics a project registers are included)."""
 
     def __getitem__(self, name: str) -> str:
-        registry = active()
-        if name not in registry:
-            raise KeyError(name)
-        return registry[name].title
+        return _titles()[name]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(active().names)
+        return iter(_titles())
 
     def __len__(self) -> int:
-        return len(active())
+        return len(_titles())
 
 
 CHARACTERISTIC_TITLES: Mapping[str, str] = _Titles()
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two models to compare; ``gating`` pairs (reference vs candidate) can fail the run."""
+
+    reference: str
+    candidate: str
+    gating: bool
+
+    @property
+    def id(self) -> str:
+        """The test id: the names made safe (see :func:`miniature.core.models.safe_id`)."""
+        from miniature.core.models import safe_id
+
+        return f"{safe_id(self.reference)}-vs-{safe_id(self.candidate)}"
+
+
+@dataclass
+class Measurement:
+    """What a characteristic measured on one pair: everything but the verdict.
+
+    ``conditions`` are further checks a characteristic makes against limits of its own
+    options (the attack's accuracy drop within ``--attack-drop-tolerance``), each
+    ``{"name", "value", "limit", "passed"}``; the threshold is the gate's to apply.
+    """
+
+    figure_name: str
+    figure: float
+    n: int
+    chance: float | None = None
+    corrected: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    ci_level: float = 0.95
+    k: int | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    sweep: dict[str, float] = field(default_factory=dict)
+    evidence: list[dict[str, Any]] = field(default_factory=list)
+    conditions: list[dict[str, Any]] = field(default_factory=list)
+
+
+def check_threshold_on(threshold_on: str) -> None:
+    """Refuse an unknown ``threshold_on`` (before any work is done)."""
+    if threshold_on not in THRESHOLD_ON_CHOICES:
+        raise ValueError(f"threshold_on must be one of {', '.join(THRESHOLD_ON_CHOICES)}; got {threshold_on!r}")
+
+
+def judge(measurement: Measurement, *, characteristic: str, reference: str, candidate: str,
+          threshold: float | None, threshold_on: str = "raw", gating: bool = True,
+          stage: str | None = None) -> "ComparisonResult":
+    """The one place a measurement becomes a verdict: the result of ``characteristic`` for
+    the pair, judged against ``threshold`` on ``threshold_on`` (raw figure, chance-corrected
+    score or the CI's lower bound)."""
+    check_threshold_on(threshold_on)
+    values = {item.name: getattr(measurement, item.name) for item in fields(Measurement)}
+    return ComparisonResult(characteristic=characteristic, reference=reference, candidate=candidate,
+                            threshold=threshold, threshold_on=threshold_on, gating=gating, stage=stage,
+                            **values)
 
 
 @dataclass

@@ -9,10 +9,11 @@ same challenge items are compared with the Jaccard coefficient.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from miniature.core.gate import Gate, Pair
+    from miniature.core.characteristics.base import Pair
+    from miniature.core.characteristics.view import GateView
 
 import math
 from typing import Sequence
@@ -20,17 +21,15 @@ from typing import Sequence
 import numpy as np
 from scipy import stats as _scipy_stats
 
-from miniature.core.characteristics.base import ComparisonResult
+from miniature.core.characteristics.base import ComparisonResult, Measurement, check_threshold_on, judge
 from miniature.core.characteristics.representation import (
     DEFAULT_KS,
     check_block_size,
     check_texts,
-    check_threshold_on,
     exact_search,
     normalized_float32,
     usable_ks,
 )
-from miniature.core import settings as opt
 from miniature.core.stats import informative, jaccard, set_agreement
 from miniature.errors import NotApplicable
 
@@ -135,7 +134,7 @@ def ood_sweep(
     return sweep
 
 
-def compare_distribution(
+def measure_distribution(
     reference_features: FeatureSplits,
     candidate_features: FeatureSplits,
     *,
@@ -144,15 +143,12 @@ def compare_distribution(
     k: int = 10,
     keep: float = 0.95,
     ks: Sequence[int] = DEFAULT_KS,
-    threshold: float | None = None,
-    threshold_on: str = "raw",
-    gating: bool = True,
     n_bootstrap: int = 1000,
     seed: int | None = 0,
     challenge_is_ood: np.ndarray | None = None,
     item_texts: Sequence[str] | None = None,
     max_evidence: int = 20,
-) -> ComparisonResult:
+) -> Measurement:
     """Compare the two models' Deep-KNN OOD sets on the same challenge items (paper, section 5).
 
     Each ``*_features`` is (train, holdout, challenge) features of one model: training
@@ -165,7 +161,6 @@ def compare_distribution(
     items only one model flags, furthest past that model's threshold first.
     """
     _check_keep(keep)
-    check_threshold_on(threshold_on)
     reference_splits = _check_splits(reference_features, "reference_features")
     candidate_splits = _check_splits(candidate_features, "candidate_features")
     m = _check_same_challenge(reference_splits, candidate_splits)
@@ -208,15 +203,9 @@ def compare_distribution(
         reference_flags, candidate_flags, reference_challenge, candidate_challenge,
         reference_threshold, candidate_threshold, item_texts, max_evidence,
     )
-    return ComparisonResult(
-        characteristic="data_distribution",
-        reference=reference,
-        candidate=candidate,
+    return Measurement(
         figure_name="OOD-set Jaccard",
         n=m,
-        threshold=threshold,
-        threshold_on=threshold_on,
-        gating=gating,
         **agreement.result_fields(),
         k=int(k),
         details=details,
@@ -226,6 +215,15 @@ def compare_distribution(
         },
         evidence=evidence,
     )
+
+def compare_distribution(*args: Any, reference: str, candidate: str, threshold: float | None = None,
+                         threshold_on: str = "raw", gating: bool = True, **kwargs: Any) -> ComparisonResult:
+    """:func:`measure_distribution` judged against ``threshold`` (see
+    :func:`~miniature.core.characteristics.base.judge`), for use outside a gate run."""
+    check_threshold_on(threshold_on)
+    measured = measure_distribution(*args, reference=reference, candidate=candidate, **kwargs)
+    return judge(measured, characteristic="data_distribution", reference=reference, candidate=candidate,
+                 threshold=threshold, threshold_on=threshold_on, gating=gating, stage=None)
 
 
 # --------------------------------------------------------------------------------------
@@ -362,7 +360,7 @@ def _check_labels(challenge_is_ood: np.ndarray | None, m: int) -> np.ndarray | N
 
 
 # -- in a gate run ----------------------------------------------------------------------
-def compare_in_gate(gate: "Gate", pair: "Pair", stage: str | None) -> ComparisonResult:
+def compare_in_gate(gate: "GateView", pair: "Pair", stage: str | None) -> Measurement:
     """The gate's comparison of one pair: its per-item outputs fed to the function above."""
     def feats(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return tuple(gate.outputs(name, role)["embeddings"]  # type: ignore[return-value]
@@ -371,11 +369,11 @@ def compare_in_gate(gate: "Gate", pair: "Pair", stage: str | None) -> Comparison
     n_train = len(gate.data.train)
     ks = tuple(k for k in gate.settings.k_sweep if k < n_train)
     labels = gate.data.challenge_is_ood
-    result = compare_distribution(
-        feats(pair.reference), feats(pair.candidate), k=gate.settings.k,
-        keep=gate.settings.ood_keep, ks=ks,
+    result = measure_distribution(
+        feats(pair.reference), feats(pair.candidate), reference=pair.reference, candidate=pair.candidate,
+        k=gate.settings.k, keep=gate.settings.ood_keep, ks=ks,
         challenge_is_ood=np.asarray(labels) if labels is not None else None,
-        item_texts=gate.data.challenge.texts, **gate.common("data_distribution", pair))
+        n_bootstrap=gate.settings.bootstrap, seed=gate.settings.seed, item_texts=gate.data.challenge.texts)
     if not informative(result.chance):
         challenge, train = gate.data.challenge, gate.data.train
         a, b, m = result.details["reference_ood"], result.details["candidate_ood"], result.n
@@ -391,6 +389,6 @@ def compare_in_gate(gate: "Gate", pair: "Pair", stage: str | None) -> Comparison
         raise NotApplicable(
             f"data distribution, {pair.reference} vs {pair.candidate}: {why}, so unrelated models "
             f"would agree at chance {result.chance:.3f} and the OOD-set Jaccard says nothing of "
-            f"these models; fix: pass a {opt.CHALLENGE_DATA} that mixes unseen in-distribution "
+            "these models; fix: pass a --challenge-data that mixes unseen in-distribution "
             "items with items from another distribution (none of them training items)")
     return result

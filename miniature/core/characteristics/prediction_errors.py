@@ -9,10 +9,11 @@ from right to wrong, and whether that asymmetry is significant (exact McNemar te
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from miniature.core.gate import Gate, Pair
+    from miniature.core.characteristics.base import Pair
+    from miniature.core.characteristics.view import GateView
 
 from miniature.errors import NotApplicable
 
@@ -23,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from miniature.core.characteristics.base import THRESHOLD_ON_CHOICES, ComparisonResult
+from miniature.core.characteristics.base import ComparisonResult, Measurement, check_threshold_on, judge
 from miniature.core.stats import informative, mcnemar_exact, set_agreement
 
 __all__ = ["error_mask", "compare_prediction_errors"]
@@ -48,20 +49,17 @@ def error_mask(predictions: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return wrong
 
 
-def compare_prediction_errors(
+def measure_prediction_errors(
     reference_correct: np.ndarray,
     candidate_correct: np.ndarray,
     *,
     reference: str,
     candidate: str,
-    threshold: float | None = None,
-    threshold_on: str = "raw",
-    gating: bool = True,
     n_bootstrap: int = 1000,
     seed: int | None = 0,
     item_texts: Sequence[str] | None = None,
     max_evidence: int = 20,
-) -> ComparisonResult:
+) -> Measurement:
     """Compare two models' error sets on the same items (paper, section 3).
 
     ``reference_correct`` and ``candidate_correct`` are boolean per-item correctness in
@@ -80,8 +78,6 @@ def compare_prediction_errors(
     n = reference_ok.size
     if n == 0:
         raise ValueError("no items to compare: reference_correct and candidate_correct are empty")
-    if threshold_on not in THRESHOLD_ON_CHOICES:
-        raise ValueError(f"threshold_on must be one of {', '.join(THRESHOLD_ON_CHOICES)}; got {threshold_on!r}")
     if item_texts is not None and len(item_texts) != n:
         raise ValueError(f"item_texts has {len(item_texts)} entries but there are {n} items; pass one text per item")
 
@@ -113,19 +109,22 @@ def compare_prediction_errors(
                 entry["text"] = item_texts[index]
             evidence.append(entry)
 
-    return ComparisonResult(
-        characteristic="prediction_errors",
-        reference=reference,
-        candidate=candidate,
+    return Measurement(
         figure_name="error-set Jaccard",
         n=n,
-        threshold=threshold,
-        threshold_on=threshold_on,
-        gating=gating,
         **agreement.result_fields(),
         details=details,
         evidence=evidence,
     )
+
+def compare_prediction_errors(*args: Any, reference: str, candidate: str, threshold: float | None = None,
+                              threshold_on: str = "raw", gating: bool = True, **kwargs: Any) -> ComparisonResult:
+    """:func:`measure_prediction_errors` judged against ``threshold`` (see
+    :func:`~miniature.core.characteristics.base.judge`), for use outside a gate run."""
+    check_threshold_on(threshold_on)
+    measured = measure_prediction_errors(*args, reference=reference, candidate=candidate, **kwargs)
+    return judge(measured, characteristic="prediction_errors", reference=reference, candidate=candidate,
+                 threshold=threshold, threshold_on=threshold_on, gating=gating, stage=None)
 
 
 def _correctness(values: np.ndarray, name: str) -> np.ndarray:
@@ -143,7 +142,7 @@ def _correctness(values: np.ndarray, name: str) -> np.ndarray:
 
 
 # -- in a gate run ----------------------------------------------------------------------
-def compare_in_gate(gate: "Gate", pair: "Pair", stage: str | None) -> ComparisonResult:
+def compare_in_gate(gate: "GateView", pair: "Pair", stage: str | None) -> Measurement:
     """The gate's comparison of one pair: its per-item outputs fed to the function above."""
     test = gate.data.test
     least = MIN_ITEMS
@@ -157,8 +156,9 @@ def compare_in_gate(gate: "Gate", pair: "Pair", stage: str | None) -> Comparison
         raise NotApplicable(f"neither {pair.reference!r} nor {pair.candidate!r} erred on any of "
                             f"the {len(test)} test items ({test.source}), so there are no error "
                             "sets to compare; fix: pass a larger or harder --test-data")
-    result = compare_prediction_errors(reference, candidate, item_texts=test.texts,
-                                       **gate.common("prediction_errors", pair))
+    result = measure_prediction_errors(reference, candidate, reference=pair.reference, candidate=pair.candidate,
+                                       n_bootstrap=gate.settings.bootstrap, seed=gate.settings.seed,
+                                       item_texts=test.texts)
     if not informative(result.chance):
         a, b = result.details["reference_errors"], result.details["candidate_errors"]
         why = (f"both {pair.reference!r} and {pair.candidate!r} erred on every one of the "

@@ -10,10 +10,11 @@ higher similarity first, then lower index.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from miniature.core.gate import Gate, Pair
+    from miniature.core.characteristics.base import Pair
+    from miniature.core.characteristics.view import GateView
 
 import warnings
 from collections import Counter
@@ -22,8 +23,7 @@ from typing import Literal, Sequence
 import faiss
 import numpy as np
 
-from miniature.core import settings as opt
-from miniature.core.characteristics.base import THRESHOLD_ON_CHOICES, ComparisonResult
+from miniature.core.characteristics.base import ComparisonResult, Measurement, check_threshold_on, judge
 from miniature.core.stats import chance_jaccard, informative, jaccard_rows, mean_agreement
 from miniature.errors import DataWarning, NotApplicable
 
@@ -84,7 +84,7 @@ def knn_sweep(emb_a: np.ndarray, emb_b: np.ndarray, ks: Sequence[int] = DEFAULT_
     return _sweep_from_lists(neighbours_a, neighbours_b, usable)
 
 
-def compare_representation(
+def measure_representation(
     emb_ref: np.ndarray,
     emb_cand: np.ndarray,
     *,
@@ -92,15 +92,12 @@ def compare_representation(
     candidate: str,
     k: int = 10,
     ks: Sequence[int] = DEFAULT_KS,
-    threshold: float | None = None,
-    threshold_on: str = "raw",
-    gating: bool = True,
     stage: str | None = None,
     n_bootstrap: int = 1000,
     seed: int | None = 0,
     item_texts: Sequence[str] | None = None,
     max_evidence: int = 20,
-) -> ComparisonResult:
+) -> Measurement:
     """Compare two models' data representations through their kNN sets (paper, section 4).
 
     The figure is the mean per-item kNN Jaccard; details hold the spread (population
@@ -111,7 +108,6 @@ def compare_representation(
     neighbourhoods disagree most, with both models' neighbours.
     """
     n = _check_same_items(emb_ref, emb_cand)
-    check_threshold_on(threshold_on)
     check_texts(item_texts, n)
     k = _check_k(k, n)
     usable = usable_ks(ks, n)
@@ -137,18 +133,11 @@ def compare_representation(
             entry["candidate_neighbour_texts"] = [item_texts[j] for j in neighbours_cand[index, :k]]
         evidence.append(entry)
 
-    return ComparisonResult(
-        characteristic="data_representation",
-        reference=reference,
-        candidate=candidate,
+    return Measurement(
         figure_name="kNN Jaccard",
         n=n,
-        threshold=threshold,
-        threshold_on=threshold_on,
-        gating=gating,
         **agreement.result_fields(),
         k=k,
-        stage=stage,
         details={
             "mean": figure,
             "variance": float(per_item.var()),
@@ -159,6 +148,15 @@ def compare_representation(
         sweep={str(K): value for K, value in _sweep_from_lists(neighbours_ref, neighbours_cand, usable).items()},
         evidence=evidence,
     )
+
+def compare_representation(*args: Any, reference: str, candidate: str, threshold: float | None = None,
+                           threshold_on: str = "raw", gating: bool = True, **kwargs: Any) -> ComparisonResult:
+    """:func:`measure_representation` judged against ``threshold`` (see
+    :func:`~miniature.core.characteristics.base.judge`), for use outside a gate run."""
+    check_threshold_on(threshold_on)
+    measured = measure_representation(*args, reference=reference, candidate=candidate, **kwargs)
+    return judge(measured, characteristic="data_representation", reference=reference, candidate=candidate,
+                 threshold=threshold, threshold_on=threshold_on, gating=gating, stage=kwargs.get('stage'))
 
 
 # --------------------------------------------------------------------------------------
@@ -332,12 +330,6 @@ def _check_same_items(emb_a: np.ndarray, emb_b: np.ndarray) -> int:
     return int(shape_a[0])
 
 
-def check_threshold_on(threshold_on: str) -> None:
-    """Refuse a ``threshold_on`` that is not one of :data:`THRESHOLD_ON_CHOICES`."""
-    if threshold_on not in THRESHOLD_ON_CHOICES:
-        raise ValueError(f"threshold_on must be one of {', '.join(THRESHOLD_ON_CHOICES)}; got {threshold_on!r}")
-
-
 def check_texts(item_texts: Sequence[str] | None, n: int) -> None:
     """Refuse ``item_texts`` that is not one text per item (None passes)."""
     if item_texts is not None and len(item_texts) != n:
@@ -358,7 +350,7 @@ def uninformative_reason(texts: Sequence[str], k: int, source: str) -> str | Non
     if not informative(chance):
         return (f"K={k} neighbours of the {n - 1} other test items ({source}) are nearly all of "
                 f"them, so two unrelated models already agree at chance {chance:.3f} and the kNN "
-                f"Jaccard measures K, not the models; fix: choose a K well below n/2 ({opt.K}, "
+                f"Jaccard measures K, not the models; fix: choose a K well below n/2 (--k, "
                 f"e.g. 10) or pass more test data")
     counts = Counter(texts)
     forced = sum(c for c in counts.values() if c > k)
@@ -366,7 +358,7 @@ def uninformative_reason(texts: Sequence[str], k: int, source: str) -> str | Non
         return (f"every one of the {n} test items ({source}) has {k} or more identical copies "
                 f"({len(counts)} distinct text(s)), so each neighbour set is its copies in any "
                 f"model and agreement is 1.0 whatever the models; fix: remove the duplicates from "
-                f"{opt.TEST_DATA}")
+                f"--test-data")
     if forced:
         warnings.warn(DataWarning(
             f"{forced} of the {n} test items ({source}) have {k} or more identical copies, so "
@@ -376,7 +368,7 @@ def uninformative_reason(texts: Sequence[str], k: int, source: str) -> str | Non
 
 
 # -- in a gate run ----------------------------------------------------------------------
-def compare_in_gate(gate: "Gate", pair: "Pair", stage: str | None) -> ComparisonResult:
+def compare_in_gate(gate: "GateView", pair: "Pair", stage: str | None) -> Measurement:
     """The gate's comparison of one pair: its per-item outputs fed to the function above,
     skipped when the figure could not tell the models apart (:func:`uninformative_reason`)."""
     n = len(gate.data.test)
@@ -384,8 +376,8 @@ def compare_in_gate(gate: "Gate", pair: "Pair", stage: str | None) -> Comparison
     if reason is not None:
         raise NotApplicable(f"data representation, {pair.reference} vs {pair.candidate}: {reason}")
     ks = tuple(k for k in gate.settings.k_sweep if k < n)
-    return compare_representation(
+    return measure_representation(
         gate.outputs(pair.reference, "test", stage=stage)["embeddings"],
         gate.outputs(pair.candidate, "test", stage=stage)["embeddings"],
-        k=gate.settings.k, ks=ks, stage=stage, item_texts=gate.data.test.texts,
-        **gate.common("data_representation", pair))
+        reference=pair.reference, candidate=pair.candidate, k=gate.settings.k, ks=ks, stage=stage,
+        n_bootstrap=gate.settings.bootstrap, seed=gate.settings.seed, item_texts=gate.data.test.texts)

@@ -25,19 +25,19 @@ Item weights w (counts, summing to n) make a bootstrap resample the same computa
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from miniature.core.gate import Gate, Pair
+    from miniature.core.characteristics.base import Pair
+    from miniature.core.characteristics.view import GateView
 
 import math
 
 import numpy as np
 
 from miniature.core.characteristics.representation import knn_indices
-from miniature.core.characteristics.base import THRESHOLD_ON_CHOICES, ComparisonResult
+from miniature.core.characteristics.base import ComparisonResult, Measurement, check_threshold_on, judge
 from miniature.core.stats import paired_bootstrap_ci
-from miniature.core import settings as opt
 from miniature.errors import NotApplicable
 
 __all__ = [
@@ -548,7 +548,7 @@ def _check_k(k: int, n: int) -> int:
 ESTIMATORS = ("debiased", "linear")
 
 
-def compare_similarity(
+def measure_similarity(
     emb_ref: np.ndarray,
     emb_cand: np.ndarray,
     *,
@@ -557,15 +557,12 @@ def compare_similarity(
     estimator: str = "debiased",
     k: int = 10,
     ks: Sequence[int] = (),
-    threshold: float | None = None,
-    threshold_on: str = "raw",
-    gating: bool = True,
     stage: str | None = None,
     n_bootstrap: int = 1000,
     seed: int | None = 0,
     item_texts: Sequence[str] | None = None,
     max_evidence: int = 20,
-) -> ComparisonResult:
+) -> Measurement:
     """Representation similarity of two models' sentence vectors on the same items: CKA
     (the figure, with a paired bootstrap interval), both estimators and mutual-kNN alignment
     (Huh et al. 2024) at K and over ``ks`` in the details, and the items that account for
@@ -574,8 +571,6 @@ def compare_similarity(
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}; got {estimator!r}")
-    if threshold_on not in THRESHOLD_ON_CHOICES:
-        raise ValueError(f"threshold_on must be one of {', '.join(THRESHOLD_ON_CHOICES)}; got {threshold_on!r}")
     n = _check_pair(emb_ref, emb_cand, min_items=4)
     if item_texts is not None and len(item_texts) != n:
         raise ValueError(f"item_texts has {len(item_texts)} entries but there are {n} items")
@@ -597,19 +592,27 @@ def compare_similarity(
     if item_texts is not None:
         for entry in evidence:
             entry["text"] = item_texts[entry["index"]]
-    return ComparisonResult(
-        characteristic="representation_similarity", reference=reference, candidate=candidate,
+    return Measurement(
         figure_name=f"{estimator} CKA" if estimator == "debiased" else "linear CKA",
-        figure=float(figure), n=n, threshold=threshold, threshold_on=threshold_on, gating=gating,
-        chance=None, corrected=float(debiased), ci_low=ci_low, ci_high=ci_high, k=k, stage=stage,
+        figure=float(figure), n=n,   
+        chance=None, corrected=float(debiased), ci_low=ci_low, ci_high=ci_high, k=k, 
         details={"linear_cka": float(linear), "debiased_cka": float(debiased),
                  "mutual_knn": float(sweep.get(str(k), mutual_knn(emb_ref, emb_cand, k))),
                  "estimator": estimator, "interval": interval},
         sweep=sweep, evidence=evidence)
 
+def compare_similarity(*args: Any, reference: str, candidate: str, threshold: float | None = None,
+                       threshold_on: str = "raw", gating: bool = True, **kwargs: Any) -> ComparisonResult:
+    """:func:`measure_similarity` judged against ``threshold`` (see
+    :func:`~miniature.core.characteristics.base.judge`), for use outside a gate run."""
+    check_threshold_on(threshold_on)
+    measured = measure_similarity(*args, reference=reference, candidate=candidate, **kwargs)
+    return judge(measured, characteristic="representation_similarity", reference=reference, candidate=candidate,
+                 threshold=threshold, threshold_on=threshold_on, gating=gating, stage=kwargs.get('stage'))
+
 
 # -- in a gate run ----------------------------------------------------------------------
-def compare_in_gate(gate: "Gate", pair: "Pair", stage: str | None) -> ComparisonResult:
+def compare_in_gate(gate: "GateView", pair: "Pair", stage: str | None) -> Measurement:
     """The gate's comparison of one pair: the test items' sentence vectors (per stage)."""
     settings = gate.settings
     test = gate.data.test
@@ -617,9 +620,10 @@ def compare_in_gate(gate: "Gate", pair: "Pair", stage: str | None) -> Comparison
         raise NotApplicable(
             f"representation similarity, {pair.reference} vs {pair.candidate}: all {len(test)} test "
             f"items ({test.source}) are the same text, so every model gives them one vector and "
-            f"CKA is undefined (0/0); fix: pass distinct texts in {opt.TEST_DATA}")
-    return compare_similarity(
+            "CKA is undefined (0/0); fix: pass distinct texts in --test-data")
+    return measure_similarity(
         gate.outputs(pair.reference, "test", stage=stage)["embeddings"],
         gate.outputs(pair.candidate, "test", stage=stage)["embeddings"],
-        estimator=settings.cka_estimator, k=settings.k, ks=settings.k_sweep, stage=stage,
-        item_texts=gate.data.test.texts, **gate.common("representation_similarity", pair))
+        reference=pair.reference, candidate=pair.candidate, estimator=settings["--cka-estimator"],
+        k=settings.k, ks=settings.k_sweep, stage=stage, n_bootstrap=settings.bootstrap, seed=settings.seed,
+        item_texts=gate.data.test.texts)

@@ -26,12 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from miniature.core.characteristics.base import ComparisonResult
+from miniature.core.characteristics.base import Measurement
 from miniature.core.token_stats import per_token_torch, summarise
 from miniature.errors import NotApplicable
 
 if TYPE_CHECKING:  # pragma: no cover
-    from miniature.core.gate import Gate, Pair
+    from miniature.core.characteristics.base import Pair
+    from miniature.core.characteristics.view import GateView
     from miniature.core.models import ModelWrapper
 
 #: fewer scored tokens than this and the statistics mean little (llama.cpp prints none below 100)
@@ -149,9 +150,8 @@ def evidence(values: dict[str, np.ndarray], tokenizer: Any, windows: dict[int, n
     return rows
 
 
-def compare_in_gate(gate: "Gate", pair: "Pair", stage: str | None) -> ComparisonResult:
+def compare_in_gate(gate: "GateView", pair: "Pair", stage: str | None) -> Measurement:
     """The gate's comparison: both models on the same tokens, their per-token values cached."""
-    from miniature.core import settings as opt
     from miniature.core.cache import fingerprint, fingerprint_texts
 
     for name in (pair.reference, pair.candidate):
@@ -164,14 +164,14 @@ def compare_in_gate(gate: "Gate", pair: "Pair", stage: str | None) -> Comparison
         raise NotApplicable(problem)
     texts, source = gate.token_texts()
     settings = gate.settings
-    scoring, n_ctx = settings[opt.TOKEN_SCORING], settings[opt.N_CTX]
-    key = fingerprint("token-distribution", gate._model_fingerprint(pair.reference, None),
-                      gate._model_fingerprint(pair.candidate, None), fingerprint_texts(texts), scoring,
+    scoring, n_ctx = settings.token_scoring, settings.n_ctx
+    key = fingerprint("token-distribution", gate.model_fingerprint(pair.reference, None),
+                      gate.model_fingerprint(pair.candidate, None), fingerprint_texts(texts), scoring,
                       n_ctx if scoring == "llama-cpp" else reference.max_length)
     values = gate.cache.load_arrays("token_distribution", key)
     if values is None or set(values) != set(ARRAYS):
         values = token_values(reference, candidate, texts, scoring=scoring, n_ctx=n_ctx,
-                              batch_size=settings[opt.BATCH_SIZE])
+                              batch_size=settings.batch_size)
         gate.cache.save_arrays("token_distribution", key, values)
     n = int(values["kld"].size)
     if n < MIN_TOKENS:
@@ -179,17 +179,14 @@ def compare_in_gate(gate: "Gate", pair: "Pair", stage: str | None) -> Comparison
                             "are needed (llama.cpp prints no statistics below 100); fix: pass more --text-data")
     stats = summarise(values)
     windows = {i: ids[m == 1] for i, (ids, m) in enumerate(_all_windows(reference, texts, scoring, n_ctx,
-                                                                          settings[opt.BATCH_SIZE]))}
-    common = gate.common("token_distribution", pair)
+                                                                          settings.batch_size))}
     details = stats.to_dict()
     details.pop("details", None)
     details.update(scoring=scoring, text_source=source, **({"n_ctx": n_ctx} if scoring == "llama-cpp" else {}))
-    return ComparisonResult(characteristic="token_distribution", figure_name="same-top rate",
-                            figure=stats.same_top, n=n, ci_low=max(0.0, stats.same_top - 1.96 * stats.same_top_se),
-                            ci_high=min(1.0, stats.same_top + 1.96 * stats.same_top_se), details=details,
-                            evidence=evidence(values, reference.tokenizer, windows),
-                            **{k: v for k, v in common.items() if k in ("reference", "candidate", "threshold",
-                                                                          "threshold_on", "gating")})
+    return Measurement(figure_name="same-top rate", figure=stats.same_top, n=n,
+                       ci_low=max(0.0, stats.same_top - 1.96 * stats.same_top_se),
+                       ci_high=min(1.0, stats.same_top + 1.96 * stats.same_top_se), details=details,
+                       evidence=evidence(values, reference.tokenizer, windows))
 
 
 def _all_windows(wrapper: "ModelWrapper", texts: list[str], scoring: str, n_ctx: int,
