@@ -62,13 +62,14 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from miniature.core.cache import OutputCache, append_record, fingerprint, fingerprint_texts
-from miniature.core.characteristics.base import THRESHOLD_ON_CHOICES, ComparisonResult
+from miniature.core.characteristics.base import THRESHOLD_ON_CHOICES, ComparisonResult, Measurement, judge
 from miniature.core.characteristics.textattack_offline import (ATTACK_VERSION, NLTK_DATA_DIR, textattack_version,  # noqa: F401 - re-exported
                                                                english_stopwords, prepare_textattack)
 from miniature.errors import NotApplicable
 
 if TYPE_CHECKING:  # pragma: no cover
-    from miniature.core.gate import Gate, Pair
+    from miniature.core.characteristics.base import Pair
+    from miniature.core.characteristics.view import GateView
     from miniature.core.models import ModelWrapper
 
 __all__ = [
@@ -511,22 +512,19 @@ def attack_figures(outcomes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-def compare_adversarial(
+def measure_adversarial(
     ref_outcomes: Sequence[Mapping[str, Any]],
     cand_outcomes: Sequence[Mapping[str, Any]],
     *,
     reference: str,
     candidate: str,
-    threshold: float | None = None,
     drop_tolerance: float | None = None,
-    threshold_on: str = "raw",
-    gating: bool = True,
     transfer: Mapping[int, int] | None = None,
     n_bootstrap: int = 1000,
     seed: int | None = 0,
     texts: Sequence[str] | None = None,
     max_evidence: int = 20,
-) -> ComparisonResult:
+) -> Measurement:
     """Compare two targets' vulnerability to the same attack on the same items.
 
     The figure is the Jaccard coefficient of the two broken sets over the items *both*
@@ -538,8 +536,8 @@ def compare_adversarial(
     (candidate % drop minus reference % drop, in percentage points) and, given
     ``transfer`` (from :func:`transfer_predictions`), the transfer rate: of the items the
     reference lost and the candidate originally got right, the share whose reference
-    adversarial text also fools the candidate. ``threshold`` applies to the Jaccard;
-    ``drop_tolerance`` adds a condition that the candidate's % drop exceeds the
+    adversarial text also fools the candidate. The gate's threshold applies to the
+    Jaccard; ``drop_tolerance`` adds a condition that the candidate's % drop exceeds the
     reference's by at most that many points. Evidence lists adversarial examples,
     items broken by only one model first.
     """
@@ -556,8 +554,6 @@ def compare_adversarial(
         if "label" in r and "label" in c and int(r["label"]) != int(c["label"]):
             raise ValueError(f"item {i} has label {r['label']} in ref_outcomes but {c['label']} "
                              "in cand_outcomes; fix: attack both targets on the same items")
-    if threshold_on not in THRESHOLD_ON_CHOICES:
-        raise ValueError(f"threshold_on must be one of {THRESHOLD_ON_CHOICES}, got {threshold_on!r}")
     if drop_tolerance is not None and (not isinstance(drop_tolerance, (int, float))
                                        or math.isnan(drop_tolerance)):
         raise ValueError(f"drop_tolerance is in percentage points (e.g. 10), got {drop_tolerance!r}")
@@ -625,16 +621,10 @@ def compare_adversarial(
     if not n_both:
         details["note"] = ("no item was attacked against both models (one of them got every "
                            "item wrong), so the broken sets cannot be compared")
-    return ComparisonResult(
-        characteristic="adversarial_vulnerability",
-        reference=reference,
-        candidate=candidate,
+    return Measurement(
         figure_name="broken-set Jaccard",
         figure=float("nan") if figure is None else float(figure),
         n=n_both,
-        threshold=threshold,
-        threshold_on=threshold_on,
-        gating=gating,
         chance=chance,
         corrected=corrected,
         ci_low=ci_low,
@@ -643,6 +633,17 @@ def compare_adversarial(
         evidence=evidence,
         conditions=conditions,
     )
+
+
+def compare_adversarial(*args: Any, reference: str, candidate: str, threshold: float | None = None,
+                        threshold_on: str = "raw", gating: bool = True, **kwargs: Any) -> ComparisonResult:
+    """:func:`measure_adversarial` judged against ``threshold`` on the broken-set Jaccard (see
+    :func:`~miniature.core.characteristics.base.judge`), for use outside a gate run."""
+    if threshold_on not in THRESHOLD_ON_CHOICES:
+        raise ValueError(f"threshold_on must be one of {THRESHOLD_ON_CHOICES}, got {threshold_on!r}")
+    measured = measure_adversarial(*args, reference=reference, candidate=candidate, **kwargs)
+    return judge(measured, characteristic="adversarial_vulnerability", reference=reference, candidate=candidate,
+                 threshold=threshold, threshold_on=threshold_on, gating=gating)
 
 
 def _label(ref: Mapping[str, Any], cand: Mapping[str, Any]) -> int:
@@ -772,7 +773,7 @@ MIN_ITEMS = 10
 
 
 # -- in a gate run ----------------------------------------------------------------------
-def compare_in_gate(gate: "Gate", pair: "Pair", stage: str | None) -> ComparisonResult:
+def compare_in_gate(gate: "GateView", pair: "Pair", stage: str | None) -> Measurement:
     """The gate's comparison of one pair: its per-item outputs fed to the function above."""
     if gate.task == "classification":
         gate.require_heads(pair)  # before attacking either model
@@ -789,11 +790,11 @@ def compare_in_gate(gate: "Gate", pair: "Pair", stage: str | None) -> Comparison
             f"only {attacked} of the {len(reference)} sampled item(s) were classified correctly "
             f"by both {pair.reference!r} and {pair.candidate!r}, so only they were attacked; at "
             f"least {least} are needed for a broken-set Jaccard; fix: {fix}")
-    common = gate.common("adversarial_vulnerability", pair)
     transfer = transfer_predictions(reference, gate.wrapper(pair.candidate))
     translation = gate.label_translation(pair.candidate)  # the candidate's ids as the data's
     if translation is not None:
         transfer = {i: int(translation[p]) for i, p in transfer.items()}
-    return compare_adversarial(
-        reference, candidate, drop_tolerance=gate.settings.attack_drop_tolerance,
-        transfer=transfer, **common)
+    return measure_adversarial(
+        reference, candidate, reference=pair.reference, candidate=pair.candidate,
+        drop_tolerance=gate.settings.attack_drop_tolerance, transfer=transfer,
+        n_bootstrap=gate.settings.bootstrap, seed=gate.settings.seed)
