@@ -97,6 +97,52 @@ def test_a_conftest_characteristic_gates_the_run_and_is_reported(gate_checks: py
     failed.stdout.fnmatch_lines(["*< threshold 1*", "  fix: the candidate's long vectors are other items'"])
 
 
+MEASURING_CONFTEST = '''
+import numpy as np
+
+from miniature import Characteristic
+from miniature.core.characteristics.base import Measurement
+from miniature.core.stats import set_agreement
+
+
+def measure_norms(gate, pair, stage):
+    """What it measured only: no threshold, no threshold_on, no gating."""
+    def long_items(name):
+        norms = np.linalg.norm(gate.outputs(name, "test", stage=stage)["embeddings"], axis=1)
+        return norms > np.median(norms)
+
+    agreement = set_agreement(long_items(pair.reference), long_items(pair.candidate),
+                              n_bootstrap=gate.settings.bootstrap, seed=gate.settings.seed)
+    return Measurement(figure_name="long-vector Jaccard", n=len(gate.data.test), **agreement.result_fields())
+
+
+def pytest_miniature_characteristics(config):
+    return [Characteristic("norm_agreement", "norm agreement", measure_norms, default_threshold=1.0,
+                           fix="the candidate's long vectors are other items'")]
+'''
+
+
+def test_a_characteristic_that_returns_a_measurement_is_gated_like_a_built_in_one(
+        gate_checks: pytest.Pytester, tiny_models) -> None:
+    gate_checks.makeconftest(MEASURING_CONFTEST)
+    where = gate_checks.path
+    args = [f"--reference={tiny_models['reference']}", f"--cache-dir={where / 'cache'}",
+            f"--report-dir={where / 'reports'}", "--data-limit=60", "--bootstrap=20", "-k", "norm"]
+    same = gate_checks.runpytest(*args, f"--candidate={tiny_models['reference']}")
+    same.assert_outcomes(passed=1, deselected=5)  # the model against itself: Jaccard 1 reaches 1
+    below = gate_checks.runpytest(*args, f"--candidate={tiny_models['small']}")
+    below.assert_outcomes(failed=1, deselected=5)  # below its default threshold: the run fails
+    below.stdout.fnmatch_lines(["*norm agreement: long-vector Jaccard*< threshold 1*",
+                                "  fix: the candidate's long vectors are other items'"])
+    result = next(r for r in json.loads((where / "reports" / "latest.json").read_text())["results"]
+                  if r["characteristic"] == "norm_agreement")
+    assert (result["threshold"], result["threshold_on"], result["gating"]) == (1.0, "raw", True)
+    assert result["figure"] < 1.0 and result["status"] == "computed"
+    with_flag = gate_checks.runpytest(*args, f"--candidate={tiny_models['small']}", "--threshold",
+                                      f"norm_agreement={result['figure']}")
+    with_flag.assert_outcomes(passed=1, deselected=5)  # the command line's threshold is applied to it too
+
+
 def test_threshold_of_an_unknown_characteristic_is_a_usage_error(pytester: pytest.Pytester, tiny_models) -> None:
     result = pytester.runpytest(f"--reference={tiny_models['reference']}", "--threshold=nope=0.5")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
