@@ -111,7 +111,8 @@ def compare(reference: str | Path, candidates: str | Path | Sequence[str | Path]
         for pair in gate.pairs():
             for stage in (gate.stages() if characteristic.staged else [None]):
                 results.append(gate.outcome(characteristic.name, pair, stage=stage))
-    return Report(results, settings, duration_s=time.time() - started, execution=gate.execution)
+    return Report(results, settings, duration_s=time.time() - started, execution=gate.execution,
+                  models=gate.models.table())
 
 
 class Report:
@@ -121,11 +122,14 @@ class Report:
     Table 2 in a notebook)."""
 
     def __init__(self, results: Sequence["ComparisonResult"], settings: opt.Settings, *,
-                 duration_s: float | None = None, execution: Mapping[str, Any] | None = None) -> None:
+                 duration_s: float | None = None, execution: Mapping[str, Any] | None = None,
+                 models: Mapping[str, Any] | None = None) -> None:
         self.results = list(results)
         self.settings = settings
         self.duration_s = duration_s
         self.execution = execution
+        #: the model table the run resolved (names, order, architecture, quantization)
+        self.models = models
 
     @property
     def passed(self) -> bool:
@@ -148,7 +152,8 @@ class Report:
         """The JSON report as a dict (the same as a pytest run's ``latest.json``)."""
         from miniature.reports.payload import report_payload
 
-        return report_payload(self.results, self.settings, duration_s=self.duration_s, execution=self.execution)
+        return report_payload(self.results, self.settings, duration_s=self.duration_s, execution=self.execution,
+                              models=self.models)
 
     def to_json(self, path: str | Path | None = None) -> str:
         """The JSON report's text; written to ``path`` too when given."""
@@ -191,7 +196,7 @@ class Report:
         from miniature.reports.page import matrix_view, template_module
         from miniature.reports.payload import model_order
 
-        view = matrix_view(self.results, model_order(self.settings))
+        view = matrix_view(self.results, model_order(self.settings, self.models))
         return str(template_module("matrix.html.j2").notebook_matrix(view, self.passed))
 
     def __repr__(self) -> str:

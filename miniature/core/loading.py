@@ -12,7 +12,8 @@ from miniature.core import settings as opt
 from miniature.core.cache import OutputCache
 from miniature.core.data import TaskData
 from miniature.core.models import (ModelSpec, ModelWrapper, check_device, head_missing_line, local_is_decoder,
-                                   missing_head_weights, resolve_model, unique_name, locate)
+                                   missing_head_weights, resolve_model, locate)
+from miniature.core.model_table import model_table, name_models
 from miniature.core.run_data import RunData
 from miniature.errors import MiniatureError, ModelReferenceError, NotApplicable
 
@@ -31,10 +32,11 @@ class ModelStore:
         self.cache = cache
         self.run_data = data
         #: where each model is, by report name (the reference first, then the candidates as given)
-        self.specs: dict[str, ModelSpec] = {}
-        self.names: list[str] = []
-        self.reference = self._add(settings.reference)
-        self.candidates = [self._add(c) for c in settings.candidates]
+        #: the reference and candidates by report name, resolved and located once
+        self.named = name_models([settings.reference, *settings.candidates])
+        self.specs: dict[str, ModelSpec] = {m.name: m.spec for m in self.named if m.spec is not None}
+        self.names: list[str] = [m.name for m in self.named]
+        self.reference, self.candidates = self.names[0], self.names[1:]
         self.base_specs: dict[str, ModelSpec] = {}
         bases = [settings[opt.REFERENCE_BASE]] + list(settings[opt.CANDIDATE_BASE] or [])
         for name, base in zip(self.names, bases):
@@ -72,12 +74,9 @@ class ModelStore:
         """The models loaded so far, by (name, stage)."""
         return dict(self._wrappers)
 
-    def _add(self, reference: str) -> str:
-        spec = locate(resolve_model(reference))
-        name = unique_name(spec.name, list(self.specs))
-        self.specs[name] = spec
-        self.names.append(name)
-        return name
+    def table(self) -> dict[str, Any]:
+        """The report's model table (order, architecture, quantization) of these models."""
+        return model_table(self.named)
 
     def spec(self, name: str, stage: str | None = None) -> ModelSpec:
         """Where a model's checkpoint for ``stage`` is: the base one before fine-tuning,

@@ -13,7 +13,7 @@ import datetime as _dt
 import json
 import math
 import platform
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -76,22 +76,19 @@ def pairs_of(results: Sequence[ComparisonResult], model_order: Sequence[str] = (
     return sorted({(r.reference, r.candidate) for r in results}, key=key)
 
 
-def model_order(settings: Any) -> list[str]:
-    """Report names of the reference and candidates, in the order given (as the gate names them)."""
-    values = getattr(settings, "values", {})
-    given = [values.get("--reference"), *(values.get("--candidate") or [])]
-    names: list[str] = []
-    for reference in given:
-        if not reference:
-            continue
-        from miniature.core.models import resolve_model, unique_name
+def models_of(settings: Any, models: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The run's model table (see :func:`miniature.core.model_table.model_table`): the one
+    the run resolved when given, else read from ``settings`` (a report written without a run)."""
+    if models is not None:
+        return dict(models)
+    from miniature.core.model_table import given_models, model_table, name_models
 
-        try:
-            base = resolve_model(str(reference)).name
-        except Exception:  # noqa: BLE001 - ordering only; an unresolvable name sorts last
-            base = str(reference)
-        names.append(unique_name(base, names))
-    return names
+    return model_table(name_models(given_models(settings), strict=False))
+
+
+def model_order(settings: Any, models: Mapping[str, Any] | None = None) -> list[str]:
+    """Report names of the reference and candidates, in the order given (as the gate names them)."""
+    return list(models_of(settings, models)["order"])
 
 
 def cell_text(result: ComparisonResult | None) -> str:
@@ -261,19 +258,18 @@ MAX_REPORT_BYTES = 64 * 2**20
 # -- JSON ------------------------------------------------------------------------------------
 def report_payload(results: Sequence[ComparisonResult], settings: Any, *,
                    duration_s: float | None = None, compare_to: str | None = None,
-                   execution: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Everything a machine needs: settings, models, data, versions, where the per-item work
-    ran (``execution``: the executor and its number of workers) and every result's figures."""
+                   execution: Mapping[str, Any] | None = None,
+                   models: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Everything a machine needs: settings, models (``models``: the table the run resolved,
+    see :func:`models_of`), data, versions, where the per-item work ran (``execution``: the
+    executor and its number of workers) and every result's figures."""
     raw = getattr(settings, "values", {})
     values = {k.lstrip("-"): (str(v) if isinstance(v, Path) else v) for k, v in raw.items()}
-    names = model_order(settings)
     return {
         "schema": REPORT_SCHEMA,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "duration_s": None if duration_s is None else round(float(duration_s), 3),
-        "models": {"reference": names[0] if names else None, "candidates": names[1:],
-                   "order": names, "quantization": model_quantization(settings),
-                   "architecture": model_architecture(settings)},
+        "models": models_of(settings, models),
         "data": {role: (str(raw[flag]) if raw.get(flag) else BUILTIN_DATA) for role, flag in DATA_ROLES},
         "compare_to": compare_to,
         "execution": dict(execution) if execution is not None else {
@@ -283,56 +279,6 @@ def report_payload(results: Sequence[ComparisonResult], settings: Any, *,
         "gate": gate_counts(results),
         "results": [json.loads(r.to_json()) for r in results],
     }
-
-
-def _local_models(settings: Any) -> Iterator[tuple[str, Any]]:
-    """(report name, spec) of each reference and candidate that is a local folder (the model
-    table's rows; a model that does not resolve is left out: the run reports it)."""
-    from miniature.core.models import resolve_model
-
-    values = getattr(settings, "values", {})
-    given = [values.get("--reference"), *(values.get("--candidate") or [])]
-    for name, reference in zip(model_order(settings), [g for g in given if g]):
-        try:
-            spec = resolve_model(str(reference))
-        except Exception:  # noqa: BLE001 - the table only; a load error is reported by the run
-            continue
-        if spec.is_local:
-            yield name, spec
-
-
-def model_quantization(settings: Any) -> dict[str, str]:
-    """Report name -> how that model is quantized or exported (an ONNX export, torchao), for
-    the model table; models stored as plain fp32 checkpoints are left out."""
-    from miniature.core.formats import quantization_of
-
-    found: dict[str, str] = {}
-    for name, spec in _local_models(settings):
-        try:
-            text = quantization_of(spec.source)
-        except Exception:  # noqa: BLE001 - the table only
-            text = None
-        if text:
-            found[name] = text
-    return found
-
-
-def model_architecture(settings: Any) -> dict[str, str]:
-    """Report name -> its architecture as config.json names it, and whether it is a decoder LM
-    (e.g. ``LlamaForCausalLM, decoder``), for the model table; unreadable ones are left out."""
-    from miniature.core.model_files import read_model_config
-    from miniature.core.models import is_decoder
-
-    found: dict[str, str] = {}
-    for name, spec in _local_models(settings):
-        try:
-            config = read_model_config(spec)
-        except Exception:  # noqa: BLE001 - the table only
-            continue
-        kind = "decoder" if is_decoder(config) else "encoder"
-        architecture = ", ".join(config.get("architectures") or []) or str(config.get("model_type", "?"))
-        found[name] = f"{architecture}, {kind}"
-    return found
 
 
 def _versions() -> dict[str, str]:

@@ -47,17 +47,19 @@ def _dumps(payload: Mapping[str, Any]) -> str:
 
 def write_reports(results: Sequence[ComparisonResult], settings: Any, report_dir: Path, *,
                   duration_s: float | None = None, previous: Mapping[str, Any] | None = None,
-                  execution: Mapping[str, Any] | None = None) -> ReportPaths:
+                  execution: Mapping[str, Any] | None = None,
+                  models: Mapping[str, Any] | None = None) -> ReportPaths:
     """Write the JSON and the summary page, each timestamped plus a 'latest' copy.
 
     ``previous`` is a :func:`~miniature.reports.payload.load_report` payload
-    (``--compare-to``); the page then shows what changed since it.
+    (``--compare-to``); the page then shows what changed since it. ``models`` is the run's
+    model table (:func:`miniature.core.model_table.model_table`), as the run resolved it.
     """
     from miniature.core.cache import atomic_write_text
 
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
-    payload = report_payload(results, settings, duration_s=duration_s, execution=execution,
+    payload = report_payload(results, settings, duration_s=duration_s, execution=execution, models=models,
                              compare_to=None if previous is None else str(previous.get("path")))
     text = _dumps(payload)
     for _ in range(100):  # a name another run took since is never overwritten: take another
