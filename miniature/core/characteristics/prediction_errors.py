@@ -14,19 +14,16 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pragma: no cover
     from miniature.core.gate import Gate, Pair
 
-from miniature.errors import NotApplicable
-
-#: Fewest test items the error-set Jaccard is computed on; below it the check is skipped.
-MIN_ITEMS = 10
-
 from typing import Sequence
 
 import numpy as np
 
-from miniature.core.characteristics.base import THRESHOLD_ON_CHOICES, ComparisonResult
+from miniature.core.characteristics.base import ComparisonResult
+from miniature.core.checks import MIN_ITEMS, booleans, check_texts, check_threshold_on
 from miniature.core.stats import informative, mcnemar_exact, set_agreement
+from miniature.errors import NotApplicable
 
-__all__ = ["error_mask", "compare_prediction_errors"]
+__all__ = ["MIN_ITEMS", "error_mask", "compare_prediction_errors"]
 
 
 def error_mask(predictions: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -80,10 +77,8 @@ def compare_prediction_errors(
     n = reference_ok.size
     if n == 0:
         raise ValueError("no items to compare: reference_correct and candidate_correct are empty")
-    if threshold_on not in THRESHOLD_ON_CHOICES:
-        raise ValueError(f"threshold_on must be one of {', '.join(THRESHOLD_ON_CHOICES)}; got {threshold_on!r}")
-    if item_texts is not None and len(item_texts) != n:
-        raise ValueError(f"item_texts has {len(item_texts)} entries but there are {n} items; pass one text per item")
+    check_threshold_on(threshold_on)
+    check_texts(item_texts, n)
 
     reference_errors = ~reference_ok
     candidate_errors = ~candidate_ok
@@ -132,14 +127,8 @@ def _correctness(values: np.ndarray, name: str) -> np.ndarray:
     array = np.asarray(values)
     if array.ndim != 1:
         raise ValueError(f"{name} must be a 1-D array of per-item correctness, got shape {array.shape}")
-    if array.dtype != np.bool_:
-        if array.size and not np.isin(array, (0, 1)).all():
-            raise ValueError(
-                f"{name} must be booleans (True = answered correctly); to build it from "
-                f"predictions use ~error_mask(predictions, labels)"
-            )
-        array = array.astype(bool)
-    return array
+    return booleans(array, f"{name} must be booleans (True = answered correctly); to build it from "
+                           f"predictions use ~error_mask(predictions, labels)")
 
 
 # -- in a gate run ----------------------------------------------------------------------
