@@ -172,7 +172,7 @@ def profile(a, b, k: int, top: int) -> None:
 
     import faiss
 
-    from miniature.core.characteristics import representation as rep
+    from miniature.core import neighbours as rep
     from miniature.core.stats import jaccard_rows
 
     print("\nminiature, stage by stage (model A):")

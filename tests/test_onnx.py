@@ -13,7 +13,8 @@ import pytest
 pytest.importorskip("onnxruntime", reason="ONNX candidates need onnxruntime (pip install 'pytest-miniature[onnx]')")
 pytest.importorskip("onnx", reason="exporting to ONNX needs onnx (pip install 'pytest-miniature[onnx]')")
 
-from miniature.core.characteristics.representation import knn_jaccard, normalized_float32  # noqa: E402
+from miniature.core.characteristics.representation import knn_jaccard  # noqa: E402
+from miniature.core.neighbours import normalized_float32  # noqa: E402
 from miniature.core.gate import Gate  # noqa: E402
 from miniature.core.models import load_model, missing_head_weights  # noqa: E402
 from miniature.core.settings import make_settings  # noqa: E402

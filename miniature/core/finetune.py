@@ -16,8 +16,6 @@ import contextlib
 import inspect
 import json
 import math
-import os
-import shutil
 import sys
 import tempfile
 import time
@@ -27,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from miniature.core.cache import apply_umask, atomic_write_text, fingerprint, fingerprint_texts
+from miniature.core.cache import atomic_write_text, fingerprint, fingerprint_texts
 from miniature.core.data import TextData
+from miniature.core.folders import building
 from miniature.errors import DataError, MiniatureError, ModelReferenceError
 from miniature.core.models import ModelSpec, fingerprint_files, hub_error, refuse_unsafe_local, resolve_model
 from miniature.core.tasks import TASKS, OptionError
@@ -288,11 +287,10 @@ def _train(spec: ModelSpec, task: str, train: Any, *, output_root: Path, setting
         items = _qa_items(tokenizer, train, keys, max_length, settings["doc_stride"])
     rng = np.random.default_rng(settings["seed"])
     sample = [items[i] for i in sorted(rng.permutation(len(items))[:settings["loss_sample"]])]
-    work = Path(tempfile.mkdtemp(dir=output_root, prefix=f".{key}.", suffix=".tmp"))
-    try:
+    with building(target, complete=_is_complete) as built:
         cpu = not torch.cuda.is_available()
         arguments = TrainingArguments(
-            output_dir=str(work / "trainer"), num_train_epochs=settings["epochs"],
+            output_dir=str(built.parent / "trainer"), num_train_epochs=settings["epochs"],
             max_steps=settings["max_steps"], learning_rate=settings["learning_rate"],
             per_device_train_batch_size=settings["batch_size"],
             per_device_eval_batch_size=settings["batch_size"], seed=settings["seed"],
@@ -310,7 +308,6 @@ def _train(spec: ModelSpec, task: str, train: Any, *, output_root: Path, setting
             result = trainer.train()
             loss_after = float(trainer.evaluate(eval_dataset=sample)["eval_loss"])
         runtime = time.perf_counter() - started
-        built = work / "model"
         trainer.model.save_pretrained(str(built), safe_serialization=True)
         tokenizer.save_pretrained(str(built))
         record = {
@@ -325,15 +322,7 @@ def _train(spec: ModelSpec, task: str, train: Any, *, output_root: Path, setting
             "versions": {"transformers": transformers.__version__, "torch": torch.__version__},
         }
         atomic_write_text(built / RECORD_NAME, json.dumps(record, indent=2, sort_keys=True))
-        apply_umask(built)
-        try:
-            os.rename(built, target)
-        except OSError:
-            if not _is_complete(target):  # not a concurrent run that finished first
-                raise
-        return target
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    return target  # built here, or by a concurrent run that finished first
 
 
 def _describe_data(train: Any, data_print: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, make_dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -320,6 +320,10 @@ OPTIONS: tuple[Option, ...] = (
       for c in BUILTIN for flag, help_text, choices, default in c.options),
 )
 
+#: the options the characteristics declare in their registration (each its own, not the core's):
+#: held in :attr:`Settings.declared` and read by flag (``settings["--flag"]``)
+DECLARED_FLAGS: frozenset[str] = frozenset(flag for c in BUILTIN for flag, *_ in c.options)
+
 BY_FLAG: dict[str, Option] = {option.flag: option for option in OPTIONS}
 
 
@@ -344,24 +348,83 @@ def attribute(flag: str) -> str:
     return flag.lstrip("-").replace("-", "_")
 
 
-#: one frozen field per option of :data:`OPTIONS`, named by :func:`attribute`
-_SettingsFields = make_dataclass(
-    "_SettingsFields",
-    [(attribute(o.flag), Any, field(default=(() if o.multiple else o.default))) for o in OPTIONS],
-    frozen=True)
-
-
-class Settings(_SettingsFields):  # type: ignore[misc, valid-type]
+@dataclass(frozen=True)
+class Settings:
     """Resolved option values (command line over ini over default), read once: a frozen
-    object with one attribute per option (``settings.attack_size``), generated from
-    :data:`OPTIONS`."""
+    object with one typed attribute per option of :data:`OPTIONS` (``settings.attack_size``),
+    named by :func:`attribute`, with the option's default; an option given several times
+    is a tuple; the options a characteristic declares are in :attr:`declared`.
+    ``tests/test_settings.py`` holds the fields to :data:`OPTIONS`."""
+
+    reference: str | None = None
+    candidate: tuple[str, ...] = ()
+    reference_base: str | None = None
+    candidate_base: tuple[str, ...] = ()
+    task: str = "classification"
+    train_data: str | None = None
+    holdout_data: str | None = None
+    test_data: str | None = None
+    challenge_data: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    label_map: str | None = None
+    data_limit: int | None = None
+    k: int = 10
+    k_sweep: tuple[int, ...] = (1, 5, 10, 20, 50, 100)
+    # the built-in characteristics' thresholds (their defaults are the registry's)
+    threshold_errors: float | None = 0.5
+    threshold_representation: float | None = 0.5
+    threshold_distribution: float | None = 0.5
+    threshold_attack: float | None = 0.5
+    threshold_similarity: float | None = 0.9
+    threshold_token_top: float | None = 0.9
+    threshold: tuple[tuple[str, float], ...] = ()
+    attack_drop_tolerance: float = 10.0
+    threshold_on: str = "raw"
+    ood_keep: float = 0.95
+    bootstrap: int = 1000
+    gate_all_pairs: bool = False
+    noise_floor: bool = False
+    pooling: str = "auto"
+    prompt_template: str = "{text}\nAnswer:"
+    verbalizer: dict[int, str] | None = None
+    choice_score: str = "acc"
+    text_data: str | None = None
+    token_scoring: str = "texts"
+    n_ctx: int = 512
+    batch_size: int = 32
+    max_length: int = 128
+    device: str = "auto"
+    seed: int = 0
+    cache_dir: Path = Path(".miniature-cache")
+    no_cache: bool = False
+    refresh: bool = False
+    report_dir: Path = Path("reports")
+    compare_to: Path | None = None
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+    onnx_output: tuple[tuple[str, str], ...] = ()
+    finetune: bool = False
+    attack_model: str = "bert-base"
+    attack_size: int = 200
+    attack_top_k: int = 3
+    executor: str = "inprocess"
+    ray_address: str | None = None
+    ray_workers: int | None = None
+    #: the options characteristics declare in their registration, as (flag, value) pairs (read by
+    #: flag: ``settings["--flag"]``; one not given has its option's default)
+    declared: tuple[tuple[str, Any], ...] = ()
 
     @classmethod
     def from_flags(cls, values: dict[str, Any]) -> "Settings":
-        return cls(**{attribute(flag): (tuple(value) if isinstance(value, list) else value)
-                      for flag, value in values.items()})
+        own = {attribute(flag): (tuple(value) if isinstance(value, list) else value)
+               for flag, value in values.items() if flag not in DECLARED_FLAGS}
+        declared = tuple((flag, value) for flag, value in values.items() if flag in DECLARED_FLAGS)
+        return cls(**own, declared=declared)
 
     def __getitem__(self, flag: str) -> Any:
+        if flag in DECLARED_FLAGS:
+            return dict(self.declared).get(flag, BY_FLAG[flag].default)
         value = getattr(self, attribute(flag))
         return list(value) if BY_FLAG[flag].multiple else value
 

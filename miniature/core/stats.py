@@ -16,6 +16,8 @@ from typing import Callable
 import numpy as np
 from scipy import stats as _scipy_stats
 
+from miniature.core.checks import booleans, check_count, check_level
+
 __all__ = [
     "jaccard",
     "jaccard_rows",
@@ -201,10 +203,8 @@ def paired_bootstrap_ci(
     n = lengths[0]
     if n == 0:
         raise ValueError("paired_bootstrap_ci needs at least one item; the arrays are empty")
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must lie strictly between 0 and 1 (e.g. 0.95), got {level}")
-    if int(n_resamples) < 1:
-        raise ValueError(f"n_resamples must be at least 1, got {n_resamples}")
+    check_level(level)
+    check_count(n_resamples, "n_resamples")
     n_resamples = int(n_resamples)
 
     rng = np.random.default_rng(seed)
@@ -336,11 +336,7 @@ def flips(labels: np.ndarray, reference: np.ndarray, candidate: np.ndarray) -> F
 
 
 def _as_mask(values: np.ndarray, name: str) -> np.ndarray:
-    mask = np.asarray(values)
-    if mask.dtype != np.bool_:
-        if mask.size and not np.isin(mask, (0, 1)).all():
-            raise ValueError(f"{name} must be a boolean membership mask (True/False or 1/0)")
-        mask = mask.astype(bool)
+    mask = booleans(values, f"{name} must be a boolean membership mask (True/False or 1/0)")
     return mask.ravel() if mask.ndim != 1 else mask
 
 

@@ -36,9 +36,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -165,22 +162,14 @@ def compress(
             raise CompressionError(f"output_dir {str(output)!r} already holds another compression; "
                                    "fix: pass another --output-dir, or --overwrite "
                                    "(overwrite=True) to replace it")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp"))
-    try:
-        built = work / "model"
+    from miniature.core.cache import atomic_write_text
+    from miniature.core.folders import building
+
+    with building(output, replace=True) as built:  # output is empty, or a compression to replace
         measured, head, architecture = _build(spec, method, settings, built, progress=progress,
                                               distil_texts=texts)
         record = _record(spec, source_print, method, settings, head, architecture, measured)
-        from miniature.core.cache import apply_umask, atomic_write_text
-
         atomic_write_text(built / RECORD_NAME, json.dumps(record, indent=2, sort_keys=True))
-        apply_umask(built)
-        if output.exists():
-            shutil.rmtree(output)
-        os.rename(built, output)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return output
 
 

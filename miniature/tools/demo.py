@@ -42,7 +42,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -461,7 +460,8 @@ def build_attack_model(
     files, the texts and the settings; ``miniature_attack_lm.json`` records masked-token
     top-1/top-10 accuracy on ``eval_texts`` before and after.
     """
-    from miniature.core.cache import apply_umask, atomic_write_text, fingerprint, fingerprint_texts
+    from miniature.core.cache import atomic_write_text, fingerprint, fingerprint_texts
+    from miniature.core.folders import building
     from miniature.core.models import fingerprint_files, packaged_model_dir
 
     if not texts or not eval_texts:
@@ -480,27 +480,16 @@ def build_attack_model(
     target = root / key
     if (target / ATTACK_LM_RECORD).is_file() and (target / "config.json").is_file():
         return target
-    root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}.", suffix=".tmp"))
-    try:
+    with building(target, complete=lambda done: (done / ATTACK_LM_RECORD).is_file()) as built:
         started = time.perf_counter()
-        record = _fit_mlm_head(source, list(texts), list(eval_texts), settings, work / "model",
+        record = _fit_mlm_head(source, list(texts), list(eval_texts), settings, built,
                                progress=progress)
         record.update(key=key, seconds=round(time.perf_counter() - started, 1),
                       base_model={"alias": "all-minilm-l6-v2", "source": str(source),
                                   "fingerprint": source_print},
                       data={"train_texts": len(texts), "eval_texts": len(eval_texts)},
                       settings=settings)
-        atomic_write_text(work / "model" / ATTACK_LM_RECORD,
-                          json.dumps(record, indent=2, sort_keys=True))
-        apply_umask(work / "model")
-        try:
-            os.rename(work / "model", target)
-        except OSError:
-            if not (target / ATTACK_LM_RECORD).is_file():
-                raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        atomic_write_text(built / ATTACK_LM_RECORD, json.dumps(record, indent=2, sort_keys=True))
     return target
 
 

@@ -768,8 +768,7 @@ def _check_classifier(wrapper: "ModelWrapper", role: str) -> int:
 
 
 
-#: Fewest items attacked against both models for a broken-set Jaccard; below it the check is skipped.
-MIN_ITEMS = 10
+from miniature.core.checks import MIN_ITEMS  # noqa: E402  fewest items attacked against both models
 
 
 # -- in a gate run ----------------------------------------------------------------------

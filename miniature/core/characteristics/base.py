@@ -19,11 +19,12 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from types import UnionType
 from typing import Any, Literal
 
+from miniature.core.checks import THRESHOLD_ON_CHOICES, check_threshold_on
+
 ThresholdOn = Literal["raw", "corrected", "ci_lower"]
 #: a check that produced a figure, one that did not apply, one that could not be computed
 COMPUTED, SKIPPED, ERROR = "computed", "skipped", "error"
 STATUSES: tuple[str, ...] = (COMPUTED, SKIPPED, ERROR)
-THRESHOLD_ON_CHOICES: tuple[str, ...] = ("raw", "corrected", "ci_lower")
 
 
 def _no_titles() -> Mapping[str, str]:
@@ -96,12 +97,6 @@ class Measurement:
     sweep: dict[str, float] = field(default_factory=dict)
     evidence: list[dict[str, Any]] = field(default_factory=list)
     conditions: list[dict[str, Any]] = field(default_factory=list)
-
-
-def check_threshold_on(threshold_on: str) -> None:
-    """Refuse an unknown ``threshold_on`` (before any work is done)."""
-    if threshold_on not in THRESHOLD_ON_CHOICES:
-        raise ValueError(f"threshold_on must be one of {', '.join(THRESHOLD_ON_CHOICES)}; got {threshold_on!r}")
 
 
 def judge(measurement: Measurement, *, characteristic: str, reference: str, candidate: str,

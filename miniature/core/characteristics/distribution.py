@@ -21,15 +21,9 @@ from typing import Sequence
 import numpy as np
 from scipy import stats as _scipy_stats
 
-from miniature.core.characteristics.base import ComparisonResult, Measurement, check_threshold_on, judge
-from miniature.core.characteristics.representation import (
-    DEFAULT_KS,
-    check_block_size,
-    check_texts,
-    exact_search,
-    normalized_float32,
-    usable_ks,
-)
+from miniature.core.characteristics.base import ComparisonResult, Measurement, judge
+from miniature.core.checks import booleans, check_k, check_texts, check_threshold_on, check_whole
+from miniature.core.neighbours import DEFAULT_KS, exact_search, normalized_float32, usable_ks
 from miniature.core.stats import informative, jaccard, set_agreement
 from miniature.errors import NotApplicable
 
@@ -45,6 +39,9 @@ __all__ = [
 
 # (training features, held-out in-distribution features, challenge features) of one model.
 FeatureSplits = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+#: what a K beyond the training items says (see :func:`miniature.core.checks.check_k`)
+TOO_FEW_TRAINING = "k={k} but there are only {n} training items: choose k < {n} or pass more training items"
 
 
 def knn_distances(
@@ -167,7 +164,7 @@ def measure_distribution(
     check_texts(item_texts, m)
     labels = _check_labels(challenge_is_ood, m)
     n_train = min(reference_splits[0].shape[0], candidate_splits[0].shape[0])
-    _check_train_k(k, n_train)
+    check_k(k, n_train, TOO_FEW_TRAINING)
     usable = usable_ks(ks, n_train)
     deepest = max([k, *usable])
 
@@ -245,8 +242,8 @@ def _sorted_knn_distances(
             f"{names[0]} has {train.shape[1]} dimensions but {names[1]} has {queries.shape[1]}; "
             f"use the same model (and layer) for both"
         )
-    _check_train_k(k, train.shape[0])
-    check_block_size(block_size)
+    check_k(k, train.shape[0], TOO_FEW_TRAINING)
+    check_whole(block_size, "block_size")
     _, squared = exact_search(train, queries, int(k), metric="l2", exclude_self=False, block_size=block_size)
     return np.sqrt(np.maximum(squared, 0.0))
 
@@ -305,16 +302,6 @@ def _check_keep(keep: float) -> None:
         )
 
 
-def _check_train_k(k: int, n_train: int) -> None:
-    if isinstance(k, (bool, np.bool_)) or int(k) != k or k < 1:
-        raise ValueError(f"k must be a whole number >= 1, got {k!r}")
-    if k >= n_train:
-        raise ValueError(
-            f"k={k} but there are only {n_train} training items: choose k < {n_train} or "
-            f"pass more training items"
-        )
-
-
 def _check_splits(features: FeatureSplits, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if not isinstance(features, (tuple, list)) or len(features) != 3:
         raise ValueError(f"{name} must be a (train, holdout, challenge) triple of feature arrays")
@@ -352,11 +339,7 @@ def _check_labels(challenge_is_ood: np.ndarray | None, m: int) -> np.ndarray | N
         raise ValueError(
             f"challenge_is_ood must hold one boolean per challenge item ({m}), got shape {labels.shape}"
         )
-    if labels.dtype != np.bool_:
-        if not np.isin(labels, (0, 1)).all():
-            raise ValueError("challenge_is_ood must be booleans (True = truly out-of-distribution)")
-        labels = labels.astype(bool)
-    return labels
+    return booleans(labels, "challenge_is_ood must be booleans (True = truly out-of-distribution)")
 
 
 # -- in a gate run ----------------------------------------------------------------------

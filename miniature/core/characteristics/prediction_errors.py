@@ -15,19 +15,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from miniature.core.characteristics.base import Pair
     from miniature.core.characteristics.view import GateView
 
-from miniature.errors import NotApplicable
-
-#: Fewest test items the error-set Jaccard is computed on; below it the check is skipped.
-MIN_ITEMS = 10
-
 from typing import Sequence
 
 import numpy as np
 
-from miniature.core.characteristics.base import ComparisonResult, Measurement, check_threshold_on, judge
+from miniature.core.characteristics.base import ComparisonResult, Measurement, judge
+from miniature.core.checks import MIN_ITEMS, booleans, check_texts, check_threshold_on
 from miniature.core.stats import informative, mcnemar_exact, set_agreement
+from miniature.errors import NotApplicable
 
-__all__ = ["error_mask", "compare_prediction_errors"]
+__all__ = ["MIN_ITEMS", "error_mask", "compare_prediction_errors"]
 
 
 def error_mask(predictions: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -78,8 +75,7 @@ def measure_prediction_errors(
     n = reference_ok.size
     if n == 0:
         raise ValueError("no items to compare: reference_correct and candidate_correct are empty")
-    if item_texts is not None and len(item_texts) != n:
-        raise ValueError(f"item_texts has {len(item_texts)} entries but there are {n} items; pass one text per item")
+    check_texts(item_texts, n)
 
     reference_errors = ~reference_ok
     candidate_errors = ~candidate_ok
@@ -131,14 +127,8 @@ def _correctness(values: np.ndarray, name: str) -> np.ndarray:
     array = np.asarray(values)
     if array.ndim != 1:
         raise ValueError(f"{name} must be a 1-D array of per-item correctness, got shape {array.shape}")
-    if array.dtype != np.bool_:
-        if array.size and not np.isin(array, (0, 1)).all():
-            raise ValueError(
-                f"{name} must be booleans (True = answered correctly); to build it from "
-                f"predictions use ~error_mask(predictions, labels)"
-            )
-        array = array.astype(bool)
-    return array
+    return booleans(array, f"{name} must be booleans (True = answered correctly); to build it from "
+                           f"predictions use ~error_mask(predictions, labels)")
 
 
 # -- in a gate run ----------------------------------------------------------------------

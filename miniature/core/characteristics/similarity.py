@@ -35,8 +35,10 @@ import math
 
 import numpy as np
 
-from miniature.core.characteristics.representation import knn_indices
-from miniature.core.characteristics.base import ComparisonResult, Measurement, check_threshold_on, judge
+from miniature.core.characteristics.base import ComparisonResult, Measurement, judge
+from miniature.core.checks import check_2d, check_count, check_k, check_level, check_real_finite, check_texts
+from miniature.core.checks import check_threshold_on
+from miniature.core.neighbours import knn_indices
 from miniature.core.stats import paired_bootstrap_ci
 from miniature.errors import NotApplicable
 
@@ -125,8 +127,7 @@ def cka_bootstrap_ci(
     ``debiased=True`` for an interval.
     """
     Xc, Yc, n = _prepare(X, Y, min_items=4 if debiased else 2)
-    if int(n_bootstrap) < 1:
-        raise ValueError(f"n_bootstrap must be at least 1, got {n_bootstrap}")
+    check_count(n_bootstrap, "n_bootstrap")
 
     def statistic(indices: np.ndarray) -> np.ndarray:
         replicates = indices.shape[0]
@@ -211,8 +212,7 @@ def cka_delta_ci(X: np.ndarray, Y: np.ndarray, *, level: float = 0.95,
     :func:`cka_influence`; the interval is T +- z se. What the percentile bootstrap
     approaches as n grows, at the cost of one CKA pass instead of one per replicate.
     """
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must lie strictly between 0 and 1 (e.g. 0.95), got {level}")
+    check_level(level)
     from scipy.stats import norm
 
     estimate, gradient = _estimate_and_influence(X, Y, debiased=debiased)
@@ -300,7 +300,7 @@ def mutual_knn_per_item(X: np.ndarray, Y: np.ndarray, k: int) -> np.ndarray:
     (2024) is the mean of this array; 1 means the same neighbourhoods.
     """
     n = _check_pair(X, Y, min_items=2)
-    k = _check_k(k, n)
+    k = check_k(k, n, TOO_FEW_ITEMS)
     first, second = knn_indices(X, k), knn_indices(Y, k)
     # Each row lists k distinct items, so shared items are the adjacent equal pairs of
     # the sorted concatenation.
@@ -510,19 +510,10 @@ def _prepare(X: np.ndarray, Y: np.ndarray, *, min_items: int,
 def _check_pair(X: np.ndarray, Y: np.ndarray, *, min_items: int) -> int:
     """n after checking both are finite real 2-D arrays over the same, enough, items."""
     for name, values in (("X", X), ("Y", Y)):
-        array = np.asarray(values)
-        if array.ndim != 2:
-            raise ValueError(f"{name} must be a 2-D (items, dimensions) array, got shape {array.shape}")
+        array = check_2d(values, name)
         if array.shape[1] == 0:
             raise ValueError(f"{name} has no dimensions (shape {array.shape})")
-        if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
-            raise ValueError(f"{name} must hold real numbers, got dtype {array.dtype}")
-        if not np.isfinite(array).all():
-            bad = int((~np.isfinite(array).all(axis=1)).sum())
-            raise ValueError(
-                f"{name}: {bad} of {array.shape[0]} rows contain NaN or inf values. Likely cause: "
-                f"fp16/bf16 overflow or a diverged model; compute embeddings in float32"
-            )
+        check_real_finite(array, name)
     n_x, n_y = np.shape(X)[0], np.shape(Y)[0]
     if n_x != n_y:
         raise ValueError(
@@ -534,12 +525,8 @@ def _check_pair(X: np.ndarray, Y: np.ndarray, *, min_items: int) -> int:
     return int(n_x)
 
 
-def _check_k(k: int, n: int) -> int:
-    if isinstance(k, (bool, np.bool_)) or int(k) != k or k < 1:
-        raise ValueError(f"k must be a whole number >= 1, got {k!r}")
-    if k >= n:
-        raise ValueError(f"k={k} neighbours requested but each of the n={n} items has only {n - 1} others: choose k < n")
-    return int(k)
+#: what a K beyond the items says (see :func:`miniature.core.checks.check_k`)
+TOO_FEW_ITEMS = "k={k} neighbours requested but each of the n={n} items has only {others} others: choose k < n"
 
 
 # -- the characteristic ---------------------------------------------------------------------
@@ -572,8 +559,7 @@ def measure_similarity(
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}; got {estimator!r}")
     n = _check_pair(emb_ref, emb_cand, min_items=4)
-    if item_texts is not None and len(item_texts) != n:
-        raise ValueError(f"item_texts has {len(item_texts)} entries but there are {n} items")
+    check_texts(item_texts, n)
     linear, debiased = cka_pair(emb_ref, emb_cand, names=(f"model {reference!r}", f"model {candidate!r}"))
     figure = debiased if estimator == "debiased" else linear
     ci_low = ci_high = None
@@ -587,7 +573,7 @@ def measure_similarity(
                     f"multiply-adds at this size")
     usable = sorted({int(K) for K in ks if 0 < int(K) < n})
     sweep = {str(K): mutual_knn(emb_ref, emb_cand, K) for K in usable}
-    k = _check_k(min(int(k), n - 1), n)  # the mutual-kNN detail only: CKA itself needs no K
+    k = check_k(min(int(k), n - 1), n, TOO_FEW_ITEMS)  # the mutual-kNN detail only: CKA itself needs no K
     evidence = similarity_evidence(emb_ref, emb_cand, k=k, max_items=max_evidence)
     if item_texts is not None:
         for entry in evidence:
