@@ -101,7 +101,7 @@ def compare(reference: str | Path, candidates: str | Path | Sequence[str | Path]
         raise OptionError(f"{opt.THRESHOLDS} {unknown[0]}=...: no such characteristic; registered: "
                           f"{', '.join(registry.names)}")
     check_device(settings[opt.DEVICE])
-    registry = for_models(registry, [settings.reference, *settings.candidates])
+    registry = for_models(registry, [str(settings.reference), *settings.candidates])
     activate(registry)
     gate = Gate(settings, registry=registry)
     gate.selected = registry.names

@@ -31,8 +31,10 @@ class ModelStore:
         self.settings = settings
         self.cache = cache
         self.run_data = data
-        #: where each model is, by report name (the reference first, then the candidates as given)
-        #: the reference and candidates by report name, resolved and located once
+        if not settings.reference:
+            raise MiniatureError(f"no reference model; fix: pass {opt.REFERENCE} MODEL")
+        #: the reference and candidates by report name (the reference first, then the candidates
+        #: as given), resolved and located once
         self.named = name_models([settings.reference, *settings.candidates])
         self.specs: dict[str, ModelSpec] = {m.name: m.spec for m in self.named if m.spec is not None}
         self.names: list[str] = [m.name for m in self.named]
@@ -100,14 +102,15 @@ class ModelStore:
                 f"--format onnx) and pass the export without {opt.FINETUNE}")
         if self.cache.root is None:
             import tempfile
+            from pathlib import Path
 
-            root = tempfile.mkdtemp(prefix="miniature-finetuned-")
+            root = Path(tempfile.mkdtemp(prefix="miniature-finetuned-"))
         else:
             root = self.cache.root / "finetuned"
         seed = self.settings[opt.SEED] + (1 if name == self.noise_model else 0)
         if self.task != "qa" and self.data.train.labels is None:
             raise MiniatureError(self.unlabelled("train", f"{opt.FINETUNE} trains on its labels"))
-        train = self.data.train.examples if self.task == "qa" else self.data.train
+        train: Any = self.data.train.examples if self.task == "qa" else self.data.train
         path = finetune(self.specs[name].source, self.task, train,
                         output_root=root, seed=seed, max_length=self.settings[opt.MAX_LENGTH],
                         trust_remote_code=self.settings[opt.TRUST_REMOTE_CODE],
@@ -157,7 +160,8 @@ class ModelStore:
         if self.multiple_choice:
             from miniature.core.cache import fingerprint_texts
 
-            words = ("multiple-choice", fingerprint_texts("\x1f".join(c) for c in self.data.test.choices))
+            choices = self.data.test.choices or []
+            words: tuple[str, ...] = ("multiple-choice", fingerprint_texts("\x1f".join(c) for c in choices))
         else:
             words = tuple(self.choice_words())
         return (self.settings[opt.PROMPT_TEMPLATE], words, self.settings[opt.CHOICE_SCORE])

@@ -128,11 +128,12 @@ class OutputStore:
         doc_stride = max(8, self.settings[opt.MAX_LENGTH] // 3)
         key = fingerprint("qa-answers", self.models.model_fingerprint(name, None), _data_fingerprint(test),
                           self.settings[opt.MAX_LENGTH], doc_stride)
+        examples = test.examples or []
         answers = self.cache.load_json("answers", key)
         if answers is None or len(answers) != len(test):
-            answers = predict_qa(self.models.wrapper(name), test.examples, doc_stride=doc_stride)
+            answers = predict_qa(self.models.wrapper(name), examples, doc_stride=doc_stride)
             self.cache.save_json("answers", key, answers)
-        return qa_correct(answers, test.examples)
+        return qa_correct(answers, examples)
 
     def unlabelled(self, role: str, need: str) -> str:
         """One line: the ``role`` data has no labels, what needs them, and the fix."""

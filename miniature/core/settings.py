@@ -417,7 +417,7 @@ class Settings:
 
     @classmethod
     def from_flags(cls, values: dict[str, Any]) -> "Settings":
-        own = {attribute(flag): (tuple(value) if isinstance(value, list) else value)
+        own: dict[str, Any] = {attribute(flag): (tuple(value) if isinstance(value, list) else value)
                for flag, value in values.items() if flag not in DECLARED_FLAGS}
         declared = tuple((flag, value) for flag, value in values.items() if flag in DECLARED_FLAGS)
         return cls(**own, declared=declared)

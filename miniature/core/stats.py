@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, TypedDict
 
 import numpy as np
 from scipy import stats as _scipy_stats
@@ -159,7 +159,7 @@ def chance_corrected(j: float, j0: float) -> float:
 UNINFORMATIVE_CHANCE = 0.9
 
 
-def informative(chance: float) -> bool:
+def informative(chance: float | None) -> bool:
     """Whether a Jaccard figure whose chance baseline is ``chance`` says anything about the models.
 
     At chance 1 any two models agree perfectly (both sets empty or everything, K = n - 1).
@@ -171,7 +171,7 @@ def informative(chance: float) -> bool:
     the set sizes (K against n, how many items are flagged), not the models; nan is not
     informative either.
     """
-    return not math.isnan(float(chance)) and float(chance) < UNINFORMATIVE_CHANCE
+    return chance is not None and not math.isnan(float(chance)) and float(chance) < UNINFORMATIVE_CHANCE
 
 
 def paired_bootstrap_ci(
@@ -232,6 +232,16 @@ def paired_bootstrap_ci(
     return (float(low), float(high))
 
 
+class AgreementFields(TypedDict):
+    """The fields of a measurement an :class:`Agreement` fills."""
+
+    figure: float
+    chance: float | None
+    corrected: float | None
+    ci_low: float | None
+    ci_high: float | None
+
+
 @dataclass(frozen=True)
 class Agreement:
     """A Jaccard agreement with what makes it readable: the chance baseline, the
@@ -243,7 +253,7 @@ class Agreement:
     ci_low: float | None = None
     ci_high: float | None = None
 
-    def result_fields(self) -> dict[str, float | None]:
+    def result_fields(self) -> "AgreementFields":
         """The ``ComparisonResult`` fields it fills: figure, chance, corrected, ci_low, ci_high."""
         return {"figure": self.figure, "chance": self.chance, "corrected": self.corrected,
                 "ci_low": self.ci_low, "ci_high": self.ci_high}

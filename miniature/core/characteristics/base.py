@@ -219,13 +219,13 @@ class ComparisonResult:
             if not condition["passed"]:
                 parts.append(f"; {condition['name']} {format_number(condition['value'])} beyond limit "
                              f"{format_number(condition['limit'])}")
-        where = [f"{self.reference} vs {self.candidate}"]
+        place = [f"{self.reference} vs {self.candidate}"]
         if self.stage:
-            where.append(self.stage)
+            place.append(self.stage)
         if self.k is not None:
-            where.append(f"K={self.k}")
-        where.append(f"n={self.n}")
-        return " ".join(parts) + " — " + ", ".join(where)
+            place.append(f"K={self.k}")
+        place.append(f"n={self.n}")
+        return " ".join(parts) + " — " + ", ".join(place)
 
     def failure_message(self, fix: str) -> str:
         return f"{self.summary()}\n  fix: {fix}"

@@ -40,9 +40,9 @@ def error_mask(predictions: np.ndarray, labels: np.ndarray) -> np.ndarray:
             f"predictions have shape {predictions.shape} but labels have shape {labels.shape}; "
             f"give one prediction per labelled item"
         )
-    wrong = np.asarray(predictions != labels, dtype=bool)
+    wrong: np.ndarray = np.asarray(predictions != labels, dtype=bool)
     if wrong.ndim > 1:
-        wrong = wrong.reshape(wrong.shape[0], -1).any(axis=1)
+        wrong = np.asarray(wrong.reshape(wrong.shape[0], -1).any(axis=1))
     return wrong
 
 
@@ -102,7 +102,7 @@ def measure_prediction_errors(
                 break
             entry: dict = {"index": int(index), "kind": kind}
             if item_texts is not None:
-                entry["text"] = item_texts[index]
+                entry["text"] = item_texts[int(index)]
             evidence.append(entry)
 
     return Measurement(

@@ -281,8 +281,8 @@ def cka_disagreement_per_item(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
             out[low:high] = 0.5 * (own_x + own_y - 2.0 * cross)
     else:
         X64, Y64 = Xc.full(), Yc.full()
-        norm_x = math.sqrt(_gram_frobenius_sq(X64))
-        norm_y = math.sqrt(_gram_frobenius_sq(Y64))
+        norm_x = np.float64(math.sqrt(_gram_frobenius_sq(X64)))
+        norm_y = np.float64(math.sqrt(_gram_frobenius_sq(Y64)))
         for low, high in _row_blocks(n, n):
             difference = (X64[low:high] @ X64.T) / norm_x - (Y64[low:high] @ Y64.T) / norm_y
             out[low:high] = 0.5 * np.einsum("ij,ij->i", difference, difference)
