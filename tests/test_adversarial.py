@@ -20,17 +20,16 @@ import numpy as np
 import pytest
 
 from miniature.core.cache import OutputCache
-from miniature.core.characteristics.adversarial import (
+from miniature.core.attack import (
     DEFAULT_SAMPLE_SIZE,
     AttackSettings,
-    attack_figures,
     attack_model_outcomes,
-    compare_adversarial,
     english_stopwords,
     make_target_wrapper,
     sample_items,
     transfer_predictions,
 )
+from miniature.core.characteristics.adversarial import attack_figures, compare_adversarial
 from miniature.core.models import load_model
 from miniature.core.builtin_data import sentiment_reviews
 from miniature.tools.testing import make_tiny_model, train_tokenizer
@@ -122,7 +121,7 @@ def test_import_is_cheap_and_the_attack_runs_without_network(adv_models, tmp_pat
             raise OSError("network disabled in this test")
         socket.getaddrinfo = refuse
         socket.socket.connect = refuse
-        import miniature.core.characteristics.adversarial as adv
+        import miniature.core.attack as adv
         heavy = sorted(m for m in ("torch", "textattack", "transformers", "nltk") if m in sys.modules)
         adv.prepare_textattack()
         import nltk, torch

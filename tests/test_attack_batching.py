@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from miniature.core.cache import OutputCache
-from miniature.core.characteristics.adversarial import AttackSettings, attack_model_outcomes
+from miniature.core.attack import AttackSettings, attack_model_outcomes
 from miniature.core.models import load_model
 from miniature.core.builtin_data import sentiment_reviews
 from miniature.tools.testing_attack import build
@@ -28,9 +28,9 @@ N_ITEMS = 40
 
 def _batched():
     """The batched engine's module (imported late: it imports TextAttack)."""
-    from miniature.core.characteristics import batched_attack
+    from miniature.core.attack import engine
 
-    return batched_attack
+    return engine
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +104,8 @@ KILL = textwrap.dedent("""
     import torch
     torch.set_num_threads(1)
     from miniature.core.cache import OutputCache
-    from miniature.core.characteristics import batched_attack as batched
-    from miniature.core.characteristics.adversarial import AttackSettings, attack_model_outcomes
+    from miniature.core.attack import engine as batched
+    from miniature.core.attack import AttackSettings, attack_model_outcomes
     from miniature.core.models import load_model
     args = json.loads(sys.argv[1])
     batched.FLUSH_SECONDS = 0.0
@@ -197,11 +197,11 @@ def test_engine_switch_is_checked_and_left_out_of_the_outcome_key(monkeypatch):
         AttackSettings(engine="fast")
     monkeypatch.setenv("MINIATURE_ATTACK_ENGINE", "textattack")
     assert AttackSettings().engine == "textattack"
-    from miniature.core.characteristics.adversarial import _settings_key
+    from miniature.core.attack.settings import settings_key
 
-    assert _settings_key(AttackSettings(engine="batched")) == _settings_key(
+    assert settings_key(AttackSettings(engine="batched")) == settings_key(
         AttackSettings(engine="textattack"))
-    assert "engine" not in _settings_key(AttackSettings())
+    assert "engine" not in settings_key(AttackSettings())
 
 
 def test_lockstep_batches_requests_and_propagates_a_failure():

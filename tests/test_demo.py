@@ -192,8 +192,8 @@ def test_cli_compress_distil_reads_texts_from_a_file(tiny_models, tmp_path: Path
 
 
 def test_sentiment_filter_rejects_substitutes_of_another_polarity() -> None:
-    from miniature.core.characteristics.adversarial import SIMILARITY_ENCODER, AttackSettings
-    from miniature.core.characteristics.sentiment_lexicon import word_polarity
+    from miniature.core.attack import SIMILARITY_ENCODER, AttackSettings
+    from miniature.core.attack.lexicon import word_polarity
 
     assert word_polarity("wonderful") == 1 and word_polarity("Terrible") == -1
     assert word_polarity("memorable") == 1 and word_polarity("tedious") == -1  # additions
@@ -201,7 +201,7 @@ def test_sentiment_filter_rejects_substitutes_of_another_polarity() -> None:
     settings = AttackSettings()
     assert settings.sentiment_filter and settings.similarity_encoder == SIMILARITY_ENCODER
     assert settings.top_k_words == 3 and settings.max_candidates == 48
-    from miniature.core.characteristics.bert_attack import SentimentFlipFilter  # prepares TextAttack
+    from miniature.core.attack.recipe import SentimentFlipFilter  # prepares TextAttack
     from textattack.shared import AttackedText
 
     original = AttackedText("the film was wonderful")

@@ -20,7 +20,7 @@ package, caching each step by content so a second run only re-reads results:
    is recorded beside it. It is a weaker substitute proposer than the paper's BERT-base;
    the attack's similarity constraint uses the packaged all-MiniLM-L6-v2 as its sentence
    encoder and substitutes of another sentiment are filtered out, as Li et al. did (see
-   :mod:`miniature.core.characteristics.adversarial`);
+   :mod:`miniature.core.attack`);
 4. **gate**: ``pytest.main`` on the checks shipped in the package, in an empty project, with ``--reference``,
    ``--candidate``, ``--attack-model``, ``--cache-dir`` and ``--report-dir``: the same
    run a team would type, ending with the terminal summary, ``latest.json`` and (with
