@@ -198,7 +198,7 @@ class PerItemOutputs:
         """The attacks of this run's models (built on first use)."""
         runner = getattr(self, "_attack_runner", None)
         if runner is None:
-            runner = self._attack_runner = AttackRunner(self)
+            runner = self._attack_runner = AttackRunner(self)  # type: ignore[arg-type]  # a Gate is one
         return runner
 
     def attack_outcomes(self, name: str) -> list[dict[str, Any]]:
