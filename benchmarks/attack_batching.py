@@ -88,8 +88,8 @@ def timing_worker(variant: str, payload: dict) -> None:
     h.quiet_libraries()
     import torch
 
-    from miniature.core.characteristics import batched_attack  # noqa: F401 - imports TextAttack
-    from miniature.core.characteristics.adversarial import AttackSettings, attack_model_outcomes
+    import miniature.core.attack.engine  # noqa: F401 - imports TextAttack
+    from miniature.core.attack import AttackSettings, attack_model_outcomes
     from miniature.core.models import load_model
 
     if payload["threads"]:
@@ -110,7 +110,7 @@ def timing_worker(variant: str, payload: dict) -> None:
              for name, rows in outcomes.items()}
     extra = {}
     if engine == "batched":
-        from miniature.core.characteristics.batched_attack import shared_outputs
+        from miniature.core.attack.engine import shared_outputs
 
         store = shared_outputs(attacker, settings, None)
         extra = {"mlm_texts": store.mlm_texts, "mlm_calls": store.mlm_calls,

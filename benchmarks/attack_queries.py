@@ -67,7 +67,7 @@ def build(payload: dict) -> dict:
     import numpy as np
     import torch
 
-    from miniature.core.characteristics.adversarial import make_target_wrapper, prepare_textattack
+    from miniature.core.attack import make_target_wrapper, prepare_textattack
     from miniature.core.models import load_model
 
     prepare_textattack()

@@ -51,6 +51,7 @@ def gate_worker(payload: dict) -> None:
     for name in ("AutoConfig", "AutoTokenizer", "AutoModelForSequenceClassification",
                  "AutoModelForMaskedLM"):
         getattr(transformers, name)
+    import miniature.core.attack  # noqa: F401
     import miniature.core.characteristics.adversarial  # noqa: F401
     import miniature.core.characteristics.distribution  # noqa: F401
     import miniature.core.characteristics.prediction_errors  # noqa: F401

@@ -80,7 +80,7 @@ def per_item_worker(payload: dict) -> None:
     import transformers
 
     from miniature.core.data import builtin_sentiment_data
-    from miniature.core.characteristics.adversarial import AttackSettings, attack_model_outcomes
+    from miniature.core.attack import AttackSettings, attack_model_outcomes
     from miniature.core.models import load_model, packaged_model_dir
 
     torch.set_num_threads(1)

@@ -20,17 +20,16 @@ import numpy as np
 import pytest
 
 from miniature.core.cache import OutputCache
-from miniature.core.characteristics.adversarial import (
+from miniature.core.attack import (
     DEFAULT_SAMPLE_SIZE,
     AttackSettings,
-    attack_figures,
     attack_model_outcomes,
-    compare_adversarial,
     english_stopwords,
     make_target_wrapper,
     sample_items,
     transfer_predictions,
 )
+from miniature.core.characteristics.adversarial import attack_figures, compare_adversarial
 from miniature.core.models import load_model
 from miniature.core.builtin_data import sentiment_reviews
 from miniature.tools.testing import make_tiny_model, train_tokenizer
@@ -122,7 +121,7 @@ def test_import_is_cheap_and_the_attack_runs_without_network(adv_models, tmp_pat
             raise OSError("network disabled in this test")
         socket.getaddrinfo = refuse
         socket.socket.connect = refuse
-        import miniature.core.characteristics.adversarial as adv
+        import miniature.core.attack as adv
         heavy = sorted(m for m in ("torch", "textattack", "transformers", "nltk") if m in sys.modules)
         adv.prepare_textattack()
         import nltk, torch
@@ -153,6 +152,40 @@ def test_import_is_cheap_and_the_attack_runs_without_network(adv_models, tmp_pat
     assert len(report["results"]) == 2
     # TextAttack's first-import marker now exists, written by TextAttack itself
     assert (tmp_path / ".cache" / "textattack" / "post_install_check_3").exists()
+
+
+def test_the_attack_package_imports_one_way_and_nothing_of_the_gate():
+    """Inside miniature.core.attack imports form no cycle, counting those under
+    ``if TYPE_CHECKING:`` and inside functions, and none reaches the characteristics or the
+    gate's parts (the gate uses the attack, never the other way round)."""
+    import ast
+
+    import miniature.core.attack as package
+
+    folder = Path(package.__file__).parent
+    names = {p.stem: f"{package.__name__}.{p.stem}" for p in folder.glob("*.py")}
+    names["__init__"] = package.__name__
+    banned = ("miniature.core.characteristics", "miniature.core.gate", "miniature.core.loading",
+              "miniature.core.outputs", "miniature.core.executors")
+    graph: dict[str, set[str]] = {}
+    wrong = []
+    for stem, module in names.items():
+        graph[module] = set()
+        for node in ast.walk(ast.parse((folder / f"{stem}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            wrong += [(module, t) for t in targets if t.startswith(banned)]
+            graph[module] |= {t for t in targets if t in names.values() and t != module}
+    assert not wrong, wrong
+    done: list[str] = []
+    while len(done) < len(graph):  # peel off the modules whose imports are all peeled off
+        ready = [m for m in graph if m not in done and graph[m] <= set(done)]
+        assert ready, f"an import cycle among {sorted(set(graph) - set(done))}"
+        done += ready
 
 
 def test_shipped_stopwords_are_nltk_english():

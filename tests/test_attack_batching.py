@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from miniature.core.cache import OutputCache
-from miniature.core.characteristics.adversarial import AttackSettings, attack_model_outcomes
+from miniature.core.attack import AttackSettings, attack_model_outcomes
 from miniature.core.models import load_model
 from miniature.core.builtin_data import sentiment_reviews
 from miniature.tools.testing_attack import build
@@ -28,9 +28,9 @@ N_ITEMS = 40
 
 def _batched():
     """The batched engine's module (imported late: it imports TextAttack)."""
-    from miniature.core.characteristics import batched_attack
+    from miniature.core.attack import engine
 
-    return batched_attack
+    return engine
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +104,8 @@ KILL = textwrap.dedent("""
     import torch
     torch.set_num_threads(1)
     from miniature.core.cache import OutputCache
-    from miniature.core.characteristics import batched_attack as batched
-    from miniature.core.characteristics.adversarial import AttackSettings, attack_model_outcomes
+    from miniature.core.attack import engine as batched
+    from miniature.core.attack import AttackSettings, attack_model_outcomes
     from miniature.core.models import load_model
     args = json.loads(sys.argv[1])
     batched.FLUSH_SECONDS = 0.0
@@ -197,11 +197,11 @@ def test_engine_switch_is_checked_and_left_out_of_the_outcome_key(monkeypatch):
         AttackSettings(engine="fast")
     monkeypatch.setenv("MINIATURE_ATTACK_ENGINE", "textattack")
     assert AttackSettings().engine == "textattack"
-    from miniature.core.characteristics.adversarial import _settings_key
+    from miniature.core.attack.settings import settings_key
 
-    assert _settings_key(AttackSettings(engine="batched")) == _settings_key(
+    assert settings_key(AttackSettings(engine="batched")) == settings_key(
         AttackSettings(engine="textattack"))
-    assert "engine" not in _settings_key(AttackSettings())
+    assert "engine" not in settings_key(AttackSettings())
 
 
 def test_lockstep_batches_requests_and_propagates_a_failure():
@@ -247,3 +247,101 @@ def test_shared_store_round_trips_texts_exactly_and_skips_an_unreadable_chunk(tm
     assert set(again.vectors) == {"ends in a NUL\x00", "later"}
     assert again.vectors["ends in a NUL\x00"].tolist() == [0.0, 1.0, 2.0]
     assert _batched().SharedAttackOutputs("other", OutputCache(tmp_path)).loaded == 0
+
+
+# --------------------------------------------------------------------------------------
+# AttackRunner alone, without a Gate
+
+
+class TinyHost:
+    """An AttackHost without a Gate: the tiny models, labelled test texts, settings by flag.
+    ``loaded`` counts the models asked for (a refusal must come before any)."""
+
+    def __init__(self, models, texts, labels, *, task="classification", translation=None,
+                 cache=None):
+        from miniature.core import settings as opt
+        from miniature.core.data import TaskData, TextData
+
+        test = TextData("tiny reviews", list(texts), None if labels is None else list(labels))
+        self.data = TaskData(train=test, holdout=test, test=test, challenge=test)
+        self.settings = {opt.ATTACK_SIZE: 24, opt.ATTACK_TOP_K: 3, opt.MAX_LENGTH: 128, opt.SEED: 0}
+        self.cache = cache if cache is not None else OutputCache(None)
+        self.task = task
+        self.multiple_choice = False
+        self.attack_problem = None
+        self.models = models
+        self.translation = translation
+        self.loaded = 0
+        self._attacker = None
+
+    def head_problem(self, name):
+        return None
+
+    def label_translation(self, name):
+        return self.translation
+
+    def wrapper(self, name):
+        self.loaded += 1
+        return _target(self.models, name)
+
+    def attack_wrapper(self):
+        self.loaded += 1
+        if self._attacker is None:
+            self._attacker = _attacker(self.models)
+        return self._attacker
+
+    def unlabelled(self, role, need):
+        return f"the {role} data has no labels, and {need}"
+
+
+def test_attack_runner_refuses_what_it_cannot_attack_with_the_reason_before_loading(models, reviews):
+    from miniature.core.attack import AttackRunner
+    from miniature.errors import NotApplicable
+
+    texts, labels = reviews
+    host = TinyHost(models, texts, labels, task="qa")
+    runner = AttackRunner(host)
+    for call in (lambda: runner.outcomes("reference"), lambda: runner.items("reference"),
+                 lambda: runner.shard("reference", 0, 4)):
+        with pytest.raises(NotApplicable, match="attacks a sentiment classifier.*--task classification"):
+            call()
+    unlabelled = TinyHost(models, texts, None)
+    with pytest.raises(NotApplicable, match="the test data has no labels, and the attack needs each "
+                                            "item's gold label"):
+        AttackRunner(unlabelled).outcomes("reference")
+    missing = TinyHost(models, texts, labels)
+    missing.attack_problem = "attack model: 'nowhere' is not a model folder"
+    with pytest.raises(NotApplicable, match="attack model: 'nowhere'"):
+        AttackRunner(missing).items("reference")
+    assert host.loaded == unlabelled.loaded == missing.loaded == 0
+
+
+def test_attack_runner_outcomes_equal_attack_model_outcomes_on_the_same_sample(models, reviews, tmp_path):
+    import numpy as np
+
+    from miniature.core.attack import AttackRunner, sample_items
+
+    texts, labels = reviews
+    index = sample_items(len(texts), 24, 0)
+    assert len(index) == 24 < len(texts)
+    attacker = _attacker(models)
+    direct = attack_model_outcomes(attacker, _target(models), [texts[i] for i in index],
+                                   [labels[i] for i in index], progress=False,
+                                   settings=AttackSettings(top_k_words=3, max_length=min(128, attacker.max_length)))
+    host = TinyHost(models, texts, labels, cache=OutputCache(tmp_path / "cache"))
+    runner = AttackRunner(host)
+    assert runner.items("reference") == 24
+    outcomes = runner.outcomes("reference")
+    assert _strip(outcomes) == _strip(direct)
+    assert runner.outcomes("reference") is outcomes  # memoised for the run
+    # two shards journalled, then a fresh runner folds them into the same outcomes
+    sharded = TinyHost(models, texts, labels, cache=OutputCache(tmp_path / "sharded"))
+    first, second = AttackRunner(sharded).shard("reference", 0, 10), AttackRunner(sharded).shard("reference", 10, 24)
+    assert _strip(first + second) == _strip(direct)
+    assert _strip(AttackRunner(sharded).outcomes("reference")) == _strip(direct)
+    # a model whose label ids are the data's swapped: attacked on its own ids, reported in the data's
+    swapped = AttackRunner(TinyHost(models, texts, [1 - label for label in labels],
+                                    translation=np.array([1, 0]))).outcomes("reference")
+    assert [o["label"] for o in swapped] == [1 - labels[i] for i in index]
+    flip = ("label", "original_prediction", "perturbed_prediction")
+    assert [{k: (1 - v if k in flip else v) for k, v in o.items()} for o in _strip(swapped)] == _strip(direct)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from miniature.tools import demo as demo_module
-from miniature.tools.demo import (MODEL_NAMES, SIZES, build_attack_model, demo, gate_arguments, gate_folder,
-                            result_passed)
+from miniature.core.mlm_head import ATTACK_LM_RECORD, build_attack_model
+from miniature.tools.demo import MODEL_NAMES, SIZES, demo, gate_arguments, gate_folder, result_passed
 from miniature.errors import MiniatureError
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -71,7 +71,7 @@ def test_attack_model_fits_only_the_head_and_learns(tmp_path: Path) -> None:
     data = builtin_sentiment_data()
     path = build_attack_model(tmp_path, data.train.texts[:200], data.holdout.texts[:60], steps=60,
                               rounds=1, progress=False)
-    record = json.loads((path / demo_module.ATTACK_LM_RECORD).read_text())
+    record = json.loads((path / ATTACK_LM_RECORD).read_text())
     assert record["eval_after"]["top10"] > record["eval_before"]["top10"] + 0.2
     assert record["eval_after"]["loss"] < record["eval_before"]["loss"]
     wrapper = load_model(str(path), head="masked-lm")
@@ -192,8 +192,8 @@ def test_cli_compress_distil_reads_texts_from_a_file(tiny_models, tmp_path: Path
 
 
 def test_sentiment_filter_rejects_substitutes_of_another_polarity() -> None:
-    from miniature.core.characteristics.adversarial import SIMILARITY_ENCODER, AttackSettings
-    from miniature.core.characteristics.sentiment_lexicon import word_polarity
+    from miniature.core.attack import SIMILARITY_ENCODER, AttackSettings
+    from miniature.core.attack.lexicon import word_polarity
 
     assert word_polarity("wonderful") == 1 and word_polarity("Terrible") == -1
     assert word_polarity("memorable") == 1 and word_polarity("tedious") == -1  # additions
@@ -201,7 +201,7 @@ def test_sentiment_filter_rejects_substitutes_of_another_polarity() -> None:
     settings = AttackSettings()
     assert settings.sentiment_filter and settings.similarity_encoder == SIMILARITY_ENCODER
     assert settings.top_k_words == 3 and settings.max_candidates == 48
-    from miniature.core.characteristics.bert_attack import SentimentFlipFilter  # prepares TextAttack
+    from miniature.core.attack.recipe import SentimentFlipFilter  # prepares TextAttack
     from textattack.shared import AttackedText
 
     original = AttackedText("the film was wonderful")

@@ -1281,13 +1281,13 @@ import pytest
 def full_disk(monkeypatch):
     \"\"\"The attack journal's disk is full: every append raises ENOSPC.\"\"\"
     from miniature.core import cache
-    from miniature.core.characteristics import adversarial
+    from miniature.core.attack import runner
 
     def append_record(journal, record):
         raise OSError(errno.ENOSPC, "No space left on device", str(journal))
 
     monkeypatch.setattr(cache, "append_record", append_record)
-    monkeypatch.setattr(adversarial, "append_record", append_record)
+    monkeypatch.setattr(runner, "append_record", append_record)
 """
 
 RAISING_CHARACTERISTIC_CONFTEST = """

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from miniature.core import settings as opt
+from miniature.core.attack.runner import AttackRunner
 from miniature.core.cache import OutputCache
 from miniature.core.characteristics.base import (ERROR, SKIPPED, ComparisonResult, Measurement, Pair,
                                                  check_threshold_on, judge)
@@ -93,6 +94,7 @@ class Gate:
         self.run_data = RunData(settings, data)
         self.models = ModelStore(settings, self.cache, self.run_data)
         self.per_item = OutputStore(settings, self.models, self.cache)
+        self.attacks = AttackRunner(self.models)
         self._results: dict[tuple[str, str, str, str | None], ComparisonResult] = {}
         #: the characteristics this run compares (the plugin narrows it to the collected checks);
         #: the executor computes their per-item outputs ahead of the first comparison
@@ -147,13 +149,13 @@ class Gate:
         return self.per_item.predicted(name)
 
     def attack_outcomes(self, name: str) -> list[dict[str, Any]]:
-        return self.per_item.attack_outcomes(name)
+        return self.attacks.outcomes(name)
 
     def attack_items(self, name: str) -> int:
-        return self.per_item.attack_items(name)
+        return self.attacks.items(name)
 
     def attack_shard(self, name: str, start: int, stop: int) -> list[dict[str, Any]]:
-        return self.per_item.attack_shard(name, start, stop)
+        return self.attacks.shard(name, start, stop)
 
     def wrapper(self, name: str, *, stage: str | None = None) -> ModelWrapper:
         return self.models.wrapper(name, stage=stage)

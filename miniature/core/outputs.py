@@ -1,5 +1,5 @@
-"""Per-item outputs of a gate run: each model's embeddings and logits, its correctness and
-attack outcomes, computed once and kept in the :class:`~miniature.core.cache.OutputCache`.
+"""Per-item outputs of a gate run: each model's embeddings and logits and its correctness,
+computed once and kept in the :class:`~miniature.core.cache.OutputCache`.
 A part of the gate, built on the :class:`~miniature.core.loading.ModelStore`:
 :class:`OutputStore`."""
 
@@ -26,7 +26,6 @@ class OutputStore:
         self.cache = cache
         #: items per saved chunk of outputs: an interrupted run resumes at the last chunk
         self.chunk_size = 1024
-        self._attacks: dict[str, list[dict[str, Any]]] = {}
 
     @property
     def data(self) -> TaskData:
@@ -134,74 +133,6 @@ class OutputStore:
             answers = predict_qa(self.models.wrapper(name), examples, doc_stride=doc_stride)
             self.cache.save_json("answers", key, answers)
         return qa_correct(answers, examples)
-
-    def unlabelled(self, role: str, need: str) -> str:
-        """One line: the ``role`` data has no labels, what needs them, and the fix."""
-        source = self.data.role(role).source
-        why = "is a .txt file, which has no labels" if source.lower().endswith(".txt") else "has no labels"
-        return (f"the {role} data {source!r} {why}, and {need}; fix: pass --{role}-data as a "
-                f".jsonl/.csv file with a label column (--label-column)")
-
-    def attack_outcomes(self, name: str) -> list[dict[str, Any]]:
-        """BERT-Attack outcomes for one target on the seeded test sample (cached, resumable)."""
-        if name not in self._attacks:
-            self._attacks[name] = self._attack(name)
-        return self._attacks[name]
-
-    def attack_items(self, name: str) -> int:
-        """How many test items the attack of ``name`` samples (for sharding it); raises
-        NotApplicable as :meth:`attack_outcomes` does, before loading any model."""
-        self._attack_problem(name)
-        return min(len(self.data.test), self.settings[opt.ATTACK_SIZE])
-
-    def attack_shard(self, name: str, start: int, stop: int) -> list[dict[str, Any]]:
-        """The attack of items ``[start, stop)`` of the sample only, journalled as a shard of
-        the whole attack: the next :meth:`attack_outcomes` folds it in (an executor's job)."""
-        return self._attack(name, items=(start, stop))
-
-    def _attack_problem(self, name: str) -> None:
-        """Raise NotApplicable when ``name`` cannot be attacked (the user's models and data first)."""
-        if self.task != "classification":
-            raise NotApplicable("the adversarial check attacks a sentiment classifier, as the paper "
-                                "does on IMDB; run it with --task classification")
-        problem = self.models.head_problem(name)
-        if problem:
-            raise NotApplicable(problem)
-        if self.data.test.labels is None:
-            raise NotApplicable(self.models.unlabelled("test", "the attack needs each item's gold label"))
-        if self.models.multiple_choice:
-            raise NotApplicable(f"the test data {self.data.test.source!r} is multiple-choice; the attack perturbs "
-                                "a text/label classifier's input, as the paper does on IMDB; fix: pass text/label "
-                                "data to run the attack")
-        if self.models.attack_problem is not None:
-            raise NotApplicable(self.models.attack_problem)
-
-    def _attack(self, name: str, items: tuple[int, int] | None = None) -> list[dict[str, Any]]:
-        from miniature.core.characteristics.adversarial import AttackSettings, attack_model_outcomes, sample_items
-
-        self._attack_problem(name)
-        test = self.data.test
-        index = sample_items(len(test), self.settings[opt.ATTACK_SIZE], self.settings[opt.SEED])
-        labels = [test.labels[i] for i in index]  # type: ignore[index]
-        translation = self.models.label_translation(name)  # model id -> data id; the attack runs on model ids
-        if translation is not None:
-            if len(set(translation.tolist())) != len(translation):
-                raise NotApplicable(f"model {name!r} gives several of its labels the same data label "
-                                    "(--label-map), so an attack on its ids has no single target "
-                                    "label; fix: map each model label to its own data label id")
-            to_model = {int(data): model for model, data in enumerate(translation)}
-            labels = [to_model[label] for label in labels]
-        outcomes = attack_model_outcomes(
-            self.models.attack_wrapper(), self.models.wrapper(name), [test.texts[i] for i in index], labels,
-            settings=AttackSettings(top_k_words=self.settings[opt.ATTACK_TOP_K],
-                                    max_length=min(self.settings[opt.MAX_LENGTH],
-                                                   self.models.attack_wrapper().max_length)),
-            cache=self.cache, seed=self.settings[opt.SEED], items=items)
-        if translation is None:
-            return outcomes
-        ids = ("label", "original_prediction", "perturbed_prediction")  # back to the data's ids
-        return [{**o, **{key: int(translation[o[key]]) for key in ids if o.get(key) is not None}}
-                for o in outcomes]
 
 
 class WithoutVectors(dict):

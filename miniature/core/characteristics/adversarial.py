@@ -1,473 +1,37 @@
-"""Vulnerability to adversarial attacks (paper, section 6 and Table 3): BERT-Attack, offline.
+"""Vulnerability to adversarial attacks (paper, section 6 and Table 3): the figures and the
+comparison of two targets attacked on the same items.
 
-An attack model (a masked LM, BERT-base in the paper) proposes replacements for the
-words a target classifier relies on most; an attack succeeds when the target's
-prediction changes. Each target gets the paper's Table 3 figures (accuracy before and
-after the attack, absolute and % change) and, beyond the paper, queries per item and the
-set of items it lost to the attack ("broken"). Two targets are compared by the Jaccard
-coefficient of their broken sets, by the difference of their % accuracy drops, and by
-how often the adversarial texts found against the reference also fool the candidate.
-
-The attack is TextAttack's ``BERTAttackLi2020`` recipe rebuilt from its parts so that it
-runs offline on any local model:
-
-* ``WordSwapMaskedLM(method="bert-attack", max_candidates=48)`` (the paper's 48; the
-  recipe now defaults to 8) over the attack model passed in, encoding without padding;
-  a word of several sub-words gets 4 candidates per sub-word and at most 24 combinations
-  ranked by perplexity, as in Li et al.'s released code (TextAttack 0.3.11 enumerates
-  48**n combinations and does not sort them);
-* ``GreedyWordSwapWIR(wir_method="unk")``, ``RepeatModification``,
-  ``StopwordModification`` (NLTK's English list, shipped in ``miniature/resources``) and
-  ``MaxWordsPerturbed(max_percent=0.4)``, plus the paper's K=3 ("the attack first finds
-  the top K important words") as a cap of K words changed per text (``top_k_words``);
-* **difference:** the recipe's Universal Sentence Encoder constraint downloads a model
-  from TF Hub, so it is replaced by another real sentence encoder that ships offline:
-  the cosine similarity of all-MiniLM-L6-v2's mean-pooled embeddings
-  (:data:`SIMILARITY_ENCODER`), ``compare_against_original=True``, no window. Its
-  scores are not USE scores, so the recipe's threshold (0.2) is not reused: 0.8
-  (:data:`SIMILARITY_THRESHOLD`) keeps a perturbed text only if it is closer to its
-  original than 99 % of pairs of distinct built-in reviews are to each other.
-  (``similarity_encoder=None`` restores the earlier stand-in: the attack model's own
-  mean-pooled embeddings.)
-* Li et al. filter antonyms out of the masked LM's proposals for sentiment tasks (a
-  synonym dictionary of counter-fitted vectors, a download); TextAttack's recipe does not.
-  Here a substitute may not carry a sentiment the replaced word lacks, by the VADER
-  lexicon (MIT, shipped in ``miniature/resources/sentiment``) plus a few review adjectives
-  it lacks (``sentiment_filter``; off: any proposal is tried, as in TextAttack).
-
-Two engines run this same attack (:attr:`AttackSettings.engine`, same outcomes item by
-item): ``"textattack"`` attacks one item at a time; ``"batched"`` (the default) runs
-TextAttack's search on many items in lockstep, sends the model calls of all items in
-flight through one length-sorted, dynamically padded batch per model, memoises each
-target's predictions and computes the attack model's candidates and sentence vectors
-once per distinct text for every target of a gate, keeping them in the cache across
-runs (:mod:`miniature.characteristics.batched_attack`).
-
-TextAttack itself needs NLTK's stopword corpus to import, and on its first import tries
-to download NLTK data; :func:`prepare_textattack` (from
-:mod:`miniature.core.characteristics.textattack_offline`, re-exported here) supplies the corpus
-and turns those downloads into no-ops. Importing this module is cheap: TextAttack and torch are imported
-only when an attack runs.
+The attack itself (BERT-Attack, offline: settings, recipe, engines, runner) is
+:mod:`miniature.core.attack`; this module reads its outcomes. Each target gets the paper's
+Table 3 figures (accuracy before and after the attack, absolute and % change) and, beyond
+the paper, queries per item and the set of items it lost to the attack ("broken"). Two
+targets are compared by the Jaccard coefficient of their broken sets, by the difference of
+their % accuracy drops, and by how often the adversarial texts found against the reference
+also fool the candidate (:func:`~miniature.core.attack.transfer_predictions`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import random
-import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from miniature.core.cache import OutputCache, append_record, fingerprint, fingerprint_texts
+from miniature.core.attack import RESULTS, transfer_predictions
+from miniature.core.attack.runner import check_outcomes
+from miniature.core.checks import MIN_ITEMS  # fewest items attacked against both models
 from miniature.core.characteristics.base import THRESHOLD_ON_CHOICES, ComparisonResult, Measurement, judge
-from miniature.core.characteristics.textattack_offline import (ATTACK_VERSION, NLTK_DATA_DIR, textattack_version,  # noqa: F401 - re-exported
-                                                               english_stopwords, prepare_textattack)
 from miniature.errors import NotApplicable
 
 if TYPE_CHECKING:  # pragma: no cover
     from miniature.core.characteristics.base import Pair
     from miniature.core.characteristics.view import GateView
-    from miniature.core.models import ModelWrapper
 
 __all__ = [
-    "DEFAULT_SAMPLE_SIZE",
-    "RESULTS",
-    "AttackSettings",
-    "ENGINES",
-    "prepare_textattack",
-    "english_stopwords",
-    "make_target_wrapper",
-    "sample_items",
-    "attack_model_outcomes",
-    "gather_shards",
-    "shard_key",
+    "MIN_ITEMS",
     "attack_figures",
-    "transfer_predictions",
     "compare_adversarial",
+    "compare_in_gate",
 ]
-
-#: Items attacked per run unless told otherwise: the paper attacked 1,000 IMDB reviews;
-#: 200 keeps a BERT-base attack to minutes on a CPU while the broken-set Jaccard's
-#: bootstrap interval stays usable.
-DEFAULT_SAMPLE_SIZE = 200
-
-#: What an attack on one item can end in. "skipped": the target was already wrong, so
-#: there was nothing to attack; "maximum queries": the query budget ran out first.
-RESULTS: tuple[str, ...] = ("skipped", "successful", "failed", "maximum queries")
-
-#: How an attack can run (:attr:`AttackSettings.engine`): the same outcomes either way.
-ENGINES: tuple[str, ...] = ("textattack", "batched")
-
-#: The semantic-similarity constraint's sentence encoder (the recipe's Universal Sentence
-#: Encoder is a TF-Hub download): the packaged all-MiniLM-L6-v2, a sentence-transformers
-#: model, mean-pooled as it was trained.
-SIMILARITY_ENCODER = "all-minilm-l6-v2"
-#: Minimum cosine similarity (under :data:`SIMILARITY_ENCODER`) of a perturbed text to its
-#: original. The recipe's 0.2 is a USE figure; with MiniLM, 0.80 is the 99th percentile
-#: of the similarity of two *different* reviews of the built-in data (median 0.56), so
-#: a kept perturbation is closer to its original than 99 % of pairs of distinct reviews.
-SIMILARITY_THRESHOLD = 0.8
-
-@dataclass(frozen=True)
-class AttackSettings:
-    """The attack's limits; every field is part of the cache key.
-
-    ``top_k_words`` is the paper's K (at most K words changed per text; None: no cap),
-    ``max_percent`` the recipe's share of words that may change, ``max_candidates`` the
-    masked-LM replacements tried per word, ``similarity_threshold`` the minimum cosine
-    similarity to the original text (None: no constraint) under ``similarity_encoder`` (a
-    sentence-encoder model name or folder; None: the attack model's own mean-pooled
-    embeddings, as before version 2), ``sentiment_filter`` rejects substitutes of another
-    sentiment than the replaced word (:func:`~miniature.core.characteristics.sentiment_lexicon.word_polarity`; Li et al.'s antonym filter),
-    ``query_budget`` the target
-    queries allowed per item (None: unlimited), ``subword_candidates`` and
-    ``max_combinations`` bound words made of several sub-words, and ``max_length`` the
-    attack model's input length (None: the attack wrapper's ``max_length``).
-
-    ``engine`` picks how the attack runs, not what it finds, so it is the one field left
-    out of the cache key: ``"textattack"`` attacks one item at a time through TextAttack
-    alone (the reference path); ``"batched"`` (the default; the environment variable
-    ``MINIATURE_ATTACK_ENGINE`` changes the default) runs the same TextAttack search on
-    many items in lockstep, batches their model calls across items, memoises each
-    target's predictions and shares the attack model's outputs across targets and runs
-    (see :mod:`miniature.characteristics.batched_attack`).
-    """
-
-    top_k_words: int | None = 3
-    max_percent: float | None = 0.4
-    max_candidates: int = 48
-    similarity_threshold: float | None = SIMILARITY_THRESHOLD
-    similarity_encoder: str | None = SIMILARITY_ENCODER
-    sentiment_filter: bool = True
-    query_budget: int | None = None
-    subword_candidates: int = 4
-    max_combinations: int = 24
-    max_length: int | None = None
-    engine: str = field(default_factory=lambda: os.environ.get("MINIATURE_ATTACK_ENGINE",
-                                                               "batched"))
-
-    def __post_init__(self) -> None:
-        if self.engine not in ENGINES:
-            raise ValueError(f"AttackSettings.engine must be one of {ENGINES}, got {self.engine!r}"
-                             " (MINIATURE_ATTACK_ENGINE sets the default)")
-        for name in ("top_k_words", "query_budget", "max_length"):
-            value = getattr(self, name)
-            if value is not None and (not _is_int(value) or value < 1):
-                raise ValueError(f"AttackSettings.{name} must be a whole number >= 1 or None, "
-                                 f"got {value!r}")
-        for name in ("max_candidates", "subword_candidates", "max_combinations"):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 1:
-                raise ValueError(f"AttackSettings.{name} must be a whole number >= 1, got {value!r}")
-        if self.max_percent is not None and not (0 < self.max_percent <= 1):
-            raise ValueError(f"AttackSettings.max_percent must lie in (0, 1] or be None, got "
-                             f"{self.max_percent!r}; the recipe uses 0.4")
-        if self.similarity_threshold is not None and not (-1 <= self.similarity_threshold <= 1):
-            raise ValueError("AttackSettings.similarity_threshold is a cosine similarity in "
-                             f"[-1, 1] or None, got {self.similarity_threshold!r}")
-
-
-
-
-def make_target_wrapper(wrapper: "ModelWrapper") -> Any:
-    """A TextAttack ``ModelWrapper`` over a miniature classifier (counts its queries)."""
-    _check_classifier(wrapper, "target")
-    from miniature.core.characteristics.bert_attack import TargetModelWrapper
-
-    return TargetModelWrapper(wrapper)
-
-
-# --------------------------------------------------------------------------------------
-# Running the attack
-
-
-def sample_items(n_items: int, sample_size: int | None = DEFAULT_SAMPLE_SIZE, seed: int = 0) -> list[int]:
-    """A seeded sample of item indices, in data order (all items when there are fewer).
-
-    The default, :data:`DEFAULT_SAMPLE_SIZE` (200), is smaller than the paper's 1,000:
-    an attack makes hundreds of model queries per item. ``None`` takes every item.
-    """
-    if not _is_int(n_items) or n_items < 0:
-        raise ValueError(f"n_items must be a whole number >= 0, got {n_items!r}")
-    if sample_size is None or sample_size >= n_items:
-        return list(range(n_items))
-    if not _is_int(sample_size) or sample_size < 1:
-        raise ValueError(f"sample_size must be a whole number >= 1 or None (all items), got "
-                         f"{sample_size!r}")
-    return sorted(random.Random(seed).sample(range(n_items), sample_size))
-
-
-def attack_model_outcomes(
-    attack_model_wrapper: "ModelWrapper",
-    target_wrapper: "ModelWrapper",
-    texts: Sequence[str],
-    labels: Sequence[int],
-    *,
-    settings: AttackSettings | None = None,
-    cache: OutputCache | None = None,
-    seed: int = 0,
-    progress: bool = True,
-    window: int | None = None,
-    items: tuple[int, int] | None = None,
-) -> list[dict[str, Any]]:
-    """Attack every text against ``target_wrapper``; one outcome dict per item, in order.
-
-    ``attack_model_wrapper`` is a masked LM (``load_model(..., head="masked-lm")``) and
-    ``target_wrapper`` a classifier. Each outcome holds ``label``,
-    ``original_prediction``, ``original_correct``, ``result`` (one of :data:`RESULTS`),
-    ``original_text``, ``perturbed_text`` (None when skipped), ``perturbed_prediction``,
-    ``words_changed``, ``queries`` (TextAttack's count of target queries) and
-    ``seconds``. Outcomes are journalled per item in ``cache`` under the attack model's,
-    the target's and the data's fingerprints and the settings, so an interrupted run
-    resumes and a finished one is read back without loading TextAttack.
-
-    ``settings.engine`` picks the path (same outcomes): ``"batched"`` attacks up to
-    ``window`` items at once (default 64) and shares the attack model's outputs with
-    every other target attacked with the same attack model and settings (in memory, and
-    in ``cache`` across runs); ``"textattack"`` attacks one item at a time. ``seconds``
-    is an item's wall time, in the batched path while it was in flight with the others.
-
-    ``items=(start, stop)`` attacks only that range (a shard, e.g. one Ray task): its
-    outcomes go to a journal of their own (:func:`shard_key`), which the next call without
-    ``items`` folds into the run's journal; items the run's journal already holds are
-    returned from it. The outcomes of the range are returned.
-    """
-    settings = settings or AttackSettings()
-    texts, labels = _check_inputs(texts, labels)
-    _check_masked_lm(attack_model_wrapper)
-    num_labels = _check_classifier(target_wrapper, "target")
-    bad = [i for i, label in enumerate(labels) if not 0 <= label < num_labels]
-    if bad:
-        raise ValueError(f"labels: item {bad[0]} has label {labels[bad[0]]}, but the target "
-                         f"{target_wrapper.name!r} has {num_labels} classes (0..{num_labels - 1}); "
-                         "fix: map the labels to class indices")
-    vocab = int(getattr(attack_model_wrapper.model.config, "vocab_size", 0) or 0)
-    if vocab and settings.max_candidates > vocab:
-        raise ValueError(f"settings.max_candidates={settings.max_candidates} exceeds the attack "
-                         f"model's vocabulary ({vocab} tokens); fix: lower max_candidates")
-    cache = cache if cache is not None else OutputCache(None)
-    key = fingerprint(ATTACK_VERSION, textattack_version(), attack_model_wrapper.fingerprint,
-                      attack_model_wrapper.max_length, target_wrapper.fingerprint,
-                      target_wrapper.max_length, fingerprint_texts(texts), labels,
-                      _settings_key(settings), seed)
-    offset = 0
-    if items is None:
-        gather_shards(cache, key)
-    else:
-        offset, stop = items
-        if not (_is_int(offset) and _is_int(stop) and 0 <= offset < stop <= len(texts)):
-            raise ValueError(f"items={items!r} is not a range (start, stop) within the "
-                             f"{len(texts)} texts")
-        if not cache.refresh:
-            _, whole = cache.read_journal("adversarial", key)
-            if all(i in whole for i in range(offset, stop)):
-                cache.hits += 1
-                return [whole[i] for i in range(offset, stop)]
-        texts, labels = texts[offset:stop], labels[offset:stop]
-        key = shard_key(key, offset, stop)
-    if settings.engine == "batched":
-        return _batched_outcomes(attack_model_wrapper, target_wrapper, texts, labels,
-                                 settings=settings, cache=cache, key=key, progress=progress,
-                                 window=window)
-    state: dict[str, Any] = {}
-
-    def compute(item: tuple[int, str, int]) -> dict[str, Any]:
-        if "attack" not in state:
-            state.update(_build(attack_model_wrapper, target_wrapper, settings))
-        index, text, label = item  # the index in the whole list: a shard seeds as the whole run
-        with _seeded(seed + index):
-            return _attack_one(state["attack"], text, label, settings)
-
-    def bar(todo: Iterable[int]) -> Iterable[int]:
-        from tqdm.auto import tqdm
-
-        todo = list(todo)
-        return tqdm(todo, desc=f"BERT-Attack [{target_wrapper.name}]", unit="item",
-                    disable=not progress or not todo)
-
-    todo = [(offset + i, text, label) for i, (text, label) in enumerate(zip(texts, labels))]
-    return cache.records("adversarial", key, todo, compute, progress=bar)
-
-
-def shard_key(key: str, start: int, stop: int) -> str:
-    """The journal of the attack of items ``[start, stop)`` of the run ``key`` (indices in
-    it count from ``start``)."""
-    return f"{key}.items-{start:09d}-{stop:09d}"
-
-
-def gather_shards(cache: OutputCache, key: str) -> int:
-    """Fold the journals of the run ``key``'s shards (see :func:`shard_key`) into its own
-    journal and remove them; the records already there win. Returns the records added."""
-    if cache.root is None or cache.refresh:
-        return 0
-    folder = cache.root / "adversarial"
-    shards = sorted(folder.glob(f"{key}.items-*.jsonl")) if folder.is_dir() else []
-    if not shards:
-        return 0
-    journal, done = cache.read_journal("adversarial", key)
-    added = 0
-    for path in shards:
-        start = int(path.name[len(key) + len(".items-"):].split("-")[0])
-        _, records = cache.read_journal("adversarial", path.name[: -len(".jsonl")])
-        for local, record in sorted(records.items()):
-            index = start + local
-            if index not in done and journal is not None:
-                record = {**record, "index": index}
-                append_record(journal, record)
-                done[index] = record
-                added += 1
-        path.unlink(missing_ok=True)
-    return added
-
-
-def _settings_key(settings: AttackSettings) -> dict[str, Any]:
-    """The settings in a cache key: all but ``engine`` (it changes the speed, not the outcome)."""
-    return {k: v for k, v in asdict(settings).items() if k != "engine"}
-
-
-def _batched_outcomes(attack_model_wrapper: "ModelWrapper", target_wrapper: "ModelWrapper",
-                      texts: list[str], labels: list[int], *, settings: AttackSettings,
-                      cache: OutputCache, key: str, progress: bool,
-                      window: int | None) -> list[dict[str, Any]]:
-    """``engine="batched"``: the items not yet journalled, attacked in lockstep.
-
-    Outcomes go to the same journal as the sequential path's (one JSON line per item, as
-    each item ends, in the order items end), so either path resumes the other's run.
-    """
-    journal, done = cache.read_journal("adversarial", key)
-    todo = [i for i in range(len(texts)) if i not in done]
-    if not todo:
-        cache.hits += 1
-        return [done[i] for i in range(len(texts))]
-    cache.misses += 1
-
-    from tqdm.auto import tqdm
-
-    from miniature.core.characteristics.batched_attack import DEFAULT_WINDOW, build_batched_attacks, shared_outputs
-
-    shared = shared_outputs(attack_model_wrapper, settings, cache)
-    router, make = build_batched_attacks(attack_model_wrapper, target_wrapper, settings,
-                                         english_stopwords(), shared)
-    free: list[Any] = []
-
-    def job(index: int) -> Any:
-        def run() -> dict[str, Any]:
-            attack = free.pop() if free else make()
-            try:
-                return _attack_one(attack, texts[index], labels[index], settings)
-            finally:
-                free.append(attack)
-        return run
-
-    bar = tqdm(total=len(todo), desc=f"BERT-Attack [{target_wrapper.name}]", unit="item",
-               disable=not progress)
-
-    def finished(index: int, outcome: dict[str, Any]) -> None:
-        record = dict(outcome)
-        record["index"] = index
-        done[index] = record
-        if journal is not None:
-            append_record(journal, record)
-        shared.flush()
-        bar.update(1)
-
-    try:
-        router.lockstep.run(((i, job(i)) for i in todo), window=window or DEFAULT_WINDOW,
-                            on_done=finished)
-    finally:
-        shared.flush(force=True)
-        bar.close()
-    return [done[i] for i in range(len(texts))]
-
-
-def _build(attack_model_wrapper: "ModelWrapper", target_wrapper: "ModelWrapper",
-           settings: AttackSettings) -> dict[str, Any]:
-    from miniature.core.characteristics.bert_attack import TargetModelWrapper, build_attack
-
-    target = TargetModelWrapper(target_wrapper)
-    attack = build_attack(attack_model_wrapper, target, settings, english_stopwords())
-    return {"attack": attack, "target": target}
-
-
-def _attack_one(attack: Any, text: str, label: int, settings: AttackSettings) -> dict[str, Any]:
-    from textattack.attack_results import FailedAttackResult, SkippedAttackResult, SuccessfulAttackResult
-
-    start = time.perf_counter()
-    outcome = attack.attack(text, int(label))
-    seconds = time.perf_counter() - start
-    original = outcome.original_result
-    perturbed = outcome.perturbed_result
-    queries = int(attack.goal_function.num_queries)
-    if isinstance(outcome, SkippedAttackResult):
-        result = "skipped"
-    elif isinstance(outcome, SuccessfulAttackResult):
-        result = "successful"
-    elif isinstance(outcome, FailedAttackResult):
-        budget = settings.query_budget
-        result = "maximum queries" if budget is not None and queries >= budget else "failed"
-    else:  # pragma: no cover - untargeted classification never maximizes
-        raise RuntimeError(f"unexpected TextAttack result {type(outcome).__name__}")
-    original_prediction = int(original.output)
-    skipped = result == "skipped"
-    return {
-        "label": int(label),
-        "original_prediction": original_prediction,
-        "original_correct": original_prediction == int(label),
-        "result": result,
-        "original_text": text,
-        "perturbed_text": None if skipped else perturbed.attacked_text.text,
-        "perturbed_prediction": original_prediction if skipped else int(perturbed.output),
-        "words_changed": 0 if skipped else len(perturbed.attacked_text.all_words_diff(
-            original.attacked_text)),
-        "queries": queries,
-        "seconds": round(seconds, 4),
-    }
-
-
-@contextlib.contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    """Seed python, numpy and torch for one item, restoring the caller's random state."""
-    import numpy as np
-    import torch
-
-    py_state, np_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
-
-
-def transfer_predictions(ref_outcomes: Sequence[Mapping[str, Any]],
-                         candidate_wrapper: "ModelWrapper") -> dict[int, int]:
-    """The candidate's predictions on the adversarial texts found against the reference.
-
-    Keyed by item index (position in ``ref_outcomes``); only the reference's successful
-    attacks are evaluated, in one batched pass. Pass the result to
-    :func:`compare_adversarial` as ``transfer``.
-    """
-    _check_outcomes(ref_outcomes, "ref_outcomes")
-    _check_classifier(candidate_wrapper, "candidate")
-    indices = [i for i, o in enumerate(ref_outcomes) if o["result"] == "successful"]
-    missing = [i for i in indices if not isinstance(ref_outcomes[i].get("perturbed_text"), str)]
-    if missing:
-        raise ValueError(f"ref_outcomes: item {missing[0]} is a successful attack with no "
-                         "perturbed_text; fix: pass outcomes from attack_model_outcomes")
-    if not indices:
-        return {}
-    logits = candidate_wrapper.logits([ref_outcomes[i]["perturbed_text"] for i in indices])
-    return {i: int(row.argmax()) for i, row in zip(indices, logits)}
-
-
-# --------------------------------------------------------------------------------------
-# Figures and comparison
 
 
 def attack_figures(outcomes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -480,7 +44,7 @@ def attack_figures(outcomes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     attacked items); ``queries_per_item`` (mean over attacked items); ``broken`` (indices
     of the successfully attacked items).
     """
-    _check_outcomes(outcomes, "outcomes")
+    check_outcomes(outcomes, "outcomes")
     n = len(outcomes)
     counts = {result: 0 for result in RESULTS}
     for outcome in outcomes:
@@ -534,10 +98,10 @@ def measure_adversarial(
     interval are over the same items. ``details`` hold both targets'
     :func:`attack_figures`, the broken-set Jaccard over all items, ``drop_difference``
     (candidate % drop minus reference % drop, in percentage points) and, given
-    ``transfer`` (from :func:`transfer_predictions`), the transfer rate: of the items the
+    ``transfer`` (from :func:`~miniature.core.attack.transfer_predictions`), the transfer rate: of the items the
     reference lost and the candidate originally got right, the share whose reference
-    adversarial text also fools the candidate. The gate's threshold applies to the
-    Jaccard; ``drop_tolerance`` adds a condition that the candidate's % drop exceeds the
+    adversarial text also fools the candidate. the gate's threshold applies to the Jaccard;
+    ``drop_tolerance`` adds a condition that the candidate's % drop exceeds the
     reference's by at most that many points. Evidence lists adversarial examples,
     items broken by only one model first.
     """
@@ -545,8 +109,8 @@ def measure_adversarial(
 
     from miniature.core.stats import jaccard, set_agreement
 
-    _check_outcomes(ref_outcomes, "ref_outcomes")
-    _check_outcomes(cand_outcomes, "cand_outcomes")
+    check_outcomes(ref_outcomes, "ref_outcomes")
+    check_outcomes(cand_outcomes, "cand_outcomes")
     if len(ref_outcomes) != len(cand_outcomes):
         raise ValueError(f"ref_outcomes has {len(ref_outcomes)} items but cand_outcomes has "
                          f"{len(cand_outcomes)}; fix: attack both targets on the same items")
@@ -685,90 +249,6 @@ def _evidence(ref_outcomes: Sequence[Mapping[str, Any]], cand_outcomes: Sequence
     return rows[: max(0, int(max_evidence))]
 
 
-# --------------------------------------------------------------------------------------
-# Input checks
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_inputs(texts: Sequence[str], labels: Sequence[int]) -> tuple[list[str], list[int]]:
-    if isinstance(texts, str):
-        raise ValueError("texts must be a sequence of texts, got a single string; fix: wrap it "
-                         "in a list")
-    texts, labels = list(texts), list(labels)
-    if not texts:
-        raise ValueError("texts is empty; fix: pass at least one text to attack")
-    if len(texts) != len(labels):
-        raise ValueError(f"texts has {len(texts)} items but labels has {len(labels)}; fix: pass "
-                         "one label per text")
-    for i, text in enumerate(texts):
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"texts: item {i} is {text!r}, not a non-empty string; fix: drop "
-                             "or repair it")
-    clean = []
-    for i, label in enumerate(labels):
-        try:
-            value = int(label)
-        except (TypeError, ValueError):
-            value = None
-        if value is None or value != label or isinstance(label, bool):
-            raise ValueError(f"labels: item {i} is {label!r}, not a class index; fix: map "
-                             "labels to integers 0..num_labels-1")
-        clean.append(value)
-    return texts, clean
-
-
-def _check_outcomes(outcomes: Sequence[Mapping[str, Any]], name: str) -> None:
-    if isinstance(outcomes, Mapping) or not isinstance(outcomes, Sequence):
-        raise ValueError(f"{name} must be a list of outcome dicts (from attack_model_outcomes), "
-                         f"got {type(outcomes).__name__}")
-    if not outcomes:
-        raise ValueError(f"{name} is empty; fix: attack at least one item")
-    for i, outcome in enumerate(outcomes):
-        if not isinstance(outcome, Mapping) or outcome.get("result") not in RESULTS:
-            got = outcome.get("result") if isinstance(outcome, Mapping) else outcome
-            raise ValueError(f"{name}: item {i} has result {got!r}; each outcome needs "
-                             f"'result' in {RESULTS}; fix: pass outcomes from "
-                             "attack_model_outcomes")
-        correct = outcome.get("original_correct")
-        if correct is not None and bool(correct) != (outcome["result"] != "skipped"):
-            raise ValueError(f"{name}: item {i} has original_correct={correct} but result "
-                             f"{outcome['result']!r}; only originally wrong items are skipped")
-
-
-def _check_masked_lm(wrapper: "ModelWrapper") -> None:
-    model = getattr(wrapper, "model", None)
-    tokenizer = getattr(wrapper, "tokenizer", None)
-    get_lm = getattr(model, "get_output_embeddings", None)
-    if model is None or get_lm is None or get_lm() is None or \
-            "MaskedLM" not in type(model).__name__:
-        raise ValueError(f"attack model {getattr(wrapper, 'name', wrapper)!r} has no masked-LM "
-                         f"head ({type(model).__name__}); fix: load it with "
-                         "load_model(..., head='masked-lm')")
-    missing = list(getattr(wrapper, "missing_head", None) or [])
-    if missing:
-        raise ValueError(f"attack model {wrapper.name!r} has no masked-LM head ({', '.join(missing[:4])} "
-                         "were newly initialised at random); fix: pass a masked-LM checkpoint "
-                         "such as bert-base")
-    if getattr(tokenizer, "mask_token_id", None) is None:
-        raise ValueError(f"attack model {wrapper.name!r}: its tokenizer has no mask token; fix: "
-                         "use a masked language model such as BERT as the attack model")
-
-
-def _check_classifier(wrapper: "ModelWrapper", role: str) -> int:
-    model = getattr(wrapper, "model", None)
-    if model is None or not getattr(wrapper, "is_classifier", False):
-        raise ValueError(f"{role} model {getattr(wrapper, 'name', wrapper)!r} is not a sequence "
-                         f"classifier ({type(model).__name__}); fix: load it with "
-                         "load_model(..., head='classification')")
-    return int(wrapper.num_labels)
-
-
-
-
-from miniature.core.checks import MIN_ITEMS  # noqa: E402  fewest items attacked against both models
 
 
 # -- in a gate run ----------------------------------------------------------------------

@@ -2,8 +2,8 @@
 :func:`prepare_textattack`, which makes ``import textattack`` work with no network.
 
 Light on purpose (nothing heavy at module level):
-:mod:`miniature.core.characteristics.adversarial` imports it at import time, and :mod:`miniature.core.characteristics.bert_attack` calls
-:func:`prepare_textattack` before it imports TextAttack.
+:mod:`miniature.core.attack.runner` imports it at import time, and
+:mod:`miniature.core.attack.recipe` calls :func:`prepare_textattack` before it imports TextAttack.
 """
 
 from __future__ import annotations

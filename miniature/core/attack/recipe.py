@@ -1,10 +1,36 @@
-"""TextAttack components for the offline BERT-Attack (imported lazily by ``adversarial``).
+"""TextAttack components for the offline BERT-Attack (imported lazily by the runner).
 
 Importing this module imports TextAttack (and through it torch and flair), so
-:mod:`miniature.core.characteristics.adversarial` imports it only inside functions, and it
-calls :func:`~miniature.core.characteristics.textattack_offline.prepare_textattack` first,
-which makes the import work offline. See that module's docstring for how the attack differs from TextAttack's
-``BERTAttackLi2020`` recipe.
+:mod:`miniature.core.attack.runner` imports it only inside functions, and it calls
+:func:`~miniature.core.attack.textattack_offline.prepare_textattack` first, which makes
+the import work offline.
+
+The attack is TextAttack's ``BERTAttackLi2020`` recipe rebuilt from its parts so that it
+runs offline on any local model:
+
+* ``WordSwapMaskedLM(method="bert-attack", max_candidates=48)`` (the paper's 48; the
+  recipe now defaults to 8) over the attack model passed in, encoding without padding;
+  a word of several sub-words gets 4 candidates per sub-word and at most 24 combinations
+  ranked by perplexity, as in Li et al.'s released code (TextAttack 0.3.11 enumerates
+  48**n combinations and does not sort them);
+* ``GreedyWordSwapWIR(wir_method="unk")``, ``RepeatModification``,
+  ``StopwordModification`` (NLTK's English list, shipped in ``miniature/resources``) and
+  ``MaxWordsPerturbed(max_percent=0.4)``, plus the paper's K=3 ("the attack first finds
+  the top K important words") as a cap of K words changed per text (``top_k_words``);
+* **difference:** the recipe's Universal Sentence Encoder constraint downloads a model
+  from TF Hub, so it is replaced by another real sentence encoder that ships offline:
+  the cosine similarity of all-MiniLM-L6-v2's mean-pooled embeddings
+  (:data:`~miniature.core.attack.settings.SIMILARITY_ENCODER`), ``compare_against_original=True``, no window. Its
+  scores are not USE scores, so the recipe's threshold (0.2) is not reused: 0.8
+  (:data:`~miniature.core.attack.settings.SIMILARITY_THRESHOLD`) keeps a perturbed text only if it is closer to its
+  original than 99 % of pairs of distinct built-in reviews are to each other.
+  (``similarity_encoder=None`` restores the earlier stand-in: the attack model's own
+  mean-pooled embeddings.)
+* Li et al. filter antonyms out of the masked LM's proposals for sentiment tasks (a
+  synonym dictionary of counter-fitted vectors, a download); TextAttack's recipe does not.
+  Here a substitute may not carry a sentiment the replaced word lacks, by the VADER
+  lexicon (MIT, shipped in ``miniature/resources/sentiment``) plus a few review adjectives
+  it lacks (``sentiment_filter``; off: any proposal is tried, as in TextAttack).
 """
 
 from __future__ import annotations
@@ -13,7 +39,7 @@ import itertools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from miniature.core.characteristics.textattack_offline import prepare_textattack
+from miniature.core.attack.textattack_offline import prepare_textattack
 
 prepare_textattack()
 
@@ -27,9 +53,8 @@ from textattack.shared import utils as _ta_utils  # noqa: E402
 from textattack.transformations import WordSwapMaskedLM  # noqa: E402
 
 if TYPE_CHECKING:  # pragma: no cover
+    from miniature.core.attack.settings import AttackSettings
     from miniature.core.models import ModelWrapper
-
-    from miniature.core.characteristics.adversarial import AttackSettings
 
 
 class TargetModelWrapper(_TextAttackModelWrapper):
@@ -139,7 +164,7 @@ class SentimentFlipFilter(Constraint):
     *terrible* film"); such a swap changes what the text says, so it is no adversarial
     example. Li et al. (2020) filter antonyms for sentiment tasks with a synonym dictionary
     (counter-fitted word vectors), which TextAttack's recipe leaves out. Offline, miniature
-    uses a sentiment lexicon instead (:func:`~miniature.core.characteristics.sentiment_lexicon.word_polarity`):
+    uses a sentiment lexicon instead (:func:`~miniature.core.attack.lexicon.word_polarity`):
     a substitute may be neutral or of the replaced word's polarity, never of another.
     """
 
@@ -147,7 +172,7 @@ class SentimentFlipFilter(Constraint):
         super().__init__(compare_against_original=True)
 
     def _check_constraint(self, transformed_text: Any, reference_text: Any) -> bool:
-        from miniature.core.characteristics.sentiment_lexicon import word_polarity
+        from miniature.core.attack.lexicon import word_polarity
 
         indices = transformed_text.attack_attrs.get("newly_modified_indices", ())
         for index in indices:

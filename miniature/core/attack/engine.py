@@ -41,14 +41,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from miniature.core.characteristics.bert_attack import (AttackModelSimilarity, LocalBertAttackSwap,
-                                                       TargetModelWrapper, similarity_encoder)
+from miniature.core.attack.recipe import (AttackModelSimilarity, LocalBertAttackSwap, TargetModelWrapper,
+                                          build_attack, similarity_encoder)
+from miniature.core.attack.settings import settings_key
+from miniature.core.attack.textattack_offline import ATTACK_VERSION, textattack_version
 
 if TYPE_CHECKING:  # pragma: no cover
+    from miniature.core.attack.settings import AttackSettings
     from miniature.core.cache import OutputCache
     from miniature.core.models import ModelWrapper
-
-    from miniature.core.characteristics.adversarial import AttackSettings
 
 #: Masked-LM tokens per forward pass: its output is (tokens x vocabulary) floats, 125 MB
 #: for BERT's 30,522-token vocabulary at this budget.
@@ -287,15 +288,10 @@ class SharedAttackOutputs:
 
 def shared_key(attack_wrapper: "ModelWrapper", settings: "AttackSettings") -> str:
     """The store's key: attack model, its input length, every setting, TextAttack's version."""
-    from dataclasses import asdict
-
     from miniature.core.cache import fingerprint
 
-    from miniature.core.characteristics.textattack_offline import ATTACK_VERSION, textattack_version
-
-    fields = {k: v for k, v in asdict(settings).items() if k != "engine"}
     return fingerprint("attack-model-outputs", ATTACK_VERSION, textattack_version(),
-                       attack_wrapper.fingerprint, attack_wrapper.max_length, fields)
+                       attack_wrapper.fingerprint, attack_wrapper.max_length, settings_key(settings))
 
 
 def shared_outputs(attack_wrapper: "ModelWrapper", settings: "AttackSettings",
@@ -490,9 +486,7 @@ def build_batched_attacks(attack_wrapper: "ModelWrapper", target_wrapper: "Model
                           settings: "AttackSettings", stopwords: Sequence[str],
                           shared: SharedAttackOutputs) -> tuple[AttackRouter, Callable[[], Any]]:
     """The router and a factory of :class:`textattack.Attack` objects routed through it,
-    assembled exactly as :func:`~miniature.core.characteristics.bert_attack.build_attack` assembles the sequential one."""
-    from miniature.core.characteristics.bert_attack import build_attack
-
+    assembled exactly as :func:`~miniature.core.attack.recipe.build_attack` assembles the sequential one."""
     router = AttackRouter(attack_wrapper, target_wrapper, settings, shared)
 
     def make() -> Any:
