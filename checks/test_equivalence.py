@@ -10,6 +10,6 @@ instead of the generated ones, e.g.::
         prediction_errors.check(model_pair)
 """
 
-from miniature.plugin.hooks import define_checks
+from miniature.plugin.runtime import define_checks
 
 define_checks(globals())

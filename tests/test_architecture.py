@@ -128,3 +128,12 @@ def test_public_import_paths_a_project_uses() -> None:
     from miniature.tools import testing
 
     assert Characteristic is registered and make_tiny_models is testing.make_tiny_models
+
+
+def test_no_module_imports_a_private_pytest_module() -> None:
+    """pytest's private modules (``_pytest``) change without notice: the plugin uses its public API."""
+    private = sorted(module_name(path) for path in PACKAGE.rglob("*.py")
+                     for node in ast.walk(ast.parse(path.read_text()))
+                     if (isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "_pytest")
+                     or (isinstance(node, ast.Import) and any(a.name.split(".")[0] == "_pytest" for a in node.names)))
+    assert not private, private

@@ -1056,12 +1056,12 @@ def test_base_checkpoints_must_match_the_models(pytester: pytest.Pytester, tiny_
 def _thresholds(pytester: pytest.Pytester, ini: str, *args: str) -> dict[str, float | None]:
     """The threshold each characteristic gets, from an ini and command-line arguments."""
     from miniature.core.gate import threshold_for
-    from miniature.plugin.hooks import REGISTRY_KEY, SETTINGS_KEY
+    from miniature.plugin import session_of
 
     pytester.makeini(f"[pytest]\n{ini}\n")
     config = pytester.parseconfigure(*args)
-    registry = config.stash[REGISTRY_KEY]
-    return {c.name: threshold_for(config.stash[SETTINGS_KEY], c) for c in registry}
+    registry = session_of(config).registry
+    return {c.name: threshold_for(session_of(config).settings, c) for c in registry}
 
 
 @pytest.mark.parametrize(("ini", "args", "expected"), [

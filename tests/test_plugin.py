@@ -61,9 +61,9 @@ def test_ini_values_apply_and_command_line_overrides(pytester: pytest.Pytester, 
             {tiny_models['distil']}
     """)
     pytester.makeconftest("""
-        from miniature.plugin.hooks import SETTINGS_KEY
+        from miniature.plugin import session_of
         def pytest_report_header(config):
-            s = config.stash[SETTINGS_KEY]
+            s = session_of(config).settings
             return [f"K={s['--k']} T={s['--threshold-errors']} C={s.candidates} B={s['--batch-size']}"]
     """)
     result = pytester.runpytest(f"--reference={tiny_models['reference']}", "--k=3", "--co")

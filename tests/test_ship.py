@@ -20,7 +20,7 @@ import pytest
 
 from miniature.core import settings as opt
 from miniature.core.models import HUB_PROBE_TIMEOUT_S
-from miniature.plugin.hooks import SHIPPED_CHECKS_NODEID
+from miniature.plugin.runtime import SHIPPED_CHECKS_NODEID
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 #: an address nothing answers on: the connection is refused at once

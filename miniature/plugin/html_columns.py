@@ -1,6 +1,6 @@
 """The pytest-html columns and per-test extras of the gate checks.
 
-Registered by :func:`miniature.plugin.hooks._configure_reports` only when pytest-html is
+Registered by :class:`miniature.plugin.session.MiniatureSession` only when pytest-html is
 loaded (its hooks exist then). The markup comes from the report templates
 (``columns.html.j2``; the extras are :func:`miniature.reports.page.evidence_html`), escaped
 by the template engine.

@@ -1,6 +1,6 @@
 """How a gate check's result rides on its pytest test report: the user property
 :data:`RESULT_PROPERTY` holds the :class:`ComparisonResult` as JSON (set by the check
-fixture in :mod:`miniature.plugin.hooks`, read back by the hooks' result collector and by
+fixture in :mod:`miniature.plugin.runtime`, read back by the run's session and by
 the pytest-html columns in :mod:`miniature.plugin.html_columns`).
 
 Light, like the hooks that import it when the plugin loads: nothing else is imported

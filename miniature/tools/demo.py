@@ -348,7 +348,7 @@ def demo(
     # with progress, pytest shows the encoding and attack bars live instead of capturing them
     args += (["-s"] if progress else []) + list(pytest_args)
     with _timed(seconds, "gate"):
-        exit_code = _run_pytest(args)
+        exit_code = _run_gate_checks(args)
     seconds["total"] = time.perf_counter() - started
     result = DemoResult(
         exit_code=exit_code, report_dir=report,
@@ -384,7 +384,7 @@ def gate_arguments(models: dict[str, Path], candidates: Sequence[str], attack_mo
              "-p", "no:cacheprovider", "-q", "-rN"]
     if plan.data_limit is not None:
         args.append(f"--data-limit={plan.data_limit}")
-    if html and _has_pytest_html():
+    if html and _has_html_plugin():
         args += [f"--html={report_dir / 'report.html'}", "--self-contained-html"]
     return args
 
@@ -437,7 +437,7 @@ def _named_link(link: Path, target: Path) -> Path:
 
 
 # -- running the gate -------------------------------------------------------------------------
-def _run_pytest(args: list[str]) -> int:
+def _run_gate_checks(args: list[str]) -> int:
     """``pytest.main(args)`` started from the ``--rootdir`` folder in ``args``."""
     import pytest
 
@@ -457,7 +457,7 @@ def _written_since(path: Path, since: float) -> Path | None:
     return path if path.is_file() and path.stat().st_mtime >= since - 1 else None
 
 
-def _has_pytest_html() -> bool:
+def _has_html_plugin() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("pytest_html") is not None

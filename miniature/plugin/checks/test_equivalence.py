@@ -14,6 +14,6 @@ Reference-vs-candidate pairs gate the run; candidate-vs-candidate pairs are repo
 (``--gate-all-pairs`` to gate them).
 """
 
-from miniature.plugin.hooks import define_checks
+from miniature.plugin.runtime import define_checks
 
 define_checks(globals())
