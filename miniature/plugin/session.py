@@ -64,6 +64,8 @@ class MiniatureSession:
         self.gate_only = False
         #: the collected gate items (None until collection finished)
         self.gate_items: int | None = None
+        #: the run's model table (names, order, architecture, quantization), resolved at start
+        self.models: dict[str, Any] | None = None
         self._ready = False  # until start() ends, conftests registering characteristics are not looked at
 
     def start(self) -> None:
@@ -76,7 +78,7 @@ class MiniatureSession:
             raise pytest.UsageError(f"{opt.CANDIDATE} given without {opt.REFERENCE}; fix: pass "
                                     f"{opt.REFERENCE} MODEL (the large model the candidates replace)")
         if settings.reference:
-            locate_models(settings)
+            self.models = locate_models(settings)
             check_start_up(settings)
             self.gate_only = default_to_checks(self.config)
             self._narrow_registry()
@@ -251,7 +253,7 @@ class MiniatureSession:
         try:
             self.report_paths = write_reports(
                 self.results, settings, settings[opt.REPORT_DIR], duration_s=time.time() - self.started,
-                previous=self.previous_report, execution=self.execution())
+                previous=self.previous_report, execution=self.execution(), models=self.models)
         except OSError as error:
             self.report_paths = (f"miniature: could not write the report to {settings[opt.REPORT_DIR]} "
                                  f"({error}); fix: pass a writable {opt.REPORT_DIR}")
@@ -271,7 +273,7 @@ class MiniatureSession:
             return
         from miniature.reports.payload import change_lines, compare_results, model_order, summary_table
 
-        names = model_order(settings)
+        names = model_order(settings, self.models)
         terminalreporter.write_sep("=", "miniature summary")
         for line in summary_table(self.results, names):
             terminalreporter.write_line(line)

@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -192,27 +192,35 @@ def check_split_options(config: pytest.Config) -> None:
             f"path when it chose the rootdir ({config.rootpath}); fix: write {flag}={value}"), stacklevel=2)
 
 
-def locate_models(settings: "opt.Settings") -> None:
+def locate_models(settings: "opt.Settings") -> dict[str, Any]:
     """Every model the comparisons need, found before any work: one line per missing model.
+    Returns the run's model table (report names, order, architecture, quantization), resolved
+    here once and carried to the reports.
 
     The attack model is found by the gate: when only it is missing, the attack is skipped.
     """
     from miniature.errors import MiniatureError
-    from miniature.core.models import locate, resolve_model
+    from miniature.core.model_table import NamedModel, model_table
+    from miniature.core.models import locate, resolve_model, unique_name
 
     given = [(opt.REFERENCE, settings.reference), *((opt.CANDIDATE, c) for c in settings.candidates),
              (opt.REFERENCE_BASE, settings[opt.REFERENCE_BASE]),
              *((opt.CANDIDATE_BASE, b) for b in settings[opt.CANDIDATE_BASE] or [])]
     problems = []
+    named: list[NamedModel] = []
     for flag, reference in given:
         if not reference:
             continue
         try:
-            locate(resolve_model(reference))
+            spec = locate(resolve_model(reference))
         except MiniatureError as error:
             problems.append(f"{flag}: {error}")
+            continue
+        if flag in (opt.REFERENCE, opt.CANDIDATE):
+            named.append(NamedModel(unique_name(spec.name, [m.name for m in named]), reference, spec))
     if problems:
         raise pytest.UsageError("\n".join(dict.fromkeys(problems)))
+    return model_table(named)
 
 
 def default_to_checks(config: pytest.Config) -> bool:
