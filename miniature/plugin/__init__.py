@@ -8,24 +8,19 @@ whose methods are the other hooks; ``startup`` holds the checks made before any 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
+
+from miniature.plugin.runtime import SESSION_PLUGIN, run_state
 
 if TYPE_CHECKING:  # pragma: no cover
     import pytest
 
     from miniature.plugin.session import MiniatureSession
 
-#: the name the run's MiniatureSession is registered under with the plugin manager
-SESSION_PLUGIN = "miniature-session"
+__all__ = ["SESSION_PLUGIN", "session_of"]
 
 
 def session_of(config: "pytest.Config") -> "MiniatureSession":
     """The :class:`MiniatureSession` of a configured run (registered by ``pytest_configure``,
     gone after ``pytest_unconfigure``); a usage error when miniature is not configured."""
-    session = config.pluginmanager.get_plugin(SESSION_PLUGIN)
-    if session is None:
-        import pytest
-
-        raise pytest.UsageError("miniature: the plugin is not configured in this run (it was disabled with "
-                                "-p no:miniature, or the run ended); fix: run pytest with miniature enabled")
-    return session
+    return cast("MiniatureSession", run_state(config))

@@ -1,23 +1,47 @@
 """What runs inside a gate check: the per-characteristic fixtures, the generated test
 functions and the :class:`Check` that compares a pair and records its result.
 
-The run's state (settings, registry, gate) lives on the :class:`MiniatureSession`, reached
-with :func:`miniature.plugin.session_of`. Light at import, like every plugin module.
+The run's state (settings, registry, gate) lives on the
+:class:`~miniature.plugin.session.MiniatureSession`; a check reaches it with
+:func:`run_state`, which knows it only as a :class:`RunState`. Light at import, like every
+plugin module.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
 
-from miniature.plugin import session_of
 from miniature.plugin.results import RESULT_PROPERTY
 
 if TYPE_CHECKING:  # pragma: no cover
     from miniature.core.characteristics.base import ComparisonResult
-    from miniature.core.gate import Pair
+    from miniature.core.gate import Gate, Pair
     from miniature.core.registry import Characteristic, Registry
+    from miniature.core.settings import Settings
+
+#: the name the run's MiniatureSession is registered under with the plugin manager
+SESSION_PLUGIN = "miniature-session"
+
+
+class RunState(Protocol):
+    """What a check reads of the run (the MiniatureSession is one)."""
+
+    registry: "Registry"
+    settings: "Settings"
+
+    def gate_for(self, *, fail: bool = True) -> "Gate": ...
+
+
+def run_state(config: pytest.Config) -> RunState:
+    """The run's state, registered by ``pytest_configure`` and gone after
+    ``pytest_unconfigure``; a usage error when miniature is not configured."""
+    state = config.pluginmanager.get_plugin(SESSION_PLUGIN)
+    if state is None:
+        raise pytest.UsageError("miniature: the plugin is not configured in this run (it was disabled with "
+                                "-p no:miniature, or the run ended); fix: run pytest with miniature enabled")
+    return state
 
 #: the marker of every gate item: ``pytest -m miniature`` selects the gate, ``-m "not miniature"`` the rest
 GATE_MARKER = "miniature"
@@ -48,7 +72,7 @@ class Check:
         from miniature.core.gate import not_computed
         from miniature.errors import MiniatureError
 
-        session = session_of(self.request.config)
+        session = run_state(self.request.config)
         characteristic = session.registry[self.characteristic]
         try:
             gate = session.gate_for(fail=False)
