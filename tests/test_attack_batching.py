@@ -254,7 +254,7 @@ def test_shared_store_round_trips_texts_exactly_and_skips_an_unreadable_chunk(tm
 
 
 class TinyHost:
-    """An AttackHost without a Gate: the tiny models, labelled test texts, settings by flag.
+    """An AttackHost without a Gate: the tiny models, labelled test texts, its own settings.
     ``loaded`` counts the models asked for (a refusal must come before any)."""
 
     def __init__(self, models, texts, labels, *, task="classification", translation=None,
@@ -264,7 +264,7 @@ class TinyHost:
 
         test = TextData("tiny reviews", list(texts), None if labels is None else list(labels))
         self.data = TaskData(train=test, holdout=test, test=test, challenge=test)
-        self.settings = {opt.ATTACK_SIZE: 24, opt.ATTACK_TOP_K: 3, opt.MAX_LENGTH: 128, opt.SEED: 0}
+        self.settings = opt.make_settings(attack_size=24, attack_top_k=3, max_length=128, seed=0)
         self.cache = cache if cache is not None else OutputCache(None)
         self.task = task
         self.multiple_choice = False
