@@ -1,4 +1,4 @@
-"""The batched BERT-Attack engine (issue 17): same outcomes as TextAttack's sequential path,
+"""The batched BERT-Attack engine: same outcomes as TextAttack's sequential path,
 attack-model work shared across targets and runs, a store that survives a kill and is
 never read under another attack model or constraint setting.
 

@@ -116,7 +116,7 @@ def test_quick_demo_figures_in_unit_range_and_reference_passes_against_itself(tm
     assert errors["details"]["reference_accuracy"] >= 0.7, "the demo's fine-tuning did not learn"
     assert "miniature summary" in completed.stdout
     assert f"{reference} vs {reference}#2" in completed.stdout
-    # issue #16, as far as 300 items and 20 attacked ones allow (the full size's figures, all
+    # the paper's phenomenon (the demo's goals), as far as 300 items and 20 attacked ones allow (the full size's figures, all
     # four goals met, are in the README): printed, and recorded in demo.json and tables.md
     assert "the paper's phenomenon at small scale" in completed.stdout
     figures = json.loads((tmp_path / "reports" / "demo.json").read_text())["phenomenon"]
@@ -135,7 +135,7 @@ def test_quick_demo_figures_in_unit_range_and_reference_passes_against_itself(tm
     assert "Table 2" in tables and "Table 3" in tables and MODEL_NAMES["layers"] in tables
 
 
-# -- issue #16: the demo's data, the distilled candidate, the attack's constraints ----------
+# -- the phenomenon's ingredients: the demo's data, the distilled candidate, the attack's constraints
 def test_builtin_data_is_film_reviews_with_a_near_shifted_challenge_set() -> None:
     from miniature.core.data import builtin_sentiment_data
 

@@ -1,4 +1,4 @@
-"""ONNX candidates (#19): an fp32 export of a model gives the PyTorch model's per-item outputs
+"""ONNX candidates: an fp32 export of a model gives the PyTorch model's per-item outputs
 within float tolerance on all four characteristics; an int8 export runs all four; a bare
 feature-extraction export runs representation and distribution and skips the rest with the
 missing output and the export option; ``compress --format onnx`` writes what the loader reads."""

@@ -1,4 +1,4 @@
-"""A gate in anyone's CI (#13): the checks ship with the package, models are found before any
+"""A gate in anyone's CI: the checks ship with the package, models are found before any
 work, offline failures take seconds, skipped and errored checks are reported, the CI recipe runs.
 
 The slow tests run the gate as a team would: from a folder that is not this repository,
