@@ -1,4 +1,4 @@
-"""The embedded default (the demo that runs with no model given): the demo's pieces, and the quick demo end to end (slow)."""
+"""The embedded default (the demo run with no model given): the demo's pieces, and the quick demo end to end (slow)."""
 
 from __future__ import annotations
 
