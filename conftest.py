@@ -52,12 +52,12 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def heavy_modules_imported_once():
+def pytest_sessionstart(session: pytest.Session) -> None:
     """pytester's in-process runs restore ``sys.modules`` afterwards; a module first imported
     inside such a run is imported again later, which faiss's SWIG types and pyarrow's
-    extension types (via datasets) do not survive. Import them before any run; hypothesis too:
-    its plugin imports it at each run's terminal summary, seconds each time it is imported again."""
+    extension types (via datasets) do not survive. Import them before any run, here rather
+    than in a fixture so that no test's setup time carries them; hypothesis too: its plugin
+    imports it at each run's terminal summary, seconds each time it is imported again."""
     import datasets  # noqa: F401
     import faiss  # noqa: F401
     import hypothesis  # noqa: F401

@@ -112,6 +112,7 @@ def _changed_words(original: str, perturbed: str) -> int:
 # Offline TextAttack
 
 
+@pytest.mark.slow
 def test_import_is_cheap_and_the_attack_runs_without_network(adv_models, tmp_path):
     """First TextAttack import (fresh cache) and a whole attack, with the network cut off."""
     script = textwrap.dedent("""
@@ -166,6 +167,7 @@ def test_shipped_stopwords_are_nltk_english():
 # TextAttack model wrapper
 
 
+@pytest.mark.slow
 def test_target_wrapper_predicts_like_the_model_without_padding_to_512(adv_models):
     import torch
 
@@ -203,6 +205,7 @@ def test_target_wrapper_refuses_a_non_classifier(adv_models):
 # Running the attack
 
 
+@pytest.mark.slow
 def test_constant_classifier_is_never_broken_and_a_run_resumes(adv_models, test_reviews, tmp_path):
     attacker = load_model(str(adv_models["attacker"]), head="masked-lm")
     target = load_model(str(adv_models["constant"]), head="classification")
@@ -233,6 +236,7 @@ def test_constant_classifier_is_never_broken_and_a_run_resumes(adv_models, test_
     assert _without_timing(resumed) == _without_timing(outcomes)
 
 
+@pytest.mark.slow
 def test_attack_breaks_a_trained_classifier_within_the_word_limit(trained_run, test_reviews):
     outcomes = trained_run["outcomes"]
     assert len(outcomes) == N_ATTACKED
@@ -269,6 +273,7 @@ def test_second_run_is_served_from_the_cache(adv_models, trained_run, test_revie
     assert again == trained_run["outcomes"]
 
 
+@pytest.mark.slow
 def test_attack_is_reproducible_and_top_k_words_caps_changes(adv_models, trained_run, test_reviews):
     attacker = load_model(str(adv_models["attacker"]), head="masked-lm")
     target = load_model(str(adv_models["trained"]), head="classification")

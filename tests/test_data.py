@@ -102,6 +102,7 @@ def test_bad_txt_names_the_file(tmp_path: Path) -> None:
         load_text_data(latin)
 
 
+@pytest.mark.slow
 def test_gate_on_txt_data_compares_representations_and_says_labels_are_missing(
         tiny_models, tmp_path: Path) -> None:
     from miniature.core.gate import AFTER, Gate

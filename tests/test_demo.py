@@ -152,6 +152,7 @@ def test_builtin_data_is_film_reviews_with_a_near_shifted_challenge_set() -> Non
     assert 0 < sum(data.challenge_is_ood[:SIZES["quick"].data_limit]) < SIZES["quick"].data_limit
 
 
+@pytest.mark.slow
 def test_distil_retrains_the_layer_dropped_model_towards_the_reference(tiny_models, tmp_path: Path) -> None:
     from miniature.tools.compress import CompressionError, compress, read_record
     from miniature.core.data import builtin_sentiment_data
@@ -191,6 +192,7 @@ def test_cli_compress_distil_reads_texts_from_a_file(tiny_models, tmp_path: Path
     assert distil["texts"] == 3 and distil["epochs"] == 1.0
 
 
+@pytest.mark.slow
 def test_sentiment_filter_rejects_substitutes_of_another_polarity() -> None:
     from miniature.core.characteristics.adversarial import SIMILARITY_ENCODER, AttackSettings
     from miniature.core.characteristics.sentiment_lexicon import word_polarity

@@ -222,6 +222,7 @@ def test_executor_options_that_make_no_sense_together(changes: dict[str, Any], e
     assert "\n" not in str(error.value) and "fix:" in str(error.value)
 
 
+@pytest.mark.slow
 def test_in_process_imports_no_ray(tiny_models, tmp_path: Path) -> None:
     import subprocess
     import sys
