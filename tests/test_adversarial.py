@@ -261,6 +261,7 @@ def test_attack_breaks_a_trained_classifier_within_the_word_limit(trained_run, t
             assert outcome["perturbed_prediction"] == outcome["label"]
 
 
+@pytest.mark.slow
 def test_second_run_is_served_from_the_cache(adv_models, trained_run, test_reviews):
     assert trained_run["target_calls"] > 0
     attacker = load_model(str(adv_models["attacker"]), head="masked-lm")
@@ -303,6 +304,7 @@ def test_query_budget_ends_an_attack_as_maximum_queries(adv_models, test_reviews
     assert outcome["result"] == "maximum queries" and outcome["queries"] == 3
 
 
+@pytest.mark.slow
 def test_transfer_to_the_same_model_is_total(adv_models, trained_run):
     outcomes = trained_run["outcomes"]
     target = load_model(str(adv_models["trained"]), head="classification")
