@@ -2,7 +2,42 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+#: seconds of setup + call above which a test not marked slow is listed at the end of a run
+SLOW_SECONDS_VARIABLE = "MINIATURE_SLOW_TEST_SECONDS"
+
+
+class SlowLane:
+    """Lists the tests not marked ``slow`` whose setup + call took over the threshold: each
+    belongs out of the fast lane (``pytest -m "not slow"``, kept under 3 minutes). Reports
+    reach the controller under pytest-xdist, so this runs there only."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.durations: dict[str, float] = {}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when in ("setup", "call") and "slow" not in report.keywords:
+            self.durations[report.nodeid] = self.durations.get(report.nodeid, 0.0) + report.duration
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:  # noqa: ANN001 - pytest's TerminalReporter
+        over = sorted(((d, n) for n, d in self.durations.items() if d > self.seconds), reverse=True)
+        if not over:
+            return
+        terminalreporter.write_sep("=", f"unmarked tests over {self.seconds:g} s")
+        for duration, nodeid in over:
+            terminalreporter.write_line(f"{duration:7.1f} s  {nodeid}")
+        terminalreporter.write_line('mark them @pytest.mark.slow: the fast lane (pytest -m "not slow") '
+                                    "stays under 3 minutes")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):  # an xdist worker: its reports go to the controller
+        seconds = float(os.environ.get(SLOW_SECONDS_VARIABLE) or 5)
+        config.pluginmanager.register(SlowLane(seconds), "miniature-slow-lane")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -17,13 +52,15 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def heavy_modules_imported_once():
+def pytest_sessionstart(session: pytest.Session) -> None:
     """pytester's in-process runs restore ``sys.modules`` afterwards; a module first imported
     inside such a run is imported again later, which faiss's SWIG types and pyarrow's
-    extension types (via datasets) do not survive. Import them before any run."""
+    extension types (via datasets) do not survive. Import them before any run, here rather
+    than in a fixture so that no test's setup time carries them; hypothesis too: its plugin
+    imports it at each run's terminal summary, seconds each time it is imported again."""
     import datasets  # noqa: F401
     import faiss  # noqa: F401
+    import hypothesis  # noqa: F401
     import torch  # noqa: F401
     import transformers  # noqa: F401
 

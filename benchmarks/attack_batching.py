@@ -1,4 +1,4 @@
-"""BERT-Attack gate-wide: TextAttack one item at a time vs the batched engine (issue 17).
+"""BERT-Attack gate-wide: TextAttack one item at a time vs the batched engine: the same outcomes, faster.
 
 Attacks the same items with a reference and three candidates through today's
 sequential path (``AttackSettings(engine="textattack")``: TextAttack, one item and one

@@ -207,7 +207,7 @@ def time_demo(args: argparse.Namespace) -> list[list[str]]:
         rows.append([f"miniature demo ({run})", f"{wall:.1f} s", peak_text, f"exit {process.returncode}"])
         lines = process.stdout.splitlines()
         block = next((i for i, line in enumerate(lines) if "the paper's phenomenon" in line), None)
-        if block is not None and run == "cold":  # the figures the timing came with (issue #16's goals)
+        if block is not None and run == "cold":  # the figures the timing came with (the demo's phenomenon goals)
             print("\n".join("    " + line for line in lines[block:block + 12] if line.strip()))
     return rows
 

@@ -111,6 +111,7 @@ def _changed_words(original: str, perturbed: str) -> int:
 # Offline TextAttack
 
 
+@pytest.mark.slow
 def test_import_is_cheap_and_the_attack_runs_without_network(adv_models, tmp_path):
     """First TextAttack import (fresh cache) and a whole attack, with the network cut off."""
     script = textwrap.dedent("""
@@ -199,6 +200,7 @@ def test_shipped_stopwords_are_nltk_english():
 # TextAttack model wrapper
 
 
+@pytest.mark.slow
 def test_target_wrapper_predicts_like_the_model_without_padding_to_512(adv_models):
     import torch
 
@@ -236,6 +238,7 @@ def test_target_wrapper_refuses_a_non_classifier(adv_models):
 # Running the attack
 
 
+@pytest.mark.slow
 def test_constant_classifier_is_never_broken_and_a_run_resumes(adv_models, test_reviews, tmp_path):
     attacker = load_model(str(adv_models["attacker"]), head="masked-lm")
     target = load_model(str(adv_models["constant"]), head="classification")
@@ -266,6 +269,7 @@ def test_constant_classifier_is_never_broken_and_a_run_resumes(adv_models, test_
     assert _without_timing(resumed) == _without_timing(outcomes)
 
 
+@pytest.mark.slow
 def test_attack_breaks_a_trained_classifier_within_the_word_limit(trained_run, test_reviews):
     outcomes = trained_run["outcomes"]
     assert len(outcomes) == N_ATTACKED
@@ -290,6 +294,7 @@ def test_attack_breaks_a_trained_classifier_within_the_word_limit(trained_run, t
             assert outcome["perturbed_prediction"] == outcome["label"]
 
 
+@pytest.mark.slow
 def test_second_run_is_served_from_the_cache(adv_models, trained_run, test_reviews):
     assert trained_run["target_calls"] > 0
     attacker = load_model(str(adv_models["attacker"]), head="masked-lm")
@@ -302,6 +307,7 @@ def test_second_run_is_served_from_the_cache(adv_models, trained_run, test_revie
     assert again == trained_run["outcomes"]
 
 
+@pytest.mark.slow
 def test_attack_is_reproducible_and_top_k_words_caps_changes(adv_models, trained_run, test_reviews):
     attacker = load_model(str(adv_models["attacker"]), head="masked-lm")
     target = load_model(str(adv_models["trained"]), head="classification")
@@ -331,6 +337,7 @@ def test_query_budget_ends_an_attack_as_maximum_queries(adv_models, test_reviews
     assert outcome["result"] == "maximum queries" and outcome["queries"] == 3
 
 
+@pytest.mark.slow
 def test_transfer_to_the_same_model_is_total(adv_models, trained_run):
     outcomes = trained_run["outcomes"]
     target = load_model(str(adv_models["trained"]), head="classification")

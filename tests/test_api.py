@@ -85,6 +85,7 @@ def test_import_miniature_imports_no_torch(tmp_path: Path) -> None:
     assert done.stdout.split() == ["True", "False", "False"], done.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("keyword, value, flag", [("data_limit", 0, "--data-limit"), ("k", "ten", "--k"),
                                                   ("threshold_errors", 1.5, "--threshold-errors"),
                                                   ("attack_drop_tolerance", float("nan"), "--attack-drop-tolerance")])

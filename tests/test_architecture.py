@@ -25,28 +25,68 @@ def is_type_checking(test: ast.expr) -> bool:
          and isinstance(test.value, ast.Name) and test.value.id == "typing")
 
 
-def runtime_nodes(tree: ast.AST):
-    """Every node of the tree except those inside the body of an `if TYPE_CHECKING:` block
-    (its `else` branch does run)."""
-    pending = [tree]
+def nodes_with_kind(tree: ast.AST):
+    """Every node of the tree with the kind of import it would be: "import", or
+    "TYPE_CHECKING import" inside the body of an `if TYPE_CHECKING:` block (its `else` branch
+    does run)."""
+    pending: list[tuple[ast.AST, str]] = [(tree, "import")]
     while pending:
-        node = pending.pop()
-        yield node
+        node, kind = pending.pop()
+        yield node, kind
         if isinstance(node, ast.If) and is_type_checking(node.test):
-            pending.append(node.test)
-            pending.extend(node.orelse)
+            pending.append((node.test, kind))
+            pending.extend((child, "TYPE_CHECKING import") for child in node.body)
+            pending.extend((child, kind) for child in node.orelse)
         else:
-            pending.extend(ast.iter_child_nodes(node))
+            pending.extend((child, kind) for child in ast.iter_child_nodes(node))
+
+
+def string_value(node: ast.AST, constants: dict[str, str]) -> str | None:
+    """The text of a string literal, or of an f-string made of literals and the module's
+    string constants (``f"{_PACKAGE}.module:function"``); None for anything else."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.Name):
+        return constants.get(node.id)
+    if isinstance(node, ast.JoinedStr):
+        parts = []
+        for value in node.values:
+            if isinstance(value, ast.FormattedValue):
+                if value.conversion != -1 or value.format_spec is not None:
+                    return None
+                value = value.value
+            part = string_value(value, constants)
+            if part is None:
+                return None
+            parts.append(part)
+        return "".join(parts)
+    return None
+
+
+def is_import_call(node: ast.AST) -> bool:
+    """``importlib.import_module(...)``, ``import_module(...)`` or ``__import__(...)``."""
+    if not isinstance(node, ast.Call):
+        return False
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+    return name in ("import_module", "__import__")
 
 
 @functools.cache
-def imports() -> dict[str, list[tuple[str, list[str]]]]:
-    """module -> [(imported miniature module, names imported from it)], every runtime import
-    in the file (module level and inside functions; not those under `if TYPE_CHECKING:`)."""
+def edges() -> dict[str, list[tuple[str, list[str], str]]]:
+    """module -> [(imported miniature module, names imported from it, kind)] for every import
+    in the file (module level and inside functions). The kind is "import" (it runs),
+    "TYPE_CHECKING import" (under `if TYPE_CHECKING:`) or "importlib string" (a module named
+    in ``importlib.import_module("miniature.x")`` or in a ``"miniature.x:function"`` string
+    imported on first use, as the registry's compare functions are)."""
     modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
-    found: dict[str, list[tuple[str, list[str]]]] = {name: [] for name in modules}
+    found: dict[str, list[tuple[str, list[str], str]]] = {name: [] for name in modules}
     for name, path in modules.items():
-        for node in runtime_nodes(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        constants = {target.id: node.value.value for node in tree.body if isinstance(node, ast.Assign)
+                     and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+                     for target in node.targets if isinstance(target, ast.Name)}
+        for node, kind in nodes_with_kind(tree):
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
                     and node.module.split(".")[0] == "miniature":
                 names = [alias.name for alias in node.names]
@@ -54,14 +94,29 @@ def imports() -> dict[str, list[tuple[str, list[str]]]]:
                 submodules = [f"{node.module}.{n}" for n in names if f"{node.module}.{n}" in modules]
                 targets = submodules or [node.module]
                 for target in targets:
-                    found[name].append((target, [] if submodules else names))
+                    found[name].append((target, [] if submodules else names, kind))
             elif isinstance(node, ast.ImportFrom) and node.level:
-                found[name].append((f"<relative import level {node.level}>", []))
+                found[name].append((f"<relative import level {node.level}>", [], kind))
             elif isinstance(node, ast.Import):
                 for alias in node.names:
                     if alias.name.split(".")[0] == "miniature":
-                        found[name].append((alias.name, []))
+                        found[name].append((alias.name, [], kind))
+            elif is_import_call(node) and node.args:
+                target = string_value(node.args[0], constants)
+                if target in modules:
+                    found[name].append((target, [], "importlib string"))
+            elif isinstance(node, (ast.Constant, ast.JoinedStr)):
+                text = string_value(node, constants) or ""
+                target, colon, attribute = text.partition(":")
+                if colon and target in modules and attribute.isidentifier():
+                    found[name].append((target, [attribute], "importlib string"))
     return found
+
+
+def imports() -> dict[str, list[tuple[str, list[str]]]]:
+    """module -> [(imported miniature module, names imported from it)], every runtime import
+    in the file (module level and inside functions; not those under `if TYPE_CHECKING:`)."""
+    return {m: [(t, names) for t, names, kind in found if kind == "import"] for m, found in edges().items()}
 
 
 def test_no_relative_imports() -> None:
@@ -70,8 +125,17 @@ def test_no_relative_imports() -> None:
 
 
 def test_no_import_cycle() -> None:
-    modules = imports()
-    graph = {m: {t for t, _ in edges if t in modules and t != m} for m, edges in modules.items()}
+    """No cycle, counted strictly: an import under `if TYPE_CHECKING:` or a module named in an
+    importlib string is an edge too (the type checker and the first use import them)."""
+    modules = edges()
+    kinds: dict[tuple[str, str], set[str]] = {}
+    for m, found in modules.items():
+        for t, _, kind in found:
+            if t in modules and t != m:
+                kinds.setdefault((m, t), set()).add(kind)
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for m, t in kinds:
+        graph[m].add(t)
     # Tarjan's strongly connected components
     index: dict[str, int] = {}
     low: dict[str, int] = {}
@@ -83,7 +147,7 @@ def test_no_import_cycle() -> None:
         index[node] = low[node] = len(index)
         stack.append(node)
         on_stack.add(node)
-        for nxt in graph[node]:
+        for nxt in sorted(graph[node]):
             if nxt not in index:
                 visit(nxt)
                 low[node] = min(low[node], low[nxt])
@@ -100,10 +164,14 @@ def test_no_import_cycle() -> None:
             if len(component) > 1:
                 cycles.append(sorted(component))
 
-    for node in graph:
+    for node in sorted(graph):
         if node not in index:
             visit(node)
-    assert not cycles, cycles
+    # each cycle with the edges inside it and their kinds: what to cut
+    described = ["\n".join([f"cycle among {len(c)} modules:"] + [
+        f"  {m} -> {t} ({', '.join(sorted(kinds[m, t]))})" for m in c for t in sorted(graph[m]) if t in c])
+        for c in cycles]
+    assert not cycles, "\n".join(described)
 
 
 def test_no_private_name_imported_from_another_module() -> None:

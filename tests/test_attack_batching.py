@@ -1,4 +1,4 @@
-"""The batched BERT-Attack engine (issue 17): same outcomes as TextAttack's sequential path,
+"""The batched BERT-Attack engine: same outcomes as TextAttack's sequential path,
 attack-model work shared across targets and runs, a store that survives a kill and is
 never read under another attack model or constraint setting.
 
@@ -56,6 +56,7 @@ def _strip(outcomes):
     return [{k: v for k, v in o.items() if k not in ("seconds", "index")} for o in outcomes]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("top_k", [1, 3])
 def test_batched_outcomes_equal_the_sequential_attack_item_by_item(models, reviews, top_k):
     texts, labels = reviews
@@ -75,6 +76,7 @@ def test_batched_outcomes_equal_the_sequential_attack_item_by_item(models, revie
         assert not differ, (name, [(sequential[i], fast[i]) for i in differ[:2]])
 
 
+@pytest.mark.slow
 def test_attack_model_work_is_shared_across_targets_and_target_queries_memoised(models, reviews):
     texts, labels = reviews
     settings = AttackSettings(engine="batched")
@@ -142,6 +144,7 @@ def _run(script: Path, **args) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_shared_store_survives_a_kill_and_the_rerun_is_identical_and_cheaper(models, reviews,
                                                                              tmp_path):
     texts, labels = reviews
@@ -168,6 +171,7 @@ def test_shared_store_survives_a_kill_and_the_rerun_is_identical_and_cheaper(mod
     assert warm["mlm_texts"] < fresh["mlm_texts"] / 2, (warm["mlm_texts"], fresh["mlm_texts"])
 
 
+@pytest.mark.slow
 def test_shared_store_is_keyed_by_attack_model_and_every_setting(models, reviews, tmp_path):
     attacker = _attacker(models)
     base = AttackSettings(engine="batched")

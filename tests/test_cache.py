@@ -30,6 +30,7 @@ def forward_calls(gate: Gate) -> int:
     return sum(w.forward_calls for w in gate.models.loaded().values())
 
 
+@pytest.mark.slow
 def test_second_identical_run_does_no_forward_pass(tiny_models, tmp_path: Path) -> None:
     first = small_gate(tiny_models, tmp_path)
     figures = run_all(first)
@@ -40,6 +41,7 @@ def test_second_identical_run_does_no_forward_pass(tiny_models, tmp_path: Path) 
     assert not any(tmp_path.rglob("*.pkl")) and any(tmp_path.rglob("*.npz"))
 
 
+@pytest.mark.slow
 def test_refresh_recomputes_and_changed_settings_miss(tiny_models, tmp_path: Path) -> None:
     run_all(small_gate(tiny_models, tmp_path))
     refreshed = small_gate(tiny_models, tmp_path, refresh=True)
@@ -50,6 +52,7 @@ def test_refresh_recomputes_and_changed_settings_miss(tiny_models, tmp_path: Pat
     assert other_pooling.cache.misses > 0
 
 
+@pytest.mark.slow
 def test_corrupted_cache_file_is_reported_and_recomputed(tiny_models, tmp_path: Path) -> None:
     figures = run_all(small_gate(tiny_models, tmp_path))
     victim = sorted((tmp_path / "outputs").glob("*.npz"))[0]

@@ -40,6 +40,7 @@ def test_pytest_checks_runs_the_shipped_checks_and_the_projects_own(tiny_models,
     assert norm["status"] == "computed" and 0.0 <= norm["figure"] <= 1.0 and norm["n"] == 60
 
 
+@pytest.mark.slow
 def test_the_repositorys_own_test_run_does_not_collect_the_checks_folder(tiny_models, tmp_path: Path) -> None:
     """`pytest` and `pytest tests` here collect tests/ only (testpaths); `pytest --reference ...`
     with no paths in this repository runs the gate from checks/, not tests/."""

@@ -1,4 +1,4 @@
-"""Compression (#8): each method's saved folder loads with load_model and differs from the
+"""Compression: each method's saved folder loads with load_model and differs from the
 reference as intended, measured on the reloaded model; bad requests fail clearly."""
 
 from __future__ import annotations

@@ -61,6 +61,14 @@ def test_invalid_json_line_and_missing_file(tmp_path: Path) -> None:
         load_records(tmp_path / "missing.csv")
 
 
+def test_jsonl_line_with_a_number_past_the_digit_limit(tmp_path: Path) -> None:
+    """json.loads raises a plain ValueError (no position) for an integer of 5000 digits."""
+    path = tmp_path / "huge.jsonl"
+    path.write_text('{"text": "ok", "label": 1}\n{"text": "x", "label": ' + "1" * 5000 + "}\n")
+    with pytest.raises(DataError, match="line 2 is not valid JSON .*digits"):
+        load_records(path)
+
+
 def test_builtin_data_is_deterministic_and_disjoint_by_role() -> None:
     first, second = builtin_sentiment_data(), builtin_sentiment_data()
     assert first.test.texts == second.test.texts
@@ -94,6 +102,7 @@ def test_bad_txt_names_the_file(tmp_path: Path) -> None:
         load_text_data(latin)
 
 
+@pytest.mark.slow
 def test_gate_on_txt_data_compares_representations_and_says_labels_are_missing(
         tiny_models, tmp_path: Path) -> None:
     from miniature.core.gate import AFTER, Gate

@@ -243,6 +243,7 @@ def write_multiple_choice(path: Path, n: int = 40) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_multiple_choice_items_are_answered_by_their_own_choices(decoders, tmp_path: Path) -> None:
     from miniature.core.data import load_text_data
     from miniature.core.gate import Gate

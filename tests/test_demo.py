@@ -1,4 +1,4 @@
-"""The embedded default (#8): the demo's pieces, and the quick demo end to end (slow)."""
+"""The embedded default (the demo run with no model given): the demo's pieces, and the quick demo end to end (slow)."""
 
 from __future__ import annotations
 
@@ -116,7 +116,7 @@ def test_quick_demo_figures_in_unit_range_and_reference_passes_against_itself(tm
     assert errors["details"]["reference_accuracy"] >= 0.7, "the demo's fine-tuning did not learn"
     assert "miniature summary" in completed.stdout
     assert f"{reference} vs {reference}#2" in completed.stdout
-    # issue #16, as far as 300 items and 20 attacked ones allow (the full size's figures, all
+    # the paper's phenomenon (the demo's goals), as far as 300 items and 20 attacked ones allow (the full size's figures, all
     # four goals met, are in the README): printed, and recorded in demo.json and tables.md
     assert "the paper's phenomenon at small scale" in completed.stdout
     figures = json.loads((tmp_path / "reports" / "demo.json").read_text())["phenomenon"]
@@ -135,7 +135,7 @@ def test_quick_demo_figures_in_unit_range_and_reference_passes_against_itself(tm
     assert "Table 2" in tables and "Table 3" in tables and MODEL_NAMES["layers"] in tables
 
 
-# -- issue #16: the demo's data, the distilled candidate, the attack's constraints ----------
+# -- the phenomenon's ingredients: the demo's data, the distilled candidate, the attack's constraints
 def test_builtin_data_is_film_reviews_with_a_near_shifted_challenge_set() -> None:
     from miniature.core.data import builtin_sentiment_data
 
@@ -152,6 +152,7 @@ def test_builtin_data_is_film_reviews_with_a_near_shifted_challenge_set() -> Non
     assert 0 < sum(data.challenge_is_ood[:SIZES["quick"].data_limit]) < SIZES["quick"].data_limit
 
 
+@pytest.mark.slow
 def test_distil_retrains_the_layer_dropped_model_towards_the_reference(tiny_models, tmp_path: Path) -> None:
     from miniature.tools.compress import CompressionError, compress, read_record
     from miniature.core.data import builtin_sentiment_data
@@ -191,6 +192,7 @@ def test_cli_compress_distil_reads_texts_from_a_file(tiny_models, tmp_path: Path
     assert distil["texts"] == 3 and distil["epochs"] == 1.0
 
 
+@pytest.mark.slow
 def test_sentiment_filter_rejects_substitutes_of_another_polarity() -> None:
     from miniature.core.attack import SIMILARITY_ENCODER, AttackSettings
     from miniature.core.attack.lexicon import word_polarity

@@ -75,6 +75,7 @@ def test_the_bad_input_table_keeps_its_row_format() -> None:
     assert all(line.count(" | ") >= 1 and line.endswith(" |") for line in rows)
 
 
+@pytest.mark.slow
 def test_the_site_builds_with_strict(tmp_path: Path) -> None:
     if importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("material") is None:
         pytest.skip("mkdocs and mkdocs-material are not installed (pip install -e '.[docs]'; CI installs them)")

@@ -1,5 +1,5 @@
 """The figures of every characteristic on the tiny models, compared with the figures recorded
-before the registry restructuring (#15): a refactoring must not move a single number.
+before the registry restructuring: a refactoring must not move a single number.
 
 Regenerate the record only for a deliberate change of method:
 ``python tests/test_figures_unchanged.py --write``.

@@ -50,6 +50,7 @@ def finetuned(base, reviews, tmp_path_factory):
                           progress=False, **SETTINGS)
 
 
+@pytest.mark.slow
 def test_finetuning_lowers_the_loss_and_beats_chance(base, reviews, finetuned):
     root, path = finetuned
     assert path.parent == root
@@ -108,6 +109,7 @@ def test_cli_finetune_passes_every_setting_through(base, reviews, finetuned, tmp
     assert (status, captured.out) == (0, f"{path}\n")
 
 
+@pytest.mark.slow
 def test_cli_finetune_qa_trains_a_qa_head(base, tmp_path, capsys):
     from miniature.core.tasks.qa import predict_qa
 

@@ -13,6 +13,7 @@ from miniature.core.models import load_model
 from miniature.core.settings import make_settings
 
 
+@pytest.mark.slow
 def test_representation_before_and_after_fine_tuning_match_direct_computation(
         tiny_models, tmp_path: Path) -> None:
     settings = make_settings(
@@ -35,6 +36,7 @@ def test_representation_before_and_after_fine_tuning_match_direct_computation(
     assert expected[BEFORE] != expected[AFTER]
 
 
+@pytest.mark.slow
 def test_prediction_errors_match_direct_argmax(tiny_models, tmp_path: Path) -> None:
     gate = Gate(make_settings(reference=str(tiny_models["reference"]), candidate=[str(tiny_models["small"])],
                               cache_dir=tmp_path, data_limit=120, bootstrap=0))
@@ -84,6 +86,7 @@ def test_mismatched_label_maps_fail_the_errors_check_clearly(tiny_models, tmp_pa
     assert 0.0 <= result.figure <= 1.0
 
 
+@pytest.mark.slow
 def test_qa_task_errors_follow_squad_exact_match(tiny_models, tmp_path: Path) -> None:
     from miniature.core.tasks.qa import predict_qa, qa_correct
     from miniature.tools.testing import make_tiny_model

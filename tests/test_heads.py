@@ -91,6 +91,7 @@ def test_int8_folder_of_an_encoder_has_no_head(tiny_models, encoders, tmp_path: 
     assert 0.0 <= gate.compare("data_representation", gate.pairs()[0], stage=ENCODER).figure <= 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["classification", "qa"])
 def test_bare_encoders_skip_head_checks_and_compare_encoders(encoders, tmp_path: Path, task: str) -> None:
     gate = encoder_gate(encoders, tmp_path, task=task)

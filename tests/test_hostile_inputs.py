@@ -220,6 +220,7 @@ def write_labelled(path: Path, n: int) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_too_few_attacked_items_skip_the_attack_with_the_reason(tiny_models, tmp_path: Path) -> None:
     from miniature.core.characteristics.adversarial import MIN_ITEMS
     from miniature.errors import NotApplicable
@@ -262,6 +263,7 @@ def test_no_errors_at_all_is_said_not_nan(tiny_models, tmp_path: Path) -> None:
         g.compare("prediction_errors", g.pairs()[0])
 
 
+@pytest.mark.slow
 def test_small_samples_warn_that_the_interval_is_wide(tiny_models, tmp_path: Path) -> None:
     g = gate(tiny_models, tmp_path, data_limit=20, k=5)
     with pytest.warns(DataWarning, match=r"data representation, reference vs small: computed on only "
@@ -908,6 +910,7 @@ def test_bad_thresholds_fail_at_parse_time(pytester: pytest.Pytester, value: str
     assert opt.THRESHOLD_DISTRIBUTION in result.stderr.str() and expected in result.stderr.str()
 
 
+@pytest.mark.slow
 def test_max_length_above_the_position_limit_is_clamped_per_model(tiny_models, tmp_path: Path) -> None:
     long = " ".join(["the plot was long and winding"] * 60)
     path = write_rows(tmp_path / "long.jsonl", [f"{long} {i}" for i in range(10)] + [f"short {i}" for i in range(10)])
@@ -1081,6 +1084,7 @@ def test_command_line_threshold_beats_the_ini_however_each_is_written(
     assert {name: found[name] for name in expected} == expected
 
 
+@pytest.mark.slow
 def test_command_line_threshold_beats_the_ini_in_the_gate(gate_checks: pytest.Pytester, tiny_models) -> None:
     gate_checks.makeini("[pytest]\nminiature_threshold = data_representation=0.1\n")
     result = gate_checks.runpytest(
@@ -1229,6 +1233,7 @@ def test_compare_to_a_huge_file_is_refused_unread(tmp_path: Path, monkeypatch: p
 HOSTILE_NAME = "<img src=x onerror=alert(1)>"
 
 
+@pytest.mark.slow
 def test_html_in_a_model_folder_name_gives_safe_test_ids(gate_checks: pytest.Pytester, tiny_models) -> None:
     folder = gate_checks.path / HOSTILE_NAME
     shutil.copytree(tiny_models["small"], folder)
@@ -1364,6 +1369,7 @@ def _write_reports_at_once(barrier, report_dir: str, rounds: int) -> None:
         write_reports(_one_result(), make_settings(), Path(report_dir))
 
 
+@pytest.mark.slow
 def test_two_runs_finishing_at_once_write_reports_of_their_own(tmp_path: Path) -> None:
     context = multiprocessing.get_context("spawn")
     barrier, rounds = context.Barrier(2), 5
@@ -1423,6 +1429,7 @@ def test_read_only_cache_dir(tiny_models, tmp_path: Path) -> None:
         gate(tiny_models, tmp_path, cache_dir=blocker / "cache")
 
 
+@pytest.mark.slow
 def test_interrupted_encoding_resumes_from_saved_chunks(tiny_models, tmp_path: Path) -> None:
     uninterrupted = gate(tiny_models, tmp_path / "fresh", data_limit=60)
     uninterrupted.chunk_size = 16  # the same chunks, so the same batches and the same floats
@@ -1457,6 +1464,7 @@ def _run_gate(args: tuple[str, str, str, str]) -> dict[str, float]:
     return figures(g)
 
 
+@pytest.mark.slow
 def test_two_gate_runs_at_once_on_the_same_cache(tiny_models, tmp_path: Path) -> None:
     args = (str(tiny_models["reference"]), str(tiny_models["small"]), str(tmp_path / "cache"), "")
     context = multiprocessing.get_context("spawn")

@@ -90,6 +90,7 @@ def test_remote_code_is_refused_unless_trusted(tiny_models, tmp_path: Path) -> N
         load_model(str(target))
 
 
+@pytest.mark.slow
 def test_unreachable_hub_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
     import huggingface_hub.constants
 

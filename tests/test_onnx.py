@@ -1,4 +1,4 @@
-"""ONNX candidates (#19): an fp32 export of a model gives the PyTorch model's per-item outputs
+"""ONNX candidates: an fp32 export of a model gives the PyTorch model's per-item outputs
 within float tolerance on all four characteristics; an int8 export runs all four; a bare
 feature-extraction export runs representation and distribution and skips the rest with the
 missing output and the export option; ``compress --format onnx`` writes what the loader reads."""
@@ -58,6 +58,7 @@ def gate_of(tiny_models, candidates: list[Path], cache: Path) -> Gate:
                               data_limit=60, attack_size=30, bootstrap=0, k=5, seed=3))
 
 
+@pytest.mark.slow
 def test_fp32_export_equals_pytorch_on_every_per_item_output(tiny_models, exports, tmp_path) -> None:
     gate = gate_of(tiny_models, [exports["fp32"]], exports["cache"])
     reference, exported = gate.names[0], gate.names[1]
@@ -87,6 +88,7 @@ def test_fp32_export_equals_pytorch_on_every_per_item_output(tiny_models, export
     assert np.all(ranked[moved, k - 1] - ranked[moved, k] < NEAR_TIE), moved
 
 
+@pytest.mark.slow
 def test_int8_export_runs_all_four_and_differs(tiny_models, exports, tmp_path) -> None:
     gate = gate_of(tiny_models, [exports["int8"]], exports["cache"])
     exported = gate.names[1]
@@ -132,6 +134,7 @@ def test_logits_only_export_skips_the_vector_checks(tiny_models, exports, tmp_pa
         gate.compare("data_representation", pair)
 
 
+@pytest.mark.slow
 def test_compress_format_onnx_writes_a_loadable_int8_export(tiny_models, tmp_path) -> None:
     from miniature.core.formats import quantization_of
     from miniature.tools.compress import CompressionError, compress, read_record
@@ -163,6 +166,7 @@ def test_compress_format_onnx_writes_a_loadable_int8_export(tiny_models, tmp_pat
         compress(tiny_models["reference"], tmp_path / "y", method="none", progress=False)
 
 
+@pytest.mark.slow
 def test_pytest_gate_on_onnx_candidates(gate_checks: pytest.Pytester, tiny_models, exports) -> None:
     """`pytest --reference=REF --candidate=REF_onnx` passes; the feature-extraction export's
     head checks are skipped with the reason; the report's model table names the formats."""

@@ -159,6 +159,7 @@ def kill_a_worker_mid_shard(folder: Path, killed: list[int], stop: threading.Eve
                 return
 
 
+@pytest.mark.slow
 def test_workers_import_this_miniature(ray_cluster) -> None:
     def where() -> str:
         import miniature as package
@@ -168,6 +169,7 @@ def test_workers_import_this_miniature(ray_cluster) -> None:
     assert ray_cluster.get(ray_cluster.remote(where).remote()) == str(Path(miniature.__file__).resolve().parent)
 
 
+@pytest.mark.slow
 def test_a_worker_that_cannot_see_the_cache_is_one_line(ray_cluster, tmp_path: Path, monkeypatch) -> None:
     from miniature.core import executors
     from miniature.errors import MiniatureError
@@ -222,6 +224,7 @@ def test_executor_options_that_make_no_sense_together(changes: dict[str, Any], e
     assert "\n" not in str(error.value) and "fix:" in str(error.value)
 
 
+@pytest.mark.slow
 def test_in_process_imports_no_ray(tiny_models, tmp_path: Path) -> None:
     import subprocess
     import sys

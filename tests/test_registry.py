@@ -1,4 +1,4 @@
-"""The registry (#15): a characteristic is one object; a project registers its own through
+"""The registry: a characteristic is one object; a project registers its own through
 the ``pytest_miniature_characteristics`` hook and sees it gate the run, in the terminal
 summary, the JSON and the summary page."""
 

@@ -194,6 +194,7 @@ def test_summary_page_parses_and_shows_every_figure_in_table_2_shape() -> None:
                                                      ["distilbert", "tinybert"]]
 
 
+@pytest.mark.slow
 def test_summary_page_has_table_3_figure_1_and_run_metadata() -> None:
     results = sample_results()
     payload = json.loads(json.dumps(report_payload(results, sample_settings(), duration_s=12.5), default=str))
@@ -293,6 +294,7 @@ def test_pytest_html_cells_carry_verdict_figure_threshold_ci_and_chance() -> Non
     assert text == "PASS | error-set Jaccard 0.611 | ≥ 0.5 | 0.58–0.64 | 0.087"
 
 
+@pytest.mark.slow
 def test_json_round_trips_and_reports_are_never_overwritten(tmp_path: Path) -> None:
     results = sample_results()
     results.append(_result("adversarial_vulnerability", "bert-large", "other", math.nan, chance=None,
@@ -370,6 +372,7 @@ def test_plugin_loads_without_pytest_html(pytester: pytest.Pytester) -> None:
 
 
 # -- headless Chromium -------------------------------------------------------------------------
+@pytest.mark.slow
 def test_page_renders_in_headless_chromium_without_console_errors(tmp_path: Path) -> None:
     if not Path(CHROMIUM).exists():
         pytest.skip(f"chromium not installed ({CHROMIUM} missing); install it with `apt-get install chromium`")

@@ -1,4 +1,4 @@
-"""A gate in anyone's CI (#13): the checks ship with the package, models are found before any
+"""A gate in anyone's CI: the checks ship with the package, models are found before any
 work, offline failures take seconds, skipped and errored checks are reported, the CI recipe runs.
 
 The slow tests run the gate as a team would: from a folder that is not this repository,
@@ -128,6 +128,7 @@ def test_wheel_in_a_folder_without_checks_runs_the_gate(installed_wheel: Path, t
     assert (tmp_path / "reports" / "summary.html").is_file()
 
 
+@pytest.mark.slow
 def test_own_tests_and_the_gate_coexist(gate_checks: pytest.Pytester, tiny_models) -> None:
     gate_checks.makepyfile(test_own="def test_project():\n    assert 1 + 1 == 2\n")
     gate = small_gate(tiny_models, gate_checks.path, "-k", "distribution")

@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 
 def test_importing_the_plugin_imports_no_heavy_library() -> None:
     code = ("import sys, miniature.plugin.hooks, miniature.plugin.session, miniature.plugin.startup, "
@@ -13,6 +15,7 @@ def test_importing_the_plugin_imports_no_heavy_library() -> None:
     assert out.stdout.strip() == ""
 
 
+@pytest.mark.slow
 def test_datasets_name_that_cannot_be_loaded_is_one_clear_line(monkeypatch) -> None:
     import pytest
 

@@ -183,7 +183,9 @@ class OutputCache:
     def save_arrays(self, kind: str, key: str, arrays: Arrays) -> None:
         if self.root is None:
             return
-        atomic_write_bytes(self.path(kind, key), lambda handle: np.savez(handle, **arrays))
+        # numpy's stub lets **kwds fill savez's allow_pickle flag; no array here is named so
+        atomic_write_bytes(self.path(kind, key),
+                           lambda handle: np.savez(handle, **arrays))  # type: ignore[arg-type]
 
     def chunked(
         self,

@@ -100,9 +100,10 @@ def _read_file(path: Path, text_columns: Sequence[str] = ()) -> list[dict[str, A
                     continue
                 try:
                     row = json.loads(line)
-                except ValueError as error:
+                except ValueError as error:  # a JSONDecodeError, or a number past Python's digit limit
+                    detail = error.msg if isinstance(error, json.JSONDecodeError) else _one_line(error)
                     raise DataError(f"data {str(path)!r}: line {number} is not valid JSON "
-                                    f"({error.msg}); fix: one JSON object per line") from None
+                                    f"({detail}); fix: one JSON object per line") from None
                 if not isinstance(row, dict):
                     raise DataError(f"data {str(path)!r}: line {number} is a JSON "
                                     f"{_json_kind(row)}, not an object; fix: one JSON object per "

@@ -141,7 +141,9 @@ def torchao_config(quantization: str, qscheme: str = "per-channel") -> Any:
     if quantization == "int8-weight-only":
         return Int8WeightOnlyConfig(granularity=granularity)
     if quantization == "int4-weight-only":
-        return IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(INT4_GROUP_SIZE))
+        # torch.int4 exists at run time; torch's stubs do not declare it
+        return IntxWeightOnlyConfig(weight_dtype=torch.int4,  # type: ignore[attr-defined]
+                                    granularity=PerGroup(INT4_GROUP_SIZE))
     raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
 
 

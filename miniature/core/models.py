@@ -399,11 +399,11 @@ def load_model(
         check_vocabulary(spec, tokenizer, onnx_model.config)
         for option in DecoderWrapper.OPTIONS:
             wrapper_options.pop(option, None)
-        wrapper = ModelWrapper(spec.name, onnx_model, tokenizer,
-                               fingerprint=fingerprint_files(Path(spec.source)), device="cpu",
-                               **wrapper_options)
-        wrapper.missing_head = missing_outputs(onnx_model.roles, head)
-        return wrapper
+        exported_wrapper = ModelWrapper(spec.name, onnx_model, tokenizer,
+                                        fingerprint=fingerprint_files(Path(spec.source)), device="cpu",
+                                        **wrapper_options)
+        exported_wrapper.missing_head = missing_outputs(onnx_model.roles, head)
+        return exported_wrapper
     with model_file_boundary(spec, weights_file_name(spec), allow_pickle=allow_pickle):
         if spec.is_local and read_record(spec.source, method="int8") is not None:
             model = load_quantized(spec.source, head)  # an int8 folder from `miniature compress`

@@ -67,6 +67,11 @@ def quantization_of(config: Mapping[str, Any]) -> str | None:
     q = config.get("quantization_config")
     if not isinstance(q, Mapping) or not q:
         return None
+    return _scheme(q)
+
+
+def _scheme(q: Mapping[str, Any]) -> str:
+    """The backend and scheme of a non-empty ``quantization_config``."""
     method = _method(q)
     if method == "torchao":
         kind = _torchao_type(q)
@@ -141,7 +146,7 @@ def check_quantized_checkpoint(config: Mapping[str, Any], model_name: str) -> No
     q = config.get("quantization_config")
     if not isinstance(q, Mapping) or not q:
         return
-    scheme = quantization_of(config)
+    scheme = _scheme(q)
     method = _method(q)
     if method == "torchao":
         _needs(model_name, scheme, ("torchao",), "torchao", "pip install 'miniature[quantize]' (or torchao)")

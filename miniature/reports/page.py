@@ -290,11 +290,11 @@ def matrix_view(results: Sequence[ComparisonResult], names: Sequence[str]) -> di
         cells = grid[pair]
         row_cells: list[dict[str, Any]] = []
         for column in columns:
-            result = cells.get(column)
-            row_cells.append(matrix_cell_view(result, column))
+            cell = cells.get(column)
+            row_cells.append(matrix_cell_view(cell, column))
             if _is_representation(column):
-                variance = None if result is None else result.details.get("variance")
-                row_cells.append({"kind": "variance", "cls": verdict_class(result), "value": fmt(variance)})
+                variance = None if cell is None else cell.details.get("variance")
+                row_cells.append({"kind": "variance", "cls": verdict_class(cell), "value": fmt(variance)})
         rows.append({"pair": f"{pair[0]} vs {pair[1]}", "first": pair[0] if pair[0] != previous_first else "",
                      "second": pair[1], "informational": not any(r.gating for r in cells.values()),
                      "cells": row_cells})
@@ -512,7 +512,7 @@ def run_view(payload: Mapping[str, Any], json_name: str | None, previous: Mappin
     thresholds: dict[str, Any] = {}
     for result in payload.get("results") or []:  # one per characteristic, in report order
         get = result.get if isinstance(result, Mapping) else lambda key, r=result: getattr(r, key)
-        thresholds.setdefault(get("characteristic"), get("threshold"))
+        thresholds.setdefault(str(get("characteristic")), get("threshold"))
     items.append(("thresholds", [_line(
         ", ".join(f"{CHARACTERISTIC_TITLES.get(name, name)} {value}" for name, value in thresholds.items())
         + f" (attack: + drop within {settings.get('attack-drop-tolerance')} pp), judged on "

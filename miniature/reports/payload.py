@@ -112,8 +112,7 @@ def summary_table(results: Sequence[ComparisonResult], model_names: Sequence[str
         table.append([label] + [cell_text(row.get(column)) for column in columns])
     thresholds = []
     for column in columns:
-        values = {r.threshold for r in results if (r.characteristic, r.stage) == column}
-        values.discard(None)
+        values = {r.threshold for r in results if (r.characteristic, r.stage) == column and r.threshold is not None}
         thresholds.append(">= " + "/".join(format_number(v) for v in sorted(values)) if values else "-")
     table.append(["threshold"] + thresholds)
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]

@@ -119,7 +119,7 @@ class DemoResult:
         return list(json.loads(self.report_json.read_text("utf-8"))["results"])
 
     def phenomenon(self) -> dict[str, Any]:
-        """Issue #16's figures of this run (see :func:`phenomenon`)."""
+        """The figures the demo must show, of this run (see :func:`phenomenon`)."""
         return phenomenon(self.figures())
 
     def self_check_passed(self) -> bool | None:

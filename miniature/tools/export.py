@@ -59,7 +59,7 @@ def export_onnx(model: Any, tokenizer: Any, output: str | Path, *, head: str,
             out = self.inner(**dict(zip(inputs, args)), output_hidden_states=True)
             return (*(getattr(out, h) for h in heads), out.hidden_states[-1])
 
-    axes = {name: {0: "batch", 1: "sequence"} for name in inputs}
+    axes: dict[str, dict[int, str]] = {name: {0: "batch", 1: "sequence"} for name in inputs}
     axes.update({name: {0: "batch"} for name in heads})
     axes["last_hidden_state"] = {0: "batch", 1: "sequence"}
     if head == "qa" and not features_only:

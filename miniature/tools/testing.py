@@ -83,6 +83,8 @@ def make_tiny_model(
     tokenizer = BertTokenizerFast.from_pretrained(str(tokenizer_dir))
     common = dict(vocab_size=tokenizer.vocab_size, max_position_embeddings=128,
                   num_labels=num_labels, pad_token_id=tokenizer.pad_token_id)
+    config: transformers.PretrainedConfig
+    classes: dict[str, type[transformers.PreTrainedModel]]
     if architecture == "bert":
         config = transformers.BertConfig(hidden_size=hidden, num_hidden_layers=layers,
                                          num_attention_heads=heads, intermediate_size=hidden * 2,

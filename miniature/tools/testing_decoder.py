@@ -60,9 +60,9 @@ def make_tiny_decoders(root: Path) -> dict[str, Path]:
                                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
             model: Any = LlamaForCausalLM(config)
         else:
-            config = GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=heads, n_positions=256,
-                                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-            model = GPT2LMHeadModel(config)
+            gpt2_config = GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=heads, n_positions=256,
+                                     bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+            model = GPT2LMHeadModel(gpt2_config)
         path = root / name
         model.eval().save_pretrained(path, safe_serialization=True)
         tokenizer.save_pretrained(path)

@@ -247,7 +247,7 @@ def prepare_qa_features(
         sequence_ids = encoded.sequence_ids(i)
         features.inputs.append({k: list(encoded[k][i]) for k in keys})
         features.example_index.append(int(sample))
-        features.offsets.append([tuple(o) if s == 1 else None  # type: ignore[misc]
+        features.offsets.append([tuple(o) if s == 1 else None
                                  for o, s in zip(encoded["offset_mapping"][i], sequence_ids)])
         features.cls_index.append(ids.index(cls_id) if cls_id is not None and cls_id in ids else 0)
     return features
@@ -304,8 +304,8 @@ def postprocess_qa(
         raise ValueError(f"{len(features)} features but {len(start_logits)}/{len(end_logits)} "
                          "rows of start/end logits")
     windows: list[list[int]] = [[] for _ in examples]
-    for f, example in enumerate(features.example_index):
-        windows[example].append(f)
+    for f, example_index in enumerate(features.example_index):
+        windows[example_index].append(f)
     answers: list[str] = []
     for example, feature_ids in zip(examples, windows):
         best_score, best_span, null_score = -np.inf, None, np.inf
@@ -326,7 +326,7 @@ def postprocess_qa(
                     score = starts[s] + ends[e]
                     if score > best_score:
                         best_score = score
-                        best_span = (offsets[s][0], offsets[e][1])  # type: ignore[index]
+                        best_span = (offsets[s][0], offsets[e][1])
         if best_span is None or null_score - best_score > null_margin:
             answers.append("")
         else:
