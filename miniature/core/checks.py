@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from miniature.core.characteristics.base import THRESHOLD_ON_CHOICES, check_threshold_on  # noqa: F401 - re-exported
+
 
 __all__ = [
     "MIN_ITEMS",
@@ -59,16 +61,6 @@ def check_level(level: float) -> None:
     """Refuse a confidence level outside (0, 1)."""
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must lie strictly between 0 and 1 (e.g. 0.95), got {level}")
-
-
-#: what a threshold may be compared with: the raw figure, the chance-corrected one, the CI's lower bound
-THRESHOLD_ON_CHOICES: tuple[str, ...] = ("raw", "corrected", "ci_lower")
-
-
-def check_threshold_on(threshold_on: str) -> None:
-    """Refuse a ``threshold_on`` that is not one of :data:`THRESHOLD_ON_CHOICES`."""
-    if threshold_on not in THRESHOLD_ON_CHOICES:
-        raise ValueError(f"threshold_on must be one of {', '.join(THRESHOLD_ON_CHOICES)}; got {threshold_on!r}")
 
 
 def check_texts(item_texts: Sequence[str] | None, n: int) -> None:

@@ -19,12 +19,19 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from types import UnionType
 from typing import Any, Literal
 
-from miniature.core.checks import THRESHOLD_ON_CHOICES, check_threshold_on
 
 ThresholdOn = Literal["raw", "corrected", "ci_lower"]
 #: a check that produced a figure, one that did not apply, one that could not be computed
 COMPUTED, SKIPPED, ERROR = "computed", "skipped", "error"
 STATUSES: tuple[str, ...] = (COMPUTED, SKIPPED, ERROR)
+#: what a threshold may be compared with: the raw figure, the chance-corrected one, the CI's lower bound
+THRESHOLD_ON_CHOICES: tuple[str, ...] = ("raw", "corrected", "ci_lower")
+
+
+def check_threshold_on(threshold_on: str) -> None:
+    """Refuse a ``threshold_on`` that is not one of :data:`THRESHOLD_ON_CHOICES`."""
+    if threshold_on not in THRESHOLD_ON_CHOICES:
+        raise ValueError(f"threshold_on must be one of {', '.join(THRESHOLD_ON_CHOICES)}; got {threshold_on!r}")
 
 
 def _no_titles() -> Mapping[str, str]:
