@@ -100,7 +100,7 @@ def compare(reference: str | Path, candidates: str | Path | Sequence[str | Path]
     if unknown:
         raise OptionError(f"{opt.THRESHOLDS} {unknown[0]}=...: no such characteristic; registered: "
                           f"{', '.join(registry.names)}")
-    check_device(settings[opt.DEVICE])
+    check_device(settings.device)
     registry = for_models(registry, [str(settings.reference), *settings.candidates])
     activate(registry)
     gate = Gate(settings, registry=registry)

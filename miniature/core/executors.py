@@ -229,9 +229,9 @@ def run_jobs(gate: "JobHost", characteristics: Iterable[str] | None = None, *,
     says; ``inprocess`` runs nothing ahead (and imports no Ray). ``make_host`` builds the
     gate in each worker (default: the driver gate's own class)."""
     settings = gate.settings
-    if settings[opt.EXECUTOR] != "ray":
+    if settings.executor != "ray":
         return Execution()
-    return RayExecutor(settings[opt.RAY_ADDRESS], settings[opt.RAY_WORKERS]).run(
+    return RayExecutor(settings.ray_address, settings.ray_workers).run(
         gate, characteristics, make_host=make_host or type(gate))
 
 
@@ -324,8 +324,8 @@ class RayExecutor:
              make_host: HostFactory) -> Execution:
         """:meth:`run` on a connected Ray."""
         resources = ray.cluster_resources()
-        use_gpu = gate.settings[opt.DEVICE] == "cuda" or (
-            gate.settings[opt.DEVICE] == "auto" and resources.get("GPU", 0) >= 1)
+        use_gpu = gate.settings.device == "cuda" or (
+            gate.settings.device == "auto" and resources.get("GPU", 0) >= 1)
         workers = int(resources.get("GPU", 0)) if use_gpu else int(resources.get("CPU", 1))
         workers = max(1, workers)
         jobs = plan(gate, characteristics, workers=workers)
@@ -336,7 +336,7 @@ class RayExecutor:
             raise MiniatureError(f"{opt.EXECUTOR} ray needs the cache: the workers hand their "
                                  f"outputs over through it; fix: drop {opt.NO_CACHE}")
         check_shared_cache(ray, root.resolve())
-        if gate.settings[opt.FINETUNE]:  # fine-tune once, here, before the workers load the models
+        if gate.settings.finetune:  # fine-tune once, here, before the workers load the models
             for name in gate.names:
                 gate.spec(name)
         values = dict(gate.settings.values)

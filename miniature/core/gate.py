@@ -52,7 +52,7 @@ def not_computed(settings: opt.Settings, spec: Characteristic, pair: Pair, stage
     """The result of a check that was skipped or errored, with the threshold it would have met."""
     return ComparisonResult.not_computed(
         spec.name, pair.reference, pair.candidate, status=status, reason=reason, stage=stage,
-        gating=pair.gating, threshold_on=settings[opt.THRESHOLD_ON], threshold=threshold_for(settings, spec))
+        gating=pair.gating, threshold_on=settings.threshold_on, threshold=threshold_for(settings, spec))
 
 
 def verdict(settings: opt.Settings, spec: Characteristic, pair: Pair, stage: str | None,
@@ -61,7 +61,7 @@ def verdict(settings: opt.Settings, spec: Characteristic, pair: Pair, stage: str
     for it, what the threshold is on, and whether the pair gates (a ComparisonResult a
     project's characteristic returns is judged the same way: its own verdict fields are
     replaced)."""
-    threshold_on = settings[opt.THRESHOLD_ON]
+    threshold_on = settings.threshold_on
     check_threshold_on(threshold_on)
     if isinstance(measured, ComparisonResult):
         measured.threshold = threshold_for(settings, spec)
@@ -89,8 +89,8 @@ class Gate:
             opt.check_combinations(settings.values)
         except ValueError as error:
             raise MiniatureError(str(error)) from None
-        cache_root = None if settings[opt.NO_CACHE] else settings[opt.CACHE_DIR]
-        self.cache = OutputCache(cache_root, refresh=settings[opt.REFRESH])
+        cache_root = None if settings.no_cache else settings.cache_dir
+        self.cache = OutputCache(cache_root, refresh=settings.refresh)
         self.run_data = RunData(settings, data)
         self.models = ModelStore(settings, self.cache, self.run_data)
         self.per_item = OutputStore(settings, self.models, self.cache)
@@ -189,7 +189,7 @@ class Gate:
 
     def pairs(self) -> list[Pair]:
         """Reference vs each candidate (gating), then candidates with each other (reported)."""
-        gating_all = bool(self.settings[opt.GATE_ALL_PAIRS])
+        gating_all = bool(self.settings.gate_all_pairs)
         pairs = [Pair(self.reference, c, True) for c in self.candidates]
         for i, first in enumerate(self.candidates):
             for second in self.candidates[i + 1:]:
@@ -200,7 +200,7 @@ class Gate:
         """Representation stages: before/after fine-tuning when base checkpoints are known;
         ``ENCODER`` when no model has its task head (None: the task checkpoints)."""
         models = self.models
-        if self.settings[opt.FINETUNE] or (models.base_specs and len(models.base_specs) == len(self.names)):
+        if self.settings.finetune or (models.base_specs and len(models.base_specs) == len(self.names)):
             return [BEFORE, AFTER]
         if all(models.missing_head(name) for name in self.names):
             return [ENCODER]

@@ -40,7 +40,7 @@ class ModelStore:
         self.names: list[str] = [m.name for m in self.named]
         self.reference, self.candidates = self.names[0], self.names[1:]
         self.base_specs: dict[str, ModelSpec] = {}
-        bases = [settings[opt.REFERENCE_BASE]] + list(settings[opt.CANDIDATE_BASE] or [])
+        bases = [settings.reference_base] + list(settings.candidate_base)
         for name, base in zip(self.names, bases):
             if base:
                 self.base_specs[name] = locate(resolve_model(base))
@@ -49,12 +49,12 @@ class ModelStore:
         self.attack_spec: ModelSpec | None = None
         if self.task == "classification":
             try:
-                self.attack_spec = locate(resolve_model(settings[opt.ATTACK_MODEL]))
+                self.attack_spec = locate(resolve_model(settings.attack_model))
             except ModelReferenceError as error:
                 self.attack_problem = f"attack model: {error}"
         #: the reference once more (``--noise-floor``): re-fine-tuned with another seed, or reloaded
         self.noise_model: str | None = None
-        if settings[opt.NOISE_FLOOR]:
+        if settings.noise_floor:
             self.noise_model = f"{self.reference}~copy"
             self.specs[self.noise_model] = self.specs[self.reference]
         self._wrappers: dict[tuple[str, str], ModelWrapper] = {}
@@ -83,7 +83,7 @@ class ModelStore:
     def spec(self, name: str, stage: str | None = None) -> ModelSpec:
         """Where a model's checkpoint for ``stage`` is: the base one before fine-tuning,
         else the task checkpoint (fine-tuned here first with ``--finetune``)."""
-        finetuning = bool(self.settings[opt.FINETUNE])
+        finetuning = bool(self.settings.finetune)
         if stage == BEFORE:
             return self.specs[name] if finetuning else self.base_specs[name]
         if not finetuning:
@@ -107,19 +107,19 @@ class ModelStore:
             root = Path(tempfile.mkdtemp(prefix="miniature-finetuned-"))
         else:
             root = self.cache.root / "finetuned"
-        seed = self.settings[opt.SEED] + (1 if name == self.noise_model else 0)
+        seed = self.settings.seed + (1 if name == self.noise_model else 0)
         if self.task != "qa" and self.data.train.labels is None:
             raise MiniatureError(self.unlabelled("train", f"{opt.FINETUNE} trains on its labels"))
         train: Any = self.data.train.examples if self.task == "qa" else self.data.train
         path = finetune(self.specs[name].source, self.task, train,
-                        output_root=root, seed=seed, max_length=self.settings[opt.MAX_LENGTH],
-                        trust_remote_code=self.settings[opt.TRUST_REMOTE_CODE],
-                        allow_pickle=self.settings[opt.ALLOW_PICKLE])
+                        output_root=root, seed=seed, max_length=self.settings.max_length,
+                        trust_remote_code=self.settings.trust_remote_code,
+                        allow_pickle=self.settings.allow_pickle)
         return ModelSpec(name=name, source=str(path), is_local=True)
 
     @property
     def task(self) -> str:
-        return str(self.settings[opt.TASK])
+        return str(self.settings.task)
 
     @property
     def head(self) -> str:
@@ -164,11 +164,11 @@ class ModelStore:
             words: tuple[str, ...] = ("multiple-choice", fingerprint_texts("\x1f".join(c) for c in choices))
         else:
             words = tuple(self.choice_words())
-        return (self.settings[opt.PROMPT_TEMPLATE], words, self.settings[opt.CHOICE_SCORE])
+        return (self.settings.prompt_template, words, self.settings.choice_score)
 
     def pooling_of(self, name: str) -> str:
         """``--pooling`` for ``name``, ``auto`` resolved: [CLS] of an encoder, a decoder's last token."""
-        pooling = self.settings[opt.POOLING]
+        pooling = self.settings.pooling
         if pooling == "auto":
             return "last" if self.is_decoder(name) else "cls"
         return pooling
@@ -176,7 +176,7 @@ class ModelStore:
     def choice_words(self) -> list[str]:
         """The words a decoder scores as the labels, by label id: ``--verbalizer``, else the
         data's label names, else the built-in reviews' negative/positive."""
-        given = self.settings[opt.VERBALIZER]
+        given = self.settings.verbalizer
         if given:
             return [given[i] for i in range(len(given))]
         test = self.data.test
@@ -193,7 +193,7 @@ class ModelStore:
 
     @property
     def device(self) -> str:
-        device = self.settings[opt.DEVICE]
+        device = self.settings.device
         if device == "auto":
             import torch
 
@@ -210,14 +210,14 @@ class ModelStore:
         if key not in self._wrappers:
             spec = self.spec(name, stage)
             headless = stage == BEFORE or bool(self.missing_head(name))
-            options = dict(device=self.device, trust_remote_code=self.settings[opt.TRUST_REMOTE_CODE],
-                           allow_pickle=self.settings[opt.ALLOW_PICKLE],
-                           max_length=self.settings[opt.MAX_LENGTH],
-                           batch_size=self.settings[opt.BATCH_SIZE], pooling=self.pooling_of(name),
+            options = dict(device=self.device, trust_remote_code=self.settings.trust_remote_code,
+                           allow_pickle=self.settings.allow_pickle,
+                           max_length=self.settings.max_length,
+                           batch_size=self.settings.batch_size, pooling=self.pooling_of(name),
                            onnx_outputs=self.settings.onnx_outputs)
             if self.is_decoder(name) and not headless and self.choice_problem() is None:
-                options.update(prompt_template=self.settings[opt.PROMPT_TEMPLATE],
-                               choice_score=self.settings[opt.CHOICE_SCORE])
+                options.update(prompt_template=self.settings.prompt_template,
+                               choice_score=self.settings.choice_score)
                 if not self.multiple_choice:
                     options.update(choices=self.choice_words())
             wrapper = load_model(spec, head="encoder" if headless else self.head, **options)
@@ -251,11 +251,11 @@ class ModelStore:
     def missing_head(self, name: str) -> list[str]:
         """Task-head weights ``name``'s checkpoint lacks (read from its file headers, no
         weights loaded); ``[]`` when complete, unknown until loaded, or fine-tuned here."""
-        if self.settings[opt.FINETUNE]:
+        if self.settings.finetune:
             return []
         if name not in self._missing_head:
             self._missing_head[name] = missing_head_weights(
-                self.specs[name], self.head_of(name), trust_remote_code=self.settings[opt.TRUST_REMOTE_CODE],
+                self.specs[name], self.head_of(name), trust_remote_code=self.settings.trust_remote_code,
                 onnx_outputs=self.settings.onnx_outputs)
         return self._missing_head[name] or []
 
@@ -293,7 +293,7 @@ class ModelStore:
 
     def _label_count_problem(self, name: str) -> str | None:
         """A classifier trained for another number of labels than the data has."""
-        if (self.task != "classification" or self.settings[opt.FINETUNE] or self.settings[opt.LABEL_MAP]
+        if (self.task != "classification" or self.settings.finetune or self.settings.label_map
                 or self.is_decoder(name) or self.multiple_choice):  # a decoder scores the data's own labels
             return None
         test, train = self.data.test, self.data.train
@@ -305,7 +305,7 @@ class ModelStore:
             from transformers import AutoConfig
 
             config = AutoConfig.from_pretrained(self.spec(name).source,
-                                                trust_remote_code=self.settings[opt.TRUST_REMOTE_CODE])
+                                                trust_remote_code=self.settings.trust_remote_code)
         except (OSError, ValueError):  # not readable without the network: the load will say
             return None
         num_labels = int(config.num_labels)
@@ -331,12 +331,12 @@ class ModelStore:
 
                 with model_file_boundary(self.spec(model), "config.json"):
                     return AutoConfig.from_pretrained(
-                        self.spec(model).source, trust_remote_code=self.settings[opt.TRUST_REMOTE_CODE])
+                        self.spec(model).source, trust_remote_code=self.settings.trust_remote_code)
 
             reference = config(self.reference)
             mapping = check_label_maps(
                 reference, config(name) if name != self.reference else reference,
-                self.data.test.labels or [], label_map=self.settings[opt.LABEL_MAP],
+                self.data.test.labels or [], label_map=self.settings.label_map,
                 reference_name=f"{self.reference} (reference)", candidate_name=name,
                 data_label_names=self.data.test.label_names, data_source=self.data.test.source)
             self._label_maps[name] = (None if mapping is None
@@ -352,13 +352,13 @@ class ModelStore:
             raise NotApplicable(self.attack_problem or "the attack runs only with --task classification")
         if key not in self._wrappers:
             spec = self.attack_spec
-            trust = self.settings[opt.TRUST_REMOTE_CODE]
+            trust = self.settings.trust_remote_code
             missing = missing_head_weights(spec, "masked-lm", trust_remote_code=trust)
             if not missing:
                 wrapper = load_model(
                     spec, head="masked-lm", device=self.device, trust_remote_code=trust,
-                    allow_pickle=self.settings[opt.ALLOW_PICKLE],
-                    max_length=self.settings[opt.MAX_LENGTH], batch_size=self.settings[opt.BATCH_SIZE])
+                    allow_pickle=self.settings.allow_pickle,
+                    max_length=self.settings.max_length, batch_size=self.settings.batch_size)
                 missing = wrapper.missing_head
             if missing:
                 raise ModelReferenceError(

@@ -41,11 +41,11 @@ class OutputStore:
         stage = None if stage == ENCODER else stage
         key = fingerprint(
             "outputs", self.models.model_fingerprint(name, stage), _data_fingerprint(data),
-            self.models.pooling_of(name), self.settings[opt.MAX_LENGTH], stage or "task", self.task,
+            self.models.pooling_of(name), self.settings.max_length, stage or "task", self.task,
             *self.models.decoder_signature(name))
 
         truncated = []
-        used = [self.settings[opt.MAX_LENGTH]]
+        used = [self.settings.max_length]
 
         def compute(part: slice) -> dict[str, np.ndarray]:
             wrapper = self.models.wrapper(name, stage=stage)
@@ -74,7 +74,7 @@ class OutputStore:
         if sum(truncated):
             warnings.warn(DataWarning(
                 f"{where}: {sum(truncated)} of {len(data)} items are longer than "
-                f"{_length_used(used[0], self.settings[opt.MAX_LENGTH])} tokens and were "
+                f"{_length_used(used[0], self.settings.max_length)} tokens and were "
                 "truncated; raise --max-length to compare whole texts"), stacklevel=2)
         if "embeddings" not in arrays:  # a logits-only ONNX export: the vectors' checks skip
             return WithoutVectors(arrays, reason=self.models.wrapper(name, stage=stage).hidden_problem or "")
@@ -124,9 +124,9 @@ class OutputStore:
         from miniature.core.tasks.qa import predict_qa, qa_correct
 
         test = self.data.test
-        doc_stride = max(8, self.settings[opt.MAX_LENGTH] // 3)
+        doc_stride = max(8, self.settings.max_length // 3)
         key = fingerprint("qa-answers", self.models.model_fingerprint(name, None), _data_fingerprint(test),
-                          self.settings[opt.MAX_LENGTH], doc_stride)
+                          self.settings.max_length, doc_stride)
         examples = test.examples or []
         answers = self.cache.load_json("answers", key)
         if answers is None or len(answers) != len(test):

@@ -21,7 +21,7 @@ class RunData:
 
     @property
     def task(self) -> str:
-        return str(self.settings[opt.TASK])
+        return str(self.settings.task)
 
     @property
     def sets(self) -> TaskData:
@@ -41,14 +41,14 @@ class RunData:
         sets: dict[str, TextData] = {}
         for role in ROLES:
             if role not in given:
-                sets[role] = builtin.role(role).head(s[opt.DATA_LIMIT])  # type: ignore[union-attr]
+                sets[role] = builtin.role(role).head(s.data_limit)  # type: ignore[union-attr]
             elif self.task == "qa":
-                sets[role] = load_qa_data(given[role], limit=s[opt.DATA_LIMIT])
+                sets[role] = load_qa_data(given[role], limit=s.data_limit)
             else:
                 sets[role] = load_text_data(
-                    given[role], text_column=s[opt.TEXT_COLUMN],
-                    label_column=None if role == "challenge" else s[opt.LABEL_COLUMN],
-                    limit=s[opt.DATA_LIMIT])
+                    given[role], text_column=s.text_column,
+                    label_column=None if role == "challenge" else s.label_column,
+                    limit=s.data_limit)
         is_ood = None
         if "challenge" not in given and builtin is not None and builtin.challenge_is_ood:
             is_ood = builtin.challenge_is_ood[: len(sets["challenge"])]
@@ -83,16 +83,16 @@ class RunData:
         else the test texts."""
         from pathlib import Path
 
-        given = self.settings[opt.TEXT_DATA]
+        given = self.settings.text_data
         if not given:
             return list(self.sets.test.texts), self.sets.test.source
         path = Path(given)
-        if path.suffix.lower() == ".txt" and self.settings[opt.TOKEN_SCORING] == "llama-cpp" and path.is_file():
+        if path.suffix.lower() == ".txt" and self.settings.token_scoring == "llama-cpp" and path.is_file():
             from miniature.core.data import read_text_file
 
             return [read_text_file(path)], str(path)
-        data = load_text_data(given, text_column=self.settings[opt.TEXT_COLUMN], label_column=None,
-                              limit=self.settings[opt.DATA_LIMIT])
+        data = load_text_data(given, text_column=self.settings.text_column, label_column=None,
+                              limit=self.settings.data_limit)
         return list(data.texts), data.source
 
 

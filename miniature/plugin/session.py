@@ -123,7 +123,7 @@ class MiniatureSession:
             from miniature.plugin.html_columns import HtmlReportHooks
 
             config.pluginmanager.register(HtmlReportHooks(), HTML_PLUGIN)
-        previous = self.settings[opt.COMPARE_TO]
+        previous = self.settings.compare_to
         if previous is not None and not hasattr(config, "workerinput"):
             from miniature.reports.payload import ReportError, load_report
 
@@ -252,10 +252,10 @@ class MiniatureSession:
 
         try:
             self.report_paths = write_reports(
-                self.results, settings, settings[opt.REPORT_DIR], duration_s=time.time() - self.started,
+                self.results, settings, settings.report_dir, duration_s=time.time() - self.started,
                 previous=self.previous_report, execution=self.execution(), models=self.models)
         except OSError as error:
-            self.report_paths = (f"miniature: could not write the report to {settings[opt.REPORT_DIR]} "
+            self.report_paths = (f"miniature: could not write the report to {settings.report_dir} "
                                  f"({error}); fix: pass a writable {opt.REPORT_DIR}")
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:

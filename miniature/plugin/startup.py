@@ -204,8 +204,8 @@ def locate_models(settings: "opt.Settings") -> dict[str, Any]:
     from miniature.core.models import locate, resolve_model, unique_name
 
     given = [(opt.REFERENCE, settings.reference), *((opt.CANDIDATE, c) for c in settings.candidates),
-             (opt.REFERENCE_BASE, settings[opt.REFERENCE_BASE]),
-             *((opt.CANDIDATE_BASE, b) for b in settings[opt.CANDIDATE_BASE] or [])]
+             (opt.REFERENCE_BASE, settings.reference_base),
+             *((opt.CANDIDATE_BASE, b) for b in settings.candidate_base)]
     problems = []
     named: list[NamedModel] = []
     for flag, reference in given:
@@ -255,10 +255,10 @@ def check_start_up(settings: "opt.Settings") -> None:
                 raise pytest.UsageError(f"{flag}: {error}") from None
     check_outputs_outside_models(settings)
     try:
-        check_device(settings[opt.DEVICE])
+        check_device(settings.device)
     except MiniatureError as error:
         raise pytest.UsageError(str(error)) from None
-    if settings[opt.EXECUTOR] == "ray":
+    if settings.executor == "ray":
         import importlib.util
 
         from miniature.core.executors import RAY_MISSING
@@ -273,9 +273,9 @@ def check_outputs_outside_models(settings: "opt.Settings") -> None:
     nothing cached would be reused), and a model folder is not the place for them."""
     from miniature.core.models import resolve_model
 
-    written = [(opt.REPORT_DIR, settings[opt.REPORT_DIR])]
-    if not settings[opt.NO_CACHE]:
-        written.append((opt.CACHE_DIR, settings[opt.CACHE_DIR]))
+    written = [(opt.REPORT_DIR, settings.report_dir)]
+    if not settings.no_cache:
+        written.append((opt.CACHE_DIR, settings.cache_dir))
     for model_flag in opt.MODEL_FLAGS:
         given = settings[model_flag]
         for value in (given if isinstance(given, list) else [given] if given else []):
