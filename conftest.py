@@ -30,8 +30,9 @@ class SlowLane:
         terminalreporter.write_sep("=", f"unmarked tests over {self.seconds:g} s")
         for duration, nodeid in over:
             terminalreporter.write_line(f"{duration:7.1f} s  {nodeid}")
-        terminalreporter.write_line('mark them @pytest.mark.slow: the fast lane (pytest -m "not slow") '
-                                    "stays under 3 minutes")
+        terminalreporter.write_line(
+            'mark them @pytest.mark.slow: the fast lane (pytest -m "not slow") stays under 3 minutes'
+        )
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -93,8 +93,13 @@ class Measure:
         self.extra = max(0, self.peak - self.rss_before)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"seconds": self.seconds, "rss_before": self.rss_before, "peak_rss": self.peak,
-                "peak_extra": self.extra, "peak_exact": self.exact}
+        return {
+            "seconds": self.seconds,
+            "rss_before": self.rss_before,
+            "peak_rss": self.peak,
+            "peak_extra": self.extra,
+            "peak_exact": self.exact,
+        }
 
 
 # -- machine -----------------------------------------------------------------------------------
@@ -123,7 +128,9 @@ def machine_info() -> dict[str, Any]:
     try:
         import torch
 
-        info["torch"] = f"{torch.__version__} ({torch.get_num_threads()} threads, {torch.get_num_interop_threads()} inter-op)"
+        info["torch"] = (
+            f"{torch.__version__} ({torch.get_num_threads()} threads, {torch.get_num_interop_threads()} inter-op)"
+        )
     except ImportError:
         pass
     for name in ("transformers", "faiss", "numpy", "sklearn", "textattack"):
@@ -142,8 +149,10 @@ def machine_info() -> dict[str, Any]:
         pools = []
         for pool in threadpool_info():
             lib = Path(pool.get("filepath", "")).name
-            pools.append(f"{pool.get('internal_api')} {pool.get('version') or ''} "
-                         f"{pool.get('architecture') or ''} x{pool.get('num_threads')} ({lib})".replace("  ", " "))
+            pools.append(
+                f"{pool.get('internal_api')} {pool.get('version') or ''} "
+                f"{pool.get('architecture') or ''} x{pool.get('num_threads')} ({lib})".replace("  ", " ")
+            )
         info["thread_pools"] = pools
     except ImportError:
         info["thread_pools"] = ["threadpoolctl not installed"]
@@ -151,12 +160,16 @@ def machine_info() -> dict[str, Any]:
 
 
 def print_machine(info: dict[str, Any]) -> None:
-    print(f"machine: {info['cpu']}, {info['usable_cpus']} usable of {info['logical_cpus']} logical "
-          f"CPUs, {info['memory_gib']} GiB RAM, load average {info['load_average']}")
-    print(f"python {info['python']}, torch {info.get('torch')}, transformers "
-          f"{info.get('transformers')}, faiss-cpu {info.get('faiss')}, numpy {info.get('numpy')}, "
-          f"scikit-learn {info.get('sklearn')}; OPENBLAS_CORETYPE={info['OPENBLAS_CORETYPE']}, "
-          f"OMP_NUM_THREADS={info['OMP_NUM_THREADS']}")
+    print(
+        f"machine: {info['cpu']}, {info['usable_cpus']} usable of {info['logical_cpus']} logical "
+        f"CPUs, {info['memory_gib']} GiB RAM, load average {info['load_average']}"
+    )
+    print(
+        f"python {info['python']}, torch {info.get('torch')}, transformers "
+        f"{info.get('transformers')}, faiss-cpu {info.get('faiss')}, numpy {info.get('numpy')}, "
+        f"scikit-learn {info.get('sklearn')}; OPENBLAS_CORETYPE={info['OPENBLAS_CORETYPE']}, "
+        f"OMP_NUM_THREADS={info['OMP_NUM_THREADS']}"
+    )
     for pool in info.get("thread_pools", []):
         print(f"  thread pool: {pool}")
 
@@ -167,26 +180,29 @@ def emit(result: dict[str, Any]) -> None:
     print(MARK + json.dumps(result), flush=True)
 
 
-def run_worker(script: str | Path, args: Sequence[str], *, timeout: float | None = None,
-               env: dict[str, str] | None = None) -> dict[str, Any]:
+def run_worker(
+    script: str | Path, args: Sequence[str], *, timeout: float | None = None, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Run ``python script args`` in a fresh process; its emitted result plus process figures."""
     command = [sys.executable, str(script), *args]
     start = time.perf_counter()
-    process = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                             env={**os.environ, **WORKER_ENV, **(env or {})})
+    process = subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, env={**os.environ, **WORKER_ENV, **(env or {})}
+    )
     wall = time.perf_counter() - start
     lines = [line for line in process.stdout.splitlines() if line.startswith(MARK)]
     if process.returncode != 0 or not lines:
         sys.stderr.write(process.stdout[-4000:] + process.stderr[-8000:])
         raise RuntimeError(f"worker failed (exit {process.returncode}): {' '.join(command)}")
-    result = json.loads(lines[-1][len(MARK):])
+    result = json.loads(lines[-1][len(MARK) :])
     result["process_wall"] = wall
     result["log"] = "\n".join(line for line in process.stdout.splitlines() if not line.startswith(MARK))
     return result
 
 
-def interleave(variants: Sequence[str], rounds: int,
-               run: Callable[[str, int], dict[str, Any]], *, quiet: bool = False) -> dict[str, list[dict[str, Any]]]:
+def interleave(
+    variants: Sequence[str], rounds: int, run: Callable[[str, int], dict[str, Any]], *, quiet: bool = False
+) -> dict[str, list[dict[str, Any]]]:
     """Run every variant once per round, rotating the order each round; results by variant."""
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
     for index in range(rounds):
@@ -195,14 +211,22 @@ def interleave(variants: Sequence[str], rounds: int,
             result = run(name, index)
             results[name].append(result)
             if not quiet:
-                print(f"  round {index + 1}/{rounds} {name:<22} {result['seconds']:8.3f} s   "
-                      f"peak +{result['peak_extra'] / MIB:7.1f} MiB", flush=True)
+                print(
+                    f"  round {index + 1}/{rounds} {name:<22} {result['seconds']:8.3f} s   "
+                    f"peak +{result['peak_extra'] / MIB:7.1f} MiB",
+                    flush=True,
+                )
     return results
 
 
-def interleave_in_process(variants: Sequence[str], rounds: int, n_chunks: int,
-                          run: Callable[[str, int], Any], *, first_round_only: Sequence[str] = (),
-                          ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+def interleave_in_process(
+    variants: Sequence[str],
+    rounds: int,
+    n_chunks: int,
+    run: Callable[[str, int], Any],
+    *,
+    first_round_only: Sequence[str] = (),
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Fine-grained interleaving inside one process, for figures on a noisy machine.
 
     Each round runs every variant on every chunk of the work, rotating which variant goes
@@ -214,8 +238,7 @@ def interleave_in_process(variants: Sequence[str], rounds: int, n_chunks: int,
     """
     CPU_STEPS.clear()
     CPU_STEPS.update({name: [] for name in variants})
-    totals: dict[str, list[float]] = {name: [0.0] * (1 if name in first_round_only else rounds)
-                                      for name in variants}
+    totals: dict[str, list[float]] = {name: [0.0] * (1 if name in first_round_only else rounds) for name in variants}
     steps: dict[str, list[float]] = {name: [] for name in variants}
     for index in range(rounds):
         for chunk in range(n_chunks):
@@ -229,9 +252,11 @@ def interleave_in_process(variants: Sequence[str], rounds: int, n_chunks: int,
                 CPU_STEPS[name].append(time.process_time() - cpu)
                 totals[name][index] += seconds
                 steps[name].append(seconds)
-        print(f"  round {index + 1}/{rounds}: " + ", ".join(
-            f"{name} {totals[name][index]:.2f} s" for name in variants
-            if index < len(totals[name])), flush=True)
+        print(
+            f"  round {index + 1}/{rounds}: "
+            + ", ".join(f"{name} {totals[name][index]:.2f} s" for name in variants if index < len(totals[name])),
+            flush=True,
+        )
     return totals, steps
 
 
@@ -245,8 +270,9 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
-def paired_ratios(results: dict[str, list[dict[str, Any]]], numerator: str, denominator: str,
-                  key: str = "seconds") -> list[float]:
+def paired_ratios(
+    results: dict[str, list[dict[str, Any]]], numerator: str, denominator: str, key: str = "seconds"
+) -> list[float]:
     """Per round: numerator's figure over denominator's (same round, so same machine load)."""
     return [a[key] / b[key] for a, b in zip(results[numerator], results[denominator])]
 
@@ -262,8 +288,10 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A plain Markdown table."""
     cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(cells[0], widths)) + " |",
-             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(cells[0], widths)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
     lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in cells[1:]]
     return "\n".join(lines)
 
@@ -276,13 +304,23 @@ def common_arguments(parser: argparse.ArgumentParser, *, rounds: int | None) -> 
     """--quick, --rounds (unless ``rounds`` is None), --json, --threads and the worker flags."""
     parser.add_argument("--quick", action="store_true", help="a small, fast run (smoke test)")
     if rounds is not None:
-        parser.add_argument("--rounds", type=int, default=None,
-                            help=f"interleaved rounds per variant (default {rounds}; fewer with --quick)")
-    parser.add_argument("--json", type=Path, default=None, metavar="FILE",
-                        help="also write every raw figure to this JSON file")
-    parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="run the workers with N threads in torch, OpenMP and BLAS (default: "
-                             "leave the thread pools as they are; 1 is steadier on a busy machine)")
+        parser.add_argument(
+            "--rounds",
+            type=int,
+            default=None,
+            help=f"interleaved rounds per variant (default {rounds}; fewer with --quick)",
+        )
+    parser.add_argument(
+        "--json", type=Path, default=None, metavar="FILE", help="also write every raw figure to this JSON file"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run the workers with N threads in torch, OpenMP and BLAS (default: "
+        "leave the thread pools as they are; 1 is steadier on a busy machine)",
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--payload", default=None, help=argparse.SUPPRESS)
 

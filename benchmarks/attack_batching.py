@@ -62,20 +62,24 @@ def setup_worker(payload: dict) -> None:
         paths = {"attacker": root / "attacker"}
         attacker.save_pretrained(str(paths["attacker"]), safe_serialization=True)
         tokenizer.save_pretrained(str(paths["attacker"]))
-        config = transformers.BertConfig(num_hidden_layers=12, num_labels=2,
-                                         vocab_size=tokenizer.vocab_size)
+        config = transformers.BertConfig(num_hidden_layers=12, num_labels=2, vocab_size=tokenizer.vocab_size)
         torch.manual_seed(12)
         reference = transformers.BertForSequenceClassification(config).eval()
         names = ["bert-base-random", "keep-9", "keep-6", "keep-3"]
         for name, keep in zip(names, (12, 9, 6, 3)):
             if keep < 12:
                 model = transformers.BertForSequenceClassification(
-                    transformers.BertConfig(num_hidden_layers=keep, num_labels=2,
-                                            vocab_size=tokenizer.vocab_size))
+                    transformers.BertConfig(num_hidden_layers=keep, num_labels=2, vocab_size=tokenizer.vocab_size)
+                )
                 state = reference.state_dict()
-                model.load_state_dict({k: v for k, v in state.items()
-                                       if not k.startswith("bert.encoder.layer.")
-                                       or int(k.split(".")[3]) < keep}, strict=True)
+                model.load_state_dict(
+                    {
+                        k: v
+                        for k, v in state.items()
+                        if not k.startswith("bert.encoder.layer.") or int(k.split(".")[3]) < keep
+                    },
+                    strict=True,
+                )
             else:
                 model = reference
             paths[name] = root / name
@@ -104,29 +108,34 @@ def timing_worker(variant: str, payload: dict) -> None:
     outcomes = {}
     with h.Measure() as measure:
         for name, wrapper in zip(targets, wrappers):
-            outcomes[name] = attack_model_outcomes(attacker, wrapper, texts, labels,
-                                                   settings=settings, progress=False)
-    strip = {name: [{k: v for k, v in o.items() if k != "seconds"} for o in rows]
-             for name, rows in outcomes.items()}
+            outcomes[name] = attack_model_outcomes(attacker, wrapper, texts, labels, settings=settings, progress=False)
+    strip = {name: [{k: v for k, v in o.items() if k != "seconds"} for o in rows] for name, rows in outcomes.items()}
     extra = {}
     if engine == "batched":
         from miniature.core.attack.engine import shared_outputs
 
         store = shared_outputs(attacker, settings, None)
-        extra = {"mlm_texts": store.mlm_texts, "mlm_calls": store.mlm_calls,
-                 "encoded_texts": store.encoded_texts}
-    h.emit({**measure.as_dict(), "outcomes": strip, **extra,
+        extra = {"mlm_texts": store.mlm_texts, "mlm_calls": store.mlm_calls, "encoded_texts": store.encoded_texts}
+    h.emit(
+        {
+            **measure.as_dict(),
+            "outcomes": strip,
+            **extra,
             "attacked": {n: sum(o["result"] != "skipped" for o in rows) for n, rows in strip.items()},
-            "target_forward_calls": {n: w.forward_calls for n, w in zip(targets, wrappers)}})
+            "target_forward_calls": {n: w.forward_calls for n, w in zip(targets, wrappers)},
+        }
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     h.common_arguments(parser, rounds=1)
     parser.add_argument("--models", default="tiny,bert", help="tiny, bert or both (default)")
-    parser.add_argument("--items", type=int, default=None,
-                        help="items attacked (default 200 tiny / 40 bert; 20 / 6 with --quick)")
+    parser.add_argument(
+        "--items", type=int, default=None, help="items attacked (default 200 tiny / 40 bert; 20 / 6 with --quick)"
+    )
     parser.add_argument("--variants", default=",".join(VARIANTS))
     args = parser.parse_args(argv)
     if args.worker:
@@ -145,18 +154,31 @@ def main(argv: list[str] | None = None) -> int:
     report = {"machine": info, "sets": {}}
     summary = []
     for models in [m for m in args.models.split(",") if m]:
-        items = args.items or {("tiny", False): 200, ("tiny", True): 20,
-                               ("bert", False): 40, ("bert", True): 6}[(models, args.quick)]
+        items = (
+            args.items
+            or {("tiny", False): 200, ("tiny", True): 20, ("bert", False): 40, ("bert", True): 6}[(models, args.quick)]
+        )
         reviews = sentiment_reviews(items, seed=11, mixed=0.0)
         scratch = h.scratch_dir(f"miniature-bench-attack-{models}-")
-        setup = h.run_worker(__file__, ["--worker", "setup", "--payload",
-                                        json.dumps({"root": str(scratch), "models": models})])
-        payload = dict(paths=setup["paths"], targets=setup["targets"], threads=args.threads,
-                       texts=[r.text for r in reviews], labels=[r.label for r in reviews])
-        print(f"\n== {models}: {items} items, targets {', '.join(setup['targets'])}; each variant "
-              f"in a fresh process, cold (no cache), {rounds} round(s)")
-        results = h.interleave(variants, rounds, lambda name, _: h.run_worker(
-            __file__, ["--worker", name, "--payload", json.dumps(payload)]))
+        setup = h.run_worker(
+            __file__, ["--worker", "setup", "--payload", json.dumps({"root": str(scratch), "models": models})]
+        )
+        payload = dict(
+            paths=setup["paths"],
+            targets=setup["targets"],
+            threads=args.threads,
+            texts=[r.text for r in reviews],
+            labels=[r.label for r in reviews],
+        )
+        print(
+            f"\n== {models}: {items} items, targets {', '.join(setup['targets'])}; each variant "
+            f"in a fresh process, cold (no cache), {rounds} round(s)"
+        )
+        results = h.interleave(
+            variants,
+            rounds,
+            lambda name, _: h.run_worker(__file__, ["--worker", name, "--payload", json.dumps(payload)]),
+        )
         best = {name: min(rs, key=lambda r: r["seconds"]) for name, rs in results.items()}
         rows = []
         for name in variants:
@@ -169,35 +191,66 @@ def main(argv: list[str] | None = None) -> int:
                 ref = best[base]["outcomes"]
                 differ = sum(a != b for t in r["outcomes"] for a, b in zip(ref[t], r["outcomes"][t]))
             ratio = (h.median([x["seconds"] for x in results[base]]) / seconds) if base in results else None
-            rows.append([name, n_targets, items, f"{seconds:.1f} s",
-                         f"{items * n_targets / seconds:.2f}",
-                         f"{ratio:.2f}x" if ratio else "-",
-                         differ, h.mib(r["peak_rss"]),
-                         f"{r['peak_rss'] / best[base]['peak_rss']:.2f}x" if base in best else "-",
-                         sum(r["attacked"].values()),
-                         sum(r["target_forward_calls"].values()),
-                         r.get("mlm_texts", "-")])
+            rows.append(
+                [
+                    name,
+                    n_targets,
+                    items,
+                    f"{seconds:.1f} s",
+                    f"{items * n_targets / seconds:.2f}",
+                    f"{ratio:.2f}x" if ratio else "-",
+                    differ,
+                    h.mib(r["peak_rss"]),
+                    f"{r['peak_rss'] / best[base]['peak_rss']:.2f}x" if base in best else "-",
+                    sum(r["attacked"].values()),
+                    sum(r["target_forward_calls"].values()),
+                    r.get("mlm_texts", "-"),
+                ]
+            )
             report["sets"].setdefault(models, {})[name] = {
-                "seconds": [x["seconds"] for x in results[name]], "peak_rss": r["peak_rss"],
-                "differ": differ, "attacked": r["attacked"], "mlm_texts": r.get("mlm_texts"),
-                "target_forward_calls": r["target_forward_calls"]}
-        print("\n" + h.table(["variant", "targets", "items", "attack time", "items/s (x targets)",
-                              "speed vs seq", "differing outcomes", "peak RSS", "RSS vs seq",
-                              "attacked", "target passes", "MLM texts run"], rows))
+                "seconds": [x["seconds"] for x in results[name]],
+                "peak_rss": r["peak_rss"],
+                "differ": differ,
+                "attacked": r["attacked"],
+                "mlm_texts": r.get("mlm_texts"),
+                "target_forward_calls": r["target_forward_calls"],
+            }
+        print(
+            "\n"
+            + h.table(
+                [
+                    "variant",
+                    "targets",
+                    "items",
+                    "attack time",
+                    "items/s (x targets)",
+                    "speed vs seq",
+                    "differing outcomes",
+                    "peak RSS",
+                    "RSS vs seq",
+                    "attacked",
+                    "target passes",
+                    "MLM texts run",
+                ],
+                rows,
+            )
+        )
         if all(v in best for v in VARIANTS):
-            gate = h.median([x["seconds"] for x in results["bat-4"]]) / \
-                h.median([x["seconds"] for x in results["seq-4"]])
-            single = h.median([x["seconds"] for x in results["seq-1"]]) / \
-                h.median([x["seconds"] for x in results["bat-1"]])
+            gate = h.median([x["seconds"] for x in results["bat-4"]]) / h.median(
+                [x["seconds"] for x in results["seq-4"]]
+            )
+            single = h.median([x["seconds"] for x in results["seq-1"]]) / h.median(
+                [x["seconds"] for x in results["bat-1"]]
+            )
             memory = best["bat-4"]["peak_rss"] / best["seq-4"]["peak_rss"]
             differ = sum(row[6] for row in rows if isinstance(row[6], int))
-            lines = [f"gate-wide time bat-4 / seq-4: {gate:.2f}x (goal <= 0.5x) -> "
-                     f"{'MET' if gate <= 0.5 else 'MISSED'}",
-                     f"single-target items/s bat-1 / seq-1: {single:.2f}x (goal >= 1.5x) -> "
-                     f"{'MET' if single >= 1.5 else 'MISSED'}",
-                     f"peak RSS bat-4 / seq-4: {memory:.2f}x (goal < 2x) -> "
-                     f"{'MET' if memory < 2 else 'MISSED'}",
-                     f"differing outcomes: {differ} (goal 0) -> {'MET' if differ == 0 else 'MISSED'}"]
+            lines = [
+                f"gate-wide time bat-4 / seq-4: {gate:.2f}x (goal <= 0.5x) -> {'MET' if gate <= 0.5 else 'MISSED'}",
+                f"single-target items/s bat-1 / seq-1: {single:.2f}x (goal >= 1.5x) -> "
+                f"{'MET' if single >= 1.5 else 'MISSED'}",
+                f"peak RSS bat-4 / seq-4: {memory:.2f}x (goal < 2x) -> {'MET' if memory < 2 else 'MISSED'}",
+                f"differing outcomes: {differ} (goal 0) -> {'MET' if differ == 0 else 'MISSED'}",
+            ]
             print("\n".join(lines))
             summary.append((models, lines))
     if args.quick:

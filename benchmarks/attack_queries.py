@@ -38,25 +38,32 @@ VARIANTS = ("miniature", "textattack-128", "textattack-as-loaded")
 MODEL = "all-minilm-l6-v2"
 
 
-def query_batches(n_texts: int, *, seed: int, batch_size: int = 32, candidates: int = 48,
-                  positions: int = 3) -> list[list[str]]:
+def query_batches(
+    n_texts: int, *, seed: int, batch_size: int = 32, candidates: int = 48, positions: int = 3
+) -> list[list[str]]:
     """Lists of perturbed texts as BERT-Attack's search sends them to the target."""
     rng = random.Random(seed)
     texts = h.real_length_texts(n_texts, seed=seed)
-    vocabulary = sorted({w.strip(".,").lower() for t in h.real_length_texts(300, seed=seed + 7)
-                         for w in t.split() if w.strip(".,").isalpha()})
+    vocabulary = sorted(
+        {
+            w.strip(".,").lower()
+            for t in h.real_length_texts(300, seed=seed + 7)
+            for w in t.split()
+            if w.strip(".,").isalpha()
+        }
+    )
     batches: list[list[str]] = []
 
     def send(queries: list[str]) -> None:
-        batches.extend(queries[i:i + batch_size] for i in range(0, len(queries), batch_size))
+        batches.extend(queries[i : i + batch_size] for i in range(0, len(queries), batch_size))
 
     for text in texts:
         words = text.split()
-        send([" ".join(words[:i] + ["[UNK]"] + words[i + 1:]) for i in range(len(words))])
+        send([" ".join(words[:i] + ["[UNK]"] + words[i + 1 :]) for i in range(len(words))])
         current = list(words)
         for position in rng.sample(range(len(words)), min(positions, len(words))):
             swaps = rng.sample(vocabulary, min(candidates, len(vocabulary)))
-            send([" ".join(current[:position] + [w] + current[position + 1:]) for w in swaps])
+            send([" ".join(current[:position] + [w] + current[position + 1 :]) for w in swaps])
             current[position] = swaps[0]  # the search keeps one and moves on
     return batches
 
@@ -75,8 +82,7 @@ def build(payload: dict) -> dict:
     from transformers import AutoTokenizer
 
     torch.manual_seed(0)  # the same random classification head in every process
-    wrapper = load_model(MODEL, head="classification", max_length=payload["max_length"],
-                         batch_size=32, progress=False)
+    wrapper = load_model(MODEL, head="classification", max_length=payload["max_length"], batch_size=32, progress=False)
     targets, lengths = {}, {}
     for name in VARIANTS:
         if name == "miniature":
@@ -93,6 +99,7 @@ def build(payload: dict) -> dict:
         def call(batch: list[str]) -> np.ndarray:
             out = target(batch)
             return out.detach().cpu().numpy() if hasattr(out, "detach") else np.asarray(out)
+
         return call
 
     return {"calls": {name: caller(t) for name, t in targets.items()}, "lengths": lengths}
@@ -109,7 +116,7 @@ def timing_worker(payload: dict) -> None:
     for name in variants:
         calls[name](batches[0])  # warm-up
     group = payload["group"]
-    groups = [batches[i:i + group] for i in range(0, len(batches), group)]
+    groups = [batches[i : i + group] for i in range(0, len(batches), group)]
     outputs: dict[str, list] = {name: [None] * len(groups) for name in variants}
 
     def run(name: str, index: int) -> None:
@@ -118,12 +125,20 @@ def timing_worker(payload: dict) -> None:
             outputs[name][index] = logits
 
     slow = [v for v in variants if v == "textattack-as-loaded"] if payload["slow_once"] else []
-    totals, steps = h.interleave_in_process(variants, payload["rounds"], len(groups), run,
-                                            first_round_only=slow)
+    totals, steps = h.interleave_in_process(variants, payload["rounds"], len(groups), run, first_round_only=slow)
     for name in variants:
         np.save(Path(payload["scratch"]) / f"{name}.npy", np.concatenate(outputs[name]))
-    h.emit({"totals": totals, "steps": steps, "cpu_steps": h.CPU_STEPS, "lengths": built["lengths"],
-            "queries": sum(len(b) for b in batches), "batches": len(batches), "groups": len(groups)})
+    h.emit(
+        {
+            "totals": totals,
+            "steps": steps,
+            "cpu_steps": h.CPU_STEPS,
+            "lengths": built["lengths"],
+            "queries": sum(len(b) for b in batches),
+            "batches": len(batches),
+            "groups": len(groups),
+        }
+    )
 
 
 def memory_worker(name: str, payload: dict) -> None:
@@ -139,19 +154,22 @@ def memory_worker(name: str, payload: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     h.common_arguments(parser, rounds=3)
-    parser.add_argument("--texts", type=int, default=None,
-                        help="source texts attacked (default 8; 2 with --quick)")
+    parser.add_argument("--texts", type=int, default=None, help="source texts attacked (default 8; 2 with --quick)")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--group", type=int, default=6, help="batches per interleaving step")
-    parser.add_argument("--every-round", action="store_true",
-                        help="run textattack-as-loaded (pads to 512, slow) in every round, not "
-                             "only the first")
-    parser.add_argument("--memory-batches", type=int, default=12,
-                        help="batches (those with the longest texts) for the peak-RSS runs")
+    parser.add_argument(
+        "--every-round",
+        action="store_true",
+        help="run textattack-as-loaded (pads to 512, slow) in every round, not only the first",
+    )
+    parser.add_argument(
+        "--memory-batches", type=int, default=12, help="batches (those with the longest texts) for the peak-RSS runs"
+    )
     parser.add_argument("--variants", default=",".join(VARIANTS))
     args = parser.parse_args(argv)
     if args.worker:
@@ -171,22 +189,34 @@ def main(argv: list[str] | None = None) -> int:
     h.print_machine(info)
     print(threads)
     scratch = h.scratch_dir("miniature-bench-attack-")
-    payload = dict(n_texts=n_texts, seed=args.seed, max_length=args.max_length, group=args.group,
-                   rounds=rounds, slow_once=not args.every_round, variants=variants,
-                   memory_batches=args.memory_batches, scratch=str(scratch))
-    print(f"\n{queries} attack queries in {len(batches)} batches ({queries / n_texts:.0f} per source "
-          f"text, {n_texts} texts of 10-60 words) against {MODEL} + classification head\n\n"
-          f"timing: one process, {rounds} round(s), variants interleaved every {args.group} batches"
-          f"{'' if args.every_round else ' (textattack-as-loaded in round 1 only)'}")
+    payload = dict(
+        n_texts=n_texts,
+        seed=args.seed,
+        max_length=args.max_length,
+        group=args.group,
+        rounds=rounds,
+        slow_once=not args.every_round,
+        variants=variants,
+        memory_batches=args.memory_batches,
+        scratch=str(scratch),
+    )
+    print(
+        f"\n{queries} attack queries in {len(batches)} batches ({queries / n_texts:.0f} per source "
+        f"text, {n_texts} texts of 10-60 words) against {MODEL} + classification head\n\n"
+        f"timing: one process, {rounds} round(s), variants interleaved every {args.group} batches"
+        f"{'' if args.every_round else ' (textattack-as-loaded in round 1 only)'}"
+    )
     timing = h.run_worker(__file__, ["--worker", "timing", "--payload", json.dumps(payload)])
     print(timing["log"])
-    print(f"memory: each variant alone in a fresh process, the {args.memory_batches} batches with "
-          "the longest texts")
+    print(f"memory: each variant alone in a fresh process, the {args.memory_batches} batches with the longest texts")
     memory = {}
     for name in variants:
         memory[name] = h.run_worker(__file__, ["--worker", name, "--payload", json.dumps(payload)])
-        print(f"  {name:<22} peak RSS {h.mib(memory[name]['peak_rss'])} "
-              f"(+{h.mib(memory[name]['peak_extra'])} over its baseline)", flush=True)
+        print(
+            f"  {name:<22} peak RSS {h.mib(memory[name]['peak_rss'])} "
+            f"(+{h.mib(memory[name]['peak_extra'])} over its baseline)",
+            flush=True,
+        )
 
     import numpy as np
 
@@ -197,25 +227,49 @@ def main(argv: list[str] | None = None) -> int:
     for name in variants:
         # per round: its total over miniature's total, the steps of both interleaved
         paired = [b / a for a, b in zip(totals["miniature"], totals[name])]
-        cpu_of = {v: sum(timing["cpu_steps"][v][:len(steps[name])]) for v in ("miniature", name)}
+        cpu_of = {v: sum(timing["cpu_steps"][v][: len(steps[name])]) for v in ("miniature", name)}
         cpu = [cpu_of[name] / cpu_of["miniature"]]
         seconds = h.median(totals[name])
         agree = float(np.mean(logits[name].argmax(1) == mini.argmax(1)))
-        rows.append([name, timing["lengths"][name], f"{seconds:.2f} s", f"{queries / seconds:.1f}",
-                     "1.00x" if name == "miniature" else h.fmt_ratio(paired),
-                     "1.00x" if name == "miniature" else f"{h.median(cpu):.2f}x",
-                     h.mib(memory[name]["peak_extra"]), h.mib(memory[name]["peak_rss"]),
-                     "-" if name == "miniature" else f"{agree:.2%}",
-                     "-" if name == "miniature" else f"{np.abs(logits[name] - mini).max():.1e}"])
-    print("\n" + h.table(["variant", "model_max_length", "time (median round)", "queries/s",
-                          "its time / miniature's (median round)", "CPU-time ratio",
-                          "peak RSS over baseline",
-                          "peak RSS", "same argmax", "max |logit diff|"], rows))
+        rows.append(
+            [
+                name,
+                timing["lengths"][name],
+                f"{seconds:.2f} s",
+                f"{queries / seconds:.1f}",
+                "1.00x" if name == "miniature" else h.fmt_ratio(paired),
+                "1.00x" if name == "miniature" else f"{h.median(cpu):.2f}x",
+                h.mib(memory[name]["peak_extra"]),
+                h.mib(memory[name]["peak_rss"]),
+                "-" if name == "miniature" else f"{agree:.2%}",
+                "-" if name == "miniature" else f"{np.abs(logits[name] - mini).max():.1e}",
+            ]
+        )
+    print(
+        "\n"
+        + h.table(
+            [
+                "variant",
+                "model_max_length",
+                "time (median round)",
+                "queries/s",
+                "its time / miniature's (median round)",
+                "CPU-time ratio",
+                "peak RSS over baseline",
+                "peak RSS",
+                "same argmax",
+                "max |logit diff|",
+            ],
+            rows,
+        )
+    )
     if "textattack-128" in variants:
         speed = h.median([b / a for a, b in zip(totals["miniature"], totals["textattack-128"])])
         equal = bool((logits["textattack-128"].argmax(1) == mini.argmax(1)).all())
-        print(f"\ngoal >= 2x the queries/s of textattack-128: {speed:.3f}x -> "
-              f"{'MET' if speed >= 2 else 'MISSED'}; identical predictions: {'yes' if equal else 'NO'}")
+        print(
+            f"\ngoal >= 2x the queries/s of textattack-128: {speed:.3f}x -> "
+            f"{'MET' if speed >= 2 else 'MISSED'}; identical predictions: {'yes' if equal else 'NO'}"
+        )
     if args.quick:
         print("note: --quick is a smoke test at a small size; the goals are judged on a full run")
     h.write_json(args.json, {"machine": info, "settings": payload, "timing": timing, "memory": memory})

@@ -48,8 +48,7 @@ def gate_worker(payload: dict) -> None:
     import torch  # noqa: F401
     import transformers
 
-    for name in ("AutoConfig", "AutoTokenizer", "AutoModelForSequenceClassification",
-                 "AutoModelForMaskedLM"):
+    for name in ("AutoConfig", "AutoTokenizer", "AutoModelForSequenceClassification", "AutoModelForMaskedLM"):
         getattr(transformers, name)
     import miniature.core.attack  # noqa: F401
     import miniature.core.characteristics.adversarial  # noqa: F401
@@ -61,10 +60,16 @@ def gate_worker(payload: dict) -> None:
 
     imported = time.perf_counter() - start
     paths = payload["paths"]
-    settings = make_settings(reference=paths["reference"], candidate=[paths["small"]],
-                             attack_model=paths["attacker"], attack_size=payload["attack_size"],
-                             cache_dir=Path(payload["cache_dir"]), data_limit=payload["data_limit"],
-                             bootstrap=payload["bootstrap"], device="cpu")
+    settings = make_settings(
+        reference=paths["reference"],
+        candidate=[paths["small"]],
+        attack_model=paths["attacker"],
+        attack_size=payload["attack_size"],
+        cache_dir=Path(payload["cache_dir"]),
+        data_limit=payload["data_limit"],
+        bootstrap=payload["bootstrap"],
+        device="cpu",
+    )
     figures = {}
     with h.Measure() as measure:
         gate = Gate(settings)
@@ -73,10 +78,18 @@ def gate_worker(payload: dict) -> None:
                 result = gate.compare(characteristic, pair)
                 figures[f"{characteristic} {pair.id}"] = result.figure
     out = measure.as_dict()
-    loaded = {f"{name}{'/' + stage if stage else ''}": wrapper.forward_calls
-              for (name, stage), wrapper in gate.models.loaded().items()}
-    out.update(imports=imported, figures=figures, hits=gate.cache.hits, misses=gate.cache.misses,
-               models_loaded=loaded, process_peak_rss=h.peak_bytes())
+    loaded = {
+        f"{name}{'/' + stage if stage else ''}": wrapper.forward_calls
+        for (name, stage), wrapper in gate.models.loaded().items()
+    }
+    out.update(
+        imports=imported,
+        figures=figures,
+        hits=gate.cache.hits,
+        misses=gate.cache.misses,
+        models_loaded=loaded,
+        process_peak_rss=h.peak_bytes(),
+    )
     h.emit(out)
 
 
@@ -85,14 +98,20 @@ def same(a: float, b: float) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     h.common_arguments(parser, rounds=3)
-    parser.add_argument("--attack-size", type=int, default=None,
-                        help="items attacked per model (default 30; 10 with --quick)")
-    parser.add_argument("--data-limit", type=int, default=None,
-                        help="at most this many items per data set (default: all of the built-in "
-                             "data, i.e. 1000/300/500/450; 200 with --quick)")
+    parser.add_argument(
+        "--attack-size", type=int, default=None, help="items attacked per model (default 30; 10 with --quick)"
+    )
+    parser.add_argument(
+        "--data-limit",
+        type=int,
+        default=None,
+        help="at most this many items per data set (default: all of the built-in "
+        "data, i.e. 1000/300/500/450; 200 with --quick)",
+    )
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
     args = parser.parse_args(argv)
     if args.worker:
@@ -108,43 +127,78 @@ def main(argv: list[str] | None = None) -> int:
     h.print_machine(info)
     print(threads)
     scratch = h.scratch_dir("miniature-bench-cache-")
-    paths = h.run_worker(__file__, ["--worker", "setup", "--payload",
-                                    json.dumps({"root": str(scratch / "models")})])["paths"]
-    print(f"\nfull gate, tiny models (reference 4x64 BERT vs candidate 2x32 BERT, attack model "
-          f"2x32 masked LM), built-in data{f' limited to {data_limit} per set' if data_limit else ''}, "
-          f"attack on {attack_size} items per model, bootstrap {args.bootstrap}; {rounds} round(s) "
-          "of cold then warm, each a fresh process\n")
+    paths = h.run_worker(__file__, ["--worker", "setup", "--payload", json.dumps({"root": str(scratch / "models")})])[
+        "paths"
+    ]
+    print(
+        f"\nfull gate, tiny models (reference 4x64 BERT vs candidate 2x32 BERT, attack model "
+        f"2x32 masked LM), built-in data{f' limited to {data_limit} per set' if data_limit else ''}, "
+        f"attack on {attack_size} items per model, bootstrap {args.bootstrap}; {rounds} round(s) "
+        "of cold then warm, each a fresh process\n"
+    )
     results: dict[str, list[dict]] = {"cold": [], "warm": []}
     for index in range(rounds):
         cache_dir = scratch / f"cache-{index}"
         for name in ("cold", "warm"):
-            payload = dict(paths=paths, cache_dir=str(cache_dir), attack_size=attack_size,
-                           data_limit=data_limit, bootstrap=args.bootstrap)
+            payload = dict(
+                paths=paths,
+                cache_dir=str(cache_dir),
+                attack_size=attack_size,
+                data_limit=data_limit,
+                bootstrap=args.bootstrap,
+            )
             result = h.run_worker(__file__, ["--worker", name, "--payload", json.dumps(payload)])
             results[name].append(result)
-            print(f"  round {index + 1}/{rounds} {name}: gate {result['seconds']:7.2f} s, process "
-                  f"{result['process_wall']:6.2f} s, cache hits {result['hits']} misses "
-                  f"{result['misses']}, forward passes {result['models_loaded']}", flush=True)
+            print(
+                f"  round {index + 1}/{rounds} {name}: gate {result['seconds']:7.2f} s, process "
+                f"{result['process_wall']:6.2f} s, cache hits {result['hits']} misses "
+                f"{result['misses']}, forward passes {result['models_loaded']}",
+                flush=True,
+            )
 
     rows = []
     for name in ("cold", "warm"):
         rs = results[name]
-        rows.append([name, f"{h.median([r['seconds'] for r in rs]):.2f} s",
-                     f"{h.median([r['process_wall'] for r in rs]):.2f} s",
-                     f"{h.median([r['imports'] for r in rs]):.2f} s",
-                     h.mib(h.median([r['peak_extra'] for r in rs])),
-                     h.mib(h.median([r['process_peak_rss'] for r in rs]))])
-    print("\n" + h.table(["run", "gate (median)", "process (median)", "imports",
-                          "peak RSS during gate (over baseline)", "process peak RSS"], rows))
+        rows.append(
+            [
+                name,
+                f"{h.median([r['seconds'] for r in rs]):.2f} s",
+                f"{h.median([r['process_wall'] for r in rs]):.2f} s",
+                f"{h.median([r['imports'] for r in rs]):.2f} s",
+                h.mib(h.median([r["peak_extra"] for r in rs])),
+                h.mib(h.median([r["process_peak_rss"] for r in rs])),
+            ]
+        )
+    print(
+        "\n"
+        + h.table(
+            [
+                "run",
+                "gate (median)",
+                "process (median)",
+                "imports",
+                "peak RSS during gate (over baseline)",
+                "process peak RSS",
+            ],
+            rows,
+        )
+    )
     gate_ratio = h.paired_ratios(results, "cold", "warm")
     process_ratio = h.paired_ratios(results, "cold", "warm", key="process_wall")
-    identical = all(same(c["figures"][key], w["figures"][key])
-                    for c, w in zip(results["cold"], results["warm"]) for key in c["figures"])
+    identical = all(
+        same(c["figures"][key], w["figures"][key])
+        for c, w in zip(results["cold"], results["warm"])
+        for key in c["figures"]
+    )
     print(f"\nwarm speed-up, gate: {h.fmt_ratio(gate_ratio)}; whole process: {h.fmt_ratio(process_ratio)}")
-    print(f"goal warm >= 20x faster (gate work): {h.median(gate_ratio):.1f}x -> "
-          f"{'MET' if h.median(gate_ratio) >= 20 else 'MISSED'}")
-    print(f"figures identical cold vs warm: {'yes' if identical else 'NO'}  "
-          + ", ".join(f"{k.split(' ')[0]}={v:.3f}" for k, v in results["cold"][0]["figures"].items()))
+    print(
+        f"goal warm >= 20x faster (gate work): {h.median(gate_ratio):.1f}x -> "
+        f"{'MET' if h.median(gate_ratio) >= 20 else 'MISSED'}"
+    )
+    print(
+        f"figures identical cold vs warm: {'yes' if identical else 'NO'}  "
+        + ", ".join(f"{k.split(' ')[0]}={v:.3f}" for k, v in results["cold"][0]["figures"].items())
+    )
     if args.quick:
         print("note: --quick is a smoke test at a small size; the goals are judged on a full run")
     h.write_json(args.json, {"machine": info, "results": results})

@@ -49,8 +49,7 @@ def setup_worker(payload: dict) -> None:
     root = Path(payload["root"])
     paths = {}
     for name, layers in (("bert-base-random", 12), ("bert-6l-random", 6)):
-        config = transformers.BertConfig(num_hidden_layers=layers, num_labels=2,
-                                         vocab_size=tokenizer.vocab_size)
+        config = transformers.BertConfig(num_hidden_layers=layers, num_labels=2, vocab_size=tokenizer.vocab_size)
         torch.manual_seed(layers)
         model = transformers.BertForSequenceClassification(config)
         folder = root / name
@@ -70,16 +69,21 @@ def task_data(items: int):
     holdout, extra, news = round(0.3 * items), round(0.15 * items), round(0.3 * items)
 
     def cut(data: TextData, n: int) -> TextData:
-        return TextData(source=data.source, texts=data.texts[:n],
-                        labels=data.labels[:n] if data.labels is not None else None)
+        return TextData(
+            source=data.source, texts=data.texts[:n], labels=data.labels[:n] if data.labels is not None else None
+        )
 
     flags = base.challenge_is_ood or []
     reviews = [t for t, ood in zip(base.challenge.texts, flags) if not ood][:extra]
     newswire = [t for t, ood in zip(base.challenge.texts, flags) if ood][:news]
     challenge = TextData(source="builtin:challenge", texts=reviews + newswire)
-    return TaskData(train=cut(base.train, items), holdout=cut(base.holdout, holdout),
-                    test=cut(base.test, items), challenge=challenge,
-                    challenge_is_ood=[False] * len(reviews) + [True] * len(newswire))
+    return TaskData(
+        train=cut(base.train, items),
+        holdout=cut(base.holdout, holdout),
+        test=cut(base.test, items),
+        challenge=challenge,
+        challenge_is_ood=[False] * len(reviews) + [True] * len(newswire),
+    )
 
 
 def time_forward(model, name: str, totals: dict[str, float]) -> None:
@@ -112,10 +116,15 @@ def gate_worker(payload: dict) -> None:
     torch.manual_seed(0)
     paths = payload["paths"]
     data = task_data(payload["items"])
-    settings = make_settings(reference=paths["bert-base-random"], candidate=[paths["bert-6l-random"]],
-                             attack_model=payload["attack_model"], attack_size=payload["attack_size"],
-                             cache_dir=Path(payload["cache_dir"]), bootstrap=payload["bootstrap"],
-                             device=payload["device"])
+    settings = make_settings(
+        reference=paths["bert-base-random"],
+        candidate=[paths["bert-6l-random"]],
+        attack_model=payload["attack_model"],
+        attack_size=payload["attack_size"],
+        cache_dir=Path(payload["cache_dir"]),
+        bootstrap=payload["bootstrap"],
+        device=payload["device"],
+    )
     profiler = cProfile.Profile() if payload["profile"] else None
     phases: dict[str, dict] = {}
     start = time.perf_counter()
@@ -126,8 +135,7 @@ def gate_worker(payload: dict) -> None:
     names = [gate.reference, *gate.candidates]
     steps = {
         "load": lambda: ([gate.wrapper(n) for n in names], gate.models.attack_wrapper()),
-        "encode": lambda: [gate.outputs(n, role) for n in names
-                           for role in ("train", "holdout", "test", "challenge")],
+        "encode": lambda: [gate.outputs(n, role) for n in names for role in ("train", "holdout", "test", "challenge")],
         "prediction errors": lambda: gate.compare("prediction_errors", pair),
         "kNN representation": lambda: gate.compare("data_representation", pair),
         "OOD distribution": lambda: gate.compare("data_distribution", pair),
@@ -147,24 +155,35 @@ def gate_worker(payload: dict) -> None:
                         time_forward(wrapper.model, name, forward)
         phases[phase] = measure.as_dict()
         phases[phase]["forward_seconds"] = dict(forward)
-        print(f"  {phase:<20} {measure.seconds:8.2f} s   peak RSS {h.mib(measure.peak)}   forward "
-              "passes: " + ", ".join(f"{k} {v:.1f} s" for k, v in forward.items()), flush=True)
+        print(
+            f"  {phase:<20} {measure.seconds:8.2f} s   peak RSS {h.mib(measure.peak)}   forward "
+            "passes: " + ", ".join(f"{k} {v:.1f} s" for k, v in forward.items()),
+            flush=True,
+        )
     total = time.perf_counter() - start
     if profiler:
         profiler.disable()
     attack = results["attack"]
     queries = attack.details["queries_per_item"]
     out = {
-        "phases": phases, "total": total,
+        "phases": phases,
+        "total": total,
         "counts": {role: len(data.role(role)) for role in ("train", "holdout", "test", "challenge")},
-        "forward_calls": {f"{k[0]}{'/' + k[1] if k[1] else ''}": w.forward_calls
-                          for k, w in gate.models.loaded().items()},
-        "figures": {c: results[p].figure for c, p in (("prediction_errors", "prediction errors"),
-                                                         ("data_representation", "kNN representation"),
-                                                         ("data_distribution", "OOD distribution"),
-                                                         ("adversarial_vulnerability", "attack"))},
+        "forward_calls": {
+            f"{k[0]}{'/' + k[1] if k[1] else ''}": w.forward_calls for k, w in gate.models.loaded().items()
+        },
+        "figures": {
+            c: results[p].figure
+            for c, p in (
+                ("prediction_errors", "prediction errors"),
+                ("data_representation", "kNN representation"),
+                ("data_distribution", "OOD distribution"),
+                ("adversarial_vulnerability", "attack"),
+            )
+        },
         "queries_per_item": queries,
-        "attack_reference": attack.details["reference"], "attack_candidate": attack.details["candidate"],
+        "attack_reference": attack.details["reference"],
+        "attack_candidate": attack.details["candidate"],
     }
     if profiler:
         stream = io.StringIO()
@@ -195,9 +214,13 @@ def time_demo(args: argparse.Namespace) -> list[list[str]]:
     print(f"\nminiature demo ({' '.join(command[1:])}), MINIATURE_CACHE_DIR={cache}")
     for run in ("cold", "warm"):
         start = time.perf_counter()
-        process = subprocess.run(["/usr/bin/time", "-f", "%M", *command], capture_output=True,
-                                 text=True, cwd=cache,
-                                 env={**os.environ, **h.WORKER_ENV, "MINIATURE_CACHE_DIR": str(cache)})
+        process = subprocess.run(
+            ["/usr/bin/time", "-f", "%M", *command],
+            capture_output=True,
+            text=True,
+            cwd=cache,
+            env={**os.environ, **h.WORKER_ENV, "MINIATURE_CACHE_DIR": str(cache)},
+        )
         wall = time.perf_counter() - start
         peak = process.stderr.strip().splitlines()[-1] if process.stderr.strip() else "?"
         peak_text = f"{int(peak) / 1024:.0f} MiB" if peak.isdigit() else "?"
@@ -208,30 +231,37 @@ def time_demo(args: argparse.Namespace) -> list[list[str]]:
         lines = process.stdout.splitlines()
         block = next((i for i, line in enumerate(lines) if "the paper's phenomenon" in line), None)
         if block is not None and run == "cold":  # the figures the timing came with (the demo's phenomenon goals)
-            print("\n".join("    " + line for line in lines[block:block + 12] if line.strip()))
+            print("\n".join("    " + line for line in lines[block : block + 12] if line.strip()))
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     h.common_arguments(parser, rounds=None)
-    parser.add_argument("--items", type=int, default=None,
-                        help="test items (default 1000; 100 with --quick)")
-    parser.add_argument("--attack-size", type=int, default=None,
-                        help="items attacked per model (default 100; 10 with --quick)")
-    parser.add_argument("--attack-model", default="all-minilm-l6-v2",
-                        help="masked LM proposing substitutions (default: all-minilm-l6-v2)")
+    parser.add_argument("--items", type=int, default=None, help="test items (default 1000; 100 with --quick)")
+    parser.add_argument(
+        "--attack-size", type=int, default=None, help="items attacked per model (default 100; 10 with --quick)"
+    )
+    parser.add_argument(
+        "--attack-model",
+        default="all-minilm-l6-v2",
+        help="masked LM proposing substitutions (default: all-minilm-l6-v2)",
+    )
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--profile", action="store_true", help="print cProfile's top functions")
     parser.add_argument("--top", type=int, default=25, help="functions listed by --profile")
-    parser.add_argument("--demo", action="store_true",
-                        help="also time `miniature demo` cold and warm, if it exists")
+    parser.add_argument("--demo", action="store_true", help="also time `miniature demo` cold and warm, if it exists")
     parser.add_argument("--demo-args", default="", help="arguments passed to `miniature demo`")
     parser.add_argument("--demo-only", action="store_true", help="time `miniature demo` only")
-    parser.add_argument("--models-dir", type=Path, default=None,
-                        help="keep the saved models here and reuse them (default: a temp folder)")
+    parser.add_argument(
+        "--models-dir",
+        type=Path,
+        default=None,
+        help="keep the saved models here and reuse them (default: a temp folder)",
+    )
     args = parser.parse_args(argv)
     if args.worker:
         payload = json.loads(args.payload)
@@ -256,17 +286,26 @@ def main(argv: list[str] | None = None) -> int:
         paths = json.loads(marker.read_text())
     else:
         start = time.perf_counter()
-        paths = h.run_worker(__file__, ["--worker", "setup", "--payload",
-                                        json.dumps({"root": str(root)})])["paths"]
+        paths = h.run_worker(__file__, ["--worker", "setup", "--payload", json.dumps({"root": str(root)})])["paths"]
         marker.write_text(json.dumps(paths))
         print(f"\nsaved the random BERT-base pair in {time.perf_counter() - start:.0f} s")
-    print(f"\nwhole gate: {paths['bert-base-random parameters'] / 1e6:.0f}M-parameter reference "
-          f"vs {paths['bert-6l-random parameters'] / 1e6:.0f}M candidate, {items} test items, "
-          f"attack on {attack_size} per model with {args.attack_model}, cold cache, one fresh "
-          "process\n")
-    payload = dict(paths=paths, items=items, attack_size=attack_size, attack_model=args.attack_model,
-                   cache_dir=str(h.scratch_dir("miniature-bench-gate-cache-")),
-                   bootstrap=args.bootstrap, device=args.device, profile=args.profile, top=args.top)
+    print(
+        f"\nwhole gate: {paths['bert-base-random parameters'] / 1e6:.0f}M-parameter reference "
+        f"vs {paths['bert-6l-random parameters'] / 1e6:.0f}M candidate, {items} test items, "
+        f"attack on {attack_size} per model with {args.attack_model}, cold cache, one fresh "
+        "process\n"
+    )
+    payload = dict(
+        paths=paths,
+        items=items,
+        attack_size=attack_size,
+        attack_model=args.attack_model,
+        cache_dir=str(h.scratch_dir("miniature-bench-gate-cache-")),
+        bootstrap=args.bootstrap,
+        device=args.device,
+        profile=args.profile,
+        top=args.top,
+    )
     result = h.run_worker(__file__, ["--worker", "gate", "--payload", json.dumps(payload)])
     print(result["log"])
     total = result["total"]
@@ -274,15 +313,27 @@ def main(argv: list[str] | None = None) -> int:
     for phase in PHASES:
         figures = result["phases"][phase]
         spent = figures["forward_seconds"]
-        rows.append([phase, f"{figures['seconds']:.1f} s", f"{figures['seconds'] / total:.0%}",
-                     h.mib(figures["peak_rss"]),
-                     ", ".join(f"{short(k)} {v:.1f} s" for k, v in spent.items()) or "-"])
-    rows.append(["gate (all phases)", f"{total:.1f} s", "100%",
-                 h.mib(max(p["peak_rss"] for p in result["phases"].values())), ""])
+        rows.append(
+            [
+                phase,
+                f"{figures['seconds']:.1f} s",
+                f"{figures['seconds'] / total:.0%}",
+                h.mib(figures["peak_rss"]),
+                ", ".join(f"{short(k)} {v:.1f} s" for k, v in spent.items()) or "-",
+            ]
+        )
+    rows.append(
+        [
+            "gate (all phases)",
+            f"{total:.1f} s",
+            "100%",
+            h.mib(max(p["peak_rss"] for p in result["phases"].values())),
+            "",
+        ]
+    )
     rows.append(["process (start to end)", f"{result['process_wall']:.1f} s", "", "", ""])
     counts = result["counts"]
-    print(f"items encoded per model: {sum(counts.values())} ({counts}); forward passes "
-          f"{result['forward_calls']}\n")
+    print(f"items encoded per model: {sum(counts.values())} ({counts}); forward passes {result['forward_calls']}\n")
     print(h.table(["phase", "wall", "share", "peak RSS", "in forward passes"], rows))
     queries = result["queries_per_item"]
     ref, cand = result["attack_reference"], result["attack_candidate"]
@@ -291,28 +342,34 @@ def main(argv: list[str] | None = None) -> int:
     spent = attack["forward_seconds"]
     targets = sum(v for k, v in spent.items() if k != "__attack_model__")
     masked_lm = spent.get("__attack_model__", 0.0)
+
     def per_item(value: float | None) -> str:
         return "n/a (none attacked)" if value is None else f"{value:.1f}"
 
-    print(f"\nattack: queries per attacked item: reference {per_item(queries['reference'])}, "
-          f"candidate {per_item(queries['candidate'])}; {total_queries} target queries in all, "
-          f"{total_queries / attack['seconds']:.1f} per second of the attack phase; skipped "
-          f"(already wrong): {ref['skipped']} / {cand['skipped']} of {attack_size}; successful: "
-          f"{ref['successful']} / {cand['successful']}")
-    print(f"attack phase {attack['seconds']:.1f} s: target models' forward passes {targets:.1f} s "
-          f"({targets / attack['seconds']:.0%}), attack model's (masked-LM proposals and the "
-          f"similarity constraint) {masked_lm:.1f} s ({masked_lm / attack['seconds']:.0%}), the rest "
-          f"(TextAttack's search and constraints, tokenizing, padding) "
-          f"{attack['seconds'] - targets - masked_lm:.1f} s")
+    print(
+        f"\nattack: queries per attacked item: reference {per_item(queries['reference'])}, "
+        f"candidate {per_item(queries['candidate'])}; {total_queries} target queries in all, "
+        f"{total_queries / attack['seconds']:.1f} per second of the attack phase; skipped "
+        f"(already wrong): {ref['skipped']} / {cand['skipped']} of {attack_size}; successful: "
+        f"{ref['successful']} / {cand['successful']}"
+    )
+    print(
+        f"attack phase {attack['seconds']:.1f} s: target models' forward passes {targets:.1f} s "
+        f"({targets / attack['seconds']:.0%}), attack model's (masked-LM proposals and the "
+        f"similarity constraint) {masked_lm:.1f} s ({masked_lm / attack['seconds']:.0%}), the rest "
+        f"(TextAttack's search and constraints, tokenizing, padding) "
+        f"{attack['seconds'] - targets - masked_lm:.1f} s"
+    )
     print("figures: " + ", ".join(f"{k}={v:.3f}" for k, v in result["figures"].items()))
     if "profile" in result:
-        print("\ncProfile, top functions by own time:\n" + "\n".join(
-            line for line in result["profile"].splitlines() if line.strip()))
+        print(
+            "\ncProfile, top functions by own time:\n"
+            + "\n".join(line for line in result["profile"].splitlines() if line.strip())
+        )
     demo_rows = time_demo(args) if args.demo else []
     if demo_rows:
         print("\n" + h.table(["run", "wall", "peak RSS", "status"], demo_rows))
-    h.write_json(args.json, {"machine": info, "settings": payload, "result": result,
-                             "demo": demo_rows})
+    h.write_json(args.json, {"machine": info, "settings": payload, "result": result, "demo": demo_rows})
     return 0
 
 

@@ -118,8 +118,12 @@ def miniature_knn(a, b, k: int):
     return knn_jaccard(a, b, k)
 
 
-RUNS = {"miniature": miniature_knn, "faiss-raw": faiss_raw, "sklearn-brute": sklearn_brute,
-        "numpy-blocked": numpy_blocked}
+RUNS = {
+    "miniature": miniature_knn,
+    "faiss-raw": faiss_raw,
+    "sklearn-brute": sklearn_brute,
+    "numpy-blocked": numpy_blocked,
+}
 
 
 def data(payload: dict):
@@ -127,8 +131,9 @@ def data(payload: dict):
     import miniature.core.characteristics.representation  # noqa: F401
     import sklearn.neighbors  # noqa: F401
 
-    return make_embeddings(payload["n"], payload["d"], seed=payload["seed"],
-                           clusters=payload["clusters"], duplicates=payload["duplicates"])
+    return make_embeddings(
+        payload["n"], payload["d"], seed=payload["seed"], clusters=payload["clusters"], duplicates=payload["duplicates"]
+    )
 
 
 def timing_worker(payload: dict) -> None:
@@ -195,8 +200,10 @@ def profile(a, b, k: int, top: int) -> None:
     print(f"  normalized_float32 (validate, copy, normalise in float64): {t1 - t0:7.3f} s")
     print(f"  FAISS search for {first_fetch} candidates (miniature's first fetch):  {t2 - t1:7.3f} s")
     print(f"  FAISS search for {k + 1} (what faiss-raw asks):               {t3 - t2:7.3f} s")
-    print(f"  exact_search in full (search + float64 re-score + ties):  {t4 - t3:7.3f} s "
-          f"-> re-scoring and tie handling ~{max(0.0, (t4 - t3) - (t2 - t1)):.3f} s")
+    print(
+        f"  exact_search in full (search + float64 re-score + ties):  {t4 - t3:7.3f} s "
+        f"-> re-scoring and tie handling ~{max(0.0, (t4 - t3) - (t2 - t1)):.3f} s"
+    )
     print(f"  knn_indices of model B, end to end:                       {t5 - t4:7.3f} s")
     print(f"  jaccard_rows:                                             {t6 - t5:7.3f} s")
     profiler = cProfile.Profile()
@@ -210,20 +217,22 @@ def profile(a, b, k: int, top: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     h.common_arguments(parser, rounds=3)
     parser.add_argument("--n", type=int, default=None, help="items (default 20000; 4000 with --quick)")
     parser.add_argument("--d", type=int, default=768, help="embedding width")
     parser.add_argument("--k", type=int, default=10, help="neighbours K")
     parser.add_argument("--clusters", type=int, default=200)
-    parser.add_argument("--duplicates", type=float, default=0.02,
-                        help="share of rows that repeat another row (duplicate texts)")
+    parser.add_argument(
+        "--duplicates", type=float, default=0.02, help="share of rows that repeat another row (duplicate texts)"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--variants", default=",".join(VARIANTS),
-                        help=f"comma-separated subset of {','.join(VARIANTS)}")
-    parser.add_argument("--profile", action="store_true",
-                        help="also profile miniature (stage timings and cProfile)")
+    parser.add_argument(
+        "--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}"
+    )
+    parser.add_argument("--profile", action="store_true", help="also profile miniature (stage timings and cProfile)")
     args = parser.parse_args(argv)
     if args.worker:
         payload = json.loads(args.payload)
@@ -239,12 +248,13 @@ def main(argv: list[str] | None = None) -> int:
     info = h.machine_info()
     h.print_machine(info)
     print(threads)
-    payload = dict(n=n, d=args.d, k=args.k, seed=args.seed, clusters=args.clusters,
-                   duplicates=args.duplicates)
+    payload = dict(n=n, d=args.d, k=args.k, seed=args.seed, clusters=args.clusters, duplicates=args.duplicates)
     inputs = 2 * n * args.d * 4
-    print(f"\nkNN Jaccard: n={n}, d={args.d}, K={args.k}, two float32 matrices "
-          f"({h.mib(inputs)} together), {args.clusters} clusters, {args.duplicates:.0%} duplicate "
-          f"rows; {rounds} round(s)\n")
+    print(
+        f"\nkNN Jaccard: n={n}, d={args.d}, K={args.k}, two float32 matrices "
+        f"({h.mib(inputs)} together), {args.clusters} clusters, {args.duplicates:.0%} duplicate "
+        f"rows; {rounds} round(s)\n"
+    )
     scratch = h.scratch_dir("miniature-bench-knn-")
     payload.update(variants=variants, rounds=rounds, scratch=str(scratch))
     print("timing: one process, every variant once per round, the order rotating")
@@ -254,8 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     memory = {}
     for name in variants:
         memory[name] = h.run_worker(__file__, ["--worker", name, "--payload", json.dumps(payload)])
-        print(f"  {name:<14} +{h.mib(memory[name]['peak_extra'])} over the inputs, "
-              f"{memory[name]['seconds']:.2f} s alone", flush=True)
+        print(
+            f"  {name:<14} +{h.mib(memory[name]['peak_extra'])} over the inputs, {memory[name]['seconds']:.2f} s alone",
+            flush=True,
+        )
 
     import numpy as np
 
@@ -267,19 +279,40 @@ def main(argv: list[str] | None = None) -> int:
         ratio = [b / a for a, b in zip(totals["miniature"], totals[name])]
         extra = memory[name]["peak_extra"]
         same = float(np.mean(np.isclose(per_item[name], per_item["miniature"])))
-        rows.append([name, f"{seconds:.2f} s", "1.00x" if name == "miniature" else h.fmt_ratio(ratio),
-                     f"{h.mib(extra)} ({extra / inputs:.2f}x)", f"{(inputs + extra) / inputs:.2f}x",
-                     f"{per_item[name].mean():.4f}", f"{same:.2%}"])
-    print("\n" + h.table(["variant", "time (median round)", "its time / miniature's",
-                          "peak RSS over inputs (x inputs)", "inputs + that (x inputs)",
-                          "mean Jaccard", "items with miniature's Jaccard"], rows))
+        rows.append(
+            [
+                name,
+                f"{seconds:.2f} s",
+                "1.00x" if name == "miniature" else h.fmt_ratio(ratio),
+                f"{h.mib(extra)} ({extra / inputs:.2f}x)",
+                f"{(inputs + extra) / inputs:.2f}x",
+                f"{per_item[name].mean():.4f}",
+                f"{same:.2%}",
+            ]
+        )
+    print(
+        "\n"
+        + h.table(
+            [
+                "variant",
+                "time (median round)",
+                "its time / miniature's",
+                "peak RSS over inputs (x inputs)",
+                "inputs + that (x inputs)",
+                "mean Jaccard",
+                "items with miniature's Jaccard",
+            ],
+            rows,
+        )
+    )
     vs_faiss = h.median([a / b for a, b in zip(totals["miniature"], totals["faiss-raw"])])
     extra = memory["miniature"]["peak_extra"]
-    print(f"\ngoal miniature within 1.3x of faiss-raw: {vs_faiss:.3f}x -> "
-          f"{'MET' if vs_faiss <= 1.3 else 'MISSED'}")
-    print(f"goal peak memory <= 3x the two matrices ({h.mib(inputs)}): inputs + working "
-          f"memory = {(inputs + extra) / inputs:.2f}x (working memory alone {extra / inputs:.2f}x) -> "
-          f"{'MET' if inputs + extra <= 3 * inputs else 'MISSED'}")
+    print(f"\ngoal miniature within 1.3x of faiss-raw: {vs_faiss:.3f}x -> {'MET' if vs_faiss <= 1.3 else 'MISSED'}")
+    print(
+        f"goal peak memory <= 3x the two matrices ({h.mib(inputs)}): inputs + working "
+        f"memory = {(inputs + extra) / inputs:.2f}x (working memory alone {extra / inputs:.2f}x) -> "
+        f"{'MET' if inputs + extra <= 3 * inputs else 'MISSED'}"
+    )
     if args.profile:
         print(h.run_worker(__file__, ["--worker", "profile", "--payload", json.dumps(payload)])["log"])
     if args.quick:

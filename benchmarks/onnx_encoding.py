@@ -44,8 +44,7 @@ def build(payload: dict) -> tuple[list[str], dict]:
     from miniature.core.models import load_model
     from miniature.tools.export import export_onnx
 
-    texts = h.real_length_texts(payload["n"], low=payload["min_words"], high=payload["max_words"],
-                                seed=payload["seed"])
+    texts = h.real_length_texts(payload["n"], low=payload["min_words"], high=payload["max_words"], seed=payload["seed"])
     options = dict(max_length=payload["max_length"], batch_size=payload["batch_size"], progress=False)
     scratch = Path(payload["scratch"])
     torch_fp32 = load_model(MODEL, **options)
@@ -56,9 +55,14 @@ def build(payload: dict) -> tuple[list[str], dict]:
     quantize_(torch_int8.model, torchao_config("int8-dynamic"))
     onnx_fp32 = load_model(str(scratch / "onnx-fp32"), **options)
     onnx_int8 = load_model(str(scratch / "onnx-int8"), **options)
-    runs = {"torch-fp32": torch_fp32.encode, "onnx-fp32": onnx_fp32.encode,
-            "bare-onnx-fp32": bare_loop(onnx_fp32, payload), "torch-int8": torch_int8.encode,
-            "onnx-int8": onnx_int8.encode, "bare-onnx-int8": bare_loop(onnx_int8, payload)}
+    runs = {
+        "torch-fp32": torch_fp32.encode,
+        "onnx-fp32": onnx_fp32.encode,
+        "bare-onnx-fp32": bare_loop(onnx_fp32, payload),
+        "torch-int8": torch_int8.encode,
+        "onnx-int8": onnx_int8.encode,
+        "bare-onnx-int8": bare_loop(onnx_int8, payload),
+    }
     return texts, runs
 
 
@@ -77,7 +81,7 @@ def bare_loop(wrapper, payload: dict):
         order = sorted(range(len(items)), key=lambda i: (-len(features[i]["input_ids"]), i))
         out = None
         for start in range(0, len(order), bs):
-            index = order[start:start + bs]
+            index = order[start : start + bs]
             batch = tokenizer.pad([features[i] for i in index], return_tensors="np")
             hidden = session.run(["last_hidden_state"], {k: batch[k].astype(np.int64) for k in names})[0]
             if out is None:
@@ -93,9 +97,9 @@ def timing_worker(payload: dict) -> None:
 
     texts, runs = build(payload)
     chunk = payload["chunk"]
-    chunks = [texts[i:i + chunk] for i in range(0, len(texts), chunk)]
+    chunks = [texts[i : i + chunk] for i in range(0, len(texts), chunk)]
     for run in runs.values():
-        run(texts[:2 * payload["batch_size"]])  # warm-up
+        run(texts[: 2 * payload["batch_size"]])  # warm-up
     outputs: dict[str, list] = {name: [None] * len(chunks) for name in VARIANTS}
 
     def run(name: str, index: int) -> None:
@@ -105,17 +109,20 @@ def timing_worker(payload: dict) -> None:
 
     totals, steps = h.interleave_in_process(VARIANTS, payload["rounds"], len(chunks), run)
     vectors = {name: np.concatenate(outputs[name]) for name in VARIANTS}
-    diff = {"onnx-fp32 vs torch-fp32": float(np.abs(vectors["onnx-fp32"] - vectors["torch-fp32"]).max()),
-            "onnx-int8 vs torch-fp32": float(np.abs(vectors["onnx-int8"] - vectors["torch-fp32"]).max()),
-            "torch-int8 vs torch-fp32": float(np.abs(vectors["torch-int8"] - vectors["torch-fp32"]).max()),
-            "bare-onnx-fp32 vs onnx-fp32": float(np.abs(vectors["bare-onnx-fp32"] - vectors["onnx-fp32"]).max()),
-            "bare-onnx-int8 vs onnx-int8": float(np.abs(vectors["bare-onnx-int8"] - vectors["onnx-int8"]).max())}
+    diff = {
+        "onnx-fp32 vs torch-fp32": float(np.abs(vectors["onnx-fp32"] - vectors["torch-fp32"]).max()),
+        "onnx-int8 vs torch-fp32": float(np.abs(vectors["onnx-int8"] - vectors["torch-fp32"]).max()),
+        "torch-int8 vs torch-fp32": float(np.abs(vectors["torch-int8"] - vectors["torch-fp32"]).max()),
+        "bare-onnx-fp32 vs onnx-fp32": float(np.abs(vectors["bare-onnx-fp32"] - vectors["onnx-fp32"]).max()),
+        "bare-onnx-int8 vs onnx-int8": float(np.abs(vectors["bare-onnx-int8"] - vectors["onnx-int8"]).max()),
+    }
     h.emit({"totals": totals, "steps": steps, "diff": diff})
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     h.common_arguments(parser, rounds=3)
     parser.add_argument("--n", type=int, default=None, help="texts to encode (default 500; 128 with --quick)")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -136,12 +143,22 @@ def main(argv: list[str] | None = None) -> int:
     h.print_machine(info)
     print(threads)
     scratch = h.scratch_dir("miniature-bench-onnx-")
-    payload = dict(n=n, batch_size=args.batch_size, max_length=args.max_length, chunk=chunk,
-                   min_words=args.min_words, max_words=args.max_words, seed=args.seed,
-                   rounds=rounds, scratch=str(scratch))
-    print(f"\nencoding {n} texts of {args.min_words}-{args.max_words} words with {MODEL} ([CLS], "
-          f"batch {args.batch_size}, max_length {args.max_length}); {rounds} round(s) over chunks of "
-          f"{chunk} texts, the variants interleaved chunk by chunk")
+    payload = dict(
+        n=n,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        chunk=chunk,
+        min_words=args.min_words,
+        max_words=args.max_words,
+        seed=args.seed,
+        rounds=rounds,
+        scratch=str(scratch),
+    )
+    print(
+        f"\nencoding {n} texts of {args.min_words}-{args.max_words} words with {MODEL} ([CLS], "
+        f"batch {args.batch_size}, max_length {args.max_length}); {rounds} round(s) over chunks of "
+        f"{chunk} texts, the variants interleaved chunk by chunk"
+    )
     timing = h.run_worker(__file__, ["--worker", "timing", "--payload", json.dumps(payload)])
     totals = timing["totals"]
 
@@ -157,8 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"onnxruntime vs PyTorch, int8: {h.fmt_ratio(int8)} the speed")
     for label, values in (("fp32", bare32), ("int8", bare8)):
         met = h.median(values) >= 0.95
-        print(f"goal ONNX path >= 0.95x its bare session.run loop, {label}: {h.median(values):.3f}x -> "
-              f"{'MET' if met else 'MISSED'}")
+        print(
+            f"goal ONNX path >= 0.95x its bare session.run loop, {label}: {h.median(values):.3f}x -> "
+            f"{'MET' if met else 'MISSED'}"
+        )
     for label, value in timing["diff"].items():
         print(f"max |diff| {label}: {value:.1e}")
     ok = timing["diff"]["onnx-fp32 vs torch-fp32"] <= 1e-4

@@ -28,8 +28,15 @@ import sys
 
 import _harness as h
 
-VARIANTS = ("similarity", "knn-check", "cka-pair-only", "mutual-knn-only",
-            "similarity+interval", "knn-check+interval", "cka-interval-only")
+VARIANTS = (
+    "similarity",
+    "knn-check",
+    "cka-pair-only",
+    "mutual-knn-only",
+    "similarity+interval",
+    "knn-check+interval",
+    "cka-interval-only",
+)
 
 
 def make_embeddings(n: int, d: int, *, seed: int, clusters: int, noise: float):
@@ -52,8 +59,9 @@ def timing_worker(payload: dict) -> None:
     from miniature.core.characteristics.similarity import cka_interval, cka_pair, mutual_knn
     from miniature.core.stats import mean_agreement
 
-    a, b = make_embeddings(payload["n"], payload["d"], seed=payload["seed"],
-                           clusters=payload["clusters"], noise=payload["noise"])
+    a, b = make_embeddings(
+        payload["n"], payload["d"], seed=payload["seed"], clusters=payload["clusters"], noise=payload["noise"]
+    )
     k = payload["k"]
     figures: dict[str, float] = {}
     methods: dict[str, str] = {}
@@ -84,8 +92,9 @@ def timing_worker(payload: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     h.common_arguments(parser, rounds=3)
     parser.add_argument("--n", type=int, default=None, help="items (default 20000; 4000 with --quick)")
     parser.add_argument("--d", type=int, default=768, help="embedding width")
@@ -104,10 +113,20 @@ def main(argv: list[str] | None = None) -> int:
     info = h.machine_info()
     h.print_machine(info)
     print(threads)
-    payload = dict(n=n, d=args.d, k=args.k, seed=args.seed, clusters=args.clusters, noise=args.noise,
-                   variants=list(VARIANTS), rounds=rounds)
-    print(f"\nrepresentation similarity: n={n}, d={args.d}, K={args.k}, B = noisy rotation of A "
-          f"(noise {args.noise}); {rounds} round(s), one process, order rotating\n")
+    payload = dict(
+        n=n,
+        d=args.d,
+        k=args.k,
+        seed=args.seed,
+        clusters=args.clusters,
+        noise=args.noise,
+        variants=list(VARIANTS),
+        rounds=rounds,
+    )
+    print(
+        f"\nrepresentation similarity: n={n}, d={args.d}, K={args.k}, B = noisy rotation of A "
+        f"(noise {args.noise}); {rounds} round(s), one process, order rotating\n"
+    )
     timing = h.run_worker(__file__, ["--worker", "timing", "--payload", json.dumps(payload)])
     print(timing["log"])
     totals, figures = timing["totals"], timing["figures"]
@@ -119,8 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\nfigures: " + ", ".join(f"{key} {value:.4f}" for key, value in figures.items()))
     print(f"interval method at this size: {timing['methods'].get('similarity')}")
     ratio = h.median([x / y for x, y in zip(totals["similarity"], totals["knn-check"])])
-    print(f"\ngoal similarity (linear + debiased CKA + mutual kNN) under 1.5x the kNN check: "
-          f"{ratio:.3f}x -> {'MET' if ratio < 1.5 else 'MISSED'}")
+    print(
+        f"\ngoal similarity (linear + debiased CKA + mutual kNN) under 1.5x the kNN check: "
+        f"{ratio:.3f}x -> {'MET' if ratio < 1.5 else 'MISSED'}"
+    )
     ratio = h.median([x / y for x, y in zip(totals["similarity+interval"], totals["knn-check+interval"])])
     print(f"goal the same with both checks' 95% intervals: {ratio:.3f}x -> {'MET' if ratio < 1.5 else 'MISSED'}")
     if args.quick:

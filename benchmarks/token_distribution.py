@@ -36,10 +36,18 @@ def build(folder: Path) -> None:
     from miniature.tools.testing_decoder import decoder_tokenizer
 
     tokenizer = decoder_tokenizer(folder / "tokenizer")
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=4 * HIDDEN, num_hidden_layers=LAYERS,
-                         num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=512,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=4 * HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     for name, seed in (("reference", 0), ("candidate", 0)):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config).eval()
@@ -62,8 +70,10 @@ def run(folder: Path, variant: str, n_texts: int, batch_size: int) -> dict:
     texts = builtin_sentiment_data().test.head(n_texts).texts
     reference = load_model(str(folder / "reference"), max_length=128)
     candidate = load_model(str(folder / "candidate"), max_length=128)
-    tokens = sum(int(mask[:, 1:].sum()) for _, mask, _ in text_windows(reference, texts, scoring="texts", n_ctx=0,
-                                                                       batch_size=batch_size))
+    tokens = sum(
+        int(mask[:, 1:].sum())
+        for _, mask, _ in text_windows(reference, texts, scoring="texts", n_ctx=0, batch_size=batch_size)
+    )
     start = time.perf_counter()
     if variant == "forward":
         with torch.inference_mode():
@@ -74,8 +84,13 @@ def run(folder: Path, variant: str, n_texts: int, batch_size: int) -> dict:
     else:
         token_values(reference, candidate, texts, scoring="texts", n_ctx=0, batch_size=batch_size)
     seconds = time.perf_counter() - start
-    return {"variant": variant, "seconds": seconds, "tokens": tokens, "ms_per_token": 1000 * seconds / tokens,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "variant": variant,
+        "seconds": seconds,
+        "tokens": tokens,
+        "ms_per_token": 1000 * seconds / tokens,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def main() -> None:
@@ -93,8 +108,12 @@ def main() -> None:
     found: dict[str, list[dict]] = {"forward": [], "token-distribution": []}
     for _ in range(rounds):  # interleaved, each in a fresh process, so load from others hits both alike
         for variant in found:
-            out = subprocess.run([sys.executable, __file__, "--folder", str(args.folder), "--child", variant,
-                                  str(n_texts), str(batch)], capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, __file__, "--folder", str(args.folder), "--child", variant, str(n_texts), str(batch)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             found[variant].append(json.loads(out.stdout.strip().splitlines()[-1]))
     best = {v: min(r["ms_per_token"] for r in rows) for v, rows in found.items()}
     memory = {v: max(r["peak_rss_mb"] for r in rows) for v, rows in found.items()}
@@ -106,8 +125,10 @@ def main() -> None:
         print(f"| {variant} | {best[variant]:.3f} | {memory[variant]:.0f} |")
     ratio = best["token-distribution"] / best["forward"]
     print(f"token distribution / forward: {ratio:.2f}x (goal <= 1.3x: {'met' if ratio <= 1.3 else 'missed'})")
-    print(f"peak memory over forward: {memory['token-distribution'] - memory['forward']:+.0f} MB "
-          f"(one batch of both models' logits at most: {logits_mb:.0f} MB)")
+    print(
+        f"peak memory over forward: {memory['token-distribution'] - memory['forward']:+.0f} MB "
+        f"(one batch of both models' logits at most: {logits_mb:.0f} MB)"
+    )
 
 
 if __name__ == "__main__":

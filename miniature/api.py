@@ -72,8 +72,13 @@ def settings_from_keywords(**options: Any) -> opt.Settings:
     return opt.Settings.from_flags(values)
 
 
-def compare(reference: str | Path, candidates: str | Path | Sequence[str | Path], *,
-            characteristics: Sequence["Characteristic"] = (), **options: Any) -> "Report":
+def compare(
+    reference: str | Path,
+    candidates: str | Path | Sequence[str | Path],
+    *,
+    characteristics: Sequence["Characteristic"] = (),
+    **options: Any,
+) -> "Report":
     """Run the gate on ``reference`` against each of ``candidates`` and return its :class:`Report`.
 
     ``options`` are the command line's, by keyword (``test_data="test.jsonl"``,
@@ -98,8 +103,9 @@ def compare(reference: str | Path, candidates: str | Path | Sequence[str | Path]
         raise OptionError(f"characteristics: {error}") from None
     unknown = [name for name in settings.thresholds if name not in registry]
     if unknown:
-        raise OptionError(f"{opt.THRESHOLDS} {unknown[0]}=...: no such characteristic; registered: "
-                          f"{', '.join(registry.names)}")
+        raise OptionError(
+            f"{opt.THRESHOLDS} {unknown[0]}=...: no such characteristic; registered: {', '.join(registry.names)}"
+        )
     check_device(settings.device)
     registry = for_models(registry, [str(settings.reference), *settings.candidates])
     activate(registry)
@@ -109,10 +115,11 @@ def compare(reference: str | Path, candidates: str | Path | Sequence[str | Path]
     results = []
     for characteristic in registry:
         for pair in gate.pairs():
-            for stage in (gate.stages() if characteristic.staged else [None]):
+            for stage in gate.stages() if characteristic.staged else [None]:
                 results.append(gate.outcome(characteristic.name, pair, stage=stage))
-    return Report(results, settings, duration_s=time.time() - started, execution=gate.execution,
-                  models=gate.models.table())
+    return Report(
+        results, settings, duration_s=time.time() - started, execution=gate.execution, models=gate.models.table()
+    )
 
 
 class Report:
@@ -121,9 +128,15 @@ class Report:
     and stage), ``passed``, and the views of them (a data frame, the JSON, the summary page,
     Table 2 in a notebook)."""
 
-    def __init__(self, results: Sequence["ComparisonResult"], settings: opt.Settings, *,
-                 duration_s: float | None = None, execution: Mapping[str, Any] | None = None,
-                 models: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        results: Sequence["ComparisonResult"],
+        settings: opt.Settings,
+        *,
+        duration_s: float | None = None,
+        execution: Mapping[str, Any] | None = None,
+        models: Mapping[str, Any] | None = None,
+    ) -> None:
         self.results = list(results)
         self.settings = settings
         self.duration_s = duration_s
@@ -139,21 +152,25 @@ class Report:
 
         return not any(r.status == ERROR or (r.gating and not r.passed) for r in self.results)
 
-    def result(self, characteristic: str, reference: str, candidate: str,
-               stage: str | None = None) -> "ComparisonResult":
+    def result(
+        self, characteristic: str, reference: str, candidate: str, stage: str | None = None
+    ) -> "ComparisonResult":
         """The result of one check, by characteristic, model names (as the report names them) and stage."""
         for r in self.results:
             if (r.characteristic, r.reference, r.candidate, r.stage) == (characteristic, reference, candidate, stage):
                 return r
-        raise KeyError(f"no result for {characteristic} {reference} vs {candidate} (stage {stage}); "
-                       f"have: {sorted({(r.characteristic, r.reference, r.candidate, r.stage) for r in self.results}, key=str)}")
+        raise KeyError(
+            f"no result for {characteristic} {reference} vs {candidate} (stage {stage}); "
+            f"have: {sorted({(r.characteristic, r.reference, r.candidate, r.stage) for r in self.results}, key=str)}"
+        )
 
     def payload(self) -> dict[str, Any]:
         """The JSON report as a dict (the same as a pytest run's ``latest.json``)."""
         from miniature.reports.payload import report_payload
 
-        return report_payload(self.results, self.settings, duration_s=self.duration_s, execution=self.execution,
-                              models=self.models)
+        return report_payload(
+            self.results, self.settings, duration_s=self.duration_s, execution=self.execution, models=self.models
+        )
 
     def to_json(self, path: str | Path | None = None) -> str:
         """The JSON report's text; written to ``path`` too when given."""
@@ -182,13 +199,30 @@ class Report:
         """One row per check (pair x characteristic x stage): models, verdict, figure and its statistics."""
         import pandas
 
-        rows = [{"reference": r.reference, "candidate": r.candidate, "characteristic": r.characteristic,
-                 "stage": r.stage, "gating": r.gating, "status": r.status, "verdict": r.verdict,
-                 "passed": r.passed, "figure_name": r.figure_name,
-                 "figure": r.figure if r.computed else None, "threshold": r.threshold,
-                 "threshold_on": r.threshold_on, "chance": r.chance, "corrected": r.corrected,
-                 "ci_low": r.ci_low, "ci_high": r.ci_high, "n": r.n if r.computed else None, "k": r.k,
-                 "reason": r.reason} for r in self.results]
+        rows = [
+            {
+                "reference": r.reference,
+                "candidate": r.candidate,
+                "characteristic": r.characteristic,
+                "stage": r.stage,
+                "gating": r.gating,
+                "status": r.status,
+                "verdict": r.verdict,
+                "passed": r.passed,
+                "figure_name": r.figure_name,
+                "figure": r.figure if r.computed else None,
+                "threshold": r.threshold,
+                "threshold_on": r.threshold_on,
+                "chance": r.chance,
+                "corrected": r.corrected,
+                "ci_low": r.ci_low,
+                "ci_high": r.ci_high,
+                "n": r.n if r.computed else None,
+                "k": r.k,
+                "reason": r.reason,
+            }
+            for r in self.results
+        ]
         return pandas.DataFrame(rows)
 
     def _repr_html_(self) -> str:

@@ -25,21 +25,42 @@ def main() -> int:
     parser.add_argument("--page", type=Path, help="an existing summary page (default: run the quick demo)")
     args = parser.parse_args()
     if not args.chromium:
-        print("screenshot: chromium not found; fix: apt-get install chromium, or pass --chromium PATH",
-              file=sys.stderr)
+        print("screenshot: chromium not found; fix: apt-get install chromium, or pass --chromium PATH", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as folder:
         page = args.page
         if page is None:
             reports = Path(folder) / "reports"
-            subprocess.run([sys.executable, "-m", "miniature.tools.cli", "demo", "--quick", "--no-progress",
-                            f"--report-dir={reports}"], check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "miniature.tools.cli",
+                    "demo",
+                    "--quick",
+                    "--no-progress",
+                    f"--report-dir={reports}",
+                ],
+                check=True,
+            )
             page = reports / "summary.html"
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([args.chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                        "--disable-background-networking", "--window-size=1280,900",
-                        f"--screenshot={args.output.resolve()}", page.resolve().as_uri()],
-                       check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [
+                args.chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+                "--disable-background-networking",
+                "--window-size=1280,900",
+                f"--screenshot={args.output.resolve()}",
+                page.resolve().as_uri(),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
     print(f"wrote {args.output}")
     return 0
 

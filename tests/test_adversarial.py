@@ -37,7 +37,6 @@ from miniature.tools.testing import make_tiny_model, train_tokenizer
 N_ATTACKED = 12
 
 
-
 @pytest.fixture(scope="module")
 def adv_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tokenizer, masked-LM attack model, trained and constant classifiers, on disk."""
@@ -46,11 +45,9 @@ def adv_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("adversarial-models")
     tokenizer_dir = train_tokenizer(root / "tokenizer")
-    attacker = make_tiny_model(root / "attacker", tokenizer_dir, layers=2, hidden=32, heads=2,
-                               seed=5, head="masked-lm")
+    attacker = make_tiny_model(root / "attacker", tokenizer_dir, layers=2, hidden=32, heads=2, seed=5, head="masked-lm")
 
-    constant = make_tiny_model(root / "constant", tokenizer_dir, layers=1, hidden=32, heads=2,
-                               seed=6)
+    constant = make_tiny_model(root / "constant", tokenizer_dir, layers=1, hidden=32, heads=2, seed=6)
     model = transformers.BertForSequenceClassification.from_pretrained(str(constant))
     with torch.no_grad():
         model.classifier.weight.zero_()
@@ -61,8 +58,7 @@ def adv_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     model = transformers.BertForSequenceClassification.from_pretrained(str(trained))
     tokenizer = transformers.BertTokenizerFast.from_pretrained(str(trained))
     reviews = sentiment_reviews(800, seed=1, mixed=0.0)
-    batch = tokenizer([r.text for r in reviews], padding=True, truncation=True, max_length=64,
-                      return_tensors="pt")
+    batch = tokenizer([r.text for r in reviews], padding=True, truncation=True, max_length=64, return_tensors="pt")
     labels = torch.tensor([r.label for r in reviews])
     torch.manual_seed(0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -70,9 +66,10 @@ def adv_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for _ in range(8):
         order = torch.randperm(len(reviews))
         for start in range(0, len(reviews), 32):
-            rows = order[start:start + 32]
-            loss = model(input_ids=batch["input_ids"][rows],
-                         attention_mask=batch["attention_mask"][rows], labels=labels[rows]).loss
+            rows = order[start : start + 32]
+            loss = model(
+                input_ids=batch["input_ids"][rows], attention_mask=batch["attention_mask"][rows], labels=labels[rows]
+            ).loss
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -91,9 +88,14 @@ def trained_run(adv_models, test_reviews, tmp_path_factory):
     cache_dir = tmp_path_factory.mktemp("adversarial-cache")
     attacker = load_model(str(adv_models["attacker"]), head="masked-lm")
     target = load_model(str(adv_models["trained"]), head="classification")
-    outcomes = attack_model_outcomes(attacker, target, [r.text for r in test_reviews],
-                                     [r.label for r in test_reviews],
-                                     cache=OutputCache(cache_dir), progress=False)
+    outcomes = attack_model_outcomes(
+        attacker,
+        target,
+        [r.text for r in test_reviews],
+        [r.label for r in test_reviews],
+        cache=OutputCache(cache_dir),
+        progress=False,
+    )
     return {"outcomes": outcomes, "cache_dir": cache_dir, "target_calls": target.forward_calls}
 
 
@@ -141,9 +143,14 @@ def test_import_is_cheap_and_the_attack_runs_without_network(adv_models, tmp_pat
     env = dict(os.environ, HOME=str(tmp_path), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     env.pop("TA_CACHE_DIR", None)
     env.pop("NLTK_DATA", None)
-    done = subprocess.run([sys.executable, "-c", script, str(adv_models["attacker"]),
-                           str(adv_models["trained"])], env=env, capture_output=True, text=True,
-                          timeout=120, cwd=Path(__file__).parent.parent)
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(adv_models["attacker"]), str(adv_models["trained"])],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parent.parent,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["heavy"] == [], "importing the module must not import torch/textattack"
@@ -166,8 +173,13 @@ def test_the_attack_package_imports_one_way_and_nothing_of_the_gate():
     folder = Path(package.__file__).parent
     names = {p.stem: f"{package.__name__}.{p.stem}" for p in folder.glob("*.py")}
     names["__init__"] = package.__name__
-    banned = ("miniature.core.characteristics", "miniature.core.gate", "miniature.core.loading",
-              "miniature.core.outputs", "miniature.core.executors")
+    banned = (
+        "miniature.core.characteristics",
+        "miniature.core.gate",
+        "miniature.core.loading",
+        "miniature.core.outputs",
+        "miniature.core.executors",
+    )
     graph: dict[str, set[str]] = {}
     wrong = []
     for stem, module in names.items():
@@ -206,12 +218,15 @@ def test_target_wrapper_predicts_like_the_model_without_padding_to_512(adv_model
 
     target = load_model(str(adv_models["trained"]), head="classification")
     ta_wrapper = make_target_wrapper(target)
-    texts = ["Dull.", *[r.text for r in sentiment_reviews(9, seed=3)],
-             "The film was wonderful, the cast was superb and the ending was moving. " * 3]
+    texts = [
+        "Dull.",
+        *[r.text for r in sentiment_reviews(9, seed=3)],
+        "The film was wonderful, the cast was superb and the ending was moving. " * 3,
+    ]
     lengths = []
     hook = target.model.register_forward_pre_hook(
-        lambda module, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]),
-        with_kwargs=True)
+        lambda module, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
     try:
         logits = ta_wrapper(texts)
     finally:
@@ -222,8 +237,7 @@ def test_target_wrapper_predicts_like_the_model_without_padding_to_512(adv_model
     assert max(lengths) == longest < 512
     assert target.tokenizer.model_max_length == target.max_length
     with torch.no_grad():
-        own = [target.model(**target.tokenizer(t, return_tensors="pt")).logits[0].numpy()
-               for t in texts]
+        own = [target.model(**target.tokenizer(t, return_tensors="pt")).logits[0].numpy() for t in texts]
     np.testing.assert_allclose(logits, np.stack(own), atol=1e-4)
     assert logits.argmax(1).tolist() == [int(row.argmax()) for row in own]
 
@@ -262,8 +276,7 @@ def test_constant_classifier_is_never_broken_and_a_run_resumes(adv_models, test_
     first["seconds"] = 999.0  # a marker: recomputed records would not carry it
     journal.write_text(json.dumps(first) + "\n" + lines[1] + "\n")
     fresh = load_model(str(adv_models["constant"]), head="classification")
-    resumed = attack_model_outcomes(attacker, fresh, texts, labels, cache=OutputCache(tmp_path),
-                                    progress=False)
+    resumed = attack_model_outcomes(attacker, fresh, texts, labels, cache=OutputCache(tmp_path), progress=False)
     assert resumed[first["index"]]["seconds"] == 999.0  # lines are in the order items ended
     assert fresh.forward_calls > 0
     assert _without_timing(resumed) == _without_timing(outcomes)
@@ -300,8 +313,9 @@ def test_second_run_is_served_from_the_cache(adv_models, trained_run, test_revie
     attacker = load_model(str(adv_models["attacker"]), head="masked-lm")
     target = load_model(str(adv_models["trained"]), head="classification")
     cache = OutputCache(trained_run["cache_dir"])
-    again = attack_model_outcomes(attacker, target, [r.text for r in test_reviews],
-                                  [r.label for r in test_reviews], cache=cache, progress=False)
+    again = attack_model_outcomes(
+        attacker, target, [r.text for r in test_reviews], [r.label for r in test_reviews], cache=cache, progress=False
+    )
     assert target.forward_calls == 0 and attacker.forward_calls == 0
     assert cache.hits == 1 and cache.misses == 0
     assert again == trained_run["outcomes"]
@@ -316,24 +330,26 @@ def test_attack_is_reproducible_and_top_k_words_caps_changes(adv_models, trained
     rerun = attack_model_outcomes(attacker, target, texts, labels, cache=None, progress=False)
     assert _without_timing(rerun) == _without_timing(trained_run["outcomes"])
 
-    one_word = attack_model_outcomes(attacker, target, texts, labels, progress=False,
-                                     settings=AttackSettings(top_k_words=1, query_budget=500))
-    changed = [_changed_words(o["original_text"], o["perturbed_text"])
-               for o in one_word if o["result"] != "skipped"]
+    one_word = attack_model_outcomes(
+        attacker, target, texts, labels, progress=False, settings=AttackSettings(top_k_words=1, query_budget=500)
+    )
+    changed = [_changed_words(o["original_text"], o["perturbed_text"]) for o in one_word if o["result"] != "skipped"]
     assert changed and max(changed) <= 1
     # reviews that say it several times: one swap is not enough, so K=3 must change more words
     emphatic = ["Awful. Terrible. Dull. Boring. Painful. Weak.", "Wonderful. Charming. Moving. Superb. Brilliant."]
     several = attack_model_outcomes(attacker, target, emphatic, [0, 1], progress=False)
-    assert max(o["words_changed"] for o in [*trained_run["outcomes"], *several]) > 1, \
+    assert max(o["words_changed"] for o in [*trained_run["outcomes"], *several]) > 1, (
         "with K=3 some item should change more than one word, else K=1 proves nothing"
+    )
 
 
 def test_query_budget_ends_an_attack_as_maximum_queries(adv_models, test_reviews):
     attacker = load_model(str(adv_models["attacker"]), head="masked-lm")
     target = load_model(str(adv_models["constant"]), head="classification")
     review = next(r for r in test_reviews if r.label == 0)
-    (outcome,) = attack_model_outcomes(attacker, target, [review.text], [0], progress=False,
-                                       settings=AttackSettings(query_budget=3))
+    (outcome,) = attack_model_outcomes(
+        attacker, target, [review.text], [0], progress=False, settings=AttackSettings(query_budget=3)
+    )
     assert outcome["result"] == "maximum queries" and outcome["queries"] == 3
 
 
@@ -343,8 +359,9 @@ def test_transfer_to_the_same_model_is_total(adv_models, trained_run):
     target = load_model(str(adv_models["trained"]), head="classification")
     transfer = transfer_predictions(outcomes, target)
     assert sorted(transfer) == attack_figures(outcomes)["broken"]
-    result = compare_adversarial(outcomes, outcomes, reference="m", candidate="m",
-                                 transfer=transfer, drop_tolerance=0.0, n_bootstrap=50)
+    result = compare_adversarial(
+        outcomes, outcomes, reference="m", candidate="m", transfer=transfer, drop_tolerance=0.0, n_bootstrap=50
+    )
     assert result.figure == 1.0 and result.passed
     assert result.details["transfer_rate"] == 1.0
     assert result.details["drop_difference"] == 0.0
@@ -362,8 +379,9 @@ def test_attack_inputs_are_checked(adv_models):
     with pytest.raises(ValueError, match="not a class index"):
         attack_model_outcomes(attacker, target, ["fine film"], [0.5], progress=False)
     with pytest.raises(ValueError, match="vocabulary"):
-        attack_model_outcomes(attacker, target, ["fine film"], [1], progress=False,
-                              settings=AttackSettings(max_candidates=10_000))
+        attack_model_outcomes(
+            attacker, target, ["fine film"], [1], progress=False, settings=AttackSettings(max_candidates=10_000)
+        )
     with pytest.raises(ValueError, match="top_k_words"):
         AttackSettings(top_k_words=0)
     with pytest.raises(ValueError, match="max_percent"):
@@ -387,10 +405,18 @@ def test_sample_items_is_seeded_and_sorted():
 
 
 def _outcomes(results, queries):
-    return [{"label": 1, "result": r, "original_correct": r != "skipped", "queries": q,
-             "original_text": f"text {i}", "perturbed_text": None if r == "skipped" else f"adv {i}",
-             "words_changed": 1 if r == "successful" else 0}
-            for i, (r, q) in enumerate(zip(results, queries))]
+    return [
+        {
+            "label": 1,
+            "result": r,
+            "original_correct": r != "skipped",
+            "queries": q,
+            "original_text": f"text {i}",
+            "perturbed_text": None if r == "skipped" else f"adv {i}",
+            "words_changed": 1 if r == "successful" else 0,
+        }
+        for i, (r, q) in enumerate(zip(results, queries))
+    ]
 
 
 S, F, K = "successful", "failed", "skipped"
@@ -415,8 +441,16 @@ def test_table_3_figures_by_hand():
 
 def test_compare_adversarial_by_hand():
     transfer = {0: 0, 1: 1, 2: 0}  # item 0 fools the candidate, item 1 does not; 2 not eligible
-    result = compare_adversarial(REF, CAND, reference="big", candidate="small", threshold=0.1,
-                                 drop_tolerance=30, transfer=transfer, n_bootstrap=200)
+    result = compare_adversarial(
+        REF,
+        CAND,
+        reference="big",
+        candidate="small",
+        threshold=0.1,
+        drop_tolerance=30,
+        transfer=transfer,
+        n_bootstrap=200,
+    )
     # both attacked: 0, 1, 3, 4, 5, 6, 7; broken: ref {0, 1}, cand {0, 3, 4, 5}
     assert result.characteristic == "adversarial_vulnerability"
     assert result.figure_name == "broken-set Jaccard"
@@ -433,8 +467,9 @@ def test_compare_adversarial_by_hand():
     assert result.details["reference"]["original_accuracy"] == pytest.approx(0.8)
     assert result.details["candidate"]["accuracy_after_attack"] == pytest.approx(0.3)
     assert result.details["queries_per_item"] == {"reference": 45.0, "candidate": 5.0}
-    assert result.conditions == [{"name": "% accuracy drop beyond the reference's",
-                                  "value": pytest.approx(25.0), "limit": 30.0, "passed": True}]
+    assert result.conditions == [
+        {"name": "% accuracy drop beyond the reference's", "value": pytest.approx(25.0), "limit": 30.0, "passed": True}
+    ]
     assert result.passed and result.verdict == "PASS"
     assert [e["index"] for e in result.evidence] == [1, 2, 3, 4, 5, 8, 0]
     assert result.evidence[0]["broken_by"] == "reference"
@@ -446,22 +481,29 @@ def test_compare_adversarial_by_hand():
 
 
 def test_drop_tolerance_exceeded_fails_the_comparison():
-    result = compare_adversarial(REF, CAND, reference="big", candidate="small",
-                                 drop_tolerance=10, n_bootstrap=0)
+    result = compare_adversarial(REF, CAND, reference="big", candidate="small", drop_tolerance=10, n_bootstrap=0)
     assert result.conditions[0]["passed"] is False
     assert not result.passed and result.verdict == "FAIL"
     assert "beyond limit 10" in result.summary()
-    lenient = compare_adversarial(REF, CAND, reference="big", candidate="small",
-                                  drop_tolerance=10, gating=False, n_bootstrap=0)
+    lenient = compare_adversarial(
+        REF, CAND, reference="big", candidate="small", drop_tolerance=10, gating=False, n_bootstrap=0
+    )
     assert lenient.verdict == "DIVERGES"
-    corrected = compare_adversarial(REF, CAND, reference="big", candidate="small", threshold=0.1,
-                                    threshold_on="corrected", n_bootstrap=0)
+    corrected = compare_adversarial(
+        REF, CAND, reference="big", candidate="small", threshold=0.1, threshold_on="corrected", n_bootstrap=0
+    )
     assert not corrected.passed  # corrected -1/13 < 0.1 though raw 0.2 >= 0.1
 
 
 def test_no_item_attacked_against_both_gives_no_figure():
-    result = compare_adversarial(_outcomes([S, K], [3, 1]), _outcomes([K, F], [1, 3]),
-                                 reference="a", candidate="b", threshold=0.0, n_bootstrap=10)
+    result = compare_adversarial(
+        _outcomes([S, K], [3, 1]),
+        _outcomes([K, F], [1, 3]),
+        reference="a",
+        candidate="b",
+        threshold=0.0,
+        n_bootstrap=10,
+    )
     assert result.n == 0 and math.isnan(result.figure) and not result.passed
     assert "note" in result.details
 
@@ -470,11 +512,9 @@ def test_compare_inputs_are_checked():
     with pytest.raises(ValueError, match="same items"):
         compare_adversarial(REF, CAND[:5], reference="a", candidate="b")
     with pytest.raises(ValueError, match="result"):
-        compare_adversarial(REF, [dict(o, result="broken") for o in CAND], reference="a",
-                            candidate="b")
+        compare_adversarial(REF, [dict(o, result="broken") for o in CAND], reference="a", candidate="b")
     with pytest.raises(ValueError, match="only originally wrong items are skipped"):
-        compare_adversarial(REF, [dict(o, original_correct=True) for o in CAND], reference="a",
-                            candidate="b")
+        compare_adversarial(REF, [dict(o, original_correct=True) for o in CAND], reference="a", candidate="b")
     with pytest.raises(ValueError, match="transfer_predictions"):
         compare_adversarial(REF, CAND, reference="a", candidate="b", transfer={0: 0})
     with pytest.raises(ValueError, match="threshold_on"):

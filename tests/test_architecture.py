@@ -20,9 +20,12 @@ def module_name(path: Path) -> str:
 
 def is_type_checking(test: ast.expr) -> bool:
     """`TYPE_CHECKING` or `typing.TYPE_CHECKING`: the body only runs for the type checker."""
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
-        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-         and isinstance(test.value, ast.Name) and test.value.id == "typing")
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute)
+        and test.attr == "TYPE_CHECKING"
+        and isinstance(test.value, ast.Name)
+        and test.value.id == "typing"
+    )
 
 
 def nodes_with_kind(tree: ast.AST):
@@ -83,12 +86,22 @@ def edges() -> dict[str, list[tuple[str, list[str], str]]]:
     found: dict[str, list[tuple[str, list[str], str]]] = {name: [] for name in modules}
     for name, path in modules.items():
         tree = ast.parse(path.read_text())
-        constants = {target.id: node.value.value for node in tree.body if isinstance(node, ast.Assign)
-                     and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
-                     for target in node.targets if isinstance(target, ast.Name)}
+        constants = {
+            target.id: node.value.value
+            for node in tree.body
+            if isinstance(node, ast.Assign)
+            and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str)
+            for target in node.targets
+            if isinstance(target, ast.Name)
+        }
         for node, kind in nodes_with_kind(tree):
-            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
-                    and node.module.split(".")[0] == "miniature":
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.module
+                and node.level == 0
+                and node.module.split(".")[0] == "miniature"
+            ):
                 names = [alias.name for alias in node.names]
                 # `from miniature.core import settings` imports the module miniature.core.settings
                 submodules = [f"{node.module}.{n}" for n in names if f"{node.module}.{n}" in modules]
@@ -168,23 +181,39 @@ def test_no_import_cycle() -> None:
         if node not in index:
             visit(node)
     # each cycle with the edges inside it and their kinds: what to cut
-    described = ["\n".join([f"cycle among {len(c)} modules:"] + [
-        f"  {m} -> {t} ({', '.join(sorted(kinds[m, t]))})" for m in c for t in sorted(graph[m]) if t in c])
-        for c in cycles]
+    described = [
+        "\n".join(
+            [f"cycle among {len(c)} modules:"]
+            + [f"  {m} -> {t} ({', '.join(sorted(kinds[m, t]))})" for m in c for t in sorted(graph[m]) if t in c]
+        )
+        for c in cycles
+    ]
     assert not cycles, "\n".join(described)
 
 
 def test_no_private_name_imported_from_another_module() -> None:
-    private = [(m, t, n) for m, edges in imports().items() for t, names in edges for n in names
-               if n.startswith("_") and not n.startswith("__")]
+    private = [
+        (m, t, n)
+        for m, edges in imports().items()
+        for t, names in edges
+        for n in names
+        if n.startswith("_") and not n.startswith("__")
+    ]
     assert not private, private
 
 
 def test_data_flows_one_way() -> None:
-    forbidden = {"miniature.core": ("miniature.plugin", "miniature.reports", "miniature.tools"),
-                 "miniature.reports": ("miniature.plugin", "miniature.tools")}
-    wrong = [(m, t) for m, edges in imports().items() for t, _ in edges
-             for layer, banned in forbidden.items() if m.startswith(layer) and t.startswith(banned)]
+    forbidden = {
+        "miniature.core": ("miniature.plugin", "miniature.reports", "miniature.tools"),
+        "miniature.reports": ("miniature.plugin", "miniature.tools"),
+    }
+    wrong = [
+        (m, t)
+        for m, edges in imports().items()
+        for t, _ in edges
+        for layer, banned in forbidden.items()
+        if m.startswith(layer) and t.startswith(banned)
+    ]
     assert not wrong, wrong
 
 
@@ -200,8 +229,11 @@ def test_public_import_paths_a_project_uses() -> None:
 
 def test_no_module_imports_a_private_pytest_module() -> None:
     """pytest's private modules (``_pytest``) change without notice: the plugin uses its public API."""
-    private = sorted(module_name(path) for path in PACKAGE.rglob("*.py")
-                     for node in ast.walk(ast.parse(path.read_text()))
-                     if (isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "_pytest")
-                     or (isinstance(node, ast.Import) and any(a.name.split(".")[0] == "_pytest" for a in node.names)))
+    private = sorted(
+        module_name(path)
+        for path in PACKAGE.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if (isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "_pytest")
+        or (isinstance(node, ast.Import) and any(a.name.split(".")[0] == "_pytest" for a in node.names))
+    )
     assert not private, private

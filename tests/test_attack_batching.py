@@ -63,11 +63,23 @@ def test_batched_outcomes_equal_the_sequential_attack_item_by_item(models, revie
     attacker = _attacker(models)
     for name in ("reference", "pruned-40"):
         target = _target(models, name)
-        sequential = attack_model_outcomes(attacker, target, texts, labels, progress=False,
-                                           settings=AttackSettings(top_k_words=top_k,
-                                                                   engine="textattack"))
-        fast = attack_model_outcomes(attacker, target, texts, labels, progress=False, window=16,
-                                     settings=AttackSettings(top_k_words=top_k, engine="batched"))
+        sequential = attack_model_outcomes(
+            attacker,
+            target,
+            texts,
+            labels,
+            progress=False,
+            settings=AttackSettings(top_k_words=top_k, engine="textattack"),
+        )
+        fast = attack_model_outcomes(
+            attacker,
+            target,
+            texts,
+            labels,
+            progress=False,
+            window=16,
+            settings=AttackSettings(top_k_words=top_k, engine="batched"),
+        )
         results = Counter(o["result"] for o in sequential)
         assert results["successful"] and results["skipped"], results
         if top_k == 1:
@@ -93,12 +105,14 @@ def test_attack_model_work_is_shared_across_targets_and_target_queries_memoised(
     assert second[0] < first[0] / 2 and second[1] < first[1] / 2, (first, second)
     # the target runs few, full batches: many items' queries per forward pass
     sequential_target, batched_target = _target(models), _target(models)
-    attack_model_outcomes(attacker, sequential_target, texts, labels, progress=False,
-                          settings=AttackSettings(engine="textattack"))
-    attack_model_outcomes(attacker, batched_target, texts, labels, progress=False,
-                          settings=settings)
+    attack_model_outcomes(
+        attacker, sequential_target, texts, labels, progress=False, settings=AttackSettings(engine="textattack")
+    )
+    attack_model_outcomes(attacker, batched_target, texts, labels, progress=False, settings=settings)
     assert batched_target.forward_calls < sequential_target.forward_calls / 2, (
-        batched_target.forward_calls, sequential_target.forward_calls)
+        batched_target.forward_calls,
+        sequential_target.forward_calls,
+    )
 
 
 KILL = textwrap.dedent("""
@@ -135,8 +149,7 @@ KILL = textwrap.dedent("""
 
 
 def _run(script: Path, **args) -> dict:
-    proc = subprocess.run([sys.executable, str(script), json.dumps(args)], capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run([sys.executable, str(script), json.dumps(args)], capture_output=True, text=True, timeout=600)
     if args.get("kill_after"):
         assert proc.returncode == 9, proc.stderr[-2000:]
         return {}
@@ -145,13 +158,11 @@ def _run(script: Path, **args) -> dict:
 
 
 @pytest.mark.slow
-def test_shared_store_survives_a_kill_and_the_rerun_is_identical_and_cheaper(models, reviews,
-                                                                             tmp_path):
+def test_shared_store_survives_a_kill_and_the_rerun_is_identical_and_cheaper(models, reviews, tmp_path):
     texts, labels = reviews
     script = tmp_path / "kill.py"
     script.write_text(KILL)
-    common = dict(attacker=str(models["attacker"]), target=str(models["reference"]),
-                  texts=texts, labels=labels)
+    common = dict(attacker=str(models["attacker"]), target=str(models["reference"]), texts=texts, labels=labels)
     cold = _run(script, cache=str(tmp_path / "cold"), kill_after=0, **common)
     _run(script, cache=str(tmp_path / "killed"), kill_after=10, **common)
     journal = list((tmp_path / "killed" / "adversarial").glob("*.jsonl"))
@@ -177,17 +188,23 @@ def test_shared_store_is_keyed_by_attack_model_and_every_setting(models, reviews
     base = AttackSettings(engine="batched")
     key = _batched().shared_key(attacker, base)
     assert _batched().shared_key(attacker, AttackSettings(engine="textattack")) == key
-    for changed in (AttackSettings(similarity_threshold=0.3), AttackSettings(max_candidates=12),
-                    AttackSettings(top_k_words=1), AttackSettings(max_percent=0.2),
-                    AttackSettings(max_length=16), AttackSettings(subword_candidates=2)):
+    for changed in (
+        AttackSettings(similarity_threshold=0.3),
+        AttackSettings(max_candidates=12),
+        AttackSettings(top_k_words=1),
+        AttackSettings(max_percent=0.2),
+        AttackSettings(max_length=16),
+        AttackSettings(subword_candidates=2),
+    ):
         assert _batched().shared_key(attacker, changed) != key, changed
     other = build(tmp_path / "other", candidates=(), epochs=0, attacker_hidden=48)
     assert _batched().shared_key(load_model(str(other["attacker"]), head="masked-lm"), base) != key
     # and in use: a run with another constraint setting reads nothing of the first run's store
     texts, labels = reviews
     cache = tmp_path / "cache"
-    attack_model_outcomes(attacker, _target(models), texts[:6], labels[:6], progress=False,
-                          settings=base, cache=OutputCache(cache))
+    attack_model_outcomes(
+        attacker, _target(models), texts[:6], labels[:6], progress=False, settings=base, cache=OutputCache(cache)
+    )
     assert list((cache / "adversarial").glob(f"shared-{key}/*.npz"))
     fresh = _attacker(models)
     stricter = AttackSettings(engine="batched", similarity_threshold=0.5)
@@ -203,8 +220,7 @@ def test_engine_switch_is_checked_and_left_out_of_the_outcome_key(monkeypatch):
     assert AttackSettings().engine == "textattack"
     from miniature.core.attack.settings import settings_key
 
-    assert settings_key(AttackSettings(engine="batched")) == settings_key(
-        AttackSettings(engine="textattack"))
+    assert settings_key(AttackSettings(engine="batched")) == settings_key(AttackSettings(engine="textattack"))
     assert "engine" not in settings_key(AttackSettings())
 
 
@@ -261,8 +277,7 @@ class TinyHost:
     """An AttackHost without a Gate: the tiny models, labelled test texts, its own settings.
     ``loaded`` counts the models asked for (a refusal must come before any)."""
 
-    def __init__(self, models, texts, labels, *, task="classification", translation=None,
-                 cache=None):
+    def __init__(self, models, texts, labels, *, task="classification", translation=None, cache=None):
         from miniature.core import settings as opt
         from miniature.core.data import TaskData, TextData
 
@@ -305,13 +320,15 @@ def test_attack_runner_refuses_what_it_cannot_attack_with_the_reason_before_load
     texts, labels = reviews
     host = TinyHost(models, texts, labels, task="qa")
     runner = AttackRunner(host)
-    for call in (lambda: runner.outcomes("reference"), lambda: runner.items("reference"),
-                 lambda: runner.shard("reference", 0, 4)):
+    for call in (
+        lambda: runner.outcomes("reference"),
+        lambda: runner.items("reference"),
+        lambda: runner.shard("reference", 0, 4),
+    ):
         with pytest.raises(NotApplicable, match="attacks a sentiment classifier.*--task classification"):
             call()
     unlabelled = TinyHost(models, texts, None)
-    with pytest.raises(NotApplicable, match="the test data has no labels, and the attack needs each "
-                                            "item's gold label"):
+    with pytest.raises(NotApplicable, match="the test data has no labels, and the attack needs each item's gold label"):
         AttackRunner(unlabelled).outcomes("reference")
     missing = TinyHost(models, texts, labels)
     missing.attack_problem = "attack model: 'nowhere' is not a model folder"
@@ -329,9 +346,14 @@ def test_attack_runner_outcomes_equal_attack_model_outcomes_on_the_same_sample(m
     index = sample_items(len(texts), 24, 0)
     assert len(index) == 24 < len(texts)
     attacker = _attacker(models)
-    direct = attack_model_outcomes(attacker, _target(models), [texts[i] for i in index],
-                                   [labels[i] for i in index], progress=False,
-                                   settings=AttackSettings(top_k_words=3, max_length=min(128, attacker.max_length)))
+    direct = attack_model_outcomes(
+        attacker,
+        _target(models),
+        [texts[i] for i in index],
+        [labels[i] for i in index],
+        progress=False,
+        settings=AttackSettings(top_k_words=3, max_length=min(128, attacker.max_length)),
+    )
     host = TinyHost(models, texts, labels, cache=OutputCache(tmp_path / "cache"))
     runner = AttackRunner(host)
     assert runner.items("reference") == 24
@@ -344,8 +366,9 @@ def test_attack_runner_outcomes_equal_attack_model_outcomes_on_the_same_sample(m
     assert _strip(first + second) == _strip(direct)
     assert _strip(AttackRunner(sharded).outcomes("reference")) == _strip(direct)
     # a model whose label ids are the data's swapped: attacked on its own ids, reported in the data's
-    swapped = AttackRunner(TinyHost(models, texts, [1 - label for label in labels],
-                                    translation=np.array([1, 0]))).outcomes("reference")
+    swapped = AttackRunner(
+        TinyHost(models, texts, [1 - label for label in labels], translation=np.array([1, 0]))
+    ).outcomes("reference")
     assert [o["label"] for o in swapped] == [1 - labels[i] for i in index]
     flip = ("label", "original_prediction", "perturbed_prediction")
     assert [{k: (1 - v if k in flip else v) for k, v in o.items()} for o in _strip(swapped)] == _strip(direct)

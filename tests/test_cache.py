@@ -15,15 +15,20 @@ from miniature.core.settings import make_settings
 
 
 def small_gate(tiny_models, cache_dir: Path, **overrides) -> Gate:
-    settings = make_settings(reference=str(tiny_models["reference"]), candidate=[str(tiny_models["small"])],
-                             cache_dir=cache_dir, data_limit=60, bootstrap=0, **overrides)
+    settings = make_settings(
+        reference=str(tiny_models["reference"]),
+        candidate=[str(tiny_models["small"])],
+        cache_dir=cache_dir,
+        data_limit=60,
+        bootstrap=0,
+        **overrides,
+    )
     return Gate(settings)
 
 
 def run_all(gate: Gate) -> dict[str, float]:
     pair = gate.pairs()[0]
-    return {c: gate.compare(c, pair).figure
-            for c in ("prediction_errors", "data_representation", "data_distribution")}
+    return {c: gate.compare(c, pair).figure for c in ("prediction_errors", "data_representation", "data_distribution")}
 
 
 def forward_calls(gate: Gate) -> int:

@@ -15,13 +15,31 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 
 
 def run_pytest(*args: str, tiny_models, where: Path, gate: bool = True) -> subprocess.CompletedProcess:
-    options = [f"--reference={tiny_models['reference']}", f"--candidate={tiny_models['small']}",
-            f"--attack-model={tiny_models['attacker']}", f"--cache-dir={where / 'cache'}",
-            f"--report-dir={where / 'reports'}", "--data-limit=60", "--attack-size=4", "--bootstrap=20",
-            "-p", "no:cacheprovider"] if gate else ["-p", "no:cacheprovider"]
+    options = (
+        [
+            f"--reference={tiny_models['reference']}",
+            f"--candidate={tiny_models['small']}",
+            f"--attack-model={tiny_models['attacker']}",
+            f"--cache-dir={where / 'cache'}",
+            f"--report-dir={where / 'reports'}",
+            "--data-limit=60",
+            "--attack-size=4",
+            "--bootstrap=20",
+            "-p",
+            "no:cacheprovider",
+        ]
+        if gate
+        else ["-p", "no:cacheprovider"]
+    )
     env = {**os.environ, "PYTHONPATH": str(REPOSITORY), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "pytest", *args, *options], cwd=REPOSITORY, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", *args, *options],
+        cwd=REPOSITORY,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.mark.slow
@@ -33,9 +51,14 @@ def test_pytest_checks_runs_the_shipped_checks_and_the_projects_own(tiny_models,
     results = json.loads((tmp_path / "reports" / "latest.json").read_text())["results"]
     thresholds = {r["characteristic"]: r["threshold"] for r in results}
     # checks/pytest.ini's thresholds apply; the others keep their defaults
-    assert thresholds == {"prediction_errors": 0.5, "data_representation": 0.4, "data_distribution": 0.5,
-                          "adversarial_vulnerability": 0.5, "representation_similarity": 0.85,
-                          "norm_agreement": 0.3}
+    assert thresholds == {
+        "prediction_errors": 0.5,
+        "data_representation": 0.4,
+        "data_distribution": 0.5,
+        "adversarial_vulnerability": 0.5,
+        "representation_similarity": 0.85,
+        "norm_agreement": 0.3,
+    }
     norm = next(r for r in results if r["characteristic"] == "norm_agreement")
     assert norm["status"] == "computed" and 0.0 <= norm["figure"] <= 1.0 and norm["n"] == 60
 

@@ -26,8 +26,11 @@ def load(path: Path):
     return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
 
 
-PROMPTS = ["Review: the plot was good .\nSentiment:", "Review: the cast felt dull and the pacing was slow , "
-           "but the ending was good .\nSentiment: ", "Review: boring\nSentiment:"]
+PROMPTS = [
+    "Review: the plot was good .\nSentiment:",
+    "Review: the cast felt dull and the pacing was slow , but the ending was good .\nSentiment: ",
+    "Review: boring\nSentiment:",
+]
 CHOICES = [["positive", "negative"], ["negative", "positive", "good"], ["positive", "negative"]]
 
 
@@ -77,12 +80,15 @@ class Uniform:
 def test_a_uniform_model_scores_minus_n_log_v(decoders) -> None:
     _, tokenizer = load(decoders["llama"])
     vocab = len(tokenizer)
-    scores = choice_loglikelihoods(Uniform(vocab), tokenizer, ["Review: good"], [["positive", "very good"]],
-                                   max_length=64)
+    scores = choice_loglikelihoods(
+        Uniform(vocab), tokenizer, ["Review: good"], [["positive", "very good"]], max_length=64
+    )
     np.testing.assert_allclose(scores.loglikelihoods[0], [-math.log(vocab), -2 * math.log(vocab)], rtol=1e-6)
     # acc_norm divides by characters: −ln V / 8 against −2 ln V / 9
-    np.testing.assert_allclose(normalised_by_length(scores.loglikelihoods[0], ["positive", "very good"]),
-                               [-math.log(vocab) / 8, -2 * math.log(vocab) / 9])
+    np.testing.assert_allclose(
+        normalised_by_length(scores.loglikelihoods[0], ["positive", "very good"]),
+        [-math.log(vocab) / 8, -2 * math.log(vocab) / 9],
+    )
 
 
 def test_long_prompts_are_cut_from_the_left(decoders) -> None:

@@ -26,22 +26,25 @@ def config(labels):
     return transformers.BertConfig(id2label=labels, label2id={v: k for k, v in labels.items()})
 
 
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     from miniature.tools.testing import make_tiny_model, train_tokenizer
 
     root = tmp_path_factory.mktemp("cls")
     tokenizer = train_tokenizer(root / "tokenizer")
-    return {head: make_tiny_model(root / head, tokenizer, head=head)
-            for head in ("classification", "encoder", "qa")}
+    return {head: make_tiny_model(root / head, tokenizer, head=head) for head in ("classification", "encoder", "qa")}
 
 
 def test_parse_label_map():
     assert parse_label_map("POSITIVE=1, NEGATIVE=0") == {"POSITIVE": 1, "NEGATIVE": 0}
     assert parse_label_map("a=b=2,neutral=2") == {"a=b": 2, "neutral": 2}
-    for bad, words in [("", "empty"), ("POSITIVE", "NAME=ID"), ("POSITIVE=one", "NAME=ID"),
-                       ("POS=1,pos=0", "twice"), ("POS=-1", "NAME=ID")]:
+    for bad, words in [
+        ("", "empty"),
+        ("POSITIVE", "NAME=ID"),
+        ("POSITIVE=one", "NAME=ID"),
+        ("POS=1,pos=0", "twice"),
+        ("POS=-1", "NAME=ID"),
+    ]:
         with pytest.raises(DataError, match=words):
             parse_label_map(bad)
 
@@ -55,34 +58,39 @@ def test_matching_or_generic_maps_need_no_translation():
 
 def test_mismatched_label_maps_give_a_clear_error():
     with pytest.raises(ModelReferenceError) as error:
-        check_label_maps(config(NEG_POS), config(POS_NEG), DATA,
-                         reference_name="bert-large", candidate_name="tinybert")
+        check_label_maps(config(NEG_POS), config(POS_NEG), DATA, reference_name="bert-large", candidate_name="tinybert")
     message = str(error.value)
-    for part in ("'bert-large'", "'tinybert'", "{0: 'NEGATIVE', 1: 'POSITIVE'}",
-                 "{0: 'POSITIVE', 1: 'NEGATIVE'}", "--label-map", '"NEGATIVE=0,POSITIVE=1"'):
+    for part in (
+        "'bert-large'",
+        "'tinybert'",
+        "{0: 'NEGATIVE', 1: 'POSITIVE'}",
+        "{0: 'POSITIVE', 1: 'NEGATIVE'}",
+        "--label-map",
+        '"NEGATIVE=0,POSITIVE=1"',
+    ):
         assert part in message
 
 
 def test_label_map_option_fixes_the_mismatch():
-    resolved = check_label_maps(config(NEG_POS), config(POS_NEG), DATA,
-                                label_map="POSITIVE=1,NEGATIVE=0")
+    resolved = check_label_maps(config(NEG_POS), config(POS_NEG), DATA, label_map="POSITIVE=1,NEGATIVE=0")
     assert resolved == {"POSITIVE": 1, "NEGATIVE": 0}
     with pytest.raises(DataError, match="'NEUTRAL'"):  # a label the map does not name
-        check_label_maps(config(NEG_POS), config({0: "NEGATIVE", 1: "NEUTRAL"}), DATA,
-                         label_map="POSITIVE=1,NEGATIVE=0")
+        check_label_maps(
+            config(NEG_POS), config({0: "NEGATIVE", 1: "NEUTRAL"}), DATA, label_map="POSITIVE=1,NEGATIVE=0"
+        )
     with pytest.raises(DataError, match=r"data label id\(s\) \[1\]"):  # data label 1 unreachable
         check_label_maps(config(NEG_POS), config(POS_NEG), DATA, label_map="POSITIVE=0,NEGATIVE=0")
 
 
 def test_data_label_names_resolve_named_maps():
     # string labels sorted by load_text_data: negative=0, positive=1
-    resolved = check_label_maps(config(NEG_POS), config(POS_NEG), DATA,
-                                data_label_names=["negative", "positive"])
+    resolved = check_label_maps(config(NEG_POS), config(POS_NEG), DATA, data_label_names=["negative", "positive"])
     assert resolved is not None and resolved["POSITIVE"] == 1 and resolved["NEGATIVE"] == 0
     # both models agree with each other but not with the data's order
-    assert check_label_maps(config(POS_NEG), config(POS_NEG), DATA,
-                            data_label_names=["negative", "positive"]) == {"POSITIVE": 1,
-                                                                           "NEGATIVE": 0}
+    assert check_label_maps(config(POS_NEG), config(POS_NEG), DATA, data_label_names=["negative", "positive"]) == {
+        "POSITIVE": 1,
+        "NEGATIVE": 0,
+    }
 
 
 def test_too_few_labels_for_the_data_or_different_sizes():
@@ -117,9 +125,16 @@ def test_is_finetuned_reads_the_weight_names(tiny, tmp_path):
     sharded = tmp_path / "sharded"
     sharded.mkdir()
     (sharded / "config.json").write_text("{}")
-    (sharded / "model.safetensors.index.json").write_text(json.dumps(
-        {"weight_map": {"distilbert.embeddings.word_embeddings.weight": "a.safetensors",
-                        "pre_classifier.weight": "b.safetensors"}}))
+    (sharded / "model.safetensors.index.json").write_text(
+        json.dumps(
+            {
+                "weight_map": {
+                    "distilbert.embeddings.word_embeddings.weight": "a.safetensors",
+                    "pre_classifier.weight": "b.safetensors",
+                }
+            }
+        )
+    )
     assert is_finetuned(sharded, "classification") and not is_finetuned(sharded, "qa")
     with pytest.raises(ValueError, match="head must be"):
         is_finetuned(tiny["qa"], "summarization")

@@ -10,18 +10,31 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from miniature.tools.compress import (RECORD_NAME, CompressionError, compress, default_keep_layers,
-                                encoder_layer_count, encoder_linear_weights, measured_sparsity,
-                                read_record)
+from miniature.tools.compress import (
+    RECORD_NAME,
+    CompressionError,
+    compress,
+    default_keep_layers,
+    encoder_layer_count,
+    encoder_linear_weights,
+    measured_sparsity,
+    read_record,
+)
 from miniature.core.models import fingerprint_files, load_model
 
 #: torchao is an optional extra (pytest-miniature[quantize]); CI installs it, so these run there
-needs_torchao = pytest.mark.skipif(importlib.util.find_spec("torchao") is None,
-                                   reason="compress --method int8 needs torchao (pip install 'pytest-miniature[quantize]')")
+needs_torchao = pytest.mark.skipif(
+    importlib.util.find_spec("torchao") is None,
+    reason="compress --method int8 needs torchao (pip install 'pytest-miniature[quantize]')",
+)
 
-TEXTS = ["the film was wonderful and the cast was warm", "a dull, tedious script",
-         "city council approved the annual budget", "I thought the ending was not boring",
-         "the soundtrack seemed really clever. Worth the ticket."] * 4
+TEXTS = [
+    "the film was wonderful and the cast was warm",
+    "a dull, tedious script",
+    "city council approved the annual budget",
+    "I thought the ending was not boring",
+    "the soundtrack seemed really clever. Worth the ticket.",
+] * 4
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +50,11 @@ def _quantized_weights(model) -> dict:
     """Linear module name -> its torchao-quantized weight (tensor subclasses only)."""
     import torch
 
-    return {n: m.weight for n, m in model.named_modules()
-            if isinstance(m, torch.nn.Linear) and type(m.weight) not in (torch.Tensor, torch.nn.Parameter)}
+    return {
+        n: m.weight
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and type(m.weight) not in (torch.Tensor, torch.nn.Parameter)
+    }
 
 
 @needs_torchao
@@ -50,8 +66,9 @@ def test_int8_reloads_as_torchao_int8_linears_close_to_reference(tiny_models, ou
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        path = compress(tiny_models["reference"], out / f"int8-{qscheme}", method="int8",
-                        qscheme=qscheme, progress=False)
+        path = compress(
+            tiny_models["reference"], out / f"int8-{qscheme}", method="int8", qscheme=qscheme, progress=False
+        )
         wrapper = load_model(str(path), head="classification")
     assert not [str(w.message) for w in caught if "deprecat" in str(w.message).lower()]
     reference = load_model(str(tiny_models["reference"]), head="classification").model
@@ -88,8 +105,13 @@ def test_torchao_reload_equals_the_in_memory_compressed_model(tiny_models, out, 
 
     from miniature.core.formats import TORCHAO_WEIGHTS, torchao_config
 
-    path = compress(tiny_models["reference"], out / f"exact-{quantization}", method="int8",
-                    quantization=quantization, progress=False)
+    path = compress(
+        tiny_models["reference"],
+        out / f"exact-{quantization}",
+        method="int8",
+        quantization=quantization,
+        progress=False,
+    )
     in_memory = load_model(str(tiny_models["reference"]), head="classification")
     quantize_(in_memory.model, torchao_config(quantization, "per-channel"))
     reloaded = load_model(str(path), head="classification")
@@ -108,9 +130,12 @@ def test_torchao_reload_equals_the_in_memory_compressed_model(tiny_models, out, 
 def test_no_torch_ao_quantization_left() -> None:
     """torch.ao.quantization (deprecated in torch 2.13) is imported nowhere in miniature."""
     root = Path(__file__).parents[1] / "miniature"
-    offenders = [f"{p.relative_to(root)}: {line.strip()}" for p in sorted(root.rglob("*.py"))
-                 for line in p.read_text("utf-8").splitlines()
-                 if line.lstrip().startswith(("from torch.ao", "import torch.ao"))]
+    offenders = [
+        f"{p.relative_to(root)}: {line.strip()}"
+        for p in sorted(root.rglob("*.py"))
+        for line in p.read_text("utf-8").splitlines()
+        if line.lstrip().startswith(("from torch.ao", "import torch.ao"))
+    ]
     assert offenders == []
 
 
@@ -128,8 +153,14 @@ def test_an_old_int8_folder_says_to_compress_again(tiny_models, tmp_path) -> Non
 
 @pytest.mark.parametrize(("scope", "sparsity"), [("global", 0.5), ("layer", 0.3)])
 def test_prune_reaches_the_requested_sparsity(tiny_models, out, scope, sparsity) -> None:
-    path = compress(tiny_models["reference"], out / f"prune-{scope}", method="prune",
-                    sparsity=sparsity, prune_scope=scope, progress=False)
+    path = compress(
+        tiny_models["reference"],
+        out / f"prune-{scope}",
+        method="prune",
+        sparsity=sparsity,
+        prune_scope=scope,
+        progress=False,
+    )
     model = load_model(str(path), head="classification").model
     assert measured_sparsity(model) == pytest.approx(sparsity, abs=1e-3)
     reference = load_model(str(tiny_models["reference"]), head="classification").model
@@ -155,14 +186,18 @@ def test_prune_reaches_the_requested_sparsity(tiny_models, out, scope, sparsity)
     assert record["measured"]["encoder_sparsity"] == pytest.approx(sparsity, abs=1e-3)
 
 
-@pytest.mark.parametrize(("model", "keep", "expected"), [
-    ("reference", None, [0, 2]),      # BERT, 4 layers: every other, from the first
-    ("reference", [3, 1], [1, 3]),
-    ("distil", None, [0]),            # DistilBERT, 2 layers
-])
+@pytest.mark.parametrize(
+    ("model", "keep", "expected"),
+    [
+        ("reference", None, [0, 2]),  # BERT, 4 layers: every other, from the first
+        ("reference", [3, 1], [1, 3]),
+        ("distil", None, [0]),  # DistilBERT, 2 layers
+    ],
+)
 def test_layers_keep_the_chosen_reference_layers(tiny_models, out, model, keep, expected) -> None:
-    path = compress(tiny_models[model], out / f"layers-{model}-{keep}", method="layers",
-                    keep_layers=keep, progress=False)
+    path = compress(
+        tiny_models[model], out / f"layers-{model}-{keep}", method="layers", keep_layers=keep, progress=False
+    )
     small = load_model(str(path), head="classification").model
     full = load_model(str(tiny_models[model]), head="classification").model
     assert encoder_layer_count(small) == encoder_layer_count(full) // 2 == len(expected)
@@ -190,7 +225,11 @@ def test_result_has_tokenizer_and_record_and_is_reused(tiny_models, out) -> None
     path = compress(tiny_models["reference"], out / "reuse", method="prune", progress=False)
     assert {"tokenizer.json", "vocab.txt", "config.json", RECORD_NAME} <= {p.name for p in path.iterdir()}
     record = read_record(path)
-    assert record["method"] == "prune" and record["settings"] == {"sparsity": 0.5, "prune_scope": "global", "format": "pytorch"}
+    assert record["method"] == "prune" and record["settings"] == {
+        "sparsity": 0.5,
+        "prune_scope": "global",
+        "format": "pytorch",
+    }
     assert record["source"]["fingerprint"] == fingerprint_files(tiny_models["reference"])
     assert {"torch", "transformers", "miniature"} <= set(record["versions"]) and record["created"]
     stamp = (path / "model.safetensors").stat().st_mtime_ns
@@ -198,21 +237,26 @@ def test_result_has_tokenizer_and_record_and_is_reused(tiny_models, out) -> None
     assert (path / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not rebuilt
     with pytest.raises(CompressionError, match="already holds another compression.*--overwrite"):
         compress(tiny_models["reference"], path, method="prune", sparsity=0.3, progress=False)
-    compress(tiny_models["reference"], path, method="prune", sparsity=0.3, overwrite=True,
-             progress=False)
+    compress(tiny_models["reference"], path, method="prune", sparsity=0.3, overwrite=True, progress=False)
     assert read_record(path)["settings"]["sparsity"] == 0.3
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    (dict(method="prune", sparsity=1.0), r"sparsity=1.0 is outside \[0, 1\); fix: pass --sparsity"),
-    (dict(method="prune", sparsity=-0.1), r"sparsity=-0.1 is outside \[0, 1\)"),
-    (dict(method="distill"), "unknown compression method 'distill'; fix: pass --method .*int8, prune, layers"),
-    (dict(method="layers", keep_layers=[0, 4]), r"layer 4 is out of range.*4 encoder layers \(0..3\); fix: pass --keep-layers"),
-    (dict(method="layers", keep_layers=[1, 1]), "repeats a layer; fix:.*--keep-layers"),
-    (dict(method="layers", keep_layers=[]), "non-empty list.*--keep-layers"),
-    (dict(method="prune", prune_scope="row"), "prune_scope='row' is unknown; fix: pass --prune-scope"),
-    (dict(method="int8", qscheme="int4"), "qscheme='int4' is unknown; fix: pass --qscheme"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(method="prune", sparsity=1.0), r"sparsity=1.0 is outside \[0, 1\); fix: pass --sparsity"),
+        (dict(method="prune", sparsity=-0.1), r"sparsity=-0.1 is outside \[0, 1\)"),
+        (dict(method="distill"), "unknown compression method 'distill'; fix: pass --method .*int8, prune, layers"),
+        (
+            dict(method="layers", keep_layers=[0, 4]),
+            r"layer 4 is out of range.*4 encoder layers \(0..3\); fix: pass --keep-layers",
+        ),
+        (dict(method="layers", keep_layers=[1, 1]), "repeats a layer; fix:.*--keep-layers"),
+        (dict(method="layers", keep_layers=[]), "non-empty list.*--keep-layers"),
+        (dict(method="prune", prune_scope="row"), "prune_scope='row' is unknown; fix: pass --prune-scope"),
+        (dict(method="int8", qscheme="int4"), "qscheme='int4' is unknown; fix: pass --qscheme"),
+    ],
+)
 def test_bad_requests_name_the_option_and_fix(tiny_models, tmp_path, kwargs, message) -> None:
     with pytest.raises(CompressionError, match=message):
         compress(tiny_models["reference"], tmp_path / "x", progress=False, **kwargs)
@@ -236,16 +280,57 @@ def test_cli_compress_prints_the_folder_and_reports_bad_input(tiny_models, tmp_p
     from miniature.tools.cli import main
 
     target = tmp_path / "cli-layers"
-    assert main(["compress", str(tiny_models["reference"]), "--method", "layers",
-                 "--keep-layers", "0,3", "--output-dir", str(target), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "compress",
+                str(tiny_models["reference"]),
+                "--method",
+                "layers",
+                "--keep-layers",
+                "0,3",
+                "--output-dir",
+                str(target),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.strip() == str(target)
     assert read_record(target)["settings"]["keep_layers"] == [0, 3]
-    assert main(["compress", str(tiny_models["reference"]), "--method", "prune", "--sparsity", "1.5",
-                 "--output-dir", str(tmp_path / "bad"), "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "compress",
+                str(tiny_models["reference"]),
+                "--method",
+                "prune",
+                "--sparsity",
+                "1.5",
+                "--output-dir",
+                str(tmp_path / "bad"),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("miniature: error: sparsity=1.5 is outside [0, 1); fix: pass --sparsity")
-    assert main(["compress", str(tiny_models["reference"]), "--method", "layers",
-                 "--keep-layers", "1,x", "--output-dir", str(tmp_path / "bad")]) == 2
+    assert (
+        main(
+            [
+                "compress",
+                str(tiny_models["reference"]),
+                "--method",
+                "layers",
+                "--keep-layers",
+                "1,x",
+                "--output-dir",
+                str(tmp_path / "bad"),
+            ]
+        )
+        == 2
+    )
     assert "not a comma-separated list of layer indices" in capsys.readouterr().err
 
 
@@ -262,8 +347,10 @@ def test_a_torchao_checkpoint_saved_by_transformers_loads_and_is_named(tiny_mode
     from miniature.errors import ModelReferenceError
 
     quantized = transformers.AutoModelForSequenceClassification.from_pretrained(
-        str(tiny_models["reference"]), device_map="cpu",
-        quantization_config=transformers.TorchAoConfig(Int8WeightOnlyConfig()))
+        str(tiny_models["reference"]),
+        device_map="cpu",
+        quantization_config=transformers.TorchAoConfig(Int8WeightOnlyConfig()),
+    )
     folder = tmp_path / "hf-torchao"
     quantized.save_pretrained(str(folder), safe_serialization=False)
     transformers.AutoTokenizer.from_pretrained(str(tiny_models["reference"])).save_pretrained(str(folder))

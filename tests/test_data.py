@@ -37,13 +37,16 @@ def test_string_labels_map_to_sorted_integers(tmp_path: Path) -> None:
     assert data.label_names == ["neg", "pos"] and data.labels == [1, 0]
 
 
-@pytest.mark.parametrize(("rows", "kwargs", "expected"), [
-    ([], {}, "is empty"),
-    (ROWS, {"text_column": "review"}, "has no column 'review'"),
-    ([{"text": 3, "label": 1}], {}, "column 'text' in row 0 is int"),
-    ([{"text": "ok", "label": 1.5}], {}, "column 'label' in row 0 is float"),
-    ([{"text": "  ", "label": 1}], {}, "empty or whitespace-only"),
-])
+@pytest.mark.parametrize(
+    ("rows", "kwargs", "expected"),
+    [
+        ([], {}, "is empty"),
+        (ROWS, {"text_column": "review"}, "has no column 'review'"),
+        ([{"text": 3, "label": 1}], {}, "column 'text' in row 0 is int"),
+        ([{"text": "ok", "label": 1.5}], {}, "column 'label' in row 0 is float"),
+        ([{"text": "  ", "label": 1}], {}, "empty or whitespace-only"),
+    ],
+)
 def test_bad_data_names_file_and_column(tmp_path: Path, rows, kwargs, expected: str) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -81,11 +84,9 @@ def test_builtin_data_is_deterministic_and_disjoint_by_role() -> None:
 # -- plain text: one item per line, no labels ---------------------------------------------------
 def test_txt_is_one_item_per_line_without_labels(tmp_path: Path) -> None:
     path = tmp_path / "items.txt"
-    path.write_bytes("first item\n\n  second, indented  \r\n   \nthird with a tab\t\nlast without newline"
-                     .encode())
+    path.write_bytes("first item\n\n  second, indented  \r\n   \nthird with a tab\t\nlast without newline".encode())
     data = load_text_data(path)  # label_column defaults to "label": a .txt has none anyway
-    assert data.texts == ["first item", "  second, indented  ", "third with a tab\t",
-                          "last without newline"]
+    assert data.texts == ["first item", "  second, indented  ", "third with a tab\t", "last without newline"]
     assert data.labels is None and data.source == str(path)
     assert load_text_data(path, limit=2).texts == ["first item", "  second, indented  "]
     assert [r["text"] for r in load_records(path)] == data.texts
@@ -103,22 +104,32 @@ def test_bad_txt_names_the_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_gate_on_txt_data_compares_representations_and_says_labels_are_missing(
-        tiny_models, tmp_path: Path) -> None:
+def test_gate_on_txt_data_compares_representations_and_says_labels_are_missing(tiny_models, tmp_path: Path) -> None:
     from miniature.core.gate import AFTER, Gate
     from miniature.errors import MiniatureError, NotApplicable
     from miniature.core.settings import make_settings
 
     texts = builtin_sentiment_data(scale=0.1).train.texts + builtin_sentiment_data(scale=0.1).test.texts
     files = {}
-    for role, part in (("train", texts[:40]), ("holdout", texts[40:60]), ("test", texts[60:100]),
-                       ("challenge", texts[100:140])):
+    for role, part in (
+        ("train", texts[:40]),
+        ("holdout", texts[40:60]),
+        ("test", texts[60:100]),
+        ("challenge", texts[100:140]),
+    ):
         files[role] = tmp_path / f"{role}.txt"
         files[role].write_text("\n".join(part) + "\n")
-    values = dict(reference=str(tiny_models["reference"]), candidate=[str(tiny_models["small"])],
-                  cache_dir=tmp_path / "cache", bootstrap=0, k=5, train_data=str(files["train"]),
-                  holdout_data=str(files["holdout"]), test_data=str(files["test"]),
-                  challenge_data=str(files["challenge"]))
+    values = dict(
+        reference=str(tiny_models["reference"]),
+        candidate=[str(tiny_models["small"])],
+        cache_dir=tmp_path / "cache",
+        bootstrap=0,
+        k=5,
+        train_data=str(files["train"]),
+        holdout_data=str(files["holdout"]),
+        test_data=str(files["test"]),
+        challenge_data=str(files["challenge"]),
+    )
     gate = Gate(make_settings(**values))
     pair = gate.pairs()[0]
     assert 0.0 <= gate.compare("data_representation", pair).figure <= 1.0
@@ -131,5 +142,7 @@ def test_gate_on_txt_data_compares_representations_and_says_labels_are_missing(
         assert "is a .txt file, which has no labels" in message
         assert "fix: pass --test-data as a .jsonl/.csv file with a label column" in message
     finetuning = Gate(make_settings(**values, finetune=True))
-    with pytest.raises(MiniatureError, match=r"the train data '.*train.txt' is a .txt file, which has no labels, and --finetune"):
+    with pytest.raises(
+        MiniatureError, match=r"the train data '.*train.txt' is a .txt file, which has no labels, and --finetune"
+    ):
         finetuning.compare("data_representation", finetuning.pairs()[0], stage=AFTER)

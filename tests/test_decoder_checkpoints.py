@@ -23,15 +23,17 @@ def save_quantized(base: Path, folder: Path, config) -> Path:
     import transformers
 
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        str(base), device_map="cpu", quantization_config=transformers.TorchAoConfig(config))
+        str(base), device_map="cpu", quantization_config=transformers.TorchAoConfig(config)
+    )
     model.save_pretrained(str(folder), safe_serialization=False)  # transformers writes these as pickle only
     transformers.AutoTokenizer.from_pretrained(str(base)).save_pretrained(str(folder))
     return folder
 
 
 @pytest.mark.parametrize("scheme", ["int8 weight-only", "int4 weight-only (intx)"])
-def test_a_decoder_quantized_by_transformers_is_gated_against_its_base(llama: Path, tmp_path: Path,
-                                                                       scheme: str) -> None:
+def test_a_decoder_quantized_by_transformers_is_gated_against_its_base(
+    llama: Path, tmp_path: Path, scheme: str
+) -> None:
     import torch
     from torchao.quantization import Int8WeightOnlyConfig, IntxWeightOnlyConfig
 
@@ -50,8 +52,17 @@ def test_a_decoder_quantized_by_transformers_is_gated_against_its_base(llama: Pa
     assert wrapper.decoder and wrapper.logits(["a fine film"]).shape == (1, 2)
     assert "transformers quantization_config" in quantization_of(folder)
 
-    gate = Gate(make_settings(reference=str(llama), candidate=[str(folder)], allow_pickle=True, data_limit=40,
-                              bootstrap=0, cache_dir=tmp_path / "cache"), registry=Registry(BUILTIN))
+    gate = Gate(
+        make_settings(
+            reference=str(llama),
+            candidate=[str(folder)],
+            allow_pickle=True,
+            data_limit=40,
+            bootstrap=0,
+            cache_dir=tmp_path / "cache",
+        ),
+        registry=Registry(BUILTIN),
+    )
     pair = gate.pairs()[0]
     tokens = gate.outcome("token_distribution", pair)
     errors = gate.outcome("prediction_errors", pair)
@@ -71,8 +82,10 @@ def test_the_gpu_only_int4_scheme_is_refused_in_one_line(llama: Path, tmp_path: 
     for file in llama.iterdir():
         (folder / file.name).write_bytes(file.read_bytes())
     config = json.loads((folder / "config.json").read_text())
-    config["quantization_config"] = {"quant_method": "torchao", "quant_type": {"default": {
-        "_type": "Int4WeightOnlyConfig", "_version": 2, "_data": {"group_size": 128}}}}
+    config["quantization_config"] = {
+        "quant_method": "torchao",
+        "quant_type": {"default": {"_type": "Int4WeightOnlyConfig", "_version": 2, "_data": {"group_size": 128}}},
+    }
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelReferenceError) as error:
         load_model(str(folder), head="classification")

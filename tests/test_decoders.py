@@ -96,18 +96,33 @@ def brute_token_figures(reference, candidate, texts: list[str]) -> tuple[float, 
 
 
 @pytest.mark.slow
-def test_a_tiny_llama_against_its_int4_copy_runs_every_characteristic(gate_checks: pytest.Pytester, decoders,
-                                                                        tiny_models) -> None:
+def test_a_tiny_llama_against_its_int4_copy_runs_every_characteristic(
+    gate_checks: pytest.Pytester, decoders, tiny_models
+) -> None:
     where = gate_checks.path
     result = gate_checks.runpytest(
-        f"--reference={decoders['llama']}", f"--candidate={decoders['llama-int4']}",
-        f"--attack-model={tiny_models['attacker']}", f"--data-limit={N_ITEMS}", f"--attack-size={ATTACK_SIZE}",
-        "--bootstrap=20", f"--cache-dir={where / 'cache'}", f"--report-dir={where / 'reports'}",
-        "--threshold-token-top=0", "-p", "no:cacheprovider")
+        f"--reference={decoders['llama']}",
+        f"--candidate={decoders['llama-int4']}",
+        f"--attack-model={tiny_models['attacker']}",
+        f"--data-limit={N_ITEMS}",
+        f"--attack-size={ATTACK_SIZE}",
+        "--bootstrap=20",
+        f"--cache-dir={where / 'cache'}",
+        f"--report-dir={where / 'reports'}",
+        "--threshold-token-top=0",
+        "-p",
+        "no:cacheprovider",
+    )
     payload = json.loads((where / "reports" / "latest.json").read_text())
     by_name = {r["characteristic"]: r for r in payload["results"]}
-    assert set(by_name) == {"prediction_errors", "data_representation", "data_distribution",
-                            "adversarial_vulnerability", "representation_similarity", "token_distribution"}
+    assert set(by_name) == {
+        "prediction_errors",
+        "data_representation",
+        "data_distribution",
+        "adversarial_vulnerability",
+        "representation_similarity",
+        "token_distribution",
+    }
     not_computed = {name: r["reason"] for name, r in by_name.items() if r["status"] != "computed"}
     assert not not_computed, not_computed
     assert "LlamaForCausalLM, decoder" in payload["models"]["architecture"]["llama-int4"]
@@ -123,8 +138,10 @@ def test_a_tiny_llama_against_its_int4_copy_runs_every_characteristic(gate_check
     # prediction errors and the flips, from brute-force answers
     template = "{text}\nAnswer:"
     labels = np.array(test.labels)
-    answers = {name: brute_choice_answers(w, test.texts, list(BUILTIN_LABEL_WORDS), template)
-               for name, w in (("ref", reference), ("cand", candidate))}
+    answers = {
+        name: brute_choice_answers(w, test.texts, list(BUILTIN_LABEL_WORDS), template)
+        for name, w in (("ref", reference), ("cand", candidate))
+    }
     errors = by_name["prediction_errors"]
     assert errors["figure"] == pytest.approx(jaccard(answers["ref"] != labels, answers["cand"] != labels))
     assert errors["details"]["reference_accuracy"] == pytest.approx((answers["ref"] == labels).mean())
@@ -138,18 +155,27 @@ def test_a_tiny_llama_against_its_int4_copy_runs_every_characteristic(gate_check
     # representation: last-token vectors, K = 10 neighbours by cosine
     vectors = {name: brute_last_token_vectors(w, test.texts) for name, w in (("ref", reference), ("cand", candidate))}
     assert by_name["data_representation"]["figure"] == pytest.approx(
-        brute_knn_jaccard(vectors["ref"], vectors["cand"], 10), abs=1e-9)
+        brute_knn_jaccard(vectors["ref"], vectors["cand"], 10), abs=1e-9
+    )
 
     # representation similarity: debiased CKA from the HSIC formula on the n x n Gram matrices
     def hsic1(gram_a: np.ndarray, gram_b: np.ndarray) -> float:
         n = len(gram_a)
         a, b = gram_a - np.diag(np.diag(gram_a)), gram_b - np.diag(np.diag(gram_b))
         one = np.ones(n)
-        return float((np.trace(a @ b) + (one @ a @ one) * (one @ b @ one) / ((n - 1) * (n - 2))
-                      - 2 / (n - 2) * (one @ a @ b @ one)) / (n * (n - 3)))
+        return float(
+            (
+                np.trace(a @ b)
+                + (one @ a @ one) * (one @ b @ one) / ((n - 1) * (n - 2))
+                - 2 / (n - 2) * (one @ a @ b @ one)
+            )
+            / (n * (n - 3))
+        )
 
     gram = {name: v @ v.T for name, v in vectors.items()}
-    cka = hsic1(gram["ref"], gram["cand"]) / math.sqrt(hsic1(gram["ref"], gram["ref"]) * hsic1(gram["cand"], gram["cand"]))
+    cka = hsic1(gram["ref"], gram["cand"]) / math.sqrt(
+        hsic1(gram["ref"], gram["ref"]) * hsic1(gram["cand"], gram["cand"])
+    )
     assert by_name["representation_similarity"]["figure"] == pytest.approx(cka, abs=1e-5)
 
     # token distribution: every next token of every test text, exact over the vocabulary
@@ -158,7 +184,9 @@ def test_a_tiny_llama_against_its_int4_copy_runs_every_characteristic(gate_check
     assert tokens["n"] == n_tokens
     assert tokens["figure"] == pytest.approx(same_top, abs=1e-12)
     assert tokens["details"]["mean_kld"] == pytest.approx(mean_kld, rel=1e-6, abs=1e-9)
-    assert 0 < tokens["details"]["mean_kld"] and tokens["evidence"][0]["kld"] >= tokens["details"]["kld_percentiles"]["99"]
+    assert (
+        0 < tokens["details"]["mean_kld"] and tokens["evidence"][0]["kld"] >= tokens["details"]["kld_percentiles"]["99"]
+    )
 
     # the rest ran on the same models: values in range, attacked items counted
     assert 0.0 <= by_name["data_distribution"]["figure"] <= 1.0
@@ -197,8 +225,15 @@ def test_encoders_skip_the_token_distribution_with_the_reason(tiny_models, tmp_p
     from miniature.core.gate import Gate
     from miniature.core.settings import make_settings
 
-    gate = Gate(make_settings(reference=str(tiny_models["reference"]), candidate=[str(tiny_models["small"])],
-                              cache_dir=tmp_path / "cache", data_limit=30, bootstrap=0))
+    gate = Gate(
+        make_settings(
+            reference=str(tiny_models["reference"]),
+            candidate=[str(tiny_models["small"])],
+            cache_dir=tmp_path / "cache",
+            data_limit=30,
+            bootstrap=0,
+        )
+    )
     result = gate.outcome("token_distribution", gate.pairs()[0])
     assert result.status == "skipped" and "not a decoder LM" in result.reason
 
@@ -219,13 +254,27 @@ def test_a_decoder_without_label_words_is_told_to_name_them(decoders, tmp_path: 
 
     data = tmp_path / "ids.jsonl"
     write_jsonl(data, [{"text": f"the film was {w}", "label": i % 2} for i, w in enumerate(["good", "bad"] * 10)])
-    gate = Gate(make_settings(reference=str(decoders["llama"]), candidate=[str(decoders["llama-int8"])],
-                              test_data=str(data), cache_dir=tmp_path / "cache", bootstrap=0))
+    gate = Gate(
+        make_settings(
+            reference=str(decoders["llama"]),
+            candidate=[str(decoders["llama-int8"])],
+            test_data=str(data),
+            cache_dir=tmp_path / "cache",
+            bootstrap=0,
+        )
+    )
     result = gate.outcome("prediction_errors", gate.pairs()[0])
     assert result.status == "skipped" and "--verbalizer" in result.reason
-    named = Gate(make_settings(reference=str(decoders["llama"]), candidate=[str(decoders["llama-int8"])],
-                               test_data=str(data), cache_dir=tmp_path / "cache", bootstrap=0,
-                               verbalizer={0: "bad", 1: "good"}))
+    named = Gate(
+        make_settings(
+            reference=str(decoders["llama"]),
+            candidate=[str(decoders["llama-int8"])],
+            test_data=str(data),
+            cache_dir=tmp_path / "cache",
+            bootstrap=0,
+            verbalizer={0: "bad", 1: "good"},
+        )
+    )
     assert named.outcome("prediction_errors", named.pairs()[0]).status == "computed"
 
 
@@ -237,8 +286,13 @@ def write_multiple_choice(path: Path, n: int = 40) -> Path:
     for i in range(n):
         choices = [words[(i + j) % 5] for j in range(2 + i % 2)]  # two or three choices
         answer = choices[i % len(choices)] if i % 3 else i % len(choices)  # its text, or its index
-        rows.append({"text": f"the film was {words[i % 5]} and the cast was {words[(i * 3) % 5]}",
-                     "choices": choices, "answer": answer})
+        rows.append(
+            {
+                "text": f"the film was {words[i % 5]} and the cast was {words[(i * 3) % 5]}",
+                "choices": choices,
+                "answer": answer,
+            }
+        )
     write_jsonl(path, rows)
     return path
 
@@ -253,16 +307,25 @@ def test_multiple_choice_items_are_answered_by_their_own_choices(decoders, tmp_p
     loaded = load_text_data(data)
     assert loaded.choices is not None and {len(c) for c in loaded.choices} == {2, 3}
     assert loaded.labels[1] == loaded.choices[1].index("dull") and loaded.labels[3] == 0 and loaded.labels[0] == 0
-    gate = Gate(make_settings(reference=str(decoders["llama"]), candidate=[str(decoders["llama-int8"])],
-                              test_data=str(data), cache_dir=tmp_path / "cache", bootstrap=0))
+    gate = Gate(
+        make_settings(
+            reference=str(decoders["llama"]),
+            candidate=[str(decoders["llama-int8"])],
+            test_data=str(data),
+            cache_dir=tmp_path / "cache",
+            bootstrap=0,
+        )
+    )
     pair = gate.pairs()[0]
     result = gate.outcome("prediction_errors", pair)
     assert result.status == "computed", result.reason
     template = "{text}\nAnswer:"
     for name in (pair.reference, pair.candidate):
         wrapper = load(decoders["llama" if name == pair.reference else "llama-int8"])
-        expected = [brute_choice_answers(wrapper, [text], options, template)[0]
-                    for text, options in zip(loaded.texts, loaded.choices)]
+        expected = [
+            brute_choice_answers(wrapper, [text], options, template)[0]
+            for text, options in zip(loaded.texts, loaded.choices)
+        ]
         assert gate.predicted(name).tolist() == expected
     attack = gate.outcome("adversarial_vulnerability", pair)
     assert attack.status == "skipped" and "multiple-choice" in attack.reason
@@ -273,18 +336,28 @@ def test_multiple_choice_data_skips_encoders_with_the_reason(tiny_models, tmp_pa
     from miniature.core.settings import make_settings
 
     data = write_multiple_choice(tmp_path / "mc.jsonl")
-    gate = Gate(make_settings(reference=str(tiny_models["reference"]), candidate=[str(tiny_models["small"])],
-                              test_data=str(data), cache_dir=tmp_path / "cache", bootstrap=0))
+    gate = Gate(
+        make_settings(
+            reference=str(tiny_models["reference"]),
+            candidate=[str(tiny_models["small"])],
+            test_data=str(data),
+            cache_dir=tmp_path / "cache",
+            bootstrap=0,
+        )
+    )
     result = gate.outcome("prediction_errors", gate.pairs()[0])
     assert result.status == "skipped" and "multiple-choice" in result.reason and "decoder" in result.reason
 
 
-@pytest.mark.parametrize(("row", "message"), [
-    ({"text": "x", "choices": ["a"], "answer": 0}, "at least two"),
-    ({"text": "x", "choices": ["a", "b"], "answer": "c"}, "neither the index"),
-    ({"text": "x", "choices": ["a", "b"], "answer": 2}, "neither the index"),
-    ({"text": "x", "choices": "a,b", "answer": 0}, "is not a list"),
-])
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"text": "x", "choices": ["a"], "answer": 0}, "at least two"),
+        ({"text": "x", "choices": ["a", "b"], "answer": "c"}, "neither the index"),
+        ({"text": "x", "choices": ["a", "b"], "answer": 2}, "neither the index"),
+        ({"text": "x", "choices": "a,b", "answer": 0}, "is not a list"),
+    ],
+)
 def test_bad_multiple_choice_rows_are_one_line_naming_the_row(tmp_path: Path, row: dict, message: str) -> None:
     from miniature.core.data import load_text_data, write_jsonl
     from miniature.errors import DataError

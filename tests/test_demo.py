@@ -20,20 +20,37 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 
 def test_gate_arguments_are_the_plugin_command_line(tmp_path: Path) -> None:
     models = {name: tmp_path / MODEL_NAMES[name] for name in MODEL_NAMES}
-    args = gate_arguments(models, ["reference", "int8"], tmp_path / "lm", cache=tmp_path,
-                          report_dir=tmp_path / "r", plan=SIZES["quick"], attack_size=None,
-                          html=False)
+    args = gate_arguments(
+        models,
+        ["reference", "int8"],
+        tmp_path / "lm",
+        cache=tmp_path,
+        report_dir=tmp_path / "r",
+        plan=SIZES["quick"],
+        attack_size=None,
+        html=False,
+    )
     # an empty project of its own: the shipped checks, no ini or checks/ of the current folder
     assert args[:3] == [f"--rootdir={gate_folder(tmp_path)}", "-c", str(gate_folder(tmp_path) / "pytest.ini")]
     assert not any(Path(a).name == "checks" for a in args)
     assert f"--reference={models['reference']}" in args
     assert [a for a in args if a.startswith("--candidate=")] == [
-        f"--candidate={models['reference']}", f"--candidate={models['int8']}"]
+        f"--candidate={models['reference']}",
+        f"--candidate={models['int8']}",
+    ]
     assert f"--attack-model={tmp_path / 'lm'}" in args and f"--cache-dir={tmp_path / 'gate'}" in args
     assert f"--attack-size={SIZES['quick'].attack_size}" in args
     assert f"--data-limit={SIZES['quick'].data_limit}" in args
-    full = gate_arguments(models, ["int8"], tmp_path / "lm", cache=tmp_path, report_dir=tmp_path,
-                          plan=SIZES["full"], attack_size=7, html=True)
+    full = gate_arguments(
+        models,
+        ["int8"],
+        tmp_path / "lm",
+        cache=tmp_path,
+        report_dir=tmp_path,
+        plan=SIZES["full"],
+        attack_size=7,
+        html=True,
+    )
     assert "--attack-size=7" in full and not any(a.startswith("--data-limit") for a in full)
     assert f"--html={tmp_path / 'report.html'}" in full and "--self-contained-html" in full
 
@@ -48,12 +65,15 @@ def test_full_size_uses_at_least_1000_items() -> None:
     assert len(quick.train) == len(quick.test) == SIZES["quick"].data_limit
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    (dict(size="huge"), "unknown demo size 'huge'; fix: pass one of full, quick"),
-    (dict(candidates=["int4"]), "unknown demo candidate.*'int4'.*fix: pass --candidates"),
-    (dict(attack_size=0), "attack_size=0 must be >= 1; fix: pass --attack-size"),
-    (dict(threads=0), "threads=0 must be >= 1; fix: pass --threads"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(size="huge"), "unknown demo size 'huge'; fix: pass one of full, quick"),
+        (dict(candidates=["int4"]), "unknown demo candidate.*'int4'.*fix: pass --candidates"),
+        (dict(attack_size=0), "attack_size=0 must be >= 1; fix: pass --attack-size"),
+        (dict(threads=0), "threads=0 must be >= 1; fix: pass --threads"),
+    ],
+)
 def test_bad_demo_requests_are_clear(tmp_path: Path, kwargs, message) -> None:
     with pytest.raises(MiniatureError, match=message):
         demo(cache_dir=tmp_path, report_dir=tmp_path, progress=False, **kwargs)
@@ -69,8 +89,9 @@ def test_attack_model_fits_only_the_head_and_learns(tmp_path: Path) -> None:
     from miniature.core.models import load_model, packaged_model_dir
 
     data = builtin_sentiment_data()
-    path = build_attack_model(tmp_path, data.train.texts[:200], data.holdout.texts[:60], steps=60,
-                              rounds=1, progress=False)
+    path = build_attack_model(
+        tmp_path, data.train.texts[:200], data.holdout.texts[:60], steps=60, rounds=1, progress=False
+    )
     record = json.loads((path / ATTACK_LM_RECORD).read_text())
     assert record["eval_after"]["top10"] > record["eval_before"]["top10"] + 0.2
     assert record["eval_after"]["loss"] < record["eval_before"]["loss"]
@@ -84,8 +105,9 @@ def test_attack_model_fits_only_the_head_and_learns(tmp_path: Path) -> None:
             assert torch.equal(state[name], value), name
     # cached: the same request returns the same folder without refitting
     stamp = (path / "model.safetensors").stat().st_mtime_ns
-    again = build_attack_model(tmp_path, data.train.texts[:200], data.holdout.texts[:60],
-                               steps=60, rounds=1, progress=False)
+    again = build_attack_model(
+        tmp_path, data.train.texts[:200], data.holdout.texts[:60], steps=60, rounds=1, progress=False
+    )
     assert again == path and (path / "model.safetensors").stat().st_mtime_ns == stamp
 
 
@@ -93,9 +115,22 @@ def test_attack_model_fits_only_the_head_and_learns(tmp_path: Path) -> None:
 def test_quick_demo_figures_in_unit_range_and_reference_passes_against_itself(tmp_path: Path) -> None:
     """``miniature demo --quick`` end to end, in a fresh cache (cold)."""
     completed = subprocess.run(
-        [sys.executable, "-m", "miniature.tools.cli", "demo", "--quick", "--no-progress", "--threads=1",
-         f"--cache-dir={tmp_path / 'cache'}", f"--report-dir={tmp_path / 'reports'}"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=900)
+        [
+            sys.executable,
+            "-m",
+            "miniature.tools.cli",
+            "demo",
+            "--quick",
+            "--no-progress",
+            "--threads=1",
+            f"--cache-dir={tmp_path / 'cache'}",
+            f"--report-dir={tmp_path / 'reports'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=900,
+    )
     output = completed.stdout + completed.stderr
     assert completed.returncode == 0, output[-3000:]
     payload = json.loads((tmp_path / "reports" / "latest.json").read_text())
@@ -103,8 +138,13 @@ def test_quick_demo_figures_in_unit_range_and_reference_passes_against_itself(tm
     reference = MODEL_NAMES["reference"]
     candidates = {r["candidate"] for r in results if r["reference"] == reference}
     assert candidates == {f"{reference}#2", *(MODEL_NAMES[n] for n in ("int8", "int8-onnx", "prune", "layers"))}
-    characteristics = {"prediction_errors", "data_representation", "data_distribution",
-                       "adversarial_vulnerability", "representation_similarity"}
+    characteristics = {
+        "prediction_errors",
+        "data_representation",
+        "data_distribution",
+        "adversarial_vulnerability",
+        "representation_similarity",
+    }
     assert {r["characteristic"] for r in results} == characteristics
     for result in results:
         # undefined (NaN) only where no attacked item was right under both models
@@ -149,7 +189,7 @@ def test_builtin_data_is_film_reviews_with_a_near_shifted_challenge_set() -> Non
     assert all(" film" not in t.lower() for t in ood) and sum("book" in t or "novel" in t for t in ood) > 100
     assert not set(ind) & set(data.train.texts)
     # --data-limit keeps both kinds (interleaved), as the quick demo uses it
-    assert 0 < sum(data.challenge_is_ood[:SIZES["quick"].data_limit]) < SIZES["quick"].data_limit
+    assert 0 < sum(data.challenge_is_ood[: SIZES["quick"].data_limit]) < SIZES["quick"].data_limit
 
 
 @pytest.mark.slow
@@ -158,8 +198,16 @@ def test_distil_retrains_the_layer_dropped_model_towards_the_reference(tiny_mode
     from miniature.core.data import builtin_sentiment_data
 
     texts = builtin_sentiment_data(scale=0.1).train.texts
-    path = compress(tiny_models["reference"], tmp_path / "kd", method="layers", distil=True,
-                    distil_texts=texts, distil_epochs=3.0, distil_learning_rate=1e-3, progress=False)
+    path = compress(
+        tiny_models["reference"],
+        tmp_path / "kd",
+        method="layers",
+        distil=True,
+        distil_texts=texts,
+        distil_epochs=3.0,
+        distil_learning_rate=1e-3,
+        progress=False,
+    )
     record = read_record(path)
     measured = record["measured"]["distillation"]
     assert measured["agreement_with_reference_after"] >= measured["agreement_with_reference_before"]
@@ -174,8 +222,7 @@ def test_distil_retrains_the_layer_dropped_model_towards_the_reference(tiny_mode
     with pytest.raises(CompressionError, match="--distil applies to --method layers"):
         compress(tiny_models["reference"], tmp_path / "q", method="int8", distil=True, progress=False)
     with pytest.raises(CompressionError, match="without distil.*fix: add --distil"):
-        compress(tiny_models["reference"], tmp_path / "q", method="layers", distil_texts=texts,
-                 progress=False)
+        compress(tiny_models["reference"], tmp_path / "q", method="layers", distil_texts=texts, progress=False)
 
 
 def test_cli_compress_distil_reads_texts_from_a_file(tiny_models, tmp_path: Path, capsys) -> None:
@@ -184,9 +231,24 @@ def test_cli_compress_distil_reads_texts_from_a_file(tiny_models, tmp_path: Path
     from miniature.core.data import write_jsonl
 
     write_jsonl(tmp_path / "texts.jsonl", [{"review": f"the film was {w}"} for w in ("good", "dull", "long")])
-    code = main(["compress", str(tiny_models["reference"]), "--method", "layers", "--distil",
-                 "--distil-data", str(tmp_path / "texts.jsonl"), "--text-column", "review",
-                 "--distil-epochs", "1", "--output-dir", str(tmp_path / "kd"), "--no-progress"])
+    code = main(
+        [
+            "compress",
+            str(tiny_models["reference"]),
+            "--method",
+            "layers",
+            "--distil",
+            "--distil-data",
+            str(tmp_path / "texts.jsonl"),
+            "--text-column",
+            "review",
+            "--distil-epochs",
+            "1",
+            "--output-dir",
+            str(tmp_path / "kd"),
+            "--no-progress",
+        ]
+    )
     assert code == 0 and capsys.readouterr().out.strip() == str(tmp_path / "kd")
     distil = read_record(tmp_path / "kd")["settings"]["distil"]
     assert distil["texts"] == 3 and distil["epochs"] == 1.0
@@ -217,21 +279,40 @@ def test_phenomenon_reads_the_goals_of_issue_16_from_the_results() -> None:
     reference, int8, layers = MODEL_NAMES["reference"], MODEL_NAMES["int8"], MODEL_NAMES["layers"]
 
     def row(candidate: str, characteristic: str, /, **details) -> dict:
-        return {"reference": reference, "candidate": candidate, "characteristic": characteristic,
-                "figure": 0.5, "details": details}
+        return {
+            "reference": reference,
+            "candidate": candidate,
+            "characteristic": characteristic,
+            "figure": 0.5,
+            "details": details,
+        }
 
     results = [
-        row(f"{reference}#2", "prediction_errors", reference_accuracy=0.92, candidate_accuracy=0.92,
-            reference_errors=40),
+        row(
+            f"{reference}#2", "prediction_errors", reference_accuracy=0.92, candidate_accuracy=0.92, reference_errors=40
+        ),
         row(int8, "prediction_errors", reference_accuracy=0.92, candidate_accuracy=0.91, reference_errors=40),
         row(layers, "prediction_errors", reference_accuracy=0.92, candidate_accuracy=0.86, reference_errors=40),
-        row(int8, "adversarial_vulnerability", reference={"attack_success_rate": 0.4},
-            candidate={"attack_success_rate": 0.6}),
-        row(layers, "adversarial_vulnerability", reference={"attack_success_rate": 0.4},
-            candidate={"attack_success_rate": 0.9}),
+        row(
+            int8,
+            "adversarial_vulnerability",
+            reference={"attack_success_rate": 0.4},
+            candidate={"attack_success_rate": 0.6},
+        ),
+        row(
+            layers,
+            "adversarial_vulnerability",
+            reference={"attack_success_rate": 0.4},
+            candidate={"attack_success_rate": 0.9},
+        ),
         row(int8, "data_distribution", reference_auroc=0.7, candidate_auroc=0.6),
-        {"reference": int8, "candidate": layers, "characteristic": "prediction_errors", "figure": 0.3,
-         "details": {"reference_accuracy": 0.91, "candidate_accuracy": 0.86, "reference_errors": 45}},
+        {
+            "reference": int8,
+            "candidate": layers,
+            "characteristic": "prediction_errors",
+            "figure": 0.3,
+            "details": {"reference_accuracy": 0.91, "candidate_accuracy": 0.86, "reference_errors": 45},
+        },
     ]
     figures = demo_module.phenomenon(results)
     assert figures["accuracy"] == {reference: 0.92, int8: 0.91, layers: 0.86}

@@ -47,10 +47,12 @@ def model_splits(seed: int, width: int, n_train=120, n_holdout=60, n_challenge=5
     train = centre + rng.normal(size=(n_train, width))
     train[10:20] = train[0]  # duplicated training items: tied neighbours
     holdout = centre + rng.normal(size=(n_holdout, width))
-    challenge = np.vstack([
-        centre + rng.normal(size=(n_challenge // 2, width)),
-        3 * elsewhere + rng.normal(size=(n_challenge - n_challenge // 2, width)),
-    ])
+    challenge = np.vstack(
+        [
+            centre + rng.normal(size=(n_challenge // 2, width)),
+            3 * elsewhere + rng.normal(size=(n_challenge - n_challenge // 2, width)),
+        ]
+    )
     return train.astype(np.float32), holdout.astype(np.float32), challenge.astype(np.float32)
 
 
@@ -76,7 +78,9 @@ def test_knn_distance_hand_worked():
 def test_knn_distances_match_brute_force(k):
     train, holdout, challenge = model_splits(0, width=8)
     queries = np.vstack([holdout, challenge, train[:5]])
-    np.testing.assert_allclose(knn_distances(train, queries, k, block_size=13), brute_force_scores(train, queries, k), atol=1e-6)
+    np.testing.assert_allclose(
+        knn_distances(train, queries, k, block_size=13), brute_force_scores(train, queries, k), atol=1e-6
+    )
 
 
 # ----------------------------------------------------------------------- threshold
@@ -99,7 +103,10 @@ def test_fit_threshold_keeps_at_least_keep_and_is_the_smallest_such_score(scores
     assert threshold in scores
     assert np.mean(scores <= threshold) >= keep - 1e-9
     assert np.mean(scores < threshold) < keep
-    assert threshold == np.quantile(scores, keep, method="inverted_cdf") or abs(keep * len(scores) - round(keep * len(scores))) < 1e-6
+    assert (
+        threshold == np.quantile(scores, keep, method="inverted_cdf")
+        or abs(keep * len(scores) - round(keep * len(scores))) < 1e-6
+    )
 
 
 def test_ood_flags_are_strictly_above_threshold():
@@ -160,7 +167,9 @@ def test_flags_and_thresholds_match_brute_force():
     only_one = set(np.flatnonzero(reference_flags ^ candidate_flags))
     assert {entry["index"] for entry in result.evidence} == only_one
     for entry in result.evidence:
-        assert entry["kind"] == ("OOD for reference only" if reference_flags[entry["index"]] else "OOD for candidate only")
+        assert entry["kind"] == (
+            "OOD for reference only" if reference_flags[entry["index"]] else "OOD for candidate only"
+        )
     assert ComparisonResult.from_json(result.to_json()) == result
 
 

@@ -50,7 +50,10 @@ def test_readme_is_a_front_page_opening_with_the_fresh_machine_commands() -> Non
     assert len(lines) <= 150, f"README.md has {len(lines)} lines; move detail to docs/"
     first_block = README.split("```bash\n", 1)[1].split("```", 1)[0].splitlines()
     assert README.index("```bash") < README.index("\n## ")  # the commands come first
-    assert first_block[0].startswith("python3 -m venv .venv") and 'pip install -e ".[dev,onnx,quantize,ray]"' in first_block[0]
+    assert (
+        first_block[0].startswith("python3 -m venv .venv")
+        and 'pip install -e ".[dev,onnx,quantize,ray]"' in first_block[0]
+    )
     assert first_block[0].endswith("miniature demo") and first_block[1] == "python -m pytest tests"
     assert "pip install pytest-miniature" in README and "pip install miniature" not in README
 
@@ -79,8 +82,13 @@ def test_the_bad_input_table_keeps_its_row_format() -> None:
 def test_the_site_builds_with_strict(tmp_path: Path) -> None:
     if importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("material") is None:
         pytest.skip("mkdocs and mkdocs-material are not installed (pip install -e '.[docs]'; CI installs them)")
-    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
-                          cwd=REPOSITORY, capture_output=True, text=True, timeout=300,
-                          env={"PATH": shutil.os.environ["PATH"], "NO_MKDOCS_2_WARNING": "1"})
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PATH": shutil.os.environ["PATH"], "NO_MKDOCS_2_WARNING": "1"},
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert (tmp_path / "site" / "options" / "index.html").is_file()

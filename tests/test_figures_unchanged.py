@@ -17,18 +17,23 @@ import pytest
 from miniature.testing import figures_close, gate_figures
 
 RECORD = Path(__file__).parent / "data" / "figures_before_registry.json"
-CHARACTERISTICS = ("prediction_errors", "data_representation", "data_distribution",
-                   "adversarial_vulnerability")
+CHARACTERISTICS = ("prediction_errors", "data_representation", "data_distribution", "adversarial_vulnerability")
 
 
 def current_figures(models: Any, cache_dir: Path) -> dict[str, Any]:
     from miniature.core.gate import Gate
     from miniature.core.settings import make_settings
 
-    settings = make_settings(reference=str(models["reference"]),
-                             candidate=[str(models["reference"]), str(models["small"]), str(models["distil"])],
-                             attack_model=str(models["attacker"]), cache_dir=cache_dir,
-                             data_limit=120, attack_size=40, bootstrap=200, seed=3)
+    settings = make_settings(
+        reference=str(models["reference"]),
+        candidate=[str(models["reference"]), str(models["small"]), str(models["distil"])],
+        attack_model=str(models["attacker"]),
+        cache_dir=cache_dir,
+        data_limit=120,
+        attack_size=40,
+        bootstrap=200,
+        seed=3,
+    )
     return gate_figures(Gate(settings), CHARACTERISTICS)
 
 

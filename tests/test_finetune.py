@@ -17,13 +17,11 @@ from miniature.core.tasks.classification import is_finetuned, predict_labels
 
 # settings that make a 2-layer, 32-wide random BERT learn the synthetic reviews reliably
 SETTINGS = dict(epochs=10, learning_rate=3e-3, batch_size=32, max_length=64, seed=0)
-CLI_SETTINGS = ["--epochs", "10", "--learning-rate", "3e-3", "--batch-size", "32",
-                "--max-length", "64", "--seed", "0"]
+CLI_SETTINGS = ["--epochs", "10", "--learning-rate", "3e-3", "--batch-size", "32", "--max-length", "64", "--seed", "0"]
 
 
 def no_training(*args, **kwargs):
     raise AssertionError("training started, but this should have been a cache hit")
-
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +44,7 @@ def reviews():
 @pytest.fixture(scope="module")
 def finetuned(base, reviews, tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    return root, finetune(str(base), "classification", reviews[0], output_root=root,
-                          progress=False, **SETTINGS)
+    return root, finetune(str(base), "classification", reviews[0], output_root=root, progress=False, **SETTINGS)
 
 
 @pytest.mark.slow
@@ -72,17 +69,14 @@ def test_second_call_is_a_cache_hit(base, reviews, finetuned, monkeypatch):
     weights = path / "model.safetensors"
     before = weights.stat().st_mtime_ns
     monkeypatch.setattr(finetune_module, "_train", no_training)
-    again = finetune(str(base), "classification", reviews[0], output_root=root, progress=False,
-                     **SETTINGS)
+    again = finetune(str(base), "classification", reviews[0], output_root=root, progress=False, **SETTINGS)
     assert again == path and weights.stat().st_mtime_ns == before
     # another setting or other data is another model: it would train (and fails here)
     with pytest.raises(AssertionError, match="training started"):
-        finetune(str(base), "classification", reviews[0], output_root=root, progress=False,
-                 **{**SETTINGS, "seed": 1})
+        finetune(str(base), "classification", reviews[0], output_root=root, progress=False, **{**SETTINGS, "seed": 1})
     flipped = TextData("reviews", reviews[0].texts, [1 - y for y in reviews[0].labels])
     with pytest.raises(AssertionError, match="training started"):
-        finetune(str(base), "classification", flipped, output_root=root, progress=False,
-                 **SETTINGS)
+        finetune(str(base), "classification", flipped, output_root=root, progress=False, **SETTINGS)
     assert [p.name for p in root.iterdir()] == [path.name]  # failed runs leave nothing
 
 
@@ -96,15 +90,27 @@ def test_bad_training_input_is_refused(base, tmp_path):
 
 
 # -- the command line -------------------------------------------------------------------------
-def test_cli_finetune_passes_every_setting_through(base, reviews, finetuned, tmp_path,
-                                                   monkeypatch, capsys):
+def test_cli_finetune_passes_every_setting_through(base, reviews, finetuned, tmp_path, monkeypatch, capsys):
     root, path = finetuned
     train = tmp_path / "train.jsonl"
     write_jsonl(train, [{"review": t, "stars": y} for t, y in zip(reviews[0].texts, reviews[0].labels)])
     monkeypatch.setattr(finetune_module, "_train", no_training)  # same inputs: the stored model
-    status = main(["finetune", str(base), "--train", str(train), "--text-column", "review",
-                   "--label-column", "stars", *CLI_SETTINGS, "--output-dir", str(root),
-                   "--no-progress"])
+    status = main(
+        [
+            "finetune",
+            str(base),
+            "--train",
+            str(train),
+            "--text-column",
+            "review",
+            "--label-column",
+            "stars",
+            *CLI_SETTINGS,
+            "--output-dir",
+            str(root),
+            "--no-progress",
+        ]
+    )
     captured = capsys.readouterr()
     assert (status, captured.out) == (0, f"{path}\n")
 
@@ -116,9 +122,29 @@ def test_cli_finetune_qa_trains_a_qa_head(base, tmp_path, capsys):
     train = tmp_path / "squad.jsonl"
     items = qa_items(48, seed=2)
     write_jsonl(train, [e.to_record() for e in items])
-    status = main(["finetune", str(base), "--task", "qa", "--train", str(train), "--max-steps", "12",
-                   "--batch-size", "16", "--learning-rate", "3e-3", "--max-length", "96",
-                   "--doc-stride", "32", "--output-dir", str(tmp_path / "models"), "--no-progress"])
+    status = main(
+        [
+            "finetune",
+            str(base),
+            "--task",
+            "qa",
+            "--train",
+            str(train),
+            "--max-steps",
+            "12",
+            "--batch-size",
+            "16",
+            "--learning-rate",
+            "3e-3",
+            "--max-length",
+            "96",
+            "--doc-stride",
+            "32",
+            "--output-dir",
+            str(tmp_path / "models"),
+            "--no-progress",
+        ]
+    )
     out = capsys.readouterr().out.strip()
     assert status == 0 and "\n" not in out  # only the path on stdout: Trainer logs go to stderr
     record = json.loads((tmp_path / "models" / out.split("/")[-1] / RECORD_NAME).read_text())
@@ -130,19 +156,21 @@ def test_cli_finetune_qa_trains_a_qa_head(base, tmp_path, capsys):
     assert len(answers) == 4 and all(a in e.context for a, e in zip(answers, items))
 
 
-@pytest.mark.parametrize("arguments, words", [
-    (["--train", "missing.jsonl"], ["data 'missing.jsonl'", "does not exist"]),
-    (["--train", "{train}", "--label-column", "sentiment"], ["'sentiment'", "--*-column"]),
-    (["--task", "qa", "--train", "{train}"], ["'id'", "SQuAD"]),
-    (["--task", "qa", "--train", "{squad}", "--max-length", "64"], ["doc_stride", "--doc-stride"]),
-    (["--train", "{train}", "--epochs", "0"], ["epochs", "--epochs"]),
-])
+@pytest.mark.parametrize(
+    "arguments, words",
+    [
+        (["--train", "missing.jsonl"], ["data 'missing.jsonl'", "does not exist"]),
+        (["--train", "{train}", "--label-column", "sentiment"], ["'sentiment'", "--*-column"]),
+        (["--task", "qa", "--train", "{train}"], ["'id'", "SQuAD"]),
+        (["--task", "qa", "--train", "{squad}", "--max-length", "64"], ["doc_stride", "--doc-stride"]),
+        (["--train", "{train}", "--epochs", "0"], ["epochs", "--epochs"]),
+    ],
+)
 def test_cli_errors_are_one_line_with_status_2(base, tmp_path, capsys, arguments, words):
     train, squad = tmp_path / "train.jsonl", tmp_path / "squad.jsonl"
     write_jsonl(train, [{"text": "a fine film", "label": 1}])
     write_jsonl(squad, [e.to_record() for e in qa_items(3)])
-    arguments = [a.replace("{train}", str(train)).replace("{squad}", str(squad))
-                 for a in arguments]
+    arguments = [a.replace("{train}", str(train)).replace("{squad}", str(squad)) for a in arguments]
     status = main(["finetune", str(base), *arguments, "--output-dir", str(tmp_path / "m")])
     error = capsys.readouterr().err
     assert status == 2
@@ -157,8 +185,7 @@ def test_cli_usage_errors(capsys, tmp_path):
     write_jsonl(train, [{"text": "a fine film", "label": 1}])
     assert main([]) == 2
     assert "finetune" in capsys.readouterr().err
-    assert main(["finetune", "no-such-model-alias", "--train", str(train),
-                 "--output-dir", str(tmp_path)]) == 2
+    assert main(["finetune", "no-such-model-alias", "--train", str(train), "--output-dir", str(tmp_path)]) == 2
     assert "unknown model alias" in capsys.readouterr().err
     assert main(["finetune"]) == 2  # argparse: the model is required
     assert "required" in capsys.readouterr().err
@@ -182,6 +209,6 @@ def test_qa_training_windows_point_at_the_answer(base):
         if (start, end) == (0, 0):  # [CLS]: no answer in this window
             continue
         assert item.is_answerable and start <= end
-        assert item.context[offsets[start][0]:offsets[end][1]] == item.answers[0]
+        assert item.context[offsets[start][0] : offsets[end][1]] == item.answers[0]
         found.add(index)
     assert found == {i for i, item in enumerate(items) if item.is_answerable}

@@ -14,21 +14,32 @@ from miniature.core.settings import make_settings
 
 
 @pytest.mark.slow
-def test_representation_before_and_after_fine_tuning_match_direct_computation(
-        tiny_models, tmp_path: Path) -> None:
+def test_representation_before_and_after_fine_tuning_match_direct_computation(tiny_models, tmp_path: Path) -> None:
     settings = make_settings(
-        reference=str(tiny_models["reference"]), candidate=[str(tiny_models["small"])],
-        reference_base=str(tiny_models["reinit"]), candidate_base=[str(tiny_models["distil"])],
-        cache_dir=tmp_path, data_limit=80, bootstrap=0, k=5)
+        reference=str(tiny_models["reference"]),
+        candidate=[str(tiny_models["small"])],
+        reference_base=str(tiny_models["reinit"]),
+        candidate_base=[str(tiny_models["distil"])],
+        cache_dir=tmp_path,
+        data_limit=80,
+        bootstrap=0,
+        k=5,
+    )
     gate = Gate(settings)
     assert gate.stages() == [BEFORE, AFTER]
     pair = gate.pairs()[0]
     texts = gate.data.test.texts
     expected = {
-        BEFORE: knn_jaccard(load_model(str(tiny_models["reinit"])).encode(texts),
-                            load_model(str(tiny_models["distil"])).encode(texts), 5).mean(),
-        AFTER: knn_jaccard(load_model(str(tiny_models["reference"]), head="classification").encode(texts),
-                           load_model(str(tiny_models["small"]), head="classification").encode(texts), 5).mean(),
+        BEFORE: knn_jaccard(
+            load_model(str(tiny_models["reinit"])).encode(texts),
+            load_model(str(tiny_models["distil"])).encode(texts),
+            5,
+        ).mean(),
+        AFTER: knn_jaccard(
+            load_model(str(tiny_models["reference"]), head="classification").encode(texts),
+            load_model(str(tiny_models["small"]), head="classification").encode(texts),
+            5,
+        ).mean(),
     }
     for stage, value in expected.items():
         result = gate.compare("data_representation", pair, stage=stage)
@@ -38,20 +49,37 @@ def test_representation_before_and_after_fine_tuning_match_direct_computation(
 
 @pytest.mark.slow
 def test_prediction_errors_match_direct_argmax(tiny_models, tmp_path: Path) -> None:
-    gate = Gate(make_settings(reference=str(tiny_models["reference"]), candidate=[str(tiny_models["small"])],
-                              cache_dir=tmp_path, data_limit=120, bootstrap=0))
+    gate = Gate(
+        make_settings(
+            reference=str(tiny_models["reference"]),
+            candidate=[str(tiny_models["small"])],
+            cache_dir=tmp_path,
+            data_limit=120,
+            bootstrap=0,
+        )
+    )
     result = gate.compare("prediction_errors", gate.pairs()[0])
     labels = np.asarray(gate.data.test.labels)
-    wrong = [load_model(str(tiny_models[n]), head="classification").logits(gate.data.test.texts).argmax(1) != labels
-             for n in ("reference", "small")]
+    wrong = [
+        load_model(str(tiny_models[n]), head="classification").logits(gate.data.test.texts).argmax(1) != labels
+        for n in ("reference", "small")
+    ]
     union = (wrong[0] | wrong[1]).sum()
     assert result.figure == pytest.approx((wrong[0] & wrong[1]).sum() / union if union else 1.0)
     assert result.details["reference_accuracy"] == pytest.approx(1 - wrong[0].mean())
 
 
 def test_noise_floor_of_a_reloaded_reference_is_one(tiny_models, tmp_path: Path) -> None:
-    gate = Gate(make_settings(reference=str(tiny_models["reference"]), candidate=[str(tiny_models["reinit"])],
-                              cache_dir=tmp_path, data_limit=80, bootstrap=0, noise_floor=True))
+    gate = Gate(
+        make_settings(
+            reference=str(tiny_models["reference"]),
+            candidate=[str(tiny_models["reinit"])],
+            cache_dir=tmp_path,
+            data_limit=80,
+            bootstrap=0,
+            noise_floor=True,
+        )
+    )
     result = gate.compare("data_representation", gate.pairs()[0])
     assert result.noise_floor == 1.0 and result.figure < 1.0
     assert "self-agreement 1" in result.summary()
@@ -75,13 +103,23 @@ def test_mismatched_label_maps_fail_the_errors_check_clearly(tiny_models, tmp_pa
     config["id2label"] = {"0": "NEGATIVE", "1": "POSITIVE"}
     config["label2id"] = {"NEGATIVE": 0, "POSITIVE": 1}
     (reference / "config.json").write_text(json.dumps(config))
-    gate = Gate(make_settings(reference=str(reference), candidate=[str(other)],
-                              cache_dir=tmp_path / "cache", data_limit=50, bootstrap=0))
+    gate = Gate(
+        make_settings(
+            reference=str(reference), candidate=[str(other)], cache_dir=tmp_path / "cache", data_limit=50, bootstrap=0
+        )
+    )
     with pytest.raises(MiniatureError, match="label maps differ.*--label-map"):
         gate.compare("prediction_errors", gate.pairs()[0])
-    mapped = Gate(make_settings(reference=str(reference), candidate=[str(other)],
-                                cache_dir=tmp_path / "cache", data_limit=50, bootstrap=0,
-                                label_map="NEGATIVE=0,POSITIVE=1"))
+    mapped = Gate(
+        make_settings(
+            reference=str(reference),
+            candidate=[str(other)],
+            cache_dir=tmp_path / "cache",
+            data_limit=50,
+            bootstrap=0,
+            label_map="NEGATIVE=0,POSITIVE=1",
+        )
+    )
     result = mapped.compare("prediction_errors", mapped.pairs()[0])
     assert 0.0 <= result.figure <= 1.0
 
@@ -91,14 +129,31 @@ def test_qa_task_errors_follow_squad_exact_match(tiny_models, tmp_path: Path) ->
     from miniature.core.tasks.qa import predict_qa, qa_correct
     from miniature.tools.testing import make_tiny_model
 
-    paths = [make_tiny_model(tmp_path / f"qa{seed}", tiny_models.tokenizer_dir, layers=2, hidden=32,
-                             heads=2, seed=seed, head="qa") for seed in (5, 6)]
-    gate = Gate(make_settings(reference=str(paths[0]), candidate=[str(paths[1])], task="qa",
-                              cache_dir=tmp_path / "cache", data_limit=40, bootstrap=0, max_length=64))
+    paths = [
+        make_tiny_model(
+            tmp_path / f"qa{seed}", tiny_models.tokenizer_dir, layers=2, hidden=32, heads=2, seed=seed, head="qa"
+        )
+        for seed in (5, 6)
+    ]
+    gate = Gate(
+        make_settings(
+            reference=str(paths[0]),
+            candidate=[str(paths[1])],
+            task="qa",
+            cache_dir=tmp_path / "cache",
+            data_limit=40,
+            bootstrap=0,
+            max_length=64,
+        )
+    )
     test = gate.data.test
     assert test.examples is not None and test.pairs == [e.context for e in test.examples]
-    wrong = [~qa_correct(predict_qa(load_model(str(p), head="qa", max_length=64), test.examples,
-                                    doc_stride=21), test.examples) for p in paths]
+    wrong = [
+        ~qa_correct(
+            predict_qa(load_model(str(p), head="qa", max_length=64), test.examples, doc_stride=21), test.examples
+        )
+        for p in paths
+    ]
     assert [(~gate.correct(name)).tolist() for name in gate.names] == [w.tolist() for w in wrong]
     from miniature.errors import NotApplicable
 

@@ -21,8 +21,9 @@ from miniature.core.settings import make_settings
 
 
 def _store(tiny_models, tmp_path: Path, **options) -> tuple[ModelStore, OutputStore]:
-    settings = make_settings(reference=str(tiny_models["reference"]), cache_dir=tmp_path, data_limit=40,
-                             bootstrap=0, **options)
+    settings = make_settings(
+        reference=str(tiny_models["reference"]), cache_dir=tmp_path, data_limit=40, bootstrap=0, **options
+    )
     cache = OutputCache(tmp_path)
     models = ModelStore(settings, cache, RunData(settings))
     return models, OutputStore(settings, models, cache)
@@ -34,8 +35,12 @@ def test_run_data_loads_the_built_in_sets_once_and_says_what_lacks_labels() -> N
     assert sets is data.sets  # loaded once
     assert [len(sets.role(role)) for role in ("train", "holdout", "test", "challenge")] == [12] * 4
     assert data.token_texts() == (list(sets.test.texts), sets.test.source)
-    given = TaskData(train=TextData("t.txt", ["a"]), holdout=TextData("h", ["b"]),
-                     test=TextData("x.txt", ["c"]), challenge=TextData("c", ["d"]))
+    given = TaskData(
+        train=TextData("t.txt", ["a"]),
+        holdout=TextData("h", ["b"]),
+        test=TextData("x.txt", ["c"]),
+        challenge=TextData("c", ["d"]),
+    )
     line = RunData(make_settings(reference="x"), given).unlabelled("test", "the attack needs labels")
     assert line.startswith("the test data 'x.txt' is a .txt file, which has no labels, and the attack")
     assert "fix: pass --test-data as a .jsonl/.csv file" in line
@@ -65,7 +70,9 @@ def test_the_output_store_computes_per_item_outputs_once_through_the_cache(tiny_
     again = OutputStore(models.settings, models, models.cache).outputs("small", "test")  # a new store: read back
     assert models.wrapper("small").forward_calls == calls
     assert np.array_equal(again["logits"], arrays["logits"])
-    assert np.array_equal(outputs.correct("small"), arrays["logits"].argmax(axis=1) == np.asarray(models.data.test.labels))
+    assert np.array_equal(
+        outputs.correct("small"), arrays["logits"].argmax(axis=1) == np.asarray(models.data.test.labels)
+    )
 
 
 def test_a_characteristic_measures_through_any_object_that_looks_like_the_gate() -> None:
@@ -75,12 +82,15 @@ def test_a_characteristic_measures_through_any_object_that_looks_like_the_gate()
     view = SimpleNamespace(
         data=SimpleNamespace(test=TextData("made here", texts)),
         settings=make_settings(reference="a", k=5, k_sweep=[1, 5], bootstrap=0),
-        outputs=lambda name, role, stage=None: {"embeddings": vectors[name]})
+        outputs=lambda name, role, stage=None: {"embeddings": vectors[name]},
+    )
     measured = representation.compare_in_gate(view, Pair("a", "b", True), None)
     assert isinstance(measured, Measurement) and not isinstance(measured, ComparisonResult)
     expected = representation.knn_jaccard(vectors["a"], vectors["b"], 5).mean()
     assert measured.figure == pytest.approx(expected, abs=1e-12) and measured.n == 40
     # the verdict is the judge's: the same measurement passes or fails by the threshold alone
-    verdicts = [judge(measured, characteristic="data_representation", reference="a", candidate="b",
-                      threshold=threshold).verdict for threshold in (measured.figure, measured.figure + 0.01)]
+    verdicts = [
+        judge(measured, characteristic="data_representation", reference="a", candidate="b", threshold=threshold).verdict
+        for threshold in (measured.figure, measured.figure + 0.01)
+    ]
     assert verdicts == ["PASS", "FAIL"]

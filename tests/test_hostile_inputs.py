@@ -25,8 +25,13 @@ from miniature.core.settings import make_settings
 
 
 def gate(tiny_models, tmp_path: Path, **overrides) -> Gate:
-    values = dict(reference=str(tiny_models["reference"]), candidate=[str(tiny_models["small"])],
-                  cache_dir=tmp_path / "cache", data_limit=60, bootstrap=0)
+    values = dict(
+        reference=str(tiny_models["reference"]),
+        candidate=[str(tiny_models["small"])],
+        cache_dir=tmp_path / "cache",
+        data_limit=60,
+        bootstrap=0,
+    )
     values.update(overrides)
     return Gate(make_settings(**values))
 
@@ -110,8 +115,14 @@ def test_texts_longer_than_max_length_are_truncated_and_reported(tiny_models, tm
 
 
 def test_non_english_text_and_emoji_give_finite_results(tiny_models, tmp_path: Path) -> None:
-    texts = ["Der Film war großartig 🎬🍿", "映画はとても退屈だった", "фильм был ужасен 😡",
-             "¡Qué película tan buena!", "😀😀😀", "film الجميل جدا"] * 5
+    texts = [
+        "Der Film war großartig 🎬🍿",
+        "映画はとても退屈だった",
+        "фильм был ужасен 😡",
+        "¡Qué película tan buena!",
+        "😀😀😀",
+        "film الجميل جدا",
+    ] * 5
     path = write_rows(tmp_path / "intl.jsonl", [f"{t} {i}" for i, t in enumerate(texts)])
     g = gate(tiny_models, tmp_path, test_data=str(path), k=5)
     result = g.compare("data_representation", g.pairs()[0])
@@ -142,8 +153,15 @@ def test_blank_label_in_a_csv_is_an_error_naming_file_row_and_column(tmp_path: P
 
 
 def _squad_rows() -> list[dict]:
-    return [{"id": str(i), "question": "who?", "context": "Ada wrote it.",
-             "answers": {"text": ["Ada"], "answer_start": [0]}} for i in range(3)]
+    return [
+        {
+            "id": str(i),
+            "question": "who?",
+            "context": "Ada wrote it.",
+            "answers": {"text": ["Ada"], "answer_start": [0]},
+        }
+        for i in range(3)
+    ]
 
 
 def _parquet(path: Path, rows: dict) -> None:
@@ -153,37 +171,92 @@ def _parquet(path: Path, rows: dict) -> None:
 
 
 BAD_DATA = {  # file name, how to write it, load options, what the one line says
-    "jsonl-line-not-an-object": ("d.jsonl", lambda p: p.write_text('{"text": "a", "label": 0}\n[1, 2]\n'),
-                                 {}, "line 2 is a JSON list, not an object"),
-    "json-is-a-dict": ("d.json", lambda p: p.write_text('{"text": ["a", "b"], "label": [0, 1]}'),
-                       {}, "is a JSON object (keys 'text', 'label'), not a list of records"),
-    "json-row-not-an-object": ("d.json", lambda p: p.write_text('[{"text": "a", "label": 0}, "b"]'),
-                               {}, "row 1 is a JSON string, not an object"),
-    "json-not-valid": ("d.json", lambda p: p.write_text('[{"text": "a",\n "label": }]'),
-                       {}, "is not valid JSON (line 2 column"),
-    "csv-ragged-long-row": ("d.csv", lambda p: p.write_text("text,label\nfine,1\ngood, really,1\n"),
-                            {}, "line 3 has 3 field(s) but the header has 2 (text, label)"),
-    "csv-ragged-short-row": ("d.csv", lambda p: p.write_text("text,label\nfine,1\nno label here\n"),
-                             {}, "line 3 has 1 field(s) but the header has 2"),
-    "label-float": ("d.jsonl", lambda p: write_jsonl(p, [{"text": "a", "label": 0}, {"text": "b", "label": 1.5}]),
-                    {}, "column 'label' in row 1 is float 1.5, not a whole number"),
-    "label-boolean": ("d.jsonl", lambda p: write_jsonl(p, [{"text": "a", "label": True}]),
-                      {}, "column 'label' in row 0 is a boolean"),
-    "label-ids-mixed-with-names": ("d.jsonl", lambda p: write_jsonl(
-        p, [{"text": "a", "label": 0}, {"text": "b", "label": "pos"}]), {},
-        "column 'label' mixes integer label ids (row 0: 0) and label names (row 1: 'pos')"),
-    "qa-file-as-classification": ("qa.jsonl", lambda p: write_jsonl(p, _squad_rows()),
-                                  {"text_column": "question", "label_column": "answers"},
-                                  "column 'answers' in row 0 is a dict"),
-    "parquet-null-text": ("d.parquet", lambda p: _parquet(p, {"text": ["a", None], "label": [0, 1]}),
-                          {}, "column 'text' in row 1 is empty (null)"),
-    "parquet-null-label": ("d.parquet", lambda p: _parquet(p, {"text": ["a", "b", "c"], "label": [0, 1, None]}),
-                           {}, "column 'label' in row 2 is empty (null)"),
-    "jsonl-not-utf8": ("d.jsonl", lambda p: p.write_bytes(b'{"text": "a", "label": 0}\n{"text": "b", "label": 1}\n'
-                                                          b'{"text": "caf\xe9", "label": 0}\n'),
-                       {}, "line 3 is not UTF-8 text (byte 0xe9"),
-    "csv-not-utf8": ("d.csv", lambda p: p.write_bytes(b"text,label\nna\xefve,1\n"),
-                     {}, "line 2 is not UTF-8 text (byte 0xef"),
+    "jsonl-line-not-an-object": (
+        "d.jsonl",
+        lambda p: p.write_text('{"text": "a", "label": 0}\n[1, 2]\n'),
+        {},
+        "line 2 is a JSON list, not an object",
+    ),
+    "json-is-a-dict": (
+        "d.json",
+        lambda p: p.write_text('{"text": ["a", "b"], "label": [0, 1]}'),
+        {},
+        "is a JSON object (keys 'text', 'label'), not a list of records",
+    ),
+    "json-row-not-an-object": (
+        "d.json",
+        lambda p: p.write_text('[{"text": "a", "label": 0}, "b"]'),
+        {},
+        "row 1 is a JSON string, not an object",
+    ),
+    "json-not-valid": (
+        "d.json",
+        lambda p: p.write_text('[{"text": "a",\n "label": }]'),
+        {},
+        "is not valid JSON (line 2 column",
+    ),
+    "csv-ragged-long-row": (
+        "d.csv",
+        lambda p: p.write_text("text,label\nfine,1\ngood, really,1\n"),
+        {},
+        "line 3 has 3 field(s) but the header has 2 (text, label)",
+    ),
+    "csv-ragged-short-row": (
+        "d.csv",
+        lambda p: p.write_text("text,label\nfine,1\nno label here\n"),
+        {},
+        "line 3 has 1 field(s) but the header has 2",
+    ),
+    "label-float": (
+        "d.jsonl",
+        lambda p: write_jsonl(p, [{"text": "a", "label": 0}, {"text": "b", "label": 1.5}]),
+        {},
+        "column 'label' in row 1 is float 1.5, not a whole number",
+    ),
+    "label-boolean": (
+        "d.jsonl",
+        lambda p: write_jsonl(p, [{"text": "a", "label": True}]),
+        {},
+        "column 'label' in row 0 is a boolean",
+    ),
+    "label-ids-mixed-with-names": (
+        "d.jsonl",
+        lambda p: write_jsonl(p, [{"text": "a", "label": 0}, {"text": "b", "label": "pos"}]),
+        {},
+        "column 'label' mixes integer label ids (row 0: 0) and label names (row 1: 'pos')",
+    ),
+    "qa-file-as-classification": (
+        "qa.jsonl",
+        lambda p: write_jsonl(p, _squad_rows()),
+        {"text_column": "question", "label_column": "answers"},
+        "column 'answers' in row 0 is a dict",
+    ),
+    "parquet-null-text": (
+        "d.parquet",
+        lambda p: _parquet(p, {"text": ["a", None], "label": [0, 1]}),
+        {},
+        "column 'text' in row 1 is empty (null)",
+    ),
+    "parquet-null-label": (
+        "d.parquet",
+        lambda p: _parquet(p, {"text": ["a", "b", "c"], "label": [0, 1, None]}),
+        {},
+        "column 'label' in row 2 is empty (null)",
+    ),
+    "jsonl-not-utf8": (
+        "d.jsonl",
+        lambda p: p.write_bytes(
+            b'{"text": "a", "label": 0}\n{"text": "b", "label": 1}\n{"text": "caf\xe9", "label": 0}\n'
+        ),
+        {},
+        "line 3 is not UTF-8 text (byte 0xe9",
+    ),
+    "csv-not-utf8": (
+        "d.csv",
+        lambda p: p.write_bytes(b"text,label\nna\xefve,1\n"),
+        {},
+        "line 2 is not UTF-8 text (byte 0xef",
+    ),
 }
 
 
@@ -199,13 +272,19 @@ def test_bad_data_is_one_line_naming_file_row_and_column(tmp_path: Path, case: s
         assert "--task qa" in str(info.value)
 
 
-@pytest.mark.parametrize(("name", "content", "labels"), [
-    ("bom.jsonl", '\ufeff{"text": "a", "label": 1}\n{"text": "b", "label": 0}\n', [1, 0]),
-    ("bom.json", '\ufeff[{"text": "a", "label": 1}, {"text": "b", "label": 0}]', [1, 0]),
-    ("whole.jsonl", '{"text": "a", "label": 1.0}\n{"text": "b", "label": 0.0}\n', [1, 0]),
-    ("padded.jsonl", '{"text": "a", "label": " 1"}\n{"text": "b", "label": "0"}\n{"text": "c", "label": "10"}\n',
-     [1, 0, 10]),
-])
+@pytest.mark.parametrize(
+    ("name", "content", "labels"),
+    [
+        ("bom.jsonl", '\ufeff{"text": "a", "label": 1}\n{"text": "b", "label": 0}\n', [1, 0]),
+        ("bom.json", '\ufeff[{"text": "a", "label": 1}, {"text": "b", "label": 0}]', [1, 0]),
+        ("whole.jsonl", '{"text": "a", "label": 1.0}\n{"text": "b", "label": 0.0}\n', [1, 0]),
+        (
+            "padded.jsonl",
+            '{"text": "a", "label": " 1"}\n{"text": "b", "label": "0"}\n{"text": "c", "label": "10"}\n',
+            [1, 0, 10],
+        ),
+    ],
+)
 def test_data_that_reads_correctly(tmp_path: Path, name: str, content: str, labels: list[int]) -> None:
     path = tmp_path / name
     path.write_text(content, encoding="utf-8")
@@ -227,8 +306,9 @@ def test_too_few_attacked_items_skip_the_attack_with_the_reason(tiny_models, tmp
 
     reference = str(tiny_models["reference"])
     one = write_labelled(tmp_path / "one.jsonl", 1)
-    g = gate(tiny_models, tmp_path, candidate=[reference], test_data=str(one),
-             attack_model=str(tiny_models["attacker"]))
+    g = gate(
+        tiny_models, tmp_path, candidate=[reference], test_data=str(one), attack_model=str(tiny_models["attacker"])
+    )
     with pytest.raises(NotApplicable) as info:
         g.compare("adversarial_vulnerability", g.pairs()[0])
     message = str(info.value)
@@ -238,8 +318,14 @@ def test_too_few_attacked_items_skip_the_attack_with_the_reason(tiny_models, tmp
     assert "fix: pass more labelled test items (the test data has 1)" in message
     # enough test items, too small a sample: the fix is the sample size
     many = write_labelled(tmp_path / "many.jsonl", 40)
-    g = gate(tiny_models, tmp_path, candidate=[reference], test_data=str(many),
-             attack_model=str(tiny_models["attacker"]), attack_size=2)
+    g = gate(
+        tiny_models,
+        tmp_path,
+        candidate=[reference],
+        test_data=str(many),
+        attack_model=str(tiny_models["attacker"]),
+        attack_size=2,
+    )
     with pytest.raises(NotApplicable, match=r"of the 2 sampled item.*fix: raise --attack-size \(now 2\)"):
         g.compare("adversarial_vulnerability", g.pairs()[0])
 
@@ -258,16 +344,22 @@ def test_no_errors_at_all_is_said_not_nan(tiny_models, tmp_path: Path) -> None:
 
     g = gate(tiny_models, tmp_path)
     g.correct = lambda name: np.ones(len(g.data.test), dtype=bool)  # both models always right
-    with pytest.raises(NotApplicable, match="neither 'reference' nor 'small' erred on any of the 60 "
-                                            "test items.*fix: pass a larger or harder --test-data"):
+    with pytest.raises(
+        NotApplicable,
+        match="neither 'reference' nor 'small' erred on any of the 60 "
+        "test items.*fix: pass a larger or harder --test-data",
+    ):
         g.compare("prediction_errors", g.pairs()[0])
 
 
 @pytest.mark.slow
 def test_small_samples_warn_that_the_interval_is_wide(tiny_models, tmp_path: Path) -> None:
     g = gate(tiny_models, tmp_path, data_limit=20, k=5)
-    with pytest.warns(DataWarning, match=r"data representation, reference vs small: computed on only "
-                                         r"n=20 items \(fewer than 30\), so its 95% interval is wide"):
+    with pytest.warns(
+        DataWarning,
+        match=r"data representation, reference vs small: computed on only "
+        r"n=20 items \(fewer than 30\), so its 95% interval is wide",
+    ):
         result = g.compare("data_representation", g.pairs()[0])
     assert result.n == 20 and 0.0 <= result.figure <= 1.0
     roomy = gate(tiny_models, tmp_path, data_limit=40, k=5)
@@ -328,8 +420,14 @@ def test_label_names_without_name_evidence_are_refused_listing_both_sets(tiny_mo
     g = gate(tiny_models, tmp_path, test_data=str(data))
     with pytest.raises(DataError) as info:
         g.correct(g.reference)
-    _one_line_naming(info.value, str(data), "['neg', 'pos']", "{0: 'LABEL_0', 1: 'LABEL_1'}",
-                     "neg=0, pos=1", '--label-map "LABEL_0=0,LABEL_1=1"')
+    _one_line_naming(
+        info.value,
+        str(data),
+        "['neg', 'pos']",
+        "{0: 'LABEL_0', 1: 'LABEL_1'}",
+        "neg=0, pos=1",
+        '--label-map "LABEL_0=0,LABEL_1=1"',
+    )
     assert g.outcome("prediction_errors", g.pairs()[0]).status == "error"
     mapped = gate(tiny_models, tmp_path, test_data=str(data), label_map="LABEL_0=1,LABEL_1=0")
     logits = mapped.outputs(mapped.reference, "test")["logits"]
@@ -344,8 +442,9 @@ def test_finetuning_keeps_the_ids_of_labels_the_model_already_names(tiny_models,
     pos_neg = {0: "POSITIVE", 1: "NEGATIVE"}
     base = _relabel(tiny_models["small"], tmp_path / "base", pos_neg)
     train = load_text_data(_named_labels(tmp_path / "train.jsonl", ("neg", "pos"), n=16))
-    target = finetune(str(base), "classification", train, output_root=tmp_path / "ft", max_steps=1,
-                      batch_size=8, progress=False)
+    target = finetune(
+        str(base), "classification", train, output_root=tmp_path / "ft", max_steps=1, batch_size=8, progress=False
+    )
     assert id2label(AutoConfig.from_pretrained(target)) == pos_neg  # not {0: neg, 1: pos}
     items = _classification_items(AutoTokenizer.from_pretrained(target), train, {"input_ids"}, 32, pos_neg)
     assert [item["labels"] for item in items] == [1 - label for label in train.labels]  # pos -> 0
@@ -357,8 +456,11 @@ def test_challenge_equal_to_train_skips_distribution_and_warns(tiny_models, tmp_
     data = write_labelled(tmp_path / "train.jsonl", 60)
     # K=1: each challenge item's nearest training item is itself, at distance 0, so no model flags it
     g = gate(tiny_models, tmp_path, train_data=str(data), challenge_data=str(data), k=1)
-    with pytest.warns(DataWarning, match=r"challenge data \(.*train.jsonl\) shares 60 of its 60 item.*"
-                                         r"training data \(.*train.jsonl\)"):
+    with pytest.warns(
+        DataWarning,
+        match=r"challenge data \(.*train.jsonl\) shares 60 of its 60 item.*"
+        r"training data \(.*train.jsonl\)",
+    ):
         g.data
     with pytest.raises(NotApplicable) as info:
         g.compare("data_distribution", g.pairs()[0])
@@ -372,8 +474,11 @@ def test_nearly_every_neighbour_skips_representation_with_the_chance(tiny_models
     from miniature.errors import NotApplicable
 
     g = gate(tiny_models, tmp_path, k=57)  # 57 of the 59 others: chance 0.93
-    with pytest.raises(NotApplicable, match=r"K=57 neighbours of the 59 other test items .* chance 0\.9\d\d.*"
-                                            r"fix: choose a K well below n/2 \(--k"):
+    with pytest.raises(
+        NotApplicable,
+        match=r"K=57 neighbours of the 59 other test items .* chance 0\.9\d\d.*"
+        r"fix: choose a K well below n/2 \(--k",
+    ):
         g.compare("data_representation", g.pairs()[0])
     assert gate(tiny_models, tmp_path, k=20).compare("data_representation", g.pairs()[0]).computed
 
@@ -412,8 +517,11 @@ def test_identical_texts_skip_representation_and_cka_names_the_data(tiny_models,
     g = gate(tiny_models, tmp_path, test_data=str(path), data_limit=100)
     with pytest.warns(DataWarning, match="99 duplicate"):
         g.data
-    with pytest.raises(NotApplicable, match=r"every one of the 100 test items .*same.jsonl.* identical "
-                                            r"copies .*fix: remove the duplicates"):
+    with pytest.raises(
+        NotApplicable,
+        match=r"every one of the 100 test items .*same.jsonl.* identical "
+        r"copies .*fix: remove the duplicates",
+    ):
         g.compare("data_representation", g.pairs()[0])
     with pytest.raises(NotApplicable) as info:
         g.compare("representation_similarity", g.pairs()[0])
@@ -444,10 +552,13 @@ def test_csv_text_column_of_digits_is_text(tmp_path: Path) -> None:
 
 
 # == models: references, model files, heads and outputs ========================================
-@pytest.mark.parametrize(("value", "expected"), [
-    ("bert-lage", "unknown model alias 'bert-lage'"),                       # 1 unknown alias
-    ("./missing-model", "does not exist"),                                 # 2 missing path
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("bert-lage", "unknown model alias 'bert-lage'"),  # 1 unknown alias
+        ("./missing-model", "does not exist"),  # 2 missing path
+    ],
+)
 def test_bad_reference_is_a_one_line_usage_error(pytester: pytest.Pytester, value: str, expected: str) -> None:
     result = pytester.runpytest(f"{opt.REFERENCE}={value}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -508,8 +619,9 @@ def test_different_label_sets(tiny_models, tmp_path: Path) -> None:
     # a head for 3 labels on 2-label data: its predictions are not comparable, so skipped
     from miniature.errors import NotApplicable
 
-    with pytest.raises(NotApplicable, match="'three' has a classification head for 3 label.*the data "
-                                            "has 2 distinct label.*--label-map"):
+    with pytest.raises(
+        NotApplicable, match="'three' has a classification head for 3 label.*the data has 2 distinct label.*--label-map"
+    ):
         g.compare("prediction_errors", g.pairs()[0])
 
 
@@ -544,7 +656,7 @@ def test_unreachable_hub_is_one_line(monkeypatch: pytest.MonkeyPatch, tiny_model
 
 
 def _corrupt_header(path: Path) -> None:  # a header that claims 2^62 bytes
-    path.write_bytes((2 ** 62).to_bytes(8, "little") + path.read_bytes()[8:])
+    path.write_bytes((2**62).to_bytes(8, "little") + path.read_bytes()[8:])
 
 
 def _truncate(path: Path) -> None:
@@ -555,22 +667,24 @@ MODEL_FILE_FAULTS = {
     "safetensors-header-2^62": ("model.safetensors", _corrupt_header),
     "safetensors-truncated": ("model.safetensors", _truncate),
     "safetensors-3-bytes": ("model.safetensors", lambda p: p.write_bytes(b"abc")),
-    "safetensors-header-not-json": ("model.safetensors",
-                                    lambda p: p.write_bytes((16).to_bytes(8, "little") + b"{not json" * 4)),
+    "safetensors-header-not-json": (
+        "model.safetensors",
+        lambda p: p.write_bytes((16).to_bytes(8, "little") + b"{not json" * 4),
+    ),
     "tokenizer-json-truncated": ("tokenizer.json", _truncate),
-    "tokenizer-json-wrong-shape": ("tokenizer.json",
-                                   lambda p: p.write_text('{"version": "1.0", "model": 5}')),
+    "tokenizer-json-wrong-shape": ("tokenizer.json", lambda p: p.write_text('{"version": "1.0", "model": 5}')),
     "tokenizer-config-not-json": ("tokenizer_config.json", lambda p: p.write_text("{oops")),
     "config-is-a-list": ("config.json", lambda p: p.write_text("[]")),
     "config-not-json": ("config.json", lambda p: p.write_text("model_type: bert\n")),
-    "config-wrong-values": ("config.json", lambda p: p.write_text(
-        '{"model_type": "bert", "hidden_size": "wide", "num_attention_heads": 2}')),
+    "config-wrong-values": (
+        "config.json",
+        lambda p: p.write_text('{"model_type": "bert", "hidden_size": "wide", "num_attention_heads": 2}'),
+    ),
 }
 
 
 @pytest.mark.parametrize("fault", list(MODEL_FILE_FAULTS))
-def test_corrupted_model_files_are_one_line_naming_model_and_file(tiny_models, tmp_path: Path,
-                                                                   fault: str) -> None:
+def test_corrupted_model_files_are_one_line_naming_model_and_file(tiny_models, tmp_path: Path, fault: str) -> None:
     from miniature.core.models import load_model
 
     name, corrupt = MODEL_FILE_FAULTS[fault]
@@ -582,8 +696,7 @@ def test_corrupted_model_files_are_one_line_naming_model_and_file(tiny_models, t
     _one_line_naming(info.value, "model ", name, "re-save")
 
 
-def test_corrupted_weights_found_at_start_up_by_the_gate_and_head_detection(tiny_models,
-                                                                          tmp_path: Path) -> None:
+def test_corrupted_weights_found_at_start_up_by_the_gate_and_head_detection(tiny_models, tmp_path: Path) -> None:
     from miniature.core.tasks.classification import is_finetuned
 
     target = tmp_path / "huge-header"
@@ -597,8 +710,7 @@ def test_corrupted_weights_found_at_start_up_by_the_gate_and_head_detection(tiny
 
 
 @pytest.mark.parametrize("attack_model", ["small", "encoder"])
-def test_attack_model_without_masked_lm_head_is_refused(tiny_models, tmp_path: Path,
-                                                        attack_model: str) -> None:
+def test_attack_model_without_masked_lm_head_is_refused(tiny_models, tmp_path: Path, attack_model: str) -> None:
     import transformers
 
     source = tiny_models["small"]
@@ -638,8 +750,9 @@ def _edit_weights(folder: Path, edit) -> None:
 
     weights = load_file(str(folder / "model.safetensors"))
     edit(weights)
-    save_file({k: v.contiguous() for k, v in weights.items()}, str(folder / "model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in weights.items()}, str(folder / "model.safetensors"), metadata={"format": "pt"}
+    )
 
 
 def _narrow(weights) -> None:
@@ -653,21 +766,28 @@ def _as_distilbert(folder: Path, tiny_models) -> None:  # a config of another mo
 
 #: weights that do not fit their config.json: (change, what the one line says)
 WEIGHT_FAULTS = {
-    "config-4-layers-weights-for-2": (lambda d, t: _edit_config(d, num_hidden_layers=4),
-                                      "lacks 32 of the 69 encoder weights its config.json describes"),
-    "config-1-layer-weights-for-2": (lambda d, t: _edit_config(d, num_hidden_layers=1),
-                                     "encoder tensor(s) the architecture its config.json describes has no place for"),
-    "weights-file-without-tensors": (lambda d, t: _edit_weights(d, lambda w: w.clear()),
-                                     "model.safetensors holds no tensors at all"),
-    "tensor-of-another-shape": (lambda d, t: _edit_weights(d, _narrow),
-                                "'encoder.layer.0.output.dense.weight' in model.safetensors has shape [32, 10]"),
+    "config-4-layers-weights-for-2": (
+        lambda d, t: _edit_config(d, num_hidden_layers=4),
+        "lacks 32 of the 69 encoder weights its config.json describes",
+    ),
+    "config-1-layer-weights-for-2": (
+        lambda d, t: _edit_config(d, num_hidden_layers=1),
+        "encoder tensor(s) the architecture its config.json describes has no place for",
+    ),
+    "weights-file-without-tensors": (
+        lambda d, t: _edit_weights(d, lambda w: w.clear()),
+        "model.safetensors holds no tensors at all",
+    ),
+    "tensor-of-another-shape": (
+        lambda d, t: _edit_weights(d, _narrow),
+        "'encoder.layer.0.output.dense.weight' in model.safetensors has shape [32, 10]",
+    ),
     "model-type-of-another-model": (_as_distilbert, "model_type 'distilbert' architecture"),
 }
 
 
 @pytest.mark.parametrize("fault", list(WEIGHT_FAULTS))
-def test_weights_that_do_not_fit_the_config_are_refused_never_made_up(tiny_models, tmp_path: Path,
-                                                                    fault: str) -> None:
+def test_weights_that_do_not_fit_the_config_are_refused_never_made_up(tiny_models, tmp_path: Path, fault: str) -> None:
     from miniature.core.models import load_model
 
     change, expected = WEIGHT_FAULTS[fault]
@@ -684,8 +804,9 @@ def test_weights_that_do_not_fit_the_config_are_refused_never_made_up(tiny_model
 def test_a_gate_run_on_weights_for_fewer_layers_is_a_usage_error(pytester: pytest.Pytester, tiny_models) -> None:
     target = Path(shutil.copytree(tiny_models["small"], pytester.path / "four-layers"))
     _edit_config(target, num_hidden_layers=4)
-    line = one_line_usage_error(pytester.runpytest(f"{opt.REFERENCE}={tiny_models['reference']}",
-                                                   f"{opt.CANDIDATE}={target}"))
+    line = one_line_usage_error(
+        pytester.runpytest(f"{opt.REFERENCE}={tiny_models['reference']}", f"{opt.CANDIDATE}={target}")
+    )
     assert "lacks 32 of the 69 encoder weights" in line and "fix:" in line
 
 
@@ -738,8 +859,9 @@ def test_token_ids_beyond_the_embeddings_are_one_line(tiny_models, tmp_path: Pat
     g = gate(tiny_models, tmp_path, candidate=[str(target)])
     with pytest.raises(ModelReferenceError) as info:
         g.compare("data_representation", g.pairs()[0])
-    _one_line_naming(info.value, "'more-tokens'", f"has {size + 30} tokens but its embeddings only {size}",
-                     "resize_token_embeddings")
+    _one_line_naming(
+        info.value, "'more-tokens'", f"has {size + 30} tokens but its embeddings only {size}", "resize_token_embeddings"
+    )
     with pytest.raises(ModelReferenceError):
         load_model(str(target)).encode(["newword3 is a newword29"])
 
@@ -788,8 +910,12 @@ def _onnx_export(source: Path, target: Path, *, num_labels: int | None = None) -
     model = transformers.AutoModelForSequenceClassification.from_pretrained(str(source))
     export_onnx(model, transformers.AutoTokenizer.from_pretrained(str(source)), target, head="classification")
     if num_labels is not None:
-        _edit_config(target, num_labels=num_labels, id2label={str(i): f"LABEL_{i}" for i in range(num_labels)},
-                     label2id={f"LABEL_{i}": i for i in range(num_labels)})
+        _edit_config(
+            target,
+            num_labels=num_labels,
+            id2label={str(i): f"LABEL_{i}" for i in range(num_labels)},
+            label2id={f"LABEL_{i}": i for i in range(num_labels)},
+        )
     return target
 
 
@@ -821,12 +947,13 @@ def test_onnx_logits_wider_than_the_config_are_an_error(tiny_models, tmp_path: P
     three = make_tiny_model(tmp_path / "three", tiny_models.tokenizer_dir, num_labels=3, seed=6)
     export = _onnx_export(three, tmp_path / "three-onnx", num_labels=2)  # config: 2 labels
     wrapper = load_model(str(export), head="classification")
-    for compute in (lambda: wrapper.logits(["a fine film"]),  # prediction errors, the attack
-                    lambda: wrapper.encode_and_classify(["a fine film"])):  # vectors and logits
+    for compute in (
+        lambda: wrapper.logits(["a fine film"]),  # prediction errors, the attack
+        lambda: wrapper.encode_and_classify(["a fine film"]),
+    ):  # vectors and logits
         with pytest.raises(ModelReferenceError) as info:
             compute()
-        _one_line_naming(info.value, "'three-onnx'", "output 'logits' (logits) has shape [1, 3]",
-                         "[batch, num_labels]")
+        _one_line_naming(info.value, "'three-onnx'", "output 'logits' (logits) has shape [1, 3]", "[batch, num_labels]")
 
 
 def test_onnx_export_producing_nan_is_an_error(tiny_models, tmp_path: Path) -> None:
@@ -867,25 +994,31 @@ def test_numbered_onnx_outputs_are_found_by_shape(tiny_models, numbered_exports,
     assert 0.0 <= g.compare("prediction_errors", g.pairs()[0]).figure <= 1.0
 
 
-def test_ambiguous_onnx_outputs_skip_listing_them_or_use_the_one_named(tiny_models, numbered_exports,
-                                                                       tmp_path: Path) -> None:
+def test_ambiguous_onnx_outputs_skip_listing_them_or_use_the_one_named(
+    tiny_models, numbered_exports, tmp_path: Path
+) -> None:
     from miniature.errors import NotApplicable
 
     folder = str(numbered_exports["ambiguous"])
     g = gate(tiny_models, tmp_path, candidate=[folder])
     with pytest.raises(NotApplicable) as info:  # two outputs of the hidden state's shape
         g.compare("data_representation", g.pairs()[0])
-    _one_line_naming(info.value, "'ambiguous'", "(its outputs: '17', '42', '99')",
-                     "--onnx-output last_hidden_state=NAME")
+    _one_line_naming(
+        info.value, "'ambiguous'", "(its outputs: '17', '42', '99')", "--onnx-output last_hidden_state=NAME"
+    )
     named = gate(tiny_models, tmp_path / "named", candidate=[folder], onnx_output=[("last_hidden_state", "99")])
     assert named.wrapper(named.names[1]).model.roles["last_hidden_state"] == "99"
     assert 0.0 <= named.compare("data_representation", named.pairs()[0]).figure <= 1.0
 
 
 def test_onnx_output_named_on_the_command_line(pytester: pytest.Pytester, tiny_models, numbered_exports) -> None:
-    result = pytester.runpytest(f"{opt.REFERENCE}={tiny_models['reference']}",
-                                f"{opt.CANDIDATE}={numbered_exports['ambiguous']}",
-                                f"{opt.ONNX_OUTPUT}=last_hidden_state=42", "--co", "-q")
+    result = pytester.runpytest(
+        f"{opt.REFERENCE}={tiny_models['reference']}",
+        f"{opt.CANDIDATE}={numbered_exports['ambiguous']}",
+        f"{opt.ONNX_OUTPUT}=last_hidden_state=42",
+        "--co",
+        "-q",
+    )
     assert result.ret == pytest.ExitCode.OK, result.stdout.str() + result.stderr.str()
 
 
@@ -902,8 +1035,9 @@ def test_an_empty_model_onnx_is_one_line_at_start_up(tiny_models, tmp_path: Path
 
 
 # == options: values, combinations and where they are given ====================================
-@pytest.mark.parametrize(("value", "expected"), [("1.2", "outside [0, 1]"), ("-0.1", "outside [0, 1]"),
-                                                 ("high", "not a number in [0, 1]")])
+@pytest.mark.parametrize(
+    ("value", "expected"), [("1.2", "outside [0, 1]"), ("-0.1", "outside [0, 1]"), ("high", "not a number in [0, 1]")]
+)
 def test_bad_thresholds_fail_at_parse_time(pytester: pytest.Pytester, value: str, expected: str) -> None:
     result = pytester.runpytest(f"{opt.THRESHOLD_DISTRIBUTION}={value}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -935,7 +1069,8 @@ def test_bootstrap_zero_with_ci_lower_is_refused(pytester: pytest.Pytester, wher
 
 @pytest.mark.parametrize("flag", [opt.CACHE_DIR, opt.REPORT_DIR, opt.TRAIN_DATA])
 def test_path_option_written_as_two_words_that_loses_the_project_ini(
-        pytester: pytest.Pytester, tiny_models, tmp_path_factory: pytest.TempPathFactory, flag: str) -> None:
+    pytester: pytest.Pytester, tiny_models, tmp_path_factory: pytest.TempPathFactory, flag: str
+) -> None:
     pytester.makepyprojecttoml("[tool.pytest.ini_options]\nminiature_threshold_errors = 0.9\n")
     outside = tmp_path_factory.mktemp("shared")
     value = outside / "train.jsonl" if flag == opt.TRAIN_DATA else outside
@@ -948,15 +1083,21 @@ def test_path_option_written_as_two_words_that_loses_the_project_ini(
 
 
 @pytest.mark.parametrize("device", ["cuda", "mps"])
-def test_device_this_torch_cannot_use(pytester: pytest.Pytester, tiny_models, monkeypatch: pytest.MonkeyPatch,
-                                      device: str) -> None:
+def test_device_this_torch_cannot_use(
+    pytester: pytest.Pytester, tiny_models, monkeypatch: pytest.MonkeyPatch, device: str
+) -> None:
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    line = one_line_usage_error(pytester.runpytest(
-        f"{opt.REFERENCE}={tiny_models['reference']}", f"{opt.CANDIDATE}={tiny_models['small']}",
-        f"{opt.DEVICE}={device}", "--co"))
+    line = one_line_usage_error(
+        pytester.runpytest(
+            f"{opt.REFERENCE}={tiny_models['reference']}",
+            f"{opt.CANDIDATE}={tiny_models['small']}",
+            f"{opt.DEVICE}={device}",
+            "--co",
+        )
+    )
     assert f"{opt.DEVICE} {device}" in line and "fix:" in line and f"{opt.DEVICE} cpu" in line
 
 
@@ -984,8 +1125,12 @@ BAD_OPTION_VALUES: dict[str, list[tuple[str, str]]] = {
     opt.THRESHOLD_TOKEN_TOP: [("-0.5", "outside [0, 1]")],
     opt.THRESHOLDS: [("similarity", "is not NAME=J"), ("representation_similarity=2", "outside [0, 1]")],
     "--cka-estimator": [("rbf", "not one of")],  # representation similarity's own option
-    opt.ATTACK_DROP_TOLERANCE: [("nan", "not a finite number"), ("inf", "not a finite number"),
-                                ("-1", "negative"), ("150", "above 100")],
+    opt.ATTACK_DROP_TOLERANCE: [
+        ("nan", "not a finite number"),
+        ("inf", "not a finite number"),
+        ("-1", "negative"),
+        ("150", "above 100"),
+    ],
     opt.THRESHOLD_ON: [("ci_upper", "not one of")],
     opt.OOD_KEEP: [("nan", "outside [0, 1]")],
     opt.BOOTSTRAP: [("-1", "below the minimum 0")],
@@ -1009,8 +1154,11 @@ BAD_OPTION_VALUES: dict[str, list[tuple[str, str]]] = {
     opt.COMPARE_TO: [("missing.json", "no such file")],
     opt.TRUST_REMOTE_CODE: [("maybe", "not true/false")],
     opt.ALLOW_PICKLE: [("maybe", "not true/false")],
-    opt.ONNX_OUTPUT: [("hidden", "is not ROLE=NAME"), ("hidden=1234", "is not one of"),
-                      ("logits= ", "is not ROLE=NAME")],
+    opt.ONNX_OUTPUT: [
+        ("hidden", "is not ROLE=NAME"),
+        ("hidden=1234", "is not one of"),
+        ("logits= ", "is not ROLE=NAME"),
+    ],
     opt.FINETUNE: [("maybe", "not true/false")],
     opt.ATTACK_MODEL: [("garbage", "unknown model alias")],
     opt.ATTACK_SIZE: [("0", "below the minimum 1")],
@@ -1025,10 +1173,13 @@ def test_every_option_has_a_bad_value_test() -> None:
     assert set(BAD_OPTION_VALUES) == {option.flag for option in opt.OPTIONS}
 
 
-@pytest.mark.parametrize(("flag", "value", "expected"), [
-    (flag, value, expected) for flag, cases in BAD_OPTION_VALUES.items() for value, expected in cases])
-def test_every_option_refuses_a_bad_value_at_start_up(pytester: pytest.Pytester, tiny_models, flag: str,
-                                                      value: str, expected: str) -> None:
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [(flag, value, expected) for flag, cases in BAD_OPTION_VALUES.items() for value, expected in cases],
+)
+def test_every_option_refuses_a_bad_value_at_start_up(
+    pytester: pytest.Pytester, tiny_models, flag: str, value: str, expected: str
+) -> None:
     option = opt.BY_FLAG[flag]
     args = [] if flag == opt.REFERENCE else [f"{opt.REFERENCE}={tiny_models['reference']}"]
     if flag in (opt.REFERENCE_BASE, opt.CANDIDATE_BASE):  # the other base, so only the value is wrong
@@ -1046,8 +1197,9 @@ def test_every_option_refuses_a_bad_value_at_start_up(pytester: pytest.Pytester,
 
 
 @pytest.mark.parametrize(("reference_base", "candidate_bases"), [(True, 0), (False, 1), (True, 2)])
-def test_base_checkpoints_must_match_the_models(pytester: pytest.Pytester, tiny_models, reference_base: bool,
-                                                candidate_bases: int) -> None:
+def test_base_checkpoints_must_match_the_models(
+    pytester: pytest.Pytester, tiny_models, reference_base: bool, candidate_bases: int
+) -> None:
     args = [f"{opt.REFERENCE}={tiny_models['reference']}", f"{opt.CANDIDATE}={tiny_models['small']}"]
     if reference_base:
         args.append(f"{opt.REFERENCE_BASE}={tiny_models['reference']}")
@@ -1067,19 +1219,35 @@ def _thresholds(pytester: pytest.Pytester, ini: str, *args: str) -> dict[str, fl
     return {c.name: threshold_for(session_of(config).settings, c) for c in registry}
 
 
-@pytest.mark.parametrize(("ini", "args", "expected"), [
-    ("miniature_threshold = data_representation=0.1", [f"{opt.THRESHOLD_REPRESENTATION}=0.9"],
-     {"data_representation": 0.9}),
-    ("miniature_threshold_representation = 0.1", [f"{opt.THRESHOLDS}=data_representation=0.9"],
-     {"data_representation": 0.9}),
-    # a command-line --threshold for one characteristic keeps the ini's for another
-    ("miniature_threshold = data_representation=0.1", [f"{opt.THRESHOLDS}=prediction_errors=0.7"],
-     {"data_representation": 0.1, "prediction_errors": 0.7}),
-    ("miniature_threshold_errors = 0.3", [f"{opt.THRESHOLD_REPRESENTATION}=0.9"],
-     {"data_representation": 0.9, "prediction_errors": 0.3}),
-])
+@pytest.mark.parametrize(
+    ("ini", "args", "expected"),
+    [
+        (
+            "miniature_threshold = data_representation=0.1",
+            [f"{opt.THRESHOLD_REPRESENTATION}=0.9"],
+            {"data_representation": 0.9},
+        ),
+        (
+            "miniature_threshold_representation = 0.1",
+            [f"{opt.THRESHOLDS}=data_representation=0.9"],
+            {"data_representation": 0.9},
+        ),
+        # a command-line --threshold for one characteristic keeps the ini's for another
+        (
+            "miniature_threshold = data_representation=0.1",
+            [f"{opt.THRESHOLDS}=prediction_errors=0.7"],
+            {"data_representation": 0.1, "prediction_errors": 0.7},
+        ),
+        (
+            "miniature_threshold_errors = 0.3",
+            [f"{opt.THRESHOLD_REPRESENTATION}=0.9"],
+            {"data_representation": 0.9, "prediction_errors": 0.3},
+        ),
+    ],
+)
 def test_command_line_threshold_beats_the_ini_however_each_is_written(
-        pytester: pytest.Pytester, ini: str, args: list[str], expected: dict[str, float]) -> None:
+    pytester: pytest.Pytester, ini: str, args: list[str], expected: dict[str, float]
+) -> None:
     found = _thresholds(pytester, ini, *args)
     assert {name: found[name] for name in expected} == expected
 
@@ -1088,23 +1256,33 @@ def test_command_line_threshold_beats_the_ini_however_each_is_written(
 def test_command_line_threshold_beats_the_ini_in_the_gate(gate_checks: pytest.Pytester, tiny_models) -> None:
     gate_checks.makeini("[pytest]\nminiature_threshold = data_representation=0.1\n")
     result = gate_checks.runpytest(
-        f"{opt.REFERENCE}={tiny_models['reference']}", f"{opt.CANDIDATE}={tiny_models['small']}",
-        f"{opt.CACHE_DIR}={gate_checks.path / 'cache'}", f"{opt.REPORT_DIR}={gate_checks.path / 'reports'}",
-        f"{opt.BOOTSTRAP}=0", f"{opt.DATA_LIMIT}=40", f"{opt.THRESHOLD_REPRESENTATION}=0.9",
-        "-k", "data_representation")
+        f"{opt.REFERENCE}={tiny_models['reference']}",
+        f"{opt.CANDIDATE}={tiny_models['small']}",
+        f"{opt.CACHE_DIR}={gate_checks.path / 'cache'}",
+        f"{opt.REPORT_DIR}={gate_checks.path / 'reports'}",
+        f"{opt.BOOTSTRAP}=0",
+        f"{opt.DATA_LIMIT}=40",
+        f"{opt.THRESHOLD_REPRESENTATION}=0.9",
+        "-k",
+        "data_representation",
+    )
     payload = json.loads((gate_checks.path / "reports" / "latest.json").read_text())
     results = [r for r in payload["results"] if r["characteristic"] == "data_representation"]
     assert results and all(r["threshold"] == 0.9 for r in results), results
     assert all(r["figure"] < 0.9 for r in results) and result.ret == pytest.ExitCode.TESTS_FAILED
 
 
-@pytest.mark.parametrize(("ini", "args"), [
-    ("", [f"{opt.THRESHOLD_REPRESENTATION}=0.9", f"{opt.THRESHOLDS}=data_representation=0.5"]),
-    ("", [f"{opt.THRESHOLDS}=data_representation=0.5", f"{opt.THRESHOLDS}=data_representation=0.6"]),
-    ("miniature_threshold_representation = 0.9\nminiature_threshold = data_representation=0.5", []),
-])
-def test_one_threshold_given_twice_in_one_place_is_refused(pytester: pytest.Pytester, ini: str,
-                                                            args: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("ini", "args"),
+    [
+        ("", [f"{opt.THRESHOLD_REPRESENTATION}=0.9", f"{opt.THRESHOLDS}=data_representation=0.5"]),
+        ("", [f"{opt.THRESHOLDS}=data_representation=0.5", f"{opt.THRESHOLDS}=data_representation=0.6"]),
+        ("miniature_threshold_representation = 0.9\nminiature_threshold = data_representation=0.5", []),
+    ],
+)
+def test_one_threshold_given_twice_in_one_place_is_refused(
+    pytester: pytest.Pytester, ini: str, args: list[str]
+) -> None:
     if ini:
         pytester.makeini(f"[pytest]\n{ini}\n")
     line = one_line_usage_error(pytester.runpytest(*args, "--co"))
@@ -1112,23 +1290,30 @@ def test_one_threshold_given_twice_in_one_place_is_refused(pytester: pytest.Pyte
 
 
 @pytest.mark.parametrize(("flag", "inside"), [(opt.REPORT_DIR, "reports"), (opt.CACHE_DIR, "cache")])
-def test_report_or_cache_dir_inside_a_model_folder_is_refused(pytester: pytest.Pytester, tiny_models,
-                                                              tmp_path: Path, flag: str, inside: str) -> None:
+def test_report_or_cache_dir_inside_a_model_folder_is_refused(
+    pytester: pytest.Pytester, tiny_models, tmp_path: Path, flag: str, inside: str
+) -> None:
     from miniature.core.models import fingerprint_files
 
     candidate = tmp_path / "candidate"
     shutil.copytree(tiny_models["small"], candidate)
     before = fingerprint_files(candidate)
-    line = one_line_usage_error(pytester.runpytest(
-        f"{opt.REFERENCE}={tiny_models['reference']}", f"{opt.CANDIDATE}={candidate}",
-        f"{flag}={candidate / inside}", "--co"))
+    line = one_line_usage_error(
+        pytester.runpytest(
+            f"{opt.REFERENCE}={tiny_models['reference']}",
+            f"{opt.CANDIDATE}={candidate}",
+            f"{flag}={candidate / inside}",
+            "--co",
+        )
+    )
     assert f"{flag} {candidate / inside} is inside the model folder {candidate} ({opt.CANDIDATE})" in line
     assert "fix:" in line and fingerprint_files(candidate) == before
 
 
 @pytest.mark.parametrize("where", ["ray.init", "ray.cluster_resources"])
-def test_a_dead_ray_system_process_is_one_line(gate_checks: pytest.Pytester, tiny_models,
-                                               monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+def test_a_dead_ray_system_process_is_one_line(
+    gate_checks: pytest.Pytester, tiny_models, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
     ray = pytest.importorskip("ray")
 
     def dead(*args, **kwargs):  # what a driver whose GCS died gets from its next call
@@ -1140,9 +1325,16 @@ def test_a_dead_ray_system_process_is_one_line(gate_checks: pytest.Pytester, tin
         monkeypatch.setattr(ray, name, dead if f"ray.{name}" == where else lambda *a, **k: {"CPU": 2.0})
     monkeypatch.setattr("miniature.core.executors.check_shared_cache", lambda ray, root: None)
     result = gate_checks.runpytest(
-        f"{opt.REFERENCE}={tiny_models['reference']}", f"{opt.CANDIDATE}={tiny_models['small']}",
-        f"{opt.CACHE_DIR}={gate_checks.path / 'cache'}", f"{opt.REPORT_DIR}={gate_checks.path / 'reports'}",
-        f"{opt.BOOTSTRAP}=0", f"{opt.DATA_LIMIT}=40", f"{opt.EXECUTOR}=ray", "-k", "data_representation or errors")
+        f"{opt.REFERENCE}={tiny_models['reference']}",
+        f"{opt.CANDIDATE}={tiny_models['small']}",
+        f"{opt.CACHE_DIR}={gate_checks.path / 'cache'}",
+        f"{opt.REPORT_DIR}={gate_checks.path / 'reports'}",
+        f"{opt.BOOTSTRAP}=0",
+        f"{opt.DATA_LIMIT}=40",
+        f"{opt.EXECUTOR}=ray",
+        "-k",
+        "data_representation or errors",
+    )
     output = result.stdout.str()
     assert result.ret == pytest.ExitCode.TESTS_FAILED and "Traceback" not in output, output
     lines = [line for line in result.stdout.lines if "GCS at 127.0.0.1:6379" in line and "fix:" in line]
@@ -1155,8 +1347,11 @@ def test_a_dead_ray_system_process_is_one_line(gate_checks: pytest.Pytester, tin
 def previous_report(tmp_path: Path, **changes) -> Path:
     from miniature.core.characteristics.base import ComparisonResult
 
-    entry = json.loads(ComparisonResult("prediction_errors", "reference", "small", "error-set Jaccard",
-                                        0.8, 60, threshold=0.5).to_json())
+    entry = json.loads(
+        ComparisonResult(
+            "prediction_errors", "reference", "small", "error-set Jaccard", 0.8, 60, threshold=0.5
+        ).to_json()
+    )
     entry.update(changes)
     for name in [name for name, value in changes.items() if value is None]:
         del entry[name]
@@ -1165,15 +1360,18 @@ def previous_report(tmp_path: Path, **changes) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("changes", "field"), [
-    ({"figure": "high"}, "figure"),
-    ({"n": 2.5}, "n"),
-    ({"threshold": "0.5"}, "threshold"),
-    ({"gating": "yes"}, "gating"),
-    ({"stage": 3}, "stage"),
-    ({"details": []}, "details"),
-    ({"conditions": [{"name": "accuracy drop"}]}, "conditions"),
-])
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"figure": "high"}, "figure"),
+        ({"n": 2.5}, "n"),
+        ({"threshold": "0.5"}, "threshold"),
+        ({"gating": "yes"}, "gating"),
+        ({"stage": 3}, "stage"),
+        ({"details": []}, "details"),
+        ({"conditions": [{"name": "accuracy drop"}]}, "conditions"),
+    ],
+)
 def test_compare_to_report_with_wrong_field_types(tmp_path: Path, changes, field: str) -> None:
     from miniature.reports.payload import ReportError, load_report
 
@@ -1190,17 +1388,20 @@ def test_compare_to_report_with_wrong_field_types_is_a_usage_error(pytester: pyt
     assert opt.COMPARE_TO in line and "'figure'" in line
 
 
-@pytest.mark.parametrize(("changes", "field"), [
-    ({"figure": float("inf")}, "figure"),
-    ({"figure": 1.5}, "figure"),
-    ({"figure": -0.1}, "figure"),
-    ({"threshold": float("nan")}, "threshold"),
-    ({"ci_low": float("-inf")}, "ci_low"),
-    ({"corrected": float("inf")}, "corrected"),
-    ({"status": "passed"}, "status"),
-    ({"threshold_on": "median"}, "threshold_on"),
-    ({"n": -3}, "n"),
-])
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"figure": float("inf")}, "figure"),
+        ({"figure": 1.5}, "figure"),
+        ({"figure": -0.1}, "figure"),
+        ({"threshold": float("nan")}, "threshold"),
+        ({"ci_low": float("-inf")}, "ci_low"),
+        ({"corrected": float("inf")}, "corrected"),
+        ({"status": "passed"}, "status"),
+        ({"threshold_on": "median"}, "threshold_on"),
+        ({"n": -3}, "n"),
+    ],
+)
 def test_compare_to_report_with_values_out_of_range(tmp_path: Path, changes, field: str) -> None:
     from miniature.reports.payload import ReportError, load_report
 
@@ -1238,9 +1439,17 @@ def test_html_in_a_model_folder_name_gives_safe_test_ids(gate_checks: pytest.Pyt
     folder = gate_checks.path / HOSTILE_NAME
     shutil.copytree(tiny_models["small"], folder)
     result = gate_checks.runpytest(
-        f"{opt.REFERENCE}={tiny_models['reference']}", f"{opt.CANDIDATE}={folder}", "-v",
-        f"{opt.CACHE_DIR}={gate_checks.path / 'cache'}", f"{opt.REPORT_DIR}={gate_checks.path / 'reports'}",
-        f"{opt.BOOTSTRAP}=0", f"{opt.DATA_LIMIT}=40", "-k", "errors", "--html=report.html")
+        f"{opt.REFERENCE}={tiny_models['reference']}",
+        f"{opt.CANDIDATE}={folder}",
+        "-v",
+        f"{opt.CACHE_DIR}={gate_checks.path / 'cache'}",
+        f"{opt.REPORT_DIR}={gate_checks.path / 'reports'}",
+        f"{opt.BOOTSTRAP}=0",
+        f"{opt.DATA_LIMIT}=40",
+        "-k",
+        "errors",
+        "--html=report.html",
+    )
     ids = re.findall(r"test_equivalence\.py::\S+", result.stdout.str())  # the node ids, not the messages
     assert ids and not any("<" in node or ">" in node for node in ids), ids
     assert "<img src=x" not in (gate_checks.path / "report.html").read_text()
@@ -1260,8 +1469,14 @@ def test_sanitised_ids_stay_unique(tiny_models, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("where", ["collection", "check"])
 def test_gate_errors_are_printed_once(gate_checks: pytest.Pytester, tiny_models, where: str) -> None:
-    args = [f"{opt.REFERENCE}={tiny_models['reference']}", f"{opt.CANDIDATE}={tiny_models['small']}",
-            f"{opt.REPORT_DIR}={gate_checks.path / 'reports'}", f"{opt.BOOTSTRAP}=0", "-k", "data_representation"]
+    args = [
+        f"{opt.REFERENCE}={tiny_models['reference']}",
+        f"{opt.CANDIDATE}={tiny_models['small']}",
+        f"{opt.REPORT_DIR}={gate_checks.path / 'reports'}",
+        f"{opt.BOOTSTRAP}=0",
+        "-k",
+        "data_representation",
+    ]
     if where == "collection":  # the gate cannot be built: its cache dir is under a file
         (gate_checks.path / "blocker").write_text("x")
         args += [f"{opt.CACHE_DIR}={gate_checks.path / 'blocker' / 'cache'}"]
@@ -1323,35 +1538,51 @@ def pytest_miniature_characteristics(config):
 """
 
 
-@pytest.mark.parametrize(("conftest", "characteristic", "crash"), [
-    (FULL_DISK_CONFTEST, "adversarial_vulnerability", "OSError: [Errno 28] No space left on device"),
-    (RAISING_CHARACTERISTIC_CONFTEST, "broken_check", "RuntimeError: a bug in the project's own characteristic"),
-    (MALFORMED_RESULT_CONFTEST, "broken_check", "its result cannot be reported"),
-], ids=["full-disk-in-the-attack", "project-characteristic-raises", "project-characteristic-malformed-result"])
-def test_a_check_that_crashes_is_an_error_in_every_report(gate_checks: pytest.Pytester, tiny_models, conftest: str,
-                                                          characteristic: str, crash: str) -> None:
+@pytest.mark.parametrize(
+    ("conftest", "characteristic", "crash"),
+    [
+        (FULL_DISK_CONFTEST, "adversarial_vulnerability", "OSError: [Errno 28] No space left on device"),
+        (RAISING_CHARACTERISTIC_CONFTEST, "broken_check", "RuntimeError: a bug in the project's own characteristic"),
+        (MALFORMED_RESULT_CONFTEST, "broken_check", "its result cannot be reported"),
+    ],
+    ids=["full-disk-in-the-attack", "project-characteristic-raises", "project-characteristic-malformed-result"],
+)
+def test_a_check_that_crashes_is_an_error_in_every_report(
+    gate_checks: pytest.Pytester, tiny_models, conftest: str, characteristic: str, crash: str
+) -> None:
     import xml.etree.ElementTree as ElementTree
 
     gate_checks.makeconftest(conftest)
     where = gate_checks.path
     result = gate_checks.runpytest(
-        f"{opt.REFERENCE}={tiny_models['reference']}", f"{opt.CANDIDATE}={tiny_models['small']}",
-        f"{opt.ATTACK_MODEL}={tiny_models['attacker']}", f"{opt.ATTACK_SIZE}=12", f"{opt.CACHE_DIR}={where / 'cache'}",
-        f"{opt.REPORT_DIR}={where / 'reports'}", f"{opt.BOOTSTRAP}=0", f"{opt.DATA_LIMIT}=40",
-        "-k", f"{characteristic} or prediction_errors", f"--junitxml={where / 'junit.xml'}")
+        f"{opt.REFERENCE}={tiny_models['reference']}",
+        f"{opt.CANDIDATE}={tiny_models['small']}",
+        f"{opt.ATTACK_MODEL}={tiny_models['attacker']}",
+        f"{opt.ATTACK_SIZE}=12",
+        f"{opt.CACHE_DIR}={where / 'cache'}",
+        f"{opt.REPORT_DIR}={where / 'reports'}",
+        f"{opt.BOOTSTRAP}=0",
+        f"{opt.DATA_LIMIT}=40",
+        "-k",
+        f"{characteristic} or prediction_errors",
+        f"--junitxml={where / 'junit.xml'}",
+    )
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     payload = json.loads((where / "reports" / "latest.json").read_text())
     crashed = [r for r in payload["results"] if r["characteristic"] == characteristic]
     assert [r["status"] for r in crashed] == ["error"] and crash in crashed[0]["reason"], payload["results"]
     assert payload["gate"]["total"] == 2 and payload["gate"]["error"] == 1, payload["gate"]
-    summary = result.stdout.lines[result.stdout.lines.index(next(
-        line for line in result.stdout.lines if "miniature summary" in line)):]
+    summary = result.stdout.lines[
+        result.stdout.lines.index(next(line for line in result.stdout.lines if "miniature summary" in line)) :
+    ]
     assert re.match(r"reference vs small +FAIL [\d.]+ +ERROR$", summary[2]), summary
     assert any(line.startswith("ERROR: reference vs small ") and crash in line for line in summary), summary
     page = (where / "reports" / "summary.html").read_text()
     assert re.search(r"Gate FAILED: \d of 2 gating checks below threshold, 1 errored", page), page[:2000]
-    verdicts = {case.get("name"): {p.get("name"): p.get("value") for p in case.iter("property")}
-                for case in ElementTree.parse(where / "junit.xml").iter("testcase")}
+    verdicts = {
+        case.get("name"): {p.get("name"): p.get("value") for p in case.iter("property")}
+        for case in ElementTree.parse(where / "junit.xml").iter("testcase")
+    }
     assert verdicts[f"test_{characteristic}[reference-vs-small]"]["miniature_verdict"] == "ERROR", verdicts
 
 
@@ -1373,8 +1604,7 @@ def _write_reports_at_once(barrier, report_dir: str, rounds: int) -> None:
 def test_two_runs_finishing_at_once_write_reports_of_their_own(tmp_path: Path) -> None:
     context = multiprocessing.get_context("spawn")
     barrier, rounds = context.Barrier(2), 5
-    writers = [context.Process(target=_write_reports_at_once, args=(barrier, str(tmp_path), rounds))
-               for _ in range(2)]
+    writers = [context.Process(target=_write_reports_at_once, args=(barrier, str(tmp_path), rounds)) for _ in range(2)]
     for writer in writers:
         writer.start()
     for writer in writers:
@@ -1400,14 +1630,23 @@ def test_a_report_name_already_taken_is_never_overwritten(tmp_path: Path, monkey
     assert taken.read_text() == "another run's report"
     assert paths.json.name == "miniature-free.json" and json.loads(paths.json.read_text())["results"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "latest.json", "miniature-free.json", "miniature-taken.json", "summary-free.html", "summary.html"]
+        "latest.json",
+        "miniature-free.json",
+        "miniature-taken.json",
+        "summary-free.html",
+        "summary.html",
+    ]
 
 
 def test_a_gate_that_cannot_be_built_says_why_once(gate_checks: pytest.Pytester, tiny_models) -> None:
     (gate_checks.path / "blocker").write_text("x")
     result = gate_checks.runpytest(
-        f"{opt.REFERENCE}={tiny_models['reference']}", f"{opt.CANDIDATE}={tiny_models['small']}",
-        f"{opt.CACHE_DIR}={gate_checks.path / 'blocker' / 'cache'}", "-k", "data_representation")
+        f"{opt.REFERENCE}={tiny_models['reference']}",
+        f"{opt.CANDIDATE}={tiny_models['small']}",
+        f"{opt.CACHE_DIR}={gate_checks.path / 'blocker' / 'cache'}",
+        "-k",
+        "data_representation",
+    )
     assert "is not writable" in result.stdout.str()
     assert "no equivalence check ran" not in result.stdout.str()  # -k deselected nothing
 
@@ -1459,8 +1698,9 @@ def test_interrupted_encoding_resumes_from_saved_chunks(tiny_models, tmp_path: P
 
 def _run_gate(args: tuple[str, str, str, str]) -> dict[str, float]:
     reference, candidate, cache, _ = args
-    g = Gate(make_settings(reference=reference, candidate=[candidate], cache_dir=Path(cache),
-                           data_limit=40, bootstrap=0))
+    g = Gate(
+        make_settings(reference=reference, candidate=[candidate], cache_dir=Path(cache), data_limit=40, bootstrap=0)
+    )
     return figures(g)
 
 
@@ -1495,8 +1735,10 @@ def test_cache_subfolder_not_writable_is_found_before_the_work(tiny_models, tmp_
         cache.check_writable()  # the public probe a start-up can call
 
 
-@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() == 0,
-                    reason="root writes into read-only folders")
+@pytest.mark.skipif(
+    not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() == 0,
+    reason="root writes into read-only folders",
+)
 def test_cache_subfolder_without_write_permission(tiny_models, tmp_path: Path) -> None:
     root = tmp_path / "cache"
     (root / "adversarial").mkdir(parents=True)
@@ -1522,8 +1764,7 @@ def test_atomic_writes_get_the_mode_the_umask_gives(tmp_path: Path, umask: int, 
         atomic_write_text(tmp_path / "reports" / "latest.json", "{}")  # how every report is written
     finally:
         os.umask(old)
-    for path in (cache.path("outputs", "k"), cache.path("answers", "k", ".json"),
-                 tmp_path / "reports" / "latest.json"):
+    for path in (cache.path("outputs", "k"), cache.path("answers", "k", ".json"), tmp_path / "reports" / "latest.json"):
         assert path.stat().st_mode & 0o777 == mode, path
 
 
@@ -1571,8 +1812,9 @@ def test_compress_overwrite_never_deletes_the_source(tiny_models, tmp_path: Path
 
     parent, source = _copy_source(tiny_models, tmp_path)
     before = sorted(p.name for p in source.iterdir())
-    code = main(["compress", str(source), "--method", "prune", "--output-dir", str(parent),
-                 "--overwrite", "--no-progress"])
+    code = main(
+        ["compress", str(source), "--method", "prune", "--output-dir", str(parent), "--overwrite", "--no-progress"]
+    )
     error = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in error and "contains the reference" in error and "fix:" in error
     assert sorted(p.name for p in source.iterdir()) == before and (parent / "notes.txt").exists()
@@ -1609,8 +1851,15 @@ def test_finetuned_model_files_get_the_mode_the_umask_gives(tiny_models, tmp_pat
     path = write_rows(tmp_path / "train.jsonl", [f"review number {i}" for i in range(16)])
     old = os.umask(0o022)
     try:
-        target = finetune(str(tiny_models["small"]), "classification", load_text_data(path),
-                          output_root=tmp_path / "finetuned", max_steps=1, batch_size=8, progress=False)
+        target = finetune(
+            str(tiny_models["small"]),
+            "classification",
+            load_text_data(path),
+            output_root=tmp_path / "finetuned",
+            max_steps=1,
+            batch_size=8,
+            progress=False,
+        )
     finally:
         os.umask(old)
     assert {oct(p.stat().st_mode & 0o777) for p in target.iterdir()} == {"0o644"}
@@ -1621,8 +1870,17 @@ def test_finetune_on_a_txt_file_says_a_txt_file_has_no_labels(tiny_models, tmp_p
 
     train = tmp_path / "reviews.txt"
     train.write_text("a fine film\na dull film\n")
-    code = main(["finetune", str(tiny_models["small"]), "--train", str(train), "--output-dir",
-                 str(tmp_path / "out"), "--no-progress"])
+    code = main(
+        [
+            "finetune",
+            str(tiny_models["small"]),
+            "--train",
+            str(train),
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--no-progress",
+        ]
+    )
     error = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in error and "reviews.txt" in error and ".txt file" in error
     assert "--label-column" not in error and "label column" in error and "fix:" in error
@@ -1636,8 +1894,11 @@ def test_output_dir_inside_the_source_model_is_refused(tiny_models, tmp_path: Pa
     _, source = _copy_source(tiny_models, tmp_path)
     before = fingerprint_files(source), sorted(p.name for p in source.iterdir())
     train = write_rows(tmp_path / "train.jsonl", [f"review number {i}" for i in range(16)])
-    extra = (["--method", "prune"] if command == "compress"
-             else ["--train", str(train), "--max-steps", "1", "--batch-size", "8"])
+    extra = (
+        ["--method", "prune"]
+        if command == "compress"
+        else ["--train", str(train), "--max-steps", "1", "--batch-size", "8"]
+    )
     code = main([command, str(source), *extra, "--output-dir", str(source / "out"), "--no-progress"])
     error = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in error and "inside" in error and str(source) in error and "fix:" in error
@@ -1645,7 +1906,8 @@ def test_output_dir_inside_the_source_model_is_refused(tiny_models, tmp_path: Pa
 
 
 def test_compress_onto_a_symlinked_output_dir_is_refused_before_the_work(
-        tiny_models, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    tiny_models, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from miniature.tools import compress as compress_module
     from miniature.tools.cli import main
 
@@ -1656,21 +1918,47 @@ def test_compress_onto_a_symlinked_output_dir_is_refused_before_the_work(
     link.symlink_to(earlier, target_is_directory=True)
     capsys.readouterr()
     monkeypatch.setattr(compress_module, "_build", lambda *a, **k: pytest.fail("the work ran"))
-    code = main(["compress", str(source), "--method", "prune", "--sparsity", "0.3", "--output-dir", str(link),
-                 "--overwrite", "--no-progress"])
+    code = main(
+        [
+            "compress",
+            str(source),
+            "--method",
+            "prune",
+            "--sparsity",
+            "0.3",
+            "--output-dir",
+            str(link),
+            "--overwrite",
+            "--no-progress",
+        ]
+    )
     error = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in error and "symbolic link" in error and str(earlier) in error and "fix:" in error
     assert link.is_symlink() and (earlier / "miniature_compression.json").exists()
 
 
-@pytest.mark.parametrize(("flag", "value"), [("--learning-rate", "nan"), ("--learning-rate", "inf"),
-                                             ("--epochs", "nan")])
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--learning-rate", "nan"), ("--learning-rate", "inf"), ("--epochs", "nan")]
+)
 def test_finetune_with_a_non_finite_number(tiny_models, tmp_path: Path, capsys, flag: str, value: str) -> None:
     from miniature.tools.cli import main
 
     train = write_rows(tmp_path / "train.jsonl", [f"review number {i}" for i in range(16)])
-    code = main(["finetune", str(tiny_models["small"]), "--train", str(train), flag, value, "--batch-size", "8",
-                 "--output-dir", str(tmp_path / "out"), "--no-progress"])
+    code = main(
+        [
+            "finetune",
+            str(tiny_models["small"]),
+            "--train",
+            str(train),
+            flag,
+            value,
+            "--batch-size",
+            "8",
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--no-progress",
+        ]
+    )
     error = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in error and "finite number > 0" in error and "fix:" in error
     assert not list((tmp_path / "out").glob("*/config.json"))

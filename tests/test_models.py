@@ -38,12 +38,15 @@ def test_packaged_minilm_resolves_offline() -> None:
     assert spec.is_local and (Path(spec.source) / "model.safetensors").is_file()
 
 
-@pytest.mark.parametrize(("reference", "expected"), [
-    ("bert-lage", "unknown model alias 'bert-lage' (did you mean 'bert-large'"),
-    ("nonsense", "unknown model alias 'nonsense', and no such directory"),
-    ("/no/such/model", "does not exist"),
-    ("", "empty model reference"),
-])
+@pytest.mark.parametrize(
+    ("reference", "expected"),
+    [
+        ("bert-lage", "unknown model alias 'bert-lage' (did you mean 'bert-large'"),
+        ("nonsense", "unknown model alias 'nonsense', and no such directory"),
+        ("/no/such/model", "does not exist"),
+        ("", "empty model reference"),
+    ],
+)
 def test_bad_references_say_what_and_how_to_fix(reference: str, expected: str) -> None:
     with pytest.raises(ModelReferenceError, match="fix:") as info:
         resolve_model(reference)

@@ -20,8 +20,7 @@ from miniature.core.models import load_model, missing_head_weights  # noqa: E402
 from miniature.core.settings import make_settings  # noqa: E402
 from miniature.errors import NotApplicable  # noqa: E402
 
-CHARACTERISTICS = ("prediction_errors", "data_representation", "data_distribution",
-                   "adversarial_vulnerability")
+CHARACTERISTICS = ("prediction_errors", "data_representation", "data_distribution", "adversarial_vulnerability")
 #: The documented float tolerance of an fp32 export (README): per-item outputs within 1e-4;
 #: a kNN figure may move only at near-ties, neighbours whose cosine similarities differ by
 #: less than NEAR_TIE (float32 resolution).
@@ -44,18 +43,28 @@ def export(source: Path, target: Path, **options) -> Path:
 @pytest.fixture(scope="module")
 def exports(tiny_models, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("onnx")
-    return {"cache": root / "cache",  # shared: the reference's outputs and attack computed once
-            "fp32": export(tiny_models["reference"], root / "reference-onnx"),
-            "int8": export(tiny_models["reference"], root / "reference-onnx-int8", int8=True),
-            "features": export(tiny_models["reference"], root / "reference-features",
-                               features_only=True)}
+    return {
+        "cache": root / "cache",  # shared: the reference's outputs and attack computed once
+        "fp32": export(tiny_models["reference"], root / "reference-onnx"),
+        "int8": export(tiny_models["reference"], root / "reference-onnx-int8", int8=True),
+        "features": export(tiny_models["reference"], root / "reference-features", features_only=True),
+    }
 
 
 def gate_of(tiny_models, candidates: list[Path], cache: Path) -> Gate:
-    return Gate(make_settings(reference=str(tiny_models["reference"]),
-                              candidate=[str(c) for c in candidates],
-                              attack_model=str(tiny_models["attacker"]), cache_dir=cache,
-                              data_limit=60, attack_size=30, bootstrap=0, k=5, seed=3))
+    return Gate(
+        make_settings(
+            reference=str(tiny_models["reference"]),
+            candidate=[str(c) for c in candidates],
+            attack_model=str(tiny_models["attacker"]),
+            cache_dir=cache,
+            data_limit=60,
+            attack_size=30,
+            bootstrap=0,
+            k=5,
+            seed=3,
+        )
+    )
 
 
 @pytest.mark.slow
@@ -139,12 +148,16 @@ def test_compress_format_onnx_writes_a_loadable_int8_export(tiny_models, tmp_pat
     from miniature.core.formats import quantization_of
     from miniature.tools.compress import CompressionError, compress, read_record
 
-    path = compress(tiny_models["reference"], tmp_path / "int8-onnx", method="int8",
-                    output_format="onnx", progress=False)
+    path = compress(
+        tiny_models["reference"], tmp_path / "int8-onnx", method="int8", output_format="onnx", progress=False
+    )
     names = {p.name for p in path.iterdir()}
     assert "model.onnx" in names and not any(n.endswith(".safetensors") for n in names)
     record = read_record(path)
-    assert record["settings"]["format"] == "onnx" and record["measured"]["onnx"]["quantization"]["method"] == "quantize_dynamic"
+    assert (
+        record["settings"]["format"] == "onnx"
+        and record["measured"]["onnx"]["quantization"]["method"] == "quantize_dynamic"
+    )
     assert quantization_of(path) == "ONNX int8 (onnxruntime dynamic), run by onnxruntime"
     wrapper = load_model(str(path), head="classification")
     texts = ["a warm and clever film", "a dull script"]
@@ -152,16 +165,38 @@ def test_compress_format_onnx_writes_a_loadable_int8_export(tiny_models, tmp_pat
     from miniature.tools.cli import main
 
     plain = tmp_path / "ref-onnx"
-    assert main(["compress", str(tiny_models["reference"]), "--method", "none", "--format", "onnx",
-                 "--output-dir", str(plain), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "compress",
+                str(tiny_models["reference"]),
+                "--method",
+                "none",
+                "--format",
+                "onnx",
+                "--output-dir",
+                str(plain),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert quantization_of(plain) == "ONNX fp32, run by onnxruntime"
     reference = load_model(str(tiny_models["reference"]), head="classification")
-    assert np.abs(load_model(str(plain), head="classification").logits(texts) - reference.logits(texts)).max() < TOLERANCE
+    assert (
+        np.abs(load_model(str(plain), head="classification").logits(texts) - reference.logits(texts)).max() < TOLERANCE
+    )
     with pytest.raises(CompressionError, match="is an ONNX export; fix"):
         compress(plain, tmp_path / "again", method="prune", progress=False)
     with pytest.raises(CompressionError, match="onnxruntime's dynamic int8 only.*fix"):
-        compress(tiny_models["reference"], tmp_path / "x", method="int8", quantization="int4-weight-only",
-                 output_format="onnx", progress=False)
+        compress(
+            tiny_models["reference"],
+            tmp_path / "x",
+            method="int8",
+            quantization="int4-weight-only",
+            output_format="onnx",
+            progress=False,
+        )
     with pytest.raises(CompressionError, match="--method none .*fix: add --format onnx"):
         compress(tiny_models["reference"], tmp_path / "y", method="none", progress=False)
 
@@ -175,25 +210,44 @@ def test_pytest_gate_on_onnx_candidates(gate_checks: pytest.Pytester, tiny_model
     from miniature.core import settings as opt
 
     result = gate_checks.runpytest(
-        f"{opt.REFERENCE}={tiny_models['reference']}", f"{opt.CANDIDATE}={exports['fp32']}",
-        f"{opt.CANDIDATE}={exports['features']}", f"{opt.ATTACK_MODEL}={tiny_models['attacker']}",
-        f"{opt.CACHE_DIR}={exports['cache']}", f"{opt.REPORT_DIR}={gate_checks.path / 'reports'}",
-        f"{opt.DATA_LIMIT}=60", f"{opt.ATTACK_SIZE}=30", f"{opt.BOOTSTRAP}=0", f"{opt.K}=5",
-        f"{opt.SEED}=3", "-rs", "-v")
+        f"{opt.REFERENCE}={tiny_models['reference']}",
+        f"{opt.CANDIDATE}={exports['fp32']}",
+        f"{opt.CANDIDATE}={exports['features']}",
+        f"{opt.ATTACK_MODEL}={tiny_models['attacker']}",
+        f"{opt.CACHE_DIR}={exports['cache']}",
+        f"{opt.REPORT_DIR}={gate_checks.path / 'reports'}",
+        f"{opt.DATA_LIMIT}=60",
+        f"{opt.ATTACK_SIZE}=30",
+        f"{opt.BOOTSTRAP}=0",
+        f"{opt.K}=5",
+        f"{opt.SEED}=3",
+        "-rs",
+        "-v",
+    )
     out = result.stdout.str()
     reports = [r for r in result.reprec.getreports("pytest_runtest_logreport") if r.when == "call"]
     fp32 = {r.nodeid.split("::")[-1]: r.outcome for r in reports if "reference-vs-reference-onnx" in r.nodeid}
     assert len(fp32) == 5 and set(fp32.values()) == {"passed"}, fp32
     skipped = [line for line in out.splitlines() if line.startswith("SKIPPED:")]  # the summary's
-    assert len(skipped) == 4 and all("reference-features" in s and "without the 'logits' output" in s
-                                     and "fix: export it with the head" in s for s in skipped), skipped
-    features = {r.nodeid.split("::")[-1] for r in reports if "reference-vs-reference-features" in r.nodeid
-                and r.outcome != "skipped"}
-    assert {f.split("[")[0] for f in features} == {"test_data_representation", "test_data_distribution",
-                                                   "test_representation_similarity"}, features
+    assert len(skipped) == 4 and all(
+        "reference-features" in s and "without the 'logits' output" in s and "fix: export it with the head" in s
+        for s in skipped
+    ), skipped
+    features = {
+        r.nodeid.split("::")[-1]
+        for r in reports
+        if "reference-vs-reference-features" in r.nodeid and r.outcome != "skipped"
+    }
+    assert {f.split("[")[0] for f in features} == {
+        "test_data_representation",
+        "test_data_distribution",
+        "test_representation_similarity",
+    }, features
     payload = json.loads((gate_checks.path / "reports" / "latest.json").read_text())
-    assert payload["models"]["quantization"] == {"reference-onnx": "ONNX fp32, run by onnxruntime",
-                                                 "reference-features": "ONNX fp32, run by onnxruntime"}
+    assert payload["models"]["quantization"] == {
+        "reference-onnx": "ONNX fp32, run by onnxruntime",
+        "reference-features": "ONNX fp32, run by onnxruntime",
+    }
 
 
 def test_several_onnx_files_without_model_onnx_are_refused_by_name(exports, tmp_path) -> None:

@@ -20,7 +20,9 @@ TEXTS = ["q0", "q1", "q2", "q3", "q4", "q5"]
 
 
 def compare(reference_correct, candidate_correct, **options):
-    return compare_prediction_errors(reference_correct, candidate_correct, reference="large", candidate="small", **options)
+    return compare_prediction_errors(
+        reference_correct, candidate_correct, reference="large", candidate="small", **options
+    )
 
 
 def test_error_mask_for_class_ids_strings_and_rows():
@@ -77,7 +79,11 @@ def test_evidence_lists_negative_flips_first_and_is_capped():
     candidate_correct = ~reference_correct  # negative flips at 1,3,5,7
     result = compare(reference_correct, candidate_correct, max_evidence=5)
     assert [(entry["index"], entry["kind"]) for entry in result.evidence] == [
-        (1, "negative flip"), (3, "negative flip"), (5, "negative flip"), (7, "negative flip"), (0, "positive flip"),
+        (1, "negative flip"),
+        (3, "negative flip"),
+        (5, "negative flip"),
+        (7, "negative flip"),
+        (0, "positive flip"),
     ]
 
 
@@ -112,7 +118,10 @@ def test_details_are_consistent_with_the_masks(pairs):
     details = result.details
     n = len(pairs)
     assert details["negative_flips"] + details["positive_flips"] == n - round(details["agreement_rate"] * n)
-    assert details["candidate_errors"] - details["reference_errors"] == details["negative_flips"] - details["positive_flips"]
+    assert (
+        details["candidate_errors"] - details["reference_errors"]
+        == details["negative_flips"] - details["positive_flips"]
+    )
     assert 0.0 <= result.figure <= 1.0
     assert result.figure == compare(candidate_correct, reference_correct, n_bootstrap=0).figure
 

@@ -22,7 +22,6 @@ from miniature.core.tasks.qa import (
 )
 
 
-
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory):
     from miniature.tools.testing import train_tokenizer
@@ -42,19 +41,21 @@ def qa_wrapper(tokenizer_dir, tmp_path_factory):
     from miniature.core.models import load_model
     from miniature.tools.testing import make_tiny_model
 
-    path = make_tiny_model(tmp_path_factory.mktemp("qa") / "qa-model", tokenizer_dir, head="qa",
-                           seed=5)
+    path = make_tiny_model(tmp_path_factory.mktemp("qa") / "qa-model", tokenizer_dir, head="qa", seed=5)
     return load_model(str(path), head="qa", max_length=64, batch_size=4, progress=False)
 
 
 # -- official metrics, worked by hand ---------------------------------------------------------
-@pytest.mark.parametrize("text, expected", [
-    ("The  Quick, brown FOX!", "quick brown fox"),
-    ("An apple a day", "apple day"),
-    ("theatre and anthem", "theatre and anthem"),  # articles only as whole words
-    ("  (the) end.  ", "end"),
-    ("", ""),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("The  Quick, brown FOX!", "quick brown fox"),
+        ("An apple a day", "apple day"),
+        ("theatre and anthem", "theatre and anthem"),  # articles only as whole words
+        ("  (the) end.  ", "end"),
+        ("", ""),
+    ],
+)
 def test_normalize_answer(text, expected):
     assert normalize_answer(text) == expected
 
@@ -87,9 +88,11 @@ def test_unanswerable_is_matched_only_by_the_empty_answer():
 
 
 def test_qa_correct_and_scores():
-    examples = [QAExample("1", "q", "Paris is big", ("Paris",), (0,)),
-                QAExample("2", "q", "no answer here"),
-                QAExample("3", "q", "red ball game", ("red ball game",), (0,))]
+    examples = [
+        QAExample("1", "q", "Paris is big", ("Paris",), (0,)),
+        QAExample("2", "q", "no answer here"),
+        QAExample("3", "q", "red ball game", ("red ball game",), (0,)),
+    ]
     predictions = ["paris", "here", "red ball"]
     assert qa_correct(predictions, examples).tolist() == [True, False, False]
     scores = qa_scores(predictions, examples)
@@ -101,15 +104,22 @@ def test_qa_correct_and_scores():
 
 # -- schema -----------------------------------------------------------------------------------
 def _row(**changes):
-    row = {"id": "q1", "question": "Where?", "context": "It is in Velmora.",
-           "answers": {"text": ["Velmora"], "answer_start": [9]}}
+    row = {
+        "id": "q1",
+        "question": "Where?",
+        "context": "It is in Velmora.",
+        "answers": {"text": ["Velmora"], "answer_start": [9]},
+    }
     row.update(changes)
     return row
 
 
 def test_records_parse_both_answer_layouts():
-    rows = [_row(), _row(id=7, answers=[{"text": "Velmora", "answer_start": 9}]),
-            _row(id="q3", answers={"text": [], "answer_start": []})]
+    rows = [
+        _row(),
+        _row(id=7, answers=[{"text": "Velmora", "answer_start": 9}]),
+        _row(id="q3", answers={"text": [], "answer_start": []}),
+    ]
     examples = qa_examples_from_records(rows, "dev.jsonl")
     assert [e.id for e in examples] == ["q1", "7", "q3"]
     assert examples[0].answers == ("Velmora",) and examples[0].answer_starts == (9,)
@@ -117,15 +127,17 @@ def test_records_parse_both_answer_layouts():
     assert not examples[2].is_answerable and examples[0].is_answerable
 
 
-@pytest.mark.parametrize("row, words", [
-    ({"id": "q1", "question": "Where?", "answers": {"text": [], "answer_start": []}},
-     ["dev.jsonl", "'context'"]),
-    (_row(answers="Velmora"), ["dev.jsonl", "'answers'", "answer_start"]),
-    (_row(answers={"text": ["Velmora"], "answer_start": [3]}), ["dev.jsonl", "answer_start 3"]),
-    (_row(answers={"text": ["Velmora", "x"], "answer_start": [9]}), ["same length"]),
-    (_row(question="  "), ["'question'", "empty"]),
-    (_row(id=None), ["'id'", "NoneType"]),
-])
+@pytest.mark.parametrize(
+    "row, words",
+    [
+        ({"id": "q1", "question": "Where?", "answers": {"text": [], "answer_start": []}}, ["dev.jsonl", "'context'"]),
+        (_row(answers="Velmora"), ["dev.jsonl", "'answers'", "answer_start"]),
+        (_row(answers={"text": ["Velmora"], "answer_start": [3]}), ["dev.jsonl", "answer_start 3"]),
+        (_row(answers={"text": ["Velmora", "x"], "answer_start": [9]}), ["same length"]),
+        (_row(question="  "), ["'question'", "empty"]),
+        (_row(id=None), ["'id'", "NoneType"]),
+    ],
+)
 def test_bad_records_name_source_and_column(row, words):
     with pytest.raises(DataError) as error:
         qa_examples_from_records([row], "dev.jsonl")
@@ -165,8 +177,7 @@ ANSWER = "Velmora harbour"
 def long_example():
     filler = " ".join(news_sentences(12, seed=2))
     context = f"{filler} The old map was hidden in {ANSWER}. {' '.join(news_sentences(2, seed=3))}"
-    return QAExample("long", "where was the old map hidden", context, (ANSWER,),
-                     (context.index(ANSWER),))
+    return QAExample("long", "where was the old map hidden", context, (ANSWER,), (context.index(ANSWER),))
 
 
 def _span_tokens(features, f, start, end):
@@ -212,8 +223,8 @@ def test_answer_in_a_later_window_is_found(windows, long_example):
     f = _answer_window(spans)
     assert f >= 1
     starts, ends = _logits(features)
-    starts[:, 0] = ends[:, 0] = -10.0                  # [CLS]: no-answer unlikely
-    starts[0, 20], ends[0, 22] = 4.0, 4.0              # a weaker span in the first window
+    starts[:, 0] = ends[:, 0] = -10.0  # [CLS]: no-answer unlikely
+    starts[0, 20], ends[0, 22] = 4.0, 4.0  # a weaker span in the first window
     s, e = spans[f]
     starts[f, s], ends[f, e] = 10.0, 10.0
     assert postprocess_qa([long_example], features, starts, ends) == [ANSWER]
@@ -224,8 +235,8 @@ def test_spans_outside_context_reversed_or_too_long_are_skipped(windows, long_ex
     f = _answer_window(spans)
     s, e = spans[f]
     starts, ends = _logits(features, -30.0)
-    starts[f, s], ends[f, e] = 10.0, 10.0        # the answer: 20
-    starts[f, 2], ends[f, 3] = 50.0, 50.0        # inside the question: not a context span
+    starts[f, s], ends[f, e] = 10.0, 10.0  # the answer: 20
+    starts[f, 2], ends[f, 3] = 50.0, 50.0  # inside the question: not a context span
     starts[f, e + 1], ends[f, s - 1] = 40.0, 40.0  # a reversed pair: end before start
     assert postprocess_qa([long_example], features, starts, ends) == [ANSWER]
     assert e - s + 1 >= 2
@@ -237,8 +248,8 @@ def test_null_score_beats_the_span(windows, long_example):
     f = _answer_window(spans)
     s, e = spans[f]
     starts, ends = _logits(features)
-    starts[f, s], ends[f, e] = 10.0, 10.0                       # span score 20
-    starts[:, 0], ends[:, 0] = 15.0, 15.0                       # null score 30 everywhere
+    starts[f, s], ends[f, e] = 10.0, 10.0  # span score 20
+    starts[:, 0], ends[:, 0] = 15.0, 15.0  # null score 30 everywhere
     assert postprocess_qa([long_example], features, starts, ends) == [""]
     # the null score is the minimum over windows: one confident window keeps the span
     starts[f, 0] = ends[f, 0] = -10.0
@@ -250,15 +261,20 @@ def test_null_margin_changes_the_decision(windows, long_example):
     f = _answer_window(spans)
     s, e = spans[f]
     starts, ends = _logits(features)
-    starts[f, s], ends[f, e] = 10.0, 10.0      # span 20
-    starts[:, 0], ends[:, 0] = 11.0, 11.0      # null 22: beats the span by 2
-    answer = lambda margin: postprocess_qa([long_example], features, starts, ends,  # noqa: E731
-                                           null_margin=margin)
+    starts[f, s], ends[f, e] = 10.0, 10.0  # span 20
+    starts[:, 0], ends[:, 0] = 11.0, 11.0  # null 22: beats the span by 2
+    answer = lambda margin: postprocess_qa(  # noqa: E731
+        [long_example],
+        features,
+        starts,
+        ends,
+        null_margin=margin,
+    )
     assert answer(0.0) == [""] and answer(1.5) == [""]
     assert answer(2.5) == [ANSWER]
-    starts[:, 0], ends[:, 0] = 9.0, 9.0        # null 18: the span wins at margin 0 ...
+    starts[:, 0], ends[:, 0] = 9.0, 9.0  # null 18: the span wins at margin 0 ...
     assert answer(0.0) == [ANSWER]
-    assert answer(-3.0) == [""]                # ... but not with a negative margin
+    assert answer(-3.0) == [""]  # ... but not with a negative margin
 
 
 def test_stride_must_leave_room_for_the_question(tokenizer, long_example):
@@ -269,8 +285,12 @@ def test_stride_must_leave_room_for_the_question(tokenizer, long_example):
 # -- end to end on a tiny QA model ------------------------------------------------------------
 def test_predict_qa_returns_one_answer_per_example_in_order(qa_wrapper):
     examples = qa_items(10, seed=8) + news_qa_items(4, seed=8)
-    answer = lambda items, margin: predict_qa(qa_wrapper, items, doc_stride=16,  # noqa: E731
-                                               null_margin=margin)
+    answer = lambda items, margin: predict_qa(  # noqa: E731
+        qa_wrapper,
+        items,
+        doc_stride=16,
+        null_margin=margin,
+    )
     predictions = answer(examples, 1e9)  # a huge margin: never "no answer"
     assert len(predictions) == len(examples)
     assert all(p and p in e.context for p, e in zip(predictions, examples))
@@ -291,9 +311,8 @@ def test_logits_are_padding_free_per_window(qa_wrapper):
     assert starts.shape == ends.shape == (len(features), max(lengths))
     for row, n in zip(starts, lengths):
         assert np.isfinite(row[:n]).all() and np.isnan(row[n:]).all()
-    alone, _ = qa_logits(qa_wrapper, type(features)([features.inputs[-1]], [0],
-                                                    [features.offsets[-1]], [0]))
-    np.testing.assert_allclose(alone[0, :lengths[-1]], starts[-1, :lengths[-1]], atol=1e-4)
+    alone, _ = qa_logits(qa_wrapper, type(features)([features.inputs[-1]], [0], [features.offsets[-1]], [0]))
+    np.testing.assert_allclose(alone[0, : lengths[-1]], starts[-1, : lengths[-1]], atol=1e-4)
 
 
 def test_a_model_without_qa_head_is_refused(tokenizer_dir, tmp_path):

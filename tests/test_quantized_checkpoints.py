@@ -25,83 +25,109 @@ def saved(name: str) -> dict:
 
 
 def torchao(type_name: str, **data) -> dict:
-    return {"quantization_config": {"quant_method": "torchao", "quant_type": {
-        "default": {"_type": type_name, "_data": data, "_version": 2}}, "quant_type_kwargs": {}}}
+    return {
+        "quantization_config": {
+            "quant_method": "torchao",
+            "quant_type": {"default": {"_type": type_name, "_data": data, "_version": 2}},
+            "quant_type_kwargs": {},
+        }
+    }
 
 
 @pytest.fixture
 def installed(monkeypatch):
     """Pretend exactly the given modules are installed (find_spec of anything else is None)."""
+
     def pretend(*modules: str) -> None:
         monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name in modules else None)
+
     return pretend
 
 
 @pytest.fixture
 def no_gpu(monkeypatch):
     import torch
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("torchao_int8-weight-only", "torchao int8 weight-only"),
-    ("torchao_intx-int4-weight-only", "torchao int4 weight-only"),
-    ("bitsandbytes_4bit-nf4", "bitsandbytes 4-bit nf4"),
-    ("bitsandbytes_8bit", "bitsandbytes 8-bit"),
-    ("hqq_4bit-g32", "HQQ 4-bit"),
-    ("gptq-packed", "GPTQ 4-bit"),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("torchao_int8-weight-only", "torchao int8 weight-only"),
+        ("torchao_intx-int4-weight-only", "torchao int4 weight-only"),
+        ("bitsandbytes_4bit-nf4", "bitsandbytes 4-bit nf4"),
+        ("bitsandbytes_8bit", "bitsandbytes 8-bit"),
+        ("hqq_4bit-g32", "HQQ 4-bit"),
+        ("gptq-packed", "GPTQ 4-bit"),
+    ],
+)
 def test_names_saved_configs(name, expected):
     assert quantization_of(saved(name)) == expected
 
 
-@pytest.mark.parametrize("config, expected", [
-    ({"model_type": "llama"}, None),
-    ({"quantization_config": {}}, None),
-    (torchao("Int8DynamicActivationInt8WeightConfig"), "torchao int8 dynamic"),
-    (torchao("Int4WeightOnlyConfig", group_size=128), "torchao int4 weight-only"),
-    (torchao("Float8WeightOnlyConfig"), "torchao float8 weight-only"),
-    (torchao("Int8DynamicActivationIntxWeightConfig", weight_dtype={"_type": "torch.dtype", "_data": "int4"}),
-     "torchao int8 dynamic, int4 weights"),
-    ({"quantization_config": {"quant_method": "torchao", "quant_type": "int4_weight_only"}},
-     "torchao int4 weight-only"),
-    ({"quantization_config": {"load_in_8bit": True}}, "bitsandbytes 8-bit"),
-    ({"quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True}}, "bitsandbytes 4-bit fp4"),
-    ({"quantization_config": {"quant_method": "awq", "bits": 4, "version": "gemm"}}, "AWQ 4-bit"),
-    ({"quantization_config": {"quant_method": "gptq", "bits": 8}}, "GPTQ 8-bit"),
-    ({"quantization_config": {"quant_method": "quanto", "weights": "int4", "activations": None}},
-     "quanto int4 weights"),
-    ({"quantization_config": {"quant_method": "fp8", "activation_scheme": "dynamic"}}, "fp8"),
-])
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        ({"model_type": "llama"}, None),
+        ({"quantization_config": {}}, None),
+        (torchao("Int8DynamicActivationInt8WeightConfig"), "torchao int8 dynamic"),
+        (torchao("Int4WeightOnlyConfig", group_size=128), "torchao int4 weight-only"),
+        (torchao("Float8WeightOnlyConfig"), "torchao float8 weight-only"),
+        (
+            torchao("Int8DynamicActivationIntxWeightConfig", weight_dtype={"_type": "torch.dtype", "_data": "int4"}),
+            "torchao int8 dynamic, int4 weights",
+        ),
+        (
+            {"quantization_config": {"quant_method": "torchao", "quant_type": "int4_weight_only"}},
+            "torchao int4 weight-only",
+        ),
+        ({"quantization_config": {"load_in_8bit": True}}, "bitsandbytes 8-bit"),
+        ({"quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True}}, "bitsandbytes 4-bit fp4"),
+        ({"quantization_config": {"quant_method": "awq", "bits": 4, "version": "gemm"}}, "AWQ 4-bit"),
+        ({"quantization_config": {"quant_method": "gptq", "bits": 8}}, "GPTQ 8-bit"),
+        (
+            {"quantization_config": {"quant_method": "quanto", "weights": "int4", "activations": None}},
+            "quanto int4 weights",
+        ),
+        ({"quantization_config": {"quant_method": "fp8", "activation_scheme": "dynamic"}}, "fp8"),
+    ],
+)
 def test_names_config_dicts(config, expected):
     assert quantization_of(config) == expected
 
 
-@pytest.mark.parametrize("config, modules", [
-    (saved("torchao_int8-weight-only"), ("torchao",)),
-    (saved("torchao_intx-int4-weight-only"), ("torchao",)),
-    (torchao("Int8DynamicActivationInt8WeightConfig"), ("torchao",)),
-    (saved("bitsandbytes_4bit-nf4"), ("bitsandbytes",)),
-    (saved("bitsandbytes_8bit"), ("bitsandbytes",)),
-    (saved("hqq_4bit-g32"), ("hqq",)),
-    ({"quantization_config": {"quant_method": "quanto", "weights": "int8"}}, ("optimum.quanto",)),
-    (saved("gptq-packed"), ("optimum", "auto_gptq")),
-    (saved("gptq-packed"), ("optimum", "gptqmodel")),
-    ({"model_type": "llama"}, ()),
-    ({"quantization_config": {"quant_method": "fp8"}}, ()),  # not tried here: left to transformers
-])
+@pytest.mark.parametrize(
+    "config, modules",
+    [
+        (saved("torchao_int8-weight-only"), ("torchao",)),
+        (saved("torchao_intx-int4-weight-only"), ("torchao",)),
+        (torchao("Int8DynamicActivationInt8WeightConfig"), ("torchao",)),
+        (saved("bitsandbytes_4bit-nf4"), ("bitsandbytes",)),
+        (saved("bitsandbytes_8bit"), ("bitsandbytes",)),
+        (saved("hqq_4bit-g32"), ("hqq",)),
+        ({"quantization_config": {"quant_method": "quanto", "weights": "int8"}}, ("optimum.quanto",)),
+        (saved("gptq-packed"), ("optimum", "auto_gptq")),
+        (saved("gptq-packed"), ("optimum", "gptqmodel")),
+        ({"model_type": "llama"}, ()),
+        ({"quantization_config": {"quant_method": "fp8"}}, ()),  # not tried here: left to transformers
+    ],
+)
 def test_cpu_backends_pass_when_installed(config, modules, installed, no_gpu):
     installed(*modules)
     check_quantized_checkpoint(config, "team/llama-q")
 
 
-@pytest.mark.parametrize("config, fix", [
-    (saved("torchao_int8-weight-only"), "pip install 'miniature[quantize]'"),
-    (saved("bitsandbytes_4bit-nf4"), "pip install 'bitsandbytes>=0.50'"),
-    (saved("hqq_4bit-g32"), "pip install hqq"),
-    ({"quantization_config": {"quant_method": "quanto", "weights": "int8"}}, "pip install optimum-quanto"),
-    (saved("gptq-packed"), "pip install 'optimum<2' auto-gptq"),
-])
+@pytest.mark.parametrize(
+    "config, fix",
+    [
+        (saved("torchao_int8-weight-only"), "pip install 'miniature[quantize]'"),
+        (saved("bitsandbytes_4bit-nf4"), "pip install 'bitsandbytes>=0.50'"),
+        (saved("hqq_4bit-g32"), "pip install hqq"),
+        ({"quantization_config": {"quant_method": "quanto", "weights": "int8"}}, "pip install optimum-quanto"),
+        (saved("gptq-packed"), "pip install 'optimum<2' auto-gptq"),
+    ],
+)
 def test_missing_package_is_one_line_with_the_install(config, fix, installed):
     installed()
     with pytest.raises(ModelReferenceError) as caught:
@@ -117,11 +143,14 @@ def test_gptq_needs_a_kernel_package_besides_optimum(installed):
         check_quantized_checkpoint(saved("gptq-packed"), "team/llama-gptq")
 
 
-@pytest.mark.parametrize("config", [
-    torchao("Int4WeightOnlyConfig", group_size=128),
-    torchao("Float8DynamicActivationFloat8WeightConfig"),
-    {"quantization_config": {"quant_method": "awq", "bits": 4, "version": "gemm"}},
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        torchao("Int4WeightOnlyConfig", group_size=128),
+        torchao("Float8DynamicActivationFloat8WeightConfig"),
+        {"quantization_config": {"quant_method": "awq", "bits": 4, "version": "gemm"}},
+    ],
+)
 def test_gpu_only_schemes_are_refused_without_a_gpu(config, installed, no_gpu):
     installed("torchao", "awq")
     with pytest.raises(ModelReferenceError) as caught:
@@ -133,6 +162,7 @@ def test_gpu_only_schemes_are_refused_without_a_gpu(config, installed, no_gpu):
 
 def test_gpu_only_schemes_pass_with_a_gpu(installed, monkeypatch):
     import torch
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     installed("torchao", "awq")
     check_quantized_checkpoint(torchao("Int4WeightOnlyConfig", group_size=128), "team/llama-int4")
@@ -149,6 +179,7 @@ def test_torchao_string_quant_type_is_refused(installed):
 def test_checks_import_nothing(monkeypatch):
     """The backends are found, not imported: a check costs no torchao/bitsandbytes import."""
     import sys
+
     for name in ("bitsandbytes", "hqq"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     for name in ("bitsandbytes_8bit", "hqq_4bit-g32"):
@@ -175,12 +206,20 @@ def test_torchao_folder_saved_by_transformers_loads_and_is_named(tmp_path):
     )
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    config = LlamaConfig(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     LlamaForCausalLM(config).eval().save_pretrained(tmp_path / "fp32")
     fp32 = AutoModelForCausalLM.from_pretrained(tmp_path / "fp32").eval()
-    quantized = AutoModelForCausalLM.from_pretrained(tmp_path / "fp32",
-                                                     quantization_config=TorchAoConfig(Int8WeightOnlyConfig()))
+    quantized = AutoModelForCausalLM.from_pretrained(
+        tmp_path / "fp32", quantization_config=TorchAoConfig(Int8WeightOnlyConfig())
+    )
     quantized.save_pretrained(tmp_path / "int8", safe_serialization=False)
 
     saved_config = json.loads((tmp_path / "int8" / "config.json").read_text())

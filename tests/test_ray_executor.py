@@ -19,8 +19,13 @@ from miniature.core.settings import make_settings
 from miniature.testing import figures_close as close
 from miniature.testing import gate_figures
 
-CHARACTERISTICS = ("prediction_errors", "data_representation", "data_distribution",
-                   "adversarial_vulnerability", "representation_similarity")
+CHARACTERISTICS = (
+    "prediction_errors",
+    "data_representation",
+    "data_distribution",
+    "adversarial_vulnerability",
+    "representation_similarity",
+)
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +36,13 @@ def ray_cluster():
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
     niceness = os.environ.get("RAY_worker_niceness")
     os.environ.setdefault("RAY_worker_niceness", "0")  # as the executor starts its own: not nice 15
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-             runtime_env={"env_vars": {"PYTHONPATH": path}})
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level="ERROR",
+        runtime_env={"env_vars": {"PYTHONPATH": path}},
+    )
     yield ray
     ray.shutdown()
     if niceness is None:  # leave the environment as found
@@ -40,9 +50,16 @@ def ray_cluster():
 
 
 def tiny_settings(models: Any, cache_dir: Path, **more: Any) -> opt.Settings:
-    values: dict[str, Any] = dict(reference=str(models["small"]), candidate=[str(models["distil"])],
-                                  attack_model=str(models["attacker"]), cache_dir=cache_dir,
-                                  data_limit=60, attack_size=32, bootstrap=100, seed=3)
+    values: dict[str, Any] = dict(
+        reference=str(models["small"]),
+        candidate=[str(models["distil"])],
+        attack_model=str(models["attacker"]),
+        cache_dir=cache_dir,
+        data_limit=60,
+        attack_size=32,
+        bootstrap=100,
+        seed=3,
+    )
     return make_settings(**{**values, **more})
 
 
@@ -61,8 +78,9 @@ def test_ray_gate_equals_the_in_process_gate(ray_cluster, tiny_models, tmp_path:
     remote = Gate(tiny_settings(tiny_models, tmp_path / "ray", executor="ray"))
     killed: list[int] = []
     stop = threading.Event()
-    killer = threading.Thread(target=kill_a_worker_mid_shard,
-                              args=(tmp_path / "ray" / "adversarial", killed, stop), daemon=True)
+    killer = threading.Thread(
+        target=kill_a_worker_mid_shard, args=(tmp_path / "ray" / "adversarial", killed, stop), daemon=True
+    )
     killer.start()
     try:
         remote_figures = gate_figures(remote, CHARACTERISTICS)
@@ -78,8 +96,11 @@ def test_ray_gate_equals_the_in_process_gate(ray_cluster, tiny_models, tmp_path:
     assert remote.cache.misses == 0, "the comparisons recomputed what the workers wrote"
 
     assert remote_figures.keys() == local_figures.keys()
-    moved = {k: (local_figures[k], remote_figures[k]) for k in local_figures
-             if not close(local_figures[k], remote_figures[k])}
+    moved = {
+        k: (local_figures[k], remote_figures[k])
+        for k in local_figures
+        if not close(local_figures[k], remote_figures[k])
+    }
     assert not moved, moved
     assert all("skipped" not in v for v in remote_figures.values()), remote_figures
     for name in local.names:  # the per-item outputs too, under the same cache keys
@@ -88,8 +109,7 @@ def test_ray_gate_equals_the_in_process_gate(ray_cluster, tiny_models, tmp_path:
             assert a.keys() == b.keys()
             for array in a:
                 np.testing.assert_allclose(a[array], b[array], rtol=1e-5, atol=1e-6)
-        assert outcomes_without_time(local.attack_outcomes(name)) == \
-            outcomes_without_time(remote.attack_outcomes(name))
+        assert outcomes_without_time(local.attack_outcomes(name)) == outcomes_without_time(remote.attack_outcomes(name))
     local_keys = sorted(p.name for p in (tmp_path / "local" / "outputs").iterdir())
     assert local_keys == sorted(p.name for p in (tmp_path / "ray" / "outputs").iterdir())
     assert not list((tmp_path / "ray" / "adversarial").glob("*.items-*.jsonl")), "shards not gathered"
@@ -101,13 +121,26 @@ def test_ray_qa_gate_equals_the_in_process_gate(ray_cluster, tiny_models, tmp_pa
     from miniature.core.gate import Gate
     from miniature.tools.testing import make_tiny_model
 
-    paths = [make_tiny_model(tmp_path / f"qa{seed}", tiny_models.tokenizer_dir, layers=2, hidden=32,
-                             heads=2, seed=seed, head="qa") for seed in (5, 6)]
+    paths = [
+        make_tiny_model(
+            tmp_path / f"qa{seed}", tiny_models.tokenizer_dir, layers=2, hidden=32, heads=2, seed=seed, head="qa"
+        )
+        for seed in (5, 6)
+    ]
 
     def qa_gate(folder: str, **more: Any) -> Any:
-        return Gate(make_settings(reference=str(paths[0]), candidate=[str(paths[1])], task="qa",
-                                  cache_dir=tmp_path / folder, data_limit=30, bootstrap=50,
-                                  max_length=64, **more))
+        return Gate(
+            make_settings(
+                reference=str(paths[0]),
+                candidate=[str(paths[1])],
+                task="qa",
+                cache_dir=tmp_path / folder,
+                data_limit=30,
+                bootstrap=50,
+                max_length=64,
+                **more,
+            )
+        )
 
     local = qa_gate("local")
     local_figures = gate_figures(local, CHARACTERISTICS)
@@ -117,8 +150,11 @@ def test_ray_qa_gate_equals_the_in_process_gate(ray_cluster, tiny_models, tmp_pa
     assert sum(label.startswith("answer the test questions") for label in labels) == 2, labels
     assert not any(label.startswith("attack") for label in labels), labels
     assert remote.cache.misses == 0
-    moved = {k: (local_figures[k], remote_figures[k]) for k in local_figures
-             if not close(local_figures[k], remote_figures[k])}
+    moved = {
+        k: (local_figures[k], remote_figures[k])
+        for k in local_figures
+        if not close(local_figures[k], remote_figures[k])
+    }
     assert remote_figures.keys() == local_figures.keys() and not moved, moved
     # the tiny QA heads err on every item, so prediction errors is skipped as carrying no
     # information; the answers the Ray jobs computed are the in-process ones, item by item
@@ -174,8 +210,9 @@ def test_a_worker_that_cannot_see_the_cache_is_one_line(ray_cluster, tmp_path: P
     from miniature.core import executors
     from miniature.errors import MiniatureError
 
-    monkeypatch.setattr(executors, "probe_cache", lambda root, token: {
-        "node": "node-b", "seen": False, "writable": False})
+    monkeypatch.setattr(
+        executors, "probe_cache", lambda root, token: {"node": "node-b", "seen": False, "writable": False}
+    )
     with pytest.raises(MiniatureError) as error:
         executors.check_shared_cache(ray_cluster, tmp_path)
     message = str(error.value)
@@ -212,12 +249,15 @@ def test_a_killed_shard_keeps_its_finished_items(tiny_models, tmp_path: Path) ->
     assert outcomes_without_time(whole) == outcomes_without_time(unsharded)
 
 
-@pytest.mark.parametrize(("changes", "expected"), [
-    ({"executor": "ray", "no_cache": True}, "--executor ray with --no-cache"),
-    ({"ray_address": "ray://x:10001"}, "--ray-address without --executor ray"),
-    ({"ray_workers": 2}, "--ray-workers without --executor ray"),
-    ({"executor": "ray", "ray_workers": 2, "ray_address": "ray://x:10001"}, "--ray-workers with --ray-address"),
-])
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"executor": "ray", "no_cache": True}, "--executor ray with --no-cache"),
+        ({"ray_address": "ray://x:10001"}, "--ray-address without --executor ray"),
+        ({"ray_workers": 2}, "--ray-workers without --executor ray"),
+        ({"executor": "ray", "ray_workers": 2, "ray_address": "ray://x:10001"}, "--ray-workers with --ray-address"),
+    ],
+)
 def test_executor_options_that_make_no_sense_together(changes: dict[str, Any], expected: str) -> None:
     with pytest.raises(ValueError, match=expected) as error:
         opt.check_combinations(make_settings(**changes).values)
@@ -229,9 +269,11 @@ def test_in_process_imports_no_ray(tiny_models, tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    code = ("import sys; from miniature.core.gate import Gate; from miniature.core.settings import make_settings; "
-            f"g = Gate(make_settings(reference={str(tiny_models['reference'])!r}, cache_dir={str(tmp_path)!r})); "
-            "print(g.prepare()['executor'], 'ray' in sys.modules)")
+    code = (
+        "import sys; from miniature.core.gate import Gate; from miniature.core.settings import make_settings; "
+        f"g = Gate(make_settings(reference={str(tiny_models['reference'])!r}, cache_dir={str(tmp_path)!r})); "
+        "print(g.prepare()['executor'], 'ray' in sys.modules)"
+    )
     env = {**os.environ, "PYTHONPATH": str(Path(miniature.__file__).resolve().parents[1])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.split() == ["inprocess", "False"], out.stdout + out.stderr
@@ -254,14 +296,14 @@ def test_the_plan_comes_from_the_registrations(tiny_models, tmp_path: Path) -> N
     from miniature.core.gate import Gate
     from miniature.core.registry import BUILTIN, Registry
 
-    own = Characteristic("norm_agreement", "norm agreement", lambda gate, pair, stage: None,
-                         encodes=("holdout",))
+    own = Characteristic("norm_agreement", "norm agreement", lambda gate, pair, stage: None, encodes=("holdout",))
     gate = Gate(tiny_settings(tiny_models, tmp_path), registry=Registry((*BUILTIN, own)))
     models = set(gate.names)
     encodings = lambda jobs: {(job.models[0], job.role) for job in jobs if job.kind == "encode"}  # noqa: E731
     assert encodings(plan(gate, ["norm_agreement"])) == {(m, "holdout") for m in models}
     assert encodings(plan(gate, ["data_distribution"])) == {
-        (m, role) for m in models for role in ("train", "holdout", "challenge")}
+        (m, role) for m in models for role in ("train", "holdout", "challenge")
+    }
     attack = plan(gate, ["adversarial_vulnerability"], workers=2)
     assert attack and all(job.kind == "attack" for job in attack)
     assert [(job.start, job.stop) for job in attack] == sorted((job.start, job.stop) for job in attack)

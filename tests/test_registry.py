@@ -45,19 +45,28 @@ def pytest_miniature_characteristics(config):
 
 def test_builtin_registry_is_the_paper_four_and_similarity() -> None:
     names = [c.name for c in BUILTIN]
-    assert names == ["prediction_errors", "data_representation", "data_distribution",
-                     "adversarial_vulnerability", "representation_similarity", "token_distribution"]
+    assert names == [
+        "prediction_errors",
+        "data_representation",
+        "data_distribution",
+        "adversarial_vulnerability",
+        "representation_similarity",
+        "token_distribution",
+    ]
     # every built-in has its threshold option, generated from the registry
     assert {c.threshold_flag for c in BUILTIN} <= set(opt.BY_FLAG)
     for characteristic in BUILTIN:
         assert callable(characteristic.compare_function)
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    (dict(name="Bad Name"), "lower_case_with_underscores"),
-    (dict(needs=frozenset({"gpu"})), "needs unknown"),
-    (dict(default_threshold=1.5), "default_threshold must be in"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(name="Bad Name"), "lower_case_with_underscores"),
+        (dict(needs=frozenset({"gpu"})), "needs unknown"),
+        (dict(default_threshold=1.5), "default_threshold must be in"),
+    ],
+)
 def test_a_bad_characteristic_is_refused(kwargs, message) -> None:
     values = dict(name="mine", title="mine", compare=lambda gate, pair, stage: None)
     values.update(kwargs)
@@ -77,9 +86,16 @@ def test_a_name_is_registered_once() -> None:
 def test_a_conftest_characteristic_gates_the_run_and_is_reported(gate_checks: pytest.Pytester, tiny_models) -> None:
     gate_checks.makeconftest(CONFTEST)
     where = gate_checks.path
-    args = [f"--reference={tiny_models['reference']}", f"--candidate={tiny_models['reference']}",
-            f"--cache-dir={where / 'cache'}", f"--report-dir={where / 'reports'}", "--data-limit=60",
-            "--bootstrap=20", "-k", "norm or representation"]
+    args = [
+        f"--reference={tiny_models['reference']}",
+        f"--candidate={tiny_models['reference']}",
+        f"--cache-dir={where / 'cache'}",
+        f"--report-dir={where / 'reports'}",
+        "--data-limit=60",
+        "--bootstrap=20",
+        "-k",
+        "norm or representation",
+    ]
     result = gate_checks.runpytest(*args)
     result.assert_outcomes(passed=3)  # norm agreement, kNN representation, CKA: the model against itself
     result.stdout.fnmatch_lines(["*miniature summary*", "pair*norm agreement*", "reference vs reference#2*PASS 1*"])
@@ -90,8 +106,10 @@ def test_a_conftest_characteristic_gates_the_run_and_is_reported(gate_checks: py
     assert "norm agreement" in page and 'data-characteristic="norm_agreement"' in page
 
     # its threshold is set like any other, and a failure names its fix
-    small = [a.replace(str(tiny_models["reference"]), str(tiny_models["small"])) if a.startswith("--candidate")
-             else a for a in args]
+    small = [
+        a.replace(str(tiny_models["reference"]), str(tiny_models["small"])) if a.startswith("--candidate") else a
+        for a in args
+    ]
     failed = gate_checks.runpytest(*small, "--threshold", "norm_agreement=1", "-k", "norm")
     failed.assert_outcomes(failed=1, deselected=5)
     failed.stdout.fnmatch_lines(["*< threshold 1*", "  fix: the candidate's long vectors are other items'"])
@@ -123,23 +141,36 @@ def pytest_miniature_characteristics(config):
 
 
 def test_a_characteristic_that_returns_a_measurement_is_gated_like_a_built_in_one(
-        gate_checks: pytest.Pytester, tiny_models) -> None:
+    gate_checks: pytest.Pytester, tiny_models
+) -> None:
     gate_checks.makeconftest(MEASURING_CONFTEST)
     where = gate_checks.path
-    args = [f"--reference={tiny_models['reference']}", f"--cache-dir={where / 'cache'}",
-            f"--report-dir={where / 'reports'}", "--data-limit=60", "--bootstrap=20", "-k", "norm"]
+    args = [
+        f"--reference={tiny_models['reference']}",
+        f"--cache-dir={where / 'cache'}",
+        f"--report-dir={where / 'reports'}",
+        "--data-limit=60",
+        "--bootstrap=20",
+        "-k",
+        "norm",
+    ]
     same = gate_checks.runpytest(*args, f"--candidate={tiny_models['reference']}")
     same.assert_outcomes(passed=1, deselected=5)  # the model against itself: Jaccard 1 reaches 1
     below = gate_checks.runpytest(*args, f"--candidate={tiny_models['small']}")
     below.assert_outcomes(failed=1, deselected=5)  # below its default threshold: the run fails
-    below.stdout.fnmatch_lines(["*norm agreement: long-vector Jaccard*< threshold 1*",
-                                "  fix: the candidate's long vectors are other items'"])
-    result = next(r for r in json.loads((where / "reports" / "latest.json").read_text())["results"]
-                  if r["characteristic"] == "norm_agreement")
+    below.stdout.fnmatch_lines(
+        ["*norm agreement: long-vector Jaccard*< threshold 1*", "  fix: the candidate's long vectors are other items'"]
+    )
+    result = next(
+        r
+        for r in json.loads((where / "reports" / "latest.json").read_text())["results"]
+        if r["characteristic"] == "norm_agreement"
+    )
     assert (result["threshold"], result["threshold_on"], result["gating"]) == (1.0, "raw", True)
     assert result["figure"] < 1.0 and result["status"] == "computed"
-    with_flag = gate_checks.runpytest(*args, f"--candidate={tiny_models['small']}", "--threshold",
-                                      f"norm_agreement={result['figure']}")
+    with_flag = gate_checks.runpytest(
+        *args, f"--candidate={tiny_models['small']}", "--threshold", f"norm_agreement={result['figure']}"
+    )
     with_flag.assert_outcomes(passed=1, deselected=5)  # the command line's threshold is applied to it too
 
 
@@ -160,10 +191,17 @@ def test_the_fifth_characteristic_lives_in_one_module_and_one_registration() -> 
     import re
 
     marks = re.compile(r"representation_similarity|characteristics\.similarity|\.similarity:|\bcka", re.I)
-    naming = sorted(str(path.relative_to(root)) for path in root.rglob("*")
-                    if path.is_file() and path.suffix in {".py", ".html", ".j2", ".css", ".js", ".toml"}
-                    and marks.search(path.read_text(encoding="utf-8")))
+    naming = sorted(
+        str(path.relative_to(root))
+        for path in root.rglob("*")
+        if path.is_file()
+        and path.suffix in {".py", ".html", ".j2", ".css", ".js", ".toml"}
+        and marks.search(path.read_text(encoding="utf-8"))
+    )
     assert naming == ["core/characteristics/similarity.py", "core/registry.py"], naming
-    registration = [line for line in (root / "core" / "registry.py").read_text().splitlines()
-                    if ("similarity" in line.lower() or re.search(r"\bcka", line, re.I)) and not line.startswith("#")]
+    registration = [
+        line
+        for line in (root / "core" / "registry.py").read_text().splitlines()
+        if ("similarity" in line.lower() or re.search(r"\bcka", line, re.I)) and not line.startswith("#")
+    ]
     assert registration and all(line.startswith(" ") for line in registration)  # inside one BUILTIN entry

@@ -22,8 +22,14 @@ from miniature.core.characteristics.base import ComparisonResult, format_number
 from miniature.plugin.html_columns import result_cells
 from miniature.reports.page import evidence_html, render_summary_page
 from miniature.core.settings import make_settings
-from miniature.reports.payload import (ReportError, change_lines, compare_results, load_report, report_payload,
-                              summary_table)
+from miniature.reports.payload import (
+    ReportError,
+    change_lines,
+    compare_results,
+    load_report,
+    report_payload,
+    summary_table,
+)
 from miniature.reports.write import write_reports
 
 SCRIPT = "<script>alert(1)</script>"
@@ -35,16 +41,41 @@ VOID = {"br", "img", "meta", "link", "hr", "input", "wbr", "col", "source"}
 
 
 # -- hand-made results -----------------------------------------------------------------------
-def _result(characteristic: str, reference: str, candidate: str, figure: float, *, gating: bool = True,
-            stage: str | None = None, **extra: Any) -> ComparisonResult:
-    names = {"prediction_errors": "error-set Jaccard", "data_representation": "kNN Jaccard",
-             "data_distribution": "OOD-set Jaccard", "adversarial_vulnerability": "broken-set Jaccard"}
-    defaults: dict[str, Any] = dict(threshold=0.5, chance=round(figure / 7, 4), ci_low=round(figure - 0.031, 4),
-                                    ci_high=round(figure + 0.029, 4), corrected=figure / 2, n=200)
+def _result(
+    characteristic: str,
+    reference: str,
+    candidate: str,
+    figure: float,
+    *,
+    gating: bool = True,
+    stage: str | None = None,
+    **extra: Any,
+) -> ComparisonResult:
+    names = {
+        "prediction_errors": "error-set Jaccard",
+        "data_representation": "kNN Jaccard",
+        "data_distribution": "OOD-set Jaccard",
+        "adversarial_vulnerability": "broken-set Jaccard",
+    }
+    defaults: dict[str, Any] = dict(
+        threshold=0.5,
+        chance=round(figure / 7, 4),
+        ci_low=round(figure - 0.031, 4),
+        ci_high=round(figure + 0.029, 4),
+        corrected=figure / 2,
+        n=200,
+    )
     defaults.update(extra)
-    return ComparisonResult(characteristic=characteristic, reference=reference, candidate=candidate,
-                            figure_name=names[characteristic], figure=figure, gating=gating, stage=stage,
-                            **defaults)
+    return ComparisonResult(
+        characteristic=characteristic,
+        reference=reference,
+        candidate=candidate,
+        figure_name=names[characteristic],
+        figure=figure,
+        gating=gating,
+        stage=stage,
+        **defaults,
+    )
 
 
 #: per model: (items it gets wrong, items the attack breaks) of 20 attacked items
@@ -54,9 +85,17 @@ ATTACKS = {"bert-large": (2, 6), "distilbert": (3, 8), "tinybert": (4, 11)}
 def attack_outcomes(model: str) -> list[dict[str, Any]]:
     """Outcomes shaped as attack_model_outcomes returns them."""
     wrong, broken = ATTACKS[model]
-    return [{"result": "skipped" if i < wrong else "successful" if i < wrong + broken else "failed",
-             "label": i % 2, "original_text": f"review {i} {HOSTILE}", "perturbed_text": f"revue {i} {SCRIPT}",
-             "words_changed": 1, "queries": 5} for i in range(20)]
+    return [
+        {
+            "result": "skipped" if i < wrong else "successful" if i < wrong + broken else "failed",
+            "label": i % 2,
+            "original_text": f"review {i} {HOSTILE}",
+            "perturbed_text": f"revue {i} {SCRIPT}",
+            "words_changed": 1,
+            "queries": 5,
+        }
+        for i in range(20)
+    ]
 
 
 def sample_results() -> list[ComparisonResult]:
@@ -67,30 +106,82 @@ def sample_results() -> list[ComparisonResult]:
     results = []
     for i, (ref, cand, gating) in enumerate(pairs):
         base = 0.1 * i
-        results.append(_result("prediction_errors", ref, cand, 0.611 - base, gating=gating, evidence=[
-            {"index": 3, "kind": "negative flip", "text": HOSTILE},
-            {"index": 8, "kind": "positive flip", "text": "plain text"}]))
+        results.append(
+            _result(
+                "prediction_errors",
+                ref,
+                cand,
+                0.611 - base,
+                gating=gating,
+                evidence=[
+                    {"index": 3, "kind": "negative flip", "text": HOSTILE},
+                    {"index": 8, "kind": "positive flip", "text": "plain text"},
+                ],
+            )
+        )
         for stage, offset in (("before fine-tuning", 0.0), ("after fine-tuning", 0.05)):
-            results.append(_result(
-                "data_representation", ref, cand, 0.523 - base - offset, gating=gating, stage=stage, k=10,
-                details={"variance": 0.0371 + i / 1000, "mean": 0.523 - base - offset},
-                sweep={"1": 0.3 - base, "5": 0.45 - base, "10": 0.523 - base - offset, "50": 0.6 - base},
-                evidence=[{"index": 1, "text": HOSTILE, "jaccard": 0.0, "reference_neighbours": [2, 3],
-                           "candidate_neighbours": [3, 4],
-                           "reference_neighbour_texts": ["same", SCRIPT], "candidate_neighbour_texts": ["same", "x"]}]))
-        results.append(_result("data_distribution", ref, cand, 0.287 + base, gating=gating, k=10,
-                               sweep={"1": 0.2, "5": 0.25 + base, "10": 0.287 + base},
-                               evidence=[{"index": 4, "kind": "OOD for reference only", "text": HOSTILE,
-                                          "reference_score": 1.2, "candidate_score": 0.4}]))
-        results.append(compare_adversarial(attack_outcomes(ref), attack_outcomes(cand), reference=ref,
-                                           candidate=cand, threshold=0.5, drop_tolerance=20.0, gating=gating,
-                                           n_bootstrap=50, seed=0))
+            results.append(
+                _result(
+                    "data_representation",
+                    ref,
+                    cand,
+                    0.523 - base - offset,
+                    gating=gating,
+                    stage=stage,
+                    k=10,
+                    details={"variance": 0.0371 + i / 1000, "mean": 0.523 - base - offset},
+                    sweep={"1": 0.3 - base, "5": 0.45 - base, "10": 0.523 - base - offset, "50": 0.6 - base},
+                    evidence=[
+                        {
+                            "index": 1,
+                            "text": HOSTILE,
+                            "jaccard": 0.0,
+                            "reference_neighbours": [2, 3],
+                            "candidate_neighbours": [3, 4],
+                            "reference_neighbour_texts": ["same", SCRIPT],
+                            "candidate_neighbour_texts": ["same", "x"],
+                        }
+                    ],
+                )
+            )
+        results.append(
+            _result(
+                "data_distribution",
+                ref,
+                cand,
+                0.287 + base,
+                gating=gating,
+                k=10,
+                sweep={"1": 0.2, "5": 0.25 + base, "10": 0.287 + base},
+                evidence=[
+                    {
+                        "index": 4,
+                        "kind": "OOD for reference only",
+                        "text": HOSTILE,
+                        "reference_score": 1.2,
+                        "candidate_score": 0.4,
+                    }
+                ],
+            )
+        )
+        results.append(
+            compare_adversarial(
+                attack_outcomes(ref),
+                attack_outcomes(cand),
+                reference=ref,
+                candidate=cand,
+                threshold=0.5,
+                drop_tolerance=20.0,
+                gating=gating,
+                n_bootstrap=50,
+                seed=0,
+            )
+        )
     return results
 
 
 def sample_settings(**overrides: Any) -> opt.Settings:
-    values = dict(reference="bert-large", candidate=["distilbert", "tinybert"],
-                  test_data=f"data/{SCRIPT}.jsonl")
+    values = dict(reference="bert-large", candidate=["distilbert", "tinybert"], test_data=f"data/{SCRIPT}.jsonl")
     values.update(overrides)
     return make_settings(**values)
 
@@ -188,10 +279,16 @@ def test_summary_page_parses_and_shows_every_figure_in_table_2_shape() -> None:
     assert "Gate FAILED" in body and "variance" in body and "0.038" in body  # representation variance column
     # rows in the paper's order: reference pairs first, M_i shown once per group
     rows = [r for r in page.rows if r.get("class") == "pair"]
-    assert [r["data-pair"] for r in rows] == ["bert-large vs distilbert", "bert-large vs tinybert",
-                                              "distilbert vs tinybert"]
-    assert [r["text"].split()[:2] for r in rows] == [["bert-large", "distilbert"], ["tinybert", "0.511"],
-                                                     ["distilbert", "tinybert"]]
+    assert [r["data-pair"] for r in rows] == [
+        "bert-large vs distilbert",
+        "bert-large vs tinybert",
+        "distilbert vs tinybert",
+    ]
+    assert [r["text"].split()[:2] for r in rows] == [
+        ["bert-large", "distilbert"],
+        ["tinybert", "0.511"],
+        ["distilbert", "tinybert"],
+    ]
 
 
 @pytest.mark.slow
@@ -205,8 +302,14 @@ def test_summary_page_has_table_3_figure_1_and_run_metadata() -> None:
 
     for i, (model, text) in enumerate(targets.items()):
         f = attack_figures(attack_outcomes(model))
-        expected = [format_number(f["original_accuracy"]), format_number(f["accuracy_after_attack"]), format_number(f["absolute_change"]),
-                    f"{f['percent_change']:.1f}", format_number(f["attack_success_rate"]), "20"]
+        expected = [
+            format_number(f["original_accuracy"]),
+            format_number(f["accuracy_after_attack"]),
+            format_number(f["absolute_change"]),
+            f"{f['percent_change']:.1f}",
+            format_number(f["attack_success_rate"]),
+            "20",
+        ]
         assert text == " ".join((["bert-base"] if i == 0 else []) + [model] + expected)
     assert targets["tinybert"] == "tinybert 0.8 0.25 0.55 68.8 0.688 20"  # 16 right, 11 broken
     pngs = [src for src in page.images if src.startswith("data:image/png;base64,")]
@@ -219,8 +322,15 @@ def test_summary_page_has_table_3_figure_1_and_run_metadata() -> None:
         pixels = matplotlib.image.imread(__import__("io").BytesIO(raw), format="png")
         assert pixels.shape[0] > 200 and pixels.shape[1] > 300 and pixels.std() > 0.05
     body = " ".join(page.text)
-    for expected in ("took 12.5 s", "bert-large", "built-in synthetic sentiment data", "miniature-x.json",
-                     "pytest", "(a) Data representation agreement", "(c) Data distribution agreement"):
+    for expected in (
+        "took 12.5 s",
+        "bert-large",
+        "built-in synthetic sentiment data",
+        "miniature-x.json",
+        "pytest",
+        "(a) Data representation agreement",
+        "(c) Data distribution agreement",
+    ):
         assert expected in body, expected
 
 
@@ -254,20 +364,45 @@ def test_model_names_and_settings_are_escaped_in_page_cells_and_extras() -> None
 
     reference, candidate = f"ref {HOSTILE_NAME}", HOSTILE_NAME
     results = [
-        _result("prediction_errors", reference, candidate, 0.2, evidence=[{"index": 1, "text": HOSTILE}],
-                conditions=[{"name": HOSTILE_NAME, "value": 3.0, "limit": 1.0, "passed": False}],
-                details={"note": HOSTILE_NAME, HOSTILE_NAME: [HOSTILE_NAME]}),
-        _result("data_representation", reference, candidate, 0.6, stage="before fine-tuning", k=10,
-                sweep={"1": 0.3, "10": 0.6}, details={"variance": 0.01}),
-        compare_adversarial(attack_outcomes("bert-large"), attack_outcomes("tinybert"), reference=reference,
-                            candidate=candidate, threshold=0.5, drop_tolerance=20.0, n_bootstrap=10, seed=0),
+        _result(
+            "prediction_errors",
+            reference,
+            candidate,
+            0.2,
+            evidence=[{"index": 1, "text": HOSTILE}],
+            conditions=[{"name": HOSTILE_NAME, "value": 3.0, "limit": 1.0, "passed": False}],
+            details={"note": HOSTILE_NAME, HOSTILE_NAME: [HOSTILE_NAME]},
+        ),
+        _result(
+            "data_representation",
+            reference,
+            candidate,
+            0.6,
+            stage="before fine-tuning",
+            k=10,
+            sweep={"1": 0.3, "10": 0.6},
+            details={"variance": 0.01},
+        ),
+        compare_adversarial(
+            attack_outcomes("bert-large"),
+            attack_outcomes("tinybert"),
+            reference=reference,
+            candidate=candidate,
+            threshold=0.5,
+            drop_tolerance=20.0,
+            n_bootstrap=10,
+            seed=0,
+        ),
     ]
     settings = sample_settings(attack_model=HOSTILE_NAME, train_data=f"data/{HOSTILE_NAME}.jsonl")
     payload = json.loads(json.dumps(report_payload(results, settings), default=str))
     payload["models"] = {"reference": reference, "candidates": [candidate], "order": [reference, candidate]}
     payload["settings"]["candidate"] = [HOSTILE_NAME]
-    previous = {"results": [_result("prediction_errors", reference, candidate, 0.9)], "path": HOSTILE_NAME,
-                "created": HOSTILE_NAME}
+    previous = {
+        "results": [_result("prediction_errors", reference, candidate, 0.9)],
+        "path": HOSTILE_NAME,
+        "created": HOSTILE_NAME,
+    }
     text = render_summary_page(payload, previous=previous, json_name=f"{HOSTILE_NAME}.json")
     assert_escaped(text)
     assert '"onerror=' not in text and "' onmouseover=" not in text
@@ -297,8 +432,11 @@ def test_pytest_html_cells_carry_verdict_figure_threshold_ci_and_chance() -> Non
 @pytest.mark.slow
 def test_json_round_trips_and_reports_are_never_overwritten(tmp_path: Path) -> None:
     results = sample_results()
-    results.append(_result("adversarial_vulnerability", "bert-large", "other", math.nan, chance=None,
-                           ci_low=None, ci_high=None, n=0))
+    results.append(
+        _result(
+            "adversarial_vulnerability", "bert-large", "other", math.nan, chance=None, ci_low=None, ci_high=None, n=0
+        )
+    )
     settings = sample_settings()
     first = write_reports(results, settings, tmp_path, duration_s=3.0)
     second = write_reports(results, settings, tmp_path, duration_s=3.0)
@@ -332,25 +470,32 @@ def test_compare_results_marks_figure_and_verdict_changes() -> None:
     assert lines[0] == f"changes since old.json (2 of {len(changes)} checks):"
     assert "  bert-large vs distilbert, prediction errors: PASS 0.611 -> FAIL 0.2 (-0.411)  << verdict changed" in lines
     gone = previous[-1]
-    assert lines[2] == (f"  distilbert vs tinybert, adversarial vulnerability: {gone.verdict} {format_number(gone.figure)} "
-                        "-> absent  << not run this time")
+    assert lines[2] == (
+        f"  distilbert vs tinybert, adversarial vulnerability: {gone.verdict} {format_number(gone.figure)} "
+        "-> absent  << not run this time"
+    )
     assert change_lines(compare_results(previous, previous), "old.json")[0].startswith("no change since old.json")
     payload = json.loads(json.dumps(report_payload(current, sample_settings()), default=str))
-    page = parse_page(render_summary_page(payload, previous={"results": previous, "path": "old.json",
-                                                             "created": "yesterday"}))
+    page = parse_page(
+        render_summary_page(payload, previous={"results": previous, "path": "old.json", "created": "yesterday"})
+    )
     flagged = [r for r in page.rows if r.get("class") == "verdict-changed"]
     assert [r["data-characteristic"] for r in flagged] == ["prediction_errors", "adversarial_vulnerability"]
     assert flagged[0]["text"] == "bert-large vs distilbert prediction errors 0.611 0.2 -0.411 PASS → FAIL"
 
 
-@pytest.mark.parametrize(("content", "expected"), [
-    (None, "no such file"),
-    ("{not json", "not valid JSON"),
-    ('{"results": 3}', "not a miniature JSON report"),
-    ('{"results": [{"figure": 1.0}]}', "result 0 is incomplete"),
-])
-def test_unusable_compare_to_file_is_a_usage_error_naming_it(pytester: pytest.Pytester, content: str | None,
-                                                             expected: str) -> None:
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "no such file"),
+        ("{not json", "not valid JSON"),
+        ('{"results": 3}', "not a miniature JSON report"),
+        ('{"results": [{"figure": 1.0}]}', "result 0 is incomplete"),
+    ],
+)
+def test_unusable_compare_to_file_is_a_usage_error_naming_it(
+    pytester: pytest.Pytester, content: str | None, expected: str
+) -> None:
     path = pytester.path / "previous-run.json"
     if content is not None:
         path.write_text(content)
@@ -377,15 +522,40 @@ def test_page_renders_in_headless_chromium_without_console_errors(tmp_path: Path
     if not Path(CHROMIUM).exists():
         pytest.skip(f"chromium not installed ({CHROMIUM} missing); install it with `apt-get install chromium`")
     previous = sample_results()
-    previous[1] = _result("data_representation", "bert-large", "distilbert", 0.41, stage="before fine-tuning",
-                          k=10, details={"variance": 0.04})
-    paths = write_reports(sample_results(), sample_settings(), tmp_path / "reports", duration_s=42.0,
-                          previous={"results": previous, "path": "reports/old.json", "created": "2024-01-01"})
+    previous[1] = _result(
+        "data_representation",
+        "bert-large",
+        "distilbert",
+        0.41,
+        stage="before fine-tuning",
+        k=10,
+        details={"variance": 0.04},
+    )
+    paths = write_reports(
+        sample_results(),
+        sample_settings(),
+        tmp_path / "reports",
+        duration_s=42.0,
+        previous={"results": previous, "path": "reports/old.json", "created": "2024-01-01"},
+    )
     screenshot = tmp_path / "page.png"
-    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-               f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={screenshot}", "--window-size=1280,1800",
-               "--enable-logging=stderr", "--v=0", paths.latest_page.resolve().as_uri()]
+    command = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--screenshot={screenshot}",
+        "--window-size=1280,1800",
+        "--enable-logging=stderr",
+        "--v=0",
+        paths.latest_page.resolve().as_uri(),
+    ]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=45)
     except subprocess.TimeoutExpired:
@@ -408,8 +578,10 @@ def _hostile_test_data(path: Path, n: int = 60) -> Path:
     from miniature.core.data import builtin_sentiment_data, write_jsonl
 
     test = builtin_sentiment_data(seed=0, scale=0.2).test
-    rows = [{"text": f"{text} {HOSTILE}" if i % 2 == 0 else text, "label": label}
-            for i, (text, label) in enumerate(zip(test.texts[:n], test.labels or []))]
+    rows = [
+        {"text": f"{text} {HOSTILE}" if i % 2 == 0 else text, "label": label}
+        for i, (text, label) in enumerate(zip(test.texts[:n], test.labels or []))
+    ]
     write_jsonl(path, rows)
     return path
 
@@ -436,20 +608,39 @@ def test_xdist_gate_run_writes_one_page_json_and_html_report(gate_checks: pytest
     reports = gate_checks.path / "reports"
     html_report = gate_checks.path / "report.html"
     result = gate_checks.runpytest_subprocess(
-        "-n", "2", f"--reference={tiny_models['reference']}", f"--candidate={tiny_models['small']}",
-        f"--test-data={data}", f"--cache-dir={gate_checks.path / 'cache'}", f"--report-dir={reports}",
-        "--bootstrap=20", "--data-limit=50", "--k-sweep=1,5,10,20", f"--html={html_report}", "--self-contained-html",
-        "-k", "not adversarial", timeout=240)  # the attack's import alone takes ~15 s; Table 3 is unit-tested
+        "-n",
+        "2",
+        f"--reference={tiny_models['reference']}",
+        f"--candidate={tiny_models['small']}",
+        f"--test-data={data}",
+        f"--cache-dir={gate_checks.path / 'cache'}",
+        f"--report-dir={reports}",
+        "--bootstrap=20",
+        "--data-limit=50",
+        "--k-sweep=1,5,10,20",
+        f"--html={html_report}",
+        "--self-contained-html",
+        "-k",
+        "not adversarial",
+        timeout=240,
+    )  # the attack's import alone takes ~15 s; Table 3 is unit-tested
     out = result.stdout.str()
     assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), out[-3000:]
     # only the controller wrote: one timestamped JSON and page, plus the latest copies
     [json_path] = reports.glob("miniature-*.json")
     [page_path] = reports.glob("summary-*.html")
     assert sorted(p.name for p in reports.iterdir()) == sorted(
-        [json_path.name, "latest.json", page_path.name, "summary.html"])
-    result.stdout.fnmatch_lines(["*miniature summary*", "reference vs small*", "threshold*>= 0.5*",
-                                 f"miniature report: {page_path} (latest: {reports / 'summary.html'})",
-                                 "miniature JSON:*latest.json)"])
+        [json_path.name, "latest.json", page_path.name, "summary.html"]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*miniature summary*",
+            "reference vs small*",
+            "threshold*>= 0.5*",
+            f"miniature report: {page_path} (latest: {reports / 'summary.html'})",
+            "miniature JSON:*latest.json)",
+        ]
+    )
     payload = json.loads((reports / "latest.json").read_text())
     results = [ComparisonResult(**d) for d in payload["results"]]
     assert {r.characteristic for r in results} >= {"data_representation", "data_distribution"}
@@ -480,9 +671,17 @@ def test_xdist_gate_run_writes_one_page_json_and_html_report(gate_checks: pytest
 @pytest.mark.slow
 def test_compare_to_shows_what_changed(gate_checks: pytest.Pytester, tiny_models) -> None:
     reports = gate_checks.path / "reports"
-    common = [f"--reference={tiny_models['reference']}", f"--candidate={tiny_models['small']}",
-              f"--cache-dir={gate_checks.path / 'cache'}", f"--report-dir={reports}", "--bootstrap=0",
-              "--data-limit=60", "--k-sweep=5", "-k", "data_representation"]
+    common = [
+        f"--reference={tiny_models['reference']}",
+        f"--candidate={tiny_models['small']}",
+        f"--cache-dir={gate_checks.path / 'cache'}",
+        f"--report-dir={reports}",
+        "--bootstrap=0",
+        "--data-limit=60",
+        "--k-sweep=5",
+        "-k",
+        "data_representation",
+    ]
     first = gate_checks.runpytest(*common, "--k=5", "--threshold-representation=0")
     first.assert_outcomes(passed=1, deselected=4)
     previous = next(reports.glob("miniature-*.json"))
@@ -491,20 +690,31 @@ def test_compare_to_shows_what_changed(gate_checks: pytest.Pytester, tiny_models
     before = json.loads(previous.read_text())["results"][0]["figure"]
     after = json.loads((reports / "latest.json").read_text())["results"][0]["figure"]
     assert before != after
-    second.stdout.fnmatch_lines([
-        f"changes since {previous} (1 of 1 checks):",
-        f"  reference vs small, data representation: PASS {format_number(before)} -> FAIL {format_number(after)} (*)  << verdict changed",
-    ])
+    second.stdout.fnmatch_lines(
+        [
+            f"changes since {previous} (1 of 1 checks):",
+            f"  reference vs small, data representation: PASS {format_number(before)} -> FAIL {format_number(after)} (*)  << verdict changed",
+        ]
+    )
     page = parse_page((reports / "summary.html").read_text())
     [row] = [r for r in page.rows if r.get("class") == "verdict-changed"]
-    assert row["text"].startswith(f"reference vs small data representation {format_number(before)} {format_number(after)}")
+    assert row["text"].startswith(
+        f"reference vs small data representation {format_number(before)} {format_number(after)}"
+    )
     assert row["text"].endswith("PASS → FAIL")
     assert str(previous) in " ".join(page.text)
 
 
 def test_the_report_records_the_executor_and_its_workers(tmp_path: Path) -> None:
-    execution = {"executor": "ray", "workers": 2, "address": "local", "jobs": 12, "seconds": 3.5,
-                 "worker_processes": 2, "errors": []}
+    execution = {
+        "executor": "ray",
+        "workers": 2,
+        "address": "local",
+        "jobs": 12,
+        "seconds": 3.5,
+        "worker_processes": 2,
+        "errors": [],
+    }
     paths = write_reports(sample_results(), sample_settings(), tmp_path, duration_s=1.0, execution=execution)
     payload = json.loads(paths.json.read_text())
     assert payload["execution"] == execution

@@ -125,8 +125,16 @@ def test_compare_representation_fields():
     candidate = reference[:, :4] + 0.4 * rng.normal(size=(60, 4)).astype(np.float32)
     texts = [f"item {i}" for i in range(60)]
     result = compare_representation(
-        reference, candidate, reference="large", candidate="small", k=5, ks=(1, 5, 10, 60),
-        stage="after fine-tuning", n_bootstrap=200, item_texts=texts, max_evidence=4,
+        reference,
+        candidate,
+        reference="large",
+        candidate="small",
+        k=5,
+        ks=(1, 5, 10, 60),
+        stage="after fine-tuning",
+        n_bootstrap=200,
+        item_texts=texts,
+        max_evidence=4,
     )
     per_item = knn_jaccard(reference, candidate, 5)
     assert isinstance(result, ComparisonResult)

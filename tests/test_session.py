@@ -12,7 +12,8 @@ from miniature.plugin import SESSION_PLUGIN, session_of
 
 
 def test_the_session_is_registered_for_the_run_and_gone_after_it(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(test_inner="""
+    pytester.makepyfile(
+        test_inner="""
         from miniature.plugin import SESSION_PLUGIN, session_of
         from miniature.plugin.session import MiniatureSession
 
@@ -21,7 +22,8 @@ def test_the_session_is_registered_for_the_run_and_gone_after_it(pytester: pytes
             assert isinstance(session, MiniatureSession)
             assert request.config.pluginmanager.get_plugin(SESSION_PLUGIN) is session
             assert session.settings.reference is None and session.results == []
-    """)
+    """
+    )
     recorded = pytester.inline_run()
     recorded.assertoutcome(passed=1)
     config = recorded.getcall("pytest_unconfigure").config
@@ -60,33 +62,46 @@ def _layout(root: Path, files: dict[str, str]) -> None:
 
 LAYOUTS = {
     "pyproject with ini_options above the path": (
-        {"pyproject.toml": "[tool.pytest.ini_options]\nx = 1\n", "sub/t.py": ""}, ["sub"]),
+        {"pyproject.toml": "[tool.pytest.ini_options]\nx = 1\n", "sub/t.py": ""},
+        ["sub"],
+    ),
     "pyproject with no pytest table, tox.ini without [pytest], setup.cfg with [tool:pytest]": (
-        {"pyproject.toml": "[project]\nname = 'p'\n", "sub/tox.ini": "[tox]\n", "sub/setup.cfg": "[tool:pytest]\n",
-         "sub/deep/t.py": ""}, ["sub/deep"]),
+        {
+            "pyproject.toml": "[project]\nname = 'p'\n",
+            "sub/tox.ini": "[tox]\n",
+            "sub/setup.cfg": "[tool:pytest]\n",
+            "sub/deep/t.py": "",
+        },
+        ["sub/deep"],
+    ),
     "pytest.ini beats pyproject.toml in the same folder": (
-        {"pytest.ini": "[pytest]\n", "pyproject.toml": "[tool.pytest.ini_options]\n"}, []),
-    "two paths, the settings in one of them only": (
-        {"a/pytest.ini": "[pytest]\n", "b/t.py": ""}, ["a", "b"]),
-    "no settings, setup.py above the path": (
-        {"sub/setup.py": "", "sub/deep/t.py": ""}, ["sub/deep/t.py::test_x"]),
+        {"pytest.ini": "[pytest]\n", "pyproject.toml": "[tool.pytest.ini_options]\n"},
+        [],
+    ),
+    "two paths, the settings in one of them only": ({"a/pytest.ini": "[pytest]\n", "b/t.py": ""}, ["a", "b"]),
+    "no settings, setup.py above the path": ({"sub/setup.py": "", "sub/deep/t.py": ""}, ["sub/deep/t.py::test_x"]),
     "a pyproject.toml without pytest table only": (
-        {"pyproject.toml": "[project]\nname = 'p'\n", "sub/t.py": ""}, ["sub"]),
+        {"pyproject.toml": "[project]\nname = 'p'\n", "sub/t.py": ""},
+        ["sub"],
+    ),
     "a pyproject.toml with ini_options beats a pytest.ini further up": (
-        {"pytest.ini": "[pytest]\n", "sub/pyproject.toml": "[tool.pytest.ini_options]\n", "sub/t.py": ""}, ["sub"]),
+        {"pytest.ini": "[pytest]\n", "sub/pyproject.toml": "[tool.pytest.ini_options]\n", "sub/t.py": ""},
+        ["sub"],
+    ),
     "a tox.ini with [pytest] further up beats a pyproject.toml with no pytest table": (
-        {"tox.ini": "[pytest]\n", "sub/pyproject.toml": "[project]\nname = 'p'\n", "sub/t.py": ""}, ["sub"]),
-    "a path that does not exist": (
-        {"tox.ini": "[pytest]\n"}, ["no/such/path", "-k", "x"]),
-    "[tool.pytest] native table": (
-        {"sub/pyproject.toml": "[tool.pytest]\nminversion = '9'\n"}, ["sub"]),
+        {"tox.ini": "[pytest]\n", "sub/pyproject.toml": "[project]\nname = 'p'\n", "sub/t.py": ""},
+        ["sub"],
+    ),
+    "a path that does not exist": ({"tox.ini": "[pytest]\n"}, ["no/such/path", "-k", "x"]),
+    "[tool.pytest] native table": ({"sub/pyproject.toml": "[tool.pytest]\nminversion = '9'\n"}, ["sub"]),
 }
 
 
 @pytest.mark.parametrize(("files", "args"), list(LAYOUTS.values()), ids=list(LAYOUTS))
 @pytest.mark.parametrize("given", ["none", "-c", "--rootdir"])
-def test_the_written_out_rootdir_search_is_pytests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                  files: dict[str, str], args: list[str], given: str) -> None:
+def test_the_written_out_rootdir_search_is_pytests(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: dict[str, str], args: list[str], given: str
+) -> None:
     from _pytest.config.findpaths import determine_setup  # the test alone compares with pytest's own
 
     from miniature.plugin.startup import rootdir_and_inifile
@@ -99,6 +114,7 @@ def test_the_written_out_rootdir_search_is_pytests(tmp_path: Path, monkeypatch: 
     monkeypatch.chdir(project)
     inifile = str(tmp_path / "elsewhere" / "other.ini") if given == "-c" else None
     rootdir = str(tmp_path / "elsewhere") if given == "--rootdir" else None
-    expected = determine_setup(inifile=inifile, override_ini=None, args=args, rootdir_cmd_arg=rootdir,
-                               invocation_dir=project)[:2]
+    expected = determine_setup(
+        inifile=inifile, override_ini=None, args=args, rootdir_cmd_arg=rootdir, invocation_dir=project
+    )[:2]
     assert rootdir_and_inifile(args, invocation_dir=project, inifile=inifile, rootdir=rootdir) == expected

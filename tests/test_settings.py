@@ -63,9 +63,17 @@ def test_each_field_has_the_option_default_and_a_type_that_accepts_it(option):
         assert typing.get_origin(hint) is tuple, f"{option.flag} is given several times: a tuple"
 
 
-@pytest.mark.parametrize("flag, text", [(opt.K_SWEEP, "1,5"), (opt.VERBALIZER, "0=no,1=yes"),
-                                        (opt.CACHE_DIR, "cache"), (opt.ATTACK_DROP_TOLERANCE, "3"),
-                                        (opt.K, "7"), (opt.THRESHOLD_ON, "corrected")])
+@pytest.mark.parametrize(
+    "flag, text",
+    [
+        (opt.K_SWEEP, "1,5"),
+        (opt.VERBALIZER, "0=no,1=yes"),
+        (opt.CACHE_DIR, "cache"),
+        (opt.ATTACK_DROP_TOLERANCE, "3"),
+        (opt.K, "7"),
+        (opt.THRESHOLD_ON, "corrected"),
+    ],
+)
 def test_a_parsed_value_fits_its_field(flag, text):
     value = opt.BY_FLAG[flag].parse(text)
     assert _accepts(typing.get_type_hints(opt.Settings)[opt.attribute(flag)], value)
@@ -77,9 +85,13 @@ def test_the_type_check_catches_a_wrong_annotation():
 
 
 def test_settings_read_as_before():
-    settings = opt.make_settings(reference="ref", candidate=["a", "b"], k=5,
-                                 threshold=[("data_representation", 0.4)],
-                                 onnx_output=[("logits", "out")])
+    settings = opt.make_settings(
+        reference="ref",
+        candidate=["a", "b"],
+        k=5,
+        threshold=[("data_representation", 0.4)],
+        onnx_output=[("logits", "out")],
+    )
     assert settings.k == 5 and settings[opt.K] == 5
     assert settings.candidate == ("a", "b") and settings[opt.CANDIDATE] == ["a", "b"]
     assert settings.candidates == ["a", "b"]

@@ -40,10 +40,19 @@ def silent_endpoint():
 
 
 def small_gate(tiny_models, where: Path, *extra: str, candidate: str = "small") -> list[str]:
-    return [f"--reference={tiny_models['reference']}", f"--candidate={tiny_models[candidate]}",
-            f"--attack-model={tiny_models['attacker']}", f"--cache-dir={where / 'cache'}",
-            f"--report-dir={where / 'reports'}", "--data-limit=60", "--attack-size=4", "--bootstrap=20",
-            "-p", "no:cacheprovider", *extra]
+    return [
+        f"--reference={tiny_models['reference']}",
+        f"--candidate={tiny_models[candidate]}",
+        f"--attack-model={tiny_models['attacker']}",
+        f"--cache-dir={where / 'cache'}",
+        f"--report-dir={where / 'reports'}",
+        "--data-limit=60",
+        "--attack-size=4",
+        "--bootstrap=20",
+        "-p",
+        "no:cacheprovider",
+        *extra,
+    ]
 
 
 # -- the checks ship with the package ------------------------------------------------------------
@@ -52,8 +61,12 @@ def built_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The wheel `python -m build` makes of this checkout (no isolation: offline, this
     environment's setuptools)."""
     dist = tmp_path_factory.mktemp("dist")
-    done = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist),
-                           str(REPOSITORY)], capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(REPOSITORY)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     return next(dist.glob("pytest_miniature-*.whl"))
 
@@ -65,12 +78,22 @@ def installed_wheel(built_wheel: Path, tmp_path_factory: pytest.TempPathFactory)
     venv = tmp_path_factory.mktemp("wheel") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
     python = venv / "bin" / "python"
-    purelib = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                  check=True, capture_output=True, text=True).stdout.strip())
+    purelib = Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
     # without PYTHONPATH: a checkout on it (with the build's egg-info) would count as installed already
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(built_wheel)],
-                   check=True, capture_output=True, env=env)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(built_wheel)],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
     # the other packages from this environment, as plain path entries: its editable-install
     # hook for miniature is a .pth file that is *not* processed this way
     (purelib / "zz-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
@@ -89,22 +112,42 @@ def test_the_wheel_holds_what_the_plugin_reads_and_not_the_projects_tests(built_
 @pytest.mark.slow
 def test_the_installed_wheel_is_pytest_miniature_with_its_metadata(installed_wheel: Path, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    shown = subprocess.run([str(installed_wheel), "-m", "pip", "show", "pytest-miniature"], cwd=tmp_path, env=env,
-                           capture_output=True, text=True)
+    shown = subprocess.run(
+        [str(installed_wheel), "-m", "pip", "show", "pytest-miniature"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert shown.returncode == 0, shown.stderr
     import miniature
 
     assert f"Version: {miniature.__version__}" in shown.stdout
-    metadata = subprocess.run([str(installed_wheel), "-c", "import importlib.metadata as m; "
-                               "d = m.metadata('pytest-miniature'); "
-                               "print('\\n'.join([d['License-Expression'], *d.get_all('Classifier')]))"],
-                              cwd=tmp_path, env=env, capture_output=True, text=True).stdout
+    metadata = subprocess.run(
+        [
+            str(installed_wheel),
+            "-c",
+            "import importlib.metadata as m; "
+            "d = m.metadata('pytest-miniature'); "
+            "print('\\n'.join([d['License-Expression'], *d.get_all('Classifier')]))",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert metadata.splitlines()[0] == "MIT" and "Framework :: Pytest" in metadata.splitlines()
-    version = subprocess.run([str(installed_wheel), "-m", "pytest", "--version", "--version"], cwd=tmp_path,
-                             env=env, capture_output=True, text=True)
+    version = subprocess.run(
+        [str(installed_wheel), "-m", "pytest", "--version", "--version"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert f"pytest-miniature-{miniature.__version__}" in version.stdout + version.stderr
-    command = subprocess.run([str(installed_wheel.parent / "miniature"), "--version"], cwd=tmp_path, env=env,
-                             capture_output=True, text=True)
+    command = subprocess.run(
+        [str(installed_wheel.parent / "miniature"), "--version"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
     assert command.stdout.strip() == f"miniature {miniature.__version__}"
 
 
@@ -112,14 +155,26 @@ def test_the_installed_wheel_is_pytest_miniature_with_its_metadata(installed_whe
 def test_wheel_in_a_folder_without_checks_runs_the_gate(installed_wheel: Path, tiny_models, tmp_path: Path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("PYTHONPATH", None)
-    where = subprocess.run([str(installed_wheel), "-c", "import miniature.plugin.checks as c; print(c.__file__)"],
-                           check=True, capture_output=True, text=True, cwd=tmp_path, env=env).stdout
+    where = subprocess.run(
+        [str(installed_wheel), "-c", "import miniature.plugin.checks as c; print(c.__file__)"],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    ).stdout
     assert str(installed_wheel.parent.parent) in where and str(REPOSITORY) not in where
     project = tmp_path / "project"
     (project / "tests").mkdir(parents=True)
     (project / "tests" / "test_own.py").write_text("def test_own():\n    assert True\n")
-    done = subprocess.run([str(installed_wheel), "-m", "pytest", *small_gate(tiny_models, tmp_path)],
-                          cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [str(installed_wheel), "-m", "pytest", *small_gate(tiny_models, tmp_path)],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = done.stdout
     assert done.returncode == 1, out + done.stderr  # the small random model differs from the reference
     assert "collected 5 items" in out and "test_own" not in out  # the gate only: no paths were given
@@ -135,7 +190,8 @@ def test_own_tests_and_the_gate_coexist(gate_checks: pytest.Pytester, tiny_model
     both = gate_checks.runpytest(".", *gate)  # paths given: the project's tests and the gate
     both.assert_outcomes(passed=1, deselected=5)  # -k distribution keeps the gate's distribution check
     assert f"{SHIPPED_CHECKS_NODEID}::test_data_distribution" in "\n".join(
-        gate_checks.runpytest(".", *gate, "--co", "-q").outlines)
+        gate_checks.runpytest(".", *gate, "--co", "-q").outlines
+    )
     own_only = gate_checks.runpytest(".", *small_gate(tiny_models, gate_checks.path), "-m", "not miniature")
     own_only.assert_outcomes(passed=1, deselected=5)
     gate_only = gate_checks.runpytest(*small_gate(tiny_models, gate_checks.path), "--co", "-q")
@@ -152,8 +208,8 @@ def test_without_reference_a_project_runs_only_its_own_tests(gate_checks: pytest
 def test_a_project_copy_of_the_checks_replaces_the_shipped_ones(gate_checks: pytest.Pytester, tiny_models) -> None:
     gate_checks.mkdir("checks")
     (gate_checks.path / "checks" / "test_equivalence.py").write_text(
-        "def test_only_distribution(data_distribution, model_pair):\n"
-        "    data_distribution.check(model_pair)\n")
+        "def test_only_distribution(data_distribution, model_pair):\n    data_distribution.check(model_pair)\n"
+    )
     result = gate_checks.runpytest(*small_gate(tiny_models, gate_checks.path), "--co", "-q")
     assert "checks/test_equivalence.py::test_only_distribution[reference-vs-small]" in result.stdout.str()
     assert "1 test collected" in result.stdout.str()
@@ -170,24 +226,27 @@ def test_no_check_collected_is_said_in_one_line(gate_checks: pytest.Pytester, ti
 def run_gate_subprocess(args: list[str], cwd: Path, **env_overrides: str) -> tuple[subprocess.CompletedProcess, float]:
     env = {**os.environ, "HF_HOME": str(cwd / "hf-home"), **env_overrides}
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "pytest", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
     return done, time.perf_counter() - started
 
 
-OFFLINE_WAYS = [pytest.param({"HF_HUB_OFFLINE": "1"}, id="HF_HUB_OFFLINE"),
-                pytest.param({"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": REFUSED_ENDPOINT}, id="hub-refuses"),
-                pytest.param({"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "silent"}, id="hub-silent")]
+OFFLINE_WAYS = [
+    pytest.param({"HF_HUB_OFFLINE": "1"}, id="HF_HUB_OFFLINE"),
+    pytest.param({"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": REFUSED_ENDPOINT}, id="hub-refuses"),
+    pytest.param({"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "silent"}, id="hub-silent"),
+]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("offline", OFFLINE_WAYS)
-def test_unreachable_attack_model_skips_the_attack_in_seconds(tiny_models, tmp_path: Path, offline,
-                                                             silent_endpoint: str) -> None:
+def test_unreachable_attack_model_skips_the_attack_in_seconds(
+    tiny_models, tmp_path: Path, offline, silent_endpoint: str
+) -> None:
     if offline.get("HF_ENDPOINT") == "silent":
         offline = {**offline, "HF_ENDPOINT": silent_endpoint}
-    args = small_gate(tiny_models, tmp_path, "--attack-model=google-bert/bert-base-uncased",
-                      "-k", "adversarial")
+    args = small_gate(tiny_models, tmp_path, "--attack-model=google-bert/bert-base-uncased", "-k", "adversarial")
     done, seconds = run_gate_subprocess(args, tmp_path, **offline)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
@@ -195,7 +254,9 @@ def test_unreachable_attack_model_skips_the_attack_in_seconds(tiny_models, tmp_p
     # on this machine now; the unreachable hub may add at most its one probe's timeout
     local = small_gate(tiny_models, tmp_path / "local", "-k", "adversarial")
     _, baseline = run_gate_subprocess(local, tmp_path, **offline)
-    assert seconds < max(10.0, baseline + HUB_PROBE_TIMEOUT_S + 2), f"took {seconds:.1f} s ({baseline:.1f} s with a local model)"
+    assert seconds < max(10.0, baseline + HUB_PROBE_TIMEOUT_S + 2), (
+        f"took {seconds:.1f} s ({baseline:.1f} s with a local model)"
+    )
     reasons = [line for line in done.stdout.splitlines() if "bert-base-uncased" in line]
     assert len(reasons) == 1 and "'google-bert/bert-base-uncased'" in reasons[0] and "fix:" in reasons[0]
     assert "not in the local Hugging Face cache" in reasons[0]
@@ -208,8 +269,14 @@ def test_unreachable_attack_model_skips_the_attack_in_seconds(tiny_models, tmp_p
 @pytest.mark.slow
 @pytest.mark.parametrize("offline", OFFLINE_WAYS[:2])
 def test_unreachable_candidate_fails_the_run_in_seconds_with_one_line(tiny_models, tmp_path: Path, offline) -> None:
-    args = [f"--reference={tiny_models['reference']}", "--candidate=google/bert_uncased_L-2_H-128_A-2",
-            "--candidate=distilbert", f"--cache-dir={tmp_path / 'cache'}", "-p", "no:cacheprovider"]
+    args = [
+        f"--reference={tiny_models['reference']}",
+        "--candidate=google/bert_uncased_L-2_H-128_A-2",
+        "--candidate=distilbert",
+        f"--cache-dir={tmp_path / 'cache'}",
+        "-p",
+        "no:cacheprovider",
+    ]
     done, seconds = run_gate_subprocess(args, tmp_path, **offline)
     assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout + done.stderr
     assert seconds < 10, f"took {seconds:.1f} s"
@@ -221,27 +288,43 @@ def test_unreachable_candidate_fails_the_run_in_seconds_with_one_line(tiny_model
 
 # -- skipped and errored checks are reported ---------------------------------------------------
 @pytest.mark.slow
-def test_skipped_and_errored_checks_are_cells_of_their_own(gate_checks: pytest.Pytester, tiny_models,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_skipped_and_errored_checks_are_cells_of_their_own(
+    gate_checks: pytest.Pytester, tiny_models, monkeypatch: pytest.MonkeyPatch
+) -> None:
     where = gate_checks.path
     # an attack model that is not on this machine (offline): the attack is skipped;
     # K=70 > 60 items: representation and distribution error
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    args = small_gate(tiny_models, where, "--attack-model=miniature-tests/no-such-lm", f"{opt.K}=70",
-                      f"{opt.K_SWEEP}=5", "--junitxml=junit.xml", candidate="reference")
+    args = small_gate(
+        tiny_models,
+        where,
+        "--attack-model=miniature-tests/no-such-lm",
+        f"{opt.K}=70",
+        f"{opt.K_SWEEP}=5",
+        "--junitxml=junit.xml",
+        candidate="reference",
+    )
     result = gate_checks.runpytest(*args)
     result.assert_outcomes(passed=2, failed=2, skipped=1)
     payload = json.loads((where / "reports" / "latest.json").read_text())
     statuses = {r["characteristic"]: r["status"] for r in payload["results"]}
-    assert statuses == {"prediction_errors": "computed", "adversarial_vulnerability": "skipped",
-                        "data_representation": "error", "data_distribution": "error",
-                        "representation_similarity": "computed"}
+    assert statuses == {
+        "prediction_errors": "computed",
+        "adversarial_vulnerability": "skipped",
+        "data_representation": "error",
+        "data_distribution": "error",
+        "representation_similarity": "computed",
+    }
     assert payload["gate"] == {"total": 5, "failed": 0, "error": 2, "skipped": 1}
     page = (where / "reports" / "summary.html").read_text()
     assert "Gate FAILED: 0 of 5 gating checks below threshold, 2 errored" in page and "1 skipped" in page
-    errors = re.findall(r'<td class="cell error"[^>]*><div class="verdict">ERROR</div><div class="sub">([^<]*)</div>', page)
+    errors = re.findall(
+        r'<td class="cell error"[^>]*><div class="verdict">ERROR</div><div class="sub">([^<]*)</div>', page
+    )
     assert len(errors) == 2 and all("70" in cell and "choose" in cell for cell in errors)
-    skipped = re.findall(r'<td class="cell skipped"[^>]*><div class="verdict">SKIPPED</div><div class="sub">([^<]*)</div>', page)
+    skipped = re.findall(
+        r'<td class="cell skipped"[^>]*><div class="verdict">SKIPPED</div><div class="sub">([^<]*)</div>', page
+    )
     assert len(skipped) == 1 and "no-such-lm" in skipped[0] and "HF_HUB_OFFLINE" in skipped[0]
     out = result.stdout.str()
     assert "ERROR: reference vs reference#2 data representation:" in out
@@ -283,8 +366,9 @@ def test_ci_recipe_uploads_what_the_gate_writes() -> None:
 
 
 @pytest.mark.slow
-def test_ci_recipe_commands_run_twice_and_compare_with_the_last_report(installed_wheel: Path, tiny_models,
-                                                                       tmp_path: Path) -> None:
+def test_ci_recipe_commands_run_twice_and_compare_with_the_last_report(
+    installed_wheel: Path, tiny_models, tmp_path: Path
+) -> None:
     """The workflow's Gate step, run by bash as the runner would, with the installed wheel's
     Python, from a project folder with no checks; the second run finds the first one's report
     where the download step puts it and compares."""
@@ -293,24 +377,39 @@ def test_ci_recipe_commands_run_twice_and_compare_with_the_last_report(installed
     project.mkdir()
     # the team's settings live in its pyproject.toml, as the recipe says
     (project / "pyproject.toml").write_text(
-        "[tool.pytest.ini_options]\nminiature_data_limit = \"60\"\nminiature_bootstrap = \"20\"\n"
-        f"miniature_attack_size = \"4\"\nminiature_attack_model = \"{tiny_models['attacker']}\"\n")
-    env = {**os.environ, **{k: str(v) for k, v in step["env"].items()},
-           "REFERENCE": str(tiny_models["reference"]), "CANDIDATE": str(tiny_models["small"]),
-           "PATH": f"{installed_wheel.parent}{os.pathsep}{os.environ['PATH']}"}
+        '[tool.pytest.ini_options]\nminiature_data_limit = "60"\nminiature_bootstrap = "20"\n'
+        f'miniature_attack_size = "4"\nminiature_attack_model = "{tiny_models["attacker"]}"\n'
+    )
+    env = {
+        **os.environ,
+        **{k: str(v) for k, v in step["env"].items()},
+        "REFERENCE": str(tiny_models["reference"]),
+        "CANDIDATE": str(tiny_models["small"]),
+        "PATH": f"{installed_wheel.parent}{os.pathsep}{os.environ['PATH']}",
+    }
     env.pop("PYTHONPATH", None)
 
     def run() -> subprocess.CompletedProcess:
-        return subprocess.run(["bash", "-euo", "pipefail", "-c", step["run"]], cwd=project, env=env,
-                              capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", step["run"]],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     first = run()
     assert first.returncode == 1, first.stdout + first.stderr  # the small random model fails representation
     reports = project / "reports"
     assert {"latest.json", "summary.html", "junit.xml", "pytest.html"} <= {p.name for p in reports.iterdir()}
     junit = (reports / "junit.xml").read_text()
-    for characteristic in ("prediction_errors", "data_representation", "data_distribution",
-                           "adversarial_vulnerability"):
+    for characteristic in (
+        "prediction_errors",
+        "data_representation",
+        "data_distribution",
+        "adversarial_vulnerability",
+    ):
         assert f'name="test_{characteristic}[' in junit
     assert junit.count('name="miniature_verdict"') == 5 and 'name="miniature_verdict" value="FAIL"' in junit
     assert junit.count('name="miniature_figure"') == 5 and junit.count('name="miniature_threshold"') == 5

@@ -42,8 +42,14 @@ def brute_hsic1(K, L) -> float:
     n = len(K)
     Kt, Lt = K - np.diag(np.diag(K)), L - np.diag(np.diag(L))
     one = np.ones(n)
-    return float((np.trace(Kt @ Lt) + (one @ Kt @ one) * (one @ Lt @ one) / ((n - 1) * (n - 2))
-                  - 2.0 / (n - 2) * (one @ Kt @ Lt @ one)) / (n * (n - 3)))
+    return float(
+        (
+            np.trace(Kt @ Lt)
+            + (one @ Kt @ one) * (one @ Lt @ one) / ((n - 1) * (n - 2))
+            - 2.0 / (n - 2) * (one @ Kt @ Lt @ one)
+        )
+        / (n * (n - 3))
+    )
 
 
 def brute_debiased_cka(X, Y) -> float:
@@ -54,6 +60,7 @@ def brute_debiased_cka(X, Y) -> float:
 
 def brute_mutual_knn(X, Y, k) -> np.ndarray:
     """Full cosine matrices, self removed, sorted by (-similarity, index); set overlap / k."""
+
     def neighbours(Z):
         Z = np.asarray(Z, np.float64)
         Z = Z / np.linalg.norm(Z, axis=1, keepdims=True)
@@ -275,8 +282,9 @@ def test_influence_equals_finite_differences_of_the_weighted_cka(debiased: bool)
     X, Y = related_pair(3, 30, 5, 7, noise=1.5)
     step = 1e-5
     eye = np.eye(30)
-    numeric = (weighted_cka(X, Y, 1 + step * eye, debiased=debiased)
-               - weighted_cka(X, Y, 1 - step * eye, debiased=debiased)) / (2 * step)
+    numeric = (
+        weighted_cka(X, Y, 1 + step * eye, debiased=debiased) - weighted_cka(X, Y, 1 - step * eye, debiased=debiased)
+    ) / (2 * step)
     analytic = sim.cka_influence(X, Y, debiased=debiased)
     np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-7)
 

@@ -39,7 +39,7 @@ def lane(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, *args: str)
 
 def test_unmarked_slow_test_is_listed(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     out = lane(pytester, monkeypatch, "-p", "no:cacheprovider")
-    section = out[out.index("unmarked tests over 0.3 s"):]
+    section = out[out.index("unmarked tests over 0.3 s") :]
     assert "test_lane.py::test_sleeps_unmarked" in section and "mark them @pytest.mark.slow" in section
     assert "test_sleeps_marked" not in section and "test_quick" not in section
 
@@ -59,6 +59,6 @@ def test_listed_once_under_xdist(pytester: pytest.Pytester, monkeypatch: pytest.
     pytest.importorskip("xdist")
     out = lane(pytester, monkeypatch, "-p", "no:cacheprovider", "-n", "2")
     assert out.count("unmarked tests over 0.3 s") == 1
-    section = out[out.index("unmarked tests over 0.3 s"):]
+    section = out[out.index("unmarked tests over 0.3 s") :]
     assert "test_lane.py::test_sleeps_unmarked" in section
     assert "test_sleeps_marked" not in section and "test_quick" not in section

@@ -7,10 +7,12 @@ import pytest
 
 
 def test_importing_the_plugin_imports_no_heavy_library() -> None:
-    code = ("import sys, miniature.plugin.hooks, miniature.plugin.session, miniature.plugin.startup, "
-            "miniature.core.settings; "
-            "heavy = [m for m in ('torch', 'transformers', 'faiss', 'textattack', 'matplotlib', 'datasets') "
-            "if m in sys.modules]; print(','.join(heavy))")
+    code = (
+        "import sys, miniature.plugin.hooks, miniature.plugin.session, miniature.plugin.startup, "
+        "miniature.core.settings; "
+        "heavy = [m for m in ('torch', 'transformers', 'faiss', 'textattack', 'matplotlib', 'datasets') "
+        "if m in sys.modules]; print(','.join(heavy))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
 

@@ -27,7 +27,9 @@ from miniature.core.stats import (
 FAST = settings(max_examples=60, deadline=None)
 
 masks = st.integers(min_value=0, max_value=40).flatmap(
-    lambda n: st.tuples(st.lists(st.booleans(), min_size=n, max_size=n), st.lists(st.booleans(), min_size=n, max_size=n))
+    lambda n: st.tuples(
+        st.lists(st.booleans(), min_size=n, max_size=n), st.lists(st.booleans(), min_size=n, max_size=n)
+    )
 )
 
 
@@ -231,8 +233,10 @@ def test_informative_by_hand():
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(1, 60).flatmap(lambda n: st.tuples(st.just(n), st.integers(0, n), st.integers(0, n))),
-       st.floats(0.0, 1.0))
+@given(
+    st.integers(1, 60).flatmap(lambda n: st.tuples(st.just(n), st.integers(0, n), st.integers(0, n))),
+    st.floats(0.0, 1.0),
+)
 def test_corrected_is_undefined_exactly_when_chance_is_one(sizes, j):
     n, a, b = sizes
     chance = chance_jaccard(n, a, b)
@@ -342,7 +346,9 @@ def test_flips_match_a_loop_and_are_symmetric(rows) -> None:
     assert found.incorrect_to_correct == sum(c == y != r for y, r, c in rows)
     assert found.wrong_to_other_wrong == sum(r != y and c != y and r != c for y, r, c in rows)
     swapped = flips(labels, cand, ref)  # the reverse direction swaps the two kinds of flip
-    assert (swapped.correct_to_incorrect, swapped.incorrect_to_correct) == (found.incorrect_to_correct,
-                                                                           found.correct_to_incorrect)
+    assert (swapped.correct_to_incorrect, swapped.incorrect_to_correct) == (
+        found.incorrect_to_correct,
+        found.correct_to_incorrect,
+    )
     accuracy_change = (cand == labels).mean() - (ref == labels).mean()
     assert accuracy_change == pytest.approx((found.incorrect_to_correct - found.correct_to_incorrect) / len(rows))

@@ -15,8 +15,7 @@ from miniature.core.token_stats import DELTA_P_PERCENTILES, KLD_PERCENTILES, per
 
 def brute_force(reference: np.ndarray, candidate: np.ndarray, targets: np.ndarray) -> dict[str, list[float]]:
     """Per-token values with plain Python floats, one position and one token at a time."""
-    out: dict[str, list[float]] = {"kld": [], "same_top": [], "nll_reference": [], "nll_candidate": [],
-                                   "delta_p": []}
+    out: dict[str, list[float]] = {"kld": [], "same_top": [], "nll_reference": [], "nll_candidate": [], "delta_p": []}
     for ref_row, cand_row, target in zip(reference.tolist(), candidate.tolist(), targets.tolist()):
         z_ref = sum(math.exp(v) for v in ref_row)
         z_cand = sum(math.exp(v) for v in cand_row)
@@ -46,12 +45,18 @@ def brute_force_summary(values: dict[str, list[float]]) -> dict[str, float]:
     cov = (mean([a * b for a, b in zip(nll_c, nll_r)]) - mean(nll_c) * mean(nll_r)) / (n - 1) if n >= 10 else 0.0
     top = mean([float(s) for s in values["same_top"]])
     squares = [d * d for d in values["delta_p"]]
-    return {"mean_kld": mean(values["kld"]), "mean_kld_se": se(values["kld"]),
-            "same_top": top, "same_top_se": math.sqrt(top * (1 - top) / (n - 1)),
-            "ln_ppl_ratio": mean(nll_c) - mean(nll_r),
-            "ln_ppl_ratio_se": math.sqrt(max(se(nll_c) ** 2 + se(nll_r) ** 2 - 2 * cov, 0.0)),
-            "rms_delta_p": math.sqrt(mean(squares)), "mean_delta_p": mean(values["delta_p"]),
-            "ppl_reference": math.exp(mean(nll_r)), "ppl_candidate": math.exp(mean(nll_c))}
+    return {
+        "mean_kld": mean(values["kld"]),
+        "mean_kld_se": se(values["kld"]),
+        "same_top": top,
+        "same_top_se": math.sqrt(top * (1 - top) / (n - 1)),
+        "ln_ppl_ratio": mean(nll_c) - mean(nll_r),
+        "ln_ppl_ratio_se": math.sqrt(max(se(nll_c) ** 2 + se(nll_r) ** 2 - 2 * cov, 0.0)),
+        "rms_delta_p": math.sqrt(mean(squares)),
+        "mean_delta_p": mean(values["delta_p"]),
+        "ppl_reference": math.exp(mean(nll_r)),
+        "ppl_candidate": math.exp(mean(nll_c)),
+    }
 
 
 def random_case(seed: int, n: int = 40, vocab: int = 12, shift: float = 0.5):
@@ -123,13 +128,16 @@ def test_small_samples_have_no_standard_error_as_in_llama_cpp() -> None:
     assert stats.mean_kld_se == 0.0 and stats.ln_ppl_ratio_se == 0.0  # n ≤ 10
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    (lambda r, c, t: (r, c[:, :-1], t), "one shape"),
-    (lambda r, c, t: (r, c, t[:-1]), "one integer target"),
-    (lambda r, c, t: (r, c, t.astype(float)), "one integer target"),
-    (lambda r, c, t: (r, c, t + 100), "outside the vocabulary"),
-    (lambda r, c, t: (r, np.where(c > 1, np.nan, c), t), "candidate logits hold NaN"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda r, c, t: (r, c[:, :-1], t), "one shape"),
+        (lambda r, c, t: (r, c, t[:-1]), "one integer target"),
+        (lambda r, c, t: (r, c, t.astype(float)), "one integer target"),
+        (lambda r, c, t: (r, c, t + 100), "outside the vocabulary"),
+        (lambda r, c, t: (r, np.where(c > 1, np.nan, c), t), "candidate logits hold NaN"),
+    ],
+)
 def test_bad_inputs_are_refused(change, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         per_token(*change(*random_case(5)))
@@ -139,8 +147,11 @@ finite = st.floats(-30, 30, allow_nan=False, width=64)
 
 
 @settings(max_examples=60, deadline=None)
-@given(arrays(np.float64, (6, 5), elements=finite), arrays(np.float64, (6, 5), elements=finite),
-       arrays(np.int64, 6, elements=st.integers(0, 4)))
+@given(
+    arrays(np.float64, (6, 5), elements=finite),
+    arrays(np.float64, (6, 5), elements=finite),
+    arrays(np.int64, 6, elements=st.integers(0, 4)),
+)
 def test_properties(reference: np.ndarray, candidate: np.ndarray, targets: np.ndarray) -> None:
     values = per_token(reference, candidate, targets)
     assert (values["kld"] >= -1e-9).all()  # Gibbs' inequality
@@ -178,8 +189,9 @@ def test_the_fast_torch_path_equals_the_float64_twin(scale: float) -> None:
     candidate = (reference + rng.normal(size=reference.shape) * scale + 5.0).astype(np.float32)  # shifted too
     targets = rng.integers(0, 500, size=300)
     exact = per_token(reference, candidate, targets)
-    fast = per_token_torch(torch.from_numpy(reference), torch.from_numpy(candidate), torch.from_numpy(targets),
-                           rows_per_chunk=64)
+    fast = per_token_torch(
+        torch.from_numpy(reference), torch.from_numpy(candidate), torch.from_numpy(targets), rows_per_chunk=64
+    )
     np.testing.assert_allclose(fast["kld"], exact["kld"], rtol=1e-5, atol=1e-9)
     for name in ("nll_reference", "nll_candidate"):
         np.testing.assert_allclose(fast[name], exact[name], rtol=1e-6, atol=1e-5)

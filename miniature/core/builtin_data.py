@@ -12,49 +12,146 @@ import random
 from dataclasses import dataclass
 
 _SUBJECTS = [
-    "the film", "this movie", "the sequel", "the director's new picture", "the story",
-    "the script", "the acting", "the lead performance", "the soundtrack", "the ending",
-    "the cinematography", "the dialogue", "the second half", "the opening scene",
-    "the cast", "the plot", "the pacing", "the special effects", "the humour", "the villain",
+    "the film",
+    "this movie",
+    "the sequel",
+    "the director's new picture",
+    "the story",
+    "the script",
+    "the acting",
+    "the lead performance",
+    "the soundtrack",
+    "the ending",
+    "the cinematography",
+    "the dialogue",
+    "the second half",
+    "the opening scene",
+    "the cast",
+    "the plot",
+    "the pacing",
+    "the special effects",
+    "the humour",
+    "the villain",
 ]
 _POSITIVE = [
-    "wonderful", "brilliant", "moving", "gripping", "delightful", "superb", "charming",
-    "beautiful", "clever", "hilarious", "touching", "memorable", "stunning", "excellent",
-    "heartfelt", "thrilling", "inventive", "warm", "sharp", "masterful",
+    "wonderful",
+    "brilliant",
+    "moving",
+    "gripping",
+    "delightful",
+    "superb",
+    "charming",
+    "beautiful",
+    "clever",
+    "hilarious",
+    "touching",
+    "memorable",
+    "stunning",
+    "excellent",
+    "heartfelt",
+    "thrilling",
+    "inventive",
+    "warm",
+    "sharp",
+    "masterful",
 ]
 _NEGATIVE = [
-    "boring", "dull", "clumsy", "awful", "tedious", "predictable", "weak", "messy",
-    "forgettable", "painful", "lifeless", "silly", "bland", "confusing", "terrible",
-    "shallow", "annoying", "flat", "sloppy", "disappointing",
+    "boring",
+    "dull",
+    "clumsy",
+    "awful",
+    "tedious",
+    "predictable",
+    "weak",
+    "messy",
+    "forgettable",
+    "painful",
+    "lifeless",
+    "silly",
+    "bland",
+    "confusing",
+    "terrible",
+    "shallow",
+    "annoying",
+    "flat",
+    "sloppy",
+    "disappointing",
 ]
 _INTENSIFIERS = ["", "", "really ", "truly ", "quite ", "utterly ", "surprisingly ", "genuinely "]
 _OPENERS = [
-    "", "", "Honestly, ", "I thought ", "Overall, ", "To be fair, ", "In my opinion, ",
-    "From start to finish, ", "My friends agreed that ", "Sadly or not, ",
+    "",
+    "",
+    "Honestly, ",
+    "I thought ",
+    "Overall, ",
+    "To be fair, ",
+    "In my opinion, ",
+    "From start to finish, ",
+    "My friends agreed that ",
+    "Sadly or not, ",
 ]
 _CLOSERS = [
-    "", "", "", " The popcorn was fine.", " My kids had opinions too.",
-    " It ran for two hours.", " The theatre was half empty.", " We saw it on a Sunday.",
+    "",
+    "",
+    "",
+    " The popcorn was fine.",
+    " My kids had opinions too.",
+    " It ran for two hours.",
+    " The theatre was half empty.",
+    " We saw it on a Sunday.",
 ]
 _NEWS_SUBJECTS = [
-    "the central bank", "the finance minister", "city council", "the weather service",
-    "the shipping company", "local police", "the health ministry", "striking workers",
-    "the electricity regulator", "the football federation", "researchers at the university",
-    "the airline", "the opposition party", "the border agency", "the stock exchange",
+    "the central bank",
+    "the finance minister",
+    "city council",
+    "the weather service",
+    "the shipping company",
+    "local police",
+    "the health ministry",
+    "striking workers",
+    "the electricity regulator",
+    "the football federation",
+    "researchers at the university",
+    "the airline",
+    "the opposition party",
+    "the border agency",
+    "the stock exchange",
 ]
 _NEWS_VERBS = [
-    "announced", "denied", "confirmed", "postponed", "approved", "criticised",
-    "reported", "investigated", "proposed", "rejected",
+    "announced",
+    "denied",
+    "confirmed",
+    "postponed",
+    "approved",
+    "criticised",
+    "reported",
+    "investigated",
+    "proposed",
+    "rejected",
 ]
 _NEWS_OBJECTS = [
-    "a rise in interest rates", "new flood defences", "the annual budget", "a port expansion",
-    "a vaccination campaign", "higher fuel prices", "an inquiry into the merger",
-    "the election timetable", "record rainfall in the north", "a ban on night flights",
-    "quarterly trade figures", "a strike at the container terminal", "tax relief for farmers",
+    "a rise in interest rates",
+    "new flood defences",
+    "the annual budget",
+    "a port expansion",
+    "a vaccination campaign",
+    "higher fuel prices",
+    "an inquiry into the merger",
+    "the election timetable",
+    "record rainfall in the north",
+    "a ban on night flights",
+    "quarterly trade figures",
+    "a strike at the container terminal",
+    "tax relief for farmers",
 ]
 _NEWS_TAILS = [
-    " on Tuesday.", " after a late-night session.", ", according to officials.",
-    ", sources said.", " despite protests.", " amid growing pressure.", " in a brief statement.",
+    " on Tuesday.",
+    " after a late-night session.",
+    ", according to officials.",
+    ", sources said.",
+    " despite protests.",
+    " amid growing pressure.",
+    " in a brief statement.",
 ]
 
 
@@ -64,8 +161,7 @@ class LabelledText:
     label: int
 
 
-def sentiment_reviews(n: int, *, seed: int = 0, noise: float = 0.08,
-                      mixed: float = 0.65) -> list[LabelledText]:
+def sentiment_reviews(n: int, *, seed: int = 0, noise: float = 0.08, mixed: float = 0.65) -> list[LabelledText]:
     """``n`` short reviews, balanced positive (1) / negative (0), all distinct.
 
     Like real reviews, many are mixed: the verdict is carried by the clause after "but",
@@ -144,39 +240,116 @@ from typing import TYPE_CHECKING  # noqa: E402
 if TYPE_CHECKING:  # pragma: no cover
     from miniature.core.tasks.qa import QAExample
 _QA_FIRST = [
-    "Mira", "Oren", "Talia", "Bastian", "Ilse", "Corvin", "Nadia", "Teodor", "Linnea",
-    "Emeric", "Sabine", "Jorah", "Petra", "Aldo", "Yusra", "Fenna", "Caspar", "Odile",
+    "Mira",
+    "Oren",
+    "Talia",
+    "Bastian",
+    "Ilse",
+    "Corvin",
+    "Nadia",
+    "Teodor",
+    "Linnea",
+    "Emeric",
+    "Sabine",
+    "Jorah",
+    "Petra",
+    "Aldo",
+    "Yusra",
+    "Fenna",
+    "Caspar",
+    "Odile",
 ]
 _QA_LAST = [
-    "Talvek", "Basquill", "Quennell", "Harrowgate", "Pellam", "Corriveau", "Damaske",
-    "Ferrand", "Ivanko", "Marlowe", "Ostergaard", "Vantreck", "Selwyn", "Brauley",
+    "Talvek",
+    "Basquill",
+    "Quennell",
+    "Harrowgate",
+    "Pellam",
+    "Corriveau",
+    "Damaske",
+    "Ferrand",
+    "Ivanko",
+    "Marlowe",
+    "Ostergaard",
+    "Vantreck",
+    "Selwyn",
+    "Brauley",
 ]
 _QA_PLACES = [
-    "Velmora", "Port Kessing", "Aldridge Falls", "Castelmoor", "Brennick", "Sundholm",
-    "Caraway Bay", "Mistral Hill", "Tarnow Vale", "New Halden", "Greyfen", "Lorimund",
-    "Ashcombe", "Kelvarra",
+    "Velmora",
+    "Port Kessing",
+    "Aldridge Falls",
+    "Castelmoor",
+    "Brennick",
+    "Sundholm",
+    "Caraway Bay",
+    "Mistral Hill",
+    "Tarnow Vale",
+    "New Halden",
+    "Greyfen",
+    "Lorimund",
+    "Ashcombe",
+    "Kelvarra",
 ]
 _QA_OCCUPATIONS = [
-    "clockmaker", "botanist", "cartographer", "violinist", "engineer", "glassblower",
-    "astronomer", "architect", "chemist", "novelist", "shipbuilder", "painter",
+    "clockmaker",
+    "botanist",
+    "cartographer",
+    "violinist",
+    "engineer",
+    "glassblower",
+    "astronomer",
+    "architect",
+    "chemist",
+    "novelist",
+    "shipbuilder",
+    "painter",
 ]
 _QA_INSTITUTIONS = [
-    "Observatory", "Music Academy", "Glassworks", "Map Society", "Free Library",
-    "Rowing Club", "Botanical Garden", "School of Design",
+    "Observatory",
+    "Music Academy",
+    "Glassworks",
+    "Map Society",
+    "Free Library",
+    "Rowing Club",
+    "Botanical Garden",
+    "School of Design",
 ]
 _QA_WORKS = [
-    "a clock that ran for a century", "a map of the northern rivers",
-    "a cantata for three choirs", "a bridge over the river Ostra",
-    "a catalogue of alpine mosses", "a novel about lighthouse keepers",
-    "a telescope made of recycled brass", "a ferry that crossed the bay in winter",
+    "a clock that ran for a century",
+    "a map of the northern rivers",
+    "a cantata for three choirs",
+    "a bridge over the river Ostra",
+    "a catalogue of alpine mosses",
+    "a novel about lighthouse keepers",
+    "a telescope made of recycled brass",
+    "a ferry that crossed the bay in winter",
 ]
 _QA_MONTHS = [
-    "January", "February", "March", "April", "May", "June", "July", "August",
-    "September", "October", "November", "December",
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
 ]
 _QA_WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
-_QA_PROJECTS = ["sea wall", "tram line", "water plant", "harbour bridge", "grain terminal",
-                "flood barrier", "district hospital", "ring road"]
+_QA_PROJECTS = [
+    "sea wall",
+    "tram line",
+    "water plant",
+    "harbour bridge",
+    "grain terminal",
+    "flood barrier",
+    "district hospital",
+    "ring road",
+]
 _QA_CURRENCIES = ["crowns", "marks", "florins", "talers"]
 
 
@@ -197,8 +370,7 @@ class _Paragraph:
                 self.text += piece
 
 
-def _qa_example(identifier: str, question: str, paragraph: _Paragraph,
-                key: str | None) -> QAExample:
+def _qa_example(identifier: str, question: str, paragraph: _Paragraph, key: str | None) -> QAExample:
     from miniature.core.tasks.qa import QAExample
 
     if key is None:
@@ -234,13 +406,34 @@ def qa_items(n: int, seed: int = 0, unanswerable: float = 0.33) -> list[QAExampl
         work = rng.choice(_QA_WORKS)
         p = _Paragraph()
         if rng.random() < 0.5:
-            p.add(f"{name} was {article} ", ("occupation", occupation), " born in ",
-                  ("birthplace", birthplace), " in ", ("born", str(born)), ". ")
+            p.add(
+                f"{name} was {article} ",
+                ("occupation", occupation),
+                " born in ",
+                ("birthplace", birthplace),
+                " in ",
+                ("born", str(born)),
+                ". ",
+            )
         else:
-            p.add("Born in ", ("birthplace", birthplace), " in ", ("born", str(born)),
-                  f", {name} trained as {article} ", ("occupation", occupation), ". ")
-        p.add("In ", ("moved", str(moved)), f", {first} moved to ", ("home", home),
-              ", where they founded the ", ("institution", institution), ". ")
+            p.add(
+                "Born in ",
+                ("birthplace", birthplace),
+                " in ",
+                ("born", str(born)),
+                f", {name} trained as {article} ",
+                ("occupation", occupation),
+                ". ",
+            )
+        p.add(
+            "In ",
+            ("moved", str(moved)),
+            f", {first} moved to ",
+            ("home", home),
+            ", where they founded the ",
+            ("institution", institution),
+            ". ",
+        )
         p.add(f"{last} is best remembered for ", ("work", work), ".")
         if rng.random() < 0.5:
             p.add(f" The family name {last} is still common in {home}.")
@@ -271,8 +464,9 @@ def qa_items(n: int, seed: int = 0, unanswerable: float = 0.33) -> list[QAExampl
 
 
 def _news_filler(rng: random.Random) -> str:
-    sentence = (f"{rng.choice(_NEWS_SUBJECTS)} {rng.choice(_NEWS_VERBS)} "
-                f"{rng.choice(_NEWS_OBJECTS)}{rng.choice(_NEWS_TAILS)}")
+    sentence = (
+        f"{rng.choice(_NEWS_SUBJECTS)} {rng.choice(_NEWS_VERBS)} {rng.choice(_NEWS_OBJECTS)}{rng.choice(_NEWS_TAILS)}"
+    )
     return sentence[0].upper() + sentence[1:]
 
 
@@ -296,11 +490,21 @@ def news_qa_items(n: int, seed: int = 0, unanswerable: float = 0.1) -> list[QAEx
         p = _Paragraph()
         p.add(("city", city), f", {date} -- ")
         p.add(" ".join(_news_filler(rng) for _ in range(rng.randrange(2, 5))), " ")
-        p.add(f"Plans for a new {project} were confirmed on ", ("weekday", weekday), ", said ",
-              ("spokesperson", spokesperson), f", speaking for {agency}. ")
+        p.add(
+            f"Plans for a new {project} were confirmed on ",
+            ("weekday", weekday),
+            ", said ",
+            ("spokesperson", spokesperson),
+            f", speaking for {agency}. ",
+        )
         p.add(" ".join(_news_filler(rng) for _ in range(rng.randrange(2, 5))), " ")
-        p.add(f"The {project} will cost ", ("cost", cost), " and should protect about ",
-              ("residents", residents), " residents. ")
+        p.add(
+            f"The {project} will cost ",
+            ("cost", cost),
+            " and should protect about ",
+            ("residents", residents),
+            " residents. ",
+        )
         p.add(" ".join(_news_filler(rng) for _ in range(rng.randrange(3, 7))))
         answerable = [
             (f"Who spoke for {agency} about the {project}?", "spokesperson"),
@@ -335,47 +539,88 @@ _DOMAINS: dict[str, dict[str, list[str]]] = {
     "film": {
         "subjects": _SUBJECTS,
         "context": [
-            "I saw it on a Sunday afternoon.", "We went with a group of friends.",
-            "The theatre was half empty.", "It runs for about two hours.",
-            "I had not read anything about it beforehand.", "My partner picked it.",
-            "I watched it at home on a rainy evening.", "It opened last Friday.",
+            "I saw it on a Sunday afternoon.",
+            "We went with a group of friends.",
+            "The theatre was half empty.",
+            "It runs for about two hours.",
+            "I had not read anything about it beforehand.",
+            "My partner picked it.",
+            "I watched it at home on a rainy evening.",
+            "It opened last Friday.",
         ],
         "for": [
-            "I would happily watch it again.", "Go and see it.", "It is worth the ticket.",
-            "I recommend it.", "It is one of the better films this year.",
-            "I left the cinema smiling.", "Count me as a fan.",
+            "I would happily watch it again.",
+            "Go and see it.",
+            "It is worth the ticket.",
+            "I recommend it.",
+            "It is one of the better films this year.",
+            "I left the cinema smiling.",
+            "Count me as a fan.",
         ],
         "against": [
-            "I would not watch it again.", "Skip it.", "It is not worth the ticket.",
-            "I cannot recommend it.", "It is one of the weaker films this year.",
-            "I left the cinema annoyed.", "I wanted my evening back.",
+            "I would not watch it again.",
+            "Skip it.",
+            "It is not worth the ticket.",
+            "I cannot recommend it.",
+            "It is one of the weaker films this year.",
+            "I left the cinema annoyed.",
+            "I wanted my evening back.",
         ],
     },
     "book": {
         "subjects": [
-            "the novel", "this book", "the sequel", "the author's new book", "the story",
-            "the prose", "the writing", "the narrator", "the main character", "the ending",
-            "the translation", "the dialogue", "the second half", "the opening chapter",
-            "the characters", "the plot", "the pacing", "the world building", "the humour",
+            "the novel",
+            "this book",
+            "the sequel",
+            "the author's new book",
+            "the story",
+            "the prose",
+            "the writing",
+            "the narrator",
+            "the main character",
+            "the ending",
+            "the translation",
+            "the dialogue",
+            "the second half",
+            "the opening chapter",
+            "the characters",
+            "the plot",
+            "the pacing",
+            "the world building",
+            "the humour",
             "the villain",
         ],
         "context": [
-            "I read it over a long weekend.", "Our book club chose it.",
-            "The paperback has about three hundred pages.", "I bought it at the airport.",
-            "I had not read the author before.", "A friend lent me her copy.",
-            "I read it on the train to work.", "It came out last spring.",
-            "I listened to the audiobook version.", "The hardback cover is lovely.",
-            "It took me two weeks to get through it.", "I borrowed it from the library.",
+            "I read it over a long weekend.",
+            "Our book club chose it.",
+            "The paperback has about three hundred pages.",
+            "I bought it at the airport.",
+            "I had not read the author before.",
+            "A friend lent me her copy.",
+            "I read it on the train to work.",
+            "It came out last spring.",
+            "I listened to the audiobook version.",
+            "The hardback cover is lovely.",
+            "It took me two weeks to get through it.",
+            "I borrowed it from the library.",
         ],
         "for": [
-            "I would happily read it again.", "Go and buy it.", "It is worth the price.",
-            "I recommend it.", "It is one of the better books this year.",
-            "I finished it smiling.", "Count me as a fan.",
+            "I would happily read it again.",
+            "Go and buy it.",
+            "It is worth the price.",
+            "I recommend it.",
+            "It is one of the better books this year.",
+            "I finished it smiling.",
+            "Count me as a fan.",
         ],
         "against": [
-            "I would not read it again.", "Skip it.", "It is not worth the price.",
-            "I cannot recommend it.", "It is one of the weaker books this year.",
-            "I finished it annoyed.", "I wanted my weekend back.",
+            "I would not read it again.",
+            "Skip it.",
+            "It is not worth the price.",
+            "I cannot recommend it.",
+            "It is one of the weaker books this year.",
+            "I finished it annoyed.",
+            "I wanted my weekend back.",
         ],
     },
 }
@@ -413,8 +658,7 @@ def _aspect_sentence(rng: random.Random, positive: bool, subjects: list[str]) ->
     return text[0].upper() + text[1:] + ".", weight
 
 
-def _scored_review(rng: random.Random, target: int, domain: str,
-                   verdict_share: float) -> tuple[str, float]:
+def _scored_review(rng: random.Random, target: int, domain: str, verdict_share: float) -> tuple[str, float]:
     words = _DOMAINS[domain]
     lean = rng.choice([0.95, 0.8, 0.6])  # how strongly the aspects agree with the author
     sentences, score = [], 0.0
@@ -434,8 +678,7 @@ def _scored_review(rng: random.Random, target: int, domain: str,
     return " ".join(sentences), score
 
 
-def domain_review(rng: random.Random, label: int, domain: str = "film", *,
-                  verdict_share: float = 0.5) -> str:
+def domain_review(rng: random.Random, label: int, domain: str = "film", *, verdict_share: float = 0.5) -> str:
     """A review of several sentences whose evidence, weighed, gives ``label`` (1 positive,
     0 negative) or is tied (a genuinely ambiguous review: the author's verdict decides).
 
@@ -449,8 +692,9 @@ def domain_review(rng: random.Random, label: int, domain: str = "film", *,
             return text
 
 
-def domain_reviews(n: int, *, domain: str = "film", seed: int = 0, verdict_share: float = 0.5,
-                   noise: float = 0.04) -> list[LabelledText]:
+def domain_reviews(
+    n: int, *, domain: str = "film", seed: int = 0, verdict_share: float = 0.5, noise: float = 0.04
+) -> list[LabelledText]:
     """``n`` distinct reviews of ``domain`` (``film`` or ``book``), balanced, shuffled.
 
     A ``noise`` share of labels (every 1/noise-th item before shuffling) is flipped, as

@@ -68,8 +68,7 @@ def atomic_write_bytes(path: Path, write: Callable[[Any], None], *, exclusive: b
     writers choosing one name cannot overwrite each other.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
-                                         delete=False)
+    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
     try:
         with handle:
             write(handle)
@@ -153,8 +152,9 @@ class OutputCache:
             self.root.mkdir(parents=True, exist_ok=True)
             _probe(self.root)
         except OSError as error:
-            raise MiniatureError(f"cache dir {str(self.root)!r} is not writable "
-                                 f"({error.strerror or error}); {fix}") from None
+            raise MiniatureError(
+                f"cache dir {str(self.root)!r} is not writable ({error.strerror or error}); {fix}"
+            ) from None
         for name in folders:
             folder = self.root / name
             if not folder.exists() and not folder.is_symlink():
@@ -166,7 +166,8 @@ class OutputCache:
             except OSError as error:
                 raise MiniatureError(
                     f"cache dir {str(self.root)!r}: its folder {name!r} is not writable "
-                    f"({error.strerror or error}; a cache shared with another user?); {fix}") from None
+                    f"({error.strerror or error}; a cache shared with another user?); {fix}"
+                ) from None
 
     def path(self, kind: str, key: str, suffix: str = ".npz") -> Path:
         if self.root is None:
@@ -184,8 +185,7 @@ class OutputCache:
         if self.root is None:
             return
         # numpy's stub lets **kwds fill savez's allow_pickle flag; no array here is named so
-        atomic_write_bytes(self.path(kind, key),
-                           lambda handle: np.savez(handle, **arrays))  # type: ignore[arg-type]
+        atomic_write_bytes(self.path(kind, key), lambda handle: np.savez(handle, **arrays))  # type: ignore[arg-type]
 
     def chunked(
         self,
@@ -258,9 +258,13 @@ class OutputCache:
                     dropped += 1
             if dropped:  # rewritten without them, so the next run has nothing to drop
                 atomic_write_text(journal, "".join(json.dumps(r, sort_keys=True) + "\n" for r in done.values()))
-                warnings.warn(CacheWarning(
-                    f"dropped {dropped} unreadable line(s) from {journal} (a write cut short?) and rewrote "
-                    "it without them; items left without a record are computed again"), stacklevel=3)
+                warnings.warn(
+                    CacheWarning(
+                        f"dropped {dropped} unreadable line(s) from {journal} (a write cut short?) and rewrote "
+                        "it without them; items left without a record are computed again"
+                    ),
+                    stacklevel=3,
+                )
         elif journal is not None and journal.exists():
             journal.unlink()
         return journal, done
@@ -322,5 +326,6 @@ def _read_npz(path: Path) -> Arrays | None:
 
 
 def _warn_corrupt(path: Path, error: BaseException) -> None:
-    warnings.warn(CacheWarning(f"cache file {path} is unreadable ({type(error).__name__}: "
-                               f"{error}); recomputing it"), stacklevel=3)
+    warnings.warn(
+        CacheWarning(f"cache file {path} is unreadable ({type(error).__name__}: {error}); recomputing it"), stacklevel=3
+    )

@@ -22,8 +22,9 @@ from miniature.errors import DataError
 FILE_FORMATS = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 
 
-def load_records(source: str | Path, *, split: str | None = None,
-                 text_columns: Sequence[str] = ()) -> list[dict[str, Any]]:
+def load_records(
+    source: str | Path, *, split: str | None = None, text_columns: Sequence[str] = ()
+) -> list[dict[str, Any]]:
     """Rows of a local file or of a ``datasets`` dataset (``name`` or ``name:split``);
     ``text_columns`` of a CSV file are read as text ("007" stays "007", not the number 7)."""
     text = str(source)
@@ -32,19 +33,23 @@ def load_records(source: str | Path, *, split: str | None = None,
         return _read_file(path, text_columns)
     if path.is_dir() or text.startswith((".", "/", "~")) or path.suffix.lower() in FILE_FORMATS:
         what = "is a directory" if path.is_dir() else "does not exist"
-        raise DataError(f"data {text!r}: the path {what}; fix: pass a {'/'.join(FILE_FORMATS)} "
-                        "file or a `datasets` name such as 'imdb:test'")
+        raise DataError(
+            f"data {text!r}: the path {what}; fix: pass a {'/'.join(FILE_FORMATS)} "
+            "file or a `datasets` name such as 'imdb:test'"
+        )
     name, _, named_split = text.partition(":")
     return _load_hub_dataset(name, split or named_split or "test")
 
 
 #: Leading bytes of compressed or binary files, so they are named rather than read as text.
-_MAGIC = {b"\x1f\x8b": ("gzip-compressed", "decompress it (gunzip)"),
-          b"PK\x03\x04": ("zip archive", "extract it (unzip)"),
-          b"BZh": ("bzip2-compressed", "decompress it (bunzip2)"),
-          b"\xfd7zXZ\x00": ("xz-compressed", "decompress it (unxz)"),
-          b"\x28\xb5\x2f\xfd": ("zstd-compressed", "decompress it (unzstd)"),
-          b"PAR1": ("Parquet", "rename it to .parquet")}
+_MAGIC = {
+    b"\x1f\x8b": ("gzip-compressed", "decompress it (gunzip)"),
+    b"PK\x03\x04": ("zip archive", "extract it (unzip)"),
+    b"BZh": ("bzip2-compressed", "decompress it (bunzip2)"),
+    b"\xfd7zXZ\x00": ("xz-compressed", "decompress it (unxz)"),
+    b"\x28\xb5\x2f\xfd": ("zstd-compressed", "decompress it (unzstd)"),
+    b"PAR1": ("Parquet", "rename it to .parquet"),
+}
 
 
 def _decode(path: Path) -> str:
@@ -53,15 +58,19 @@ def _decode(path: Path) -> str:
     data = path.read_bytes()
     for magic, (kind, fix) in _MAGIC.items():
         if data.startswith(magic):
-            raise DataError(f"data {str(path)!r} is a {kind} file, not {path.suffix} text; fix: "
-                            f"{fix} and pass the {path.suffix} text file it holds")
+            raise DataError(
+                f"data {str(path)!r} is a {kind} file, not {path.suffix} text; fix: "
+                f"{fix} and pass the {path.suffix} text file it holds"
+            )
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        line = data[:error.start].count(b"\n") + 1
-        raise DataError(f"data {str(path)!r}: line {line} is not UTF-8 text (byte "
-                        f"0x{data[error.start]:02x} at offset {error.start}); fix: re-encode the "
-                        "file as UTF-8") from None
+        line = data[: error.start].count(b"\n") + 1
+        raise DataError(
+            f"data {str(path)!r}: line {line} is not UTF-8 text (byte "
+            f"0x{data[error.start]:02x} at offset {error.start}); fix: re-encode the "
+            "file as UTF-8"
+        ) from None
 
 
 def read_text_file(path: Path) -> str:
@@ -85,9 +94,11 @@ def _check_csv_fields(path: Path, text: str) -> None:
         return
     for row in reader:
         if row and len(row) != len(header):
-            raise DataError(f"data {str(path)!r}: line {reader.line_num} has {len(row)} field(s) but "
-                            f"the header has {len(header)} ({', '.join(header)}); fix: quote fields "
-                            "that contain commas (\"a, b\") and give every row one value per column")
+            raise DataError(
+                f"data {str(path)!r}: line {reader.line_num} has {len(row)} field(s) but "
+                f"the header has {len(header)} ({', '.join(header)}); fix: quote fields "
+                'that contain commas ("a, b") and give every row one value per column'
+            )
 
 
 def _read_file(path: Path, text_columns: Sequence[str] = ()) -> list[dict[str, Any]]:
@@ -102,27 +113,34 @@ def _read_file(path: Path, text_columns: Sequence[str] = ()) -> list[dict[str, A
                     row = json.loads(line)
                 except ValueError as error:  # a JSONDecodeError, or a number past Python's digit limit
                     detail = error.msg if isinstance(error, json.JSONDecodeError) else _one_line(error)
-                    raise DataError(f"data {str(path)!r}: line {number} is not valid JSON "
-                                    f"({detail}); fix: one JSON object per line") from None
+                    raise DataError(
+                        f"data {str(path)!r}: line {number} is not valid JSON ({detail}); fix: one JSON object per line"
+                    ) from None
                 if not isinstance(row, dict):
-                    raise DataError(f"data {str(path)!r}: line {number} is a JSON "
-                                    f"{_json_kind(row)}, not an object; fix: one JSON object per "
-                                    "line, e.g. {\"text\": \"...\", \"label\": 0}")
+                    raise DataError(
+                        f"data {str(path)!r}: line {number} is a JSON "
+                        f"{_json_kind(row)}, not an object; fix: one JSON object per "
+                        'line, e.g. {"text": "...", "label": 0}'
+                    )
                 rows.append(row)
         elif suffix == ".json":
             try:
                 loaded = json.loads(_decode(path))
             except ValueError as error:
                 where = f"line {error.lineno} column {error.colno}: " if isinstance(error, json.JSONDecodeError) else ""
-                raise DataError(f"data {str(path)!r} is not valid JSON ({where}{_one_line(error)}); "
-                                "fix: a JSON list of objects, or jsonl (one object per line)") from None
+                raise DataError(
+                    f"data {str(path)!r} is not valid JSON ({where}{_one_line(error)}); "
+                    "fix: a JSON list of objects, or jsonl (one object per line)"
+                ) from None
             if isinstance(loaded, dict):
                 if not isinstance(loaded.get("data"), list):
                     keys = ", ".join(repr(k) for k in list(loaded)[:6])
-                    raise DataError(f"data {str(path)!r} is a JSON object (keys {keys}), not a list "
-                                    "of records; fix: a list of objects, one per item, such as "
-                                    "[{\"text\": \"...\", \"label\": 0}, ...] (or that list "
-                                    "under the key \"data\")")
+                    raise DataError(
+                        f"data {str(path)!r} is a JSON object (keys {keys}), not a list "
+                        "of records; fix: a list of objects, one per item, such as "
+                        '[{"text": "...", "label": 0}, ...] (or that list '
+                        'under the key "data")'
+                    )
                 loaded = loaded["data"]
             rows = loaded
             if isinstance(rows, list) and rows and isinstance(rows[0], dict) and "paragraphs" in rows[0]:
@@ -130,9 +148,11 @@ def _read_file(path: Path, text_columns: Sequence[str] = ()) -> list[dict[str, A
             if isinstance(rows, list):
                 for number, row in enumerate(rows):
                     if not isinstance(row, dict):
-                        raise DataError(f"data {str(path)!r}: row {number} is a JSON "
-                                        f"{_json_kind(row)}, not an object; fix: one object per "
-                                        "item with named columns")
+                        raise DataError(
+                            f"data {str(path)!r}: row {number} is a JSON "
+                            f"{_json_kind(row)}, not an object; fix: one object per "
+                            "item with named columns"
+                        )
         elif suffix == ".csv":
             import csv
             import io
@@ -151,26 +171,29 @@ def _read_file(path: Path, text_columns: Sequence[str] = ()) -> list[dict[str, A
         elif suffix == ".txt":
             rows = [{"text": line} for line in read_lines(path)]
         else:
-            raise DataError(f"data {str(path)!r}: unsupported format {suffix or '(no suffix)'}; "
-                            f"fix: use one of {', '.join(FILE_FORMATS)}")
+            raise DataError(
+                f"data {str(path)!r}: unsupported format {suffix or '(no suffix)'}; "
+                f"fix: use one of {', '.join(FILE_FORMATS)}"
+            )
     except DataError:
         raise
     except UnicodeDecodeError:
         raise DataError(f"data {str(path)!r} is not UTF-8 text; fix: re-encode it as UTF-8") from None
     except (ValueError, OSError) as error:
-        raise DataError(f"data {str(path)!r} could not be parsed as {suffix} ({_one_line(error)}); "
-                        "fix: check the file's format") from None
+        raise DataError(
+            f"data {str(path)!r} could not be parsed as {suffix} ({_one_line(error)}); fix: check the file's format"
+        ) from None
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise DataError(f"data {str(path)!r}: expected a list of records (objects); fix: one "
-                        "object per row with named columns")
+        raise DataError(
+            f"data {str(path)!r}: expected a list of records (objects); fix: one object per row with named columns"
+        )
     if not rows:
         raise DataError(f"data {str(path)!r} is empty (0 rows); fix: pass a file with items")
     return rows
 
 
 def _json_kind(value: Any) -> str:
-    return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
-        type(value), "number")
+    return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
 
 
 def read_lines(path: Path) -> list[str]:
@@ -194,18 +217,26 @@ def check_texts(texts: Sequence[str], column: str, source: str, first_row: int =
     if blank:
         first = texts[blank[0]]
         invisible = sorted({f"U+{ord(ch):04X}" for ch in first if not ch.isspace()})
-        what = (f"; row {blank[0] + first_row} holds only invisible character(s) "
-                f"{', '.join(invisible[:4])}, which tokenize like an empty text" if invisible else "")
-        raise DataError(f"data {source!r}: {len(blank)} empty or whitespace-only text(s) in column "
-                        f"{column!r} (first at row {blank[0] + first_row}){what}; fix: remove them")
+        what = (
+            f"; row {blank[0] + first_row} holds only invisible character(s) "
+            f"{', '.join(invisible[:4])}, which tokenize like an empty text"
+            if invisible
+            else ""
+        )
+        raise DataError(
+            f"data {source!r}: {len(blank)} empty or whitespace-only text(s) in column "
+            f"{column!r} (first at row {blank[0] + first_row}){what}; fix: remove them"
+        )
     for number, text in enumerate(texts):
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as error:
-            raise DataError(f"data {source!r}: column {column!r} in row {number + first_row} holds "
-                            f"a lone surrogate {text[error.start]!r} (half of a character, from a "
-                            "JSON escape such as \\ud83d without its pair); fix: write the whole "
-                            "character, or both halves of its escape (\\ud83d\\ude00)") from None
+            raise DataError(
+                f"data {source!r}: column {column!r} in row {number + first_row} holds "
+                f"a lone surrogate {text[error.start]!r} (half of a character, from a "
+                "JSON escape such as \\ud83d without its pair); fix: write the whole "
+                "character, or both halves of its escape (\\ud83d\\ude00)"
+            ) from None
 
 
 def _flatten_squad(articles: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -215,13 +246,17 @@ def _flatten_squad(articles: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for paragraph in article.get("paragraphs", []):
             for qa in paragraph.get("qas", []):
                 answers = qa.get("answers", [])
-                rows.append({
-                    "id": qa.get("id"),
-                    "question": qa.get("question"),
-                    "context": paragraph.get("context"),
-                    "answers": {"text": [a["text"] for a in answers],
-                                "answer_start": [a["answer_start"] for a in answers]},
-                })
+                rows.append(
+                    {
+                        "id": qa.get("id"),
+                        "question": qa.get("question"),
+                        "context": paragraph.get("context"),
+                        "answers": {
+                            "text": [a["text"] for a in answers],
+                            "answer_start": [a["answer_start"] for a in answers],
+                        },
+                    }
+                )
     return rows
 
 
@@ -232,17 +267,18 @@ def _load_hub_dataset(name: str, split: str) -> list[dict[str, Any]]:
         dataset = datasets.load_dataset(name, split=split)
     except Exception as error:  # noqa: BLE001 - any failure here is the user's source
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise DataError(f"data {name!r} (split {split!r}): could not load it as a local file or "
-                        f"from the `datasets` hub ({first}); fix: check the name and split, or "
-                        "pass a local jsonl/csv/parquet file") from None
+        raise DataError(
+            f"data {name!r} (split {split!r}): could not load it as a local file or "
+            f"from the `datasets` hub ({first}); fix: check the name and split, or "
+            "pass a local jsonl/csv/parquet file"
+        ) from None
     rows = [dict(row) for row in dataset]
     if not rows:
         raise DataError(f"data {name!r} split {split!r} is empty; fix: choose another split")
     return rows
 
 
-def require_columns(rows: Sequence[dict[str, Any]], columns: dict[str, type | tuple[type, ...]],
-                    source: str) -> None:
+def require_columns(rows: Sequence[dict[str, Any]], columns: dict[str, type | tuple[type, ...]], source: str) -> None:
     """Every row has each column with a value of the given type(s); else a clear DataError."""
     if not rows:
         raise DataError(f"data {source!r} is empty (0 rows); fix: pass a file with items")
@@ -250,20 +286,26 @@ def require_columns(rows: Sequence[dict[str, Any]], columns: dict[str, type | tu
     for column, kind in columns.items():
         for number, row in enumerate(rows):
             if column not in row:
-                raise DataError(f"data {source!r}: row {number} has no column {column!r} "
-                                f"(columns: {', '.join(map(str, available))}); fix: rename the "
-                                f"column or pass the matching --*-column option")
+                raise DataError(
+                    f"data {source!r}: row {number} has no column {column!r} "
+                    f"(columns: {', '.join(map(str, available))}); fix: rename the "
+                    f"column or pass the matching --*-column option"
+                )
             value = row[column]
             if kind is object:  # present; the caller checks the values
                 continue
             if _is_null(value):
-                raise DataError(f"data {source!r}: column {column!r} in row {number} is empty "
-                                "(null); fix: fill in the value or remove the row")
+                raise DataError(
+                    f"data {source!r}: column {column!r} in row {number} is empty "
+                    "(null); fix: fill in the value or remove the row"
+                )
             if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
                 names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-                raise DataError(f"data {source!r}: column {column!r} in row {number} is "
-                                f"{type(value).__name__} ({str(value)[:40]!r}), expected {names}; "
-                                "fix: correct the value or choose another column")
+                raise DataError(
+                    f"data {source!r}: column {column!r} in row {number} is "
+                    f"{type(value).__name__} ({str(value)[:40]!r}), expected {names}; "
+                    "fix: correct the value or choose another column"
+                )
 
 
 @dataclass
@@ -288,20 +330,24 @@ class TextData:
         """The first ``limit`` items (all of them when ``limit`` is None)."""
         if limit is None or len(self) <= limit:
             return self
-        return TextData(source=self.source, texts=self.texts[:limit],
-                        labels=self.labels[:limit] if self.labels is not None else None,
-                        label_names=self.label_names,
-                        pairs=self.pairs[:limit] if self.pairs is not None else None,
-                        examples=self.examples[:limit] if self.examples is not None else None,
-                        choices=self.choices[:limit] if self.choices is not None else None)
+        return TextData(
+            source=self.source,
+            texts=self.texts[:limit],
+            labels=self.labels[:limit] if self.labels is not None else None,
+            label_names=self.label_names,
+            pairs=self.pairs[:limit] if self.pairs is not None else None,
+            examples=self.examples[:limit] if self.examples is not None else None,
+            choices=self.choices[:limit] if self.choices is not None else None,
+        )
 
 
 #: a multiple-choice item's choices (a list of texts) and its right answer (an index or the choice's text)
 CHOICES_COLUMN, ANSWER_COLUMN = "choices", "answer"
 
 
-def _multiple_choice(rows: list[dict[str, Any]], name: str, *, text_column: str,
-                     label_column: str | None) -> "TextData":
+def _multiple_choice(
+    rows: list[dict[str, Any]], name: str, *, text_column: str, label_column: str | None
+) -> "TextData":
     """Multiple-choice items: the question in ``text_column``, its ``choices`` (a list of at
     least two texts) and the right one in ``answer`` (or ``label_column``): its index, or
     its text. Checked by row."""
@@ -310,19 +356,26 @@ def _multiple_choice(rows: list[dict[str, Any]], name: str, *, text_column: str,
     texts, choices, labels = [], [], []
     for number, row in enumerate(rows):
         options = row.get(CHOICES_COLUMN)
-        if (not isinstance(options, list) or len(options) < 2
-                or not all(isinstance(o, str) and o.strip() for o in options)):
-            raise DataError(f"data {name!r}: row {number}, column {CHOICES_COLUMN!r} is not a list of at least "
-                            f"two non-empty texts ({options!r}); fix: write each item's choices as a list")
+        if (
+            not isinstance(options, list)
+            or len(options) < 2
+            or not all(isinstance(o, str) and o.strip() for o in options)
+        ):
+            raise DataError(
+                f"data {name!r}: row {number}, column {CHOICES_COLUMN!r} is not a list of at least "
+                f"two non-empty texts ({options!r}); fix: write each item's choices as a list"
+            )
         answer = row.get(answer_column) if answer_column else None
         if isinstance(answer, str) and answer in options:
             answer = options.index(answer)
         elif isinstance(answer, str) and answer.strip().isdigit():
             answer = int(answer)
         if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(options):
-            raise DataError(f"data {name!r}: row {number}, column {answer_column!r} = {answer!r} is neither the "
-                            f"index (0..{len(options) - 1}) nor the text of one of its choices; fix: give "
-                            "the right choice's index or text")
+            raise DataError(
+                f"data {name!r}: row {number}, column {answer_column!r} = {answer!r} is neither the "
+                f"index (0..{len(options) - 1}) nor the text of one of its choices; fix: give "
+                "the right choice's index or text"
+            )
         text = row[text_column]
         if not str(text).strip():
             raise DataError(f"data {name!r}: row {number}, column {text_column!r} is empty; fix: remove it")
@@ -376,9 +429,11 @@ def load_text_data(
         return TextData(source=name, texts=texts, labels=[int(v) for v in raw])
     if ids:
         named = next(i for i, v in enumerate(raw) if not isinstance(v, int))
-        raise DataError(f"data {name!r}: column {label_column!r} mixes integer label ids (row "
-                        f"{ids[0]}: {raw[ids[0]]!r}) and label names (row {named}: {raw[named]!r}); "
-                        "fix: use ids 0..n-1 or names throughout")
+        raise DataError(
+            f"data {name!r}: column {label_column!r} mixes integer label ids (row "
+            f"{ids[0]}: {raw[ids[0]]!r}) and label names (row {named}: {raw[named]!r}); "
+            "fix: use ids 0..n-1 or names throughout"
+        )
     names = sorted({str(v) for v in raw})
     index = {label: i for i, label in enumerate(names)}
     return TextData(source=name, texts=texts, labels=[index[str(v)] for v in raw], label_names=names)
@@ -399,26 +454,28 @@ def _label_value(row: dict[str, Any], column: str, number: int, source: str) -> 
     if _is_null(value):
         raise DataError(f"{where} is empty (null); fix: give every row a label, or remove the row")
     if isinstance(value, bool):
-        raise DataError(f"{where} is a boolean ({value}); fix: use integer label ids 0..n-1 or "
-                        "label names")
+        raise DataError(f"{where} is a boolean ({value}); fix: use integer label ids 0..n-1 or label names")
     if isinstance(value, int):
         return value
     if isinstance(value, float):
         if value.is_integer():
             return int(value)
-        raise DataError(f"{where} is float {value}, not a whole number; fix: labels are integer ids "
-                        "0..n-1 or label names (for a regression target, this task does not apply)")
+        raise DataError(
+            f"{where} is float {value}, not a whole number; fix: labels are integer ids "
+            "0..n-1 or label names (for a regression target, this task does not apply)"
+        )
     if isinstance(value, str):
         if not value.strip():
             raise DataError(f"{where} is blank; fix: give every row a label, or remove the row")
         if _INTEGER.fullmatch(value.strip()):
             return int(value.strip())
         return value
-    hint = (" (this looks like a QA file: pass --task qa)"
-            if {"question", "context"} <= set(row) else "")
-    raise DataError(f"{where} is a {type(value).__name__} ({str(value)[:40]!r}), expected an "
-                    f"integer label id or a label name{hint}; fix: correct the value or choose "
-                    "another --label-column")
+    hint = " (this looks like a QA file: pass --task qa)" if {"question", "context"} <= set(row) else ""
+    raise DataError(
+        f"{where} is a {type(value).__name__} ({str(value)[:40]!r}), expected an "
+        f"integer label id or a label name{hint}; fix: correct the value or choose "
+        "another --label-column"
+    )
 
 
 def is_text_file(source: str | Path) -> bool:
@@ -469,37 +526,44 @@ def builtin_sentiment_data(*, seed: int = 0, scale: float = 1.0) -> TaskData:
     """
     from miniature.core.builtin_data import domain_reviews
 
-    sizes = {name: max(20, int(round(size * scale)))
-             for name, size in dict(train=1000, holdout=300, test=500, extra=150, shifted=300).items()}
-    reviews = domain_reviews(sizes["train"] + sizes["holdout"] + sizes["test"] + sizes["extra"],
-                             domain="film", seed=seed)
+    sizes = {
+        name: max(20, int(round(size * scale)))
+        for name, size in dict(train=1000, holdout=300, test=500, extra=150, shifted=300).items()
+    }
+    reviews = domain_reviews(
+        sizes["train"] + sizes["holdout"] + sizes["test"] + sizes["extra"], domain="film", seed=seed
+    )
     cuts = list(accumulate([sizes["train"], sizes["holdout"], sizes["test"]]))
-    parts = [reviews[:cuts[0]], reviews[cuts[0]:cuts[1]], reviews[cuts[1]:cuts[2]], reviews[cuts[2]:]]
+    parts = [reviews[: cuts[0]], reviews[cuts[0] : cuts[1]], reviews[cuts[1] : cuts[2]], reviews[cuts[2] :]]
 
     def as_data(name: str, items: list) -> TextData:
-        return TextData(source=f"builtin:{name}", texts=[i.text for i in items],
-                        labels=[i.label for i in items])
+        return TextData(source=f"builtin:{name}", texts=[i.text for i in items], labels=[i.label for i in items])
 
     shifted = [i.text for i in domain_reviews(sizes["shifted"], domain="book", seed=seed + 1)]
     extra = parts[3]
     # interleaved (2 books after each film review), so --data-limit keeps both kinds
     texts, is_ood = [], []
     for i, item in enumerate(extra):
-        texts += [item.text] + shifted[2 * i:2 * i + 2]
-        is_ood += [False] + [True] * len(shifted[2 * i:2 * i + 2])
-    texts += shifted[2 * len(extra):]
-    is_ood += [True] * len(shifted[2 * len(extra):])
+        texts += [item.text] + shifted[2 * i : 2 * i + 2]
+        is_ood += [False] + [True] * len(shifted[2 * i : 2 * i + 2])
+    texts += shifted[2 * len(extra) :]
+    is_ood += [True] * len(shifted[2 * len(extra) :])
     challenge = TextData(source="builtin:challenge", texts=texts)
-    return TaskData(train=as_data("train", parts[0]), holdout=as_data("holdout", parts[1]),
-                    test=as_data("test", parts[2]), challenge=challenge,
-                    challenge_is_ood=is_ood)
+    return TaskData(
+        train=as_data("train", parts[0]),
+        holdout=as_data("holdout", parts[1]),
+        test=as_data("test", parts[2]),
+        challenge=challenge,
+        challenge_is_ood=is_ood,
+    )
 
 
 def qa_data(source: str, examples: Sequence[Any]) -> TextData:
     """Extractive-QA items as TextData: questions in ``texts``, contexts in ``pairs``."""
     examples = list(examples)
-    return TextData(source=source, texts=[e.question for e in examples],
-                    pairs=[e.context for e in examples], examples=examples)
+    return TextData(
+        source=source, texts=[e.question for e in examples], pairs=[e.context for e in examples], examples=examples
+    )
 
 
 def load_qa_data(source: str | Path, *, split: str | None = None, limit: int | None = None) -> TextData:
@@ -518,14 +582,18 @@ def builtin_qa_data(*, seed: int = 0, scale: float = 1.0) -> TaskData:
     """
     from miniature.core.builtin_data import news_qa_items, qa_items
 
-    sizes = {name: max(20, int(round(size * scale)))
-             for name, size in dict(train=600, holdout=200, test=300, extra=100, news=200).items()}
+    sizes = {
+        name: max(20, int(round(size * scale)))
+        for name, size in dict(train=600, holdout=200, test=300, extra=100, news=200).items()
+    }
     items = qa_items(sum(sizes[k] for k in ("train", "holdout", "test", "extra")), seed=seed)
     cuts = list(accumulate([sizes["train"], sizes["holdout"], sizes["test"]]))
-    parts = [items[:cuts[0]], items[cuts[0]:cuts[1]], items[cuts[1]:cuts[2]], items[cuts[2]:]]
+    parts = [items[: cuts[0]], items[cuts[0] : cuts[1]], items[cuts[1] : cuts[2]], items[cuts[2] :]]
     news = news_qa_items(sizes["news"], seed=seed + 1)
-    return TaskData(train=qa_data("builtin-qa:train", parts[0]),
-                    holdout=qa_data("builtin-qa:holdout", parts[1]),
-                    test=qa_data("builtin-qa:test", parts[2]),
-                    challenge=qa_data("builtin-qa:challenge", parts[3] + news),
-                    challenge_is_ood=[False] * len(parts[3]) + [True] * len(news))
+    return TaskData(
+        train=qa_data("builtin-qa:train", parts[0]),
+        holdout=qa_data("builtin-qa:holdout", parts[1]),
+        test=qa_data("builtin-qa:test", parts[2]),
+        challenge=qa_data("builtin-qa:challenge", parts[3] + news),
+        challenge_is_ood=[False] * len(parts[3]) + [True] * len(news),
+    )

@@ -67,8 +67,7 @@ class JobHost(Protocol):
 #: builds the host a worker computes through, from the driver's settings and data
 HostFactory = Callable[..., JobHost]
 
-__all__ = ["Execution", "Job", "plan", "run_job", "run_jobs", "check_shared_cache",
-           "RAY_MISSING"]
+__all__ = ["Execution", "Job", "plan", "run_job", "run_jobs", "check_shared_cache", "RAY_MISSING"]
 
 #: attack shards per worker: more, smaller shards even out items of unequal cost
 SHARDS_PER_WORKER = 2
@@ -78,8 +77,10 @@ MAX_RETRIES = 3
 #: the environment variable Ray's raylet reads for its workers' niceness (default 15)
 WORKER_NICENESS = "RAY_worker_niceness"
 
-RAY_MISSING = ("--executor ray needs Ray, which is not installed; fix: pip install "
-               "'pytest-miniature[ray]' (or use --executor inprocess)")
+RAY_MISSING = (
+    "--executor ray needs Ray, which is not installed; fix: pip install "
+    "'pytest-miniature[ray]' (or use --executor inprocess)"
+)
 
 
 @dataclass(frozen=True)
@@ -139,8 +140,9 @@ def plan(gate: "JobHost", characteristics: Iterable[str] | None = None, *, worke
         if attacked and sizes:
             n = sizes.pop()
             size = max(1, math.ceil(n / max(1, workers * SHARDS_PER_WORKER)))
-            jobs += [Job("attack", tuple(attacked), start=start, stop=min(start + size, n))
-                     for start in range(0, n, size)]
+            jobs += [
+                Job("attack", tuple(attacked), start=start, stop=min(start + size, n)) for start in range(0, n, size)
+            ]
     wanted: list[tuple[str, str | None]] = []
     for characteristic in chosen:
         if characteristic.answers and gate.task == "qa":
@@ -150,8 +152,7 @@ def plan(gate: "JobHost", characteristics: Iterable[str] | None = None, *, worke
                 stage = None if stage == ENCODER else stage
                 if (role, stage) not in wanted:
                     wanted.append((role, stage))
-    jobs += [Job("encode", (model,), role=role, stage=stage)
-             for model in gate.names for role, stage in wanted]
+    jobs += [Job("encode", (model,), role=role, stage=stage) for model in gate.names for role, stage in wanted]
     if any(c.answers for c in chosen) and gate.task == "qa":  # QA's answers, one job per model
         jobs += [Job("answers", (model,), role="test") for model in gate.names]
     return jobs
@@ -164,8 +165,9 @@ def plan(gate: "JobHost", characteristics: Iterable[str] | None = None, *, worke
 WORKER_GATES: dict[str, Any] = {}
 
 
-def run_job(make_host: HostFactory, values: dict[str, Any], data: "TaskData | None", job: Job,
-            threads: int = 1) -> dict[str, Any]:
+def run_job(
+    make_host: HostFactory, values: dict[str, Any], data: "TaskData | None", job: Job, threads: int = 1
+) -> dict[str, Any]:
     """Run one job in this process (a Ray worker), through the gate's own methods.
 
     ``make_host(settings, data=...)`` builds the gate in the worker (the driver passes its
@@ -194,9 +196,15 @@ def run_job(make_host: HostFactory, values: dict[str, Any], data: "TaskData | No
                     gate.attack_shard(model, job.start, job.stop)
         except (NotApplicable, MiniatureError) as error:
             problem = str(error)
-    return {"job": job, "problem": problem, "pid": os.getpid(), "node": _node(),
-            "seconds": time.perf_counter() - started, "package": str(Path(__file__).parent.parent),  # the miniature package folder
-            "warnings": [(w.category, str(w.message)) for w in caught]}
+    return {
+        "job": job,
+        "problem": problem,
+        "pid": os.getpid(),
+        "node": _node(),
+        "seconds": time.perf_counter() - started,
+        "package": str(Path(__file__).parent.parent),  # the miniature package folder
+        "warnings": [(w.category, str(w.message)) for w in caught],
+    }
 
 
 def probe_cache(root: str, token: str) -> dict[str, Any]:
@@ -223,8 +231,10 @@ def _node() -> str:
 
 # -- the driver side -------------------------------------------------------------------------
 
-def run_jobs(gate: "JobHost", characteristics: Iterable[str] | None = None, *,
-             make_host: HostFactory | None = None) -> Execution:
+
+def run_jobs(
+    gate: "JobHost", characteristics: Iterable[str] | None = None, *, make_host: HostFactory | None = None
+) -> Execution:
     """Run the jobs of ``characteristics`` (see :func:`plan`) as the gate's ``--executor``
     says; ``inprocess`` runs nothing ahead (and imports no Ray). ``make_host`` builds the
     gate in each worker (default: the driver gate's own class)."""
@@ -232,7 +242,8 @@ def run_jobs(gate: "JobHost", characteristics: Iterable[str] | None = None, *,
     if settings.executor != "ray":
         return Execution()
     return RayExecutor(settings.ray_address, settings.ray_workers).run(
-        gate, characteristics, make_host=make_host or type(gate))
+        gate, characteristics, make_host=make_host or type(gate)
+    )
 
 
 def check_shared_cache(ray: Any, root: Path) -> None:
@@ -246,8 +257,14 @@ def check_shared_cache(ray: Any, root: Path) -> None:
 
         probe = ray.remote(num_cpus=0)(probe_cache)
         nodes = [n for n in ray.nodes() if n.get("Alive")]
-        answers = ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-            n["NodeID"], soft=False)).remote(str(root), token) for n in nodes])
+        answers = ray.get(
+            [
+                probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
+                    str(root), token
+                )
+                for n in nodes
+            ]
+        )
     finally:
         marker.unlink(missing_ok=True)
     for answer in answers:
@@ -256,7 +273,8 @@ def check_shared_cache(ray: Any, root: Path) -> None:
             raise MiniatureError(
                 f"a Ray worker on node {answer['node']!r} {what} the cache dir {str(root)!r}; fix: put "
                 f"{opt.CACHE_DIR} on storage every node mounts at the same path (NFS, a mounted "
-                "bucket; see the README's 'Running on Ray')")
+                "bucket; see the README's 'Running on Ray')"
+            )
 
 
 class RayExecutor:
@@ -276,8 +294,7 @@ class RayExecutor:
             return ray, False
         package_root = str(Path(__file__).resolve().parents[2])  # this miniature for local workers
         path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
-        options: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False,
-                                       logging_level="ERROR")
+        options: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         if self.address:
             options["address"] = self.address
         else:
@@ -293,16 +310,19 @@ class RayExecutor:
             ray.init(**options)
         except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as error:
             where = self.address or "a local cluster"
-            raise MiniatureError(f"could not start Ray on {where} ({str(error).splitlines()[0]}); fix: "
-                                 f"check {opt.RAY_ADDRESS} (ray status shows the cluster), or run with "
-                                 f"{opt.EXECUTOR} inprocess") from None
+            raise MiniatureError(
+                f"could not start Ray on {where} ({str(error).splitlines()[0]}); fix: "
+                f"check {opt.RAY_ADDRESS} (ray status shows the cluster), or run with "
+                f"{opt.EXECUTOR} inprocess"
+            ) from None
         finally:
             if niceness is None:
                 os.environ.pop(WORKER_NICENESS, None)
         return ray, True
 
-    def run(self, gate: "JobHost", characteristics: Iterable[str] | None = None, *,
-            make_host: HostFactory | None = None) -> Execution:
+    def run(
+        self, gate: "JobHost", characteristics: Iterable[str] | None = None, *, make_host: HostFactory | None = None
+    ) -> Execution:
         """Plan the jobs for the cluster's size, run them, and say what ran where."""
         ray, started_here = self.start()
         began = time.perf_counter()
@@ -314,27 +334,29 @@ class RayExecutor:
             raise MiniatureError(
                 f"Ray on {self.address or 'the local cluster'} stopped answering ({type(error).__name__}: "
                 f"{first}; has a Ray system process, the GCS or a raylet, died?); fix: restart Ray "
-                f"(ray status shows the cluster), or run with {opt.EXECUTOR} inprocess") from None
+                f"(ray status shows the cluster), or run with {opt.EXECUTOR} inprocess"
+            ) from None
         finally:
             if started_here:
                 with contextlib.suppress(Exception):  # a dead cluster may not shut down cleanly
                     ray.shutdown()
 
-    def _run(self, ray: Any, gate: "JobHost", characteristics: Iterable[str] | None, began: float,
-             make_host: HostFactory) -> Execution:
+    def _run(
+        self, ray: Any, gate: "JobHost", characteristics: Iterable[str] | None, began: float, make_host: HostFactory
+    ) -> Execution:
         """:meth:`run` on a connected Ray."""
         resources = ray.cluster_resources()
-        use_gpu = gate.settings.device == "cuda" or (
-            gate.settings.device == "auto" and resources.get("GPU", 0) >= 1)
+        use_gpu = gate.settings.device == "cuda" or (gate.settings.device == "auto" and resources.get("GPU", 0) >= 1)
         workers = int(resources.get("GPU", 0)) if use_gpu else int(resources.get("CPU", 1))
         workers = max(1, workers)
         jobs = plan(gate, characteristics, workers=workers)
-        execution = Execution(executor="ray", workers=workers, jobs=len(jobs),
-                              address=self.address or "local")
+        execution = Execution(executor="ray", workers=workers, jobs=len(jobs), address=self.address or "local")
         root = gate.cache.root
         if root is None:  # refused by check_combinations; a Gate built by hand may still get here
-            raise MiniatureError(f"{opt.EXECUTOR} ray needs the cache: the workers hand their "
-                                 f"outputs over through it; fix: drop {opt.NO_CACHE}")
+            raise MiniatureError(
+                f"{opt.EXECUTOR} ray needs the cache: the workers hand their "
+                f"outputs over through it; fix: drop {opt.NO_CACHE}"
+            )
         check_shared_cache(ray, root.resolve())
         if gate.settings.finetune:  # fine-tune once, here, before the workers load the models
             for name in gate.names:
@@ -342,14 +364,14 @@ class RayExecutor:
         values = dict(gate.settings.values)
         values[opt.CACHE_DIR] = root.resolve()  # the workers' folder is not the driver's
         data = ray.put(gate.data)
-        task = ray.remote(run_job).options(num_cpus=1, num_gpus=1 if use_gpu else 0,
-                                           max_retries=MAX_RETRIES)
+        task = ray.remote(run_job).options(num_cpus=1, num_gpus=1 if use_gpu else 0, max_retries=MAX_RETRIES)
         pending = {task.remote(make_host, values, data, job): job for job in jobs}
         pids: set[tuple[str, int]] = set()
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(pending), desc=f"ray jobs [{workers} workers]", unit="job",
-                   leave=False, disable=None)  # shown on a terminal only
+        bar = tqdm(
+            total=len(pending), desc=f"ray jobs [{workers} workers]", unit="job", leave=False, disable=None
+        )  # shown on a terminal only
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             job = pending.pop(done[0])
@@ -359,8 +381,10 @@ class RayExecutor:
                 answer = ray.get(done[0])
             except Exception as error:  # noqa: BLE001 - a task's failure, after its retries
                 last = (str(error).strip().splitlines() or [type(error).__name__])[-1]
-                raise MiniatureError(f"Ray task '{job.label}' failed ({last}); fix: see the worker's "
-                                     f"log (ray logs), or run with {opt.EXECUTOR} inprocess") from None
+                raise MiniatureError(
+                    f"Ray task '{job.label}' failed ({last}); fix: see the worker's "
+                    f"log (ray logs), or run with {opt.EXECUTOR} inprocess"
+                ) from None
             pids.add((answer["node"], answer["pid"]))
             execution.timings.append((job.label, round(answer["seconds"], 3), answer["pid"]))
             if answer["problem"]:
@@ -372,4 +396,3 @@ class RayExecutor:
         execution.worker_processes = len(pids)
         execution.seconds = round(time.perf_counter() - began, 3)
         return execution
-

@@ -64,21 +64,35 @@ def finetune(
     overrides ``epochs``. The training loss before and after is measured on up to
     ``loss_sample`` training items (the same ones both times) in eval mode.
     """
-    _check_arguments(task, train, epochs=epochs, learning_rate=learning_rate,
-                     batch_size=batch_size, max_steps=max_steps, max_length=max_length,
-                     doc_stride=doc_stride)
+    _check_arguments(
+        task,
+        train,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        max_steps=max_steps,
+        max_length=max_length,
+        doc_stride=doc_stride,
+    )
     spec = resolve_model(model_source)
     output_root = Path(output_root).expanduser()
     if spec.is_local and output_root.resolve().is_relative_to(Path(spec.source).resolve()):
-        raise OptionError(f"output dir {str(output_root)!r} is inside the model folder {spec.source!r}, "
-                          "which must stay as it is (its fingerprint names the fine-tuned copy); fix: "
-                          "pass an --output-dir outside the model's folder")
+        raise OptionError(
+            f"output dir {str(output_root)!r} is inside the model folder {spec.source!r}, "
+            "which must stay as it is (its fingerprint names the fine-tuned copy); fix: "
+            "pass an --output-dir outside the model's folder"
+        )
     _check_writable(output_root)
     # typed, so 10 and 10.0 epochs (library vs command line) are the same model
     settings: dict[str, Any] = {
-        "epochs": float(epochs), "learning_rate": float(learning_rate),
-        "batch_size": int(batch_size), "max_steps": int(max_steps), "seed": int(seed),
-        "max_length": int(max_length), "loss_sample": int(loss_sample)}
+        "epochs": float(epochs),
+        "learning_rate": float(learning_rate),
+        "batch_size": int(batch_size),
+        "max_steps": int(max_steps),
+        "seed": int(seed),
+        "max_length": int(max_length),
+        "loss_sample": int(loss_sample),
+    }
     if task == "qa":
         settings["doc_stride"] = int(doc_stride)
     data_print = _data_fingerprint(train)
@@ -87,9 +101,18 @@ def finetune(
         target = output_root / _key(base_print, task, data_print, settings)
         if _is_complete(target):
             return target
-    return _train(spec, task, train, output_root=output_root, settings=settings,
-                  base_print=base_print, data_print=data_print, progress=progress,
-                  trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    return _train(
+        spec,
+        task,
+        train,
+        output_root=output_root,
+        settings=settings,
+        base_print=base_print,
+        data_print=data_print,
+        progress=progress,
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
+    )
 
 
 def _key(base_print: str, task: str, data_print: str, settings: dict[str, Any]) -> str:
@@ -100,48 +123,67 @@ def _is_complete(path: Path) -> bool:
     return (path / RECORD_NAME).is_file() and (path / "config.json").is_file()
 
 
-def _check_arguments(task: str, train: Any, *, epochs: float, learning_rate: float,
-                     batch_size: int, max_steps: int, max_length: int, doc_stride: int) -> None:
+def _check_arguments(
+    task: str,
+    train: Any,
+    *,
+    epochs: float,
+    learning_rate: float,
+    batch_size: int,
+    max_steps: int,
+    max_length: int,
+    doc_stride: int,
+) -> None:
     if task not in TASKS:
         raise OptionError(f"task must be one of {TASKS}, got {task!r}")
     if task == "classification":
         if not isinstance(train, TextData):
             raise TypeError(f"classification trains on TextData, got {type(train).__name__}")
         if train.labels is None and train.source.lower().endswith(".txt"):
-            raise DataError(f"data {train.source!r} is a .txt file (one text per line), which has "
-                            "no labels, and fine-tuning a classifier needs them; fix: pass a "
-                            ".jsonl/.csv/.parquet file with a text and a label column, e.g. "
-                            "{\"text\": \"a fine film\", \"label\": 1} per line")
+            raise DataError(
+                f"data {train.source!r} is a .txt file (one text per line), which has "
+                "no labels, and fine-tuning a classifier needs them; fix: pass a "
+                ".jsonl/.csv/.parquet file with a text and a label column, e.g. "
+                '{"text": "a fine film", "label": 1} per line'
+            )
         if train.labels is None:
-            raise DataError(f"data {train.source!r} has no labels, and fine-tuning a classifier "
-                            "needs them; fix: pass --label-column naming the label column")
+            raise DataError(
+                f"data {train.source!r} has no labels, and fine-tuning a classifier "
+                "needs them; fix: pass --label-column naming the label column"
+            )
         if len(train.labels) != len(train.texts):
-            raise DataError(f"data {train.source!r}: {len(train.texts)} texts but "
-                            f"{len(train.labels)} labels; fix: one label per text")
+            raise DataError(
+                f"data {train.source!r}: {len(train.texts)} texts but "
+                f"{len(train.labels)} labels; fix: one label per text"
+            )
         if train.labels and min(train.labels) < 0:
-            raise DataError(f"data {train.source!r}: labels must be 0..n-1, found "
-                            f"{min(train.labels)}; fix: map the labels to non-negative ids")
+            raise DataError(
+                f"data {train.source!r}: labels must be 0..n-1, found "
+                f"{min(train.labels)}; fix: map the labels to non-negative ids"
+            )
     else:
         if isinstance(train, TextData) or not all(isinstance(e, QAExample) for e in train):
             raise TypeError("qa trains on a list of QAExample (see qa_examples_from_records)")
     if len(train) == 0:
         raise DataError("training data is empty (0 items); fix: pass a file with items")
     if max_steps <= 0 and not 0 < epochs < math.inf:  # NaN too
-        raise OptionError(f"epochs must be a finite number > 0 (or max_steps > 0), got epochs={epochs}; "
-                          "fix: pass --epochs above 0")
+        raise OptionError(
+            f"epochs must be a finite number > 0 (or max_steps > 0), got epochs={epochs}; fix: pass --epochs above 0"
+        )
     if not 0 < learning_rate < math.inf:  # NaN too: it would train on NaN weights
-        raise OptionError(f"learning_rate must be a finite number > 0, got {learning_rate}; fix: pass "
-                          "--learning-rate such as 5e-5")
+        raise OptionError(
+            f"learning_rate must be a finite number > 0, got {learning_rate}; fix: pass --learning-rate such as 5e-5"
+        )
     if batch_size < 1:
-        raise OptionError(f"batch_size must be >= 1, got {batch_size}; fix: pass --batch-size 1 "
-                          "or more")
+        raise OptionError(f"batch_size must be >= 1, got {batch_size}; fix: pass --batch-size 1 or more")
     if max_length < 16:
-        raise OptionError(f"max_length must be >= 16 tokens, got {max_length}; fix: pass "
-                          "--max-length 16 or more")
+        raise OptionError(f"max_length must be >= 16 tokens, got {max_length}; fix: pass --max-length 16 or more")
     if task == "qa" and not 0 <= doc_stride <= max_length - 12:
-        raise OptionError(f"doc_stride ({doc_stride}) must be in [0, max_length - 12 = "
-                          f"{max_length - 12}] to leave room for special tokens and the question; "
-                          "fix: lower --doc-stride or raise --max-length")
+        raise OptionError(
+            f"doc_stride ({doc_stride}) must be in [0, max_length - 12 = "
+            f"{max_length - 12}] to leave room for special tokens and the question; "
+            "fix: lower --doc-stride or raise --max-length"
+        )
 
 
 def _check_writable(root: Path) -> None:
@@ -149,17 +191,19 @@ def _check_writable(root: Path) -> None:
         root.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=root).close()
     except OSError as error:
-        raise MiniatureError(f"output dir {str(root)!r} is not writable "
-                             f"({error.strerror or error}); fix: pass --output-dir with a "
-                             "writable folder") from None
+        raise MiniatureError(
+            f"output dir {str(root)!r} is not writable "
+            f"({error.strerror or error}); fix: pass --output-dir with a "
+            "writable folder"
+        ) from None
 
 
 def _data_fingerprint(train: TextData | Sequence[QAExample]) -> str:
     if isinstance(train, TextData):
-        return fingerprint("classification", fingerprint_texts(train.texts), list(train.labels or []),
-                           list(train.label_names))
-    return fingerprint("qa", fingerprint_texts(json.dumps(e.to_record(), sort_keys=True)
-                                               for e in train))
+        return fingerprint(
+            "classification", fingerprint_texts(train.texts), list(train.labels or []), list(train.label_names)
+        )
+    return fingerprint("qa", fingerprint_texts(json.dumps(e.to_record(), sort_keys=True) for e in train))
 
 
 def _base_fingerprint(spec: ModelSpec) -> str | None:
@@ -176,8 +220,7 @@ def _base_fingerprint(spec: ModelSpec) -> str | None:
 
 
 # -- training ---------------------------------------------------------------------------------
-def _load(spec: ModelSpec, task: str, train: Any, *, trust_remote_code: bool,
-          allow_pickle: bool) -> tuple[Any, Any]:
+def _load(spec: ModelSpec, task: str, train: Any, *, trust_remote_code: bool, allow_pickle: bool) -> tuple[Any, Any]:
     import transformers
 
     transformers.logging.set_verbosity_error()
@@ -188,13 +231,11 @@ def _load(spec: ModelSpec, task: str, train: Any, *, trust_remote_code: bool,
         from miniature.core.models import model_file_boundary, tokenizer_file_name, weights_file_name
 
         with model_file_boundary(spec, tokenizer_file_name(spec)):
-            tokenizer = transformers.AutoTokenizer.from_pretrained(
-                spec.source, trust_remote_code=trust_remote_code)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(spec.source, trust_remote_code=trust_remote_code)
         if task == "classification":
             auto: Any = transformers.AutoModelForSequenceClassification
             with model_file_boundary(spec, "config.json"):
-                config = transformers.AutoConfig.from_pretrained(
-                    spec.source, trust_remote_code=trust_remote_code)
+                config = transformers.AutoConfig.from_pretrained(spec.source, trust_remote_code=trust_remote_code)
             needed = max(max(train.labels) + 1, len(train.label_names))
             kept = id2label(config)
             if train.label_names and config.num_labels == needed and match_label_names(kept, train.label_names):
@@ -205,46 +246,59 @@ def _load(spec: ModelSpec, task: str, train: Any, *, trust_remote_code: bool,
                 names = dict(config.id2label)
             else:
                 names = {i: f"LABEL_{i}" for i in range(needed)}
-            options = {"num_labels": needed, "id2label": names,
-                       "label2id": {v: k for k, v in names.items()},
-                       "ignore_mismatched_sizes": config.num_labels != needed}
+            options = {
+                "num_labels": needed,
+                "id2label": names,
+                "label2id": {v: k for k, v in names.items()},
+                "ignore_mismatched_sizes": config.num_labels != needed,
+            }
         else:
             auto = transformers.AutoModelForQuestionAnswering
         with model_file_boundary(spec, weights_file_name(spec), allow_pickle=allow_pickle):
-            model = auto.from_pretrained(spec.source, trust_remote_code=trust_remote_code,
-                                         use_safetensors=None if allow_pickle else True, **options)
+            model = auto.from_pretrained(
+                spec.source,
+                trust_remote_code=trust_remote_code,
+                use_safetensors=None if allow_pickle else True,
+                **options,
+            )
     except ModelReferenceError:
         raise
     except (OSError, ValueError) as error:
         if spec.is_local:
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ModelReferenceError(f"model {spec.name!r}: could not load {spec.source!r} for "
-                                      f"{task} fine-tuning ({first}); fix: re-save it with "
-                                      "save_pretrained (safetensors) and its tokenizer") from None
+            raise ModelReferenceError(
+                f"model {spec.name!r}: could not load {spec.source!r} for "
+                f"{task} fine-tuning ({first}); fix: re-save it with "
+                "save_pretrained (safetensors) and its tokenizer"
+            ) from None
         raise hub_error(spec, error) from None
     return model, tokenizer
 
 
-def _classification_items(tokenizer: Any, train: TextData, keys: set[str],
-                          max_length: int, labels: dict[int, str]) -> list[dict[str, Any]]:
+def _classification_items(
+    tokenizer: Any, train: TextData, keys: set[str], max_length: int, labels: dict[int, str]
+) -> list[dict[str, Any]]:
     """Tokenised items with their label as the model's id: where the model names the data's
     labels (``labels``, its id2label), each data label goes to the id of its name."""
     encoded = tokenizer(list(train.texts), truncation=True, max_length=max_length)
     names = [k for k in encoded.keys() if k in keys]
     matched = match_label_names(labels, train.label_names) if train.label_names else None
     model_id = {matched[name]: i for i, name in labels.items()} if matched else {}
-    return [{**{k: encoded[k][i] for k in names}, "labels": model_id.get(int(label), int(label))}
-            for i, label in enumerate(train.labels or [])]
+    return [
+        {**{k: encoded[k][i] for k in names}, "labels": model_id.get(int(label), int(label))}
+        for i, label in enumerate(train.labels or [])
+    ]
 
 
-def _qa_items(tokenizer: Any, examples: Sequence[QAExample], keys: set[str], max_length: int,
-              doc_stride: int) -> list[dict[str, Any]]:
+def _qa_items(
+    tokenizer: Any, examples: Sequence[QAExample], keys: set[str], max_length: int, doc_stride: int
+) -> list[dict[str, Any]]:
     """One item per window; the answer's token span if the window holds all of it, else [CLS]."""
-    features = prepare_qa_features(tokenizer, examples, max_length=max_length,
-                                   doc_stride=doc_stride)
+    features = prepare_qa_features(tokenizer, examples, max_length=max_length, doc_stride=doc_stride)
     items = []
-    for inputs, index, offsets, cls in zip(features.inputs, features.example_index,
-                                           features.offsets, features.cls_index):
+    for inputs, index, offsets, cls in zip(
+        features.inputs, features.example_index, features.offsets, features.cls_index
+    ):
         example = examples[index]
         start = end = cls
         if example.is_answerable:
@@ -254,21 +308,29 @@ def _qa_items(tokenizer: Any, examples: Sequence[QAExample], keys: set[str], max
             if context and offsets[context[0]][0] <= first and offsets[context[-1]][1] >= last:  # type: ignore[index]
                 start = max(j for j in context if offsets[j][0] <= first)  # type: ignore[index]
                 end = min(j for j in context if offsets[j][1] >= last)  # type: ignore[index]
-        items.append({**{k: v for k, v in inputs.items() if k in keys},
-                      "start_positions": start, "end_positions": end})
+        items.append({**{k: v for k, v in inputs.items() if k in keys}, "start_positions": start, "end_positions": end})
     return items
 
 
-def _train(spec: ModelSpec, task: str, train: Any, *, output_root: Path, settings: dict[str, Any],
-           base_print: str | None, data_print: str, progress: bool, trust_remote_code: bool,
-           allow_pickle: bool) -> Path:
+def _train(
+    spec: ModelSpec,
+    task: str,
+    train: Any,
+    *,
+    output_root: Path,
+    settings: dict[str, Any],
+    base_print: str | None,
+    data_print: str,
+    progress: bool,
+    trust_remote_code: bool,
+    allow_pickle: bool,
+) -> Path:
     import torch
     import transformers
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     transformers.set_seed(settings["seed"])  # the new head's initialisation
-    model, tokenizer = _load(spec, task, train, trust_remote_code=trust_remote_code,
-                             allow_pickle=allow_pickle)
+    model, tokenizer = _load(spec, task, train, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     if base_print is None:  # a hub model that was not cached before this load
         from miniature.core.models import hub_fingerprint
 
@@ -286,22 +348,36 @@ def _train(spec: ModelSpec, task: str, train: Any, *, output_root: Path, setting
     else:
         items = _qa_items(tokenizer, train, keys, max_length, settings["doc_stride"])
     rng = np.random.default_rng(settings["seed"])
-    sample = [items[i] for i in sorted(rng.permutation(len(items))[:settings["loss_sample"]])]
+    sample = [items[i] for i in sorted(rng.permutation(len(items))[: settings["loss_sample"]])]
     with building(target, complete=_is_complete) as built:
         cpu = not torch.cuda.is_available()
         arguments = TrainingArguments(
-            output_dir=str(built.parent / "trainer"), num_train_epochs=settings["epochs"],
-            max_steps=settings["max_steps"], learning_rate=settings["learning_rate"],
+            output_dir=str(built.parent / "trainer"),
+            num_train_epochs=settings["epochs"],
+            max_steps=settings["max_steps"],
+            learning_rate=settings["learning_rate"],
             per_device_train_batch_size=settings["batch_size"],
-            per_device_eval_batch_size=settings["batch_size"], seed=settings["seed"],
-            data_seed=settings["seed"], report_to=[], save_strategy="no", eval_strategy="no",
-            logging_strategy="epoch", prediction_loss_only=True, disable_tqdm=not progress,
-            use_cpu=cpu, dataloader_pin_memory=not cpu, dataloader_num_workers=0,
+            per_device_eval_batch_size=settings["batch_size"],
+            seed=settings["seed"],
+            data_seed=settings["seed"],
+            report_to=[],
+            save_strategy="no",
+            eval_strategy="no",
+            logging_strategy="epoch",
+            prediction_loss_only=True,
+            disable_tqdm=not progress,
+            use_cpu=cpu,
+            dataloader_pin_memory=not cpu,
+            dataloader_num_workers=0,
             log_level="error",
         )
-        trainer = Trainer(model=model, args=arguments, train_dataset=items,
-                          data_collator=DataCollatorWithPadding(tokenizer),
-                          processing_class=tokenizer)
+        trainer = Trainer(
+            model=model,
+            args=arguments,
+            train_dataset=items,
+            data_collator=DataCollatorWithPadding(tokenizer),
+            processing_class=tokenizer,
+        )
         started = time.perf_counter()
         with contextlib.redirect_stdout(sys.stderr):  # Trainer prints its logs; stdout stays clean
             loss_before = float(trainer.evaluate(eval_dataset=sample)["eval_loss"])
@@ -311,12 +387,18 @@ def _train(spec: ModelSpec, task: str, train: Any, *, output_root: Path, setting
         trainer.model.save_pretrained(str(built), safe_serialization=True)
         tokenizer.save_pretrained(str(built))
         record = {
-            "format": FORMAT_VERSION, "key": key, "task": task, "created": time.strftime(
-                "%Y-%m-%dT%H:%M:%S%z"),
+            "format": FORMAT_VERSION,
+            "key": key,
+            "task": task,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "base_model": {"name": spec.name, "source": spec.source, "fingerprint": base_print},
-            "data": _describe_data(train, data_print), "settings": settings,
-            "train_items": len(items), "loss_before": loss_before, "loss_after": loss_after,
-            "train_loss": float(result.training_loss), "steps": int(result.global_step),
+            "data": _describe_data(train, data_print),
+            "settings": settings,
+            "train_items": len(items),
+            "loss_before": loss_before,
+            "loss_after": loss_after,
+            "train_loss": float(result.training_loss),
+            "steps": int(result.global_step),
             "runtime_s": round(runtime, 3),
             "log_history": [e for e in trainer.state.log_history if "loss" in e],
             "versions": {"transformers": transformers.__version__, "torch": torch.__version__},
@@ -327,8 +409,16 @@ def _train(spec: ModelSpec, task: str, train: Any, *, output_root: Path, setting
 
 def _describe_data(train: Any, data_print: str) -> dict[str, Any]:
     if isinstance(train, TextData):
-        return {"source": train.source, "items": len(train), "fingerprint": data_print,
-                "label_names": list(train.label_names),
-                "labels": {str(k): int(v) for k, v in zip(*np.unique(train.labels, return_counts=True))}}
-    return {"source": "qa examples", "items": len(train), "fingerprint": data_print,
-            "answerable": int(sum(e.is_answerable for e in train))}
+        return {
+            "source": train.source,
+            "items": len(train),
+            "fingerprint": data_print,
+            "label_names": list(train.label_names),
+            "labels": {str(k): int(v) for k, v in zip(*np.unique(train.labels, return_counts=True))},
+        }
+    return {
+        "source": "qa examples",
+        "items": len(train),
+        "fingerprint": data_print,
+        "answerable": int(sum(e.is_answerable for e in train)),
+    }

@@ -19,8 +19,7 @@ __all__ = ["building"]
 
 
 @contextmanager
-def building(target: Path, *, replace: bool = False,
-             complete: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+def building(target: Path, *, replace: bool = False, complete: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """Build the folder ``target`` so that it only ever appears complete.
 
     Yields a path, not yet created, inside a fresh hidden sibling of ``target``

@@ -43,8 +43,7 @@ def read_record(path: str | Path, *, method: str | None = None) -> dict[str, Any
     file = Path(path) / RECORD_NAME
     if not file.is_file():
         return None
-    with model_file_boundary(Path(path), RECORD_NAME,
-                             fix="re-create the folder with `miniature compress`"):
+    with model_file_boundary(Path(path), RECORD_NAME, fix="re-create the folder with `miniature compress`"):
         record = json.loads(file.read_text("utf-8"))
     if not isinstance(record, dict) or (method is not None and record.get("method") != method):
         return None
@@ -68,21 +67,25 @@ def load_quantized(path: str | Path, head: str = "auto") -> "torch.nn.Module":
     folder = Path(path)
     record = read_record(folder, method="int8")
     if record is None:
-        raise ModelReferenceError(f"model folder {str(folder)!r} has no int8 {RECORD_NAME}; fix: "
-                                  "create it with `miniature compress --method int8`")
+        raise ModelReferenceError(
+            f"model folder {str(folder)!r} has no int8 {RECORD_NAME}; fix: "
+            "create it with `miniature compress --method int8`"
+        )
     if record.get("backend") != "torchao" or not (folder / TORCHAO_WEIGHTS).is_file():
         raise ModelReferenceError(
             f"model folder {str(folder)!r} is an int8 folder of an older miniature (torch.ao."
             f"quantization, format {record.get('format')}), which this version no longer reads; "
             "fix: re-run `miniature compress --method int8` on its reference (it is rebuilt with "
-            "torchao)")
+            "torchao)"
+        )
     stored_head = record.get("head", "encoder")
     head = stored_head if head == "auto" else head
     if head not in (stored_head, "encoder"):
         raise ModelReferenceError(
             f"model folder {str(folder)!r} holds an int8 {stored_head} model, which has no "
             f"{head} head; fix: load it with head={stored_head!r} (or 'encoder'), or quantize a "
-            f"model fine-tuned for {head}")
+            f"model fine-tuned for {head}"
+        )
     require_torchao(f"model folder {str(folder)!r} is quantized with torchao")
     transformers.logging.set_verbosity_error()
     with model_file_boundary(folder, "config.json"):
@@ -90,8 +93,9 @@ def load_quantized(path: str | Path, head: str = "auto") -> "torch.nn.Module":
     with _quiet_init():
         model = _auto_classes()[head].from_config(config)
     safetensors_header(folder, TORCHAO_WEIGHTS)
-    with model_file_boundary(folder, TORCHAO_WEIGHTS,
-                             fix="re-create the folder with `miniature compress --method int8`"):
+    with model_file_boundary(
+        folder, TORCHAO_WEIGHTS, fix="re-create the folder with `miniature compress --method int8`"
+    ):
         from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict
 
         with safe_open(str(folder / TORCHAO_WEIGHTS), "pt") as handle:
@@ -103,9 +107,11 @@ def load_quantized(path: str | Path, head: str = "auto") -> "torch.nn.Module":
     weights = {k: v for k, v in weights.items() if k is not None}
     missing = sorted(set(model.state_dict()) - set(weights) - _tied_keys(model))
     if missing:
-        raise ModelReferenceError(f"model folder {str(folder)!r}: {TORCHAO_WEIGHTS} lacks "
-                                  f"{len(missing)} weight(s) (first {missing[0]!r}); fix: re-create "
-                                  "the folder with `miniature compress --method int8`")
+        raise ModelReferenceError(
+            f"model folder {str(folder)!r}: {TORCHAO_WEIGHTS} lacks "
+            f"{len(missing)} weight(s) (first {missing[0]!r}); fix: re-create "
+            "the folder with `miniature compress --method int8`"
+        )
     model.load_state_dict(weights, strict=False, assign=True)
     model.eval()
     return model
@@ -116,8 +122,9 @@ def require_torchao(what: str) -> None:
     import importlib.util
 
     if importlib.util.find_spec("torchao") is None:
-        raise ModelReferenceError(f"{what}, which needs torchao; fix: pip install "
-                                  "'pytest-miniature[quantize]' (or torchao)")
+        raise ModelReferenceError(
+            f"{what}, which needs torchao; fix: pip install 'pytest-miniature[quantize]' (or torchao)"
+        )
 
 
 #: torchao quantization schemes of ``miniature compress --quantization``.
@@ -132,8 +139,14 @@ def torchao_config(quantization: str, qscheme: str = "per-channel") -> Any:
     :data:`INT4_GROUP_SIZE`; the CPU kernels of torchao's ``IntxWeightOnlyConfig``).
     ``qscheme`` is the int8 weights' granularity: one scale per output row or per matrix."""
     import torch
-    from torchao.quantization import (Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig,
-                                      IntxWeightOnlyConfig, PerGroup, PerRow, PerTensor)
+    from torchao.quantization import (
+        Int8DynamicActivationInt8WeightConfig,
+        Int8WeightOnlyConfig,
+        IntxWeightOnlyConfig,
+        PerGroup,
+        PerRow,
+        PerTensor,
+    )
 
     granularity = PerRow() if qscheme == "per-channel" else PerTensor()
     if quantization == "int8-dynamic":
@@ -142,8 +155,10 @@ def torchao_config(quantization: str, qscheme: str = "per-channel") -> Any:
         return Int8WeightOnlyConfig(granularity=granularity)
     if quantization == "int4-weight-only":
         # torch.int4 exists at run time; torch's stubs do not declare it
-        return IntxWeightOnlyConfig(weight_dtype=torch.int4,  # type: ignore[attr-defined]
-                                    granularity=PerGroup(INT4_GROUP_SIZE))
+        return IntxWeightOnlyConfig(
+            weight_dtype=torch.int4,  # type: ignore[attr-defined]
+            granularity=PerGroup(INT4_GROUP_SIZE),
+        )
     raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
 
 
@@ -208,11 +223,13 @@ def quantization_of(folder: str | Path) -> str | None:
 def _auto_classes() -> dict[str, Any]:
     import transformers
 
-    return {"encoder": transformers.AutoModel,
-            "classification": transformers.AutoModelForSequenceClassification,
-            "qa": transformers.AutoModelForQuestionAnswering,
-            "masked-lm": transformers.AutoModelForMaskedLM,
-            "causal-lm": transformers.AutoModelForCausalLM}
+    return {
+        "encoder": transformers.AutoModel,
+        "classification": transformers.AutoModelForSequenceClassification,
+        "qa": transformers.AutoModelForQuestionAnswering,
+        "masked-lm": transformers.AutoModelForMaskedLM,
+        "causal-lm": transformers.AutoModelForCausalLM,
+    }
 
 
 # -- loading helpers --------------------------------------------------------------------------
@@ -223,7 +240,7 @@ def _key_map(model: Any, stored_head: str, head: str) -> Any:
         return lambda key: key
 
     def rename(key: str) -> str | None:
-        return key[len(prefix) + 1:] if key.startswith(prefix + ".") else None
+        return key[len(prefix) + 1 :] if key.startswith(prefix + ".") else None
 
     return rename
 

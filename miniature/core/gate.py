@@ -22,8 +22,15 @@ import numpy as np
 from miniature.core import settings as opt
 from miniature.core.attack.runner import AttackRunner
 from miniature.core.cache import OutputCache
-from miniature.core.characteristics.base import (ERROR, SKIPPED, ComparisonResult, Measurement, Pair,
-                                                 check_threshold_on, judge)
+from miniature.core.characteristics.base import (
+    ERROR,
+    SKIPPED,
+    ComparisonResult,
+    Measurement,
+    Pair,
+    check_threshold_on,
+    judge,
+)
 from miniature.core.data import TaskData
 from miniature.core.loading import AFTER, BEFORE, ENCODER, ModelStore
 from miniature.core.models import ModelWrapper
@@ -47,16 +54,30 @@ def threshold_for(settings: opt.Settings, spec: Characteristic) -> float | None:
     return spec.default_threshold
 
 
-def not_computed(settings: opt.Settings, spec: Characteristic, pair: Pair, stage: str | None, *,
-                 status: str, reason: str) -> ComparisonResult:
+def not_computed(
+    settings: opt.Settings, spec: Characteristic, pair: Pair, stage: str | None, *, status: str, reason: str
+) -> ComparisonResult:
     """The result of a check that was skipped or errored, with the threshold it would have met."""
     return ComparisonResult.not_computed(
-        spec.name, pair.reference, pair.candidate, status=status, reason=reason, stage=stage,
-        gating=pair.gating, threshold_on=settings.threshold_on, threshold=threshold_for(settings, spec))
+        spec.name,
+        pair.reference,
+        pair.candidate,
+        status=status,
+        reason=reason,
+        stage=stage,
+        gating=pair.gating,
+        threshold_on=settings.threshold_on,
+        threshold=threshold_for(settings, spec),
+    )
 
 
-def verdict(settings: opt.Settings, spec: Characteristic, pair: Pair, stage: str | None,
-            measured: Measurement | ComparisonResult) -> ComparisonResult:
+def verdict(
+    settings: opt.Settings,
+    spec: Characteristic,
+    pair: Pair,
+    stage: str | None,
+    measured: Measurement | ComparisonResult,
+) -> ComparisonResult:
     """The one place a characteristic's measurement becomes its result: the run's threshold
     for it, what the threshold is on, and whether the pair gates (a ComparisonResult a
     project's characteristic returns is judged the same way: its own verdict fields are
@@ -68,18 +89,27 @@ def verdict(settings: opt.Settings, spec: Characteristic, pair: Pair, stage: str
         measured.threshold_on, measured.gating = threshold_on, pair.gating
         return measured
     if not isinstance(measured, Measurement):
-        raise TypeError(f"its compare function returned {type(measured).__name__}, not a Measurement "
-                        "(nor a ComparisonResult)")
-    return judge(measured, characteristic=spec.name, reference=pair.reference, candidate=pair.candidate,
-                 threshold=threshold_for(settings, spec), threshold_on=threshold_on, gating=pair.gating,
-                 stage=stage)
+        raise TypeError(
+            f"its compare function returned {type(measured).__name__}, not a Measurement (nor a ComparisonResult)"
+        )
+    return judge(
+        measured,
+        characteristic=spec.name,
+        reference=pair.reference,
+        candidate=pair.candidate,
+        threshold=threshold_for(settings, spec),
+        threshold_on=threshold_on,
+        gating=pair.gating,
+        stage=stage,
+    )
 
 
 class Gate:
     """Everything one gate run computes, shared by all checks of a process."""
 
-    def __init__(self, settings: opt.Settings, *, data: TaskData | None = None,
-                 registry: Registry | None = None) -> None:
+    def __init__(
+        self, settings: opt.Settings, *, data: TaskData | None = None, registry: Registry | None = None
+    ) -> None:
         self.settings = settings
         #: the characteristics this gate compares (the running one's by default)
         self.registry = registry if registry is not None else active()
@@ -192,7 +222,7 @@ class Gate:
         gating_all = bool(self.settings.gate_all_pairs)
         pairs = [Pair(self.reference, c, True) for c in self.candidates]
         for i, first in enumerate(self.candidates):
-            for second in self.candidates[i + 1:]:
+            for second in self.candidates[i + 1 :]:
                 pairs.append(Pair(first, second, gating_all))
         return pairs
 
@@ -249,15 +279,19 @@ class Gate:
                     except NotApplicable:  # the reference against itself has no figure: no floor
                         result.noise_floor = None
             except ValueError as error:  # the numeric layer's input checks
-                raise MiniatureError(f"{characteristic.replace('_', ' ')}, {pair.reference} vs "
-                                     f"{pair.candidate}: {error}") from None
+                raise MiniatureError(
+                    f"{characteristic.replace('_', ' ')}, {pair.reference} vs {pair.candidate}: {error}"
+                ) from None
             if result.n < WIDE_INTERVAL_ITEMS:
-                more = ("raise --attack-size" if characteristic == "adversarial_vulnerability"
-                        else "pass more data")
-                warnings.warn(DataWarning(
-                    f"{characteristic.replace('_', ' ')}, {pair.reference} vs {pair.candidate}: "
-                    f"computed on only n={result.n} items (fewer than {WIDE_INTERVAL_ITEMS}), so "
-                    f"its 95% interval is wide; read the figure with care, or {more}"), stacklevel=2)
+                more = "raise --attack-size" if characteristic == "adversarial_vulnerability" else "pass more data"
+                warnings.warn(
+                    DataWarning(
+                        f"{characteristic.replace('_', ' ')}, {pair.reference} vs {pair.candidate}: "
+                        f"computed on only n={result.n} items (fewer than {WIDE_INTERVAL_ITEMS}), so "
+                        f"its 95% interval is wide; read the figure with care, or {more}"
+                    ),
+                    stacklevel=2,
+                )
             self._results[key] = result
         return self._results[key]
 
@@ -274,8 +308,9 @@ class Gate:
         except MiniatureError as error:
             return not_computed(self.settings, spec, pair, stage, status=ERROR, reason=str(error))
         except Exception as error:  # noqa: BLE001 - every failure of a check is a result, never a gap
-            result = not_computed(self.settings, spec, pair, stage, status=ERROR,
-                                  reason=crash_reason(spec, pair, error))
+            result = not_computed(
+                self.settings, spec, pair, stage, status=ERROR, reason=crash_reason(spec, pair, error)
+            )
             result.details["traceback"] = traceback.format_exc()
             return result
 

@@ -11,8 +11,16 @@ import numpy as np
 from miniature.core import settings as opt
 from miniature.core.cache import OutputCache
 from miniature.core.data import TaskData
-from miniature.core.models import (ModelSpec, ModelWrapper, check_device, head_missing_line, local_is_decoder,
-                                   missing_head_weights, resolve_model, locate)
+from miniature.core.models import (
+    ModelSpec,
+    ModelWrapper,
+    check_device,
+    head_missing_line,
+    local_is_decoder,
+    missing_head_weights,
+    resolve_model,
+    locate,
+)
 from miniature.core.model_table import model_table, name_models
 from miniature.core.run_data import RunData
 from miniature.errors import MiniatureError, ModelReferenceError, NotApplicable
@@ -99,7 +107,8 @@ class ModelStore:
             raise MiniatureError(
                 f"model {name!r} is an ONNX export, which {opt.FINETUNE} cannot train; fix: "
                 "fine-tune the PyTorch model, export that (miniature compress --method none "
-                f"--format onnx) and pass the export without {opt.FINETUNE}")
+                f"--format onnx) and pass the export without {opt.FINETUNE}"
+            )
         if self.cache.root is None:
             import tempfile
             from pathlib import Path
@@ -111,10 +120,16 @@ class ModelStore:
         if self.task != "qa" and self.data.train.labels is None:
             raise MiniatureError(self.unlabelled("train", f"{opt.FINETUNE} trains on its labels"))
         train: Any = self.data.train.examples if self.task == "qa" else self.data.train
-        path = finetune(self.specs[name].source, self.task, train,
-                        output_root=root, seed=seed, max_length=self.settings.max_length,
-                        trust_remote_code=self.settings.trust_remote_code,
-                        allow_pickle=self.settings.allow_pickle)
+        path = finetune(
+            self.specs[name].source,
+            self.task,
+            train,
+            output_root=root,
+            seed=seed,
+            max_length=self.settings.max_length,
+            trust_remote_code=self.settings.trust_remote_code,
+            allow_pickle=self.settings.allow_pickle,
+        )
         return ModelSpec(name=name, source=str(path), is_local=True)
 
     @property
@@ -189,7 +204,8 @@ class ModelStore:
         raise MiniatureError(
             f"a decoder LM answers by scoring a word per label, and the test data {test.source!r} has "
             f"label ids only; fix: pass {opt.VERBALIZER} naming each label's word, e.g. "
-            f"{opt.VERBALIZER} 0=negative,1=positive")
+            f"{opt.VERBALIZER} 0=negative,1=positive"
+        )
 
     @property
     def device(self) -> str:
@@ -210,14 +226,17 @@ class ModelStore:
         if key not in self._wrappers:
             spec = self.spec(name, stage)
             headless = stage == BEFORE or bool(self.missing_head(name))
-            options = dict(device=self.device, trust_remote_code=self.settings.trust_remote_code,
-                           allow_pickle=self.settings.allow_pickle,
-                           max_length=self.settings.max_length,
-                           batch_size=self.settings.batch_size, pooling=self.pooling_of(name),
-                           onnx_outputs=self.settings.onnx_outputs)
+            options = dict(
+                device=self.device,
+                trust_remote_code=self.settings.trust_remote_code,
+                allow_pickle=self.settings.allow_pickle,
+                max_length=self.settings.max_length,
+                batch_size=self.settings.batch_size,
+                pooling=self.pooling_of(name),
+                onnx_outputs=self.settings.onnx_outputs,
+            )
             if self.is_decoder(name) and not headless and self.choice_problem() is None:
-                options.update(prompt_template=self.settings.prompt_template,
-                               choice_score=self.settings.choice_score)
+                options.update(prompt_template=self.settings.prompt_template, choice_score=self.settings.choice_score)
                 if not self.multiple_choice:
                     options.update(choices=self.choice_words())
             wrapper = load_model(spec, head="encoder" if headless else self.head, **options)
@@ -255,8 +274,11 @@ class ModelStore:
             return []
         if name not in self._missing_head:
             self._missing_head[name] = missing_head_weights(
-                self.specs[name], self.head_of(name), trust_remote_code=self.settings.trust_remote_code,
-                onnx_outputs=self.settings.onnx_outputs)
+                self.specs[name],
+                self.head_of(name),
+                trust_remote_code=self.settings.trust_remote_code,
+                onnx_outputs=self.settings.onnx_outputs,
+            )
         return self._missing_head[name] or []
 
     def onnx_export(self, name: str) -> Any:
@@ -273,28 +295,39 @@ class ModelStore:
         if self.is_decoder(name) and self.choice_problem() is not None:
             return self.choice_problem()
         if self.multiple_choice and not self.is_decoder(name):
-            return (f"model {name!r} is an encoder, and the test data {self.data.test.source!r} is multiple-choice "
-                    "(each item its own choices), which a classification head with fixed labels cannot "
-                    "answer; fix: gate decoder LMs on it, or pass text/label data")
+            return (
+                f"model {name!r} is an encoder, and the test data {self.data.test.source!r} is multiple-choice "
+                "(each item its own choices), which a classification head with fixed labels cannot "
+                "answer; fix: gate decoder LMs on it, or pass text/label data"
+            )
         if self.is_decoder(name) and self.task == "qa":
-            return (f"model {name!r} is a decoder LM, and extractive QA reads answer spans from an "
-                    "encoder's start/end logits; fix: gate decoders with --task classification "
-                    "(answers scored by choice log-likelihood)")
+            return (
+                f"model {name!r} is a decoder LM, and extractive QA reads answer spans from an "
+                "encoder's start/end logits; fix: gate decoders with --task classification "
+                "(answers scored by choice log-likelihood)"
+            )
         missing = self.missing_head(name)
         if missing and self.onnx_export(name) is not None:
             from miniature.core.onnx_model import missing_output_line, onnx_outputs
 
             return missing_output_line(name, self.head, missing, onnx_outputs(self.onnx_export(name)))
         if missing:
-            return (f"{head_missing_line(name, self.head_of(name), missing)}; fix: pass --finetune to "
-                    "fine-tune it here on the training data, or pass a checkpoint fine-tuned "
-                    "for the task")
+            return (
+                f"{head_missing_line(name, self.head_of(name), missing)}; fix: pass --finetune to "
+                "fine-tune it here on the training data, or pass a checkpoint fine-tuned "
+                "for the task"
+            )
         return self._label_count_problem(name)
 
     def _label_count_problem(self, name: str) -> str | None:
         """A classifier trained for another number of labels than the data has."""
-        if (self.task != "classification" or self.settings.finetune or self.settings.label_map
-                or self.is_decoder(name) or self.multiple_choice):  # a decoder scores the data's own labels
+        if (
+            self.task != "classification"
+            or self.settings.finetune
+            or self.settings.label_map
+            or self.is_decoder(name)
+            or self.multiple_choice
+        ):  # a decoder scores the data's own labels
             return None
         test, train = self.data.test, self.data.train
         if test.labels is None:
@@ -304,17 +337,20 @@ class ModelStore:
         try:
             from transformers import AutoConfig
 
-            config = AutoConfig.from_pretrained(self.spec(name).source,
-                                                trust_remote_code=self.settings.trust_remote_code)
+            config = AutoConfig.from_pretrained(
+                self.spec(name).source, trust_remote_code=self.settings.trust_remote_code
+            )
         except (OSError, ValueError):  # not readable without the network: the load will say
             return None
         num_labels = int(config.num_labels)
         if count < 2 or num_labels == count:
             return None
-        return (f"model {name!r} has a classification head for {num_labels} label(s) "
-                f"(num_labels in its config.json) but the data has {count} distinct label(s) "
-                f"({test.source}); fix: pass a checkpoint fine-tuned on these labels, --finetune "
-                "to fine-tune it here, or --label-map if its labels map onto the data's")
+        return (
+            f"model {name!r} has a classification head for {num_labels} label(s) "
+            f"(num_labels in its config.json) but the data has {count} distinct label(s) "
+            f"({test.source}); fix: pass a checkpoint fine-tuned on these labels, --finetune "
+            "to fine-tune it here, or --label-map if its labels map onto the data's"
+        )
 
     def label_translation(self, name: str) -> np.ndarray | None:
         """Model label id -> data label id, after checking the model's label map against
@@ -326,21 +362,29 @@ class ModelStore:
         if self.is_decoder(name):
             return None  # its answers are the data's label ids (one choice word per label)
         if name not in self._label_maps:
+
             def config(model: str) -> Any:
                 from miniature.core.models import model_file_boundary
 
                 with model_file_boundary(self.spec(model), "config.json"):
                     return AutoConfig.from_pretrained(
-                        self.spec(model).source, trust_remote_code=self.settings.trust_remote_code)
+                        self.spec(model).source, trust_remote_code=self.settings.trust_remote_code
+                    )
 
             reference = config(self.reference)
             mapping = check_label_maps(
-                reference, config(name) if name != self.reference else reference,
-                self.data.test.labels or [], label_map=self.settings.label_map,
-                reference_name=f"{self.reference} (reference)", candidate_name=name,
-                data_label_names=self.data.test.label_names, data_source=self.data.test.source)
-            self._label_maps[name] = (None if mapping is None
-                                      else translation_table(id2label(config(name)), mapping, name))
+                reference,
+                config(name) if name != self.reference else reference,
+                self.data.test.labels or [],
+                label_map=self.settings.label_map,
+                reference_name=f"{self.reference} (reference)",
+                candidate_name=name,
+                data_label_names=self.data.test.label_names,
+                data_source=self.data.test.source,
+            )
+            self._label_maps[name] = (
+                None if mapping is None else translation_table(id2label(config(name)), mapping, name)
+            )
         return self._label_maps[name]
 
     def attack_wrapper(self) -> ModelWrapper:
@@ -356,14 +400,20 @@ class ModelStore:
             missing = missing_head_weights(spec, "masked-lm", trust_remote_code=trust)
             if not missing:
                 wrapper = load_model(
-                    spec, head="masked-lm", device=self.device, trust_remote_code=trust,
+                    spec,
+                    head="masked-lm",
+                    device=self.device,
+                    trust_remote_code=trust,
                     allow_pickle=self.settings.allow_pickle,
-                    max_length=self.settings.max_length, batch_size=self.settings.batch_size)
+                    max_length=self.settings.max_length,
+                    batch_size=self.settings.batch_size,
+                )
                 missing = wrapper.missing_head
             if missing:
                 raise ModelReferenceError(
                     f"attack {head_missing_line(spec.name, 'masked-lm', missing)}, so its word "
                     f"substitutions would be noise; fix: pass {opt.ATTACK_MODEL} a masked-LM "
-                    "checkpoint such as bert-base")
+                    "checkpoint such as bert-base"
+                )
             self._wrappers[key] = wrapper
         return self._wrappers[key]

@@ -60,8 +60,14 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {line}" if line else type(error).__name__
 
 
-def model_file_error(model: "ModelSpec | str | Path", file: str | None, error: BaseException | str, *,
-                     allow_pickle: bool = True, fix: str | None = None) -> ModelReferenceError:
+def model_file_error(
+    model: "ModelSpec | str | Path",
+    file: str | None,
+    error: BaseException | str,
+    *,
+    allow_pickle: bool = True,
+    fix: str | None = None,
+) -> ModelReferenceError:
     """The one-line error for a model file that cannot be read or parsed: the model, the
     file and the fix (re-save a local folder, re-download a hub copy)."""
     spec = _as_spec(model)
@@ -71,27 +77,37 @@ def model_file_error(model: "ModelSpec | str | Path", file: str | None, error: B
         if "trust_remote_code" in message:
             return ModelReferenceError(
                 f"model {spec.name!r} needs code shipped with the model to load; it was not run. "
-                "fix: if you trust its source, pass --trust-remote-code")
-        if (not allow_pickle and isinstance(error, (OSError, ValueError))
-                and "safetensors" in message.lower() and "deserializ" not in message.lower()):
+                "fix: if you trust its source, pass --trust-remote-code"
+            )
+        if (
+            not allow_pickle
+            and isinstance(error, (OSError, ValueError))
+            and "safetensors" in message.lower()
+            and "deserializ" not in message.lower()
+        ):
             return ModelReferenceError(
                 f"model {spec.name!r} ({spec.source}) has no safetensors weights, only pickle "
                 "files, which can run code when loaded; fix: convert it to safetensors, or "
-                "pass --allow-pickle if you trust its source")
+                "pass --allow-pickle if you trust its source"
+            )
         if not spec.is_local and isinstance(error, OSError):
             return hub_error(spec, error)
     where = f"{file} in {spec.source!r}" if file else f"the files in {spec.source!r}"
     if fix is None:
-        fix = ("re-save the model there with save_pretrained (safetensors) and its tokenizer with "
-               "tokenizer.save_pretrained, or copy/download it again" if spec.is_local else
-               f"delete its copy in the Hugging Face cache and download it again "
-               f"(huggingface-cli download {spec.source} --force-download)")
+        fix = (
+            "re-save the model there with save_pretrained (safetensors) and its tokenizer with "
+            "tokenizer.save_pretrained, or copy/download it again"
+            if spec.is_local
+            else f"delete its copy in the Hugging Face cache and download it again "
+            f"(huggingface-cli download {spec.source} --force-download)"
+        )
     return ModelReferenceError(f"model {spec.name!r}: {where} could not be read ({reason}); fix: {fix}")
 
 
 @contextlib.contextmanager
-def model_file_boundary(model: "ModelSpec | str | Path", file: str | None = None, *,
-                        allow_pickle: bool = True, fix: str | None = None) -> Iterator[None]:
+def model_file_boundary(
+    model: "ModelSpec | str | Path", file: str | None = None, *, allow_pickle: bool = True, fix: str | None = None
+) -> Iterator[None]:
     """The one error boundary every parse of a model's files (config, tokenizer, weights,
     records) runs behind: any exception becomes a one-line :class:`ModelReferenceError`
     naming the model, the file and the fix (see :func:`model_file_error`).
@@ -138,16 +154,18 @@ def safetensors_header(model: "ModelSpec | str | Path", name: str) -> dict[str, 
                 raise model_file_error(spec, name, f"it has {size} bytes, too few for a safetensors file")
             length = int.from_bytes(start, "little")
             if length > min(size - 8, _MAX_SAFETENSORS_HEADER):
-                raise model_file_error(spec, name, f"its header claims {length:,} bytes but the file "
-                                                   f"has {size:,} (truncated or corrupted)")
+                raise model_file_error(
+                    spec, name, f"its header claims {length:,} bytes but the file has {size:,} (truncated or corrupted)"
+                )
             header = json.loads(handle.read(length))
         if not isinstance(header, dict):
             raise model_file_error(spec, name, "its header is not a JSON object")
         ends = [int(info["data_offsets"][1]) for key, info in header.items() if key != "__metadata__"]
         needed = 8 + length + max(ends, default=0)
         if needed > size:
-            raise model_file_error(spec, name, f"its tensors need {needed:,} bytes but the file has "
-                                               f"{size:,} (truncated)")
+            raise model_file_error(
+                spec, name, f"its tensors need {needed:,} bytes but the file has {size:,} (truncated)"
+            )
     return header
 
 
@@ -157,8 +175,7 @@ def check_model_files(path: Path, reference: str | None = None) -> None:
     naming the model and the file (see :func:`model_file_boundary`)."""
     spec = ModelSpec(name=reference or path.name, source=str(path), is_local=True)
     read_model_config(spec)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                 "model.safetensors.index.json"):
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "model.safetensors.index.json"):
         if (path / name).is_file():
             read_json_file(spec, name)
     for file in sorted(path.glob("*.safetensors")):

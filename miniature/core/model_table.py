@@ -76,5 +76,10 @@ def model_table(models: Sequence[NamedModel]) -> dict[str, Any]:
         kind = "decoder" if is_decoder(config) else "encoder"
         found = ", ".join(config.get("architectures") or []) or str(config.get("model_type", "?"))
         architecture[model.name] = f"{found}, {kind}"
-    return {"reference": names[0] if names else None, "candidates": names[1:], "order": names,
-            "quantization": quantization, "architecture": architecture}
+    return {
+        "reference": names[0] if names else None,
+        "candidates": names[1:],
+        "order": names,
+        "quantization": quantization,
+        "architecture": architecture,
+    }

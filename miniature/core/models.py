@@ -20,14 +20,22 @@ from typing import TYPE_CHECKING, Any
 
 from miniature.core.formats import load_quantized, read_record
 from miniature.core.onnx_model import onnx_file
-from miniature.core.model_files import (ModelSpec, check_model_files, hub_error,  # noqa: F401 - re-exported
-                                        model_file_boundary, model_file_error, read_json_file,
-                                        read_model_config, safetensors_header)
+from miniature.core.model_files import (
+    ModelSpec,
+    check_model_files,
+    hub_error,  # noqa: F401 - re-exported
+    model_file_boundary,
+    model_file_error,  # noqa: F401 - re-exported
+    read_json_file,
+    read_model_config,
+    safetensors_header,
+)
 from miniature.errors import DataWarning, ModelReferenceError
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import torch
+
 
 class _ImportNoise:
     """Drops the lines libraries log while being imported on a machine they were not built
@@ -73,8 +81,14 @@ TASK_HEADS = ("encoder", "classification", "qa", "masked-lm", "causal-lm")
 #: what a decoder's architecture name ends with in config.json (GPT-2's is ``GPT2LMHeadModel``)
 _CAUSAL_ARCHITECTURES = ("ForCausalLM", "LMHeadModel")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "spiece.model",
-                    "sentencepiece.bpe.model", "vocab.json")
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "tokenizer_config.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "vocab.json",
+)
 
 
 _UNSAFE_ID = re.compile(r"[^A-Za-z0-9._#~+-]")
@@ -106,8 +120,7 @@ def check_device(device: str) -> None:
 
     if device == "cuda":
         usable = torch.cuda.is_available()
-        why = ("this torch was built without CUDA" if torch.version.cuda is None
-               else "torch sees no CUDA GPU")
+        why = "this torch was built without CUDA" if torch.version.cuda is None else "torch sees no CUDA GPU"
     elif device == "mps":
         mps = getattr(torch.backends, "mps", None)
         usable = mps is not None and mps.is_available()
@@ -117,7 +130,8 @@ def check_device(device: str) -> None:
     if not usable:
         raise ModelReferenceError(
             f"--device {device}: {why} (torch {torch.__version__}); fix: pass --device cpu, or "
-            f"--device auto (CUDA when there is one, else the CPU)")
+            f"--device auto (CUDA when there is one, else the CPU)"
+        )
 
 
 def all_aliases() -> list[str]:
@@ -145,8 +159,9 @@ def resolve_model(reference: str) -> ModelSpec:
     """
     text = reference.strip()
     if not text:
-        raise ModelReferenceError("empty model reference; fix: pass an alias "
-                                  f"({', '.join(all_aliases())}), a Hugging Face id or a directory")
+        raise ModelReferenceError(
+            f"empty model reference; fix: pass an alias ({', '.join(all_aliases())}), a Hugging Face id or a directory"
+        )
     key = text.lower()
     if key in PAPER_ALIASES:
         return ModelSpec(name=key, source=PAPER_ALIASES[key], is_local=False)
@@ -191,8 +206,9 @@ def hub_problem(repo_id: str) -> str | None:
 
         problem: str | None = None
         try:
-            answer = get_session().head(f"{constants.ENDPOINT}/api/models/{repo_id}",
-                                        timeout=HUB_PROBE_TIMEOUT_S, allow_redirects=True)
+            answer = get_session().head(
+                f"{constants.ENDPOINT}/api/models/{repo_id}", timeout=HUB_PROBE_TIMEOUT_S, allow_redirects=True
+            )
         except Exception as error:  # noqa: BLE001 - no answer at all: unreachable
             problem = f"the Hub ({constants.ENDPOINT}) cannot be reached ({type(error).__name__})"
         else:
@@ -238,9 +254,11 @@ def locate(spec: ModelSpec) -> ModelSpec:
 
 def _unknown_alias(reference: str, close: Sequence[str] = ()) -> str:
     hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-    return (f"unknown model alias {reference!r}{hint}, and no such directory; known aliases: "
-            f"{', '.join(all_aliases())}; fix: use one of them, a Hugging Face id with its "
-            "organisation such as 'google-bert/bert-base-uncased', or a local directory")
+    return (
+        f"unknown model alias {reference!r}{hint}, and no such directory; known aliases: "
+        f"{', '.join(all_aliases())}; fix: use one of them, a Hugging Face id with its "
+        "organisation such as 'google-bert/bert-base-uncased', or a local directory"
+    )
 
 
 def check_model_dir(path: Path, reference: str) -> None:
@@ -279,10 +297,14 @@ def effective_max_length(config: Any, max_length: int, name: str) -> int:
     limit = position_limit(config)
     if limit is None or max_length <= limit:
         return max_length
-    warnings.warn(DataWarning(
-        f"model {name!r}: --max-length {max_length} is more than its {limit} position embeddings "
-        f"(max_position_embeddings); using {limit} tokens for this model; fix: pass "
-        f"--max-length {limit} or less to silence this"), stacklevel=3)
+    warnings.warn(
+        DataWarning(
+            f"model {name!r}: --max-length {max_length} is more than its {limit} position embeddings "
+            f"(max_position_embeddings); using {limit} tokens for this model; fix: pass "
+            f"--max-length {limit} or less to silence this"
+        ),
+        stacklevel=3,
+    )
     return limit
 
 
@@ -326,8 +348,10 @@ def is_decoder(config: Any) -> bool:
     architectures = [str(a) for a in (get("architectures") or [])]
     if architectures:
         return any(a.endswith(_CAUSAL_ARCHITECTURES) for a in architectures) and not get("is_encoder_decoder", False)
-    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
 
     model_type = str(get("model_type") or "")
     return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
@@ -388,9 +412,7 @@ def load_model(
         if exported is None:
             check_weights(spec, head)
     with model_file_boundary(spec, tokenizer_file_name(spec), allow_pickle=allow_pickle):
-        tokenizer = transformers.AutoTokenizer.from_pretrained(
-            spec.source, trust_remote_code=trust_remote_code
-        )
+        tokenizer = transformers.AutoTokenizer.from_pretrained(spec.source, trust_remote_code=trust_remote_code)
     missing_head: list[str] = []
     if exported is not None:  # an ONNX export: run by onnxruntime behind the same wrapper
         from miniature.core.onnx_model import load_onnx, missing_outputs
@@ -399,9 +421,14 @@ def load_model(
         check_vocabulary(spec, tokenizer, onnx_model.config)
         for option in DecoderWrapper.OPTIONS:
             wrapper_options.pop(option, None)
-        exported_wrapper = ModelWrapper(spec.name, onnx_model, tokenizer,
-                                        fingerprint=fingerprint_files(Path(spec.source)), device="cpu",
-                                        **wrapper_options)
+        exported_wrapper = ModelWrapper(
+            spec.name,
+            onnx_model,
+            tokenizer,
+            fingerprint=fingerprint_files(Path(spec.source)),
+            device="cpu",
+            **wrapper_options,
+        )
         exported_wrapper.missing_head = missing_outputs(onnx_model.roles, head)
         return exported_wrapper
     with model_file_boundary(spec, weights_file_name(spec), allow_pickle=allow_pickle):
@@ -420,13 +447,13 @@ def load_model(
     model.to(device)
     model.eval()
     if decoder:
-        wrapper: ModelWrapper = DecoderWrapper(spec.name, model, tokenizer, fingerprint=fingerprint,
-                                               device=device, **wrapper_options)
+        wrapper: ModelWrapper = DecoderWrapper(
+            spec.name, model, tokenizer, fingerprint=fingerprint, device=device, **wrapper_options
+        )
     else:
         for option in DecoderWrapper.OPTIONS:
             wrapper_options.pop(option, None)
-        wrapper = ModelWrapper(spec.name, model, tokenizer, fingerprint=fingerprint, device=device,
-                               **wrapper_options)
+        wrapper = ModelWrapper(spec.name, model, tokenizer, fingerprint=fingerprint, device=device, **wrapper_options)
     wrapper.missing_head = missing_head if head != "encoder" else []
     return wrapper
 
@@ -441,22 +468,26 @@ def check_vocabulary(spec: ModelSpec, tokenizer: Any, config: Any) -> None:
             f"model {spec.name!r}: its tokenizer has {tokens} tokens but its embeddings only {size} "
             f"(vocab_size in config.json), so token ids {size} and above cannot be embedded; fix: "
             "save the tokenizer the model was trained with beside it (tokenizer.save_pretrained), "
-            "or resize its embeddings (model.resize_token_embeddings(len(tokenizer))) and save it again")
+            "or resize its embeddings (model.resize_token_embeddings(len(tokenizer))) and save it again"
+        )
 
 
 def _missing_head_keys(spec: ModelSpec, model: Any, missing: Sequence[str]) -> list[str]:
     """The task-head weights among the keys transformers reports missing after a load; any
     encoder weight among them (what the headers could not tell: pickle, a hub copy) is an
     error, never a random encoder."""
-    check = compare_weights(model, {k: tuple(v.shape) for k, v in model.state_dict().items()
-                                    if k not in set(missing) and hasattr(v, "shape")})
+    check = compare_weights(
+        model,
+        {k: tuple(v.shape) for k, v in model.state_dict().items() if k not in set(missing) and hasattr(v, "shape")},
+    )
     if check.missing_encoder:
         shown = ", ".join(check.missing_encoder[:3])
         raise ModelReferenceError(
             f"model {spec.name!r}: its weights lack {len(check.missing_encoder)} of the "
             f"{check.encoder_weights} encoder weights its config.json describes ({shown}), which "
             "would be initialised at random; fix: save the model with save_pretrained so that "
-            "config.json describes its weights, or copy or download it again")
+            "config.json describes its weights, or copy or download it again"
+        )
     return sorted(check.missing_head)
 
 
@@ -551,8 +582,9 @@ class ModelWrapper:
         import inspect
 
         runtime_inputs = getattr(model, "runtime_input_names", None)  # an ONNX session's inputs
-        self.input_names = set(runtime_inputs if runtime_inputs is not None
-                               else inspect.signature(model.forward).parameters)
+        self.input_names = set(
+            runtime_inputs if runtime_inputs is not None else inspect.signature(model.forward).parameters
+        )
         # TextAttack and other callers read model_max_length; never pad to 512
         tokenizer.model_max_length = self.max_length
 
@@ -604,7 +636,7 @@ class ModelWrapper:
     def batches(self, features: list[dict]) -> list[list[int]]:
         """Item indices grouped into batches of similar length (longest first)."""
         order = sorted(range(len(features)), key=lambda i: (-len(features[i]["input_ids"]), i))
-        return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
 
     def run(
         self,
@@ -623,8 +655,13 @@ class ModelWrapper:
         batches = self.batches(features)
         results: list[np.ndarray | None] = [None] * len(features)
         show = self.progress if self.progress is not None else None
-        bar = tqdm(batches, desc=f"{description} [{self.name}]", unit="batch", leave=False,
-                   disable=(not show) if show is not None else (len(batches) < 4 or None))
+        bar = tqdm(
+            batches,
+            desc=f"{description} [{self.name}]",
+            unit="batch",
+            leave=False,
+            disable=(not show) if show is not None else (len(batches) < 4 or None),
+        )
         with torch.inference_mode():
             for index in bar:
                 batch = self.tokenizer.pad([features[i] for i in index], return_tensors="pt")
@@ -640,8 +677,9 @@ class ModelWrapper:
                     results[item] = rows[position]
         return np.stack(results)  # type: ignore[arg-type]
 
-    def encode(self, texts: Sequence[str], *, pooling: str | None = None,
-               pairs: Sequence[str] | None = None) -> "np.ndarray":
+    def encode(
+        self, texts: Sequence[str], *, pooling: str | None = None, pairs: Sequence[str] | None = None
+    ) -> "np.ndarray":
         """(n, d) float32 sentence vectors: the [CLS] token's last hidden state, or mean pooling.
 
         With ``pairs`` each item is the text pair (text, pair), e.g. (question, context).
@@ -650,23 +688,23 @@ class ModelWrapper:
         pooling = self.default_pooling if pooling == "auto" else pooling
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-        vectors = self.run(self.tokenize(texts, pairs), lambda out, batch: pool(out, batch, pooling),
-                           description="encoding")
+        vectors = self.run(
+            self.tokenize(texts, pairs), lambda out, batch: pool(out, batch, pooling), description="encoding"
+        )
         return self.check_finite(vectors, "sentence vectors")
 
     def logits(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> "np.ndarray":
         """(n, num_labels) float32 logits of a sequence-classification head."""
-        return self.run(self.tokenize(texts, pairs),
-                        lambda out, batch: out.logits.float().cpu().numpy(),
-                        description="classifying")
+        return self.run(
+            self.tokenize(texts, pairs), lambda out, batch: out.logits.float().cpu().numpy(), description="classifying"
+        )
 
     def encode_and_classify(self, texts: Sequence[str]) -> tuple["np.ndarray", "np.ndarray"]:
         """Sentence vectors and logits from one forward pass per batch."""
         import numpy as np
 
         def step(outputs: Any, batch: dict) -> "np.ndarray":
-            return np.concatenate([pool(outputs, batch, self.pooling),
-                                   outputs.logits.float().cpu().numpy()], axis=1)
+            return np.concatenate([pool(outputs, batch, self.pooling), outputs.logits.float().cpu().numpy()], axis=1)
 
         both = self.run(self.tokenize(texts), step, description="encoding")
         width = self.model.config.num_labels
@@ -685,7 +723,8 @@ class ModelWrapper:
                 f"model {self.name!r} gives NaN or inf {output} for {int(bad.sum())} of {len(array)} "
                 "item(s) in a batch, so its results would be meaningless; fix: check its weights "
                 "for NaN or inf (e.g. in the classifier's bias) and re-save them, or run it in "
-                "float32 (--device cpu) if it overflows in float16")
+                "float32 (--device cpu) if it overflows in float16"
+            )
         return values
 
 
@@ -718,15 +757,26 @@ class DecoderWrapper(ModelWrapper):
     #: the keyword arguments only a decoder takes (dropped for other models)
     OPTIONS = ("choices", "prompt_template", "choice_score")
 
-    def __init__(self, name: str, model: Any, tokenizer: Any, *, choices: Sequence[str] = (),
-                 prompt_template: str | None = None, choice_score: str = "acc", **options: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        model: Any,
+        tokenizer: Any,
+        *,
+        choices: Sequence[str] = (),
+        prompt_template: str | None = None,
+        choice_score: str = "acc",
+        **options: Any,
+    ) -> None:
         from miniature.core.tasks.choices import DEFAULT_TEMPLATE
 
         if tokenizer.pad_token_id is None:
             fill = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
             if fill is None:
-                raise ModelReferenceError(f"model {name!r}: its tokenizer has no pad, EOS or unknown token "
-                                          "to pad batches with; fix: save the tokenizer with a pad_token")
+                raise ModelReferenceError(
+                    f"model {name!r}: its tokenizer has no pad, EOS or unknown token "
+                    "to pad batches with; fix: save the tokenizer with a pad_token"
+                )
             tokenizer.pad_token = fill
         tokenizer.padding_side = "right"
         super().__init__(name, model, tokenizer, **options)
@@ -747,8 +797,13 @@ class DecoderWrapper(ModelWrapper):
     #: set by the gate when the data's items carry their own choices
     multiple_choice = False
 
-    def logits(self, texts: Sequence[str], pairs: Sequence[str] | None = None, *,
-               choices: Sequence[Sequence[str]] | None = None) -> "np.ndarray":
+    def logits(
+        self,
+        texts: Sequence[str],
+        pairs: Sequence[str] | None = None,
+        *,
+        choices: Sequence[Sequence[str]] | None = None,
+    ) -> "np.ndarray":
         """(n, choices) log-likelihood of each choice given the item (``acc_norm``: per
         character of the choice), the scores whose argmax is the model's answer. The choices
         are the label words, or each item's own (``choices``, multiple-choice items; items
@@ -763,20 +818,29 @@ class DecoderWrapper(ModelWrapper):
         if not all(per_item):
             raise ValueError(f"{self.name}: a decoder needs the choices (label words) to score")
         prompts = [render_prompt(self.prompt_template, str(text)) for text in texts]
-        scores = choice_loglikelihoods(self.model, self.tokenizer, prompts, per_item,
-                                       max_length=self.max_length, batch_size=self.batch_size,
-                                       device=self.device)
+        scores = choice_loglikelihoods(
+            self.model,
+            self.tokenizer,
+            prompts,
+            per_item,
+            max_length=self.max_length,
+            batch_size=self.batch_size,
+            device=self.device,
+        )
         self.forward_calls += -(-sum(map(len, per_item)) // self.batch_size)
         self.truncated = scores.truncated
         width = max(map(len, per_item))
         rows = np.full((len(texts), width), -np.inf)
         for row, (values, options) in enumerate(zip(scores.loglikelihoods, per_item)):
             values = self.check_finite(values[None, :], "choice log-likelihoods")[0]
-            rows[row, :len(options)] = normalised_by_length(values, options) if self.choice_score == "acc_norm" else values
+            rows[row, : len(options)] = (
+                normalised_by_length(values, options) if self.choice_score == "acc_norm" else values
+            )
         return rows.astype(np.float32)
 
-    def encode_and_classify(self, texts: Sequence[str], *,
-                            choices: Sequence[Sequence[str]] | None = None) -> tuple["np.ndarray", "np.ndarray"]:
+    def encode_and_classify(
+        self, texts: Sequence[str], *, choices: Sequence[Sequence[str]] | None = None
+    ) -> tuple["np.ndarray", "np.ndarray"]:
         """Sentence vectors and choice scores (two passes: the text, then prompt + choices)."""
         embeddings = self.encode(texts)
         truncated = self.truncated
@@ -804,16 +868,23 @@ def pool(outputs: Any, batch: dict, pooling: str) -> "np.ndarray":
 
 # -- task heads: present, or about to be initialised at random? -------------------------------
 #: How each task head is named in messages.
-HEAD_NAMES: dict[str, str] = {"encoder": "encoder", "classification": "classification",
-                              "qa": "question-answering", "masked-lm": "masked-LM",
-                              "causal-lm": "language-modelling"}
+HEAD_NAMES: dict[str, str] = {
+    "encoder": "encoder",
+    "classification": "classification",
+    "qa": "question-answering",
+    "masked-lm": "masked-LM",
+    "causal-lm": "language-modelling",
+}
 
 
 #: The transformers auto class of each task head.
-AUTO_CLASSES: dict[str, str] = {"encoder": "AutoModel",
-                                "classification": "AutoModelForSequenceClassification",
-                                "qa": "AutoModelForQuestionAnswering", "masked-lm": "AutoModelForMaskedLM",
-                                "causal-lm": "AutoModelForCausalLM"}
+AUTO_CLASSES: dict[str, str] = {
+    "encoder": "AutoModel",
+    "classification": "AutoModelForSequenceClassification",
+    "qa": "AutoModelForQuestionAnswering",
+    "masked-lm": "AutoModelForMaskedLM",
+    "causal-lm": "AutoModelForCausalLM",
+}
 
 
 def stored_weight_shapes(directory: str | Path) -> dict[str, tuple[int, ...]] | None:
@@ -881,7 +952,7 @@ def compare_weights(model: Any, stored: dict[str, tuple[int, ...]]) -> WeightChe
     is_base = model.base_model is model
 
     def plain(name: str) -> str:
-        return name[len(prefix):] if name.startswith(prefix) else name
+        return name[len(prefix) :] if name.startswith(prefix) else name
 
     def in_encoder(name: str) -> bool:
         return (is_base or name.startswith(prefix)) and not plain(name).startswith("pooler.")
@@ -906,9 +977,15 @@ def compare_weights(model: Any, stored: dict[str, tuple[int, ...]]) -> WeightChe
     buffers = {plain(n) for n, _ in model.named_buffers()}
     may_add = [re.compile(p) for p in (getattr(model, "_keys_to_ignore_on_load_unexpected", None) or [])]
     prefixed = any(n.startswith(prefix) for n in stored)  # else all of it is the base model
-    check.unexpected = [n for n in stored if (n.startswith(prefix) or not prefixed)
-                        and plain(n) not in known and plain(n) not in buffers
-                        and not plain(n).startswith("pooler.") and not any(p.search(n) for p in may_add)]
+    check.unexpected = [
+        n
+        for n in stored
+        if (n.startswith(prefix) or not prefixed)
+        and plain(n) not in known
+        and plain(n) not in buffers
+        and not plain(n).startswith("pooler.")
+        and not any(p.search(n) for p in may_add)
+    ]
     return check
 
 
@@ -943,9 +1020,11 @@ def weights_problem(spec: ModelSpec, check: WeightCheck) -> str | None:
     None when they fit (a missing task head is not a problem here: see missing_head_weights)."""
     where = " and ".join(sorted(p.name for p in Path(spec.source).glob("*.safetensors"))) or "its weights"
     model_type = read_model_config(spec).get("model_type") if spec.is_local else None
-    fix = ("fix: save the model with save_pretrained so that config.json describes its weights "
-           "(model_type, num_hidden_layers, hidden_size, vocab_size, num_labels), or copy or "
-           "download it again")
+    fix = (
+        "fix: save the model with save_pretrained so that config.json describes its weights "
+        "(model_type, num_hidden_layers, hidden_size, vocab_size, num_labels), or copy or "
+        "download it again"
+    )
 
     def shown(names: Sequence[str]) -> str:
         return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
@@ -954,24 +1033,32 @@ def weights_problem(spec: ModelSpec, check: WeightCheck) -> str | None:
         if not check.stored:
             what = f"{where} holds no tensors at all"
         else:
-            what = (f"none of the {check.encoder_weights} encoder weights of the model_type "
-                    f"{model_type!r} architecture its config.json describes are in {where} "
-                    f"(which holds {shown(check.unexpected) if check.unexpected else 'other tensors'}), "
-                    "so config.json belongs to another model")
+            what = (
+                f"none of the {check.encoder_weights} encoder weights of the model_type "
+                f"{model_type!r} architecture its config.json describes are in {where} "
+                f"(which holds {shown(check.unexpected) if check.unexpected else 'other tensors'}), "
+                "so config.json belongs to another model"
+            )
         return f"model {spec.name!r}: {what}; the whole encoder would be initialised at random; {fix}"
     if check.missing_encoder:
-        return (f"model {spec.name!r}: {where} lacks {len(check.missing_encoder)} of the "
-                f"{check.encoder_weights} encoder weights its config.json describes "
-                f"({shown(check.missing_encoder)}), which would be initialised at random; {fix}")
+        return (
+            f"model {spec.name!r}: {where} lacks {len(check.missing_encoder)} of the "
+            f"{check.encoder_weights} encoder weights its config.json describes "
+            f"({shown(check.missing_encoder)}), which would be initialised at random; {fix}"
+        )
     if check.wrong_shape:
         name, stored, expected = check.wrong_shape[0]
         more = f" (and {len(check.wrong_shape) - 1} more tensors)" if len(check.wrong_shape) > 1 else ""
-        return (f"model {spec.name!r}: the tensor {name!r} in {where} has shape {list(stored)} but "
-                f"the architecture its config.json describes has {list(expected)}{more}; {fix}")
+        return (
+            f"model {spec.name!r}: the tensor {name!r} in {where} has shape {list(stored)} but "
+            f"the architecture its config.json describes has {list(expected)}{more}; {fix}"
+        )
     if check.unexpected:
-        return (f"model {spec.name!r}: {where} holds {len(check.unexpected)} encoder tensor(s) the "
-                f"architecture its config.json describes has no place for ({shown(check.unexpected)}), "
-                f"which would be dropped unused; {fix}")
+        return (
+            f"model {spec.name!r}: {where} holds {len(check.unexpected)} encoder tensor(s) the "
+            f"architecture its config.json describes has no place for ({shown(check.unexpected)}), "
+            f"which would be dropped unused; {fix}"
+        )
     return None
 
 
@@ -985,8 +1072,9 @@ def check_weights(spec: ModelSpec, head: str = "encoder") -> None:
         raise ModelReferenceError(problem)
 
 
-def missing_head_weights(spec: ModelSpec | str, head: str, *, trust_remote_code: bool = False,
-                         onnx_outputs: "dict[str, str] | None" = None) -> list[str] | None:
+def missing_head_weights(
+    spec: ModelSpec | str, head: str, *, trust_remote_code: bool = False, onnx_outputs: "dict[str, str] | None" = None
+) -> list[str] | None:
     """Weights of the ``head`` task head that the checkpoint lacks, which transformers would
     initialise at random: ``[]`` when the head is complete, ``None`` when it cannot be told
     without loading (pickle-only weights, a hub model not in the local cache).
@@ -1030,9 +1118,9 @@ def missing_head_weights(spec: ModelSpec | str, head: str, *, trust_remote_code:
 def _modern_name(name: str) -> str:
     """Old TF-era checkpoints name LayerNorm weights gamma/beta; transformers renames them."""
     if name.endswith(".gamma"):
-        return name[:-len(".gamma")] + ".weight"
+        return name[: -len(".gamma")] + ".weight"
     if name.endswith(".beta"):
-        return name[:-len(".beta")] + ".bias"
+        return name[: -len(".beta")] + ".bias"
     return name
 
 
@@ -1052,5 +1140,4 @@ def _snapshot_dir(spec: ModelSpec) -> Path | None:
 def head_missing_line(model: str, head: str, missing: Sequence[str]) -> str:
     """One line: which head ``model`` lacks and which weights would be made up."""
     shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
-    return (f"model {model!r} has no {HEAD_NAMES[head]} head ({shown} would be newly "
-            "initialised at random)")
+    return f"model {model!r} has no {HEAD_NAMES[head]} head ({shown} would be newly initialised at random)"

@@ -28,8 +28,10 @@ __all__ = [
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10, 20, 50, 100)
 
 #: what an item-vs-items K beyond the items says (see :func:`miniature.core.checks.check_k`)
-TOO_FEW_ITEMS = ("K={k} neighbours requested but there are only n={n} items, so each item has "
-                 "{others} others: choose K < n ({n}) or evaluate on more items")
+TOO_FEW_ITEMS = (
+    "K={k} neighbours requested but there are only n={n} items, so each item has "
+    "{others} others: choose K < n ({n}) or evaluate on more items"
+)
 
 # Re-scored candidate entries (rows x candidates x dims) held in memory at once.
 _RESCORE_CHUNK_ELEMENTS = 1 << 22
@@ -67,7 +69,7 @@ def normalized_float32(values: np.ndarray, name: str) -> np.ndarray:
     # In float64, a block of rows at a time: never a float64 copy of the whole matrix.
     step = max(1, _RESCORE_CHUNK_ELEMENTS // vectors.shape[1])
     for low in range(0, vectors.shape[0], step):
-        block = vectors[low:low + step]
+        block = vectors[low : low + step]
         norms = np.linalg.norm(block.astype(np.float64), axis=1)
         nonzero = norms > 0
         block[nonzero] = (block[nonzero] / norms[nonzero, None]).astype(np.float32)

@@ -32,15 +32,24 @@ HIDDEN_OUTPUT = "last_hidden_state"
 ROLES = ("logits", "start_logits", "end_logits", HIDDEN_OUTPUT)
 #: The outputs each task head needs from an export.
 HEAD_OUTPUTS: dict[str, tuple[str, ...]] = {
-    "encoder": (), "classification": ("logits",), "qa": ("start_logits", "end_logits"),
+    "encoder": (),
+    "classification": ("logits",),
+    "qa": ("start_logits", "end_logits"),
     "masked-lm": ("logits",),
 }
-_HEAD_NAMES = {"encoder": "encoder", "classification": "classification", "qa": "question-answering",
-               "masked-lm": "masked-LM"}
+_HEAD_NAMES = {
+    "encoder": "encoder",
+    "classification": "classification",
+    "qa": "question-answering",
+    "masked-lm": "masked-LM",
+}
 #: The optimum task that adds each head's outputs to an export (named in skip reasons).
-EXPORT_TASKS: dict[str, str] = {"classification": "text-classification",
-                                "qa": "question-answering", "masked-lm": "fill-mask",
-                                "encoder": "feature-extraction"}
+EXPORT_TASKS: dict[str, str] = {
+    "classification": "text-classification",
+    "qa": "question-answering",
+    "masked-lm": "fill-mask",
+    "encoder": "feature-extraction",
+}
 _INT_TYPES = {"tensor(int64)": "int64", "tensor(int32)": "int32"}
 
 
@@ -56,7 +65,8 @@ def onnx_file(folder: str | Path) -> Path | None:
     if len(found) > 1:
         raise ModelReferenceError(
             f"model folder {str(path)!r} holds several ONNX files ({', '.join(p.name for p in found)}) "
-            f"and no {ONNX_FILE}; fix: keep one of them, or rename the one to gate to {ONNX_FILE}")
+            f"and no {ONNX_FILE}; fix: keep one of them, or rename the one to gate to {ONNX_FILE}"
+        )
     return found[0] if found else None
 
 
@@ -75,8 +85,16 @@ def graph_outputs(file: Path, spec: ModelSpec | None = None) -> list[tuple[str, 
             found = [(o.name, tuple(o.shape or ())) for o in _session(file, "cpu").get_outputs()]
         else:
             graph = onnx.load(str(file), load_external_data=False).graph
-            found = [(o.name, tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                                    for d in o.type.tensor_type.shape.dim)) for o in graph.output]
+            found = [
+                (
+                    o.name,
+                    tuple(
+                        d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                        for d in o.type.tensor_type.shape.dim
+                    ),
+                )
+                for o in graph.output
+            ]
         if not found:
             raise model_file_error(where, file.name, "its graph has no outputs", fix="export the model to ONNX again")
     return found
@@ -87,8 +105,9 @@ def onnx_outputs(file: Path, spec: ModelSpec | None = None) -> list[str]:
     return [name for name, _ in graph_outputs(file, spec)]
 
 
-def output_roles(outputs: list[tuple[str, tuple[Any, ...]]], config: Any,
-                 named: Mapping[str, str] | None = None) -> dict[str, str]:
+def output_roles(
+    outputs: list[tuple[str, tuple[Any, ...]]], config: Any, named: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """Which graph output serves each role (``logits``, ``start_logits``, ``end_logits``,
     ``last_hidden_state``): the one the user named (``--onnx-output ROLE=NAME``), else the one
     of optimum's name, else, for the hidden state and a classifier's logits, the only output
@@ -97,20 +116,23 @@ def output_roles(outputs: list[tuple[str, tuple[Any, ...]]], config: Any,
     names = [name for name, _ in outputs]
     roles = {role: name for role, name in (named or {}).items() if name in names}
     roles.update({role: role for role in ROLES if role in names and role not in roles})
-    shapes = {"last_hidden_state": (3, getattr(config, "hidden_size", None)),
-              "logits": (2, getattr(config, "num_labels", None))}
+    shapes = {
+        "last_hidden_state": (3, getattr(config, "hidden_size", None)),
+        "logits": (2, getattr(config, "num_labels", None)),
+    }
     for role, (rank, width) in shapes.items():
         if role in roles or not isinstance(width, int):
             continue
         taken = set(roles.values())
-        fits = [name for name, shape in outputs if name not in taken and len(shape) == rank
-                and shape[-1] == width]
+        fits = [name for name, shape in outputs if name not in taken and len(shape) == rank and shape[-1] == width]
         if len(fits) == 1:
             roles[role] = fits[0]
     return roles
 
 
-def export_roles(file: Path, spec: ModelSpec, named: Mapping[str, str] | None = None) -> tuple[dict[str, str], list[str]]:
+def export_roles(
+    file: Path, spec: ModelSpec, named: Mapping[str, str] | None = None
+) -> tuple[dict[str, str], list[str]]:
     """The roles an export's outputs serve (see :func:`output_roles`) and all its output names."""
     import transformers
 
@@ -135,21 +157,25 @@ def missing_output_line(model: str, head: str, missing: list[str], outputs: list
     """One line: the export lacks the outputs a head needs (its outputs listed), the export
     option that adds them, and how to name one that is there under another name."""
     names = " and ".join(repr(m) for m in missing) + (" outputs" if len(missing) > 1 else " output")
-    return (f"model {model!r} is an ONNX export without the {names} of a "
-            f"{_HEAD_NAMES[head]} head (a bare feature-extraction export){_found(outputs)}; fix: "
-            f"export it with the head, e.g. `optimum-cli export onnx --task {EXPORT_TASKS[head]}` (or "
-            f"torch.onnx.export of the {_HEAD_NAMES[head]} model with an output named {missing[0]!r}), "
-            f"or pass --onnx-output {missing[0]}=NAME if one of its outputs is it")
+    return (
+        f"model {model!r} is an ONNX export without the {names} of a "
+        f"{_HEAD_NAMES[head]} head (a bare feature-extraction export){_found(outputs)}; fix: "
+        f"export it with the head, e.g. `optimum-cli export onnx --task {EXPORT_TASKS[head]}` (or "
+        f"torch.onnx.export of the {_HEAD_NAMES[head]} model with an output named {missing[0]!r}), "
+        f"or pass --onnx-output {missing[0]}=NAME if one of its outputs is it"
+    )
 
 
 def hidden_output_line(model: str, outputs: list[str] | None = None) -> str:
     """One line: the export has no last hidden state (none by name, none alone of its shape),
     so no sentence vectors; its outputs, and the fix."""
-    return (f"model {model!r} is an ONNX export without the {HIDDEN_OUTPUT!r} output{_found(outputs)} "
-            "(none by that name, and not exactly one of shape [batch, sequence, hidden_size]), so it "
-            "gives no sentence vectors; fix: export it with that output too (torch.onnx.export with "
-            f"output_names [..., {HIDDEN_OUTPUT!r}], or optimum's feature-extraction export), or pass "
-            f"--onnx-output {HIDDEN_OUTPUT}=NAME naming the one that is it")
+    return (
+        f"model {model!r} is an ONNX export without the {HIDDEN_OUTPUT!r} output{_found(outputs)} "
+        "(none by that name, and not exactly one of shape [batch, sequence, hidden_size]), so it "
+        "gives no sentence vectors; fix: export it with that output too (torch.onnx.export with "
+        f"output_names [..., {HIDDEN_OUTPUT!r}], or optimum's feature-extraction export), or pass "
+        f"--onnx-output {HIDDEN_OUTPUT}=NAME naming the one that is it"
+    )
 
 
 def onnx_providers(device: str) -> list[str]:
@@ -168,7 +194,8 @@ def _session(file: Path, device: str) -> Any:
     except ImportError:
         raise ModelReferenceError(
             f"model file {str(file)!r} is an ONNX model, which needs onnxruntime; fix: pip install "
-            "'pytest-miniature[onnx]' (or onnxruntime)") from None
+            "'pytest-miniature[onnx]' (or onnxruntime)"
+        ) from None
     import torch
 
     options = onnxruntime.SessionOptions()
@@ -199,8 +226,15 @@ class OnnxOutput:
 class OnnxModel:
     """An ONNX file run by onnxruntime, called like a transformers model on a padded batch."""
 
-    def __init__(self, file: Path, config: Any, *, device: str = "cpu", spec: ModelSpec | None = None,
-                 named: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        file: Path,
+        config: Any,
+        *,
+        device: str = "cpu",
+        spec: ModelSpec | None = None,
+        named: Mapping[str, str] | None = None,
+    ) -> None:
         with model_file_boundary(spec or file.parent, file.name, fix="export the model to ONNX again"):
             self.session = _session(file, device)
         self.file = file
@@ -212,8 +246,7 @@ class OnnxModel:
         self.runtime_input_names = set(self.input_types)
         self.output_names = [o.name for o in self.session.get_outputs()]
         #: role (optimum's output name) -> the graph output serving it (see output_roles)
-        self.roles = output_roles([(o.name, tuple(o.shape or ())) for o in self.session.get_outputs()],
-                                  config, named)
+        self.roles = output_roles([(o.name, tuple(o.shape or ())) for o in self.session.get_outputs()], config, named)
 
     @property
     def providers(self) -> list[str]:
@@ -237,9 +270,11 @@ class OnnxModel:
             if value is None and name == "token_type_ids" and "input_ids" in batch:
                 value = np.zeros(tuple(batch["input_ids"].shape), dtype=kind)
             if value is None:
-                raise ModelReferenceError(f"ONNX model {str(self.file)!r} needs the input {name!r}, "
-                                          "which the tokenizer does not give; fix: export it with "
-                                          "the tokenizer's inputs (input_ids, attention_mask)")
+                raise ModelReferenceError(
+                    f"ONNX model {str(self.file)!r} needs the input {name!r}, "
+                    "which the tokenizer does not give; fix: export it with "
+                    "the tokenizer's inputs (input_ids, attention_mask)"
+                )
             array = value.cpu().numpy() if hasattr(value, "cpu") else np.asarray(value)
             feed[name] = array.astype(kind, copy=False)
         return feed
@@ -254,9 +289,12 @@ class OnnxModel:
         ids = feed.get("input_ids", next(iter(feed.values())))
         for role, value in found.items():
             self._check_shape(role, tuple(value.shape), tuple(ids.shape))
-        return OnnxOutput(logits=found.get("logits"), start_logits=found.get("start_logits"),
-                          end_logits=found.get("end_logits"),
-                          last_hidden_state=found.get(HIDDEN_OUTPUT))
+        return OnnxOutput(
+            logits=found.get("logits"),
+            start_logits=found.get("start_logits"),
+            end_logits=found.get("end_logits"),
+            last_hidden_state=found.get(HIDDEN_OUTPUT),
+        )
 
     def _check_shape(self, role: str, shape: tuple[int, ...], tokens: tuple[int, ...]) -> None:
         """Refuse an output whose shape is not what config.json describes (a classifier's
@@ -264,8 +302,10 @@ class OnnxModel:
         batch, length = tokens[0], tokens[-1]
         config = self.config
         if role == "logits":
-            expected = [(batch, getattr(config, "num_labels", None)),
-                        (batch, length, getattr(config, "vocab_size", None))]
+            expected = [
+                (batch, getattr(config, "num_labels", None)),
+                (batch, length, getattr(config, "vocab_size", None)),
+            ]
             what = "[batch, num_labels] (or [batch, sequence, vocab_size] for a masked LM)"
         elif role == HIDDEN_OUTPUT:
             expected, what = [(batch, length, getattr(config, "hidden_size", None))], "[batch, sequence, hidden_size]"
@@ -278,12 +318,21 @@ class OnnxModel:
                 f"{list(shape)} on a batch of {list(tokens)} tokens, but its config.json describes "
                 f"{what} = {described}; fix: export the model config.json describes again (its "
                 "outputs must fit config.json), or name the right output with --onnx-output "
-                f"{role}=NAME")
+                f"{role}=NAME"
+            )
 
 
 #: Operators onnxruntime's dynamic quantization writes (an int8 export holds some of them).
-_QUANTIZED_OPS = {"DynamicQuantizeLinear", "MatMulInteger", "QLinearMatMul", "DynamicQuantizeMatMul",
-                  "MatMulIntegerToFloat", "QGemm", "DequantizeLinear", "QuantizeLinear"}
+_QUANTIZED_OPS = {
+    "DynamicQuantizeLinear",
+    "MatMulInteger",
+    "QLinearMatMul",
+    "DynamicQuantizeMatMul",
+    "MatMulIntegerToFloat",
+    "QGemm",
+    "DequantizeLinear",
+    "QuantizeLinear",
+}
 
 
 def _graph_nodes(file: Path) -> list[Any]:
@@ -294,8 +343,7 @@ def _graph_nodes(file: Path) -> list[Any]:
     return list(onnx.load(str(file), load_external_data=False).graph.node)
 
 
-def load_onnx(spec: ModelSpec, file: Path, *, device: str = "cpu",
-              named: Mapping[str, str] | None = None) -> OnnxModel:
+def load_onnx(spec: ModelSpec, file: Path, *, device: str = "cpu", named: Mapping[str, str] | None = None) -> OnnxModel:
     """An ONNX model folder's model: its config.json (no code from the folder runs) and an
     onnxruntime session of ``file``."""
     import transformers

@@ -40,9 +40,15 @@ class OutputStore:
         data = self.data.role(role)
         stage = None if stage == ENCODER else stage
         key = fingerprint(
-            "outputs", self.models.model_fingerprint(name, stage), _data_fingerprint(data),
-            self.models.pooling_of(name), self.settings.max_length, stage or "task", self.task,
-            *self.models.decoder_signature(name))
+            "outputs",
+            self.models.model_fingerprint(name, stage),
+            _data_fingerprint(data),
+            self.models.pooling_of(name),
+            self.settings.max_length,
+            stage or "task",
+            self.task,
+            *self.models.decoder_signature(name),
+        )
 
         truncated = []
         used = [self.settings.max_length]
@@ -72,10 +78,14 @@ class OutputStore:
         arrays = self.cache.chunked("outputs", key, len(data), compute, chunk_size=self.chunk_size)
         where = f"model {name!r} on the {role} data ({data.source})"
         if sum(truncated):
-            warnings.warn(DataWarning(
-                f"{where}: {sum(truncated)} of {len(data)} items are longer than "
-                f"{_length_used(used[0], self.settings.max_length)} tokens and were "
-                "truncated; raise --max-length to compare whole texts"), stacklevel=2)
+            warnings.warn(
+                DataWarning(
+                    f"{where}: {sum(truncated)} of {len(data)} items are longer than "
+                    f"{_length_used(used[0], self.settings.max_length)} tokens and were "
+                    "truncated; raise --max-length to compare whole texts"
+                ),
+                stacklevel=2,
+            )
         if "embeddings" not in arrays:  # a logits-only ONNX export: the vectors' checks skip
             return WithoutVectors(arrays, reason=self.models.wrapper(name, stage=stage).hidden_problem or "")
         self._check_embeddings(arrays["embeddings"], where)
@@ -89,13 +99,17 @@ class OutputStore:
             raise MiniatureError(
                 f"{where}: {int((~finite).sum())} of {len(embeddings)} embeddings contain NaN or "
                 "inf (often a float16 overflow or a diverged checkpoint); fix: run the model in "
-                "float32 (--device cpu) or check its weights")
+                "float32 (--device cpu) or check its weights"
+            )
         zero = ~np.any(embeddings, axis=1)
         if zero.any():
-            warnings.warn(DataWarning(
-                f"{where}: {int(zero.sum())} of {len(embeddings)} embeddings are all zero; they are "
-                "equally far from everything, so their neighbours are ties broken by item order"),
-                stacklevel=3)
+            warnings.warn(
+                DataWarning(
+                    f"{where}: {int(zero.sum())} of {len(embeddings)} embeddings are all zero; they are "
+                    "equally far from everything, so their neighbours are ties broken by item order"
+                ),
+                stacklevel=3,
+            )
 
     def correct(self, name: str) -> np.ndarray:
         """Per test item: does the model predict the gold label (QA: the exact answer)?"""
@@ -106,8 +120,7 @@ class OutputStore:
             return self._qa_correct(name)
         labels = self.data.test.labels
         if labels is None:
-            raise NotApplicable(self.models.unlabelled("test", "prediction errors need each test item's "
-                                                "gold label"))
+            raise NotApplicable(self.models.unlabelled("test", "prediction errors need each test item's gold label"))
         return self.predicted(name) == np.asarray(labels)
 
     def predicted(self, name: str) -> np.ndarray:
@@ -125,8 +138,13 @@ class OutputStore:
 
         test = self.data.test
         doc_stride = max(8, self.settings.max_length // 3)
-        key = fingerprint("qa-answers", self.models.model_fingerprint(name, None), _data_fingerprint(test),
-                          self.settings.max_length, doc_stride)
+        key = fingerprint(
+            "qa-answers",
+            self.models.model_fingerprint(name, None),
+            _data_fingerprint(test),
+            self.settings.max_length,
+            doc_stride,
+        )
         examples = test.examples or []
         answers = self.cache.load_json("answers", key)
         if answers is None or len(answers) != len(test):

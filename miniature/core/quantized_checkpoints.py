@@ -118,14 +118,16 @@ def _needs_gpu(model_name: str, scheme: str, why: str) -> None:
         raise ModelReferenceError(
             f"model {model_name!r} is quantized with {scheme}, whose kernels need a CUDA GPU ({why}) and "
             f"{build}; fix: run it on a machine with a CUDA GPU and pass --device cuda, or give a "
-            f"checkpoint quantized with a CPU scheme (torchao int8 / IntxWeightOnly int4, bitsandbytes, HQQ)")
+            f"checkpoint quantized with a CPU scheme (torchao int8 / IntxWeightOnly int4, bitsandbytes, HQQ)"
+        )
 
 
 def _needs(model_name: str, scheme: str, modules: tuple[str, ...], package: str, install: str) -> None:
     """Refuse when none of ``modules`` is installed, naming the package and the pip install that fixes it."""
     if not any(_installed(m) for m in modules):
-        raise ModelReferenceError(f"model {model_name!r} is quantized with {scheme}, which needs "
-                                  f"{package}, not installed; fix: {install}")
+        raise ModelReferenceError(
+            f"model {model_name!r} is quantized with {scheme}, which needs {package}, not installed; fix: {install}"
+        )
 
 
 def check_quantized_checkpoint(config: Mapping[str, Any], model_name: str) -> None:
@@ -156,20 +158,33 @@ def check_quantized_checkpoint(config: Mapping[str, Any], model_name: str) -> No
                 f"model {model_name!r}: config.json names torchao's scheme by the old string {kind!r}, "
                 f"which transformers<5 cannot load with torchao 0.18 or later (it imports torchao's removed "
                 f"autoquant); fix: re-save the checkpoint with a torchao config object, e.g. "
-                f"TorchAoConfig(Int8WeightOnlyConfig()) and save_pretrained(..., safe_serialization=False)")
+                f"TorchAoConfig(Int8WeightOnlyConfig()) and save_pretrained(..., safe_serialization=False)"
+            )
         if kind is not None and kind[0] in TORCHAO_GPU_ONLY:
-            _needs_gpu(model_name, scheme, "torchao's int4 tensors run on mslk or tinygemm CUDA kernels"
-                       if kind[0] == "Int4WeightOnlyConfig" else "float8 needs compute capability 8.9+")
+            _needs_gpu(
+                model_name,
+                scheme,
+                "torchao's int4 tensors run on mslk or tinygemm CUDA kernels"
+                if kind[0] == "Int4WeightOnlyConfig"
+                else "float8 needs compute capability 8.9+",
+            )
     elif method == "bitsandbytes":
-        _needs(model_name, scheme, ("bitsandbytes",), "bitsandbytes",
-               "pip install 'bitsandbytes>=0.50' (it runs on the CPU)")
+        _needs(
+            model_name,
+            scheme,
+            ("bitsandbytes",),
+            "bitsandbytes",
+            "pip install 'bitsandbytes>=0.50' (it runs on the CPU)",
+        )
     elif method == "hqq":
         _needs(model_name, scheme, ("hqq",), "hqq", "pip install hqq")
     elif method == "quanto":
         _needs(model_name, scheme, ("optimum.quanto",), "optimum-quanto", "pip install optimum-quanto")
     elif method == "gptq":
-        install = ("pip install 'optimum<2' auto-gptq (gptqmodel, the other GPTQ kernel package, "
-                   "needs torch 2.14+ and transformers 5)")
+        install = (
+            "pip install 'optimum<2' auto-gptq (gptqmodel, the other GPTQ kernel package, "
+            "needs torch 2.14+ and transformers 5)"
+        )
         _needs(model_name, scheme, ("optimum",), "optimum", install)
         _needs(model_name, scheme, ("auto_gptq", "gptqmodel"), "auto-gptq or gptqmodel", install)
     elif method == "awq":

@@ -97,63 +97,97 @@ _CHARACTERISTICS = "miniature.core.characteristics"
 #: The built-in characteristics, in report order: the paper's four, then representation similarity.
 BUILTIN: tuple[Characteristic, ...] = (
     Characteristic(
-        "prediction_errors", "prediction errors", "miniature.core.characteristics.prediction_errors:compare_in_gate",
-        threshold_flag="--threshold-errors", threshold_help="minimum error-set Jaccard",
-        needs=frozenset({"task_head", "labels"}), encodes=("test",), answers=True,
+        "prediction_errors",
+        "prediction errors",
+        "miniature.core.characteristics.prediction_errors:compare_in_gate",
+        threshold_flag="--threshold-errors",
+        threshold_help="minimum error-set Jaccard",
+        needs=frozenset({"task_head", "labels"}),
+        encodes=("test",),
+        answers=True,
         fix="the candidate errs on other items than the reference; read the negative flips in the "
-            "report, compress with more task data, or lower --threshold-errors if this is acceptable",
+        "report, compress with more task data, or lower --threshold-errors if this is acceptable",
         evidence_title="Items the models get wrong differently: negative flips (reference right, "
-                       "candidate wrong) first, then positive flips",
-        description="Check that the candidate errs on the same items as the reference."),
+        "candidate wrong) first, then positive flips",
+        description="Check that the candidate errs on the same items as the reference.",
+    ),
     Characteristic(
-        "data_representation", "data representation", "miniature.core.characteristics.representation:compare_in_gate",
-        threshold_flag="--threshold-representation", threshold_help="minimum mean kNN Jaccard", staged=True,
+        "data_representation",
+        "data representation",
+        "miniature.core.characteristics.representation:compare_in_gate",
+        threshold_flag="--threshold-representation",
+        threshold_help="minimum mean kNN Jaccard",
+        staged=True,
         encodes=("test",),
         fix="the candidate arranges the data differently (other nearest neighbours); distil on the "
-            "reference's representations, or lower --threshold-representation if only labels matter",
+        "reference's representations, or lower --threshold-representation if only labels matter",
         evidence_title="Items whose nearest neighbours agree least (lowest kNN Jaccard), with each "
-                       "model's neighbours (shared ones marked)",
-        description="Check that items keep their nearest neighbours under the candidate."),
+        "model's neighbours (shared ones marked)",
+        description="Check that items keep their nearest neighbours under the candidate.",
+    ),
     Characteristic(
-        "data_distribution", "data distribution", "miniature.core.characteristics.distribution:compare_in_gate",
-        threshold_flag="--threshold-distribution", threshold_help="minimum OOD-set Jaccard",
+        "data_distribution",
+        "data distribution",
+        "miniature.core.characteristics.distribution:compare_in_gate",
+        threshold_flag="--threshold-distribution",
+        threshold_help="minimum OOD-set Jaccard",
         encodes=("train", "holdout", "challenge"),
         fix="the candidate flags other items as out-of-distribution; check the items flagged by one "
-            "model only in the report, or lower --threshold-distribution",
+        "model only in the report, or lower --threshold-distribution",
         evidence_title="Challenge items flagged out-of-distribution by one model only, furthest past "
-                       "that model's threshold first",
-        description="Check that the candidate flags the same challenge items as out-of-distribution."),
+        "that model's threshold first",
+        description="Check that the candidate flags the same challenge items as out-of-distribution.",
+    ),
     Characteristic(
-        "adversarial_vulnerability", "adversarial vulnerability", "miniature.core.characteristics.adversarial:compare_in_gate",
+        "adversarial_vulnerability",
+        "adversarial vulnerability",
+        "miniature.core.characteristics.adversarial:compare_in_gate",
         threshold_flag="--threshold-attack",
         threshold_help="minimum Jaccard of the sets of successfully attacked items",
-        needs=frozenset({"task_head", "labels", "attack_model", "classification"}), attacks=True,
+        needs=frozenset({"task_head", "labels", "attack_model", "classification"}),
+        attacks=True,
         fix="the candidate breaks under attack on other items or much more often; add adversarial "
-            "training, or relax --threshold-attack / --attack-drop-tolerance",
+        "training, or relax --threshold-attack / --attack-drop-tolerance",
         evidence_title="Adversarial examples: items broken by one model only first",
-        description="Check that the candidate breaks under attack on the same items, no more often."),
+        description="Check that the candidate breaks under attack on the same items, no more often.",
+    ),
     Characteristic(
-        "representation_similarity", "representation similarity", "miniature.core.characteristics.similarity:compare_in_gate",
-        default_threshold=0.9, threshold_flag="--threshold-similarity",
-        threshold_help="minimum linear CKA between the two models' sentence vectors", staged=True,
+        "representation_similarity",
+        "representation similarity",
+        "miniature.core.characteristics.similarity:compare_in_gate",
+        default_threshold=0.9,
+        threshold_flag="--threshold-similarity",
+        threshold_help="minimum linear CKA between the two models' sentence vectors",
+        staged=True,
         encodes=("test",),
         fix="the candidate's sentence vectors are not a linear image of the reference's (low CKA); "
-            "distil on the reference's hidden states, or lower --threshold-similarity",
+        "distil on the reference's hidden states, or lower --threshold-similarity",
         evidence_title="Items that account for most of the dissimilarity (their share of 1 - CKA), "
-                       "with their mutual-kNN overlap",
-        options=(("--cka-estimator", "representation similarity's CKA: debiased (HSIC, about 0 when "
-                  "unrelated) or linear (plain)", ("debiased", "linear"), "debiased"),),
-        description="Check that the candidate's representation is linearly similar to the reference's (CKA)."),
+        "with their mutual-kNN overlap",
+        options=(
+            (
+                "--cka-estimator",
+                "representation similarity's CKA: debiased (HSIC, about 0 when unrelated) or linear (plain)",
+                ("debiased", "linear"),
+                "debiased",
+            ),
+        ),
+        description="Check that the candidate's representation is linearly similar to the reference's (CKA).",
+    ),
     Characteristic(
-        "token_distribution", "token distribution", "miniature.core.characteristics.token_distribution:compare_in_gate",
-        default_threshold=0.9, threshold_flag="--threshold-token-top",
+        "token_distribution",
+        "token distribution",
+        "miniature.core.characteristics.token_distribution:compare_in_gate",
+        default_threshold=0.9,
+        threshold_flag="--threshold-token-top",
         threshold_help="minimum rate at which both decoder LMs put the same token first (llama.cpp's same top p)",
         fix="the candidate's next-token predictions differ from the reference's; read the KL divergence "
-            "and the positions of largest divergence in the report, quantize less aggressively, or lower "
-            "--threshold-token-top",
+        "and the positions of largest divergence in the report, quantize less aggressively, or lower "
+        "--threshold-token-top",
         evidence_title="Positions where the next-token distributions differ most (largest KL divergence)",
         decoders_only=True,
-        description="Check that a decoder LM candidate predicts the same next tokens as the reference."),
+        description="Check that a decoder LM candidate predicts the same next tokens as the reference.",
+    ),
 )
 
 
@@ -169,8 +203,9 @@ class Registry:
         if not isinstance(characteristic, Characteristic):
             raise TypeError(f"expected a miniature Characteristic, got {type(characteristic).__name__}")
         if characteristic.name in self._by_name:
-            raise ValueError(f"characteristic {characteristic.name!r} is registered twice; fix: give "
-                             "yours another name")
+            raise ValueError(
+                f"characteristic {characteristic.name!r} is registered twice; fix: give yours another name"
+            )
         self._by_name[characteristic.name] = characteristic
 
     def __getitem__(self, name: str) -> Characteristic:

@@ -7,8 +7,15 @@ from __future__ import annotations
 import warnings
 
 from miniature.core import settings as opt
-from miniature.core.data import (ROLES, TaskData, TextData, builtin_qa_data, builtin_sentiment_data, load_qa_data,
-                                 load_text_data)
+from miniature.core.data import (
+    ROLES,
+    TaskData,
+    TextData,
+    builtin_qa_data,
+    builtin_sentiment_data,
+    load_qa_data,
+    load_text_data,
+)
 from miniature.errors import DataWarning
 
 
@@ -32,8 +39,12 @@ class RunData:
 
     def _load_data(self) -> TaskData:
         s = self.settings
-        flags = {"train": opt.TRAIN_DATA, "holdout": opt.HOLDOUT_DATA, "test": opt.TEST_DATA,
-                 "challenge": opt.CHALLENGE_DATA}
+        flags = {
+            "train": opt.TRAIN_DATA,
+            "holdout": opt.HOLDOUT_DATA,
+            "test": opt.TEST_DATA,
+            "challenge": opt.CHALLENGE_DATA,
+        }
         given = {role: s[flag] for role, flag in flags.items() if s[flag]}
         builtin = None
         if len(given) < len(flags):
@@ -46,9 +57,11 @@ class RunData:
                 sets[role] = load_qa_data(given[role], limit=s.data_limit)
             else:
                 sets[role] = load_text_data(
-                    given[role], text_column=s.text_column,
+                    given[role],
+                    text_column=s.text_column,
                     label_column=None if role == "challenge" else s.label_column,
-                    limit=s.data_limit)
+                    limit=s.data_limit,
+                )
         is_ood = None
         if "challenge" not in given and builtin is not None and builtin.challenge_is_ood:
             is_ood = builtin.challenge_is_ood[: len(sets["challenge"])]
@@ -56,26 +69,36 @@ class RunData:
             items = _items(data)
             duplicates = len(items) - len(set(items))
             if duplicates:
-                warnings.warn(DataWarning(
-                    f"the {role} data ({data.source}) holds {duplicates} duplicate item(s); "
-                    "duplicates are each other's nearest neighbours and tie exactly (ties are "
-                    "broken by item order); remove them unless they are meant"), stacklevel=2)
+                warnings.warn(
+                    DataWarning(
+                        f"the {role} data ({data.source}) holds {duplicates} duplicate item(s); "
+                        "duplicates are each other's nearest neighbours and tie exactly (ties are "
+                        "broken by item order); remove them unless they are meant"
+                    ),
+                    stacklevel=2,
+                )
         challenge, train = sets["challenge"], sets["train"]
         overlap = len(set(_items(challenge)) & set(_items(train)))
         if overlap:
-            warnings.warn(DataWarning(
-                f"the challenge data ({challenge.source}) shares {overlap} of its {len(challenge)} "
-                f"item(s) with the training data ({train.source}); a training item is its own "
-                "nearest training neighbour, so every model calls it in-distribution; pass "
-                "challenge items that are not training items"), stacklevel=2)
+            warnings.warn(
+                DataWarning(
+                    f"the challenge data ({challenge.source}) shares {overlap} of its {len(challenge)} "
+                    f"item(s) with the training data ({train.source}); a training item is its own "
+                    "nearest training neighbour, so every model calls it in-distribution; pass "
+                    "challenge items that are not training items"
+                ),
+                stacklevel=2,
+            )
         return TaskData(challenge_is_ood=is_ood, **sets)
 
     def unlabelled(self, role: str, need: str) -> str:
         """One line: the ``role`` data has no labels, what needs them, and the fix."""
         source = self.sets.role(role).source
         why = "is a .txt file, which has no labels" if source.lower().endswith(".txt") else "has no labels"
-        return (f"the {role} data {source!r} {why}, and {need}; fix: pass --{role}-data as a "
-                f".jsonl/.csv file with a label column (--label-column)")
+        return (
+            f"the {role} data {source!r} {why}, and {need}; fix: pass --{role}-data as a "
+            f".jsonl/.csv file with a label column (--label-column)"
+        )
 
     def token_texts(self) -> tuple[list[str], str]:
         """The plain text the token distribution scores, and where it came from: ``--text-data``
@@ -91,8 +114,9 @@ class RunData:
             from miniature.core.data import read_text_file
 
             return [read_text_file(path)], str(path)
-        data = load_text_data(given, text_column=self.settings.text_column, label_column=None,
-                              limit=self.settings.data_limit)
+        data = load_text_data(
+            given, text_column=self.settings.text_column, label_column=None, limit=self.settings.data_limit
+        )
         return list(data.texts), data.source
 
 

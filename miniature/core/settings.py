@@ -70,9 +70,14 @@ RAY_ADDRESS = "--ray-address"
 RAY_WORKERS = "--ray-workers"
 
 #: the built-in characteristics' threshold flags, named as the rest of the option constants
-(THRESHOLD_ERRORS, THRESHOLD_REPRESENTATION, THRESHOLD_DISTRIBUTION, THRESHOLD_ATTACK, THRESHOLD_SIMILARITY,
- THRESHOLD_TOKEN_TOP) = (
-    c.threshold_flag for c in BUILTIN)
+(
+    THRESHOLD_ERRORS,
+    THRESHOLD_REPRESENTATION,
+    THRESHOLD_DISTRIBUTION,
+    THRESHOLD_ATTACK,
+    THRESHOLD_SIMILARITY,
+    THRESHOLD_TOKEN_TOP,
+) = (c.threshold_flag for c in BUILTIN)
 
 TASKS = ("classification", "qa")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -263,15 +268,46 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option(REFERENCE, "the large model to compare against: an alias (bert-large, ...), a Hugging Face id or a directory", metavar="MODEL"),
-    Option(CANDIDATE, "a compressed model to check; repeat for several (candidates are also compared with each other)", multiple=True, metavar="MODEL"),
-    Option(REFERENCE_BASE, "the reference's checkpoint before fine-tuning (adds the 'before fine-tuning' representation check)", metavar="MODEL"),
-    Option(CANDIDATE_BASE, "each candidate's checkpoint before fine-tuning, in --candidate order", multiple=True, metavar="MODEL"),
-    Option(TASK, "task of the checkpoints: classification or qa (extractive, SQuAD 2.0 rules)", choice(*TASKS), "classification"),
-    Option(TRAIN_DATA, "in-distribution training data (OOD index; fine-tuning); default: the built-in sentiment data", metavar="FILE|DATASET"),
+    Option(
+        REFERENCE,
+        "the large model to compare against: an alias (bert-large, ...), a Hugging Face id or a directory",
+        metavar="MODEL",
+    ),
+    Option(
+        CANDIDATE,
+        "a compressed model to check; repeat for several (candidates are also compared with each other)",
+        multiple=True,
+        metavar="MODEL",
+    ),
+    Option(
+        REFERENCE_BASE,
+        "the reference's checkpoint before fine-tuning (adds the 'before fine-tuning' representation check)",
+        metavar="MODEL",
+    ),
+    Option(
+        CANDIDATE_BASE,
+        "each candidate's checkpoint before fine-tuning, in --candidate order",
+        multiple=True,
+        metavar="MODEL",
+    ),
+    Option(
+        TASK,
+        "task of the checkpoints: classification or qa (extractive, SQuAD 2.0 rules)",
+        choice(*TASKS),
+        "classification",
+    ),
+    Option(
+        TRAIN_DATA,
+        "in-distribution training data (OOD index; fine-tuning); default: the built-in sentiment data",
+        metavar="FILE|DATASET",
+    ),
     Option(HOLDOUT_DATA, "held-out in-distribution data that sets the OOD threshold", metavar="FILE|DATASET"),
     Option(TEST_DATA, "test data for prediction errors and representation", metavar="FILE|DATASET"),
-    Option(CHALLENGE_DATA, "challenge data checked for out-of-distribution items (the paper: NewsQA)", metavar="FILE|DATASET"),
+    Option(
+        CHALLENGE_DATA,
+        "challenge data checked for out-of-distribution items (the paper: NewsQA)",
+        metavar="FILE|DATASET",
+    ),
     Option(TEXT_COLUMN, "text column of classification data", text, "text"),
     Option(LABEL_COLUMN, "label column of classification data", text, "label"),
     Option(LABEL_MAP, "map model label names to data labels, e.g. NEGATIVE=0,POSITIVE=1", label_map, metavar="MAP"),
@@ -279,23 +315,86 @@ OPTIONS: tuple[Option, ...] = (
     Option(K, "neighbours K for representation and OOD detection (the paper: 10)", integer(1), 10),
     Option(K_SWEEP, "values of K for the sensitivity figure", int_list, (1, 5, 10, 20, 50, 100), metavar="K,K,..."),
     # one threshold option per built-in characteristic, from the registry
-    *(Option(c.threshold_flag, c.threshold_help, fraction, c.default_threshold, metavar="J")
-      for c in BUILTIN if c.threshold_flag),
-    Option(THRESHOLDS, "threshold of any characteristic, also one a project registers: NAME=J; repeat for several",
-           named_fraction, multiple=True, metavar="NAME=J"),
-    Option(ATTACK_DROP_TOLERANCE, "max extra %% accuracy drop under attack, in percentage points over the reference's", percentage_points, 10.0, metavar="PP"),
-    Option(THRESHOLD_ON, "compare thresholds with the raw figure, the chance-corrected one, or the CI's lower bound", choice(*THRESHOLD_ON_CHOICES), "raw"),
-    Option(OOD_KEEP, "fraction of held-out in-distribution items the OOD threshold keeps", open_fraction, 0.95, metavar="F"),
+    *(
+        Option(c.threshold_flag, c.threshold_help, fraction, c.default_threshold, metavar="J")
+        for c in BUILTIN
+        if c.threshold_flag
+    ),
+    Option(
+        THRESHOLDS,
+        "threshold of any characteristic, also one a project registers: NAME=J; repeat for several",
+        named_fraction,
+        multiple=True,
+        metavar="NAME=J",
+    ),
+    Option(
+        ATTACK_DROP_TOLERANCE,
+        "max extra %% accuracy drop under attack, in percentage points over the reference's",
+        percentage_points,
+        10.0,
+        metavar="PP",
+    ),
+    Option(
+        THRESHOLD_ON,
+        "compare thresholds with the raw figure, the chance-corrected one, or the CI's lower bound",
+        choice(*THRESHOLD_ON_CHOICES),
+        "raw",
+    ),
+    Option(
+        OOD_KEEP, "fraction of held-out in-distribution items the OOD threshold keeps", open_fraction, 0.95, metavar="F"
+    ),
     Option(BOOTSTRAP, "bootstrap resamples for confidence intervals (0: none)", integer(0), 1000, metavar="N"),
-    Option(GATE_ALL_PAIRS, "candidate-vs-candidate pairs fail the run too (default: reported only)", boolean, False, switch=True),
+    Option(
+        GATE_ALL_PAIRS,
+        "candidate-vs-candidate pairs fail the run too (default: reported only)",
+        boolean,
+        False,
+        switch=True,
+    ),
     Option(NOISE_FLOOR, "also compare the reference with a reloaded copy of itself", boolean, False, switch=True),
-    Option(POOLING, "sentence vector: auto (an encoder's [CLS], as the paper; a decoder's last token), cls, mean or last", choice(*POOLINGS), "auto"),
-    Option(PROMPT_TEMPLATE, "decoder LMs: the prompt an item becomes, with {text} where its text goes", prompt_template, "{text}\nAnswer:", metavar="TEMPLATE"),
-    Option(VERBALIZER, "decoder LMs: the word each label is scored as, e.g. 0=negative,1=positive (default: the data's label names)", verbalizer, metavar="MAP"),
-    Option(CHOICE_SCORE, "decoder LMs: a choice's score is its log-likelihood (acc) or that per character (acc_norm), as lm-evaluation-harness", choice(*CHOICE_SCORES), "acc"),
-    Option(TEXT_DATA, "plain text for the token distribution (.txt, or a file with a text column); default: the test texts", metavar="FILE|DATASET"),
-    Option(TOKEN_SCORING, "token distribution: score each text on its own (texts), or the windows llama.cpp's perplexity tool scores (llama-cpp)", choice(*TOKEN_SCORINGS), "texts"),
-    Option(N_CTX, "with --token-scoring llama-cpp: the context window, as llama-perplexity's -c", integer(4), 512, metavar="N"),
+    Option(
+        POOLING,
+        "sentence vector: auto (an encoder's [CLS], as the paper; a decoder's last token), cls, mean or last",
+        choice(*POOLINGS),
+        "auto",
+    ),
+    Option(
+        PROMPT_TEMPLATE,
+        "decoder LMs: the prompt an item becomes, with {text} where its text goes",
+        prompt_template,
+        "{text}\nAnswer:",
+        metavar="TEMPLATE",
+    ),
+    Option(
+        VERBALIZER,
+        "decoder LMs: the word each label is scored as, e.g. 0=negative,1=positive (default: the data's label names)",
+        verbalizer,
+        metavar="MAP",
+    ),
+    Option(
+        CHOICE_SCORE,
+        "decoder LMs: a choice's score is its log-likelihood (acc) or that per character (acc_norm), as lm-evaluation-harness",
+        choice(*CHOICE_SCORES),
+        "acc",
+    ),
+    Option(
+        TEXT_DATA,
+        "plain text for the token distribution (.txt, or a file with a text column); default: the test texts",
+        metavar="FILE|DATASET",
+    ),
+    Option(
+        TOKEN_SCORING,
+        "token distribution: score each text on its own (texts), or the windows llama.cpp's perplexity tool scores (llama-cpp)",
+        choice(*TOKEN_SCORINGS),
+        "texts",
+    ),
+    Option(
+        N_CTX,
+        "with --token-scoring llama-cpp: the context window, as llama-perplexity's -c",
+        integer(4),
+        512,
+        metavar="N",
+    ),
     Option(BATCH_SIZE, "items per forward pass", integer(1), 32, metavar="N"),
     Option(MAX_LENGTH, "max tokens per item (longer ones are truncated and counted)", integer(8), 128, metavar="N"),
     Option(DEVICE, "auto, cpu, cuda or mps", choice(*DEVICES), "auto"),
@@ -304,20 +403,63 @@ OPTIONS: tuple[Option, ...] = (
     Option(NO_CACHE, "compute everything, store nothing", boolean, False, switch=True),
     Option(REFRESH, "recompute and overwrite cached outputs", boolean, False, switch=True),
     Option(REPORT_DIR, "where the summary page and JSON are written", path, Path("reports"), metavar="DIR"),
-    Option(COMPARE_TO, "a previous run's JSON report (e.g. reports/latest.json): the summary shows what changed since", path, metavar="PREVIOUS.json"),
+    Option(
+        COMPARE_TO,
+        "a previous run's JSON report (e.g. reports/latest.json): the summary shows what changed since",
+        path,
+        metavar="PREVIOUS.json",
+    ),
     Option(TRUST_REMOTE_CODE, "allow code shipped with a model to run (off by default)", boolean, False, switch=True),
-    Option(ALLOW_PICKLE, "allow pickle (*.bin) weights when no safetensors exist (off by default)", boolean, False, switch=True),
-    Option(ONNX_OUTPUT, "the output of an ONNX export that serves a role, for exports not named as optimum names them: ROLE=NAME (roles: logits, start_logits, end_logits, last_hidden_state); repeat for several", named_output, multiple=True, metavar="ROLE=NAME"),
-    Option(FINETUNE, "fine-tune each model on --train-data first; compare before and after", boolean, False, switch=True),
-    Option(ATTACK_MODEL, "masked LM proposing BERT-Attack substitutions (the paper: bert-base)", text, "bert-base", metavar="MODEL"),
+    Option(
+        ALLOW_PICKLE,
+        "allow pickle (*.bin) weights when no safetensors exist (off by default)",
+        boolean,
+        False,
+        switch=True,
+    ),
+    Option(
+        ONNX_OUTPUT,
+        "the output of an ONNX export that serves a role, for exports not named as optimum names them: ROLE=NAME (roles: logits, start_logits, end_logits, last_hidden_state); repeat for several",
+        named_output,
+        multiple=True,
+        metavar="ROLE=NAME",
+    ),
+    Option(
+        FINETUNE, "fine-tune each model on --train-data first; compare before and after", boolean, False, switch=True
+    ),
+    Option(
+        ATTACK_MODEL,
+        "masked LM proposing BERT-Attack substitutions (the paper: bert-base)",
+        text,
+        "bert-base",
+        metavar="MODEL",
+    ),
     Option(ATTACK_SIZE, "items attacked per model (the paper: 1000)", integer(1), 200, metavar="N"),
     Option(ATTACK_TOP_K, "BERT-Attack's K: most important words perturbed (the paper: 3)", integer(1), 3, metavar="K"),
-    Option(EXECUTOR, "where encodings and attack shards run: inprocess, or ray (pip install 'pytest-miniature[ray]'; the cache dir must be shared with the workers)", choice(*EXECUTORS), "inprocess"),
-    Option(RAY_ADDRESS, "with --executor ray: the address of an existing Ray cluster (default: start a local one)", text, metavar="ADDRESS"),
-    Option(RAY_WORKERS, "with --executor ray: CPUs of the local cluster it starts (default: all cores); on an existing cluster, its own resources", integer(1), metavar="N"),
+    Option(
+        EXECUTOR,
+        "where encodings and attack shards run: inprocess, or ray (pip install 'pytest-miniature[ray]'; the cache dir must be shared with the workers)",
+        choice(*EXECUTORS),
+        "inprocess",
+    ),
+    Option(
+        RAY_ADDRESS,
+        "with --executor ray: the address of an existing Ray cluster (default: start a local one)",
+        text,
+        metavar="ADDRESS",
+    ),
+    Option(
+        RAY_WORKERS,
+        "with --executor ray: CPUs of the local cluster it starts (default: all cores); on an existing cluster, its own resources",
+        integer(1),
+        metavar="N",
+    ),
     # options a built-in characteristic declares in its registration
-    *(Option(flag, help_text, choice(*choices), default)
-      for c in BUILTIN for flag, help_text, choices, default in c.options),
+    *(
+        Option(flag, help_text, choice(*choices), default)
+        for c in BUILTIN
+        for flag, help_text, choices, default in c.options
+    ),
 )
 
 #: the options the characteristics declare in their registration (each its own, not the core's):
@@ -334,6 +476,7 @@ def default_text(option: Option) -> str:
     if option.switch or value is None or value in ([], ()):
         return ""
     return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
 
 #: options that take a value: written as two words (``--cache-dir DIR``), the value is a
 #: free argument when pytest picks its rootdir and ini file, before this plugin loads
@@ -417,8 +560,11 @@ class Settings:
 
     @classmethod
     def from_flags(cls, values: dict[str, Any]) -> "Settings":
-        own: dict[str, Any] = {attribute(flag): (tuple(value) if isinstance(value, list) else value)
-               for flag, value in values.items() if flag not in DECLARED_FLAGS}
+        own: dict[str, Any] = {
+            attribute(flag): (tuple(value) if isinstance(value, list) else value)
+            for flag, value in values.items()
+            if flag not in DECLARED_FLAGS
+        }
         declared = tuple((flag, value) for flag, value in values.items() if flag in DECLARED_FLAGS)
         return cls(**own, declared=declared)
 
@@ -455,19 +601,24 @@ def check_combinations(values: dict[str, Any]) -> None:
         raise ValueError(
             f"{THRESHOLD_ON} ci_lower with {BOOTSTRAP} 0 (miniature_threshold_on / miniature_bootstrap): "
             "no bootstrap means no confidence interval, so every check would fail; fix: set "
-            f"{BOOTSTRAP} N (e.g. 1000) or {THRESHOLD_ON} raw")
+            f"{BOOTSTRAP} N (e.g. 1000) or {THRESHOLD_ON} raw"
+        )
     if values.get(EXECUTOR) == "ray" and values.get(NO_CACHE):
         raise ValueError(
             f"{EXECUTOR} ray with {NO_CACHE} (miniature_executor / miniature_no_cache): the Ray workers "
             f"hand their outputs over through the cache; fix: drop {NO_CACHE} (pass {REFRESH} to "
-            f"recompute) or use {EXECUTOR} inprocess")
+            f"recompute) or use {EXECUTOR} inprocess"
+        )
     for flag in (RAY_ADDRESS, RAY_WORKERS):
         if values.get(flag) is not None and values.get(EXECUTOR) != "ray":
-            raise ValueError(f"{flag} without {EXECUTOR} ray: it would be ignored; fix: add "
-                             f"{EXECUTOR} ray or drop {flag}")
+            raise ValueError(
+                f"{flag} without {EXECUTOR} ray: it would be ignored; fix: add {EXECUTOR} ray or drop {flag}"
+            )
     if values.get(RAY_ADDRESS) is not None and values.get(RAY_WORKERS) is not None:
-        raise ValueError(f"{RAY_WORKERS} with {RAY_ADDRESS}: an existing cluster runs as many tasks "
-                         f"as its resources allow; fix: drop {RAY_WORKERS} (it sizes a local cluster)")
+        raise ValueError(
+            f"{RAY_WORKERS} with {RAY_ADDRESS}: an existing cluster runs as many tasks "
+            f"as its resources allow; fix: drop {RAY_WORKERS} (it sizes a local cluster)"
+        )
     reference_base = values.get(REFERENCE_BASE)
     candidate_bases = list(values.get(CANDIDATE_BASE) or [])
     if reference_base or candidate_bases:
@@ -478,7 +629,8 @@ def check_combinations(values: dict[str, Any]) -> None:
                 f"{CANDIDATE_BASE} for {len(candidates)} {CANDIDATE}: the 'before fine-tuning' check "
                 f"needs the base checkpoint of every model, so it would be skipped; fix: pass "
                 f"{REFERENCE_BASE} once and {CANDIDATE_BASE} once per {CANDIDATE}, in the same order "
-                "(or neither)")
+                "(or neither)"
+            )
 
 
 def resolve(option: Option, cli_value: Any, ini_value: Any) -> Any:
@@ -529,8 +681,10 @@ def resolve_thresholds(cli: dict[str, Any], ini: dict[str, Any]) -> dict[str, An
         found: dict[str, str] = {}
         for written, name, value in entries:
             if name in found:
-                raise ValueError(f"{found[name]} and {written} on the {where}: two values for the {name} "
-                                 f"threshold; fix: give it once")
+                raise ValueError(
+                    f"{found[name]} and {written} on the {where}: two values for the {name} "
+                    f"threshold; fix: give it once"
+                )
             found[name] = written
             given[name] = value  # the command line comes second: it wins
     values: dict[str, Any] = {flag: given.pop(name, BY_FLAG[flag].default) for flag, name in THRESHOLD_NAMES.items()}
@@ -547,7 +701,8 @@ def make_settings(**overrides: Any) -> Settings:
     for name, value in overrides.items():
         flag = "--" + name.replace("_", "-")
         if flag not in BY_FLAG:
-            raise TypeError(f"unknown setting {name!r}; known: "
-                            f"{', '.join(o.flag.lstrip('-').replace('-', '_') for o in OPTIONS)}")
+            raise TypeError(
+                f"unknown setting {name!r}; known: {', '.join(o.flag.lstrip('-').replace('-', '_') for o in OPTIONS)}"
+            )
         values[flag] = value
     return Settings.from_flags(values)

@@ -64,9 +64,7 @@ def jaccard_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = np.asarray(a)
     b = np.asarray(b)
     if a.ndim != 2 or b.ndim != 2:
-        raise ValueError(
-            f"jaccard_rows needs two 2-D (n, k) index tables, got shapes {a.shape} and {b.shape}"
-        )
+        raise ValueError(f"jaccard_rows needs two 2-D (n, k) index tables, got shapes {a.shape} and {b.shape}")
     if a.shape[0] != b.shape[0]:
         raise ValueError(
             f"jaccard_rows needs the same number of rows, got {a.shape[0]} (a) and "
@@ -197,8 +195,7 @@ def paired_bootstrap_ci(
     lengths = [array.shape[0] if array.ndim else 0 for array in arrays]
     if any(array.ndim == 0 for array in arrays) or len(set(lengths)) != 1:
         raise ValueError(
-            f"paired_bootstrap_ci needs arrays of equal length along axis 0 (one row per item), "
-            f"got lengths {lengths}"
+            f"paired_bootstrap_ci needs arrays of equal length along axis 0 (one row per item), got lengths {lengths}"
         )
     n = lengths[0]
     if n == 0:
@@ -255,8 +252,13 @@ class Agreement:
 
     def result_fields(self) -> "AgreementFields":
         """The ``ComparisonResult`` fields it fills: figure, chance, corrected, ci_low, ci_high."""
-        return {"figure": self.figure, "chance": self.chance, "corrected": self.corrected,
-                "ci_low": self.ci_low, "ci_high": self.ci_high}
+        return {
+            "figure": self.figure,
+            "chance": self.chance,
+            "corrected": self.corrected,
+            "ci_low": self.ci_low,
+            "ci_high": self.ci_high,
+        }
 
 
 def set_agreement(a: np.ndarray, b: np.ndarray, *, n_bootstrap: int | None, seed: int | None) -> Agreement:
@@ -272,21 +274,20 @@ def set_agreement(a: np.ndarray, b: np.ndarray, *, n_bootstrap: int | None, seed
     chance = chance_jaccard(a.size, int(a.sum()), int(b.sum()))
     ci_low = ci_high = None
     if n_bootstrap and n_bootstrap > 0:
-        ci_low, ci_high = paired_bootstrap_ci(jaccard_batch, a, b, n_resamples=n_bootstrap, seed=seed,
-                                              vectorized=True)
+        ci_low, ci_high = paired_bootstrap_ci(jaccard_batch, a, b, n_resamples=n_bootstrap, seed=seed, vectorized=True)
     return Agreement(figure, chance, chance_corrected(figure, chance), ci_low, ci_high)
 
 
-def mean_agreement(per_item: np.ndarray, chance: float, *, n_bootstrap: int | None,
-                   seed: int | None) -> Agreement:
+def mean_agreement(per_item: np.ndarray, chance: float, *, n_bootstrap: int | None, seed: int | None) -> Agreement:
     """The mean of per-item Jaccard values (e.g. kNN sets), its chance baseline and corrected
     score, and the bootstrap interval resampling items."""
     per_item = np.asarray(per_item, dtype=np.float64)
     figure = float(per_item.mean())
     ci_low = ci_high = None
     if n_bootstrap and n_bootstrap > 0:
-        ci_low, ci_high = paired_bootstrap_ci(_replicate_means, per_item, n_resamples=n_bootstrap,
-                                              seed=seed, vectorized=True)
+        ci_low, ci_high = paired_bootstrap_ci(
+            _replicate_means, per_item, n_resamples=n_bootstrap, seed=seed, vectorized=True
+        )
     return Agreement(figure, chance, chance_corrected(figure, chance), ci_low, ci_high)
 
 
@@ -308,7 +309,6 @@ def mcnemar_exact(b: int, c: int) -> float:
     return float(min(1.0, 2.0 * _scipy_stats.binom.cdf(min(b, c), trials, 0.5)))
 
 
-
 @dataclass(frozen=True)
 class Flips:
     """How answers changed from the reference to the candidate (Dutta et al., 2024, "Accuracy
@@ -326,9 +326,12 @@ class Flips:
 
     def rates(self) -> dict[str, float]:
         n = max(self.n, 1)
-        return {"flip_rate": self.flipped / n, "correct_to_incorrect": self.correct_to_incorrect / n,
-                "incorrect_to_correct": self.incorrect_to_correct / n,
-                "wrong_to_other_wrong": self.wrong_to_other_wrong / n}
+        return {
+            "flip_rate": self.flipped / n,
+            "correct_to_incorrect": self.correct_to_incorrect / n,
+            "incorrect_to_correct": self.incorrect_to_correct / n,
+            "wrong_to_other_wrong": self.wrong_to_other_wrong / n,
+        }
 
 
 def flips(labels: np.ndarray, reference: np.ndarray, candidate: np.ndarray) -> Flips:
@@ -336,13 +339,17 @@ def flips(labels: np.ndarray, reference: np.ndarray, candidate: np.ndarray) -> F
     correct → incorrect, incorrect → correct, and wrong → a different wrong answer."""
     labels, reference, candidate = (np.asarray(v).ravel() for v in (labels, reference, candidate))
     if not labels.shape == reference.shape == candidate.shape:
-        raise ValueError(f"flips need one label and two predictions per item, got {labels.size}, "
-                         f"{reference.size} and {candidate.size}")
+        raise ValueError(
+            f"flips need one label and two predictions per item, got {labels.size}, "
+            f"{reference.size} and {candidate.size}"
+        )
     right_before, right_after = reference == labels, candidate == labels
-    return Flips(n=int(labels.size),
-                 correct_to_incorrect=int(np.count_nonzero(right_before & ~right_after)),
-                 incorrect_to_correct=int(np.count_nonzero(~right_before & right_after)),
-                 wrong_to_other_wrong=int(np.count_nonzero(~right_before & ~right_after & (reference != candidate))))
+    return Flips(
+        n=int(labels.size),
+        correct_to_incorrect=int(np.count_nonzero(right_before & ~right_after)),
+        incorrect_to_correct=int(np.count_nonzero(~right_before & right_after)),
+        wrong_to_other_wrong=int(np.count_nonzero(~right_before & ~right_after & (reference != candidate))),
+    )
 
 
 def _as_mask(values: np.ndarray, name: str) -> np.ndarray:

@@ -22,8 +22,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["KLD_PERCENTILES", "DELTA_P_PERCENTILES", "TokenStatistics", "per_token", "summarise",
-           "log_softmax"]
+__all__ = ["KLD_PERCENTILES", "DELTA_P_PERCENTILES", "TokenStatistics", "per_token", "summarise", "log_softmax"]
 
 #: the percentiles llama.cpp prints for the KL divergence (besides maximum, median, minimum)
 KLD_PERCENTILES: tuple[float, ...] = (99.9, 99.0, 95.0, 90.0, 10.0, 5.0, 1.0, 0.1)
@@ -42,8 +41,7 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
-def per_token(reference_logits: np.ndarray, candidate_logits: np.ndarray,
-              targets: np.ndarray) -> dict[str, np.ndarray]:
+def per_token(reference_logits: np.ndarray, candidate_logits: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
     """Per-token values for ``n`` positions: ``reference_logits`` and ``candidate_logits`` are
     (n, vocab) logits predicting ``targets`` (n,), the observed next tokens.
 
@@ -57,11 +55,15 @@ def per_token(reference_logits: np.ndarray, candidate_logits: np.ndarray,
     candidate = np.asarray(candidate_logits)
     targets = np.asarray(targets)
     if reference.ndim != 2 or reference.shape != candidate.shape:
-        raise ValueError(f"per_token needs two (n, vocab) logit arrays of one shape, got {reference.shape} "
-                         f"(reference) and {candidate.shape} (candidate)")
+        raise ValueError(
+            f"per_token needs two (n, vocab) logit arrays of one shape, got {reference.shape} "
+            f"(reference) and {candidate.shape} (candidate)"
+        )
     if targets.shape != (reference.shape[0],) or not np.issubdtype(targets.dtype, np.integer):
-        raise ValueError(f"per_token needs one integer target per position ({reference.shape[0]}), got "
-                         f"shape {targets.shape} of {targets.dtype}")
+        raise ValueError(
+            f"per_token needs one integer target per position ({reference.shape[0]}), got "
+            f"shape {targets.shape} of {targets.dtype}"
+        )
     if targets.size and (targets.min() < 0 or targets.max() >= reference.shape[1]):
         raise ValueError(f"a target token id is outside the vocabulary of {reference.shape[1]}")
     for name, values in (("reference", reference), ("candidate", candidate)):
@@ -75,11 +77,13 @@ def per_token(reference_logits: np.ndarray, candidate_logits: np.ndarray,
     kld = np.where(p > 0, p * (log_p - log_q), 0.0).sum(axis=1)
     nll_reference = -log_p[rows, targets]
     nll_candidate = -log_q[rows, targets]
-    return {"kld": kld,
-            "same_top": reference.argmax(axis=1) == candidate.argmax(axis=1),
-            "nll_reference": nll_reference,
-            "nll_candidate": nll_candidate,
-            "delta_p": np.exp(-nll_candidate) - np.exp(-nll_reference)}
+    return {
+        "kld": kld,
+        "same_top": reference.argmax(axis=1) == candidate.argmax(axis=1),
+        "nll_reference": nll_reference,
+        "nll_candidate": nll_candidate,
+        "delta_p": np.exp(-nll_candidate) - np.exp(-nll_reference),
+    }
 
 
 def mean_and_uncertainty(values: np.ndarray) -> tuple[float, float]:
@@ -167,23 +171,35 @@ def summarise(values: dict[str, np.ndarray]) -> TokenStatistics:
     log_ppl_c, log_ppl_c_se = mean_and_uncertainty(nll_c)
     log_ppl_r, log_ppl_r_se = mean_and_uncertainty(nll_r)
     cov = covariance_of_means(nll_c, nll_r)
-    ratio_variance = log_ppl_c_se ** 2 + log_ppl_r_se ** 2 - 2.0 * cov
+    ratio_variance = log_ppl_c_se**2 + log_ppl_r_se**2 - 2.0 * cov
     both_se = log_ppl_c_se * log_ppl_r_se
     mean_dp, mean_dp_se = mean_and_uncertainty(delta)
     mse, mse_se = mean_and_uncertainty(delta * delta)
     rms = math.sqrt(mse)
     return TokenStatistics(
-        n=n, mean_kld=mean_kld, mean_kld_se=mean_kld_se,
-        kld_max=float(kld.max()), kld_median=float(np.median(kld)), kld_min=float(kld.min()),
+        n=n,
+        mean_kld=mean_kld,
+        mean_kld_se=mean_kld_se,
+        kld_max=float(kld.max()),
+        kld_median=float(np.median(kld)),
+        kld_min=float(kld.min()),
         kld_percentiles={f"{p:g}": percentile(kld, p / 100) for p in KLD_PERCENTILES},
-        same_top=top, same_top_se=math.sqrt(top * (1 - top) / (n - 1)),
-        mean_delta_p=mean_dp, mean_delta_p_se=mean_dp_se,
-        rms_delta_p=rms, rms_delta_p_se=0.5 / rms * mse_se if rms > 0 else 0.0,
-        delta_p_max=float(delta.max()), delta_p_median=float(np.median(delta)), delta_p_min=float(delta.min()),
+        same_top=top,
+        same_top_se=math.sqrt(top * (1 - top) / (n - 1)),
+        mean_delta_p=mean_dp,
+        mean_delta_p_se=mean_dp_se,
+        rms_delta_p=rms,
+        rms_delta_p_se=0.5 / rms * mse_se if rms > 0 else 0.0,
+        delta_p_max=float(delta.max()),
+        delta_p_median=float(np.median(delta)),
+        delta_p_min=float(delta.min()),
         delta_p_percentiles={f"{p:g}": percentile(delta, p / 100) for p in DELTA_P_PERCENTILES},
-        ppl_reference=math.exp(log_ppl_r), ppl_candidate=math.exp(log_ppl_c),
-        ln_ppl_ratio=log_ppl_c - log_ppl_r, ln_ppl_ratio_se=math.sqrt(max(ratio_variance, 0.0)),
-        ln_ppl_correlation=cov / both_se if both_se > 0 else float("nan"))
+        ppl_reference=math.exp(log_ppl_r),
+        ppl_candidate=math.exp(log_ppl_c),
+        ln_ppl_ratio=log_ppl_c - log_ppl_r,
+        ln_ppl_ratio_se=math.sqrt(max(ratio_variance, 0.0)),
+        ln_ppl_correlation=cov / both_se if both_se > 0 else float("nan"),
+    )
 
 
 @dataclass(frozen=True)
@@ -197,11 +213,12 @@ class Chunk:
 
     @property
     def targets(self) -> np.ndarray:
-        return self.tokens[self.first + 1:]
+        return self.tokens[self.first + 1 :]
 
 
-def llama_cpp_chunks(tokens: np.ndarray, n_ctx: int, *, bos_token_id: int | None = None,
-                     n_chunks: int | None = None) -> list[Chunk]:
+def llama_cpp_chunks(
+    tokens: np.ndarray, n_ctx: int, *, bos_token_id: int | None = None, n_chunks: int | None = None
+) -> list[Chunk]:
     """The windows ``llama-perplexity`` scores for a text tokenized once into ``tokens``:
     ``len(tokens) // n_ctx`` chunks of ``n_ctx`` tokens (at most ``n_chunks``), each one's
     first token replaced by BOS when the vocabulary adds one, and the second half of each
@@ -211,20 +228,23 @@ def llama_cpp_chunks(tokens: np.ndarray, n_ctx: int, *, bos_token_id: int | None
     if n_ctx < 4:
         raise ValueError(f"n_ctx must be at least 4, got {n_ctx}")
     if ids.size < 2 * n_ctx:
-        raise ValueError(f"the text tokenizes to {ids.size} tokens; scoring as llama.cpp does with a "
-                         f"context of {n_ctx} needs at least {2 * n_ctx}: pass more text or a smaller n_ctx")
+        raise ValueError(
+            f"the text tokenizes to {ids.size} tokens; scoring as llama.cpp does with a "
+            f"context of {n_ctx} needs at least {2 * n_ctx}: pass more text or a smaller n_ctx"
+        )
     count = ids.size // n_ctx if n_chunks is None else min(n_chunks, ids.size // n_ctx)
     chunks = []
     for index in range(count):
-        window = ids[index * n_ctx:(index + 1) * n_ctx].copy()
+        window = ids[index * n_ctx : (index + 1) * n_ctx].copy()
         if bos_token_id is not None:
             window[0] = bos_token_id
         chunks.append(Chunk(window, n_ctx // 2))
     return chunks
 
 
-def per_token_torch(reference_logits: Any, candidate_logits: Any, targets: Any, *,
-                    rows_per_chunk: int = 128) -> dict[str, np.ndarray]:
+def per_token_torch(
+    reference_logits: Any, candidate_logits: Any, targets: Any, *, rows_per_chunk: int = 128
+) -> dict[str, np.ndarray]:
     """:func:`per_token` for torch logits (and each model's top token), in float32 passes over
     the vocabulary with float64 sums, ``rows_per_chunk`` positions at a time, so no float64
     copy of the logits is made. What the token distribution runs.
@@ -240,9 +260,9 @@ def per_token_torch(reference_logits: Any, candidate_logits: Any, targets: Any, 
     out: dict[str, list[np.ndarray]] = {name: [] for name in FIELDS + TOP_FIELDS}
     f64 = torch.float64
     for start in range(0, int(reference_logits.shape[0]), rows_per_chunk):
-        z = reference_logits[start:start + rows_per_chunk].float()
-        w = candidate_logits[start:start + rows_per_chunk].float()
-        t = targets[start:start + rows_per_chunk].long()[:, None]
+        z = reference_logits[start : start + rows_per_chunk].float()
+        w = candidate_logits[start : start + rows_per_chunk].float()
+        t = targets[start : start + rows_per_chunk].long()[:, None]
         log_p = torch.log_softmax(z, dim=-1)
         p = log_p.exp_()
         d = z - w

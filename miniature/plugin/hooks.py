@@ -34,8 +34,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         if opt.default_text(option):
             kwargs["help"] += f" (default: {opt.default_text(option)})"
         group.addoption(option.flag, **kwargs)
-        parser.addini(option.ini, help=f"{option.help} (same as {option.flag})",
-                      type="linelist" if option.multiple else "string", default=None)
+        parser.addini(
+            option.ini,
+            help=f"{option.help} (same as {option.flag})",
+            type="linelist" if option.multiple else "string",
+            default=None,
+        )
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -52,7 +56,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
     config.addinivalue_line("markers", f"{GATE_MARKER}: an equivalence check of the miniature gate")
     config.addinivalue_line("markers", f"{CHECK_MARKER}: a miniature equivalence check (needs {opt.REFERENCE})")
-    config.addinivalue_line("markers", f"{INFORMATIONAL_MARKER}: a candidate-vs-candidate comparison, reported but not gating")
+    config.addinivalue_line(
+        "markers", f"{INFORMATIONAL_MARKER}: a candidate-vs-candidate comparison, reported but not gating"
+    )
     check_split_options(config)
     session = MiniatureSession(config, settings_from(config))
     config.pluginmanager.register(session, SESSION_PLUGIN)

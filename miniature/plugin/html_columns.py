@@ -14,8 +14,14 @@ import pytest
 
 from miniature.core.characteristics.base import ComparisonResult, format_number
 from miniature.plugin.results import result_of
-from miniature.reports.page import (VERDICT_COLOURS, ci_text, evidence_html, template_module, threshold_text,
-                                    verdict_class)
+from miniature.reports.page import (
+    VERDICT_COLOURS,
+    ci_text,
+    evidence_html,
+    template_module,
+    threshold_text,
+    verdict_class,
+)
 
 HTML_COLUMNS = ("Verdict", "Figure", "Threshold", "95% CI", "Chance")
 COLUMNS_TEMPLATE = "columns.html.j2"
@@ -26,11 +32,13 @@ def result_cells(result: ComparisonResult | None) -> list[str]:
     cell = template_module(COLUMNS_TEMPLATE).cell
     if result is None:
         return [str(cell())] * len(HTML_COLUMNS)
-    return [str(cell(result.verdict, VERDICT_COLOURS[verdict_class(result)])),
-            str(cell(f"{result.figure_name} {format_number(result.figure)}")),
-            str(cell(threshold_text(result))),
-            str(cell(ci_text(result))),
-            str(cell(format_number(result.chance)))]
+    return [
+        str(cell(result.verdict, VERDICT_COLOURS[verdict_class(result)])),
+        str(cell(f"{result.figure_name} {format_number(result.figure)}")),
+        str(cell(threshold_text(result))),
+        str(cell(ci_text(result))),
+        str(cell(format_number(result.chance))),
+    ]
 
 
 class HtmlReportHooks:

@@ -39,9 +39,12 @@ def run_state(config: pytest.Config) -> RunState:
     ``pytest_unconfigure``; a usage error when miniature is not configured."""
     state = config.pluginmanager.get_plugin(SESSION_PLUGIN)
     if state is None:
-        raise pytest.UsageError("miniature: the plugin is not configured in this run (it was disabled with "
-                                "-p no:miniature, or the run ended); fix: run pytest with miniature enabled")
+        raise pytest.UsageError(
+            "miniature: the plugin is not configured in this run (it was disabled with "
+            "-p no:miniature, or the run ended); fix: run pytest with miniature enabled"
+        )
     return state
+
 
 #: the marker of every gate item: ``pytest -m miniature`` selects the gate, ``-m "not miniature"`` the rest
 GATE_MARKER = "miniature"
@@ -94,16 +97,21 @@ class Check:
         """Attach the result to the test report (JSON), and its headline as JUnit properties."""
         properties = self.request.node.user_properties
         properties.append((RESULT_PROPERTY, result.to_json()))
-        properties.extend([("miniature_verdict", result.verdict),
-                           ("miniature_figure", "" if not result.computed else f"{result.figure:.6g}"),
-                           ("miniature_threshold", "" if result.threshold is None else f"{result.threshold:g}"),
-                           ("miniature_threshold_on", result.threshold_on)])
+        properties.extend(
+            [
+                ("miniature_verdict", result.verdict),
+                ("miniature_figure", "" if not result.computed else f"{result.figure:.6g}"),
+                ("miniature_threshold", "" if result.threshold is None else f"{result.threshold:g}"),
+                ("miniature_threshold_on", result.threshold_on),
+            ]
+        )
         if result.reason:
             properties.append(("miniature_reason", result.reason))
 
 
 def check_fixture(characteristic: "Characteristic") -> Any:
     """The fixture named after ``characteristic``: a :class:`Check` for it."""
+
     def fixture(request: pytest.FixtureRequest) -> Check:
         return Check(characteristic.name, request)
 
@@ -115,13 +123,16 @@ def check_test(characteristic: "Characteristic") -> Any:
     """The test function ``test_<name>`` of ``characteristic`` (with ``stage`` when it is
     compared per representation stage)."""
     if characteristic.staged:
+
         def test(model_pair: "Pair", stage: str | None, request: pytest.FixtureRequest) -> None:
             __tracebackhide__ = True
             Check(characteristic.name, request).check(model_pair, stage=stage)
     else:
+
         def test(model_pair: "Pair", request: pytest.FixtureRequest) -> None:  # type: ignore[misc]
             __tracebackhide__ = True
             Check(characteristic.name, request).check(model_pair)
+
     test.__name__ = test.__qualname__ = f"test_{characteristic.name}"
     test.__doc__ = characteristic.description
     return test

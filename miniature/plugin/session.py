@@ -15,8 +15,14 @@ import pytest
 
 from miniature.core import settings as opt
 from miniature.plugin.results import RESULT_PROPERTY
-from miniature.plugin.runtime import (CHECK_MARKER, GATE_MARKER, INFORMATIONAL_MARKER, SHIPPED_CHECKS_NODEID,
-                                      CheckFixtures, uses_gate)
+from miniature.plugin.runtime import (
+    CHECK_MARKER,
+    GATE_MARKER,
+    INFORMATIONAL_MARKER,
+    SHIPPED_CHECKS_NODEID,
+    CheckFixtures,
+    uses_gate,
+)
 from miniature.plugin.startup import check_start_up, default_to_checks, locate_models, no_checks_line
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,9 +41,11 @@ HTML_PLUGIN = "miniature-html"
 def skip_reason() -> str:
     from miniature.core.models import all_aliases
 
-    return (f"miniature: no {opt.REFERENCE} given, so the equivalence checks were skipped; run "
-            f"`pytest {opt.REFERENCE} MODEL {opt.CANDIDATE} MODEL` (aliases: {', '.join(all_aliases())}; "
-            "or Hugging Face ids or local directories)")
+    return (
+        f"miniature: no {opt.REFERENCE} given, so the equivalence checks were skipped; run "
+        f"`pytest {opt.REFERENCE} MODEL {opt.CANDIDATE} MODEL` (aliases: {', '.join(all_aliases())}; "
+        "or Hugging Face ids or local directories)"
+    )
 
 
 class MiniatureSession:
@@ -75,8 +83,10 @@ class MiniatureSession:
         self.registry = self._build_registry()
         self._configure_reports()
         if settings.candidates and not settings.reference:
-            raise pytest.UsageError(f"{opt.CANDIDATE} given without {opt.REFERENCE}; fix: pass "
-                                    f"{opt.REFERENCE} MODEL (the large model the candidates replace)")
+            raise pytest.UsageError(
+                f"{opt.CANDIDATE} given without {opt.REFERENCE}; fix: pass "
+                f"{opt.REFERENCE} MODEL (the large model the candidates replace)"
+            )
         if settings.reference:
             self.models = locate_models(settings)
             check_start_up(settings)
@@ -98,8 +108,9 @@ class MiniatureSession:
             raise pytest.UsageError(f"pytest_miniature_characteristics: {error}") from None
         unknown = [name for name in self.settings.thresholds if name not in registry]
         if unknown:
-            raise pytest.UsageError(f"{opt.THRESHOLDS} {unknown[0]}=...: no such characteristic; registered: "
-                                    f"{', '.join(registry.names)}")
+            raise pytest.UsageError(
+                f"{opt.THRESHOLDS} {unknown[0]}=...: no such characteristic; registered: {', '.join(registry.names)}"
+            )
         if self.previous_registry is None:
             self.previous_registry = active()
         activate(registry)
@@ -175,8 +186,10 @@ class MiniatureSession:
     def pytest_report_header(self) -> list[str] | None:
         if not self.settings.reference:
             return None
-        return [f"miniature: reference {self.settings.reference}; candidates "
-                f"{', '.join(self.settings.candidates) or '(none)'}"]
+        return [
+            f"miniature: reference {self.settings.reference}; candidates "
+            f"{', '.join(self.settings.candidates) or '(none)'}"
+        ]
 
     def pytest_ignore_collect(self) -> bool | None:
         """In a gate-only run (``--reference`` and no paths), collect none of the project's tests."""
@@ -186,9 +199,20 @@ class MiniatureSession:
         if "model_pair" not in metafunc.fixturenames:
             return
         if not self.settings.reference:
-            metafunc.parametrize("model_pair", [pytest.param(None, id="no-reference", marks=[
-                pytest.mark.skip(reason=skip_reason()), getattr(pytest.mark, GATE_MARKER),
-                getattr(pytest.mark, CHECK_MARKER)])])
+            metafunc.parametrize(
+                "model_pair",
+                [
+                    pytest.param(
+                        None,
+                        id="no-reference",
+                        marks=[
+                            pytest.mark.skip(reason=skip_reason()),
+                            getattr(pytest.mark, GATE_MARKER),
+                            getattr(pytest.mark, CHECK_MARKER),
+                        ],
+                    )
+                ],
+            )
             if "stage" in metafunc.fixturenames:
                 metafunc.parametrize("stage", [None], ids=["-"])
             return
@@ -200,8 +224,15 @@ class MiniatureSession:
                 marks.append(getattr(pytest.mark, INFORMATIONAL_MARKER))
             params.append(pytest.param(pair, id=pair.id, marks=marks))
         if not params:
-            params.append(pytest.param(None, id="no-candidate", marks=[
-                pytest.mark.skip(reason=f"miniature: no {opt.CANDIDATE} given; fix: pass {opt.CANDIDATE} MODEL")]))
+            params.append(
+                pytest.param(
+                    None,
+                    id="no-candidate",
+                    marks=[
+                        pytest.mark.skip(reason=f"miniature: no {opt.CANDIDATE} given; fix: pass {opt.CANDIDATE} MODEL")
+                    ],
+                )
+            )
         metafunc.parametrize("model_pair", params)
         if "stage" in metafunc.fixturenames:
             stages = gate.stages()
@@ -227,9 +258,15 @@ class MiniatureSession:
         self.gate_items = sum(uses_gate(item) for item in session.items)
         if self.gate is not None and not isinstance(self.gate, Exception):
             # the executor computes ahead only what the collected checks (-k, -m) compare
-            used = {name for item in session.items if uses_gate(item)
-                    for name in (*getattr(item, "fixturenames", ()),
-                                 getattr(item, "originalname", item.name).removeprefix("test_"))}
+            used = {
+                name
+                for item in session.items
+                if uses_gate(item)
+                for name in (
+                    *getattr(item, "fixturenames", ()),
+                    getattr(item, "originalname", item.name).removeprefix("test_"),
+                )
+            }
             self.gate.selected = [c.name for c in self.registry if c.name in used]
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -252,11 +289,19 @@ class MiniatureSession:
 
         try:
             self.report_paths = write_reports(
-                self.results, settings, settings.report_dir, duration_s=time.time() - self.started,
-                previous=self.previous_report, execution=self.execution(), models=self.models)
+                self.results,
+                settings,
+                settings.report_dir,
+                duration_s=time.time() - self.started,
+                previous=self.previous_report,
+                execution=self.execution(),
+                models=self.models,
+            )
         except OSError as error:
-            self.report_paths = (f"miniature: could not write the report to {settings.report_dir} "
-                                 f"({error}); fix: pass a writable {opt.REPORT_DIR}")
+            self.report_paths = (
+                f"miniature: could not write the report to {settings.report_dir} "
+                f"({error}); fix: pass a writable {opt.REPORT_DIR}"
+            )
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         settings = self.settings
@@ -265,8 +310,9 @@ class MiniatureSession:
             if any(CHECK_MARKER in getattr(r, "keywords", {}) for r in skipped):
                 terminalreporter.write_line(skip_reason(), yellow=True)
             return
-        missing = no_checks_line(self.config, settings, collected=self.gate_items,
-                                 gate_failed=isinstance(self.gate, Exception))
+        missing = no_checks_line(
+            self.config, settings, collected=self.gate_items, gate_failed=isinstance(self.gate, Exception)
+        )
         if missing:
             terminalreporter.write_line(missing, yellow=True)
         if not self.results:
@@ -278,14 +324,16 @@ class MiniatureSession:
         for line in summary_table(self.results, names):
             terminalreporter.write_line(line)
         if self.previous_report is not None:
-            for line in change_lines(compare_results(self.previous_report["results"], self.results, names),
-                                     self.previous_report["path"]):
+            for line in change_lines(
+                compare_results(self.previous_report["results"], self.results, names), self.previous_report["path"]
+            ):
                 terminalreporter.write_line(line, bold="  << " in line)
         execution = self.execution()
         if execution is not None and execution["executor"] != "inprocess":
             terminalreporter.write_line(
                 f"miniature executor: {execution['executor']} ({execution['address']}), {execution['workers']} "
-                f"workers, {execution['jobs']} jobs in {execution['seconds']:.1f} s")
+                f"workers, {execution['jobs']} jobs in {execution['seconds']:.1f} s"
+            )
         paths = self.report_paths
         if isinstance(paths, str):
             terminalreporter.write_line(paths, red=True)

@@ -40,8 +40,11 @@ def settings_from(config: pytest.Config) -> "opt.Settings":
             raise pytest.UsageError(f"{error} (accepted: {option.help})") from None
     thresholds = (*opt.THRESHOLD_NAMES, opt.THRESHOLDS)
     try:
-        values.update(opt.resolve_thresholds({flag: given[flag][0] for flag in thresholds},
-                                             {flag: given[flag][1] for flag in thresholds}))
+        values.update(
+            opt.resolve_thresholds(
+                {flag: given[flag][0] for flag in thresholds}, {flag: given[flag][1] for flag in thresholds}
+            )
+        )
         opt.check_combinations(values)
     except ValueError as error:
         raise pytest.UsageError(str(error)) from None
@@ -120,8 +123,9 @@ def _exists(path: Path) -> bool:
         return False
 
 
-def rootdir_and_inifile(args: "Sequence[str]", *, invocation_dir: Path, inifile: str | None = None,
-                 rootdir: str | None = None) -> tuple[Path, Path | None]:
+def rootdir_and_inifile(
+    args: "Sequence[str]", *, invocation_dir: Path, inifile: str | None = None, rootdir: str | None = None
+) -> tuple[Path, Path | None]:
     """``(rootdir, inifile)`` pytest chooses for the free arguments ``args`` (with ``-c``
     and ``--rootdir`` when given): the search pytest documents ("Initialization: determining
     rootdir and configfile"), written out here because pytest offers no public call for it."""
@@ -164,8 +168,12 @@ def intended_setup(config: pytest.Config) -> tuple[Path, Path | None] | None:
     not been free arguments (pytest's search, on the free arguments as finally parsed);
     ``None`` when a settings file on the way cannot be read (pytest reports that itself)."""
     try:
-        return rootdir_and_inifile([str(a) for a in config.option.file_or_dir or []], invocation_dir=config.invocation_params.dir,
-                            inifile=config.option.inifilename, rootdir=config.option.rootdir or None)
+        return rootdir_and_inifile(
+            [str(a) for a in config.option.file_or_dir or []],
+            invocation_dir=config.invocation_params.dir,
+            inifile=config.option.inifilename,
+            rootdir=config.option.rootdir or None,
+        )
     except Exception:  # noqa: BLE001 - an unreadable TOML or ini file on the way
         return None
 
@@ -184,12 +192,17 @@ def check_split_options(config: pytest.Config) -> None:
         raise pytest.UsageError(
             f"miniature: '{flag} {value}' written as two words made pytest look for its settings "
             f"from {value}, so it read {found} instead of the project's {intended[1] or 'ini file'} "
-            f"(its thresholds, K and other settings would not apply); fix: write {flag}={value}")
+            f"(its thresholds, K and other settings would not apply); fix: write {flag}={value}"
+        )
     moved = config.inipath is None if intended is None else intended[0] != config.rootpath
     if moved:
-        config.issue_config_time_warning(pytest.PytestConfigWarning(
-            f"miniature: '{flag} {value}' written as two words made pytest take {value} as a test "
-            f"path when it chose the rootdir ({config.rootpath}); fix: write {flag}={value}"), stacklevel=2)
+        config.issue_config_time_warning(
+            pytest.PytestConfigWarning(
+                f"miniature: '{flag} {value}' written as two words made pytest take {value} as a test "
+                f"path when it chose the rootdir ({config.rootpath}); fix: write {flag}={value}"
+            ),
+            stacklevel=2,
+        )
 
 
 def locate_models(settings: "opt.Settings") -> dict[str, Any]:
@@ -203,9 +216,12 @@ def locate_models(settings: "opt.Settings") -> dict[str, Any]:
     from miniature.core.model_table import NamedModel, model_table
     from miniature.core.models import locate, resolve_model, unique_name
 
-    given = [(opt.REFERENCE, settings.reference), *((opt.CANDIDATE, c) for c in settings.candidates),
-             (opt.REFERENCE_BASE, settings.reference_base),
-             *((opt.CANDIDATE_BASE, b) for b in settings.candidate_base)]
+    given = [
+        (opt.REFERENCE, settings.reference),
+        *((opt.CANDIDATE, c) for c in settings.candidates),
+        (opt.REFERENCE_BASE, settings.reference_base),
+        *((opt.CANDIDATE_BASE, b) for b in settings.candidate_base),
+    ]
     problems = []
     named: list[NamedModel] = []
     for flag, reference in given:
@@ -248,7 +264,7 @@ def check_start_up(settings: "opt.Settings") -> None:
         if flag in (opt.REFERENCE, opt.CANDIDATE):
             continue  # resolved above
         given = settings[flag]
-        for value in (given if isinstance(given, list) else [given] if given else []):
+        for value in given if isinstance(given, list) else [given] if given else []:
             try:
                 resolve_model(value)
             except MiniatureError as error:
@@ -278,7 +294,7 @@ def check_outputs_outside_models(settings: "opt.Settings") -> None:
         written.append((opt.CACHE_DIR, settings.cache_dir))
     for model_flag in opt.MODEL_FLAGS:
         given = settings[model_flag]
-        for value in (given if isinstance(given, list) else [given] if given else []):
+        for value in given if isinstance(given, list) else [given] if given else []:
             spec = resolve_model(value)
             if not spec.is_local:
                 continue
@@ -286,15 +302,18 @@ def check_outputs_outside_models(settings: "opt.Settings") -> None:
             for flag, where in written:
                 inside = Path(where).resolve()
                 if inside.is_relative_to(folder) and not any(
-                        part.startswith(".") for part in inside.relative_to(folder).parts):  # hidden: not fingerprinted
+                    part.startswith(".") for part in inside.relative_to(folder).parts
+                ):  # hidden: not fingerprinted
                     raise pytest.UsageError(
                         f"{flag} {where} is inside the model folder {folder} ({model_flag}): the files "
                         f"written there would change the model's fingerprint every run, so nothing "
-                        f"cached is reused; fix: pass a {flag} outside the model folder")
+                        f"cached is reused; fix: pass a {flag} outside the model folder"
+                    )
 
 
-def no_checks_line(config: pytest.Config, settings: "opt.Settings", *, collected: int | None,
-                   gate_failed: bool) -> str | None:
+def no_checks_line(
+    config: pytest.Config, settings: "opt.Settings", *, collected: int | None, gate_failed: bool
+) -> str | None:
     """Why a run with ``--reference`` ran no check (never a silent exit 5), else None:
     ``collected`` gate items (None before collection), ``gate_failed`` when the gate could
     not be built (its error, already printed, is why)."""
@@ -304,9 +323,12 @@ def no_checks_line(config: pytest.Config, settings: "opt.Settings", *, collected
         return None  # under pytest-xdist the workers collect
     if gate_failed:
         return None
-    selection = [f"{flag} {value!r}" for flag, value in (("-k", config.option.keyword),
-                                                          ("-m", config.option.markexpr)) if value]
-    why = (f"{' and '.join(selection)} deselected all of them; fix: select them with -m {GATE_MARKER}"
-           if selection else "fix: run pytest with no paths, or add the shipped checks' folder")
+    selection = [
+        f"{flag} {value!r}" for flag, value in (("-k", config.option.keyword), ("-m", config.option.markexpr)) if value
+    ]
+    why = (
+        f"{' and '.join(selection)} deselected all of them; fix: select them with -m {GATE_MARKER}"
+        if selection
+        else "fix: run pytest with no paths, or add the shipped checks' folder"
+    )
     return f"miniature: {opt.REFERENCE} was given but no equivalence check ran: {why}"
-

@@ -26,7 +26,8 @@ from typing import Any
 
 from miniature.core.registry import active
 from miniature.core.characteristics.base import CHARACTERISTIC_TITLES, ComparisonResult, format_number
-from miniature.reports.payload import (Change, Column, column_title, columns_of, compare_results, gate_counts, pairs_of)
+from miniature.reports.payload import Change, Column, column_title, columns_of, compare_results, gate_counts, pairs_of
+
 
 class _EvidenceTitles(dict):
     """Evidence headings by characteristic name, from the registry."""
@@ -37,13 +38,34 @@ class _EvidenceTitles(dict):
 
 
 EVIDENCE_TITLES = _EvidenceTitles()
-VERDICT_COLOURS = {"pass": "#1b7a3a", "fail": "#b3261e", "diverges": "#8a5a00", "na": "#666",
-                   "error": "#b3261e", "skipped": "#555"}
+VERDICT_COLOURS = {
+    "pass": "#1b7a3a",
+    "fail": "#b3261e",
+    "diverges": "#8a5a00",
+    "na": "#666",
+    "error": "#b3261e",
+    "skipped": "#555",
+}
 #: evidence columns first in this order (JSON sorts keys); any other key follows
-EVIDENCE_COLUMNS = ("index", "kind", "broken_by", "label", "text", "jaccard", "reference_score",
-                    "candidate_score", "reference_neighbour_texts", "candidate_neighbour_texts",
-                    "reference_result", "candidate_result", "reference_perturbed", "candidate_perturbed",
-                    "reference_words_changed", "candidate_words_changed", "transfers_to_candidate")
+EVIDENCE_COLUMNS = (
+    "index",
+    "kind",
+    "broken_by",
+    "label",
+    "text",
+    "jaccard",
+    "reference_score",
+    "candidate_score",
+    "reference_neighbour_texts",
+    "candidate_neighbour_texts",
+    "reference_result",
+    "candidate_result",
+    "reference_perturbed",
+    "candidate_perturbed",
+    "reference_words_changed",
+    "candidate_words_changed",
+    "transfers_to_candidate",
+)
 EVIDENCE_ROWS = 10
 TEXT_LIMIT = 400
 LIST_TEXT_LIMIT = 160
@@ -60,9 +82,14 @@ def template_environment() -> Any:
     """The Jinja2 environment of the report templates; autoescaping on for every template."""
     import jinja2
 
-    return jinja2.Environment(loader=jinja2.PackageLoader("miniature", TEMPLATES), autoescape=True,
-                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
-                              undefined=jinja2.StrictUndefined)
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("miniature", TEMPLATES),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+    )
 
 
 def template_module(name: str) -> Any:
@@ -121,9 +148,16 @@ def evidence_view(result: ComparisonResult) -> dict[str, Any]:
         "verdict": result.verdict,
         "colour": VERDICT_COLOURS[verdict_class(result)],
         "summary": result.summary(),
-        "conditions": [{"name": str(c.get("name", "")), "value": fmt(c.get("value")), "limit": fmt(c.get("limit")),
-                        "met": fmt(bool(c.get("passed"))), "passed": bool(c.get("passed"))}
-                       for c in result.conditions],
+        "conditions": [
+            {
+                "name": str(c.get("name", "")),
+                "value": fmt(c.get("value")),
+                "limit": fmt(c.get("limit")),
+                "met": fmt(bool(c.get("passed"))),
+                "passed": bool(c.get("passed")),
+            }
+            for c in result.conditions
+        ],
         "details": list(_flat_details(result.details)),
         "title": EVIDENCE_TITLES.get(result.characteristic, "Evidence"),
         "table": evidence_table_view(result.evidence),
@@ -151,10 +185,11 @@ def evidence_table_view(evidence: Sequence[Mapping[str, Any]]) -> dict[str, Any]
     keys = [k for k in EVIDENCE_COLUMNS if k in present] + [k for k in present if k not in EVIDENCE_COLUMNS]
     # neighbour indices are redundant when their texts are there
     keys = [k for k in keys if not (k.endswith("_neighbours") and f"{k[:-1]}_texts" in keys)]
-    rows = [[_evidence_cell(entry.get(key), _shared_neighbours(entry)) for key in keys]
-            for entry in evidence[:EVIDENCE_ROWS]]
-    return {"columns": [k.replace("_", " ") for k in keys], "rows": rows, "total": len(evidence),
-            "shown": len(rows)}
+    rows = [
+        [_evidence_cell(entry.get(key), _shared_neighbours(entry)) for key in keys]
+        for entry in evidence[:EVIDENCE_ROWS]
+    ]
+    return {"columns": [k.replace("_", " ") for k in keys], "rows": rows, "total": len(evidence), "shown": len(rows)}
 
 
 def evidence_table(evidence: Sequence[Mapping[str, Any]]) -> str:
@@ -166,8 +201,12 @@ def _evidence_cell(value: Any, shared: set[Any]) -> dict[str, Any]:
     if isinstance(value, str):
         return {"kind": "text", "text": _clip(value, TEXT_LIMIT)}
     if isinstance(value, (list, tuple)):
-        items = [{"text": _clip(item, LIST_TEXT_LIMIT), "shared": item in shared} if isinstance(item, str)
-                 else {"text": fmt(item), "shared": False} for item in value[:LIST_LIMIT]]
+        items = [
+            {"text": _clip(item, LIST_TEXT_LIMIT), "shared": item in shared}
+            if isinstance(item, str)
+            else {"text": fmt(item), "shared": False}
+            for item in value[:LIST_LIMIT]
+        ]
         return {"kind": "list", "entries": items, "more": max(len(value) - LIST_LIMIT, 0)}
     if isinstance(value, Mapping):
         return {"kind": "text", "text": json.dumps(value, default=str)}
@@ -183,8 +222,9 @@ def _shared_neighbours(entry: Mapping[str, Any]) -> set[Any]:
 
 
 # -- the summary page ------------------------------------------------------------------------
-def render_summary_page(payload: Mapping[str, Any], *, previous: Mapping[str, Any] | None = None,
-                        json_name: str | None = None) -> str:
+def render_summary_page(
+    payload: Mapping[str, Any], *, previous: Mapping[str, Any] | None = None, json_name: str | None = None
+) -> str:
     """The standalone page of one run's JSON payload (Table 2, Table 3, Figure 1, metadata).
 
     ``previous`` is a :func:`miniature.reports.payload.load_report` payload: the page then
@@ -194,8 +234,9 @@ def render_summary_page(payload: Mapping[str, Any], *, previous: Mapping[str, An
     return template_environment().get_template(PAGE_TEMPLATE).render(page=view)
 
 
-def page_view(payload: Mapping[str, Any], *, previous: Mapping[str, Any] | None = None,
-              json_name: str | None = None) -> dict[str, Any]:
+def page_view(
+    payload: Mapping[str, Any], *, previous: Mapping[str, Any] | None = None, json_name: str | None = None
+) -> dict[str, Any]:
     """Everything ``summary.html.j2`` shows, section by section; a section that is empty
     (falsy) is left out of the page and of its navigation."""
     results = [r if isinstance(r, ComparisonResult) else ComparisonResult(**r) for r in payload["results"]]
@@ -213,10 +254,14 @@ def page_view(payload: Mapping[str, Any], *, previous: Mapping[str, Any] | None 
         "evidence": evidence_section_view(results, names),
         "run": run_view(payload, json_name, previous),
     }
-    sections = (("changes", "Changes", view["changes"]), ("agreement", "Agreement (Table 2)", True),
-                ("attack", "Attack (Table 3)", view["attack"]),
-                ("sensitivity", "Sensitivity to K (Figure 1)", view["sensitivity"]),
-                ("evidence", "Evidence", view["evidence"]), ("run", "Run", True))
+    sections = (
+        ("changes", "Changes", view["changes"]),
+        ("agreement", "Agreement (Table 2)", True),
+        ("attack", "Attack (Table 3)", view["attack"]),
+        ("sensitivity", "Sensitivity to K (Figure 1)", view["sensitivity"]),
+        ("evidence", "Evidence", view["evidence"]),
+        ("run", "Run", True),
+    )
     view["nav"] = [(key, label) for key, label, shown in sections if shown]
     return view
 
@@ -243,8 +288,11 @@ def banner_view(results: Sequence[ComparisonResult]) -> dict[str, Any]:
         "total": counts["total"],
         "errored": counts["error"],
         "computed": counts["total"] - counts["skipped"],
-        "what": ", ".join(f"{r.reference} vs {r.candidate} {column_title((r.characteristic, r.stage))}"
-                          + ("" if r.computed else f" ({r.status})") for r in failed),
+        "what": ", ".join(
+            f"{r.reference} vs {r.candidate} {column_title((r.characteristic, r.stage))}"
+            + ("" if r.computed else f" ({r.status})")
+            for r in failed
+        ),
         "note": "".join(f"; {n}" for n in notes),
     }
 
@@ -268,22 +316,30 @@ def matrix_view(results: Sequence[ComparisonResult], names: Sequence[str]) -> di
     columns = columns_of(results)
     grid = _result_grid(results)
     # the header shows a computed result's figure name and threshold where there is one
-    first = {c: min((r for r in results if (r.characteristic, r.stage) == c), key=lambda r: not r.computed)
-             for c in columns}
+    first = {
+        c: min((r for r in results if (r.characteristic, r.stage) == c), key=lambda r: not r.computed) for c in columns
+    }
     groups: list[dict[str, Any]] = []
     for column in columns:
         span = 2 if _is_representation(column) else 1
         if groups and groups[-1]["characteristic"] == column[0]:
             groups[-1]["span"] += span
         else:
-            groups.append({"characteristic": column[0], "span": span,
-                           "title": CHARACTERISTIC_TITLES.get(column[0], column[0])})
+            groups.append(
+                {"characteristic": column[0], "span": span, "title": CHARACTERISTIC_TITLES.get(column[0], column[0])}
+            )
     heads = []
     for column in columns:
         result = first[column]
         stage_label = f"{column[1]}: " if column[1] else ""
-        heads.append({"label": stage_label + result.figure_name, "stage_label": stage_label,
-                      "note": threshold_text(result) + _k_text(result), "variance": _is_representation(column)})
+        heads.append(
+            {
+                "label": stage_label + result.figure_name,
+                "stage_label": stage_label,
+                "note": threshold_text(result) + _k_text(result),
+                "variance": _is_representation(column),
+            }
+        )
     rows = []
     previous_first = None
     for pair in pairs_of(results, names):
@@ -295,9 +351,15 @@ def matrix_view(results: Sequence[ComparisonResult], names: Sequence[str]) -> di
             if _is_representation(column):
                 variance = None if cell is None else cell.details.get("variance")
                 row_cells.append({"kind": "variance", "cls": verdict_class(cell), "value": fmt(variance)})
-        rows.append({"pair": f"{pair[0]} vs {pair[1]}", "first": pair[0] if pair[0] != previous_first else "",
-                     "second": pair[1], "informational": not any(r.gating for r in cells.values()),
-                     "cells": row_cells})
+        rows.append(
+            {
+                "pair": f"{pair[0]} vs {pair[1]}",
+                "first": pair[0] if pair[0] != previous_first else "",
+                "second": pair[1],
+                "informational": not any(r.gating for r in cells.values()),
+                "cells": row_cells,
+            }
+        )
         previous_first = pair[0]
     return {"groups": groups, "columns": heads, "rows": rows}
 
@@ -309,8 +371,13 @@ def _k_text(result: ComparisonResult) -> str:
 def matrix_cell_view(result: ComparisonResult | None, column: Column) -> dict[str, Any]:
     """One cell of Table 2: figure, verdict and the lines under them (CI, chance, n, unmet
     conditions, a note), or the reason a check was not computed."""
-    cell: dict[str, Any] = {"kind": "result", "cls": verdict_class(result), "characteristic": column[0],
-                            "stage": column[1] or "", "missing": result is None}
+    cell: dict[str, Any] = {
+        "kind": "result",
+        "cls": verdict_class(result),
+        "characteristic": column[0],
+        "stage": column[1] or "",
+        "missing": result is None,
+    }
     if result is None:
         return cell
     cell.update(computed=result.computed, verdict=result.verdict, reason=result.reason or "")
@@ -344,18 +411,28 @@ def _attack_targets(results: Sequence[ComparisonResult], names: Sequence[str]) -
     return sorted(targets.items(), key=lambda item: (rank.get(item[0], len(rank)), item[0]))
 
 
-def attack_view(results: Sequence[ComparisonResult], names: Sequence[str],
-                settings: Mapping[str, Any]) -> list[dict[str, Any]]:
+def attack_view(
+    results: Sequence[ComparisonResult], names: Sequence[str], settings: Mapping[str, Any]
+) -> list[dict[str, Any]]:
     """Table 3: one row per attacked model; the attack model named on the first row only."""
     attacker = str(settings.get("attack-model") or "?")
     rows = []
     for i, (name, figures) in enumerate(_attack_targets(results, names)):
         percent = figures.get("percent_change")
-        rows.append({"attacker": attacker if i == 0 else "", "target": name, "figures": [
-            fmt(figures.get("original_accuracy")), fmt(figures.get("accuracy_after_attack")),
-            fmt(figures.get("absolute_change")),
-            "–" if not isinstance(percent, (int, float)) else f"{percent:.1f}",
-            fmt(figures.get("attack_success_rate")), fmt(figures.get("n"))]})
+        rows.append(
+            {
+                "attacker": attacker if i == 0 else "",
+                "target": name,
+                "figures": [
+                    fmt(figures.get("original_accuracy")),
+                    fmt(figures.get("accuracy_after_attack")),
+                    fmt(figures.get("absolute_change")),
+                    "–" if not isinstance(percent, (int, float)) else f"{percent:.1f}",
+                    fmt(figures.get("attack_success_rate")),
+                    fmt(figures.get("n")),
+                ],
+            }
+        )
     return rows
 
 
@@ -368,8 +445,11 @@ def sensitivity_panels(results: Sequence[ComparisonResult], names: Sequence[str]
         chosen = [r for r in results if (r.characteristic, r.stage) == column and r.sweep]
         if not chosen:
             continue
-        what = ("Data representation agreement (mean kNN Jaccard)" if column[0] == "data_representation"
-                else "Data distribution agreement (OOD-set Jaccard)")
+        what = (
+            "Data representation agreement (mean kNN Jaccard)"
+            if column[0] == "data_representation"
+            else "Data distribution agreement (OOD-set Jaccard)"
+        )
         panels.append((what + (f", {column[1]}" if column[1] else ""), chosen))
     pair_rank = {pair: i for i, pair in enumerate(pairs_of(results, names))}
     out = []
@@ -391,12 +471,19 @@ def _plot(results: Sequence[ComparisonResult], title: str) -> bytes:
         points = sorted((int(k), float(v)) for k, v in result.sweep.items())
         ks.update(k for k, _ in points)
         style = "-" if result.gating else "--"
-        axes.plot([k for k, _ in points], [v for _, v in points], style, marker="o", markersize=4,
-                  label=f"{result.reference} vs {result.candidate}")
+        axes.plot(
+            [k for k, _ in points],
+            [v for _, v in points],
+            style,
+            marker="o",
+            markersize=4,
+            label=f"{result.reference} vs {result.candidate}",
+        )
     thresholds = {r.threshold for r in results if r.threshold is not None}
     for threshold in sorted(thresholds):
-        axes.axhline(threshold, color="#b3261e", linestyle=":", linewidth=1,
-                     label=f"threshold {format_number(threshold)}")
+        axes.axhline(
+            threshold, color="#b3261e", linestyle=":", linewidth=1, label=f"threshold {format_number(threshold)}"
+        )
     used = {r.k for r in results if r.k is not None}
     for k in sorted(used):
         axes.axvline(k, color="#888", linestyle=":", linewidth=1)
@@ -426,37 +513,61 @@ def evidence_section_view(results: Sequence[ComparisonResult], names: Sequence[s
     """One collapsible block per result, in table order; failing and errored ones open."""
     pair_rank = {pair: i for i, pair in enumerate(pairs_of(results, names))}
     column_rank = {column: i for i, column in enumerate(columns_of(results))}
-    ordered = sorted(results, key=lambda r: (pair_rank[(r.reference, r.candidate)],
-                                             column_rank[(r.characteristic, r.stage)]))
+    ordered = sorted(
+        results, key=lambda r: (pair_rank[(r.reference, r.candidate)], column_rank[(r.characteristic, r.stage)])
+    )
     blocks = []
     for result in ordered:
-        label = (f"{result.reference} vs {result.candidate} — {column_title((result.characteristic, result.stage))}: "
-                 + (f"{result.verdict} {format_number(result.figure)} ({len(result.evidence)} items)"
-                    if result.computed else f"{result.verdict}: {result.reason}"))
-        blocks.append({"label": label, "cls": verdict_class(result),
-                       "open": verdict_class(result) in ("fail", "error"), "evidence": evidence_view(result)})
+        label = (
+            f"{result.reference} vs {result.candidate} — {column_title((result.characteristic, result.stage))}: "
+            + (
+                f"{result.verdict} {format_number(result.figure)} ({len(result.evidence)} items)"
+                if result.computed
+                else f"{result.verdict}: {result.reason}"
+            )
+        )
+        blocks.append(
+            {
+                "label": label,
+                "cls": verdict_class(result),
+                "open": verdict_class(result) in ("fail", "error"),
+                "evidence": evidence_view(result),
+            }
+        )
     return blocks
 
 
-def changes_view(previous: Mapping[str, Any], results: Sequence[ComparisonResult],
-                 names: Sequence[str]) -> dict[str, Any]:
+def changes_view(
+    previous: Mapping[str, Any], results: Sequence[ComparisonResult], names: Sequence[str]
+) -> dict[str, Any]:
     """What changed since ``previous``: changed checks (verdict flips outlined), unchanged ones apart."""
     changes: list[Change] = compare_results(previous.get("results") or [], results, names)
     rows: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
     for change in changes:
         delta = change.delta
-        rows[change.changed].append({
-            "cls": "verdict-changed" if change.verdict_changed else ("changed" if change.changed else "unchanged"),
-            "pair": change.pair, "characteristic": change.key[2], "title": change.title,
-            "previous": "absent" if change.previous is None else format_number(change.previous.figure),
-            "current": "absent" if change.current is None else format_number(change.current.figure),
-            "delta": "–" if delta is None or (isinstance(delta, float) and math.isnan(delta)) else f"{delta:+.3f}",
-            "previous_verdict": change.previous_verdict, "previous_cls": verdict_class(change.previous),
-            "current_verdict": change.current_verdict, "current_cls": verdict_class(change.current),
-        })
-    return {"path": str(previous.get("path", "?")), "created": str(previous.get("created", "?")),
-            "total": len(changes), "flipped": sum(c.verdict_changed for c in changes),
-            "changed": rows[True], "unchanged": rows[False]}
+        rows[change.changed].append(
+            {
+                "cls": "verdict-changed" if change.verdict_changed else ("changed" if change.changed else "unchanged"),
+                "pair": change.pair,
+                "characteristic": change.key[2],
+                "title": change.title,
+                "previous": "absent" if change.previous is None else format_number(change.previous.figure),
+                "current": "absent" if change.current is None else format_number(change.current.figure),
+                "delta": "–" if delta is None or (isinstance(delta, float) and math.isnan(delta)) else f"{delta:+.3f}",
+                "previous_verdict": change.previous_verdict,
+                "previous_cls": verdict_class(change.previous),
+                "current_verdict": change.current_verdict,
+                "current_cls": verdict_class(change.current),
+            }
+        )
+    return {
+        "path": str(previous.get("path", "?")),
+        "created": str(previous.get("created", "?")),
+        "total": len(changes),
+        "flipped": sum(c.verdict_changed for c in changes),
+        "changed": rows[True],
+        "unchanged": rows[False],
+    }
 
 
 def _line(text: Any, *, muted: Any = None, href: str | None = None) -> dict[str, Any]:
@@ -490,22 +601,43 @@ def run_view(payload: Mapping[str, Any], json_name: str | None, previous: Mappin
         ("created", [_line(payload.get("created", "?"))]),
         ("duration", [_line("–" if payload.get("duration_s") is None else f"{payload['duration_s']:.1f} s")]),
         ("executor", [_line(_executor_text(payload.get("execution") or {}))]),
-        ("reference", [_line(models.get("reference") or "?",
-                             muted=_with_quantization(settings.get("reference") or "?",
-                                                      quantized.get(models.get("reference") or ""),
-                                                      architectures.get(models.get("reference") or "")))]),
-        ("candidates", [_line(name, muted=_with_quantization(source, quantized.get(name),
-                                                             architectures.get(name)))
-                        for name, source in zip(models.get("candidates") or [],
-                                                settings.get("candidate") or [])]
-         or [_line("none")]),
+        (
+            "reference",
+            [
+                _line(
+                    models.get("reference") or "?",
+                    muted=_with_quantization(
+                        settings.get("reference") or "?",
+                        quantized.get(models.get("reference") or ""),
+                        architectures.get(models.get("reference") or ""),
+                    ),
+                )
+            ],
+        ),
+        (
+            "candidates",
+            [
+                _line(name, muted=_with_quantization(source, quantized.get(name), architectures.get(name)))
+                for name, source in zip(models.get("candidates") or [], settings.get("candidate") or [])
+            ]
+            or [_line("none")],
+        ),
     ]
     if settings.get("reference-base") or settings.get("candidate-base"):
         bases = [settings.get("reference-base"), *(settings.get("candidate-base") or [])]
         items.append(("before fine-tuning", [_line(b) for b in bases if b]))
-    items.append(("attack model", [_line(f"{settings.get('attack-model', '?')} (attack size "
-                                         f"{settings.get('attack-size', '?')}, top-K words "
-                                         f"{settings.get('attack-top-k', '?')})")]))
+    items.append(
+        (
+            "attack model",
+            [
+                _line(
+                    f"{settings.get('attack-model', '?')} (attack size "
+                    f"{settings.get('attack-size', '?')}, top-K words "
+                    f"{settings.get('attack-top-k', '?')})"
+                )
+            ],
+        )
+    )
     for role, source in data.items():
         items.append((f"{role} data", [_line(source)]))
     items.append(("K", [_line(f"{settings.get('k', '?')} (sweep {settings.get('k-sweep', '?')})")]))
@@ -513,18 +645,28 @@ def run_view(payload: Mapping[str, Any], json_name: str | None, previous: Mappin
     for result in payload.get("results") or []:  # one per characteristic, in report order
         get = result.get if isinstance(result, Mapping) else lambda key, r=result: getattr(r, key)
         thresholds.setdefault(str(get("characteristic")), get("threshold"))
-    items.append(("thresholds", [_line(
-        ", ".join(f"{CHARACTERISTIC_TITLES.get(name, name)} {value}" for name, value in thresholds.items())
-        + f" (attack: + drop within {settings.get('attack-drop-tolerance')} pp), judged on "
-        f"{settings.get('threshold-on')}")]))
+    items.append(
+        (
+            "thresholds",
+            [
+                _line(
+                    ", ".join(f"{CHARACTERISTIC_TITLES.get(name, name)} {value}" for name, value in thresholds.items())
+                    + f" (attack: + drop within {settings.get('attack-drop-tolerance')} pp), judged on "
+                    f"{settings.get('threshold-on')}"
+                )
+            ],
+        )
+    )
     if json_name:
         items.append(("JSON report", [_line(json_name, href=json_name)]))
     if previous is not None:
         items.append(("compared with", [_line(previous.get("path", "?"))]))
     versions = payload.get("versions") or {}
     items.append(("versions", [_line(", ".join(f"{k} {v}" for k, v in versions.items()))]))
-    return {"meta": [{"name": name, "lines": lines} for name, lines in items],
-            "settings": [(key, _setting_text(value)) for key, value in sorted(settings.items())]}
+    return {
+        "meta": [{"name": name, "lines": lines} for name, lines in items],
+        "settings": [(key, _setting_text(value)) for key, value in sorted(settings.items())],
+    }
 
 
 def _setting_text(value: Any) -> str:

@@ -18,8 +18,13 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from miniature.core.characteristics.base import (CHARACTERISTIC_TITLES, ComparisonResult, format_number,
-                                                 result_schema_problem, result_value_problem)
+from miniature.core.characteristics.base import (
+    CHARACTERISTIC_TITLES,
+    ComparisonResult,
+    format_number,
+    result_schema_problem,
+    result_value_problem,
+)
 from miniature.errors import MiniatureError
 
 REPORT_SCHEMA = 1
@@ -29,8 +34,12 @@ ResultKey = tuple[str, str, str, "str | None"]
 #: (characteristic, stage): one column of the pairs × characteristics table
 Column = tuple[str, "str | None"]
 
-DATA_ROLES = (("train", "--train-data"), ("holdout", "--holdout-data"), ("test", "--test-data"),
-              ("challenge", "--challenge-data"))
+DATA_ROLES = (
+    ("train", "--train-data"),
+    ("holdout", "--holdout-data"),
+    ("test", "--test-data"),
+    ("challenge", "--challenge-data"),
+)
 BUILTIN_DATA = "built-in synthetic sentiment data"
 
 
@@ -48,8 +57,10 @@ def columns_of(results: Sequence[ComparisonResult]) -> list[Column]:
     order = list(CHARACTERISTIC_TITLES)
     stage_order = {None: 0, "before fine-tuning": 1, "after fine-tuning": 2}
     found = {(r.characteristic, r.stage) for r in results}
-    return sorted(found, key=lambda c: (order.index(c[0]) if c[0] in order else len(order), c[0],
-                                        stage_order.get(c[1], 3), c[1] or ""))
+    return sorted(
+        found,
+        key=lambda c: (order.index(c[0]) if c[0] in order else len(order), c[0], stage_order.get(c[1], 3), c[1] or ""),
+    )
 
 
 def column_title(column: Column, *, short: bool = False) -> str:
@@ -70,8 +81,7 @@ def pairs_of(results: Sequence[ComparisonResult], model_order: Sequence[str] = (
     gating = {(r.reference, r.candidate) for r in results if r.gating}
 
     def key(pair: tuple[str, str]) -> tuple[Any, ...]:
-        return (pair not in gating, rank.get(pair[0], len(rank)), pair[0],
-                rank.get(pair[1], len(rank)), pair[1])
+        return (pair not in gating, rank.get(pair[0], len(rank)), pair[0], rank.get(pair[1], len(rank)), pair[1])
 
     return sorted({(r.reference, r.candidate) for r in results}, key=key)
 
@@ -117,18 +127,23 @@ def summary_table(results: Sequence[ComparisonResult], model_names: Sequence[str
     table.append(["threshold"] + thresholds)
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in table]
-    return lines + [f"{result.verdict}: {result.reference} vs {result.candidate} "
-                    f"{column_title((result.characteristic, result.stage))}: {result.reason}"
-                    for result in results if not result.computed]
+    return lines + [
+        f"{result.verdict}: {result.reference} vs {result.candidate} "
+        f"{column_title((result.characteristic, result.stage))}: {result.reason}"
+        for result in results
+        if not result.computed
+    ]
 
 
 def gate_counts(results: Sequence[ComparisonResult]) -> dict[str, int]:
     """Gating checks by outcome: ``total``, ``failed`` (below threshold), ``error``, ``skipped``."""
     gating = [r for r in results if r.gating]
-    return {"total": len(gating),
-            "failed": sum(r.computed and not r.passed for r in gating),
-            "error": sum(r.status == "error" for r in gating),
-            "skipped": sum(r.status == "skipped" for r in gating)}
+    return {
+        "total": len(gating),
+        "failed": sum(r.computed and not r.passed for r in gating),
+        "error": sum(r.status == "error" for r in gating),
+        "skipped": sum(r.status == "skipped" for r in gating),
+    }
 
 
 # -- what changed since a previous run -------------------------------------------------------
@@ -184,15 +199,15 @@ def _isnan(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
-def compare_results(previous: Sequence[ComparisonResult], current: Sequence[ComparisonResult],
-                    model_names: Sequence[str] = ()) -> list[Change]:
+def compare_results(
+    previous: Sequence[ComparisonResult], current: Sequence[ComparisonResult], model_names: Sequence[str] = ()
+) -> list[Change]:
     """Every pair × characteristic of either run, previous figure against current."""
     before = {result_key(r): r for r in previous}
     after = {result_key(r): r for r in current}
     pair_rank = {pair: i for i, pair in enumerate(pairs_of([*current, *previous], model_names))}
     column_rank = {column: i for i, column in enumerate(columns_of([*current, *previous]))}
-    keys = sorted(set(before) | set(after),
-                  key=lambda k: (pair_rank[(k[0], k[1])], column_rank[(k[2], k[3])]))
+    keys = sorted(set(before) | set(after), key=lambda k: (pair_rank[(k[0], k[1])], column_rank[(k[2], k[3])]))
     return [Change(key, before.get(key), after.get(key)) for key in keys]
 
 
@@ -203,8 +218,14 @@ def change_lines(changes: Sequence[Change], source: str) -> list[str]:
         return [f"no change since {source}: same figures and verdicts for all {len(changes)} checks"]
     lines = [f"changes since {source} ({len(changed)} of {len(changes)} checks):"]
     for change in changed:
-        previous = "absent" if change.previous is None else f"{change.previous_verdict} {format_number(change.previous.figure)}"
-        current = "absent" if change.current is None else f"{change.current_verdict} {format_number(change.current.figure)}"
+        previous = (
+            "absent"
+            if change.previous is None
+            else f"{change.previous_verdict} {format_number(change.previous.figure)}"
+        )
+        current = (
+            "absent" if change.current is None else f"{change.current_verdict} {format_number(change.current.figure)}"
+        )
         delta = "" if change.delta is None or _isnan(change.delta) else f" ({change.delta:+.3f})"
         mark = ""
         if change.previous is None:
@@ -227,8 +248,10 @@ def load_report(path: Path | str) -> dict[str, Any]:
     try:
         size = path.stat().st_size
         if size > MAX_REPORT_BYTES:
-            raise ReportError(f"--compare-to {path}: {size / 2**20:.0f} MiB, more than the "
-                              f"{MAX_REPORT_BYTES // 2**20} MiB a gate report can be (so it is not read); {fix}")
+            raise ReportError(
+                f"--compare-to {path}: {size / 2**20:.0f} MiB, more than the "
+                f"{MAX_REPORT_BYTES // 2**20} MiB a gate report can be (so it is not read); {fix}"
+            )
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ReportError(f"--compare-to {path}: no such file; {fix}") from None
@@ -254,11 +277,18 @@ def load_report(path: Path | str) -> dict[str, Any]:
 
 #: a previous report above this size is refused unread (a run's report is well under 1 MiB)
 MAX_REPORT_BYTES = 64 * 2**20
+
+
 # -- JSON ------------------------------------------------------------------------------------
-def report_payload(results: Sequence[ComparisonResult], settings: Any, *,
-                   duration_s: float | None = None, compare_to: str | None = None,
-                   execution: Mapping[str, Any] | None = None,
-                   models: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def report_payload(
+    results: Sequence[ComparisonResult],
+    settings: Any,
+    *,
+    duration_s: float | None = None,
+    compare_to: str | None = None,
+    execution: Mapping[str, Any] | None = None,
+    models: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Everything a machine needs: settings, models (``models``: the table the run resolved,
     see :func:`models_of`), data, versions, where the per-item work ran (``execution``: the
     executor and its number of workers) and every result's figures."""
@@ -271,8 +301,9 @@ def report_payload(results: Sequence[ComparisonResult], settings: Any, *,
         "models": models_of(settings, models),
         "data": {role: (str(raw[flag]) if raw.get(flag) else BUILTIN_DATA) for role, flag in DATA_ROLES},
         "compare_to": compare_to,
-        "execution": dict(execution) if execution is not None else {
-            "executor": values.get("executor", "inprocess"), "workers": None},
+        "execution": dict(execution)
+        if execution is not None
+        else {"executor": values.get("executor", "inprocess"), "workers": None},
         "settings": values,
         "versions": _versions(),
         "gate": gate_counts(results),
@@ -284,8 +315,20 @@ def _versions() -> dict[str, str]:
     from importlib import metadata
 
     found = {"python": platform.python_version()}
-    for package in ("miniature", "pytest", "pytest-html", "pytest-xdist", "torch", "transformers",
-                    "faiss-cpu", "numpy", "matplotlib", "textattack", "onnxruntime", "torchao"):
+    for package in (
+        "miniature",
+        "pytest",
+        "pytest-html",
+        "pytest-xdist",
+        "torch",
+        "transformers",
+        "faiss-cpu",
+        "numpy",
+        "matplotlib",
+        "textattack",
+        "onnxruntime",
+        "torchao",
+    ):
         try:
             found[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

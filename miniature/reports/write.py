@@ -45,10 +45,16 @@ def _dumps(payload: Mapping[str, Any]) -> str:
     return json.dumps(payload, indent=2, sort_keys=True, default=str)
 
 
-def write_reports(results: Sequence[ComparisonResult], settings: Any, report_dir: Path, *,
-                  duration_s: float | None = None, previous: Mapping[str, Any] | None = None,
-                  execution: Mapping[str, Any] | None = None,
-                  models: Mapping[str, Any] | None = None) -> ReportPaths:
+def write_reports(
+    results: Sequence[ComparisonResult],
+    settings: Any,
+    report_dir: Path,
+    *,
+    duration_s: float | None = None,
+    previous: Mapping[str, Any] | None = None,
+    execution: Mapping[str, Any] | None = None,
+    models: Mapping[str, Any] | None = None,
+) -> ReportPaths:
     """Write the JSON and the summary page, each timestamped plus a 'latest' copy.
 
     ``previous`` is a :func:`~miniature.reports.payload.load_report` payload
@@ -59,13 +65,23 @@ def write_reports(results: Sequence[ComparisonResult], settings: Any, report_dir
 
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
-    payload = report_payload(results, settings, duration_s=duration_s, execution=execution, models=models,
-                             compare_to=None if previous is None else str(previous.get("path")))
+    payload = report_payload(
+        results,
+        settings,
+        duration_s=duration_s,
+        execution=execution,
+        models=models,
+        compare_to=None if previous is None else str(previous.get("path")),
+    )
     text = _dumps(payload)
     for _ in range(100):  # a name another run took since is never overwritten: take another
         stamp = _stamp()
-        paths = ReportPaths(json=report_dir / f"miniature-{stamp}.json", latest_json=report_dir / LATEST_JSON,
-                            page=report_dir / f"summary-{stamp}.html", latest_page=report_dir / PAGE_NAME)
+        paths = ReportPaths(
+            json=report_dir / f"miniature-{stamp}.json",
+            latest_json=report_dir / LATEST_JSON,
+            page=report_dir / f"summary-{stamp}.html",
+            latest_page=report_dir / PAGE_NAME,
+        )
         try:
             atomic_write_text(paths.json, text, exclusive=True)
         except FileExistsError:

@@ -40,9 +40,17 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from miniature.core.formats import (FORMAT_VERSION, QUANTIZATIONS, RECORD_NAME,  # noqa: F401 - re-exported
-                                    TORCHAO_WEIGHTS, load_quantized, read_record, require_torchao,
-                                    save_torchao, torchao_config)
+from miniature.core.formats import (
+    FORMAT_VERSION,
+    QUANTIZATIONS,
+    RECORD_NAME,  # noqa: F401 - re-exported
+    TORCHAO_WEIGHTS,
+    load_quantized,  # noqa: F401 - re-exported
+    read_record,
+    require_torchao,
+    save_torchao,
+    torchao_config,
+)
 from miniature.errors import MiniatureError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -56,9 +64,13 @@ QSCHEMES = ("per-channel", "per-tensor")
 DISTIL_EPOCHS = 3.0
 DISTIL_LEARNING_RATE = 1e-4
 DISTIL_TEMPERATURE = 2.0
-_HEAD_SUFFIXES = (("ForSequenceClassification", "classification"),
-                  ("ForQuestionAnswering", "qa"), ("ForMaskedLM", "masked-lm"),
-                  ("ForCausalLM", "causal-lm"), ("LMHeadModel", "causal-lm"))
+_HEAD_SUFFIXES = (
+    ("ForSequenceClassification", "classification"),
+    ("ForQuestionAnswering", "qa"),
+    ("ForMaskedLM", "masked-lm"),
+    ("ForCausalLM", "causal-lm"),
+    ("LMHeadModel", "causal-lm"),
+)
 
 
 class CompressionError(MiniatureError, ValueError):
@@ -108,66 +120,87 @@ def compress(
     """
     from miniature.core.models import fingerprint_files, resolve_model
 
-    settings = _check_settings(method, sparsity=sparsity, prune_scope=prune_scope,
-                               keep_layers=keep_layers, qscheme=qscheme, quantization=quantization)
+    settings = _check_settings(
+        method,
+        sparsity=sparsity,
+        prune_scope=prune_scope,
+        keep_layers=keep_layers,
+        qscheme=qscheme,
+        quantization=quantization,
+    )
     settings.update(_check_format(method, output_format, onnx_int8, settings))
     texts: list[str] = []
     if distil_texts is not None and not distil:
-        raise CompressionError("distil_texts (--distil-data) given without distil (--distil); fix: "
-                               "add --distil (distil=True), or drop the texts")
+        raise CompressionError(
+            "distil_texts (--distil-data) given without distil (--distil); fix: "
+            "add --distil (distil=True), or drop the texts"
+        )
     if distil:
         texts = _distil_texts(method, distil_texts)
         settings["distil"] = _check_distil(distil_epochs, distil_learning_rate, texts)
     spec = resolve_model(str(reference_dir))
     if not spec.is_local:
-        raise CompressionError(f"reference {str(reference_dir)!r} is not a local directory; fix: "
-                               "save the model with save_pretrained and pass its folder")
+        raise CompressionError(
+            f"reference {str(reference_dir)!r} is not a local directory; fix: "
+            "save the model with save_pretrained and pass its folder"
+        )
     if read_record(spec.source, method="int8") is not None:
-        raise CompressionError(f"reference {spec.source!r} is already int8-quantized; fix: "
-                               "compress its fp32 source model instead")
+        raise CompressionError(
+            f"reference {spec.source!r} is already int8-quantized; fix: compress its fp32 source model instead"
+        )
     from miniature.core.onnx_model import onnx_file
 
     if onnx_file(spec.source) is not None:
-        raise CompressionError(f"reference {spec.source!r} is an ONNX export; fix: compress the "
-                               "PyTorch model it was exported from (--format onnx exports the result)")
+        raise CompressionError(
+            f"reference {spec.source!r} is an ONNX export; fix: compress the "
+            "PyTorch model it was exported from (--format onnx exports the result)"
+        )
     output = Path(output_dir).expanduser()
     if output.resolve().is_relative_to(Path(spec.source).resolve()):
-        raise CompressionError(f"output_dir {str(output)!r} is inside the reference's own folder "
-                               f"{spec.source!r}, which must stay as it is; fix: pass an --output-dir "
-                               "outside it, such as a new sibling folder")
+        raise CompressionError(
+            f"output_dir {str(output)!r} is inside the reference's own folder "
+            f"{spec.source!r}, which must stay as it is; fix: pass an --output-dir "
+            "outside it, such as a new sibling folder"
+        )
     if output.is_symlink():  # found now, not when the finished model is moved into place
-        raise CompressionError(f"output_dir {str(output)!r} is a symbolic link (to "
-                               f"{str(output.resolve())!r}), which is never replaced; fix: pass the "
-                               "folder it points to, or another --output-dir")
+        raise CompressionError(
+            f"output_dir {str(output)!r} is a symbolic link (to "
+            f"{str(output.resolve())!r}), which is never replaced; fix: pass the "
+            "folder it points to, or another --output-dir"
+        )
     source_print = fingerprint_files(Path(spec.source))
     existing = read_record(output) if output.exists() else None
     if existing is not None and _same_job(existing, method, settings, source_print):
         return output
     source = Path(spec.source).resolve()
     if source.is_relative_to(output.resolve()):
-        raise CompressionError(f"output_dir {str(output)!r} contains the reference "
-                               f"{spec.source!r}, which writing there would delete; fix: pass an "
-                               "--output-dir outside the reference's folder, such as a new "
-                               "sibling folder")
+        raise CompressionError(
+            f"output_dir {str(output)!r} contains the reference "
+            f"{spec.source!r}, which writing there would delete; fix: pass an "
+            "--output-dir outside the reference's folder, such as a new "
+            "sibling folder"
+        )
     if output.exists() and not output.is_dir():
-        raise CompressionError(f"output_dir {str(output)!r} is a file; fix: pass a folder "
-                               "as --output-dir")
+        raise CompressionError(f"output_dir {str(output)!r} is a file; fix: pass a folder as --output-dir")
     if output.exists() and any(output.iterdir()):
         if existing is None:
-            raise CompressionError(f"output_dir {str(output)!r} already holds other files (no "
-                                   f"{RECORD_NAME}: not an earlier `miniature compress` output), "
-                                   "which are never replaced, not even with --overwrite; fix: "
-                                   "pass another --output-dir, or empty it yourself")
+            raise CompressionError(
+                f"output_dir {str(output)!r} already holds other files (no "
+                f"{RECORD_NAME}: not an earlier `miniature compress` output), "
+                "which are never replaced, not even with --overwrite; fix: "
+                "pass another --output-dir, or empty it yourself"
+            )
         if not overwrite:
-            raise CompressionError(f"output_dir {str(output)!r} already holds another compression; "
-                                   "fix: pass another --output-dir, or --overwrite "
-                                   "(overwrite=True) to replace it")
+            raise CompressionError(
+                f"output_dir {str(output)!r} already holds another compression; "
+                "fix: pass another --output-dir, or --overwrite "
+                "(overwrite=True) to replace it"
+            )
     from miniature.core.cache import atomic_write_text
     from miniature.core.folders import building
 
     with building(output, replace=True) as built:  # output is empty, or a compression to replace
-        measured, head, architecture = _build(spec, method, settings, built, progress=progress,
-                                              distil_texts=texts)
+        measured, head, architecture = _build(spec, method, settings, built, progress=progress, distil_texts=texts)
         record = _record(spec, source_print, method, settings, head, architecture, measured)
         atomic_write_text(built / RECORD_NAME, json.dumps(record, indent=2, sort_keys=True))
     return output
@@ -178,8 +211,7 @@ def encoder_linear_weights(model: "torch.nn.Module") -> dict[str, "torch.Tensor"
     import torch
 
     container, _ = _layer_container(model)
-    return {name: module.weight for name, module in container.named_modules()
-            if isinstance(module, torch.nn.Linear)}
+    return {name: module.weight for name, module in container.named_modules() if isinstance(module, torch.nn.Linear)}
 
 
 def measured_sparsity(model: "torch.nn.Module") -> float:
@@ -203,43 +235,58 @@ def default_keep_layers(num_layers: int) -> list[int]:
 
 
 # -- settings ---------------------------------------------------------------------------------
-def _check_format(method: str, output_format: str, onnx_int8: bool,
-                  settings: dict[str, Any]) -> dict[str, Any]:
+def _check_format(method: str, output_format: str, onnx_int8: bool, settings: dict[str, Any]) -> dict[str, Any]:
     """The output format's settings: ``format`` and, for ONNX, whether it is int8."""
     if output_format not in FORMATS:
-        raise CompressionError(f"format {output_format!r} is unknown; fix: pass --format "
-                               f"(output_format=) one of {', '.join(FORMATS)}")
+        raise CompressionError(
+            f"format {output_format!r} is unknown; fix: pass --format (output_format=) one of {', '.join(FORMATS)}"
+        )
     if output_format == "pytorch":
         if method == "none":
-            raise CompressionError("--method none leaves the model as it is, which is only useful "
-                                   "as an export; fix: add --format onnx (output_format='onnx')")
+            raise CompressionError(
+                "--method none leaves the model as it is, which is only useful "
+                "as an export; fix: add --format onnx (output_format='onnx')"
+            )
         if onnx_int8:
-            raise CompressionError("--onnx-int8 (onnx_int8) quantizes an ONNX export; fix: add "
-                                   "--format onnx, or drop --onnx-int8")
+            raise CompressionError(
+                "--onnx-int8 (onnx_int8) quantizes an ONNX export; fix: add --format onnx, or drop --onnx-int8"
+            )
         return {"format": "pytorch"}
     if method == "int8":
         if settings["quantization"] != "int8-dynamic":
-            raise CompressionError(f"--format onnx quantizes with onnxruntime's dynamic int8 only, not "
-                                   f"{settings['quantization']!r}; fix: drop --quantization, or "
-                                   "drop --format onnx to quantize with torchao")
+            raise CompressionError(
+                f"--format onnx quantizes with onnxruntime's dynamic int8 only, not "
+                f"{settings['quantization']!r}; fix: drop --quantization, or "
+                "drop --format onnx to quantize with torchao"
+            )
         onnx_int8 = True
     return {"format": "onnx", "onnx_int8": bool(onnx_int8)}
 
 
-def _check_settings(method: str, *, sparsity: float, prune_scope: str,
-                    keep_layers: Sequence[int] | None, qscheme: str,
-                    quantization: str = "int8-dynamic") -> dict[str, Any]:
+def _check_settings(
+    method: str,
+    *,
+    sparsity: float,
+    prune_scope: str,
+    keep_layers: Sequence[int] | None,
+    qscheme: str,
+    quantization: str = "int8-dynamic",
+) -> dict[str, Any]:
     if method not in METHODS:
-        raise CompressionError(f"unknown compression method {method!r}; fix: pass --method "
-                               f"(method=) one of {', '.join(METHODS)}")
+        raise CompressionError(
+            f"unknown compression method {method!r}; fix: pass --method (method=) one of {', '.join(METHODS)}"
+        )
     if method == "prune":
-        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) \
-                or not 0.0 <= float(sparsity) < 1.0:
-            raise CompressionError(f"sparsity={sparsity!r} is outside [0, 1); fix: pass --sparsity "
-                                   "(sparsity=) the fraction of weights to zero, e.g. 0.5")
+        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= float(sparsity) < 1.0:
+            raise CompressionError(
+                f"sparsity={sparsity!r} is outside [0, 1); fix: pass --sparsity "
+                "(sparsity=) the fraction of weights to zero, e.g. 0.5"
+            )
         if prune_scope not in PRUNE_SCOPES:
-            raise CompressionError(f"prune_scope={prune_scope!r} is unknown; fix: pass "
-                                   f"--prune-scope (prune_scope=) one of {', '.join(PRUNE_SCOPES)}")
+            raise CompressionError(
+                f"prune_scope={prune_scope!r} is unknown; fix: pass "
+                f"--prune-scope (prune_scope=) one of {', '.join(PRUNE_SCOPES)}"
+            )
         return {"sparsity": float(sparsity), "prune_scope": prune_scope}
     if method == "none":
         return {}
@@ -248,25 +295,33 @@ def _check_settings(method: str, *, sparsity: float, prune_scope: str,
             return {"keep_layers": None}
         layers = list(keep_layers)
         if not layers or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
-            raise CompressionError(f"keep_layers={keep_layers!r} must be a non-empty list of layer "
-                                   "indices; fix: pass --keep-layers (keep_layers=) e.g. 1,3,5")
+            raise CompressionError(
+                f"keep_layers={keep_layers!r} must be a non-empty list of layer "
+                "indices; fix: pass --keep-layers (keep_layers=) e.g. 1,3,5"
+            )
         if len(set(layers)) != len(layers):
-            raise CompressionError(f"keep_layers={layers} repeats a layer; fix: list each layer "
-                                   "index once in --keep-layers (keep_layers=)")
+            raise CompressionError(
+                f"keep_layers={layers} repeats a layer; fix: list each layer index once in --keep-layers (keep_layers=)"
+            )
         return {"keep_layers": sorted(layers)}
     if qscheme not in QSCHEMES:
-        raise CompressionError(f"qscheme={qscheme!r} is unknown; fix: pass --qscheme (qscheme=) "
-                               f"one of {', '.join(QSCHEMES)}")
+        raise CompressionError(
+            f"qscheme={qscheme!r} is unknown; fix: pass --qscheme (qscheme=) one of {', '.join(QSCHEMES)}"
+        )
     if quantization not in QUANTIZATIONS:
-        raise CompressionError(f"quantization={quantization!r} is unknown; fix: pass --quantization "
-                               f"(quantization=) one of {', '.join(QUANTIZATIONS)}")
+        raise CompressionError(
+            f"quantization={quantization!r} is unknown; fix: pass --quantization "
+            f"(quantization=) one of {', '.join(QUANTIZATIONS)}"
+        )
     return {"qscheme": qscheme, "quantization": quantization}
 
 
 def _distil_texts(method: str, texts: Sequence[str] | None) -> list[str]:
     if method != "layers":
-        raise CompressionError(f"--distil applies to --method layers (re-training after layers "
-                               f"are dropped), not {method!r}; fix: drop --distil")
+        raise CompressionError(
+            f"--distil applies to --method layers (re-training after layers "
+            f"are dropped), not {method!r}; fix: drop --distil"
+        )
     if texts is None:
         from miniature.core.data import builtin_sentiment_data
 
@@ -282,15 +337,25 @@ def _check_distil(epochs: float, learning_rate: float, texts: Sequence[str]) -> 
 
     for name, value in (("distil_epochs", epochs), ("distil_learning_rate", learning_rate)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-            raise CompressionError(f"{name}={value!r} must be a finite number > 0; fix: pass "
-                                   f"--{name.replace('_', '-')} (e.g. {DISTIL_EPOCHS:g} epochs)")
-    return {"epochs": float(epochs), "learning_rate": float(learning_rate),
-            "temperature": DISTIL_TEMPERATURE, "batch_size": 32, "seed": 0, "max_length": 128,
-            "texts": len(texts), "texts_fingerprint": fingerprint_texts(list(texts))}
+            raise CompressionError(
+                f"{name}={value!r} must be a finite number > 0; fix: pass "
+                f"--{name.replace('_', '-')} (e.g. {DISTIL_EPOCHS:g} epochs)"
+            )
+    return {
+        "epochs": float(epochs),
+        "learning_rate": float(learning_rate),
+        "temperature": DISTIL_TEMPERATURE,
+        "batch_size": 32,
+        "seed": 0,
+        "max_length": 128,
+        "texts": len(texts),
+        "texts_fingerprint": fingerprint_texts(list(texts)),
+    }
 
 
-def _distil(teacher: Any, student: Any, tokenizer: Any, texts: list[str], settings: dict[str, Any],
-            *, progress: bool) -> dict[str, Any]:
+def _distil(
+    teacher: Any, student: Any, tokenizer: Any, texts: list[str], settings: dict[str, Any], *, progress: bool
+) -> dict[str, Any]:
     """Train ``student`` in place on the teacher's softened logits over ``texts``."""
     import math
 
@@ -304,7 +369,7 @@ def _distil(teacher: Any, student: Any, tokenizer: Any, texts: list[str], settin
 
     def batches(order: list[int]) -> Iterator[tuple[list[int], dict[str, Any]]]:
         for start in range(0, len(order), size):
-            rows = order[start:start + size]
+            rows = order[start : start + size]
             yield rows, tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt")
 
     def logits_of(model: Any) -> Any:
@@ -325,8 +390,7 @@ def _distil(teacher: Any, student: Any, tokenizer: Any, texts: list[str], settin
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: 1 - step / total)
     losses: list[float] = []
     student.train()
-    with tqdm(total=total, desc="distilling from the reference", unit="step",
-              disable=not progress, leave=False) as bar:
+    with tqdm(total=total, desc="distilling from the reference", unit="step", disable=not progress, leave=False) as bar:
         while len(losses) < total:
             order = torch.randperm(len(texts), generator=generator).tolist()
             for rows, batch in batches(order):
@@ -334,7 +398,7 @@ def _distil(teacher: Any, student: Any, tokenizer: Any, texts: list[str], settin
                     break
                 log_probs = torch.log_softmax(student(**batch).logits / temperature, dim=-1)
                 loss = torch.nn.functional.kl_div(log_probs, soft[rows], reduction="batchmean")
-                loss = loss * temperature ** 2
+                loss = loss * temperature**2
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
@@ -343,15 +407,21 @@ def _distil(teacher: Any, student: Any, tokenizer: Any, texts: list[str], settin
                 bar.update(1)
     student.eval()
     agreement_after = float((logits_of(student).argmax(1) == targets.argmax(1)).float().mean())
-    return {"steps": total, "loss_first_last": [losses[0], sum(losses[-10:]) / len(losses[-10:])],
-            "agreement_with_reference_before": round(agreement_before, 4),
-            "agreement_with_reference_after": round(agreement_after, 4)}
+    return {
+        "steps": total,
+        "loss_first_last": [losses[0], sum(losses[-10:]) / len(losses[-10:])],
+        "agreement_with_reference_before": round(agreement_before, 4),
+        "agreement_with_reference_after": round(agreement_after, 4),
+    }
 
 
 def _same_job(record: dict[str, Any], method: str, settings: dict[str, Any], source_print: str) -> bool:
-    return (record.get("format") == FORMAT_VERSION and record.get("method") == method
-            and record.get("requested") == settings
-            and record.get("source", {}).get("fingerprint") == source_print)
+    return (
+        record.get("format") == FORMAT_VERSION
+        and record.get("method") == method
+        and record.get("requested") == settings
+        and record.get("source", {}).get("fingerprint") == source_print
+    )
 
 
 # -- building ---------------------------------------------------------------------------------
@@ -364,8 +434,9 @@ def detect_head(config: Any) -> str:
     return "encoder"
 
 
-def _build(spec: Any, method: str, settings: dict[str, Any], built: Path, *,
-           progress: bool, distil_texts: Sequence[str] = ()) -> tuple[dict[str, Any], str, str]:
+def _build(
+    spec: Any, method: str, settings: dict[str, Any], built: Path, *, progress: bool, distil_texts: Sequence[str] = ()
+) -> tuple[dict[str, Any], str, str]:
     import transformers
 
     from miniature.core.models import load_model, model_file_boundary, tokenizer_file_name
@@ -383,17 +454,23 @@ def _build(spec: Any, method: str, settings: dict[str, Any], built: Path, *,
     steps = {"int8": _quantize, "prune": _prune, "layers": _drop_layers, "none": _unchanged}
     with _bar(progress, f"compress {method} [{spec.name}]") as bar:
         # int8 as ONNX: onnxruntime quantizes the fp32 export (below), torchao is not used
-        measured = _unchanged(model, settings, built) if as_onnx and method == "int8" \
+        measured = (
+            _unchanged(model, settings, built)
+            if as_onnx and method == "int8"
             else steps[method](model, settings, built)
+        )
         bar.update(1)
     if settings.get("distil"):
         if head != "classification":
-            raise CompressionError(f"--distil re-trains a classifier from the reference's logits, "
-                                   f"but {spec.name!r} has a {head!r} head; fix: distil a "
-                                   "sequence-classification model, or drop --distil")
+            raise CompressionError(
+                f"--distil re-trains a classifier from the reference's logits, "
+                f"but {spec.name!r} has a {head!r} head; fix: distil a "
+                "sequence-classification model, or drop --distil"
+            )
         teacher = load_model(spec, head=head).model
-        measured["distillation"] = _distil(teacher, model, tokenizer, list(distil_texts),
-                                           settings["distil"], progress=progress)
+        measured["distillation"] = _distil(
+            teacher, model, tokenizer, list(distil_texts), settings["distil"], progress=progress
+        )
         model.save_pretrained(str(built), safe_serialization=True)
     measured["parameters_before"] = before
     measured.setdefault("parameters_after", _count(model))
@@ -414,8 +491,14 @@ def _export(model: Any, tokenizer: Any, head: str, settings: dict[str, Any], bui
     from miniature.tools.export import ExportError, export_onnx
 
     try:
-        written = export_onnx(model, tokenizer, built, head=head, int8=settings["onnx_int8"],
-                              per_channel=settings.get("qscheme", "per-channel") == "per-channel")
+        written = export_onnx(
+            model,
+            tokenizer,
+            built,
+            head=head,
+            int8=settings["onnx_int8"],
+            per_channel=settings.get("qscheme", "per-channel") == "per-channel",
+        )
     except ExportError as error:
         raise CompressionError(str(error)) from None
     for weights in built.glob("*.safetensors"):
@@ -450,33 +533,39 @@ def _quantize(model: Any, settings: dict[str, Any], built: Path) -> dict[str, An
     quantized = save_torchao(model, built)
     import torchao
 
-    return {"quantized_modules": sorted({name.rsplit(".", 1)[0] for name in quantized}),
-            "quantized_count": len(quantized), "tensor_types": sorted(set(quantized.values())),
-            "torchao": torchao.__version__,
-            "weights_bytes": (built / TORCHAO_WEIGHTS).stat().st_size}
+    return {
+        "quantized_modules": sorted({name.rsplit(".", 1)[0] for name in quantized}),
+        "quantized_count": len(quantized),
+        "tensor_types": sorted(set(quantized.values())),
+        "torchao": torchao.__version__,
+        "weights_bytes": (built / TORCHAO_WEIGHTS).stat().st_size,
+    }
 
 
 def _prune(model: Any, settings: dict[str, Any], built: Path) -> dict[str, Any]:
     import torch
     from torch.nn.utils import prune
 
-    modules = [module for module in _layer_container(model)[0].modules()
-               if isinstance(module, torch.nn.Linear)]
+    modules = [module for module in _layer_container(model)[0].modules() if isinstance(module, torch.nn.Linear)]
     before = measured_sparsity(model)
     amount = settings["sparsity"]
     if amount > 0:
         if settings["prune_scope"] == "global":
-            prune.global_unstructured([(m, "weight") for m in modules],
-                                      pruning_method=prune.L1Unstructured, amount=amount)
+            prune.global_unstructured(
+                [(m, "weight") for m in modules], pruning_method=prune.L1Unstructured, amount=amount
+            )
         else:
             for module in modules:
                 prune.l1_unstructured(module, "weight", amount=amount)
         for module in modules:
             prune.remove(module, "weight")
     model.save_pretrained(str(built), safe_serialization=True)
-    return {"encoder_sparsity_before": before, "encoder_sparsity": measured_sparsity(model),
-            "pruned_matrices": len(modules),
-            "encoder_weights": int(sum(m.weight.numel() for m in modules))}
+    return {
+        "encoder_sparsity_before": before,
+        "encoder_sparsity": measured_sparsity(model),
+        "pruned_matrices": len(modules),
+        "encoder_weights": int(sum(m.weight.numel() for m in modules)),
+    }
 
 
 def _drop_layers(model: Any, settings: dict[str, Any], built: Path) -> dict[str, Any]:
@@ -488,14 +577,18 @@ def _drop_layers(model: Any, settings: dict[str, Any], built: Path) -> dict[str,
     keep = settings["keep_layers"]
     if keep is None:
         if total < 2:
-            raise CompressionError(f"the model has {total} encoder layer, so there is none to "
-                                   "drop; fix: compress it another way (--method int8 or prune)")
+            raise CompressionError(
+                f"the model has {total} encoder layer, so there is none to "
+                "drop; fix: compress it another way (--method int8 or prune)"
+            )
         keep = default_keep_layers(total)
     bad = [i for i in keep if not 0 <= i < total]
     if bad:
-        raise CompressionError(f"keep_layers: layer {bad[0]} is out of range; the model has "
-                               f"{total} encoder layers (0..{total - 1}); fix: pass --keep-layers "
-                               f"(keep_layers=) indices between 0 and {total - 1}")
+        raise CompressionError(
+            f"keep_layers: layer {bad[0]} is out of range; the model has "
+            f"{total} encoder layers (0..{total - 1}); fix: pass --keep-layers "
+            f"(keep_layers=) indices between 0 and {total - 1}"
+        )
     kept = torch.nn.ModuleList([layers[i] for i in keep])
     for position, layer in enumerate(kept):
         for module in layer.modules():
@@ -516,19 +609,27 @@ def _layer_container(model: Any) -> tuple[Any, str]:
     base = getattr(model, "base_model", model)
     for holder in ("encoder", "transformer"):
         container = getattr(base, holder, None)
-        if container is not None and isinstance(getattr(container, "layer", None),
-                                                torch.nn.ModuleList):
+        if container is not None and isinstance(getattr(container, "layer", None), torch.nn.ModuleList):
             return container, "layer"
     for attribute in ("layers", "h"):  # decoders: Llama, Qwen, Mistral (model.layers), GPT-2 (transformer.h)
         if isinstance(getattr(base, attribute, None), torch.nn.ModuleList):
             return base, attribute
-    raise CompressionError(f"cannot find the transformer layers of a {type(model).__name__} "
-                           "(looked for encoder.layer, transformer.layer, layers and h); fix: compress a "
-                           "BERT-, DistilBERT-, Llama- or GPT-2-style model")
+    raise CompressionError(
+        f"cannot find the transformer layers of a {type(model).__name__} "
+        "(looked for encoder.layer, transformer.layer, layers and h); fix: compress a "
+        "BERT-, DistilBERT-, Llama- or GPT-2-style model"
+    )
 
 
-def _record(spec: Any, source_print: str, method: str, settings: dict[str, Any], head: str,
-            architecture: str, measured: dict[str, Any]) -> dict[str, Any]:
+def _record(
+    spec: Any,
+    source_print: str,
+    method: str,
+    settings: dict[str, Any],
+    head: str,
+    architecture: str,
+    measured: dict[str, Any],
+) -> dict[str, Any]:
     import platform
 
     import torch
@@ -540,13 +641,20 @@ def _record(spec: Any, source_print: str, method: str, settings: dict[str, Any],
     if method == "layers":
         resolved["keep_layers"] = measured["kept_layers"]
     record: dict[str, Any] = {
-        "format": FORMAT_VERSION, "method": method, "requested": settings, "settings": resolved,
-        "head": head, "architecture": architecture,
+        "format": FORMAT_VERSION,
+        "method": method,
+        "requested": settings,
+        "settings": resolved,
+        "head": head,
+        "architecture": architecture,
         "source": {"name": spec.name, "path": spec.source, "fingerprint": source_print},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "versions": {"miniature": __version__, "torch": torch.__version__,
-                     "transformers": transformers.__version__,
-                     "python": platform.python_version()},
+        "versions": {
+            "miniature": __version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+        },
     }
     if method == "int8" and "quantized_modules" in measured:
         record["backend"] = "torchao"

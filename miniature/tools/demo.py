@@ -64,11 +64,17 @@ CANDIDATES: dict[str, dict[str, Any]] = {
 DEFAULT_CANDIDATES = ("reference", "int8", "int8-onnx", "prune", "layers")
 #: The optional packages (and the extra that installs them) a candidate needs.
 CANDIDATE_PACKAGES: dict[str, tuple[tuple[str, ...], str]] = {
-    "int8": (("torchao",), "quantize"), "int8-onnx": (("onnx", "onnxruntime"), "onnx")}
+    "int8": (("torchao",), "quantize"),
+    "int8-onnx": (("onnx", "onnxruntime"), "onnx"),
+}
 #: The names the summary shows (folder names under the demo's cache).
-MODEL_NAMES = {"reference": "minilm", "int8": "minilm-int8", "int8-onnx": "minilm-int8-onnx",
-               "prune": "minilm-pruned50",
-               "layers": "minilm-3layers-distilled"}
+MODEL_NAMES = {
+    "reference": "minilm",
+    "int8": "minilm-int8",
+    "int8-onnx": "minilm-int8-onnx",
+    "prune": "minilm-pruned50",
+    "layers": "minilm-3layers-distilled",
+}
 #: Fine-tuning of the reference: batch 32, this rate, the size's epochs, seed 0.
 FINETUNE_LEARNING_RATE = 1e-4
 
@@ -91,12 +97,21 @@ class DemoSize:
 
 SIZES: dict[str, DemoSize] = {
     # train 1,000 / held-out 300 / test 500 / challenge 450 (150 film + 300 book reviews)
-    "full": DemoSize("full", None, finetune_epochs=2.0, attack_size=20, lm_head_steps=300,
-                     lm_mask_rounds=1, bootstrap=1000),
+    "full": DemoSize(
+        "full", None, finetune_epochs=2.0, attack_size=20, lm_head_steps=300, lm_mask_rounds=1, bootstrap=1000
+    ),
     # 300 per set (the challenge set keeps 100 film + 200 book reviews): for CI; 4 epochs,
     # since 2 on 300 mixed reviews left the reference near chance
-    "quick": DemoSize("quick", 300, finetune_epochs=4.0, attack_size=20, lm_head_steps=100,
-                      lm_mask_rounds=1, bootstrap=200, distil_epochs=6.0),
+    "quick": DemoSize(
+        "quick",
+        300,
+        finetune_epochs=4.0,
+        attack_size=20,
+        lm_head_steps=100,
+        lm_mask_rounds=1,
+        bootstrap=200,
+        distil_epochs=6.0,
+    ),
 }
 
 
@@ -125,8 +140,7 @@ class DemoResult:
     def self_check_passed(self) -> bool | None:
         """Did the reference pass every check against itself (None: not a candidate)?"""
         reference = MODEL_NAMES["reference"]
-        rows = [r for r in self.figures()
-                if r["reference"] == reference and r["candidate"] == f"{reference}#2"]
+        rows = [r for r in self.figures() if r["reference"] == reference and r["candidate"] == f"{reference}#2"]
         if not rows:
             return None
         return all(result_passed(r) for r in rows)
@@ -137,8 +151,12 @@ class DemoResult:
 #: (Table 3: 0.85-0.94), the attack neither always nor never wins against the reference
 #: (Table 3: 40 % lost), and the challenge set is near the training data, so that OOD
 #: detection is not trivial. Checked on the full size; the quick one is too small for some.
-PHENOMENON_GOALS = {"reference_errors_min": 30, "accuracy_gap_max": 0.05,
-                    "attack_success_rate": (0.2, 0.8), "reference_auroc_max": 0.9}
+PHENOMENON_GOALS = {
+    "reference_errors_min": 30,
+    "accuracy_gap_max": 0.05,
+    "attack_success_rate": (0.2, 0.8),
+    "reference_auroc_max": 0.9,
+}
 
 
 def phenomenon(results: Sequence[dict[str, Any]], reference: str = MODEL_NAMES["reference"]) -> dict[str, Any]:
@@ -163,46 +181,61 @@ def phenomenon(results: Sequence[dict[str, Any]], reference: str = MODEL_NAMES["
             rate = (details.get("reference") or {}).get("attack_success_rate")
             out["attack_success_rate"].setdefault(reference, rate)
             if row["candidate"] != own:
-                out["attack_success_rate"][row["candidate"]] = \
-                    (details.get("candidate") or {}).get("attack_success_rate")
+                out["attack_success_rate"][row["candidate"]] = (details.get("candidate") or {}).get(
+                    "attack_success_rate"
+                )
         elif row["characteristic"] == "data_distribution":
             out["auroc"] = details.get("reference_auroc", out["auroc"])
     goals = PHENOMENON_GOALS
     accuracy = out["accuracy"]
     base = accuracy.get(reference)
-    gaps = [base - a for name, a in accuracy.items() if name != reference and a is not None] \
-        if base is not None else []
+    gaps = [base - a for name, a in accuracy.items() if name != reference and a is not None] if base is not None else []
     rate = out["attack_success_rate"].get(reference)
     low, high = goals["attack_success_rate"]
     out["checks"] = {
-        "reference_errors": {"value": out["errors"], "goal": f">= {goals['reference_errors_min']}",
-                             "met": out["errors"] is not None
-                             and out["errors"] >= goals["reference_errors_min"]},
-        "largest_accuracy_drop": {"value": max(gaps) if gaps else None,
-                                  "goal": f"<= {goals['accuracy_gap_max']}",
-                                  "met": bool(gaps) and max(gaps) <= goals["accuracy_gap_max"]},
-        "reference_attack_success_rate": {"value": rate, "goal": f"in [{low}, {high}]",
-                                          "met": rate is not None and low <= rate <= high},
-        "reference_auroc": {"value": out["auroc"], "goal": f"<= {goals['reference_auroc_max']}",
-                            "met": out["auroc"] is not None
-                            and out["auroc"] <= goals["reference_auroc_max"]},
+        "reference_errors": {
+            "value": out["errors"],
+            "goal": f">= {goals['reference_errors_min']}",
+            "met": out["errors"] is not None and out["errors"] >= goals["reference_errors_min"],
+        },
+        "largest_accuracy_drop": {
+            "value": max(gaps) if gaps else None,
+            "goal": f"<= {goals['accuracy_gap_max']}",
+            "met": bool(gaps) and max(gaps) <= goals["accuracy_gap_max"],
+        },
+        "reference_attack_success_rate": {
+            "value": rate,
+            "goal": f"in [{low}, {high}]",
+            "met": rate is not None and low <= rate <= high,
+        },
+        "reference_auroc": {
+            "value": out["auroc"],
+            "goal": f"<= {goals['reference_auroc_max']}",
+            "met": out["auroc"] is not None and out["auroc"] <= goals["reference_auroc_max"],
+        },
     }
     return out
 
 
 def phenomenon_lines(figures: dict[str, Any]) -> list[str]:
     """The figures of :func:`phenomenon` as the demo prints them."""
+
     def number(value: Any) -> str:
         return "n/a" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
-    lines = ["miniature demo: the paper's phenomenon at small scale (the reference errs, candidates stay "
-             "within 5 points, the attack sometimes wins, the challenge set is near)"]
+    lines = [
+        "miniature demo: the paper's phenomenon at small scale (the reference errs, candidates stay "
+        "within 5 points, the attack sometimes wins, the challenge set is near)"
+    ]
     for name, accuracy in figures["accuracy"].items():
-        lines.append(f"  {name:<26} accuracy {number(accuracy)}  attack success rate "
-                     f"{number(figures['attack_success_rate'].get(name))}")
+        lines.append(
+            f"  {name:<26} accuracy {number(accuracy)}  attack success rate "
+            f"{number(figures['attack_success_rate'].get(name))}"
+        )
     for name, check in figures["checks"].items():
-        lines.append(f"  {name:<30} {number(check['value']):>6}  goal {check['goal']:<12} "
-                     f"{'met' if check['met'] else 'NOT MET'}")
+        lines.append(
+            f"  {name:<30} {number(check['value']):>6}  goal {check['goal']:<12} {'met' if check['met'] else 'NOT MET'}"
+        )
     return lines
 
 
@@ -214,6 +247,7 @@ def paper_tables(results: Sequence[dict[str, Any]], reference: str = MODEL_NAMES
     of Deep-KNN OOD flags on the challenge set. Table 3: each target's accuracy on the
     attacked items before and after BERT-Attack, the absolute and the % change.
     """
+
     def cell(value: Any) -> str:
         return "n/a" if value is None else f"{value:.3f}"
 
@@ -227,23 +261,34 @@ def paper_tables(results: Sequence[dict[str, Any]], reference: str = MODEL_NAMES
             details = row.get("details") or {}
             attacked.setdefault(row["reference"], details.get("reference") or {})
             attacked.setdefault(row["candidate"], details.get("candidate") or {})
-    lines = ["Table 2 (this run): model pair agreement, Jaccard coefficient", "",
-             "| model M_i | model M_j | prediction errors | data representation (kNN, mean) "
-             "| data distribution (OOD flags) |", "|---|---|---|---|---|"]
+    lines = [
+        "Table 2 (this run): model pair agreement, Jaccard coefficient",
+        "",
+        "| model M_i | model M_j | prediction errors | data representation (kNN, mean) "
+        "| data distribution (OOD flags) |",
+        "|---|---|---|---|---|",
+    ]
     for (first, second), figures in pairs.items():
         lines.append(f"| {first} | {second} | " + " | ".join(cell(figures.get(c)) for c in columns) + " |")
-    lines += ["", "Table 3 (this run): BERT-Attack (K = 3 words, 48 candidates per word)", "",
-              "| target model | original accuracy | after-attack accuracy | absolute change "
-              "| % change | attack success rate |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Table 3 (this run): BERT-Attack (K = 3 words, 48 candidates per word)",
+        "",
+        "| target model | original accuracy | after-attack accuracy | absolute change "
+        "| % change | attack success rate |",
+        "|---|---|---|---|---|---|",
+    ]
     order = [reference] + [name for name in attacked if name not in (reference, f"{reference}#2")]
     for name in order:
         figures = attacked.get(name)
         if figures:
-            lines.append(f"| {name} | {cell(figures.get('original_accuracy'))} | "
-                         f"{cell(figures.get('accuracy_after_attack'))} | "
-                         f"{cell(figures.get('absolute_change'))} | "
-                         f"{'n/a' if figures.get('percent_change') is None else format(figures['percent_change'], '.1f')} | "
-                         f"{cell(figures.get('attack_success_rate'))} |")
+            lines.append(
+                f"| {name} | {cell(figures.get('original_accuracy'))} | "
+                f"{cell(figures.get('accuracy_after_attack'))} | "
+                f"{cell(figures.get('absolute_change'))} | "
+                f"{'n/a' if figures.get('percent_change') is None else format(figures['percent_change'], '.1f')} | "
+                f"{cell(figures.get('attack_success_rate'))} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -273,8 +318,12 @@ def _available(candidate: str) -> bool:
     packages, extra = CANDIDATE_PACKAGES.get(candidate, ((), ""))
     missing = [p for p in packages if importlib.util.find_spec(p) is None]
     if missing:
-        print(f"miniature demo: skipping candidate {candidate!r}: it needs {', '.join(missing)}; "
-              f"fix: pip install 'pytest-miniature[{extra}]'", file=sys.stderr, flush=True)
+        print(
+            f"miniature demo: skipping candidate {candidate!r}: it needs {', '.join(missing)}; "
+            f"fix: pip install 'pytest-miniature[{extra}]'",
+            file=sys.stderr,
+            flush=True,
+        )
     return not missing
 
 
@@ -300,12 +349,15 @@ def demo(
     """
     started, wall_start = time.perf_counter(), time.time()
     if size not in SIZES:
-        raise MiniatureError(f"unknown demo size {size!r}; fix: pass one of {', '.join(SIZES)} "
-                             "(--quick for the small one)")
+        raise MiniatureError(
+            f"unknown demo size {size!r}; fix: pass one of {', '.join(SIZES)} (--quick for the small one)"
+        )
     unknown = [c for c in candidates if c not in CANDIDATES]
     if unknown or not candidates:
-        raise MiniatureError(f"unknown demo candidate(s) {', '.join(map(repr, unknown)) or '(none)'}; "
-                             f"fix: pass --candidates with some of {', '.join(CANDIDATES)}")
+        raise MiniatureError(
+            f"unknown demo candidate(s) {', '.join(map(repr, unknown)) or '(none)'}; "
+            f"fix: pass --candidates with some of {', '.join(CANDIDATES)}"
+        )
     if attack_size is not None and attack_size < 1:
         raise MiniatureError(f"attack_size={attack_size} must be >= 1; fix: pass --attack-size N")
     if threads is not None:
@@ -322,8 +374,10 @@ def demo(
     report = Path(report_dir).expanduser().resolve()
     seconds: dict[str, float] = {}
     data = _demo_data(plan)
-    say(f"miniature demo ({plan.name}): all-MiniLM-L6-v2 fine-tuned for sentiment vs "
-        f"{', '.join(c for c in candidates if c != 'reference') or 'itself'}; cache {cache}")
+    say(
+        f"miniature demo ({plan.name}): all-MiniLM-L6-v2 fine-tuned for sentiment vs "
+        f"{', '.join(c for c in candidates if c != 'reference') or 'itself'}; cache {cache}"
+    )
 
     with _timed(seconds, "finetune"):
         reference_dir = _finetuned_reference(cache, data, plan, progress)
@@ -334,54 +388,105 @@ def demo(
 
         for name in candidates:
             if name != "reference":
-                extra = ({"distil_texts": data.train.texts, "distil_epochs": plan.distil_epochs}
-                         if CANDIDATES[name].get("distil") else {})
-                models[name] = compress(models["reference"], work / MODEL_NAMES[name],
-                                        overwrite=True, progress=progress, **CANDIDATES[name],
-                                        **extra)
+                extra = (
+                    {"distil_texts": data.train.texts, "distil_epochs": plan.distil_epochs}
+                    if CANDIDATES[name].get("distil")
+                    else {}
+                )
+                models[name] = compress(
+                    models["reference"],
+                    work / MODEL_NAMES[name],
+                    overwrite=True,
+                    progress=progress,
+                    **CANDIDATES[name],
+                    **extra,
+                )
     with _timed(seconds, "attack_model"):
-        attack_model = build_attack_model(cache / "attack-lm", data.train.texts,
-                                          data.holdout.texts, steps=plan.lm_head_steps,
-                                          rounds=plan.lm_mask_rounds, progress=progress)
-    args = gate_arguments(models, candidates, attack_model, cache=cache, report_dir=report,
-                          plan=plan, attack_size=attack_size, html=html)
+        attack_model = build_attack_model(
+            cache / "attack-lm",
+            data.train.texts,
+            data.holdout.texts,
+            steps=plan.lm_head_steps,
+            rounds=plan.lm_mask_rounds,
+            progress=progress,
+        )
+    args = gate_arguments(
+        models, candidates, attack_model, cache=cache, report_dir=report, plan=plan, attack_size=attack_size, html=html
+    )
     # with progress, pytest shows the encoding and attack bars live instead of capturing them
     args += (["-s"] if progress else []) + list(pytest_args)
     with _timed(seconds, "gate"):
         exit_code = _run_gate_checks(args)
     seconds["total"] = time.perf_counter() - started
     result = DemoResult(
-        exit_code=exit_code, report_dir=report,
+        exit_code=exit_code,
+        report_dir=report,
         report_json=_written_since(report / "latest.json", wall_start),
         report_html=_written_since(report / "report.html", wall_start),
-        models={MODEL_NAMES[k]: v for k, v in models.items()}, attack_model=attack_model,
-        seconds={k: round(v, 1) for k, v in seconds.items()})
+        models={MODEL_NAMES[k]: v for k, v in models.items()},
+        attack_model=attack_model,
+        seconds={k: round(v, 1) for k, v in seconds.items()},
+    )
     if result.figures():
         from miniature.core.cache import atomic_write_text
 
         figures = result.phenomenon()
         print("\n".join(phenomenon_lines(figures)), flush=True)  # the demo's result: always
         atomic_write_text(report / "tables.md", paper_tables(result.figures()))
-        atomic_write_text(report / "demo.json", json.dumps(
-            {"size": plan.name, "phenomenon": figures, "seconds": result.seconds,
-             "models": {k: str(v) for k, v in result.models.items()}}, indent=2, default=str))
-    say(f"miniature demo: gate exit code {exit_code}; report {result.report_json or '(none)'}"
+        atomic_write_text(
+            report / "demo.json",
+            json.dumps(
+                {
+                    "size": plan.name,
+                    "phenomenon": figures,
+                    "seconds": result.seconds,
+                    "models": {k: str(v) for k, v in result.models.items()},
+                },
+                indent=2,
+                default=str,
+            ),
+        )
+    say(
+        f"miniature demo: gate exit code {exit_code}; report {result.report_json or '(none)'}"
         + (f" and {result.report_html}" if result.report_html else "")
-        + "; seconds " + ", ".join(f"{k} {v}" for k, v in result.seconds.items()))
+        + "; seconds "
+        + ", ".join(f"{k} {v}" for k, v in result.seconds.items())
+    )
     return result
 
 
-def gate_arguments(models: dict[str, Path], candidates: Sequence[str], attack_model: Path, *,
-                   cache: Path, report_dir: Path, plan: DemoSize, attack_size: int | None,
-                   html: bool) -> list[str]:
+def gate_arguments(
+    models: dict[str, Path],
+    candidates: Sequence[str],
+    attack_model: Path,
+    *,
+    cache: Path,
+    report_dir: Path,
+    plan: DemoSize,
+    attack_size: int | None,
+    html: bool,
+) -> list[str]:
     """The pytest command line of the demo's gate (what a team would type)."""
-    args = [f"--rootdir={gate_folder(cache)}", "-c", str(gate_folder(cache) / "pytest.ini"),
-            f"--reference={models['reference']}"]
+    args = [
+        f"--rootdir={gate_folder(cache)}",
+        "-c",
+        str(gate_folder(cache) / "pytest.ini"),
+        f"--reference={models['reference']}",
+    ]
     args += [f"--candidate={models[name]}" for name in candidates]
-    args += [f"--attack-model={attack_model}", f"--cache-dir={cache / 'gate'}",
-             f"--report-dir={report_dir}", f"--attack-size={attack_size or plan.attack_size}",
-             f"--bootstrap={plan.bootstrap}", "--seed=0", "--device=cpu",
-             "-p", "no:cacheprovider", "-q", "-rN"]
+    args += [
+        f"--attack-model={attack_model}",
+        f"--cache-dir={cache / 'gate'}",
+        f"--report-dir={report_dir}",
+        f"--attack-size={attack_size or plan.attack_size}",
+        f"--bootstrap={plan.bootstrap}",
+        "--seed=0",
+        "--device=cpu",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "-rN",
+    ]
     if plan.data_limit is not None:
         args.append(f"--data-limit={plan.data_limit}")
     if html and _has_html_plugin():
@@ -408,17 +513,26 @@ def _demo_data(plan: DemoSize) -> Any:
     data = builtin_sentiment_data()
     if plan.data_limit is None:
         return data
-    return TaskData(**{role: data.role(role).head(plan.data_limit)
-                       for role in ("train", "holdout", "test", "challenge")})
+    return TaskData(
+        **{role: data.role(role).head(plan.data_limit) for role in ("train", "holdout", "test", "challenge")}
+    )
 
 
 def _finetuned_reference(cache: Path, data: Any, plan: DemoSize, progress: bool) -> Path:
     from miniature.core.finetune import finetune
 
-    return finetune("all-minilm-l6-v2", "classification", data.train,
-                    output_root=cache / "finetuned", epochs=plan.finetune_epochs,
-                    learning_rate=FINETUNE_LEARNING_RATE, batch_size=32, seed=0, max_length=128,
-                    progress=progress)
+    return finetune(
+        "all-minilm-l6-v2",
+        "classification",
+        data.train,
+        output_root=cache / "finetuned",
+        epochs=plan.finetune_epochs,
+        learning_rate=FINETUNE_LEARNING_RATE,
+        batch_size=32,
+        seed=0,
+        max_length=128,
+        progress=progress,
+    )
 
 
 def _named_link(link: Path, target: Path) -> Path:

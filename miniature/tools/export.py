@@ -18,16 +18,28 @@ from typing import Any
 from miniature.errors import MiniatureError
 
 OPSET = 17
-_OUTPUTS = {"classification": ("logits",), "qa": ("start_logits", "end_logits"),
-            "masked-lm": ("logits",), "encoder": ()}
+_OUTPUTS = {
+    "classification": ("logits",),
+    "qa": ("start_logits", "end_logits"),
+    "masked-lm": ("logits",),
+    "encoder": (),
+}
 
 
 class ExportError(MiniatureError, ValueError):
     """An export that cannot be made (missing package, unsupported model), with the fix."""
 
 
-def export_onnx(model: Any, tokenizer: Any, output: str | Path, *, head: str,
-                features_only: bool = False, int8: bool = False, per_channel: bool = True) -> dict[str, Any]:
+def export_onnx(
+    model: Any,
+    tokenizer: Any,
+    output: str | Path,
+    *,
+    head: str,
+    features_only: bool = False,
+    int8: bool = False,
+    per_channel: bool = True,
+) -> dict[str, Any]:
     """Write ``model`` (a transformers model with ``head``) to ``output/model.onnx`` with its
     config and ``tokenizer``; what was written (outputs, quantization) as a dict.
 
@@ -39,14 +51,14 @@ def export_onnx(model: Any, tokenizer: Any, output: str | Path, *, head: str,
     try:
         import onnx  # noqa: F401 - torch.onnx.export needs it
     except ImportError:
-        raise ExportError("exporting to ONNX needs the onnx package; fix: pip install "
-                          "'pytest-miniature[onnx]'") from None
+        raise ExportError(
+            "exporting to ONNX needs the onnx package; fix: pip install 'pytest-miniature[onnx]'"
+        ) from None
     folder = Path(output)
     folder.mkdir(parents=True, exist_ok=True)
     heads = () if features_only else _OUTPUTS[head]
     names = [*heads, "last_hidden_state"]
-    sample = tokenizer(["an example sentence to trace", "a second one"], padding=True,
-                       return_tensors="pt")
+    sample = tokenizer(["an example sentence to trace", "a second one"], padding=True, return_tensors="pt")
     accepted = set(_forward_inputs(model))
     inputs = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in sample and k in accepted]
 
@@ -71,10 +83,23 @@ def export_onnx(model: Any, tokenizer: Any, output: str | Path, *, head: str,
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         # tracing notes constants it records (the attention mask's 1.0); the axes stay dynamic
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        torch.onnx.export(Traced(), tuple(sample[k] for k in inputs), str(target), input_names=inputs,
-                          output_names=names, dynamic_axes=axes, opset_version=OPSET, dynamo=False)
-    written: dict[str, Any] = {"file": target.name, "outputs": names, "inputs": inputs, "opset": OPSET,
-                               "quantization": None}
+        torch.onnx.export(
+            Traced(),
+            tuple(sample[k] for k in inputs),
+            str(target),
+            input_names=inputs,
+            output_names=names,
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    written: dict[str, Any] = {
+        "file": target.name,
+        "outputs": names,
+        "inputs": inputs,
+        "opset": OPSET,
+        "quantization": None,
+    }
     if int8:
         written["quantization"] = quantize_onnx(target, per_channel=per_channel)
     model.config.save_pretrained(str(folder))
@@ -97,13 +122,17 @@ def quantize_onnx(file: Path, *, per_channel: bool = True) -> dict[str, Any]:
         quantized = Path(work) / file.name
         root.setLevel(logging.ERROR)  # its advice to pre-process (shape inference) is for CNNs
         try:
-            quantize_dynamic(str(file), str(quantized), weight_type=QuantType.QInt8,
-                             per_channel=per_channel)
+            quantize_dynamic(str(file), str(quantized), weight_type=QuantType.QInt8, per_channel=per_channel)
         finally:
             root.setLevel(level)
         shutil.move(str(quantized), str(file))
-    return {"library": "onnxruntime", "version": onnxruntime.__version__, "method": "quantize_dynamic",
-            "weight_type": "QInt8", "per_channel": per_channel}
+    return {
+        "library": "onnxruntime",
+        "version": onnxruntime.__version__,
+        "method": "quantize_dynamic",
+        "weight_type": "QInt8",
+        "per_channel": per_channel,
+    }
 
 
 def _forward_inputs(model: Any) -> list[str]:

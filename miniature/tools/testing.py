@@ -17,10 +17,10 @@ from miniature.core.builtin_data import news_sentences, sentiment_reviews
 
 #: name -> (architecture, layers, hidden size, heads, init seed)
 TINY_MODELS: dict[str, tuple[str, int, int, int, int]] = {
-    "reference": ("bert", 4, 64, 4, 0),       # the "large" model
-    "small": ("bert", 2, 32, 2, 1),           # a 2-layer smaller sibling
-    "distil": ("distilbert", 2, 32, 2, 2),    # DistilBERT-shaped
-    "reinit": ("bert", 4, 64, 4, 3),          # same shape as reference, other initialisation
+    "reference": ("bert", 4, 64, 4, 0),  # the "large" model
+    "small": ("bert", 2, 32, 2, 1),  # a 2-layer smaller sibling
+    "distil": ("distilbert", 2, 32, 2, 2),  # DistilBERT-shaped
+    "reinit": ("bert", 4, 64, 4, 3),  # same shape as reference, other initialisation
 }
 
 
@@ -81,25 +81,38 @@ def make_tiny_model(
     from transformers import BertTokenizerFast
 
     tokenizer = BertTokenizerFast.from_pretrained(str(tokenizer_dir))
-    common = dict(vocab_size=tokenizer.vocab_size, max_position_embeddings=128,
-                  num_labels=num_labels, pad_token_id=tokenizer.pad_token_id)
+    common = dict(
+        vocab_size=tokenizer.vocab_size,
+        max_position_embeddings=128,
+        num_labels=num_labels,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     config: transformers.PretrainedConfig
     classes: dict[str, type[transformers.PreTrainedModel]]
     if architecture == "bert":
-        config = transformers.BertConfig(hidden_size=hidden, num_hidden_layers=layers,
-                                         num_attention_heads=heads, intermediate_size=hidden * 2,
-                                         **common)
-        classes = {"classification": transformers.BertForSequenceClassification,
-                   "qa": transformers.BertForQuestionAnswering,
-                   "masked-lm": transformers.BertForMaskedLM,
-                   "encoder": transformers.BertModel}
+        config = transformers.BertConfig(
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=hidden * 2,
+            **common,
+        )
+        classes = {
+            "classification": transformers.BertForSequenceClassification,
+            "qa": transformers.BertForQuestionAnswering,
+            "masked-lm": transformers.BertForMaskedLM,
+            "encoder": transformers.BertModel,
+        }
     elif architecture == "distilbert":
-        config = transformers.DistilBertConfig(dim=hidden, n_layers=layers, n_heads=heads,
-                                               hidden_dim=hidden * 2, **common)
-        classes = {"classification": transformers.DistilBertForSequenceClassification,
-                   "qa": transformers.DistilBertForQuestionAnswering,
-                   "masked-lm": transformers.DistilBertForMaskedLM,
-                   "encoder": transformers.DistilBertModel}
+        config = transformers.DistilBertConfig(
+            dim=hidden, n_layers=layers, n_heads=heads, hidden_dim=hidden * 2, **common
+        )
+        classes = {
+            "classification": transformers.DistilBertForSequenceClassification,
+            "qa": transformers.DistilBertForQuestionAnswering,
+            "masked-lm": transformers.DistilBertForMaskedLM,
+            "encoder": transformers.DistilBertModel,
+        }
     else:
         raise ValueError(f"architecture must be 'bert' or 'distilbert', got {architecture!r}")
     config.id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
@@ -117,11 +130,13 @@ def make_tiny_models(root: Path) -> TinyModels:
     tokenizer_dir = train_tokenizer(root / "tokenizer")
     paths = {}
     for name, (architecture, layers, hidden, heads, seed) in TINY_MODELS.items():
-        paths[name] = make_tiny_model(root / name, tokenizer_dir, architecture=architecture,
-                                      layers=layers, hidden=hidden, heads=heads, seed=seed)
+        paths[name] = make_tiny_model(
+            root / name, tokenizer_dir, architecture=architecture, layers=layers, hidden=hidden, heads=heads, seed=seed
+        )
     # the attack model of BERT-Attack: a masked LM sharing the tokenizer
-    paths["attacker"] = make_tiny_model(root / "attacker", tokenizer_dir, layers=2, hidden=32,
-                                        heads=2, seed=4, head="masked-lm")
+    paths["attacker"] = make_tiny_model(
+        root / "attacker", tokenizer_dir, layers=2, hidden=32, heads=2, seed=4, head="masked-lm"
+    )
     return TinyModels(root=root, tokenizer_dir=tokenizer_dir, paths=paths)
 
 
@@ -155,8 +170,7 @@ def gate_figures(gate: Any, characteristics: Iterable[str] | None = None) -> dic
 def figures_close(a: Any, b: Any, *, rel_tol: float = 1e-6, abs_tol: float = 1e-9) -> bool:
     """Equal up to the floating-point tolerance the project documents (nan equals nan)."""
     if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(figures_close(a[k], b[k], rel_tol=rel_tol, abs_tol=abs_tol)
-                                            for k in a)
+        return a.keys() == b.keys() and all(figures_close(a[k], b[k], rel_tol=rel_tol, abs_tol=abs_tol) for k in a)
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
         return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=rel_tol, abs_tol=abs_tol)
     return a == b

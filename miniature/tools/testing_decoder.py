@@ -36,8 +36,9 @@ def decoder_tokenizer(directory: Path, *, vocab_size: int = 400) -> Any:
         vocab.setdefault(word, len(vocab))
     model = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     model.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=model, pad_token="<pad>", unk_token="<unk>",
-                                        bos_token="<s>", eos_token="</s>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=model, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(directory)
     return tokenizer
@@ -54,14 +55,29 @@ def make_tiny_decoders(root: Path) -> dict[str, Path]:
     for name, (architecture, layers, hidden, heads, seed) in TINY_DECODERS.items():
         torch.manual_seed(seed)
         if architecture == "llama":
-            config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
-                                 num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads // 2,
-                                 max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
-                                 bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+            config = LlamaConfig(
+                vocab_size=vocab,
+                hidden_size=hidden,
+                intermediate_size=2 * hidden,
+                num_hidden_layers=layers,
+                num_attention_heads=heads,
+                num_key_value_heads=heads // 2,
+                max_position_embeddings=256,
+                pad_token_id=tokenizer.pad_token_id,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
             model: Any = LlamaForCausalLM(config)
         else:
-            gpt2_config = GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=heads, n_positions=256,
-                                     bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+            gpt2_config = GPT2Config(
+                vocab_size=vocab,
+                n_embd=hidden,
+                n_layer=layers,
+                n_head=heads,
+                n_positions=256,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
             model = GPT2LMHeadModel(gpt2_config)
         path = root / name
         model.eval().save_pretrained(path, safe_serialization=True)

@@ -18,10 +18,24 @@ Table 3's figures and the comparison of two targets are a characteristic's
 
 from __future__ import annotations
 
-from miniature.core.attack.runner import (AttackHost, AttackRunner, attack_model_outcomes, gather_shards,
-                                          make_target_wrapper, sample_items, shard_key, transfer_predictions)
-from miniature.core.attack.settings import (DEFAULT_SAMPLE_SIZE, ENGINES, RESULTS, SIMILARITY_ENCODER,
-                                            SIMILARITY_THRESHOLD, AttackSettings)
+from miniature.core.attack.runner import (
+    AttackHost,
+    AttackRunner,
+    attack_model_outcomes,
+    gather_shards,
+    make_target_wrapper,
+    sample_items,
+    shard_key,
+    transfer_predictions,
+)
+from miniature.core.attack.settings import (
+    DEFAULT_SAMPLE_SIZE,
+    ENGINES,
+    RESULTS,
+    SIMILARITY_ENCODER,
+    SIMILARITY_THRESHOLD,
+    AttackSettings,
+)
 from miniature.core.attack.textattack_offline import english_stopwords, prepare_textattack
 
 __all__ = [

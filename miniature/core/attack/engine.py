@@ -41,8 +41,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from miniature.core.attack.recipe import (AttackModelSimilarity, LocalBertAttackSwap, TargetModelWrapper,
-                                          build_attack, similarity_encoder)
+from miniature.core.attack.recipe import (
+    AttackModelSimilarity,
+    LocalBertAttackSwap,
+    TargetModelWrapper,
+    build_attack,
+    similarity_encoder,
+)
 from miniature.core.attack.settings import settings_key
 from miniature.core.attack.textattack_offline import ATTACK_VERSION, textattack_version
 
@@ -130,8 +135,13 @@ class Lockstep:
         slot.go.release()
         self._back.acquire()
 
-    def run(self, jobs: Iterable[tuple[int, Callable[[], Any]]], *, window: int = DEFAULT_WINDOW,
-            on_done: Callable[[int, Any], None] | None = None) -> dict[int, Any]:
+    def run(
+        self,
+        jobs: Iterable[tuple[int, Callable[[], Any]]],
+        *,
+        window: int = DEFAULT_WINDOW,
+        on_done: Callable[[int, Any], None] | None = None,
+    ) -> dict[int, Any]:
         """Run ``(index, job)`` pairs, at most ``window`` at once; ``on_done`` as each ends."""
         pending = iter(jobs)
         active: list[_Slot] = []
@@ -147,8 +157,9 @@ class Lockstep:
                         exhausted = True
                         break
                     slot = _Slot(index, job)
-                    slot.thread = threading.Thread(target=self._work, args=(slot,), daemon=True,
-                                                   name=f"miniature-attack-{index}")
+                    slot.thread = threading.Thread(
+                        target=self._work, args=(slot,), daemon=True, name=f"miniature-attack-{index}"
+                    )
                     slot.thread.start()
                     active.append(slot)
                 if not active:
@@ -239,9 +250,9 @@ class SharedAttackOutputs:
             if arrays is None:
                 continue
             try:
-                for text, index, words in zip(arrays["word_texts"].tolist(),
-                                              arrays["word_index"].tolist(),
-                                              arrays["word_lists"].tolist()):
+                for text, index, words in zip(
+                    arrays["word_texts"].tolist(), arrays["word_index"].tolist(), arrays["word_lists"].tolist()
+                ):
                     self.words[(json.loads(text), int(index))] = tuple(json.loads(words))
                 for text, vector in zip(arrays["vector_texts"].tolist(), arrays["vectors"]):
                     self.vectors[json.loads(text)] = np.asarray(vector, dtype=np.float32)
@@ -265,8 +276,9 @@ class SharedAttackOutputs:
             "word_index": np.array([i for _, i in words], dtype=np.int64),
             "word_lists": np.array([json.dumps(list(self.words[w])) for w in words], dtype=str),
             "vector_texts": np.array([json.dumps(t) for t in vectors], dtype=str),
-            "vectors": (np.stack([self.vectors[t] for t in vectors]) if vectors
-                        else np.zeros((0, width), dtype=np.float32)),
+            "vectors": (
+                np.stack([self.vectors[t] for t in vectors]) if vectors else np.zeros((0, width), dtype=np.float32)
+            ),
         }
         self._chunks += 1
         name = f"{self.folder}/chunk-{time.time_ns():020d}-{os.getpid()}-{self._chunks:06d}"
@@ -290,17 +302,25 @@ def shared_key(attack_wrapper: "ModelWrapper", settings: "AttackSettings") -> st
     """The store's key: attack model, its input length, every setting, TextAttack's version."""
     from miniature.core.cache import fingerprint
 
-    return fingerprint("attack-model-outputs", ATTACK_VERSION, textattack_version(),
-                       attack_wrapper.fingerprint, attack_wrapper.max_length, settings_key(settings))
+    return fingerprint(
+        "attack-model-outputs",
+        ATTACK_VERSION,
+        textattack_version(),
+        attack_wrapper.fingerprint,
+        attack_wrapper.max_length,
+        settings_key(settings),
+    )
 
 
-def shared_outputs(attack_wrapper: "ModelWrapper", settings: "AttackSettings",
-                   cache: "OutputCache | None") -> SharedAttackOutputs:
+def shared_outputs(
+    attack_wrapper: "ModelWrapper", settings: "AttackSettings", cache: "OutputCache | None"
+) -> SharedAttackOutputs:
     """The run's store for this attack model and settings (one per wrapper, so a gate's
     targets share it), loaded from ``cache`` the first time."""
     key = shared_key(attack_wrapper, settings)
-    stores: dict[tuple[str, str | None], SharedAttackOutputs] = \
-        attack_wrapper.__dict__.setdefault("_miniature_shared_attack_outputs", {})
+    stores: dict[tuple[str, str | None], SharedAttackOutputs] = attack_wrapper.__dict__.setdefault(
+        "_miniature_shared_attack_outputs", {}
+    )
     root = str(cache.root) if cache is not None and cache.root is not None else None
     if (key, root) not in stores:
         stores[(key, root)] = SharedAttackOutputs(key, cache)
@@ -314,14 +334,12 @@ def shared_outputs(attack_wrapper: "ModelWrapper", settings: "AttackSettings",
 class SharedBertAttackSwap(LocalBertAttackSwap):
     """:class:`LocalBertAttackSwap` whose replacement words come from the shared store."""
 
-    def __init__(self, attack_wrapper: "ModelWrapper", settings: "AttackSettings",
-                 router: "AttackRouter") -> None:
+    def __init__(self, attack_wrapper: "ModelWrapper", settings: "AttackSettings", router: "AttackRouter") -> None:
         super().__init__(attack_wrapper, settings)
         self.router = router
 
     def _get_transformations(self, current_text: Any, indices_to_modify: Any) -> list[Any]:
-        if self.word_cap is not None and \
-                len(current_text.attack_attrs.get("modified_indices", ())) >= self.word_cap:
+        if self.word_cap is not None and len(current_text.attack_attrs.get("modified_indices", ())) >= self.word_cap:
             return []
         indices = list(indices_to_modify)
         words = self.router.replacement_words(current_text, indices)
@@ -338,8 +356,7 @@ class SharedBertAttackSwap(LocalBertAttackSwap):
 class SharedSimilarity(AttackModelSimilarity):
     """:class:`AttackModelSimilarity` whose sentence vectors come from the shared store."""
 
-    def __init__(self, attack_wrapper: "ModelWrapper", threshold: float,
-                 router: "AttackRouter") -> None:
+    def __init__(self, attack_wrapper: "ModelWrapper", threshold: float, router: "AttackRouter") -> None:
         super().__init__(attack_wrapper, threshold)
         self.router = router
 
@@ -363,8 +380,9 @@ class MemoTarget(TargetModelWrapper):
         if not items:
             return np.zeros((0, int(self.wrapper.num_labels)), dtype=np.float32)
         if not all(isinstance(item, str) for item in items):
-            raise TypeError("the batched attack takes single texts; fix: use "
-                            "AttackSettings(engine='textattack') for text pairs")
+            raise TypeError(
+                "the batched attack takes single texts; fix: use AttackSettings(engine='textattack') for text pairs"
+            )
         self.queries += len(items)
         self.calls += 1
         return self.router.logits(items)
@@ -373,16 +391,20 @@ class MemoTarget(TargetModelWrapper):
 class AttackRouter:
     """Answers the attack's model calls from memos, batching the misses in a :class:`Lockstep`."""
 
-    def __init__(self, attack_wrapper: "ModelWrapper", target_wrapper: "ModelWrapper",
-                 settings: "AttackSettings", shared: SharedAttackOutputs) -> None:
+    def __init__(
+        self,
+        attack_wrapper: "ModelWrapper",
+        target_wrapper: "ModelWrapper",
+        settings: "AttackSettings",
+        shared: SharedAttackOutputs,
+    ) -> None:
         self.attack_wrapper = attack_wrapper
         self.target_wrapper = target_wrapper
         self.settings = settings
         self.shared = shared
         self.target_memo: dict[str, np.ndarray] = {}
         self.computed = 0
-        self.lockstep = Lockstep({"target": self._target_batch, "mlm": self._mlm_batch,
-                                  "encode": self._encode_batch})
+        self.lockstep = Lockstep({"target": self._target_batch, "mlm": self._mlm_batch, "encode": self._encode_batch})
         self.swap = LocalBertAttackSwap(attack_wrapper, settings)  # its replacement-word code
         self.max_length = self.swap.max_length
 
@@ -461,7 +483,7 @@ class AttackRouter:
         with torch.no_grad():
             while start < len(order):
                 size = max(1, budget // lengths[order[start]])  # longest first: it bounds the pad
-                batch = order[start:start + size]
+                batch = order[start : start + size]
                 start += size
                 features = [{k: encoded[k][i] for k in keys} for i in batch]
                 padded = tokenizer.pad(features, return_tensors="pt")
@@ -476,26 +498,38 @@ class AttackRouter:
                     current_text, indices = wanted[texts[i]]
                     for index in sorted(indices):
                         words = swap._bert_attack_replacement_words(
-                            current_text, index, id_preds=id_preds, masked_lm_logits=masked_lm_logits)
+                            current_text, index, id_preds=id_preds, masked_lm_logits=masked_lm_logits
+                        )
                         self.shared.add_words(texts[i], index, words)
                 del logits
         return [None] * len(payloads)
 
 
-def build_batched_attacks(attack_wrapper: "ModelWrapper", target_wrapper: "ModelWrapper",
-                          settings: "AttackSettings", stopwords: Sequence[str],
-                          shared: SharedAttackOutputs) -> tuple[AttackRouter, Callable[[], Any]]:
+def build_batched_attacks(
+    attack_wrapper: "ModelWrapper",
+    target_wrapper: "ModelWrapper",
+    settings: "AttackSettings",
+    stopwords: Sequence[str],
+    shared: SharedAttackOutputs,
+) -> tuple[AttackRouter, Callable[[], Any]]:
     """The router and a factory of :class:`textattack.Attack` objects routed through it,
     assembled exactly as :func:`~miniature.core.attack.recipe.build_attack` assembles the sequential one."""
     router = AttackRouter(attack_wrapper, target_wrapper, settings, shared)
 
     def make() -> Any:
         target = MemoTarget(target_wrapper, router)
-        return build_attack(attack_wrapper, target, settings, stopwords,
-                            transformation=SharedBertAttackSwap(attack_wrapper, settings, router),
-                            similarity=(SharedSimilarity(attack_wrapper, settings.similarity_threshold,
-                                                         router)
-                                        if settings.similarity_threshold is not None else None),
-                            model_batch_size=2**31 - 1)
+        return build_attack(
+            attack_wrapper,
+            target,
+            settings,
+            stopwords,
+            transformation=SharedBertAttackSwap(attack_wrapper, settings, router),
+            similarity=(
+                SharedSimilarity(attack_wrapper, settings.similarity_threshold, router)
+                if settings.similarity_threshold is not None
+                else None
+            ),
+            model_batch_size=2**31 - 1,
+        )
 
     return router, make

@@ -87,13 +87,15 @@ class TargetModelWrapper(_TextAttackModelWrapper):
                 return self.wrapper.logits([a for a, _ in items], [b for _, b in items])
         finally:
             self.wrapper.progress = progress
-        raise TypeError("TargetModelWrapper takes texts or (text, text) pairs, got "
-                        f"{type(items[0]).__name__}")
+        raise TypeError(f"TargetModelWrapper takes texts or (text, text) pairs, got {type(items[0]).__name__}")
 
     def _tokenize(self, inputs: Sequence[str]) -> list[list[str]]:
-        return [self.tokenizer.convert_ids_to_tokens(
-            self.tokenizer(text, truncation=True, max_length=self.wrapper.max_length)["input_ids"])
-            for text in inputs]
+        return [
+            self.tokenizer.convert_ids_to_tokens(
+                self.tokenizer(text, truncation=True, max_length=self.wrapper.max_length)["input_ids"]
+            )
+            for text in inputs
+        ]
 
 
 class AttackModelSimilarity(SentenceEncoder):
@@ -105,8 +107,7 @@ class AttackModelSimilarity(SentenceEncoder):
     """
 
     def __init__(self, attack_wrapper: "ModelWrapper", threshold: float = 0.2) -> None:
-        super().__init__(threshold=threshold, metric="cosine", compare_against_original=True,
-                         window_size=None)
+        super().__init__(threshold=threshold, metric="cosine", compare_against_original=True, window_size=None)
         self.attack_wrapper = attack_wrapper
         self.model = self  # SentenceEncoder._sim_score calls self.model.encode
 
@@ -134,8 +135,7 @@ class SentenceEncoderSimilarity(SentenceEncoder):
     """
 
     def __init__(self, encoder: "ModelWrapper", threshold: float) -> None:
-        super().__init__(threshold=threshold, metric="cosine", compare_against_original=True,
-                         window_size=None)
+        super().__init__(threshold=threshold, metric="cosine", compare_against_original=True, window_size=None)
         self.encoder = encoder
         self.model = self  # SentenceEncoder._sim_score calls self.model.encode
         self._memo = _MEMO.setdefault(id(encoder), {})
@@ -199,8 +199,9 @@ class _DecoderCompatibilityFilter:
 
     def filter(self, record: Any) -> bool:
         message = str(record.getMessage())
-        return not (message.startswith("Unknown if model of class") and
-                    ("ForCausalLM" in message or "LMHeadModel" in message))
+        return not (
+            message.startswith("Unknown if model of class") and ("ForCausalLM" in message or "LMHeadModel" in message)
+        )
 
 
 _ta_utils.logger.addFilter(_DecoderCompatibilityFilter())
@@ -229,10 +230,13 @@ class LocalBertAttackSwap(WordSwapMaskedLM):
     def __init__(self, attack_wrapper: "ModelWrapper", settings: "AttackSettings") -> None:
         model = attack_wrapper.model
         device = next(model.parameters()).device
-        super().__init__(method="bert-attack", masked_language_model=model,
-                         tokenizer=attack_wrapper.tokenizer,
-                         max_length=settings.max_length or attack_wrapper.max_length,
-                         max_candidates=settings.max_candidates)
+        super().__init__(
+            method="bert-attack",
+            masked_language_model=model,
+            tokenizer=attack_wrapper.tokenizer,
+            max_length=settings.max_length or attack_wrapper.max_length,
+            max_candidates=settings.max_candidates,
+        )
         model.to(device)  # WordSwapMaskedLM moves it to TextAttack's device; put it back
         self.input_names = set(attack_wrapper.input_names)
         self.subword_candidates = settings.subword_candidates
@@ -240,20 +244,20 @@ class LocalBertAttackSwap(WordSwapMaskedLM):
         self.word_cap = settings.top_k_words
 
     def _encode_text(self, text: str | list[str]) -> dict[str, torch.Tensor]:
-        encoding = self._lm_tokenizer(text, max_length=self.max_length, truncation=True,
-                                      padding=True, return_tensors="pt")
+        encoding = self._lm_tokenizer(
+            text, max_length=self.max_length, truncation=True, padding=True, return_tensors="pt"
+        )
         device = next(self._language_model.parameters()).device
         return {k: v.to(device) for k, v in encoding.items() if k in self.input_names}
 
     def _get_transformations(self, current_text: Any, indices_to_modify: Any) -> list[Any]:
-        if self.word_cap is not None and \
-                len(current_text.attack_attrs.get("modified_indices", ())) >= self.word_cap:
+        if self.word_cap is not None and len(current_text.attack_attrs.get("modified_indices", ())) >= self.word_cap:
             return []
         return super()._get_transformations(current_text, indices_to_modify)
 
-    def _bert_attack_replacement_words(self, current_text: Any, index: int,
-                                       id_preds: torch.Tensor,
-                                       masked_lm_logits: torch.Tensor) -> list[str]:
+    def _bert_attack_replacement_words(
+        self, current_text: Any, index: int, id_preds: torch.Tensor, masked_lm_logits: torch.Tensor
+    ) -> list[str]:
         tokenizer = self._lm_tokenizer
         masked_text = current_text.replace_word_at_index(index, tokenizer.mask_token)
         masked_ids = self._encode_text(masked_text.text)["input_ids"][0].tolist()
@@ -271,13 +275,11 @@ class LocalBertAttackSwap(WordSwapMaskedLM):
             words = []
             for token_id in id_preds[positions[0]].tolist():
                 token = tokenizer.convert_ids_to_tokens(token_id)
-                if _ta_utils.is_one_word(token) and not _ta_utils.check_if_subword(
-                        token, model_type, index == 0):
+                if _ta_utils.is_one_word(token) and not _ta_utils.check_if_subword(token, model_type, index == 0):
                     words.append(token)
             return words
         per_position = id_preds[positions, : self.subword_candidates].tolist()
-        combinations = list(itertools.islice(itertools.product(*per_position),
-                                             self.max_combinations))
+        combinations = list(itertools.islice(itertools.product(*per_position), self.max_combinations))
         candidates = torch.tensor(combinations, dtype=torch.long)  # (m, n)
         log_probs = torch.log_softmax(masked_lm_logits[positions].float(), dim=-1)  # (n, V)
         nll = -log_probs[torch.arange(len(positions)).unsqueeze(0), candidates]  # (m, n)
@@ -293,10 +295,16 @@ class LocalBertAttackSwap(WordSwapMaskedLM):
         return super().extra_repr_keys() + ["subword_candidates", "max_combinations", "word_cap"]
 
 
-def build_attack(attack_wrapper: "ModelWrapper", target: TargetModelWrapper,
-                 settings: "AttackSettings", stopwords: Sequence[str], *,
-                 transformation: Any = None, similarity: Any = None,
-                 model_batch_size: int | None = None) -> "textattack.Attack":
+def build_attack(
+    attack_wrapper: "ModelWrapper",
+    target: TargetModelWrapper,
+    settings: "AttackSettings",
+    stopwords: Sequence[str],
+    *,
+    transformation: Any = None,
+    similarity: Any = None,
+    model_batch_size: int | None = None,
+) -> "textattack.Attack":
     """BERT-Attack from TextAttack's parts, as ``BERTAttackLi2020.build`` assembles them.
 
     ``transformation``, ``similarity`` and ``model_batch_size`` replace the masked-LM swap,
@@ -315,8 +323,7 @@ def build_attack(attack_wrapper: "ModelWrapper", target: TargetModelWrapper,
     transformation = transformation or LocalBertAttackSwap(attack_wrapper, settings)
     constraints: list[Any] = [RepeatModification(), StopwordModification(stopwords=stopwords)]
     if settings.max_percent is not None or settings.top_k_words is not None:
-        constraints.append(MaxWordsPerturbed(max_num_words=settings.top_k_words,
-                                             max_percent=settings.max_percent))
+        constraints.append(MaxWordsPerturbed(max_num_words=settings.top_k_words, max_percent=settings.max_percent))
     if settings.sentiment_filter:
         constraints.append(SentimentFlipFilter())
     if settings.similarity_threshold is not None:
@@ -325,8 +332,11 @@ def build_attack(attack_wrapper: "ModelWrapper", target: TargetModelWrapper,
         elif settings.similarity_encoder is None:
             constraints.append(AttackModelSimilarity(attack_wrapper, settings.similarity_threshold))
         else:
-            constraints.append(SentenceEncoderSimilarity(
-                similarity_encoder(settings.similarity_encoder), settings.similarity_threshold))
+            constraints.append(
+                SentenceEncoderSimilarity(
+                    similarity_encoder(settings.similarity_encoder), settings.similarity_threshold
+                )
+            )
     ta_logger = logging.getLogger("textattack.shared.utils.install")
     level = ta_logger.level
     ta_logger.setLevel(logging.WARNING)  # quiet "goal function compatible with model" notes

@@ -15,8 +15,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from miniature.core.attack.settings import (DEFAULT_SAMPLE_SIZE, RESULTS, AttackSettings, is_whole_number,
-                                            settings_key)
+from miniature.core.attack.settings import DEFAULT_SAMPLE_SIZE, RESULTS, AttackSettings, is_whole_number, settings_key
 from miniature.core.attack.textattack_offline import ATTACK_VERSION, english_stopwords, textattack_version
 from miniature.core.cache import OutputCache, append_record, fingerprint, fingerprint_texts
 from miniature.errors import NotApplicable
@@ -51,8 +50,7 @@ def sample_items(n_items: int, sample_size: int | None = DEFAULT_SAMPLE_SIZE, se
     if sample_size is None or sample_size >= n_items:
         return list(range(n_items))
     if not is_whole_number(sample_size) or sample_size < 1:
-        raise ValueError(f"sample_size must be a whole number >= 1 or None (all items), got "
-                         f"{sample_size!r}")
+        raise ValueError(f"sample_size must be a whole number >= 1 or None (all items), got {sample_size!r}")
     return sorted(random.Random(seed).sample(range(n_items), sample_size))
 
 
@@ -97,26 +95,37 @@ def attack_model_outcomes(
     num_labels = check_classifier(target_wrapper, "target")
     bad = [i for i, label in enumerate(labels) if not 0 <= label < num_labels]
     if bad:
-        raise ValueError(f"labels: item {bad[0]} has label {labels[bad[0]]}, but the target "
-                         f"{target_wrapper.name!r} has {num_labels} classes (0..{num_labels - 1}); "
-                         "fix: map the labels to class indices")
+        raise ValueError(
+            f"labels: item {bad[0]} has label {labels[bad[0]]}, but the target "
+            f"{target_wrapper.name!r} has {num_labels} classes (0..{num_labels - 1}); "
+            "fix: map the labels to class indices"
+        )
     vocab = int(getattr(attack_model_wrapper.model.config, "vocab_size", 0) or 0)
     if vocab and settings.max_candidates > vocab:
-        raise ValueError(f"settings.max_candidates={settings.max_candidates} exceeds the attack "
-                         f"model's vocabulary ({vocab} tokens); fix: lower max_candidates")
+        raise ValueError(
+            f"settings.max_candidates={settings.max_candidates} exceeds the attack "
+            f"model's vocabulary ({vocab} tokens); fix: lower max_candidates"
+        )
     cache = cache if cache is not None else OutputCache(None)
-    key = fingerprint(ATTACK_VERSION, textattack_version(), attack_model_wrapper.fingerprint,
-                      attack_model_wrapper.max_length, target_wrapper.fingerprint,
-                      target_wrapper.max_length, fingerprint_texts(texts), labels,
-                      settings_key(settings), seed)
+    key = fingerprint(
+        ATTACK_VERSION,
+        textattack_version(),
+        attack_model_wrapper.fingerprint,
+        attack_model_wrapper.max_length,
+        target_wrapper.fingerprint,
+        target_wrapper.max_length,
+        fingerprint_texts(texts),
+        labels,
+        settings_key(settings),
+        seed,
+    )
     offset = 0
     if items is None:
         gather_shards(cache, key)
     else:
         offset, stop = items
         if not (is_whole_number(offset) and is_whole_number(stop) and 0 <= offset < stop <= len(texts)):
-            raise ValueError(f"items={items!r} is not a range (start, stop) within the "
-                             f"{len(texts)} texts")
+            raise ValueError(f"items={items!r} is not a range (start, stop) within the {len(texts)} texts")
         if not cache.refresh:
             _, whole = cache.read_journal("adversarial", key)
             if all(i in whole for i in range(offset, stop)):
@@ -125,9 +134,17 @@ def attack_model_outcomes(
         texts, labels = texts[offset:stop], labels[offset:stop]
         key = shard_key(key, offset, stop)
     if settings.engine == "batched":
-        return _batched_outcomes(attack_model_wrapper, target_wrapper, texts, labels,
-                                 settings=settings, cache=cache, key=key, progress=progress,
-                                 window=window)
+        return _batched_outcomes(
+            attack_model_wrapper,
+            target_wrapper,
+            texts,
+            labels,
+            settings=settings,
+            cache=cache,
+            key=key,
+            progress=progress,
+            window=window,
+        )
     state: dict[str, Any] = {}
 
     def compute(item: tuple[int, str, int]) -> dict[str, Any]:
@@ -141,8 +158,7 @@ def attack_model_outcomes(
         from tqdm.auto import tqdm
 
         todo = list(todo)
-        return tqdm(todo, desc=f"BERT-Attack [{target_wrapper.name}]", unit="item",
-                    disable=not progress or not todo)
+        return tqdm(todo, desc=f"BERT-Attack [{target_wrapper.name}]", unit="item", disable=not progress or not todo)
 
     todo = [(offset + i, text, label) for i, (text, label) in enumerate(zip(texts, labels))]
     return cache.records("adversarial", key, todo, compute, progress=bar)
@@ -166,7 +182,7 @@ def gather_shards(cache: OutputCache, key: str) -> int:
     journal, done = cache.read_journal("adversarial", key)
     added = 0
     for path in shards:
-        start = int(path.name[len(key) + len(".items-"):].split("-")[0])
+        start = int(path.name[len(key) + len(".items-") :].split("-")[0])
         _, records = cache.read_journal("adversarial", path.name[: -len(".jsonl")])
         for local, record in sorted(records.items()):
             index = start + local
@@ -179,10 +195,18 @@ def gather_shards(cache: OutputCache, key: str) -> int:
     return added
 
 
-def _batched_outcomes(attack_model_wrapper: "ModelWrapper", target_wrapper: "ModelWrapper",
-                      texts: list[str], labels: list[int], *, settings: AttackSettings,
-                      cache: OutputCache, key: str, progress: bool,
-                      window: int | None) -> list[dict[str, Any]]:
+def _batched_outcomes(
+    attack_model_wrapper: "ModelWrapper",
+    target_wrapper: "ModelWrapper",
+    texts: list[str],
+    labels: list[int],
+    *,
+    settings: AttackSettings,
+    cache: OutputCache,
+    key: str,
+    progress: bool,
+    window: int | None,
+) -> list[dict[str, Any]]:
     """``engine="batched"``: the items not yet journalled, attacked in lockstep.
 
     Outcomes go to the same journal as the sequential path's (one JSON line per item, as
@@ -200,8 +224,7 @@ def _batched_outcomes(attack_model_wrapper: "ModelWrapper", target_wrapper: "Mod
     from miniature.core.attack.engine import DEFAULT_WINDOW, build_batched_attacks, shared_outputs
 
     shared = shared_outputs(attack_model_wrapper, settings, cache)
-    router, make = build_batched_attacks(attack_model_wrapper, target_wrapper, settings,
-                                         english_stopwords(), shared)
+    router, make = build_batched_attacks(attack_model_wrapper, target_wrapper, settings, english_stopwords(), shared)
     free: list[Any] = []
 
     def job(index: int) -> Any:
@@ -211,10 +234,10 @@ def _batched_outcomes(attack_model_wrapper: "ModelWrapper", target_wrapper: "Mod
                 return _attack_one(attack, texts[index], labels[index], settings)
             finally:
                 free.append(attack)
+
         return run
 
-    bar = tqdm(total=len(todo), desc=f"BERT-Attack [{target_wrapper.name}]", unit="item",
-               disable=not progress)
+    bar = tqdm(total=len(todo), desc=f"BERT-Attack [{target_wrapper.name}]", unit="item", disable=not progress)
 
     def finished(index: int, outcome: dict[str, Any]) -> None:
         record = dict(outcome)
@@ -226,16 +249,16 @@ def _batched_outcomes(attack_model_wrapper: "ModelWrapper", target_wrapper: "Mod
         bar.update(1)
 
     try:
-        router.lockstep.run(((i, job(i)) for i in todo), window=window or DEFAULT_WINDOW,
-                            on_done=finished)
+        router.lockstep.run(((i, job(i)) for i in todo), window=window or DEFAULT_WINDOW, on_done=finished)
     finally:
         shared.flush(force=True)
         bar.close()
     return [done[i] for i in range(len(texts))]
 
 
-def _build(attack_model_wrapper: "ModelWrapper", target_wrapper: "ModelWrapper",
-           settings: AttackSettings) -> dict[str, Any]:
+def _build(
+    attack_model_wrapper: "ModelWrapper", target_wrapper: "ModelWrapper", settings: AttackSettings
+) -> dict[str, Any]:
     from miniature.core.attack.recipe import TargetModelWrapper, build_attack
 
     target = TargetModelWrapper(target_wrapper)
@@ -271,8 +294,7 @@ def _attack_one(attack: Any, text: str, label: int, settings: AttackSettings) ->
         "original_text": text,
         "perturbed_text": None if skipped else perturbed.attacked_text.text,
         "perturbed_prediction": original_prediction if skipped else int(perturbed.output),
-        "words_changed": 0 if skipped else len(perturbed.attacked_text.all_words_diff(
-            original.attacked_text)),
+        "words_changed": 0 if skipped else len(perturbed.attacked_text.all_words_diff(original.attacked_text)),
         "queries": queries,
         "seconds": round(seconds, 4),
     }
@@ -296,8 +318,9 @@ def _seeded(seed: int) -> Iterator[None]:
             np.random.set_state(np_state)
 
 
-def transfer_predictions(ref_outcomes: Sequence[Mapping[str, Any]],
-                         candidate_wrapper: "ModelWrapper") -> dict[int, int]:
+def transfer_predictions(
+    ref_outcomes: Sequence[Mapping[str, Any]], candidate_wrapper: "ModelWrapper"
+) -> dict[int, int]:
     """The candidate's predictions on the adversarial texts found against the reference.
 
     Keyed by item index (position in ``ref_outcomes``); only the reference's successful
@@ -309,8 +332,10 @@ def transfer_predictions(ref_outcomes: Sequence[Mapping[str, Any]],
     indices = [i for i, o in enumerate(ref_outcomes) if o["result"] == "successful"]
     missing = [i for i in indices if not isinstance(ref_outcomes[i].get("perturbed_text"), str)]
     if missing:
-        raise ValueError(f"ref_outcomes: item {missing[0]} is a successful attack with no "
-                         "perturbed_text; fix: pass outcomes from attack_model_outcomes")
+        raise ValueError(
+            f"ref_outcomes: item {missing[0]} is a successful attack with no "
+            "perturbed_text; fix: pass outcomes from attack_model_outcomes"
+        )
     if not indices:
         return {}
     logits = candidate_wrapper.logits([ref_outcomes[i]["perturbed_text"] for i in indices])
@@ -323,18 +348,15 @@ def transfer_predictions(ref_outcomes: Sequence[Mapping[str, Any]],
 
 def _check_inputs(texts: Sequence[str], labels: Sequence[int]) -> tuple[list[str], list[int]]:
     if isinstance(texts, str):
-        raise ValueError("texts must be a sequence of texts, got a single string; fix: wrap it "
-                         "in a list")
+        raise ValueError("texts must be a sequence of texts, got a single string; fix: wrap it in a list")
     texts, labels = list(texts), list(labels)
     if not texts:
         raise ValueError("texts is empty; fix: pass at least one text to attack")
     if len(texts) != len(labels):
-        raise ValueError(f"texts has {len(texts)} items but labels has {len(labels)}; fix: pass "
-                         "one label per text")
+        raise ValueError(f"texts has {len(texts)} items but labels has {len(labels)}; fix: pass one label per text")
     for i, text in enumerate(texts):
         if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"texts: item {i} is {text!r}, not a non-empty string; fix: drop "
-                             "or repair it")
+            raise ValueError(f"texts: item {i} is {text!r}, not a non-empty string; fix: drop or repair it")
     clean = []
     for i, label in enumerate(labels):
         try:
@@ -342,8 +364,9 @@ def _check_inputs(texts: Sequence[str], labels: Sequence[int]) -> tuple[list[str
         except (TypeError, ValueError):
             value = None
         if value is None or value != label or isinstance(label, bool):
-            raise ValueError(f"labels: item {i} is {label!r}, not a class index; fix: map "
-                             "labels to integers 0..num_labels-1")
+            raise ValueError(
+                f"labels: item {i} is {label!r}, not a class index; fix: map labels to integers 0..num_labels-1"
+            )
         clean.append(value)
     return texts, clean
 
@@ -351,48 +374,60 @@ def _check_inputs(texts: Sequence[str], labels: Sequence[int]) -> tuple[list[str
 def check_outcomes(outcomes: Sequence[Mapping[str, Any]], name: str) -> None:
     """A list of outcome dicts as :func:`attack_model_outcomes` returns, or a ValueError naming ``name``."""
     if isinstance(outcomes, Mapping) or not isinstance(outcomes, Sequence):
-        raise ValueError(f"{name} must be a list of outcome dicts (from attack_model_outcomes), "
-                         f"got {type(outcomes).__name__}")
+        raise ValueError(
+            f"{name} must be a list of outcome dicts (from attack_model_outcomes), got {type(outcomes).__name__}"
+        )
     if not outcomes:
         raise ValueError(f"{name} is empty; fix: attack at least one item")
     for i, outcome in enumerate(outcomes):
         if not isinstance(outcome, Mapping) or outcome.get("result") not in RESULTS:
             got = outcome.get("result") if isinstance(outcome, Mapping) else outcome
-            raise ValueError(f"{name}: item {i} has result {got!r}; each outcome needs "
-                             f"'result' in {RESULTS}; fix: pass outcomes from "
-                             "attack_model_outcomes")
+            raise ValueError(
+                f"{name}: item {i} has result {got!r}; each outcome needs "
+                f"'result' in {RESULTS}; fix: pass outcomes from "
+                "attack_model_outcomes"
+            )
         correct = outcome.get("original_correct")
         if correct is not None and bool(correct) != (outcome["result"] != "skipped"):
-            raise ValueError(f"{name}: item {i} has original_correct={correct} but result "
-                             f"{outcome['result']!r}; only originally wrong items are skipped")
+            raise ValueError(
+                f"{name}: item {i} has original_correct={correct} but result "
+                f"{outcome['result']!r}; only originally wrong items are skipped"
+            )
 
 
 def _check_masked_lm(wrapper: "ModelWrapper") -> None:
     model = getattr(wrapper, "model", None)
     tokenizer = getattr(wrapper, "tokenizer", None)
     get_lm = getattr(model, "get_output_embeddings", None)
-    if model is None or get_lm is None or get_lm() is None or \
-            "MaskedLM" not in type(model).__name__:
-        raise ValueError(f"attack model {getattr(wrapper, 'name', wrapper)!r} has no masked-LM "
-                         f"head ({type(model).__name__}); fix: load it with "
-                         "load_model(..., head='masked-lm')")
+    if model is None or get_lm is None or get_lm() is None or "MaskedLM" not in type(model).__name__:
+        raise ValueError(
+            f"attack model {getattr(wrapper, 'name', wrapper)!r} has no masked-LM "
+            f"head ({type(model).__name__}); fix: load it with "
+            "load_model(..., head='masked-lm')"
+        )
     missing = list(getattr(wrapper, "missing_head", None) or [])
     if missing:
-        raise ValueError(f"attack model {wrapper.name!r} has no masked-LM head ({', '.join(missing[:4])} "
-                         "were newly initialised at random); fix: pass a masked-LM checkpoint "
-                         "such as bert-base")
+        raise ValueError(
+            f"attack model {wrapper.name!r} has no masked-LM head ({', '.join(missing[:4])} "
+            "were newly initialised at random); fix: pass a masked-LM checkpoint "
+            "such as bert-base"
+        )
     if getattr(tokenizer, "mask_token_id", None) is None:
-        raise ValueError(f"attack model {wrapper.name!r}: its tokenizer has no mask token; fix: "
-                         "use a masked language model such as BERT as the attack model")
+        raise ValueError(
+            f"attack model {wrapper.name!r}: its tokenizer has no mask token; fix: "
+            "use a masked language model such as BERT as the attack model"
+        )
 
 
 def check_classifier(wrapper: "ModelWrapper", role: str) -> int:
     """The number of classes of a sequence classifier, or a ValueError naming the ``role``."""
     model = getattr(wrapper, "model", None)
     if model is None or not getattr(wrapper, "is_classifier", False):
-        raise ValueError(f"{role} model {getattr(wrapper, 'name', wrapper)!r} is not a sequence "
-                         f"classifier ({type(model).__name__}); fix: load it with "
-                         "load_model(..., head='classification')")
+        raise ValueError(
+            f"{role} model {getattr(wrapper, 'name', wrapper)!r} is not a sequence "
+            f"classifier ({type(model).__name__}); fix: load it with "
+            "load_model(..., head='classification')"
+        )
     return int(wrapper.num_labels)
 
 
@@ -470,17 +505,21 @@ class AttackRunner:
         """Raise NotApplicable when ``name`` cannot be attacked (the user's models and data first)."""
         host = self.host
         if host.task != "classification":
-            raise NotApplicable("the adversarial check attacks a sentiment classifier, as the paper "
-                                "does on IMDB; run it with --task classification")
+            raise NotApplicable(
+                "the adversarial check attacks a sentiment classifier, as the paper "
+                "does on IMDB; run it with --task classification"
+            )
         problem = host.head_problem(name)
         if problem:
             raise NotApplicable(problem)
         if host.data.test.labels is None:
             raise NotApplicable(host.unlabelled("test", "the attack needs each item's gold label"))
         if host.multiple_choice:
-            raise NotApplicable(f"the test data {host.data.test.source!r} is multiple-choice; the attack perturbs "
-                                "a text/label classifier's input, as the paper does on IMDB; fix: pass text/label "
-                                "data to run the attack")
+            raise NotApplicable(
+                f"the test data {host.data.test.source!r} is multiple-choice; the attack perturbs "
+                "a text/label classifier's input, as the paper does on IMDB; fix: pass text/label "
+                "data to run the attack"
+            )
         if host.attack_problem is not None:
             raise NotApplicable(host.attack_problem)
 
@@ -494,19 +533,27 @@ class AttackRunner:
         translation = host.label_translation(name)  # model id -> data id; the attack runs on model ids
         if translation is not None:
             if len(set(translation.tolist())) != len(translation):
-                raise NotApplicable(f"model {name!r} gives several of its labels the same data label "
-                                    "(--label-map), so an attack on its ids has no single target "
-                                    "label; fix: map each model label to its own data label id")
+                raise NotApplicable(
+                    f"model {name!r} gives several of its labels the same data label "
+                    "(--label-map), so an attack on its ids has no single target "
+                    "label; fix: map each model label to its own data label id"
+                )
             to_model = {int(data): model for model, data in enumerate(translation)}
             labels = [to_model[label] for label in labels]
         outcomes = attack_model_outcomes(
-            host.attack_wrapper(), host.wrapper(name), [test.texts[i] for i in index], labels,
-            settings=AttackSettings(top_k_words=host.settings.attack_top_k,
-                                    max_length=min(host.settings.max_length,
-                                                   host.attack_wrapper().max_length)),
-            cache=host.cache, seed=host.settings.seed, items=items)
+            host.attack_wrapper(),
+            host.wrapper(name),
+            [test.texts[i] for i in index],
+            labels,
+            settings=AttackSettings(
+                top_k_words=host.settings.attack_top_k,
+                max_length=min(host.settings.max_length, host.attack_wrapper().max_length),
+            ),
+            cache=host.cache,
+            seed=host.settings.seed,
+            items=items,
+        )
         if translation is None:
             return outcomes
         ids = ("label", "original_prediction", "perturbed_prediction")  # back to the data's ids
-        return [{**o, **{key: int(translation[o[key]]) for key in ids if o.get(key) is not None}}
-                for o in outcomes]
+        return [{**o, **{key: int(translation[o[key]]) for key in ids if o.get(key) is not None}} for o in outcomes]

@@ -64,28 +64,32 @@ class AttackSettings:
     subword_candidates: int = 4
     max_combinations: int = 24
     max_length: int | None = None
-    engine: str = field(default_factory=lambda: os.environ.get("MINIATURE_ATTACK_ENGINE",
-                                                               "batched"))
+    engine: str = field(default_factory=lambda: os.environ.get("MINIATURE_ATTACK_ENGINE", "batched"))
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
-            raise ValueError(f"AttackSettings.engine must be one of {ENGINES}, got {self.engine!r}"
-                             " (MINIATURE_ATTACK_ENGINE sets the default)")
+            raise ValueError(
+                f"AttackSettings.engine must be one of {ENGINES}, got {self.engine!r}"
+                " (MINIATURE_ATTACK_ENGINE sets the default)"
+            )
         for name in ("top_k_words", "query_budget", "max_length"):
             value = getattr(self, name)
             if value is not None and (not is_whole_number(value) or value < 1):
-                raise ValueError(f"AttackSettings.{name} must be a whole number >= 1 or None, "
-                                 f"got {value!r}")
+                raise ValueError(f"AttackSettings.{name} must be a whole number >= 1 or None, got {value!r}")
         for name in ("max_candidates", "subword_candidates", "max_combinations"):
             value = getattr(self, name)
             if not is_whole_number(value) or value < 1:
                 raise ValueError(f"AttackSettings.{name} must be a whole number >= 1, got {value!r}")
         if self.max_percent is not None and not (0 < self.max_percent <= 1):
-            raise ValueError(f"AttackSettings.max_percent must lie in (0, 1] or be None, got "
-                             f"{self.max_percent!r}; the recipe uses 0.4")
+            raise ValueError(
+                f"AttackSettings.max_percent must lie in (0, 1] or be None, got "
+                f"{self.max_percent!r}; the recipe uses 0.4"
+            )
         if self.similarity_threshold is not None and not (-1 <= self.similarity_threshold <= 1):
-            raise ValueError("AttackSettings.similarity_threshold is a cosine similarity in "
-                             f"[-1, 1] or None, got {self.similarity_threshold!r}")
+            raise ValueError(
+                "AttackSettings.similarity_threshold is a cosine similarity in "
+                f"[-1, 1] or None, got {self.similarity_threshold!r}"
+            )
 
 
 def settings_key(settings: AttackSettings) -> dict[str, Any]:

@@ -56,8 +56,9 @@ def attack_figures(outcomes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     after = survived / n
     drop = original - after
     queries = [o.get("queries") for o in attacked if o.get("queries") is not None]
-    changed = [o.get("words_changed") for o in outcomes
-               if o["result"] == "successful" and o.get("words_changed") is not None]
+    changed = [
+        o.get("words_changed") for o in outcomes if o["result"] == "successful" and o.get("words_changed") is not None
+    ]
     return {
         "n": n,
         "original_accuracy": original,
@@ -112,25 +113,31 @@ def measure_adversarial(
     check_outcomes(ref_outcomes, "ref_outcomes")
     check_outcomes(cand_outcomes, "cand_outcomes")
     if len(ref_outcomes) != len(cand_outcomes):
-        raise ValueError(f"ref_outcomes has {len(ref_outcomes)} items but cand_outcomes has "
-                         f"{len(cand_outcomes)}; fix: attack both targets on the same items")
+        raise ValueError(
+            f"ref_outcomes has {len(ref_outcomes)} items but cand_outcomes has "
+            f"{len(cand_outcomes)}; fix: attack both targets on the same items"
+        )
     for i, (r, c) in enumerate(zip(ref_outcomes, cand_outcomes)):
         if "label" in r and "label" in c and int(r["label"]) != int(c["label"]):
-            raise ValueError(f"item {i} has label {r['label']} in ref_outcomes but {c['label']} "
-                             "in cand_outcomes; fix: attack both targets on the same items")
-    if drop_tolerance is not None and (not isinstance(drop_tolerance, (int, float))
-                                       or math.isnan(drop_tolerance)):
+            raise ValueError(
+                f"item {i} has label {r['label']} in ref_outcomes but {c['label']} "
+                "in cand_outcomes; fix: attack both targets on the same items"
+            )
+    if drop_tolerance is not None and (not isinstance(drop_tolerance, (int, float)) or math.isnan(drop_tolerance)):
         raise ValueError(f"drop_tolerance is in percentage points (e.g. 10), got {drop_tolerance!r}")
     if texts is not None and len(texts) != len(ref_outcomes):
-        raise ValueError(f"texts has {len(texts)} items but the outcomes have "
-                         f"{len(ref_outcomes)}; fix: pass the attacked texts in the same order")
+        raise ValueError(
+            f"texts has {len(texts)} items but the outcomes have "
+            f"{len(ref_outcomes)}; fix: pass the attacked texts in the same order"
+        )
 
     ref_fig = attack_figures(ref_outcomes)
     cand_fig = attack_figures(cand_outcomes)
     broken_ref = np.array([o["result"] == "successful" for o in ref_outcomes])
     broken_cand = np.array([o["result"] == "successful" for o in cand_outcomes])
-    both = np.array([r["result"] != "skipped" and c["result"] != "skipped"
-                     for r, c in zip(ref_outcomes, cand_outcomes)])
+    both = np.array(
+        [r["result"] != "skipped" and c["result"] != "skipped" for r, c in zip(ref_outcomes, cand_outcomes)]
+    )
     n_both = int(both.sum())
     a, b = broken_ref[both], broken_cand[both]
     figure = chance = corrected = ci_low = ci_high = None
@@ -144,26 +151,31 @@ def measure_adversarial(
         drop_difference = cand_fig["percent_change"] - ref_fig["percent_change"]
     conditions = []
     if drop_tolerance is not None:
-        conditions.append({
-            "name": "% accuracy drop beyond the reference's",
-            "value": drop_difference,
-            "limit": float(drop_tolerance),
-            "passed": drop_difference is not None and drop_difference <= drop_tolerance,
-        })
+        conditions.append(
+            {
+                "name": "% accuracy drop beyond the reference's",
+                "value": drop_difference,
+                "limit": float(drop_tolerance),
+                "passed": drop_difference is not None and drop_difference <= drop_tolerance,
+            }
+        )
 
     transfer_rate = transfer_fooled = transfer_eligible = None
     if transfer is not None:
-        eligible = [i for i in range(len(ref_outcomes))
-                    if ref_outcomes[i]["result"] == "successful"
-                    and cand_outcomes[i]["result"] != "skipped"]
+        eligible = [
+            i
+            for i in range(len(ref_outcomes))
+            if ref_outcomes[i]["result"] == "successful" and cand_outcomes[i]["result"] != "skipped"
+        ]
         missing = [i for i in eligible if i not in transfer]
         if missing:
-            raise ValueError(f"transfer has no candidate prediction for item {missing[0]}, whose "
-                             "reference attack succeeded; fix: pass "
-                             "transfer_predictions(ref_outcomes, candidate_wrapper)")
+            raise ValueError(
+                f"transfer has no candidate prediction for item {missing[0]}, whose "
+                "reference attack succeeded; fix: pass "
+                "transfer_predictions(ref_outcomes, candidate_wrapper)"
+            )
         transfer_eligible = len(eligible)
-        transfer_fooled = sum(int(transfer[i]) != _label(ref_outcomes[i], cand_outcomes[i])
-                              for i in eligible)
+        transfer_fooled = sum(int(transfer[i]) != _label(ref_outcomes[i], cand_outcomes[i]) for i in eligible)
         transfer_rate = transfer_fooled / transfer_eligible if transfer_eligible else None
 
     evidence = _evidence(ref_outcomes, cand_outcomes, transfer, texts, max_evidence)
@@ -174,8 +186,7 @@ def measure_adversarial(
         "transfer_rate": transfer_rate,
         "transfer_fooled": transfer_fooled,
         "transfer_eligible": transfer_eligible,
-        "queries_per_item": {"reference": ref_fig["queries_per_item"],
-                             "candidate": cand_fig["queries_per_item"]},
+        "queries_per_item": {"reference": ref_fig["queries_per_item"], "candidate": cand_fig["queries_per_item"]},
         "broken_reference": ref_fig["broken"],
         "broken_candidate": cand_fig["broken"],
         "broken_both": [i for i in range(len(ref_outcomes)) if broken_ref[i] and broken_cand[i]],
@@ -183,8 +194,10 @@ def measure_adversarial(
         "jaccard_all_items": jaccard(broken_ref, broken_cand),
     }
     if not n_both:
-        details["note"] = ("no item was attacked against both models (one of them got every "
-                           "item wrong), so the broken sets cannot be compared")
+        details["note"] = (
+            "no item was attacked against both models (one of them got every "
+            "item wrong), so the broken sets cannot be compared"
+        )
     return Measurement(
         figure_name="broken-set Jaccard",
         figure=float("nan") if figure is None else float(figure),
@@ -199,32 +212,51 @@ def measure_adversarial(
     )
 
 
-def compare_adversarial(*args: Any, reference: str, candidate: str, threshold: float | None = None,
-                        threshold_on: str = "raw", gating: bool = True, **kwargs: Any) -> ComparisonResult:
+def compare_adversarial(
+    *args: Any,
+    reference: str,
+    candidate: str,
+    threshold: float | None = None,
+    threshold_on: str = "raw",
+    gating: bool = True,
+    **kwargs: Any,
+) -> ComparisonResult:
     """:func:`measure_adversarial` judged against ``threshold`` on the broken-set Jaccard (see
     :func:`~miniature.core.characteristics.base.judge`), for use outside a gate run."""
     if threshold_on not in THRESHOLD_ON_CHOICES:
         raise ValueError(f"threshold_on must be one of {THRESHOLD_ON_CHOICES}, got {threshold_on!r}")
     measured = measure_adversarial(*args, reference=reference, candidate=candidate, **kwargs)
-    return judge(measured, characteristic="adversarial_vulnerability", reference=reference, candidate=candidate,
-                 threshold=threshold, threshold_on=threshold_on, gating=gating)
+    return judge(
+        measured,
+        characteristic="adversarial_vulnerability",
+        reference=reference,
+        candidate=candidate,
+        threshold=threshold,
+        threshold_on=threshold_on,
+        gating=gating,
+    )
 
 
 def _label(ref: Mapping[str, Any], cand: Mapping[str, Any]) -> int:
     for outcome in (ref, cand):
         if outcome.get("label") is not None:
             return int(outcome["label"])
-    raise ValueError("the transfer rate needs each item's label; fix: pass outcomes from "
-                     "attack_model_outcomes (they carry 'label')")
+    raise ValueError(
+        "the transfer rate needs each item's label; fix: pass outcomes from attack_model_outcomes (they carry 'label')"
+    )
 
 
 def _without_broken(figures: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in figures.items() if k != "broken"}
 
 
-def _evidence(ref_outcomes: Sequence[Mapping[str, Any]], cand_outcomes: Sequence[Mapping[str, Any]],
-              transfer: Mapping[int, int] | None, texts: Sequence[str] | None,
-              max_evidence: int) -> list[dict[str, Any]]:
+def _evidence(
+    ref_outcomes: Sequence[Mapping[str, Any]],
+    cand_outcomes: Sequence[Mapping[str, Any]],
+    transfer: Mapping[int, int] | None,
+    texts: Sequence[str] | None,
+    max_evidence: int,
+) -> list[dict[str, Any]]:
     rows = []
     for i, (r, c) in enumerate(zip(ref_outcomes, cand_outcomes)):
         by_ref, by_cand = r["result"] == "successful", c["result"] == "successful"
@@ -249,8 +281,6 @@ def _evidence(ref_outcomes: Sequence[Mapping[str, Any]], cand_outcomes: Sequence
     return rows[: max(0, int(max_evidence))]
 
 
-
-
 # -- in a gate run ----------------------------------------------------------------------
 def compare_in_gate(gate: "GateView", pair: "Pair", stage: str | None) -> Measurement:
     """The gate's comparison of one pair: its per-item outputs fed to the function above."""
@@ -258,22 +288,31 @@ def compare_in_gate(gate: "GateView", pair: "Pair", stage: str | None) -> Measur
         gate.require_heads(pair)  # before attacking either model
     reference = gate.attack_outcomes(pair.reference)
     candidate = gate.attack_outcomes(pair.candidate)
-    attacked = sum(r["result"] != "skipped" and c["result"] != "skipped"
-                   for r, c in zip(reference, candidate))
+    attacked = sum(r["result"] != "skipped" and c["result"] != "skipped" for r, c in zip(reference, candidate))
     least = MIN_ITEMS
     if attacked < least:
         size, items = gate.settings.attack_size, len(gate.data.test)
-        fix = (f"raise --attack-size (now {size})" if size is not None and size < items
-               else f"pass more labelled test items (the test data has {items})")
+        fix = (
+            f"raise --attack-size (now {size})"
+            if size is not None and size < items
+            else f"pass more labelled test items (the test data has {items})"
+        )
         raise NotApplicable(
             f"only {attacked} of the {len(reference)} sampled item(s) were classified correctly "
             f"by both {pair.reference!r} and {pair.candidate!r}, so only they were attacked; at "
-            f"least {least} are needed for a broken-set Jaccard; fix: {fix}")
+            f"least {least} are needed for a broken-set Jaccard; fix: {fix}"
+        )
     transfer = transfer_predictions(reference, gate.wrapper(pair.candidate))
     translation = gate.label_translation(pair.candidate)  # the candidate's ids as the data's
     if translation is not None:
         transfer = {i: int(translation[p]) for i, p in transfer.items()}
     return measure_adversarial(
-        reference, candidate, reference=pair.reference, candidate=pair.candidate,
-        drop_tolerance=gate.settings.attack_drop_tolerance, transfer=transfer,
-        n_bootstrap=gate.settings.bootstrap, seed=gate.settings.seed)
+        reference,
+        candidate,
+        reference=pair.reference,
+        candidate=pair.candidate,
+        drop_tolerance=gate.settings.attack_drop_tolerance,
+        transfer=transfer,
+        n_bootstrap=gate.settings.bootstrap,
+        seed=gate.settings.seed,
+    )

@@ -106,17 +106,32 @@ class Measurement:
     conditions: list[dict[str, Any]] = field(default_factory=list)
 
 
-def judge(measurement: Measurement, *, characteristic: str, reference: str, candidate: str,
-          threshold: float | None, threshold_on: str = "raw", gating: bool = True,
-          stage: str | None = None) -> "ComparisonResult":
+def judge(
+    measurement: Measurement,
+    *,
+    characteristic: str,
+    reference: str,
+    candidate: str,
+    threshold: float | None,
+    threshold_on: str = "raw",
+    gating: bool = True,
+    stage: str | None = None,
+) -> "ComparisonResult":
     """The one place a measurement becomes a verdict: the result of ``characteristic`` for
     the pair, judged against ``threshold`` on ``threshold_on`` (raw figure, chance-corrected
     score or the CI's lower bound)."""
     check_threshold_on(threshold_on)
     values = {item.name: getattr(measurement, item.name) for item in fields(Measurement)}
-    return ComparisonResult(characteristic=characteristic, reference=reference, candidate=candidate,
-                            threshold=threshold, threshold_on=threshold_on, gating=gating, stage=stage,
-                            **values)
+    return ComparisonResult(
+        characteristic=characteristic,
+        reference=reference,
+        candidate=candidate,
+        threshold=threshold,
+        threshold_on=threshold_on,
+        gating=gating,
+        stage=stage,
+        **values,
+    )
 
 
 @dataclass
@@ -151,15 +166,36 @@ class ComparisonResult:
     reason: str | None = None
 
     @classmethod
-    def not_computed(cls, characteristic: str, reference: str, candidate: str, *, status: str,
-                     reason: str, stage: str | None = None, gating: bool = True,
-                     threshold: float | None = None, threshold_on: str = "raw") -> "ComparisonResult":
+    def not_computed(
+        cls,
+        characteristic: str,
+        reference: str,
+        candidate: str,
+        *,
+        status: str,
+        reason: str,
+        stage: str | None = None,
+        gating: bool = True,
+        threshold: float | None = None,
+        threshold_on: str = "raw",
+    ) -> "ComparisonResult":
         """A check that was skipped or errored: no figure, the reason instead."""
         if status not in (SKIPPED, ERROR):
             raise ValueError(f"status must be {SKIPPED!r} or {ERROR!r}, got {status!r}")
-        return cls(characteristic=characteristic, reference=reference, candidate=candidate,
-                   figure_name="", figure=float("nan"), n=0, threshold=threshold,
-                   threshold_on=threshold_on, gating=gating, stage=stage, status=status, reason=reason)
+        return cls(
+            characteristic=characteristic,
+            reference=reference,
+            candidate=candidate,
+            figure_name="",
+            figure=float("nan"),
+            n=0,
+            threshold=threshold,
+            threshold_on=threshold_on,
+            gating=gating,
+            stage=stage,
+            status=status,
+            reason=reason,
+        )
 
     @property
     def computed(self) -> bool:
@@ -224,8 +260,10 @@ class ComparisonResult:
             parts.append(f"{relation} threshold {format_number(self.threshold)}{judged}")
         for condition in self.conditions:
             if not condition["passed"]:
-                parts.append(f"; {condition['name']} {format_number(condition['value'])} beyond limit "
-                             f"{format_number(condition['limit'])}")
+                parts.append(
+                    f"; {condition['name']} {format_number(condition['value'])} beyond limit "
+                    f"{format_number(condition['limit'])}"
+                )
         place = [f"{self.reference} vs {self.candidate}"]
         if self.stage:
             place.append(self.stage)
@@ -265,10 +303,20 @@ def _json_default(value: Any) -> Any:
 
 
 # -- what every report can hold ----------------------------------------------------------------
-_JSON_TYPES: dict[Any, tuple[type, ...]] = {str: (str,), bool: (bool,), int: (int,), float: (int, float),
-                                             dict: (dict,), list: (list,)}
-_CONDITION_KEYS = {"name": (str,), "value": (int, float, type(None)), "limit": (int, float, type(None)),
-                   "passed": (bool,)}
+_JSON_TYPES: dict[Any, tuple[type, ...]] = {
+    str: (str,),
+    bool: (bool,),
+    int: (int,),
+    float: (int, float),
+    dict: (dict,),
+    list: (list,),
+}
+_CONDITION_KEYS = {
+    "name": (str,),
+    "value": (int, float, type(None)),
+    "limit": (int, float, type(None)),
+    "passed": (bool,),
+}
 
 
 def result_schema_problem(entry: Mapping[str, Any]) -> str | None:
@@ -289,7 +337,9 @@ def result_schema_problem(entry: Mapping[str, Any]) -> str | None:
         options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, UnionType) else (hint,)
         accepted: tuple[type, ...] = ()
         for option in options:
-            accepted += (type(None),) if option is type(None) else _JSON_TYPES.get(typing.get_origin(option) or option, ())
+            accepted += (
+                (type(None),) if option is type(None) else _JSON_TYPES.get(typing.get_origin(option) or option, ())
+            )
         if not accepted:
             continue  # a type JSON cannot hold: not checked
         if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted):
@@ -297,10 +347,13 @@ def result_schema_problem(entry: Mapping[str, Any]) -> str | None:
             return f"is malformed: field {item.name!r} is {json.dumps(value)[:40]}, not {names}"
     for condition in entry.get("conditions") or []:
         if not isinstance(condition, dict) or any(
-                not isinstance(condition.get(key, ...), types) or (key != "passed" and isinstance(condition.get(key), bool))
-                for key, types in _CONDITION_KEYS.items()):
-            return (f"is malformed: field 'conditions' holds {json.dumps(condition)[:60]}, not an object with "
-                    "name, value, limit and passed (true/false)")
+            not isinstance(condition.get(key, ...), types) or (key != "passed" and isinstance(condition.get(key), bool))
+            for key, types in _CONDITION_KEYS.items()
+        ):
+            return (
+                f"is malformed: field 'conditions' holds {json.dumps(condition)[:60]}, not an object with "
+                "name, value, limit and passed (true/false)"
+            )
     return None
 
 
@@ -312,6 +365,7 @@ def result_value_problem(entry: Mapping[str, Any]) -> str | None:
     """What is wrong with the values of one JSON result whose types are right (an unknown
     status, an infinite or out-of-range figure, a negative count), worded as
     :func:`result_schema_problem`, or ``None``."""
+
     def bad(name: str, what: str) -> str:
         return f"is malformed: field {name!r} is {json.dumps(entry[name])[:40]}, not {what}"
 

@@ -44,9 +44,7 @@ FeatureSplits = tuple[np.ndarray, np.ndarray, np.ndarray]
 TOO_FEW_TRAINING = "k={k} but there are only {n} training items: choose k < {n} or pass more training items"
 
 
-def knn_distances(
-    train_feats: np.ndarray, query_feats: np.ndarray, k: int, *, block_size: int = 4096
-) -> np.ndarray:
+def knn_distances(train_feats: np.ndarray, query_feats: np.ndarray, k: int, *, block_size: int = 4096) -> np.ndarray:
     """Deep-KNN OOD score of every query: distance to its k-th nearest training item.
 
     Both sets are L2-normalised (zero rows stay zero) and the distance is Euclidean, so
@@ -70,9 +68,7 @@ def fit_threshold(holdout_scores: np.ndarray, keep: float = 0.95) -> float:
     if scores.size == 0:
         raise ValueError("holdout_scores is empty; score at least one held-out in-distribution item")
     if not np.isfinite(scores).all():
-        raise ValueError(
-            f"holdout_scores: {int((~np.isfinite(scores)).sum())} of {scores.size} scores are NaN or inf"
-        )
+        raise ValueError(f"holdout_scores: {int((~np.isfinite(scores)).sum())} of {scores.size} scores are NaN or inf")
     # Guard the product against float noise (0.95 * 100 must give rank 95, not 96).
     rank = min(scores.size, max(1, math.ceil(keep * scores.size - 1e-9)))
     return float(np.partition(scores, rank - 1)[rank - 1])
@@ -93,8 +89,7 @@ def auroc(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
     ood_scores = np.asarray(ood_scores, dtype=np.float64).ravel()
     if id_scores.size == 0 or ood_scores.size == 0:
         raise ValueError(
-            f"auroc needs at least one ID and one OOD score, got {id_scores.size} ID and "
-            f"{ood_scores.size} OOD"
+            f"auroc needs at least one ID and one OOD score, got {id_scores.size} ID and {ood_scores.size} OOD"
         )
     ranks = _scipy_stats.rankdata(np.concatenate([ood_scores, id_scores]))  # ties get mean ranks
     n_ood = ood_scores.size
@@ -126,7 +121,9 @@ def ood_sweep(
     candidate_scores = _split_scores(candidate_splits, max(usable), "candidate_features")
     sweep = {}
     for K in usable:
-        flags = [_flags_at(holdout, challenge, K, keep)[0] for holdout, challenge in (reference_scores, candidate_scores)]
+        flags = [
+            _flags_at(holdout, challenge, K, keep)[0] for holdout, challenge in (reference_scores, candidate_scores)
+        ]
         sweep[K] = jaccard(flags[0], flags[1])
     return sweep
 
@@ -197,8 +194,14 @@ def measure_distribution(
             )
 
     evidence = _disagreements(
-        reference_flags, candidate_flags, reference_challenge, candidate_challenge,
-        reference_threshold, candidate_threshold, item_texts, max_evidence,
+        reference_flags,
+        candidate_flags,
+        reference_challenge,
+        candidate_challenge,
+        reference_threshold,
+        candidate_threshold,
+        item_texts,
+        max_evidence,
     )
     return Measurement(
         figure_name="OOD-set Jaccard",
@@ -213,14 +216,30 @@ def measure_distribution(
         evidence=evidence,
     )
 
-def compare_distribution(*args: Any, reference: str, candidate: str, threshold: float | None = None,
-                         threshold_on: str = "raw", gating: bool = True, **kwargs: Any) -> ComparisonResult:
+
+def compare_distribution(
+    *args: Any,
+    reference: str,
+    candidate: str,
+    threshold: float | None = None,
+    threshold_on: str = "raw",
+    gating: bool = True,
+    **kwargs: Any,
+) -> ComparisonResult:
     """:func:`measure_distribution` judged against ``threshold`` (see
     :func:`~miniature.core.characteristics.base.judge`), for use outside a gate run."""
     check_threshold_on(threshold_on)
     measured = measure_distribution(*args, reference=reference, candidate=candidate, **kwargs)
-    return judge(measured, characteristic="data_distribution", reference=reference, candidate=candidate,
-                 threshold=threshold, threshold_on=threshold_on, gating=gating, stage=None)
+    return judge(
+        measured,
+        characteristic="data_distribution",
+        reference=reference,
+        candidate=candidate,
+        threshold=threshold,
+        threshold_on=threshold_on,
+        gating=gating,
+        stage=None,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -257,14 +276,11 @@ def _split_scores(splits: FeatureSplits, deepest: int, name: str) -> tuple[np.nd
     )
 
 
-def _flags_at(
-    holdout: np.ndarray, challenge: np.ndarray, k: int, keep: float
-) -> tuple[np.ndarray, float, np.ndarray]:
+def _flags_at(holdout: np.ndarray, challenge: np.ndarray, k: int, keep: float) -> tuple[np.ndarray, float, np.ndarray]:
     """OOD flags, threshold and challenge scores at neighbour depth k."""
     threshold = fit_threshold(holdout[:, k - 1], keep)
     scores = challenge[:, k - 1]
     return ood_flags(scores, threshold), threshold, scores
-
 
 
 def _disagreements(
@@ -336,27 +352,36 @@ def _check_labels(challenge_is_ood: np.ndarray | None, m: int) -> np.ndarray | N
         return None
     labels = np.asarray(challenge_is_ood)
     if labels.shape != (m,):
-        raise ValueError(
-            f"challenge_is_ood must hold one boolean per challenge item ({m}), got shape {labels.shape}"
-        )
+        raise ValueError(f"challenge_is_ood must hold one boolean per challenge item ({m}), got shape {labels.shape}")
     return booleans(labels, "challenge_is_ood must be booleans (True = truly out-of-distribution)")
 
 
 # -- in a gate run ----------------------------------------------------------------------
 def compare_in_gate(gate: "GateView", pair: "Pair", stage: str | None) -> Measurement:
     """The gate's comparison of one pair: its per-item outputs fed to the function above."""
+
     def feats(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return tuple(gate.outputs(name, role)["embeddings"]  # type: ignore[return-value]
-                     for role in ("train", "holdout", "challenge"))
+        return tuple(
+            gate.outputs(name, role)["embeddings"]  # type: ignore[return-value]
+            for role in ("train", "holdout", "challenge")
+        )
 
     n_train = len(gate.data.train)
     ks = tuple(k for k in gate.settings.k_sweep if k < n_train)
     labels = gate.data.challenge_is_ood
     result = measure_distribution(
-        feats(pair.reference), feats(pair.candidate), reference=pair.reference, candidate=pair.candidate,
-        k=gate.settings.k, keep=gate.settings.ood_keep, ks=ks,
+        feats(pair.reference),
+        feats(pair.candidate),
+        reference=pair.reference,
+        candidate=pair.candidate,
+        k=gate.settings.k,
+        keep=gate.settings.ood_keep,
+        ks=ks,
         challenge_is_ood=np.asarray(labels) if labels is not None else None,
-        n_bootstrap=gate.settings.bootstrap, seed=gate.settings.seed, item_texts=gate.data.challenge.texts)
+        n_bootstrap=gate.settings.bootstrap,
+        seed=gate.settings.seed,
+        item_texts=gate.data.challenge.texts,
+    )
     if not informative(result.chance):
         challenge, train = gate.data.challenge, gate.data.train
         a, b, m = result.details["reference_ood"], result.details["candidate_ood"], result.n
@@ -373,5 +398,6 @@ def compare_in_gate(gate: "GateView", pair: "Pair", stage: str | None) -> Measur
             f"data distribution, {pair.reference} vs {pair.candidate}: {why}, so unrelated models "
             f"would agree at chance {result.chance:.3f} and the OOD-set Jaccard says nothing of "
             "these models; fix: pass a --challenge-data that mixes unseen in-distribution "
-            "items with items from another distribution (none of them training items)")
+            "items with items from another distribution (none of them training items)"
+        )
     return result

@@ -113,22 +113,41 @@ def measure_prediction_errors(
         evidence=evidence,
     )
 
-def compare_prediction_errors(*args: Any, reference: str, candidate: str, threshold: float | None = None,
-                              threshold_on: str = "raw", gating: bool = True, **kwargs: Any) -> ComparisonResult:
+
+def compare_prediction_errors(
+    *args: Any,
+    reference: str,
+    candidate: str,
+    threshold: float | None = None,
+    threshold_on: str = "raw",
+    gating: bool = True,
+    **kwargs: Any,
+) -> ComparisonResult:
     """:func:`measure_prediction_errors` judged against ``threshold`` (see
     :func:`~miniature.core.characteristics.base.judge`), for use outside a gate run."""
     check_threshold_on(threshold_on)
     measured = measure_prediction_errors(*args, reference=reference, candidate=candidate, **kwargs)
-    return judge(measured, characteristic="prediction_errors", reference=reference, candidate=candidate,
-                 threshold=threshold, threshold_on=threshold_on, gating=gating, stage=None)
+    return judge(
+        measured,
+        characteristic="prediction_errors",
+        reference=reference,
+        candidate=candidate,
+        threshold=threshold,
+        threshold_on=threshold_on,
+        gating=gating,
+        stage=None,
+    )
 
 
 def _correctness(values: np.ndarray, name: str) -> np.ndarray:
     array = np.asarray(values)
     if array.ndim != 1:
         raise ValueError(f"{name} must be a 1-D array of per-item correctness, got shape {array.shape}")
-    return booleans(array, f"{name} must be booleans (True = answered correctly); to build it from "
-                           f"predictions use ~error_mask(predictions, labels)")
+    return booleans(
+        array,
+        f"{name} must be booleans (True = answered correctly); to build it from "
+        f"predictions use ~error_mask(predictions, labels)",
+    )
 
 
 # -- in a gate run ----------------------------------------------------------------------
@@ -137,35 +156,51 @@ def compare_in_gate(gate: "GateView", pair: "Pair", stage: str | None) -> Measur
     test = gate.data.test
     least = MIN_ITEMS
     if len(test) < least:
-        raise NotApplicable(f"only {len(test)} test item(s) in {test.source!r}; the error-set "
-                            f"Jaccard needs at least {least}; fix: pass more test data "
-                            "(--test-data, --data-limit)")
+        raise NotApplicable(
+            f"only {len(test)} test item(s) in {test.source!r}; the error-set "
+            f"Jaccard needs at least {least}; fix: pass more test data "
+            "(--test-data, --data-limit)"
+        )
     gate.require_heads(pair)
     reference, candidate = gate.correct(pair.reference), gate.correct(pair.candidate)
     if reference.all() and candidate.all():
-        raise NotApplicable(f"neither {pair.reference!r} nor {pair.candidate!r} erred on any of "
-                            f"the {len(test)} test items ({test.source}), so there are no error "
-                            "sets to compare; fix: pass a larger or harder --test-data")
-    result = measure_prediction_errors(reference, candidate, reference=pair.reference, candidate=pair.candidate,
-                                       n_bootstrap=gate.settings.bootstrap, seed=gate.settings.seed,
-                                       item_texts=test.texts)
+        raise NotApplicable(
+            f"neither {pair.reference!r} nor {pair.candidate!r} erred on any of "
+            f"the {len(test)} test items ({test.source}), so there are no error "
+            "sets to compare; fix: pass a larger or harder --test-data"
+        )
+    result = measure_prediction_errors(
+        reference,
+        candidate,
+        reference=pair.reference,
+        candidate=pair.candidate,
+        n_bootstrap=gate.settings.bootstrap,
+        seed=gate.settings.seed,
+        item_texts=test.texts,
+    )
     if not informative(result.chance):
         a, b = result.details["reference_errors"], result.details["candidate_errors"]
-        why = (f"both {pair.reference!r} and {pair.candidate!r} erred on every one of the "
-               f"{len(test)} test items ({test.source})" if a == b == len(test) else
-               f"{pair.reference!r} and {pair.candidate!r} erred on {a} and {b} of the "
-               f"{len(test)} test items ({test.source})")
-        raise NotApplicable(f"{why}, so unrelated models would agree at chance "
-                            f"{result.chance:.3f} and the error-set Jaccard says nothing of these "
-                            "models; fix: pass models fine-tuned for this task (--finetune) or "
-                            "a --test-data they can mostly answer")
+        why = (
+            f"both {pair.reference!r} and {pair.candidate!r} erred on every one of the "
+            f"{len(test)} test items ({test.source})"
+            if a == b == len(test)
+            else f"{pair.reference!r} and {pair.candidate!r} erred on {a} and {b} of the "
+            f"{len(test)} test items ({test.source})"
+        )
+        raise NotApplicable(
+            f"{why}, so unrelated models would agree at chance "
+            f"{result.chance:.3f} and the error-set Jaccard says nothing of these "
+            "models; fix: pass models fine-tuned for this task (--finetune) or "
+            "a --test-data they can mostly answer"
+        )
     if gate.task == "classification":  # the flips of Dutta et al. need the answers, not only right/wrong
         from miniature.core.stats import flips
 
         found = flips(np.asarray(test.labels), gate.predicted(pair.reference), gate.predicted(pair.candidate))
-        result.details["flips"] = {"correct_to_incorrect": found.correct_to_incorrect,
-                                   "incorrect_to_correct": found.incorrect_to_correct,
-                                   "wrong_to_other_wrong": found.wrong_to_other_wrong,
-                                   **{name if name == "flip_rate" else f"{name}_rate": rate
-                                      for name, rate in found.rates().items()}}
+        result.details["flips"] = {
+            "correct_to_incorrect": found.correct_to_incorrect,
+            "incorrect_to_correct": found.incorrect_to_correct,
+            "wrong_to_other_wrong": found.wrong_to_other_wrong,
+            **{name if name == "flip_rate" else f"{name}_rate": rate for name, rate in found.rates().items()},
+        }
     return result

@@ -127,14 +127,30 @@ def measure_representation(
         evidence=evidence,
     )
 
-def compare_representation(*args: Any, reference: str, candidate: str, threshold: float | None = None,
-                           threshold_on: str = "raw", gating: bool = True, **kwargs: Any) -> ComparisonResult:
+
+def compare_representation(
+    *args: Any,
+    reference: str,
+    candidate: str,
+    threshold: float | None = None,
+    threshold_on: str = "raw",
+    gating: bool = True,
+    **kwargs: Any,
+) -> ComparisonResult:
     """:func:`measure_representation` judged against ``threshold`` (see
     :func:`~miniature.core.characteristics.base.judge`), for use outside a gate run."""
     check_threshold_on(threshold_on)
     measured = measure_representation(*args, reference=reference, candidate=candidate, **kwargs)
-    return judge(measured, characteristic="data_representation", reference=reference, candidate=candidate,
-                 threshold=threshold, threshold_on=threshold_on, gating=gating, stage=kwargs.get('stage'))
+    return judge(
+        measured,
+        characteristic="data_representation",
+        reference=reference,
+        candidate=candidate,
+        threshold=threshold,
+        threshold_on=threshold_on,
+        gating=gating,
+        stage=kwargs.get("stage"),
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -147,9 +163,7 @@ def _sweep_from_lists(neighbours_a: np.ndarray, neighbours_b: np.ndarray, ks: Se
 def _check_same_items(emb_a: np.ndarray, emb_b: np.ndarray) -> int:
     shape_a, shape_b = np.shape(emb_a), np.shape(emb_b)
     if len(shape_a) != 2 or len(shape_b) != 2:
-        raise ValueError(
-            f"embeddings must be 2-D (items, dimensions) arrays, got shapes {shape_a} and {shape_b}"
-        )
+        raise ValueError(f"embeddings must be 2-D (items, dimensions) arrays, got shapes {shape_a} and {shape_b}")
     if shape_a[0] != shape_b[0]:
         raise ValueError(
             f"the two models embedded different numbers of items ({shape_a[0]} vs {shape_b[0]}); "
@@ -170,22 +184,30 @@ def uninformative_reason(texts: Sequence[str], k: int, source: str) -> str | Non
         return None  # the comparison refuses it with its own message
     chance = chance_jaccard(n - 1, k, k)
     if not informative(chance):
-        return (f"K={k} neighbours of the {n - 1} other test items ({source}) are nearly all of "
-                f"them, so two unrelated models already agree at chance {chance:.3f} and the kNN "
-                f"Jaccard measures K, not the models; fix: choose a K well below n/2 (--k, "
-                f"e.g. 10) or pass more test data")
+        return (
+            f"K={k} neighbours of the {n - 1} other test items ({source}) are nearly all of "
+            f"them, so two unrelated models already agree at chance {chance:.3f} and the kNN "
+            f"Jaccard measures K, not the models; fix: choose a K well below n/2 (--k, "
+            f"e.g. 10) or pass more test data"
+        )
     counts = Counter(texts)
     forced = sum(c for c in counts.values() if c > k)
     if forced == n:
-        return (f"every one of the {n} test items ({source}) has {k} or more identical copies "
-                f"({len(counts)} distinct text(s)), so each neighbour set is its copies in any "
-                f"model and agreement is 1.0 whatever the models; fix: remove the duplicates from "
-                f"--test-data")
+        return (
+            f"every one of the {n} test items ({source}) has {k} or more identical copies "
+            f"({len(counts)} distinct text(s)), so each neighbour set is its copies in any "
+            f"model and agreement is 1.0 whatever the models; fix: remove the duplicates from "
+            f"--test-data"
+        )
     if forced:
-        warnings.warn(DataWarning(
-            f"{forced} of the {n} test items ({source}) have {k} or more identical copies, so "
-            f"their neighbour sets are those copies in any model and agree by construction; "
-            f"remove the duplicates to compare the models on them"), stacklevel=3)
+        warnings.warn(
+            DataWarning(
+                f"{forced} of the {n} test items ({source}) have {k} or more identical copies, so "
+                f"their neighbour sets are those copies in any model and agree by construction; "
+                f"remove the duplicates to compare the models on them"
+            ),
+            stacklevel=3,
+        )
     return None
 
 
@@ -201,5 +223,12 @@ def compare_in_gate(gate: "GateView", pair: "Pair", stage: str | None) -> Measur
     return measure_representation(
         gate.outputs(pair.reference, "test", stage=stage)["embeddings"],
         gate.outputs(pair.candidate, "test", stage=stage)["embeddings"],
-        reference=pair.reference, candidate=pair.candidate, k=gate.settings.k, ks=ks, stage=stage,
-        n_bootstrap=gate.settings.bootstrap, seed=gate.settings.seed, item_texts=gate.data.test.texts)
+        reference=pair.reference,
+        candidate=pair.candidate,
+        k=gate.settings.k,
+        ks=ks,
+        stage=stage,
+        n_bootstrap=gate.settings.bootstrap,
+        seed=gate.settings.seed,
+        item_texts=gate.data.test.texts,
+    )

@@ -138,8 +138,9 @@ def cka_bootstrap_ci(
         return _debiased_from_sums(sums, n) if debiased else _linear_from_sums(sums, n)
 
     # Resampling the item numbers 0..n-1 reuses the project's interval conventions.
-    return paired_bootstrap_ci(statistic, np.arange(n), n_resamples=int(n_bootstrap), level=level,
-                               seed=seed, vectorized=True)
+    return paired_bootstrap_ci(
+        statistic, np.arange(n), n_resamples=int(n_bootstrap), level=level, seed=seed, vectorized=True
+    )
 
 
 def cka_influence(X: np.ndarray, Y: np.ndarray, *, debiased: bool = False) -> np.ndarray:
@@ -186,16 +187,22 @@ def _estimate_and_influence(X: np.ndarray, Y: np.ndarray, *, debiased: bool) -> 
 
         def hsic(p, g_p, left, right, cross_gradient):
             total_left, total_right = left.sum(), right.sum()
-            value = (p - left @ right + total_left * total_right / ((n - 1) * (n - 2))
-                     - 2.0 / (n - 2) * (left @ right)) / (n * (n - 3))
-            gradient = (g_p - 2 * left * right
-                        + (2 * left * total_right + 2 * right * total_left) / ((n - 1) * (n - 2))
-                        - 2.0 / (n - 2) * cross_gradient) / (n * (n - 3))
+            value = (
+                p - left @ right + total_left * total_right / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * (left @ right)
+            ) / (n * (n - 3))
+            gradient = (
+                g_p
+                - 2 * left * right
+                + (2 * left * total_right + 2 * right * total_left) / ((n - 1) * (n - 2))
+                - 2.0 / (n - 2) * cross_gradient
+            ) / (n * (n - 3))
             return value, gradient
 
-        values = {"xy": hsic(pxy, 2 * qxy, a, b, 3 * a * b - k_b - l_a),
-                  "xx": hsic(pxx, 2 * qxx, a, a, 3 * a * a - 2 * k_a),
-                  "yy": hsic(pyy, 2 * qyy, b, b, 3 * b * b - 2 * l_b)}
+        values = {
+            "xy": hsic(pxy, 2 * qxy, a, b, 3 * a * b - k_b - l_a),
+            "xx": hsic(pxx, 2 * qxx, a, a, 3 * a * a - 2 * k_a),
+            "yy": hsic(pyy, 2 * qyy, b, b, 3 * b * b - 2 * l_b),
+        }
     (hxy, g_xy), (hxx, g_xx), (hyy, g_yy) = values["xy"], values["xx"], values["yy"]
     if hxx <= 0 or hyy <= 0:
         return math.nan, np.full(n, np.nan)
@@ -203,8 +210,7 @@ def _estimate_and_influence(X: np.ndarray, Y: np.ndarray, *, debiased: bool) -> 
     return hxy / scale, g_xy / scale - (hxy / scale) * (0.5 * g_xx / hxx + 0.5 * g_yy / hyy)
 
 
-def cka_delta_ci(X: np.ndarray, Y: np.ndarray, *, level: float = 0.95,
-                 debiased: bool = False) -> tuple[float, float]:
+def cka_delta_ci(X: np.ndarray, Y: np.ndarray, *, level: float = 0.95, debiased: bool = False) -> tuple[float, float]:
     """Normal interval from the infinitesimal jackknife (the delta method of the bootstrap).
 
     The bootstrap's item counts w have covariance I - 11'/n, so to first order the
@@ -240,9 +246,16 @@ def bootstrap_cost(n: int, d1: int, d2: int, replicates: int) -> float:
     return min(feature, gram)
 
 
-def cka_interval(X: np.ndarray, Y: np.ndarray, *, method: str = "auto", n_bootstrap: int = 1000,
-                 level: float = 0.95, seed: int | None = 0,
-                 debiased: bool = False) -> tuple[float, float, str]:
+def cka_interval(
+    X: np.ndarray,
+    Y: np.ndarray,
+    *,
+    method: str = "auto",
+    n_bootstrap: int = 1000,
+    level: float = 0.95,
+    seed: int | None = 0,
+    debiased: bool = False,
+) -> tuple[float, float, str]:
     """(low, high, method used): the paired bootstrap where it is affordable, else the delta
     method. ``auto`` takes the bootstrap while its cost is within :data:`BOOTSTRAP_BUDGET`."""
     if method not in ("auto", *INTERVAL_METHODS):
@@ -462,7 +475,8 @@ def _use_feature_space(n: int, d1: int, d2: int, replicates: int) -> bool:
     squares at half price).
     """
     return bootstrap_cost(n, d1, d2, replicates) == replicates * n * (
-        0.5 * d1 * d1 + 0.5 * d2 * d2 + d1 * d2 + 2 * (d1 + d2))
+        0.5 * d1 * d1 + 0.5 * d2 * d2 + d1 * d2 + 2 * (d1 + d2)
+    )
 
 
 def _row_blocks(n: int, width: int):
@@ -488,8 +502,9 @@ class _Centred:
         return self.rows(0, self.shape[0])
 
 
-def _prepare(X: np.ndarray, Y: np.ndarray, *, min_items: int,
-             names: tuple[str, str] = ("X", "Y")) -> tuple[_Centred, _Centred, int]:
+def _prepare(
+    X: np.ndarray, Y: np.ndarray, *, min_items: int, names: tuple[str, str] = ("X", "Y")
+) -> tuple[_Centred, _Centred, int]:
     """Validated inputs with their float64 column means, and n."""
     n = _check_pair(X, Y, min_items=min_items)
     centred = []
@@ -565,12 +580,16 @@ def measure_similarity(
     ci_low = ci_high = None
     interval = None
     if n_bootstrap and n_bootstrap > 0:
-        ci_low, ci_high, method = cka_interval(emb_ref, emb_cand, n_bootstrap=n_bootstrap, seed=seed,
-                                               debiased=estimator == "debiased")
-        interval = (f"paired bootstrap, {int(n_bootstrap)} replicates" if method == "bootstrap" else
-                    f"{INTERVAL_METHODS['delta']}: the bootstrap would cost "
-                    f"{bootstrap_cost(n, np.shape(emb_ref)[1], np.shape(emb_cand)[1], int(n_bootstrap)):.1e} "
-                    f"multiply-adds at this size")
+        ci_low, ci_high, method = cka_interval(
+            emb_ref, emb_cand, n_bootstrap=n_bootstrap, seed=seed, debiased=estimator == "debiased"
+        )
+        interval = (
+            f"paired bootstrap, {int(n_bootstrap)} replicates"
+            if method == "bootstrap"
+            else f"{INTERVAL_METHODS['delta']}: the bootstrap would cost "
+            f"{bootstrap_cost(n, np.shape(emb_ref)[1], np.shape(emb_cand)[1], int(n_bootstrap)):.1e} "
+            f"multiply-adds at this size"
+        )
     usable = sorted({int(K) for K in ks if 0 < int(K) < n})
     sweep = {str(K): mutual_knn(emb_ref, emb_cand, K) for K in usable}
     k = check_k(min(int(k), n - 1), n, TOO_FEW_ITEMS)  # the mutual-kNN detail only: CKA itself needs no K
@@ -580,21 +599,48 @@ def measure_similarity(
             entry["text"] = item_texts[entry["index"]]
     return Measurement(
         figure_name=f"{estimator} CKA" if estimator == "debiased" else "linear CKA",
-        figure=float(figure), n=n,   
-        chance=None, corrected=float(debiased), ci_low=ci_low, ci_high=ci_high, k=k, 
-        details={"linear_cka": float(linear), "debiased_cka": float(debiased),
-                 "mutual_knn": float(sweep.get(str(k), mutual_knn(emb_ref, emb_cand, k))),
-                 "estimator": estimator, "interval": interval},
-        sweep=sweep, evidence=evidence)
+        figure=float(figure),
+        n=n,
+        chance=None,
+        corrected=float(debiased),
+        ci_low=ci_low,
+        ci_high=ci_high,
+        k=k,
+        details={
+            "linear_cka": float(linear),
+            "debiased_cka": float(debiased),
+            "mutual_knn": float(sweep.get(str(k), mutual_knn(emb_ref, emb_cand, k))),
+            "estimator": estimator,
+            "interval": interval,
+        },
+        sweep=sweep,
+        evidence=evidence,
+    )
 
-def compare_similarity(*args: Any, reference: str, candidate: str, threshold: float | None = None,
-                       threshold_on: str = "raw", gating: bool = True, **kwargs: Any) -> ComparisonResult:
+
+def compare_similarity(
+    *args: Any,
+    reference: str,
+    candidate: str,
+    threshold: float | None = None,
+    threshold_on: str = "raw",
+    gating: bool = True,
+    **kwargs: Any,
+) -> ComparisonResult:
     """:func:`measure_similarity` judged against ``threshold`` (see
     :func:`~miniature.core.characteristics.base.judge`), for use outside a gate run."""
     check_threshold_on(threshold_on)
     measured = measure_similarity(*args, reference=reference, candidate=candidate, **kwargs)
-    return judge(measured, characteristic="representation_similarity", reference=reference, candidate=candidate,
-                 threshold=threshold, threshold_on=threshold_on, gating=gating, stage=kwargs.get('stage'))
+    return judge(
+        measured,
+        characteristic="representation_similarity",
+        reference=reference,
+        candidate=candidate,
+        threshold=threshold,
+        threshold_on=threshold_on,
+        gating=gating,
+        stage=kwargs.get("stage"),
+    )
 
 
 # -- in a gate run ----------------------------------------------------------------------
@@ -606,10 +652,18 @@ def compare_in_gate(gate: "GateView", pair: "Pair", stage: str | None) -> Measur
         raise NotApplicable(
             f"representation similarity, {pair.reference} vs {pair.candidate}: all {len(test)} test "
             f"items ({test.source}) are the same text, so every model gives them one vector and "
-            "CKA is undefined (0/0); fix: pass distinct texts in --test-data")
+            "CKA is undefined (0/0); fix: pass distinct texts in --test-data"
+        )
     return measure_similarity(
         gate.outputs(pair.reference, "test", stage=stage)["embeddings"],
         gate.outputs(pair.candidate, "test", stage=stage)["embeddings"],
-        reference=pair.reference, candidate=pair.candidate, estimator=settings["--cka-estimator"],
-        k=settings.k, ks=settings.k_sweep, stage=stage, n_bootstrap=settings.bootstrap, seed=settings.seed,
-        item_texts=gate.data.test.texts)
+        reference=pair.reference,
+        candidate=pair.candidate,
+        estimator=settings["--cka-estimator"],
+        k=settings.k,
+        ks=settings.k_sweep,
+        stage=stage,
+        n_bootstrap=settings.bootstrap,
+        seed=settings.seed,
+        item_texts=gate.data.test.texts,
+    )

@@ -42,28 +42,45 @@ EVIDENCE_ROWS = 10
 #: tokens of context shown before a position in the evidence
 CONTEXT_TOKENS = 12
 #: per-token arrays kept for each scored position
-ARRAYS = ("kld", "same_top", "nll_reference", "nll_candidate", "delta_p", "top_reference", "top_candidate",
-          "target", "item", "position")
+ARRAYS = (
+    "kld",
+    "same_top",
+    "nll_reference",
+    "nll_candidate",
+    "delta_p",
+    "top_reference",
+    "top_candidate",
+    "target",
+    "item",
+    "position",
+)
 
 
 def same_tokenizer_problem(reference: "ModelWrapper", candidate: "ModelWrapper") -> str | None:
     """Why the two models' next-token distributions cannot be compared token by token, else None."""
     for wrapper in (reference, candidate):
         if not getattr(wrapper, "decoder", False):
-            return (f"model {wrapper.name!r} is not a decoder LM (a masked LM or an encoder has no "
-                    "next-token distribution); the token distribution compares causal LMs only")
+            return (
+                f"model {wrapper.name!r} is not a decoder LM (a masked LM or an encoder has no "
+                "next-token distribution); the token distribution compares causal LMs only"
+            )
     if reference.tokenizer.get_vocab() != candidate.tokenizer.get_vocab():
-        return (f"{reference.name!r} and {candidate.name!r} have different tokenizers, so their "
-                "next-token distributions are over different vocabularies; fix: compare models that "
-                "share a tokenizer (a compressed copy and its base do)")
+        return (
+            f"{reference.name!r} and {candidate.name!r} have different tokenizers, so their "
+            "next-token distributions are over different vocabularies; fix: compare models that "
+            "share a tokenizer (a compressed copy and its base do)"
+        )
     if int(reference.model.config.vocab_size) != int(candidate.model.config.vocab_size):
-        return (f"{reference.name!r} and {candidate.name!r} have output layers of different sizes "
-                f"({reference.model.config.vocab_size} and {candidate.model.config.vocab_size})")
+        return (
+            f"{reference.name!r} and {candidate.name!r} have output layers of different sizes "
+            f"({reference.model.config.vocab_size} and {candidate.model.config.vocab_size})"
+        )
     return None
 
 
-def text_windows(wrapper: "ModelWrapper", texts: list[str], *, scoring: str, n_ctx: int,
-                 batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+def text_windows(
+    wrapper: "ModelWrapper", texts: list[str], *, scoring: str, n_ctx: int, batch_size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
     """Batches of ``(input ids (b, L), attention mask (b, L), first scored position)`` in the
     reference's tokenization; windows are right-padded with the pad id."""
     tokenizer = wrapper.tokenizer
@@ -79,25 +96,28 @@ def text_windows(wrapper: "ModelWrapper", texts: list[str], *, scoring: str, n_c
         except ValueError as error:
             raise NotApplicable(f"token distribution: {error}") from None
         for start in range(0, len(chunks), batch_size):
-            batch = np.stack([c.tokens for c in chunks[start:start + batch_size]])
+            batch = np.stack([c.tokens for c in chunks[start : start + batch_size]])
             yield batch, np.ones_like(batch), chunks[0].first
         return
-    encoded = [tokenizer(text, add_special_tokens=True, truncation=True, max_length=wrapper.max_length)["input_ids"]
-               for text in texts]
+    encoded = [
+        tokenizer(text, add_special_tokens=True, truncation=True, max_length=wrapper.max_length)["input_ids"]
+        for text in texts
+    ]
     order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i]), i))
     for start in range(0, len(order), batch_size):
-        rows = [encoded[i] for i in order[start:start + batch_size]]
+        rows = [encoded[i] for i in order[start : start + batch_size]]
         width = max(len(r) for r in rows)
         ids = np.full((len(rows), width), pad, dtype=np.int64)
         mask = np.zeros((len(rows), width), dtype=np.int64)
         for r, row in enumerate(rows):
-            ids[r, :len(row)] = row
-            mask[r, :len(row)] = 1
+            ids[r, : len(row)] = row
+            mask[r, : len(row)] = 1
         yield ids, mask, 0
 
 
-def token_values(reference: "ModelWrapper", candidate: "ModelWrapper", texts: list[str], *,
-                 scoring: str, n_ctx: int, batch_size: int) -> dict[str, np.ndarray]:
+def token_values(
+    reference: "ModelWrapper", candidate: "ModelWrapper", texts: list[str], *, scoring: str, n_ctx: int, batch_size: int
+) -> dict[str, np.ndarray]:
     """Per scored position: :func:`~miniature.core.token_stats.per_token`'s values, both
     models' top tokens, the observed token, and where it is (batch row order)."""
     import torch
@@ -105,10 +125,11 @@ def token_values(reference: "ModelWrapper", candidate: "ModelWrapper", texts: li
     parts: dict[str, list[np.ndarray]] = {name: [] for name in ARRAYS}
     item = 0
     with torch.inference_mode():
-        for ids, mask, first in text_windows(reference, texts, scoring=scoring, n_ctx=n_ctx,
-                                             batch_size=batch_size):
-            inputs = {"input_ids": torch.from_numpy(ids).to(reference.device),
-                      "attention_mask": torch.from_numpy(mask).to(reference.device)}
+        for ids, mask, first in text_windows(reference, texts, scoring=scoring, n_ctx=n_ctx, batch_size=batch_size):
+            inputs = {
+                "input_ids": torch.from_numpy(ids).to(reference.device),
+                "attention_mask": torch.from_numpy(mask).to(reference.device),
+            }
             ref_logits = reference.model(**inputs).logits
             inputs = {k: v.to(candidate.device) for k, v in inputs.items()}
             cand_logits = candidate.model(**inputs).logits
@@ -120,9 +141,10 @@ def token_values(reference: "ModelWrapper", candidate: "ModelWrapper", texts: li
                 if length - 1 <= first:
                     continue
                 span = slice(first, length - 1)
-                targets = ids[row, first + 1:length]
-                values = per_token_torch(ref_logits[row, span].cpu(), cand_logits[row, span].cpu(),
-                                         torch.from_numpy(targets))
+                targets = ids[row, first + 1 : length]
+                values = per_token_torch(
+                    ref_logits[row, span].cpu(), cand_logits[row, span].cpu(), torch.from_numpy(targets)
+                )
                 for name, column in values.items():
                     parts[name].append(column)
                 parts["target"].append(targets)
@@ -142,11 +164,17 @@ def evidence(values: dict[str, np.ndarray], tokenizer: Any, windows: dict[int, n
     for index in np.argsort(-values["kld"], kind="stable")[:EVIDENCE_ROWS]:
         item, position = int(values["item"][index]), int(values["position"][index])
         ids = windows.get(item)
-        context = "" if ids is None else tokenizer.decode(ids[max(0, position - CONTEXT_TOKENS):position].tolist())
-        rows.append({"text": context, "observed": tokenizer.decode([int(values["target"][index])]),
-                     "reference_top": tokenizer.decode([int(values["top_reference"][index])]),
-                     "candidate_top": tokenizer.decode([int(values["top_candidate"][index])]),
-                     "kld": float(values["kld"][index]), "delta_p": float(values["delta_p"][index])})
+        context = "" if ids is None else tokenizer.decode(ids[max(0, position - CONTEXT_TOKENS) : position].tolist())
+        rows.append(
+            {
+                "text": context,
+                "observed": tokenizer.decode([int(values["target"][index])]),
+                "reference_top": tokenizer.decode([int(values["top_reference"][index])]),
+                "candidate_top": tokenizer.decode([int(values["top_candidate"][index])]),
+                "kld": float(values["kld"][index]),
+                "delta_p": float(values["delta_p"][index]),
+            }
+        )
     return rows
 
 
@@ -156,8 +184,10 @@ def compare_in_gate(gate: "GateView", pair: "Pair", stage: str | None) -> Measur
 
     for name in (pair.reference, pair.candidate):
         if not gate.is_decoder(name):
-            raise NotApplicable(f"model {name!r} is not a decoder LM (a masked LM or an encoder has no "
-                                "next-token distribution); the token distribution compares causal LMs only")
+            raise NotApplicable(
+                f"model {name!r} is not a decoder LM (a masked LM or an encoder has no "
+                "next-token distribution); the token distribution compares causal LMs only"
+            )
     reference, candidate = gate.wrapper(pair.reference), gate.wrapper(pair.candidate)
     problem = same_tokenizer_problem(reference, candidate)
     if problem:
@@ -165,32 +195,45 @@ def compare_in_gate(gate: "GateView", pair: "Pair", stage: str | None) -> Measur
     texts, source = gate.token_texts()
     settings = gate.settings
     scoring, n_ctx = settings.token_scoring, settings.n_ctx
-    key = fingerprint("token-distribution", gate.model_fingerprint(pair.reference, None),
-                      gate.model_fingerprint(pair.candidate, None), fingerprint_texts(texts), scoring,
-                      n_ctx if scoring == "llama-cpp" else reference.max_length)
+    key = fingerprint(
+        "token-distribution",
+        gate.model_fingerprint(pair.reference, None),
+        gate.model_fingerprint(pair.candidate, None),
+        fingerprint_texts(texts),
+        scoring,
+        n_ctx if scoring == "llama-cpp" else reference.max_length,
+    )
     values = gate.cache.load_arrays("token_distribution", key)
     if values is None or set(values) != set(ARRAYS):
-        values = token_values(reference, candidate, texts, scoring=scoring, n_ctx=n_ctx,
-                              batch_size=settings.batch_size)
+        values = token_values(reference, candidate, texts, scoring=scoring, n_ctx=n_ctx, batch_size=settings.batch_size)
         gate.cache.save_arrays("token_distribution", key, values)
     n = int(values["kld"].size)
     if n < MIN_TOKENS:
-        raise NotApplicable(f"token distribution: only {n} scored tokens in {source}; at least {MIN_TOKENS} "
-                            "are needed (llama.cpp prints no statistics below 100); fix: pass more --text-data")
+        raise NotApplicable(
+            f"token distribution: only {n} scored tokens in {source}; at least {MIN_TOKENS} "
+            "are needed (llama.cpp prints no statistics below 100); fix: pass more --text-data"
+        )
     stats = summarise(values)
-    windows = {i: ids[m == 1] for i, (ids, m) in enumerate(_all_windows(reference, texts, scoring, n_ctx,
-                                                                          settings.batch_size))}
+    windows = {
+        i: ids[m == 1] for i, (ids, m) in enumerate(_all_windows(reference, texts, scoring, n_ctx, settings.batch_size))
+    }
     details = stats.to_dict()
     details.pop("details", None)
     details.update(scoring=scoring, text_source=source, **({"n_ctx": n_ctx} if scoring == "llama-cpp" else {}))
-    return Measurement(figure_name="same-top rate", figure=stats.same_top, n=n,
-                       ci_low=max(0.0, stats.same_top - 1.96 * stats.same_top_se),
-                       ci_high=min(1.0, stats.same_top + 1.96 * stats.same_top_se), details=details,
-                       evidence=evidence(values, reference.tokenizer, windows))
+    return Measurement(
+        figure_name="same-top rate",
+        figure=stats.same_top,
+        n=n,
+        ci_low=max(0.0, stats.same_top - 1.96 * stats.same_top_se),
+        ci_high=min(1.0, stats.same_top + 1.96 * stats.same_top_se),
+        details=details,
+        evidence=evidence(values, reference.tokenizer, windows),
+    )
 
 
-def _all_windows(wrapper: "ModelWrapper", texts: list[str], scoring: str, n_ctx: int,
-                 batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _all_windows(
+    wrapper: "ModelWrapper", texts: list[str], scoring: str, n_ctx: int, batch_size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Every window's ids and mask, in the order :func:`token_values` numbered them."""
     for ids, mask, _ in text_windows(wrapper, texts, scoring=scoring, n_ctx=n_ctx, batch_size=batch_size):
         yield from zip(ids, mask)

@@ -21,8 +21,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ChoiceScores", "encode_pair", "choice_loglikelihoods", "normalised_by_length",
-           "DEFAULT_TEMPLATE", "render_prompt"]
+__all__ = [
+    "ChoiceScores",
+    "encode_pair",
+    "choice_loglikelihoods",
+    "normalised_by_length",
+    "DEFAULT_TEMPLATE",
+    "render_prompt",
+]
 
 #: the prompt a text/label item becomes when no ``--prompt-template`` is given
 DEFAULT_TEMPLATE = "{text}\nAnswer:"
@@ -31,8 +37,10 @@ DEFAULT_TEMPLATE = "{text}\nAnswer:"
 def render_prompt(template: str, text: str) -> str:
     """``template`` with ``{text}`` filled in (only that field: other braces stay as written)."""
     if "{text}" not in template:
-        raise ValueError(f"the prompt template {template!r} has no {{text}} field; fix: write where the "
-                         "item's text goes, e.g. \"Review: {text}\\nSentiment:\"")
+        raise ValueError(
+            f"the prompt template {template!r} has no {{text}} field; fix: write where the "
+            'item\'s text goes, e.g. "Review: {text}\\nSentiment:"'
+        )
     return template.replace("{text}", text)
 
 
@@ -49,7 +57,7 @@ def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[i
         return [int(prefix)], list(tokenizer(continuation, add_special_tokens=False)["input_ids"])
     whole = list(tokenizer(context + continuation, add_special_tokens=False)["input_ids"])
     context_ids = list(tokenizer(context, add_special_tokens=False)["input_ids"])
-    return context_ids, whole[len(context_ids):]
+    return context_ids, whole[len(context_ids) :]
 
 
 @dataclass
@@ -70,9 +78,18 @@ def normalised_by_length(loglikelihoods: np.ndarray, choices: Sequence[str]) -> 
     return np.asarray(loglikelihoods, dtype=np.float64) / lengths
 
 
-def choice_loglikelihoods(model: Any, tokenizer: Any, prompts: Sequence[str],
-                          choices: Sequence[Sequence[str]], *, max_length: int, batch_size: int = 16,
-                          delimiter: str = " ", device: str = "cpu", progress: Any = None) -> ChoiceScores:
+def choice_loglikelihoods(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    choices: Sequence[Sequence[str]],
+    *,
+    max_length: int,
+    batch_size: int = 16,
+    delimiter: str = " ",
+    device: str = "cpu",
+    progress: Any = None,
+) -> ChoiceScores:
     """Score every choice of every item with ``model`` (a causal LM returning ``.logits``).
 
     Requests are run longest first in batches of ``batch_size``, right-padded (each request's
@@ -93,9 +110,11 @@ def choice_loglikelihoods(model: Any, tokenizer: Any, prompts: Sequence[str],
             if not continuation_ids:
                 raise ValueError(f"item {item}: the choice {option!r} encodes to no tokens")
             if len(continuation_ids) > max_length:
-                raise ValueError(f"item {item}: the choice {option!r} is {len(continuation_ids)} tokens, longer "
-                                 f"than the model's context of {max_length}")
-            ids = (context_ids + continuation_ids)[-(max_length + 1):][:-1]
+                raise ValueError(
+                    f"item {item}: the choice {option!r} is {len(continuation_ids)} tokens, longer "
+                    f"than the model's context of {max_length}"
+                )
+            ids = (context_ids + continuation_ids)[-(max_length + 1) :][:-1]
             if len(context_ids) + len(continuation_ids) > max_length + 1:
                 truncated.add(item)
             requests.append((item, index, ids, continuation_ids))
@@ -106,13 +125,13 @@ def choice_loglikelihoods(model: Any, tokenizer: Any, prompts: Sequence[str],
     model.eval()
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
-            batch = [requests[i] for i in order[start:start + batch_size]]
+            batch = [requests[i] for i in order[start : start + batch_size]]
             width = max(len(r[2]) for r in batch)
             input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
             for row, (_, _, ids, _) in enumerate(batch):
-                input_ids[row, :len(ids)] = torch.tensor(ids)
-                mask[row, :len(ids)] = 1
+                input_ids[row, : len(ids)] = torch.tensor(ids)
+                mask[row, : len(ids)] = 1
             logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
             log_probs = torch.log_softmax(logits, dim=-1)
             for row, (item, index, ids, continuation) in enumerate(batch):
@@ -129,4 +148,3 @@ def choice_loglikelihoods(model: Any, tokenizer: Any, prompts: Sequence[str],
         out_ll.append(np.array([lls[(item, i)] for i in range(len(options))]))
         out_greedy.append(np.array([greedy[(item, i)] for i in range(len(options))]))
     return ChoiceScores(out_ll, out_greedy, truncated=len(truncated))
-

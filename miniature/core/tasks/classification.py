@@ -41,17 +41,19 @@ def parse_label_map(text: str) -> dict[str, int]:
     mapping: dict[str, int] = {}
     pieces = [p.strip() for p in str(text).split(",") if p.strip()]
     if not pieces:
-        raise DataError(f"label map {text!r} is empty; fix: name each model label and its data "
-                        f"label id, e.g. {_LABEL_MAP_EXAMPLE}")
+        raise DataError(
+            f"label map {text!r} is empty; fix: name each model label and its data label id, e.g. {_LABEL_MAP_EXAMPLE}"
+        )
     for piece in pieces:
         name, equals, value = piece.rpartition("=")
         name, value = name.strip(), value.strip()
         if not equals or not name or not re.fullmatch(r"\d+", value):
-            raise DataError(f"label map {text!r}: {piece!r} is not NAME=ID with a non-negative "
-                            f"integer ID; fix: e.g. {_LABEL_MAP_EXAMPLE}")
+            raise DataError(
+                f"label map {text!r}: {piece!r} is not NAME=ID with a non-negative "
+                f"integer ID; fix: e.g. {_LABEL_MAP_EXAMPLE}"
+            )
         if name.casefold() in (k.casefold() for k in mapping):
-            raise DataError(f"label map {text!r} names {name!r} twice; fix: give each model label "
-                            "one data label id")
+            raise DataError(f"label map {text!r} names {name!r} twice; fix: give each model label one data label id")
         mapping[name] = int(value)
     return mapping
 
@@ -62,7 +64,8 @@ def id2label(config: Any) -> dict[int, str]:
         raw = config.get("id2label") or {i: f"LABEL_{i}" for i in range(int(config.get("num_labels", 2)))}
     else:
         raw = getattr(config, "id2label", None) or {
-            i: f"LABEL_{i}" for i in range(int(getattr(config, "num_labels", 2)))}
+            i: f"LABEL_{i}" for i in range(int(getattr(config, "num_labels", 2)))
+        }
     return {int(k): str(v) for k, v in sorted(raw.items(), key=lambda kv: int(kv[0]))}
 
 
@@ -88,8 +91,7 @@ def match_label_names(labels: Mapping[int, str], names: Sequence[str]) -> dict[s
     data name at all (the data has no "neutral" item) gets an id the data does not have, so
     predicting it is an error; one that fits several is ambiguous (None)."""
     index = {name.strip().casefold(): i for i, name in enumerate(names)}
-    matched = {name: index[name.strip().casefold()] for name in labels.values()
-               if name.strip().casefold() in index}
+    matched = {name: index[name.strip().casefold()] for name in labels.values() if name.strip().casefold() in index}
     left = {key: i for key, i in index.items() if i not in matched.values()}
     unused = len(names)
     for name in labels.values():
@@ -109,18 +111,22 @@ def match_label_names(labels: Mapping[int, str], names: Sequence[str]) -> dict[s
 
 def _unmatched_line(model: str, labels: Mapping[int, str], names: Sequence[str], source: str) -> str:
     """The refusal when a model's label names do not say which data label each id is."""
-    why = ("are generic and say nothing of their meaning" if _is_generic(labels)
-           else "do not match them one to one by name")
+    why = (
+        "are generic and say nothing of their meaning"
+        if _is_generic(labels)
+        else "do not match them one to one by name"
+    )
     ids = ", ".join(f"{name}={i}" for i, name in enumerate(names))
     first = next(iter(labels.values()), "LABEL_0")
-    return (f"data {source!r} names its labels {list(names)} but model {model!r} has labels "
-            f"{_show(labels)}, which {why}; fix: pass --label-map giving each model label its "
-            f"data label id (the data's ids: {ids}), e.g. --label-map \"{_suggest(labels)}\" if "
-            f"{first} means {names[0]}")
+    return (
+        f"data {source!r} names its labels {list(names)} but model {model!r} has labels "
+        f"{_show(labels)}, which {why}; fix: pass --label-map giving each model label its "
+        f'data label id (the data\'s ids: {ids}), e.g. --label-map "{_suggest(labels)}" if '
+        f"{first} means {names[0]}"
+    )
 
 
-def translation_table(labels: Mapping[int, str], label_map: Mapping[str, int],
-                      model: str) -> np.ndarray:
+def translation_table(labels: Mapping[int, str], label_map: Mapping[str, int], model: str) -> np.ndarray:
     """Model label id -> data label id (``table[model_id]``) through ``label_map``, names
     matched ignoring case; a DataError names the model's labels the map leaves out."""
     folded = {name.casefold(): value for name, value in label_map.items()}
@@ -129,7 +135,7 @@ def translation_table(labels: Mapping[int, str], label_map: Mapping[str, int],
         raise DataError(
             f"label map {_format_map(label_map)} does not name label(s) {', '.join(map(repr, missing))} "
             f"of model {model!r} (its labels: {_show(labels)}); fix: add them to --label-map, "
-            f"e.g. --label-map \"{_suggest(labels)}\""
+            f'e.g. --label-map "{_suggest(labels)}"'
         )
     size = max(labels) + 1 if labels else 0
     table = np.full(size, -1, dtype=np.int64)
@@ -173,8 +179,9 @@ def check_label_maps(
     """
     labels = np.asarray(data_labels, dtype=np.int64).ravel()
     if labels.size and labels.min() < 0:
-        raise DataError(f"data labels must be non-negative integers, found {int(labels.min())}; "
-                        "fix: map the labels to 0..n-1")
+        raise DataError(
+            f"data labels must be non-negative integers, found {int(labels.min())}; fix: map the labels to 0..n-1"
+        )
     needed = int(labels.max()) + 1 if labels.size else 0
     maps = {reference_name: id2label(reference_config), candidate_name: id2label(candidate_config)}
     if isinstance(label_map, str):
@@ -215,7 +222,7 @@ def check_label_maps(
             f"models {ref_name!r} and {cand_name!r} have different numbers of labels: {_show(ref)} "
             f"vs {_show(cand)}; their predictions cannot be compared id by id; fix: pass "
             f"--label-map naming every label of both with its data label id, e.g. "
-            f"--label-map \"{_suggest(ref)}\""
+            f'--label-map "{_suggest(ref)}"'
         )
     same = all(a.casefold() == b.casefold() for a, b in zip(ref.values(), cand.values()))
     if same or _is_generic(ref) or _is_generic(cand):
@@ -223,7 +230,7 @@ def check_label_maps(
     raise ModelReferenceError(
         f"label maps differ: model {ref_name!r} has id2label {_show(ref)} but model {cand_name!r} "
         f"has {_show(cand)}, so the same id means different labels; fix: pass --label-map "
-        f"mapping each label name to the data's label id, e.g. --label-map \"{_suggest(ref)}\""
+        f'mapping each label name to the data\'s label id, e.g. --label-map "{_suggest(ref)}"'
     )
 
 
@@ -298,14 +305,14 @@ def is_finetuned(model: "str | Path | ModelSpec", head: str) -> bool:
     names = _weight_names(directory)
     prefixes = HEAD_PREFIXES[head]
     if names is not None:
-        return any(name.startswith(prefixes) or any(f".{p}" in name for p in prefixes)
-                   for name in names)
+        return any(name.startswith(prefixes) or any(f".{p}" in name for p in prefixes) for name in names)
     config_path = directory / "config.json"
     if not config_path.is_file():
         return False
     from miniature.core.models import read_model_config
 
     architectures = read_model_config(directory).get("architectures") or []
-    suffix = {"classification": "ForSequenceClassification", "qa": "ForQuestionAnswering",
-              "masked-lm": "ForMaskedLM"}[head]
+    suffix = {"classification": "ForSequenceClassification", "qa": "ForQuestionAnswering", "masked-lm": "ForMaskedLM"}[
+        head
+    ]
     return any(str(a).endswith(suffix) for a in architectures)

@@ -31,8 +31,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCTUATION = frozenset(string.punctuation)
-_SQUAD_SCHEMA = ("SQuAD rows need id, question, context and answers "
-                 "{text: [...], answer_start: [...]} (empty lists for an unanswerable question)")
+_SQUAD_SCHEMA = (
+    "SQuAD rows need id, question, context and answers "
+    "{text: [...], answer_start: [...]} (empty lists for an unanswerable question)"
+)
 
 
 # -- official SQuAD 2.0 metrics ---------------------------------------------------------------
@@ -99,8 +101,12 @@ class QAExample:
 
     def to_record(self) -> dict[str, Any]:
         """The flat SQuAD row (as ``datasets`` gives squad_v2), for writing jsonl."""
-        return {"id": self.id, "question": self.question, "context": self.context,
-                "answers": {"text": list(self.answers), "answer_start": list(self.answer_starts)}}
+        return {
+            "id": self.id,
+            "question": self.question,
+            "context": self.context,
+            "answers": {"text": list(self.answers), "answer_start": list(self.answer_starts)},
+        }
 
 
 def _as_list(value: Any) -> Any:
@@ -111,17 +117,23 @@ def _answers(row: dict[str, Any], number: int, source: str) -> tuple[list[Any], 
     answers = _as_list(row["answers"])
     if isinstance(answers, list) and all(isinstance(a, dict) for a in answers):  # [{text, answer_start}]
         if any("text" not in a or "answer_start" not in a for a in answers):
-            raise DataError(f"data {source!r}: column 'answers' in row {number} has an answer "
-                            f"without 'text' or 'answer_start'; fix: {_SQUAD_SCHEMA}")
+            raise DataError(
+                f"data {source!r}: column 'answers' in row {number} has an answer "
+                f"without 'text' or 'answer_start'; fix: {_SQUAD_SCHEMA}"
+            )
         return [a["text"] for a in answers], [a["answer_start"] for a in answers]
     if not isinstance(answers, dict) or "text" not in answers or "answer_start" not in answers:
-        raise DataError(f"data {source!r}: column 'answers' in row {number} is "
-                        f"{type(answers).__name__} ({str(answers)[:60]!r}), expected an object with "
-                        f"'text' and 'answer_start' lists; fix: {_SQUAD_SCHEMA}")
+        raise DataError(
+            f"data {source!r}: column 'answers' in row {number} is "
+            f"{type(answers).__name__} ({str(answers)[:60]!r}), expected an object with "
+            f"'text' and 'answer_start' lists; fix: {_SQUAD_SCHEMA}"
+        )
     texts, starts = _as_list(answers["text"]), _as_list(answers["answer_start"])
     if not isinstance(texts, list) or not isinstance(starts, list) or len(texts) != len(starts):
-        raise DataError(f"data {source!r}: column 'answers' in row {number}: 'text' and "
-                        f"'answer_start' must be lists of the same length; fix: {_SQUAD_SCHEMA}")
+        raise DataError(
+            f"data {source!r}: column 'answers' in row {number}: 'text' and "
+            f"'answer_start' must be lists of the same length; fix: {_SQUAD_SCHEMA}"
+        )
     return texts, starts
 
 
@@ -137,41 +149,53 @@ def qa_examples_from_records(rows: Sequence[dict[str, Any]], source: str) -> lis
     seen: dict[str, int] = {}
     for number, row in enumerate(rows):
         if not isinstance(row, dict):
-            raise DataError(f"data {source!r}: row {number} is {type(row).__name__}, not an object; "
-                            f"fix: {_SQUAD_SCHEMA}")
+            raise DataError(
+                f"data {source!r}: row {number} is {type(row).__name__}, not an object; fix: {_SQUAD_SCHEMA}"
+            )
         for column in ("id", "question", "context", "answers"):
             if column not in row:
-                raise DataError(f"data {source!r}: row {number} has no column {column!r} (columns: "
-                                f"{', '.join(map(str, row))}); fix: {_SQUAD_SCHEMA}")
+                raise DataError(
+                    f"data {source!r}: row {number} has no column {column!r} (columns: "
+                    f"{', '.join(map(str, row))}); fix: {_SQUAD_SCHEMA}"
+                )
         identifier = row["id"]
         if isinstance(identifier, bool) or not isinstance(identifier, (str, int)):
-            raise DataError(f"data {source!r}: column 'id' in row {number} is "
-                            f"{type(identifier).__name__}, expected str or int; fix: {_SQUAD_SCHEMA}")
+            raise DataError(
+                f"data {source!r}: column 'id' in row {number} is "
+                f"{type(identifier).__name__}, expected str or int; fix: {_SQUAD_SCHEMA}"
+            )
         identifier = str(identifier)
         if identifier in seen:
-            raise DataError(f"data {source!r}: column 'id' value {identifier!r} in row {number} "
-                            f"repeats row {seen[identifier]}; fix: give every question its own id")
+            raise DataError(
+                f"data {source!r}: column 'id' value {identifier!r} in row {number} "
+                f"repeats row {seen[identifier]}; fix: give every question its own id"
+            )
         seen[identifier] = number
         for column in ("question", "context"):
             value = row[column]
             if not isinstance(value, str) or not value.strip():
                 what = "empty" if isinstance(value, str) else type(value).__name__
-                raise DataError(f"data {source!r}: column {column!r} in row {number} is {what}, "
-                                f"expected non-empty text; fix: correct or remove the row")
+                raise DataError(
+                    f"data {source!r}: column {column!r} in row {number} is {what}, "
+                    f"expected non-empty text; fix: correct or remove the row"
+                )
         texts, starts = _answers(row, number, source)
         context = row["context"]
         for text, start in zip(texts, starts):
             if not isinstance(text, str) or isinstance(start, bool) or not isinstance(start, int):
-                raise DataError(f"data {source!r}: column 'answers' in row {number} has text "
-                                f"{text!r} / answer_start {start!r}; expected str / int; fix: "
-                                f"{_SQUAD_SCHEMA}")
-            if context[start:start + len(text)] != text:
-                raise DataError(f"data {source!r}: column 'answers' in row {number}: answer "
-                                f"{text[:40]!r} is not in the context at answer_start {start} "
-                                f"(found {context[start:start + len(text)][:40]!r}); fix: correct "
-                                "answer_start to the character offset of the answer in the context")
-        examples.append(QAExample(identifier, row["question"], context, tuple(texts),
-                                  tuple(int(s) for s in starts)))
+                raise DataError(
+                    f"data {source!r}: column 'answers' in row {number} has text "
+                    f"{text!r} / answer_start {start!r}; expected str / int; fix: "
+                    f"{_SQUAD_SCHEMA}"
+                )
+            if context[start : start + len(text)] != text:
+                raise DataError(
+                    f"data {source!r}: column 'answers' in row {number}: answer "
+                    f"{text[:40]!r} is not in the context at answer_start {start} "
+                    f"(found {context[start : start + len(text)][:40]!r}); fix: correct "
+                    "answer_start to the character offset of the answer in the context"
+                )
+        examples.append(QAExample(identifier, row["question"], context, tuple(texts), tuple(int(s) for s in starts)))
     return examples
 
 
@@ -222,23 +246,31 @@ def prepare_qa_features(
     specials = tokenizer.num_special_tokens_to_add(pair=True)
     limit = min(max_question_tokens, max_length - specials - doc_stride - 1)
     if doc_stride < 0 or limit < 8:
-        raise OptionError(f"doc_stride must be in [0, {max_length - specials - 9}] for max_length "
-                         f"{max_length} (it is the overlap between windows and leaves room for the "
-                         f"question), got {doc_stride}; fix: lower doc_stride (--doc-stride) or raise max_length (--max-length)")
+        raise OptionError(
+            f"doc_stride must be in [0, {max_length - specials - 9}] for max_length "
+            f"{max_length} (it is the overlap between windows and leaves room for the "
+            f"question), got {doc_stride}; fix: lower doc_stride (--doc-stride) or raise max_length (--max-length)"
+        )
     questions = [e.question.strip() for e in examples]
     contexts = [e.context for e in examples]
     for attempt in range(3):  # cutting mid-word can re-tokenize into more pieces: check again
-        encoded_questions = tokenizer(questions, add_special_tokens=False,
-                                      return_offsets_mapping=True)
+        encoded_questions = tokenizer(questions, add_special_tokens=False, return_offsets_mapping=True)
         long = [i for i, o in enumerate(encoded_questions["offset_mapping"]) if len(o) > limit]
         for i in long:
             offsets = encoded_questions["offset_mapping"][i]
-            questions[i] = questions[i][:offsets[limit - 1 - attempt][1]]
+            questions[i] = questions[i][: offsets[limit - 1 - attempt][1]]
         if not long:
             break
-    encoded = tokenizer(questions, contexts, truncation="only_second", max_length=max_length,
-                        stride=doc_stride, return_overflowing_tokens=True,
-                        return_offsets_mapping=True, padding=False)
+    encoded = tokenizer(
+        questions,
+        contexts,
+        truncation="only_second",
+        max_length=max_length,
+        stride=doc_stride,
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+        padding=False,
+    )
     keys = [k for k in _MODEL_KEYS if k in encoded]
     cls_id = tokenizer.cls_token_id
     features = QAFeatures([], [], [], [])
@@ -247,8 +279,9 @@ def prepare_qa_features(
         sequence_ids = encoded.sequence_ids(i)
         features.inputs.append({k: list(encoded[k][i]) for k in keys})
         features.example_index.append(int(sample))
-        features.offsets.append([tuple(o) if s == 1 else None
-                                 for o, s in zip(encoded["offset_mapping"][i], sequence_ids)])
+        features.offsets.append(
+            [tuple(o) if s == 1 else None for o, s in zip(encoded["offset_mapping"][i], sequence_ids)]
+        )
         features.cls_index.append(ids.index(cls_id) if cls_id is not None and cls_id in ids else 0)
     return features
 
@@ -275,8 +308,8 @@ def qa_logits(wrapper: "ModelWrapper", features: QAFeatures) -> tuple[np.ndarray
         rows = np.full((len(starts), 2, width), np.nan, dtype=np.float32)
         for r in range(len(starts)):
             kept_start, kept_end = starts[r][mask[r]], ends[r][mask[r]]
-            rows[r, 0, :len(kept_start)] = kept_start
-            rows[r, 1, :len(kept_end)] = kept_end
+            rows[r, 0, : len(kept_start)] = kept_start
+            rows[r, 1, : len(kept_end)] = kept_end
         return rows
 
     both = wrapper.run(features.inputs, step, description="answering")
@@ -301,8 +334,7 @@ def postprocess_qa(
     the windows; "" is answered when it beats the best span by more than ``null_margin``.
     """
     if len(start_logits) != len(features) or len(end_logits) != len(features):
-        raise ValueError(f"{len(features)} features but {len(start_logits)}/{len(end_logits)} "
-                         "rows of start/end logits")
+        raise ValueError(f"{len(features)} features but {len(start_logits)}/{len(end_logits)} rows of start/end logits")
     windows: list[list[int]] = [[] for _ in examples]
     for f, example_index in enumerate(features.example_index):
         windows[example_index].append(f)
@@ -311,8 +343,8 @@ def postprocess_qa(
         best_score, best_span, null_score = -np.inf, None, np.inf
         for f in feature_ids:
             offsets = features.offsets[f]
-            starts = np.asarray(start_logits[f][:len(offsets)], dtype=np.float64)
-            ends = np.asarray(end_logits[f][:len(offsets)], dtype=np.float64)
+            starts = np.asarray(start_logits[f][: len(offsets)], dtype=np.float64)
+            ends = np.asarray(end_logits[f][: len(offsets)], dtype=np.float64)
             cls = features.cls_index[f]
             null_score = min(null_score, starts[cls] + ends[cls])
             top_starts = np.argsort(-starts, kind="stable")[:n_best]
@@ -330,7 +362,7 @@ def postprocess_qa(
         if best_span is None or null_score - best_score > null_margin:
             answers.append("")
         else:
-            answers.append(example.context[best_span[0]:best_span[1]])
+            answers.append(example.context[best_span[0] : best_span[1]])
     return answers
 
 
@@ -346,19 +378,18 @@ def predict_qa(
     """Answer texts ("" for no answer), one per example in order, from a QA-head model."""
     if not examples:
         raise ValueError(f"{wrapper.name}: no QA examples to answer (0 items)")
-    features = prepare_qa_features(wrapper.tokenizer, examples, max_length=wrapper.max_length,
-                                   doc_stride=doc_stride)
+    features = prepare_qa_features(wrapper.tokenizer, examples, max_length=wrapper.max_length, doc_stride=doc_stride)
     starts, ends = qa_logits(wrapper, features)
-    return postprocess_qa(examples, features, starts, ends, n_best=n_best,
-                          max_answer_length=max_answer_length, null_margin=null_margin)
+    return postprocess_qa(
+        examples, features, starts, ends, n_best=n_best, max_answer_length=max_answer_length, null_margin=null_margin
+    )
 
 
 def qa_correct(predictions: Sequence[str], examples: Sequence[QAExample]) -> np.ndarray:
     """Per-item exact match (bool): the correctness the prediction-error sets come from."""
     if len(predictions) != len(examples):
         raise ValueError(f"{len(predictions)} predictions for {len(examples)} examples")
-    return np.array([bool(exact_match(p, e.answers)) for p, e in zip(predictions, examples)],
-                    dtype=bool)
+    return np.array([bool(exact_match(p, e.answers)) for p, e in zip(predictions, examples)], dtype=bool)
 
 
 def qa_scores(predictions: Sequence[str], examples: Sequence[QAExample]) -> dict[str, float]:
@@ -369,5 +400,8 @@ def qa_scores(predictions: Sequence[str], examples: Sequence[QAExample]) -> dict
         raise ValueError("no examples to score")
     exact = [exact_match(p, e.answers) for p, e in zip(predictions, examples)]
     overlap = [f1(p, e.answers) for p, e in zip(predictions, examples)]
-    return {"exact": 100.0 * float(np.mean(exact)), "f1": 100.0 * float(np.mean(overlap)),
-            "total": float(len(examples))}
+    return {
+        "exact": 100.0 * float(np.mean(exact)),
+        "f1": 100.0 * float(np.mean(overlap)),
+        "total": float(len(examples)),
+    }
