@@ -414,7 +414,7 @@ def _describe_data(train: Any, data_print: str) -> dict[str, Any]:
             "items": len(train),
             "fingerprint": data_print,
             "label_names": list(train.label_names),
-            "labels": {str(k): int(v) for k, v in zip(*np.unique(train.labels, return_counts=True))},
+            "labels": {str(k): int(v) for k, v in zip(*np.unique(train.labels or [], return_counts=True))},
         }
     return {
         "source": "qa examples",

@@ -226,7 +226,7 @@ class ModelStore:
         if key not in self._wrappers:
             spec = self.spec(name, stage)
             headless = stage == BEFORE or bool(self.missing_head(name))
-            options = dict(
+            options: dict[str, Any] = dict(
                 device=self.device,
                 trust_remote_code=self.settings.trust_remote_code,
                 allow_pickle=self.settings.allow_pickle,

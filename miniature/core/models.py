@@ -592,6 +592,8 @@ class ModelWrapper:
     default_pooling = "cls"
     #: a decoder-only causal LM (:class:`DecoderWrapper`)
     decoder = False
+    #: a decoder scoring each test item's own choices (the gate sets it for multiple-choice data)
+    multiple_choice = False
 
     @property
     def config(self) -> Any:
@@ -699,7 +701,9 @@ class ModelWrapper:
             self.tokenize(texts, pairs), lambda out, batch: out.logits.float().cpu().numpy(), description="classifying"
         )
 
-    def encode_and_classify(self, texts: Sequence[str]) -> tuple["np.ndarray", "np.ndarray"]:
+    def encode_and_classify(
+        self, texts: Sequence[str], *, choices: Sequence[Sequence[str]] | None = None
+    ) -> tuple["np.ndarray", "np.ndarray"]:
         """Sentence vectors and logits from one forward pass per batch."""
         import numpy as np
 

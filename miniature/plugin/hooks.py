@@ -9,7 +9,7 @@ Kept thin: options come from :mod:`miniature.core.settings`, the work is done by
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -34,12 +34,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         if opt.default_text(option):
             kwargs["help"] += f" (default: {opt.default_text(option)})"
         group.addoption(option.flag, **kwargs)
-        parser.addini(
-            option.ini,
-            help=f"{option.help} (same as {option.flag})",
-            type="linelist" if option.multiple else "string",
-            default=None,
-        )
+        kind: Literal["linelist", "string"] = "linelist" if option.multiple else "string"
+        parser.addini(option.ini, help=f"{option.help} (same as {option.flag})", type=kind, default=None)
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:

@@ -123,7 +123,7 @@ class MiniatureSession:
         decoders only (without models every check is skipped with one line, whatever it compares)."""
         from miniature.core.registry import activate, for_models
 
-        self.registry = for_models(self.registry, [self.settings.reference, *self.settings.candidates])
+        self.registry = for_models(self.registry, [str(self.settings.reference), *self.settings.candidates])
         activate(self.registry)
 
     def _configure_reports(self) -> None:
@@ -277,7 +277,7 @@ class MiniatureSession:
 
         for name, value in report.user_properties:
             if name == RESULT_PROPERTY:
-                self.results.append(ComparisonResult.from_json(value))
+                self.results.append(ComparisonResult.from_json(str(value)))
 
     def pytest_sessionfinish(self) -> None:
         if hasattr(self.config, "workerinput"):

@@ -71,7 +71,7 @@ def _holds_settings(path: Path) -> bool:
         if sys.version_info >= (3, 11):
             import tomllib
         else:  # pragma: no cover - pytest depends on tomli there
-            import tomli as tomllib
+            import tomli as tomllib  # type: ignore[import-not-found, no-redef, unused-ignore]
         table = tomllib.loads(path.read_text(encoding="utf-8")).get("tool", {}).get("pytest", {})
         return bool(set(table) - {"ini_options"}) or "ini_options" in table
     if path.name in ("tox.ini", "setup.cfg"):

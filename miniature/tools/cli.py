@@ -120,7 +120,7 @@ def finetune_command(args: argparse.Namespace) -> int:
     path = finetune(
         args.model,
         args.task,
-        train,  # type: ignore[arg-type]
+        train,
         output_root=args.output_dir or default_output_dir(),
         epochs=args.epochs,
         learning_rate=args.learning_rate,

@@ -593,7 +593,7 @@ def _drop_layers(model: Any, settings: dict[str, Any], built: Path) -> dict[str,
     for position, layer in enumerate(kept):
         for module in layer.modules():
             if hasattr(module, "layer_idx"):
-                module.layer_idx = position
+                setattr(module, "layer_idx", position)
     setattr(container, attribute, kept)
     model.config.num_hidden_layers = len(keep)  # DistilBERT maps this to n_layers, GPT-2 to n_layer
     if isinstance(getattr(model.config, "layer_types", None), list):  # per-layer attention kinds

@@ -151,7 +151,7 @@ class DemoResult:
 #: (Table 3: 0.85-0.94), the attack neither always nor never wins against the reference
 #: (Table 3: 40 % lost), and the challenge set is near the training data, so that OOD
 #: detection is not trivial. Checked on the full size; the quick one is too small for some.
-PHENOMENON_GOALS = {
+PHENOMENON_GOALS: dict[str, Any] = {
     "reference_errors_min": 30,
     "accuracy_gap_max": 0.05,
     "attack_success_rate": (0.2, 0.8),
@@ -280,7 +280,7 @@ def paper_tables(results: Sequence[dict[str, Any]], reference: str = MODEL_NAMES
     ]
     order = [reference] + [name for name in attacked if name not in (reference, f"{reference}#2")]
     for name in order:
-        figures = attacked.get(name)
+        figures = attacked.get(name) or {}
         if figures:
             lines.append(
                 f"| {name} | {cell(figures.get('original_accuracy'))} | "
@@ -513,9 +513,10 @@ def _demo_data(plan: DemoSize) -> Any:
     data = builtin_sentiment_data()
     if plan.data_limit is None:
         return data
-    return TaskData(
-        **{role: data.role(role).head(plan.data_limit) for role in ("train", "holdout", "test", "challenge")}
+    train, holdout, test, challenge = (
+        data.role(role).head(plan.data_limit) for role in ("train", "holdout", "test", "challenge")
     )
+    return TaskData(train=train, holdout=holdout, test=test, challenge=challenge)
 
 
 def _finetuned_reference(cache: Path, data: Any, plan: DemoSize, progress: bool) -> Path:

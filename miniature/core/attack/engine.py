@@ -495,8 +495,8 @@ class AttackRouter:
                     pred_probs = logits[row, : lengths[i]]
                     id_preds = torch.topk(pred_probs, swap.max_candidates)[1].cpu()
                     masked_lm_logits = pred_probs.cpu()
-                    current_text, indices = wanted[texts[i]]
-                    for index in sorted(indices):
+                    current_text, positions = wanted[texts[i]]
+                    for index in sorted(positions):
                         words = swap._bert_attack_replacement_words(
                             current_text, index, id_preds=id_preds, masked_lm_logits=masked_lm_logits
                         )

@@ -272,7 +272,7 @@ class LocalBertAttackSwap(WordSwapMaskedLM):
             return []
         model_type = self._language_model.config.model_type
         if len(positions) == 1:
-            words = []
+            words: list[str] = []
             for token_id in id_preds[positions[0]].tolist():
                 token = tokenizer.convert_ids_to_tokens(token_id)
                 if _ta_utils.is_one_word(token) and not _ta_utils.check_if_subword(token, model_type, index == 0):
@@ -284,7 +284,7 @@ class LocalBertAttackSwap(WordSwapMaskedLM):
         log_probs = torch.log_softmax(masked_lm_logits[positions].float(), dim=-1)  # (n, V)
         nll = -log_probs[torch.arange(len(positions)).unsqueeze(0), candidates]  # (m, n)
         perplexity = nll.mean(dim=1).exp()
-        words: list[str] = []
+        words = []
         for row in torch.argsort(perplexity, stable=True).tolist():
             word = "".join(tokenizer.convert_ids_to_tokens(combinations[row])).replace("##", "")
             if _ta_utils.is_one_word(word) and word not in words:

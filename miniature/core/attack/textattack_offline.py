@@ -38,7 +38,7 @@ def prepare_textattack() -> None:
     if str(NLTK_DATA_DIR) not in nltk.data.path:
         nltk.data.path.append(str(NLTK_DATA_DIR))
     download = nltk.download
-    nltk.download = _no_download  # type: ignore[assignment]
+    nltk.download = _no_download
     try:
         import textattack  # noqa: F401
     except LookupError as error:

@@ -55,9 +55,9 @@ def attack_figures(outcomes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     original = correct / n
     after = survived / n
     drop = original - after
-    queries = [o.get("queries") for o in attacked if o.get("queries") is not None]
+    queries = [o["queries"] for o in attacked if o.get("queries") is not None]
     changed = [
-        o.get("words_changed") for o in outcomes if o["result"] == "successful" and o.get("words_changed") is not None
+        o["words_changed"] for o in outcomes if o["result"] == "successful" and o.get("words_changed") is not None
     ]
     return {
         "n": n,
