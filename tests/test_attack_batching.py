@@ -337,6 +337,7 @@ def test_attack_runner_refuses_what_it_cannot_attack_with_the_reason_before_load
     assert host.loaded == unlabelled.loaded == missing.loaded == 0
 
 
+@pytest.mark.slow
 def test_attack_runner_outcomes_equal_attack_model_outcomes_on_the_same_sample(models, reviews, tmp_path):
     import numpy as np
 

@@ -20,6 +20,7 @@ import pytest
 from miniature.core import settings as opt
 from miniature.core.data import load_text_data, write_jsonl
 from miniature.core.gate import Gate
+from miniature.core.outputs import OutputStore
 from miniature.errors import CacheWarning, DataError, DataWarning, MiniatureError, ModelReferenceError
 from miniature.core.settings import make_settings
 
@@ -629,7 +630,7 @@ def test_nan_embeddings_are_a_clear_error() -> None:
     vectors = np.ones((5, 4), dtype=np.float32)
     vectors[2, 1] = np.nan
     with pytest.raises(MiniatureError, match=r"1 of 5 embeddings contain NaN or inf.*float16.*fix"):
-        Gate._check_embeddings(vectors, "model 'x' on the test data")
+        OutputStore.check_embeddings(vectors, "model 'x' on the test data")
 
 
 def test_all_zero_embeddings_warn_and_still_give_a_result() -> None:
@@ -638,7 +639,7 @@ def test_all_zero_embeddings_warn_and_still_give_a_result() -> None:
     vectors = np.random.default_rng(0).normal(size=(12, 4)).astype(np.float32)
     vectors[3] = 0.0
     with pytest.warns(DataWarning, match="1 of 12 embeddings are all zero"):
-        Gate._check_embeddings(vectors, "model 'x' on the test data")
+        OutputStore.check_embeddings(vectors, "model 'x' on the test data")
     agreement = knn_jaccard(vectors, vectors, 3)
     assert np.all(agreement == 1.0)
 
@@ -729,7 +730,7 @@ def test_attack_model_without_masked_lm_head_is_refused(tiny_models, tmp_path: P
 
 def test_masked_lm_attack_model_is_accepted(tiny_models, tmp_path: Path) -> None:
     g = gate(tiny_models, tmp_path, attack_model=str(tiny_models["attacker"]))
-    wrapper = g.attack_wrapper()
+    wrapper = g.models.attack_wrapper()
     assert type(wrapper.model).__name__ == "BertForMaskedLM" and wrapper.missing_head == []
 
 
@@ -1692,7 +1693,7 @@ def test_interrupted_encoding_resumes_from_saved_chunks(tiny_models, tmp_path: P
     resumed = gate(tiny_models, tmp_path, data_limit=60)
     resumed.chunk_size = 16
     assert figures(resumed) == expected
-    reference_wrapper = resumed._wrappers[(resumed.reference, "")]
+    reference_wrapper = resumed.models.loaded()[(resumed.reference, "")]
     assert reference_wrapper.forward_calls < 30  # only the missing chunks were encoded
 
 

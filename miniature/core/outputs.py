@@ -88,11 +88,11 @@ class OutputStore:
             )
         if "embeddings" not in arrays:  # a logits-only ONNX export: the vectors' checks skip
             return WithoutVectors(arrays, reason=self.models.wrapper(name, stage=stage).hidden_problem or "")
-        self._check_embeddings(arrays["embeddings"], where)
+        self.check_embeddings(arrays["embeddings"], where)
         return arrays
 
     @staticmethod
-    def _check_embeddings(embeddings: np.ndarray, where: str) -> None:
+    def check_embeddings(embeddings: np.ndarray, where: str) -> None:
         """Non-finite vectors are an error; all-zero ones a warning (their neighbours are ties)."""
         finite = np.isfinite(embeddings).all(axis=1)
         if not finite.all():
