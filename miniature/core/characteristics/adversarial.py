@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from miniature.core.attack import RESULTS, transfer_predictions
 from miniature.core.attack.runner import check_outcomes
 from miniature.core.checks import MIN_ITEMS  # fewest items attacked against both models
-from miniature.core.characteristics.base import THRESHOLD_ON_CHOICES, ComparisonResult, Measurement, judge
+from miniature.core.characteristics.base import Measurement, judged
 from miniature.errors import NotApplicable
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -212,29 +212,7 @@ def measure_adversarial(
     )
 
 
-def compare_adversarial(
-    *args: Any,
-    reference: str,
-    candidate: str,
-    threshold: float | None = None,
-    threshold_on: str = "raw",
-    gating: bool = True,
-    **kwargs: Any,
-) -> ComparisonResult:
-    """:func:`measure_adversarial` judged against ``threshold`` on the broken-set Jaccard (see
-    :func:`~miniature.core.characteristics.base.judge`), for use outside a gate run."""
-    if threshold_on not in THRESHOLD_ON_CHOICES:
-        raise ValueError(f"threshold_on must be one of {THRESHOLD_ON_CHOICES}, got {threshold_on!r}")
-    measured = measure_adversarial(*args, reference=reference, candidate=candidate, **kwargs)
-    return judge(
-        measured,
-        characteristic="adversarial_vulnerability",
-        reference=reference,
-        candidate=candidate,
-        threshold=threshold,
-        threshold_on=threshold_on,
-        gating=gating,
-    )
+compare_adversarial = judged(measure_adversarial, "adversarial_vulnerability")
 
 
 def _label(ref: Mapping[str, Any], cand: Mapping[str, Any]) -> int:

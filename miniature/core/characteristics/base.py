@@ -134,6 +134,38 @@ def judge(
     )
 
 
+def judged(measure: Callable[..., Measurement], characteristic: str) -> Callable[..., ComparisonResult]:
+    """``measure`` as a comparison for use outside a gate run: ``compare(*arrays,
+    reference=..., candidate=..., threshold=None, threshold_on="raw", gating=True, **options)``
+    returns its measurement judged by :func:`judge` (the gate judges the same way)."""
+
+    def compare(
+        *args: Any,
+        reference: str,
+        candidate: str,
+        threshold: float | None = None,
+        threshold_on: str = "raw",
+        gating: bool = True,
+        **kwargs: Any,
+    ) -> ComparisonResult:
+        check_threshold_on(threshold_on)
+        measured = measure(*args, reference=reference, candidate=candidate, **kwargs)
+        return judge(
+            measured,
+            characteristic=characteristic,
+            reference=reference,
+            candidate=candidate,
+            threshold=threshold,
+            threshold_on=threshold_on,
+            gating=gating,
+            stage=kwargs.get("stage"),
+        )
+
+    compare.__name__ = compare.__qualname__ = measure.__name__.replace("measure_", "compare_", 1)
+    compare.__doc__ = f":func:`{measure.__name__}` judged against ``threshold`` (see :func:`judged`)."
+    return compare
+
+
 @dataclass
 class ComparisonResult:
     """One characteristic compared between two models."""

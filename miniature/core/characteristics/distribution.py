@@ -9,7 +9,7 @@ same challenge items are compared with the Jaccard coefficient.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
     from miniature.core.characteristics.base import Pair
@@ -21,8 +21,8 @@ from typing import Sequence
 import numpy as np
 from scipy import stats as _scipy_stats
 
-from miniature.core.characteristics.base import ComparisonResult, Measurement, judge
-from miniature.core.checks import booleans, check_k, check_texts, check_threshold_on, check_whole
+from miniature.core.characteristics.base import Measurement, judged
+from miniature.core.checks import booleans, check_k, check_texts, check_whole
 from miniature.core.neighbours import DEFAULT_KS, exact_search, normalized_float32, usable_ks
 from miniature.core.stats import informative, jaccard, set_agreement
 from miniature.errors import NotApplicable
@@ -217,29 +217,7 @@ def measure_distribution(
     )
 
 
-def compare_distribution(
-    *args: Any,
-    reference: str,
-    candidate: str,
-    threshold: float | None = None,
-    threshold_on: str = "raw",
-    gating: bool = True,
-    **kwargs: Any,
-) -> ComparisonResult:
-    """:func:`measure_distribution` judged against ``threshold`` (see
-    :func:`~miniature.core.characteristics.base.judge`), for use outside a gate run."""
-    check_threshold_on(threshold_on)
-    measured = measure_distribution(*args, reference=reference, candidate=candidate, **kwargs)
-    return judge(
-        measured,
-        characteristic="data_distribution",
-        reference=reference,
-        candidate=candidate,
-        threshold=threshold,
-        threshold_on=threshold_on,
-        gating=gating,
-        stage=None,
-    )
+compare_distribution = judged(measure_distribution, "data_distribution")
 
 
 # --------------------------------------------------------------------------------------

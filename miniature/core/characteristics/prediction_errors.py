@@ -9,7 +9,7 @@ from right to wrong, and whether that asymmetry is significant (exact McNemar te
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
     from miniature.core.characteristics.base import Pair
@@ -19,8 +19,8 @@ from typing import Sequence
 
 import numpy as np
 
-from miniature.core.characteristics.base import ComparisonResult, Measurement, judge
-from miniature.core.checks import MIN_ITEMS, booleans, check_texts, check_threshold_on
+from miniature.core.characteristics.base import Measurement, judged
+from miniature.core.checks import MIN_ITEMS, booleans, check_texts
 from miniature.core.stats import informative, mcnemar_exact, set_agreement
 from miniature.errors import NotApplicable
 
@@ -114,29 +114,7 @@ def measure_prediction_errors(
     )
 
 
-def compare_prediction_errors(
-    *args: Any,
-    reference: str,
-    candidate: str,
-    threshold: float | None = None,
-    threshold_on: str = "raw",
-    gating: bool = True,
-    **kwargs: Any,
-) -> ComparisonResult:
-    """:func:`measure_prediction_errors` judged against ``threshold`` (see
-    :func:`~miniature.core.characteristics.base.judge`), for use outside a gate run."""
-    check_threshold_on(threshold_on)
-    measured = measure_prediction_errors(*args, reference=reference, candidate=candidate, **kwargs)
-    return judge(
-        measured,
-        characteristic="prediction_errors",
-        reference=reference,
-        candidate=candidate,
-        threshold=threshold,
-        threshold_on=threshold_on,
-        gating=gating,
-        stage=None,
-    )
+compare_prediction_errors = judged(measure_prediction_errors, "prediction_errors")
 
 
 def _correctness(values: np.ndarray, name: str) -> np.ndarray:

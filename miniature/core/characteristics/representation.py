@@ -10,7 +10,7 @@ first, then lower index).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
     from miniature.core.characteristics.base import Pair
@@ -22,8 +22,8 @@ from typing import Sequence
 
 import numpy as np
 
-from miniature.core.characteristics.base import ComparisonResult, Measurement, judge
-from miniature.core.checks import check_k, check_texts, check_threshold_on
+from miniature.core.characteristics.base import Measurement, judged
+from miniature.core.checks import check_k, check_texts
 from miniature.core.neighbours import DEFAULT_KS, TOO_FEW_ITEMS, knn_indices, usable_ks
 from miniature.core.stats import chance_jaccard, informative, jaccard_rows, mean_agreement
 from miniature.errors import DataWarning, NotApplicable
@@ -128,29 +128,7 @@ def measure_representation(
     )
 
 
-def compare_representation(
-    *args: Any,
-    reference: str,
-    candidate: str,
-    threshold: float | None = None,
-    threshold_on: str = "raw",
-    gating: bool = True,
-    **kwargs: Any,
-) -> ComparisonResult:
-    """:func:`measure_representation` judged against ``threshold`` (see
-    :func:`~miniature.core.characteristics.base.judge`), for use outside a gate run."""
-    check_threshold_on(threshold_on)
-    measured = measure_representation(*args, reference=reference, candidate=candidate, **kwargs)
-    return judge(
-        measured,
-        characteristic="data_representation",
-        reference=reference,
-        candidate=candidate,
-        threshold=threshold,
-        threshold_on=threshold_on,
-        gating=gating,
-        stage=kwargs.get("stage"),
-    )
+compare_representation = judged(measure_representation, "data_representation")
 
 
 # --------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ Item weights w (counts, summing to n) make a bootstrap resample the same computa
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
     from miniature.core.characteristics.base import Pair
@@ -35,9 +35,8 @@ import math
 
 import numpy as np
 
-from miniature.core.characteristics.base import ComparisonResult, Measurement, judge
+from miniature.core.characteristics.base import Measurement, judged
 from miniature.core.checks import check_2d, check_count, check_k, check_level, check_real_finite, check_texts
-from miniature.core.checks import check_threshold_on
 from miniature.core.neighbours import knn_indices
 from miniature.core.stats import paired_bootstrap_ci
 from miniature.errors import NotApplicable
@@ -618,29 +617,7 @@ def measure_similarity(
     )
 
 
-def compare_similarity(
-    *args: Any,
-    reference: str,
-    candidate: str,
-    threshold: float | None = None,
-    threshold_on: str = "raw",
-    gating: bool = True,
-    **kwargs: Any,
-) -> ComparisonResult:
-    """:func:`measure_similarity` judged against ``threshold`` (see
-    :func:`~miniature.core.characteristics.base.judge`), for use outside a gate run."""
-    check_threshold_on(threshold_on)
-    measured = measure_similarity(*args, reference=reference, candidate=candidate, **kwargs)
-    return judge(
-        measured,
-        characteristic="representation_similarity",
-        reference=reference,
-        candidate=candidate,
-        threshold=threshold,
-        threshold_on=threshold_on,
-        gating=gating,
-        stage=kwargs.get("stage"),
-    )
+compare_similarity = judged(measure_similarity, "representation_similarity")
 
 
 # -- in a gate run ----------------------------------------------------------------------
