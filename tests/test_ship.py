@@ -239,6 +239,7 @@ OFFLINE_WAYS = [
 ]
 
 
+@pytest.mark.wall_clock
 @pytest.mark.slow
 @pytest.mark.parametrize("offline", OFFLINE_WAYS)
 def test_unreachable_attack_model_skips_the_attack_in_seconds(
@@ -266,6 +267,7 @@ def test_unreachable_attack_model_skips_the_attack_in_seconds(
     assert [r["status"] for r in attack] == ["skipped"] and "bert-base-uncased" in attack[0]["reason"]
 
 
+@pytest.mark.wall_clock
 @pytest.mark.slow
 @pytest.mark.parametrize("offline", OFFLINE_WAYS[:2])
 def test_unreachable_candidate_fails_the_run_in_seconds_with_one_line(tiny_models, tmp_path: Path, offline) -> None:
