@@ -381,3 +381,81 @@ def test_compress_prunes_and_drops_layers_of_decoders(decoders, tmp_path: Path) 
     for folder in (pruned, fewer):
         wrapper = load_model(str(folder), head="classification", choices=["negative", "positive"])
         assert wrapper.decoder and wrapper.logits(["a fine film"]).shape == (1, 2)
+
+
+def test_a_custom_code_decoder_is_told_from_its_auto_map() -> None:
+    from miniature.core.models import causal_lm_problem, is_decoder
+
+    chatglm = {
+        "architectures": ["ChatGLMModel"],
+        "model_type": "chatglm",
+        "auto_map": {
+            "AutoModel": "modeling_chatglm.ChatGLMForConditionalGeneration",
+            "AutoModelForCausalLM": "modeling_chatglm.ChatGLMForConditionalGeneration",
+        },
+    }
+    assert is_decoder(chatglm)
+    assert not is_decoder({"architectures": ["BertModel"], "model_type": "bert"})
+    assert not is_decoder({"architectures": ["GPT2Model"], "model_type": "gpt2"})  # a base model: told by --task
+    assert causal_lm_problem({"architectures": ["GPT2Model"], "model_type": "gpt2"}, "g") is None
+    bert = causal_lm_problem({"architectures": ["BertForSequenceClassification"], "model_type": "bert"}, "b")
+    assert bert is not None and "an encoder (model_type 'bert'" in bert and "drop --task causal-lm" in bert
+
+
+@pytest.mark.slow
+def test_task_causal_lm_reads_a_base_decoder_checkpoint_as_a_causal_lm(decoders, tmp_path: Path) -> None:
+    """A GPT-2 saved as its base model (``GPT2Model``, no ``*LMHeadModel`` in config.json) is
+    not detected as a decoder; ``--task causal-lm`` reads it as one: its tied LM head gives the
+    same next-token distribution as the original's (same top 1, KLD 0)."""
+    from miniature.core.gate import Gate
+    from miniature.core.models import load_model
+    from miniature.core.settings import make_settings
+
+    base = tmp_path / "gpt2-base"
+    original = load_model(str(decoders["gpt2"]), head="classification")
+    original.model.transformer.save_pretrained(base, safe_serialization=True)
+    original.tokenizer.save_pretrained(base)
+    assert json.loads((base / "config.json").read_text())["architectures"] == ["GPT2Model"]
+
+    def gate(**task: str) -> Gate:
+        return Gate(
+            make_settings(
+                reference=str(decoders["gpt2"]),
+                candidate=[str(base)],
+                cache_dir=tmp_path / "cache",
+                data_limit=30,
+                bootstrap=0,
+                **task,
+            )
+        )
+
+    detected = gate()
+    assert not detected.is_decoder(detected.candidates[0])
+    forced = gate(task="causal-lm")
+    assert forced.is_decoder(forced.candidates[0]) and forced.task == "classification"
+    assert forced.models.table()["architecture"][forced.candidates[0]] == "GPT2Model, decoder"
+    result = forced.outcome("token_distribution", forced.pairs()[0])
+    assert result.status == "computed", result.reason
+    assert result.figure == 1.0 and result.details["mean_kld"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_task_causal_lm_refuses_an_encoder_in_one_line(tiny_models, tmp_path: Path) -> None:
+    from miniature.core.settings import make_settings
+    from miniature.plugin.startup import locate_models
+
+    settings = make_settings(reference=str(tiny_models["reference"]), task="causal-lm", cache_dir=tmp_path)
+    with pytest.raises(pytest.UsageError) as raised:
+        locate_models(settings)
+    (line,) = str(raised.value).splitlines()
+    assert line.startswith("--reference: model ") and "an encoder (model_type 'bert'" in line
+
+
+def test_task_causal_lm_keeps_the_decoder_characteristics_for_base_checkpoints(tmp_path: Path) -> None:
+    from miniature.core.registry import BUILTIN, Registry, for_models
+
+    folder = tmp_path / "base"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"architectures": ["GPT2Model"], "model_type": "gpt2"}))
+    registry = Registry(BUILTIN)
+    assert "token_distribution" not in for_models(registry, [str(folder)]).names
+    assert "token_distribution" in for_models(registry, [str(folder)], decoders=True).names

@@ -16,11 +16,13 @@ from miniature.core.models import (
     ModelWrapper,
     check_device,
     head_missing_line,
+    causal_lm_problem,
     local_is_decoder,
     missing_head_weights,
     resolve_model,
     locate,
 )
+from miniature.core.model_files import read_model_config
 from miniature.core.model_table import model_table, name_models
 from miniature.core.run_data import RunData
 from miniature.errors import MiniatureError, ModelReferenceError, NotApplicable
@@ -86,7 +88,7 @@ class ModelStore:
 
     def table(self) -> dict[str, Any]:
         """The report's model table (order, architecture, quantization) of these models."""
-        return model_table(self.named)
+        return model_table(self.named, decoders=self.settings.decoders)
 
     def spec(self, name: str, stage: str | None = None) -> ModelSpec:
         """Where a model's checkpoint for ``stage`` is: the base one before fine-tuning,
@@ -134,7 +136,7 @@ class ModelStore:
 
     @property
     def task(self) -> str:
-        return str(self.settings.task)
+        return self.settings.data_task
 
     @property
     def head(self) -> str:
@@ -145,7 +147,12 @@ class ModelStore:
         """Whether ``name`` is a decoder-only causal LM (told from its config.json)."""
         if name not in self._decoders:
             spec = self.specs[name]
-            self._decoders[name] = self.onnx_export(name) is None and local_is_decoder(spec)
+            forced = self.settings.decoders and spec.is_local
+            if forced and self.onnx_export(name) is None:
+                problem = causal_lm_problem(read_model_config(spec), name)
+                if problem:
+                    raise ModelReferenceError(problem)
+            self._decoders[name] = self.onnx_export(name) is None and (forced or local_is_decoder(spec))
         return self._decoders[name]
 
     def head_of(self, name: str) -> str:
@@ -234,6 +241,7 @@ class ModelStore:
                 batch_size=self.settings.batch_size,
                 pooling=self.pooling_of(name),
                 onnx_outputs=self.settings.onnx_outputs,
+                decoder=self.settings.decoders,
             )
             if self.is_decoder(name) and not headless and self.choice_problem() is None:
                 options.update(prompt_template=self.settings.prompt_template, choice_score=self.settings.choice_score)

@@ -49,13 +49,15 @@ def given_models(settings: Any) -> list[str]:
     return [str(v) for v in [values.get("--reference"), *(values.get("--candidate") or [])] if v]
 
 
-def model_table(models: Sequence[NamedModel]) -> dict[str, Any]:
+def model_table(models: Sequence[NamedModel], *, decoders: bool | None = None) -> dict[str, Any]:
     """The report's ``models`` entry: the reference, the candidates, their order, and for
     local models how each is quantized or exported and its architecture (e.g.
-    ``LlamaForCausalLM, decoder``); what cannot be read is left out of those two."""
+    ``LlamaForCausalLM, decoder``); what cannot be read is left out of those two.
+    ``decoders`` True: every PyTorch model is read as a decoder (``--task causal-lm``)."""
     from miniature.core.formats import quantization_of
     from miniature.core.model_files import read_model_config
     from miniature.core.models import is_decoder
+    from miniature.core.onnx_model import onnx_file
 
     names = [m.name for m in models]
     quantization: dict[str, str] = {}
@@ -73,7 +75,8 @@ def model_table(models: Sequence[NamedModel]) -> dict[str, Any]:
             config = read_model_config(model.spec)
         except Exception:  # noqa: BLE001 - the table only
             continue
-        kind = "decoder" if is_decoder(config) else "encoder"
+        exported = onnx_file(model.spec.source) is not None
+        kind = "decoder" if (decoders and not exported) or is_decoder(config) else "encoder"
         found = ", ".join(config.get("architectures") or []) or str(config.get("model_type", "?"))
         architecture[model.name] = f"{found}, {kind}"
     return {

@@ -347,7 +347,10 @@ def is_decoder(config: Any) -> bool:
     get = config.get if isinstance(config, dict) else (lambda key, default=None: getattr(config, key, default))
     architectures = [str(a) for a in (get("architectures") or [])]
     if architectures:
-        return any(a.endswith(_CAUSAL_ARCHITECTURES) for a in architectures) and not get("is_encoder_decoder", False)
+        causal = any(a.endswith(_CAUSAL_ARCHITECTURES) for a in architectures) or _remote_causal(get)
+        return causal and not get("is_encoder_decoder", False)
+    if _remote_causal(get):
+        return True
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
         MODEL_FOR_MASKED_LM_MAPPING_NAMES,
@@ -355,6 +358,41 @@ def is_decoder(config: Any) -> bool:
 
     model_type = str(get("model_type") or "")
     return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def _remote_causal(get: Any) -> bool:
+    """Whether the config's own code (``auto_map``) says which class is its causal LM, as
+    models whose architecture is named otherwise do (ChatGLM's ``ChatGLMModel``)."""
+    auto_map = get("auto_map") or {}
+    return isinstance(auto_map, dict) and "AutoModelForCausalLM" in auto_map
+
+
+def causal_lm_problem(config: dict[str, Any], name: str) -> str | None:
+    """Why a model cannot be read as a causal LM when ``--task causal-lm`` asks for one (one
+    line with the fix), None when it can: its model type has a causal-LM class in
+    transformers, or its own code names one (``auto_map``); an encoder whose type is also a
+    masked LM (BERT, RoBERTa) and whose config names no causal-LM architecture is refused."""
+    if is_decoder(config):
+        return None
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    model_type = str(config.get("model_type") or "")
+    architectures = ", ".join(str(a) for a in config.get("architectures") or []) or "none named"
+    if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return None
+    what = (
+        f"an encoder (model_type {model_type!r}, architectures: {architectures})"
+        if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+        else f"not a causal LM transformers knows (model_type {model_type!r}, architectures: {architectures})"
+    )
+    return (
+        f"model {name!r}: --task causal-lm reads every model as a decoder causal LM, but its "
+        f"config.json describes {what}; fix: give a decoder checkpoint, or drop --task causal-lm "
+        "(decoders are told from config.json by themselves)"
+    )
 
 
 def local_is_decoder(spec: ModelSpec) -> bool:
@@ -374,6 +412,7 @@ def load_model(
     allow_pickle: bool = False,
     device: str = "cpu",
     onnx_outputs: "dict[str, str] | None" = None,
+    decoder: bool | None = None,
     **wrapper_options: Any,
 ) -> "ModelWrapper":
     """Load a model and its tokenizer safely and wrap them.
@@ -387,7 +426,9 @@ def load_model(
     ``trust_remote_code``. The head's weights the
     checkpoint lacks (initialised at random) are listed in ``wrapper.missing_head``.
     ``onnx_outputs`` names an export's outputs by role (``{"last_hidden_state": "1234"}``,
-    ``--onnx-output``), for exports that do not use optimum's names.
+    ``--onnx-output``), for exports that do not use optimum's names. ``decoder`` True reads
+    the checkpoint as a causal LM although its config.json names no causal-LM architecture
+    (``--task causal-lm``; refused for an encoder), None tells it from config.json.
     """
     if isinstance(spec, str):
         spec = resolve_model(spec)
@@ -397,7 +438,13 @@ def load_model(
 
     transformers.logging.set_verbosity_error()
     exported = onnx_file(spec.source) if spec.is_local else None
-    decoder = exported is None and head != "masked-lm" and local_is_decoder(spec)
+    if decoder and exported is None and head != "masked-lm" and spec.is_local:
+        problem = causal_lm_problem(read_model_config(spec), spec.name)
+        if problem:
+            raise ModelReferenceError(problem)
+    elif decoder is None or exported is not None:
+        decoder = local_is_decoder(spec)
+    decoder = exported is None and head != "masked-lm" and decoder
     if decoder:  # one causal LM gives the vectors (hidden states) and the answers (choice scores)
         head = "causal-lm"
     auto = getattr(transformers, AUTO_CLASSES[head])

@@ -228,11 +228,12 @@ class Registry:
         return list(self._by_name)
 
 
-def for_models(registry: Registry, models: Iterable[str]) -> Registry:
+def for_models(registry: Registry, models: Iterable[str], *, decoders: bool | None = None) -> Registry:
     """``registry`` without the characteristics that compare decoder LMs only when none of
     ``models`` (what ``--reference`` / ``--candidate`` name) is one: an encoder gate collects,
-    reports and plans exactly what it did before they existed. Reads config.json only."""
-    if not any(c.decoders_only for c in registry):
+    reports and plans exactly what it did before they existed. Reads config.json only;
+    ``decoders`` True (``--task causal-lm``) keeps them."""
+    if not any(c.decoders_only for c in registry) or decoders:
         return registry
     from miniature.core.models import local_is_decoder, resolve_model
     from miniature.errors import MiniatureError

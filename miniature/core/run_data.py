@@ -28,7 +28,7 @@ class RunData:
 
     @property
     def task(self) -> str:
-        return str(self.settings.task)
+        return self.settings.data_task
 
     @property
     def sets(self) -> TaskData:

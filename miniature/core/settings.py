@@ -79,7 +79,7 @@ RAY_WORKERS = "--ray-workers"
     THRESHOLD_TOKEN_TOP,
 ) = (c.threshold_flag for c in BUILTIN)
 
-TASKS = ("classification", "qa")
+TASKS = ("classification", "qa", "causal-lm")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 POOLINGS = ("auto", "cls", "mean", "last")
 CHOICE_SCORES = ("acc", "acc_norm")
@@ -292,7 +292,9 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         TASK,
-        "task of the checkpoints: classification or qa (extractive, SQuAD 2.0 rules)",
+        "task of the checkpoints: classification, qa (extractive, SQuAD 2.0 rules), or causal-lm "
+        "(classification by decoder causal LMs, for checkpoints whose config.json names no causal-LM "
+        "architecture; decoders are otherwise told from it by themselves)",
         choice(*TASKS),
         "classification",
     ),
@@ -557,6 +559,17 @@ class Settings:
     #: the options characteristics declare in their registration, as (flag, value) pairs (read by
     #: flag: ``settings["--flag"]``; one not given has its option's default)
     declared: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def data_task(self) -> str:
+        """The task the data is read for: ``--task causal-lm`` is classification by decoders."""
+        return "classification" if self.task == "causal-lm" else self.task
+
+    @property
+    def decoders(self) -> bool | None:
+        """True where ``--task causal-lm`` reads every model as a causal LM; None: told from
+        each model's config.json."""
+        return True if self.task == "causal-lm" else None
 
     @classmethod
     def from_flags(cls, values: dict[str, Any]) -> "Settings":

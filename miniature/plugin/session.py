@@ -123,7 +123,11 @@ class MiniatureSession:
         decoders only (without models every check is skipped with one line, whatever it compares)."""
         from miniature.core.registry import activate, for_models
 
-        self.registry = for_models(self.registry, [str(self.settings.reference), *self.settings.candidates])
+        self.registry = for_models(
+            self.registry,
+            [str(self.settings.reference), *self.settings.candidates],
+            decoders=self.settings.decoders,
+        )
         activate(self.registry)
 
     def _configure_reports(self) -> None:

@@ -233,10 +233,26 @@ def locate_models(settings: "opt.Settings") -> dict[str, Any]:
             problems.append(f"{flag}: {error}")
             continue
         if flag in (opt.REFERENCE, opt.CANDIDATE):
+            if settings.decoders:
+                problem = forced_decoder_problem(spec)
+                if problem:
+                    problems.append(f"{flag}: {problem}")
+                    continue
             named.append(NamedModel(unique_name(spec.name, [m.name for m in named]), reference, spec))
     if problems:
         raise pytest.UsageError("\n".join(dict.fromkeys(problems)))
-    return model_table(named)
+    return model_table(named, decoders=settings.decoders)
+
+
+def forced_decoder_problem(spec: Any) -> str | None:
+    """Why a local PyTorch checkpoint cannot be read as a causal LM (``--task causal-lm``)."""
+    from miniature.core.model_files import read_model_config
+    from miniature.core.models import causal_lm_problem
+    from miniature.core.onnx_model import onnx_file
+
+    if not spec.is_local or onnx_file(spec.source) is not None:
+        return None
+    return causal_lm_problem(read_model_config(spec), spec.name)
 
 
 def default_to_checks(config: pytest.Config) -> bool:
