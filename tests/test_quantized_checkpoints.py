@@ -232,3 +232,61 @@ def test_torchao_folder_saved_by_transformers_loads_and_is_named(tmp_path):
         want, got = fp32(input_ids=ids).logits, reloaded(input_ids=ids).logits
     assert torch.isfinite(got).all()
     assert 0 < (got - want).abs().max() < 0.05  # quantized (not identical), and close
+
+
+def _quantization_config(backend: str):
+    import transformers
+
+    if backend == "bitsandbytes-8bit":
+        return transformers.BitsAndBytesConfig(load_in_8bit=True)
+    if backend == "bitsandbytes-4bit":
+        return transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")
+    return transformers.HqqConfig(nbits=4, group_size=32)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "backend, module, named",
+    [
+        ("bitsandbytes-8bit", "bitsandbytes", "bitsandbytes 8-bit"),
+        ("bitsandbytes-4bit", "bitsandbytes", "bitsandbytes 4-bit nf4"),
+        ("hqq-4bit", "hqq", "HQQ 4-bit"),
+    ],
+)
+def test_cpu_backend_checkpoints_are_gated_against_their_original(tmp_path, backend, module, named):
+    """A tiny Llama quantized on load by transformers with the backend, saved as safetensors,
+    is loaded by miniature and gated: named in the model table, its layers the backend's, and
+    its next-token distribution measured against the original (changed, not identical)."""
+    pytest.importorskip(module, reason=f"{module} is not installed")
+    from transformers import AutoModelForCausalLM
+
+    from miniature.core.gate import Gate
+    from miniature.core.models import load_model
+    from miniature.core.settings import make_settings
+    from miniature.tools.testing_decoder import make_tiny_decoders
+
+    original = make_tiny_decoders(tmp_path / "tiny")["llama"]
+    quantized = AutoModelForCausalLM.from_pretrained(original, quantization_config=_quantization_config(backend))
+    quantized.save_pretrained(tmp_path / backend, safe_serialization=True)
+    (tmp_path / "tiny" / "tokenizer").rename(tmp_path / "tokenizer")
+    for file in (tmp_path / "tokenizer").iterdir():
+        (tmp_path / backend / file.name).write_bytes(file.read_bytes())
+    config = json.loads((tmp_path / backend / "config.json").read_text())
+    assert quantization_of(config) == named
+
+    wrapper = load_model(str(tmp_path / backend), head="classification")
+    layer = wrapper.model.model.layers[0].mlp.down_proj
+    assert type(layer).__module__.split(".")[0] == module, type(layer)
+    gate = Gate(
+        make_settings(
+            reference=str(original),
+            candidate=[str(tmp_path / backend)],
+            cache_dir=tmp_path / "cache",
+            data_limit=30,
+            bootstrap=0,
+        )
+    )
+    assert gate.models.table()["quantization"][gate.candidates[0]].startswith(named)
+    result = gate.outcome("token_distribution", gate.pairs()[0])
+    assert result.status == "computed", result.reason
+    assert 0 < result.details["mean_kld"] < 1 and 0 < result.figure <= 1

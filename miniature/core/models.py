@@ -491,7 +491,8 @@ def load_model(
             missing_head = _missing_head_keys(spec, model, info.get("missing_keys", ()))
     check_vocabulary(spec, tokenizer, model.config)
     fingerprint = fingerprint_files(Path(spec.source)) if spec.is_local else hub_fingerprint(spec, model)
-    model.to(device)
+    if device != "cpu" or not getattr(model, "is_quantized", False):
+        model.to(device)  # a checkpoint quantized by transformers is already where it runs
     model.eval()
     if decoder:
         wrapper: ModelWrapper = DecoderWrapper(
@@ -1044,13 +1045,16 @@ def weight_check(spec: ModelSpec, head: str = "encoder") -> WeightCheck | None:
     """A local checkpoint's :class:`WeightCheck` for ``head``, from config.json and the
     safetensors headers; None where the headers cannot tell: no safetensors weights (pickle;
     a hub model), an ONNX export (checked by its outputs), a ``miniature compress`` int8
-    folder (checked when it loads), custom code (auto_map), an architecture transformers
-    cannot build from the config (loading says why)."""
+    folder (checked when it loads), custom code (auto_map), a checkpoint quantized by
+    transformers (``quantization_config``: bitsandbytes, HQQ and torchao store their own
+    tensors, which its backend checks on load), an architecture transformers cannot build
+    from the config (loading says why)."""
     directory = _snapshot_dir(spec)
     if directory is None or onnx_file(directory) is not None or read_record(directory, method="int8"):
         return None
-    if read_model_config(spec if spec.is_local else directory).get("auto_map"):
-        return None
+    config_json = read_model_config(spec if spec.is_local else directory)
+    if config_json.get("auto_map") or config_json.get("quantization_config"):
+        return None  # custom code; or a quantized checkpoint, whose tensors are its backend's
     stored = stored_weight_shapes(directory)
     if stored is None:
         return None
