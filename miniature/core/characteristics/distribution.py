@@ -25,7 +25,6 @@ from miniature.core.characteristics.base import Measurement, judged
 from miniature.core.checks import booleans, check_k, check_texts, check_whole
 from miniature.core.neighbours import (
     DEFAULT_KS,
-    KnnIndex,
     NeighbourIndex,
     Neighbours,
     exact_search,
@@ -152,7 +151,7 @@ def measure_distribution(
     challenge_is_ood: np.ndarray | None = None,
     item_texts: Sequence[str] | None = None,
     max_evidence: int = 20,
-    knn_index: KnnIndex = "exact",
+    knn_index: str = "exact",
 ) -> Measurement:
     """Compare the two models' Deep-KNN OOD sets on the same challenge items (paper, section 5).
 
@@ -276,7 +275,7 @@ def _split_scores(splits: FeatureSplits, deepest: int, name: str) -> tuple[np.nd
 
 
 def _split_searches(
-    splits: FeatureSplits, deepest: int, name: str, knn_index: KnnIndex, seed: int | None
+    splits: FeatureSplits, deepest: int, name: str, knn_index: str, seed: int | None
 ) -> tuple[Neighbours, Neighbours]:
     """The ``deepest`` nearest training items (squared distances) of the holdout and the
     challenge items, from one index of the training items."""
@@ -297,9 +296,9 @@ def _split_searches(
     return searches[0], searches[1]
 
 
-def _distances(*searches: Neighbours) -> tuple[np.ndarray, ...]:
-    """Euclidean distances from the searches' squared ones."""
-    return tuple(np.sqrt(np.maximum(search.scores, 0.0)) for search in searches)
+def _distances(holdout: Neighbours, challenge: Neighbours) -> tuple[np.ndarray, np.ndarray]:
+    """Euclidean distances from the two searches' squared ones."""
+    return np.sqrt(np.maximum(holdout.scores, 0.0)), np.sqrt(np.maximum(challenge.scores, 0.0))
 
 
 def _search_details(

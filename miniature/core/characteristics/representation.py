@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 import warnings
 from collections import Counter
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -27,7 +27,6 @@ from miniature.core.checks import check_k, check_texts
 from miniature.core.neighbours import (
     DEFAULT_KS,
     TOO_FEW_ITEMS,
-    KnnIndex,
     knn_indices,
     knn_search,
     sample_rows,
@@ -84,7 +83,7 @@ def measure_representation(
     seed: int | None = 0,
     item_texts: Sequence[str] | None = None,
     max_evidence: int = 20,
-    knn_index: KnnIndex = "exact",
+    knn_index: str = "exact",
 ) -> Measurement:
     """Compare two models' data representations through their kNN sets (paper, section 4).
 
@@ -125,7 +124,7 @@ def measure_representation(
             entry["candidate_neighbour_texts"] = [item_texts[j] for j in neighbours_cand[index, :k]]
         evidence.append(entry)
 
-    details = {
+    details: dict[str, Any] = {
         "mean": figure,
         "variance": float(per_item.var()),
         "median": float(np.median(per_item)),

@@ -37,7 +37,7 @@ import numpy as np
 
 from miniature.core.characteristics.base import Measurement, judged
 from miniature.core.checks import check_2d, check_count, check_k, check_level, check_real_finite, check_texts
-from miniature.core.neighbours import KnnIndex, knn_search, sample_rows, search_details
+from miniature.core.neighbours import knn_search, sample_rows, search_details
 from miniature.core.stats import paired_bootstrap_ci
 from miniature.errors import NotApplicable
 
@@ -305,7 +305,7 @@ def cka_disagreement_per_item(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
 
 
 def mutual_knn_per_item(
-    X: np.ndarray, Y: np.ndarray, k: int, *, knn_index: KnnIndex = "exact", seed: int | None = 0
+    X: np.ndarray, Y: np.ndarray, k: int, *, knn_index: str = "exact", seed: int | None = 0
 ) -> np.ndarray:
     """Per item, |N_k^X(i) ∩ N_k^Y(i)| / k: the share of its k neighbours both models agree on.
 
@@ -330,7 +330,7 @@ def _shared_share(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     return shared / first.shape[1]
 
 
-def mutual_knn(X: np.ndarray, Y: np.ndarray, k: int = 10, *, knn_index: KnnIndex = "exact", seed: int | None = 0) -> float:
+def mutual_knn(X: np.ndarray, Y: np.ndarray, k: int = 10, *, knn_index: str = "exact", seed: int | None = 0) -> float:
     """Mutual k-nearest-neighbour alignment (Huh et al. 2024): mean of :func:`mutual_knn_per_item`."""
     return float(mutual_knn_per_item(X, Y, k, knn_index=knn_index, seed=seed).mean())
 
@@ -575,7 +575,7 @@ def measure_similarity(
     seed: int | None = 0,
     item_texts: Sequence[str] | None = None,
     max_evidence: int = 20,
-    knn_index: KnnIndex = "exact",
+    knn_index: str = "exact",
 ) -> Measurement:
     """Representation similarity of two models' sentence vectors on the same items: CKA
     (the figure, with a paired bootstrap interval), both estimators and mutual-kNN alignment
@@ -611,9 +611,7 @@ def measure_similarity(
     deepest = max([k, *usable])
     search_ref = knn_search(emb_ref, deepest, index=knn_index, seed=seed)
     search_cand = knn_search(emb_cand, deepest, index=knn_index, seed=seed)
-    sweep = {
-        str(K): float(_shared_share(search_ref.indices[:, :K], search_cand.indices[:, :K]).mean()) for K in usable
-    }
+    sweep = {str(K): float(_shared_share(search_ref.indices[:, :K], search_cand.indices[:, :K]).mean()) for K in usable}
     overlap = _shared_share(search_ref.indices[:, :k], search_cand.indices[:, :k])
     evidence = similarity_evidence(emb_ref, emb_cand, k=k, max_items=max_evidence, overlap=overlap)
     if item_texts is not None:
