@@ -72,7 +72,7 @@ RECALL_SAMPLE = 1000
 #: the sampling error of the check)
 RECALL_WARNING = 0.9
 #: the recall an IVF index is tuned for on a separate sample (see :meth:`NeighbourIndex._tune`)
-IVF_TARGET_RECALL = 0.97
+IVF_TARGET_RECALL = 0.99
 _TUNING_SAMPLE = 256
 
 
@@ -261,10 +261,10 @@ class NeighbourIndex:
 
     ``exact`` runs :func:`exact_search`. ``ivf`` is FAISS ``IndexIVFFlat`` with
     nlist = 2 sqrt(n) lists, trained by seeded k-means (10 iterations) on 40 items per
-    list, and nprobe tuned on its first search: raised by half from 8 until the recall@k
-    of a separate seeded sample of :data:`_TUNING_SAMPLE` queries reaches
+    list, and nprobe tuned for each query set searched: raised by half from 8 until the
+    recall@k of a separate seeded sample of :data:`_TUNING_SAMPLE` queries reaches
     :data:`IVF_TARGET_RECALL`. ``hnsw`` is FAISS ``IndexHNSWFlat`` (M 32, efConstruction
-    80, efSearch 4 x the candidates fetched); its graph, built on several threads, can
+    80, efSearch 128); its graph, built on several threads, can
     differ from run to run. Approximate candidates are re-scored in float64 and ordered as
     the exact ones are (nearer, then lower index); a query that gets fewer than k usable
     candidates is searched exactly.
@@ -286,7 +286,9 @@ class NeighbourIndex:
             return Neighbours(indices, scores)
         fetch = min(self.base.shape[0], k + int(exclude_self) + max(8, k // 4))
         if self._faiss is None:
-            self._build(queries, k, fetch, exclude_self)
+            self._build()
+        if self.method == "ivf":
+            self._tune(queries, k, fetch, exclude_self)
         indices = np.empty((queries.shape[0], k), dtype=np.int64)
         scores = np.empty((queries.shape[0], k), dtype=np.float64)
         order = self._list_order() if exclude_self else np.arange(queries.shape[0])
@@ -325,17 +327,17 @@ class NeighbourIndex:
             nearness[short] = exact if self.metric == "ip" else -exact
         return indices, (nearness if self.metric == "ip" else -nearness)
 
-    def _build(self, queries: np.ndarray, k: int, fetch: int, exclude_self: bool) -> None:
+    def _build(self) -> None:
         n, dim = self.base.shape
         metric = faiss.METRIC_INNER_PRODUCT if self.metric == "ip" else faiss.METRIC_L2
         if self.method == "hnsw":
             self._faiss = faiss.IndexHNSWFlat(dim, 32, metric)
             self._faiss.hnsw.efConstruction = 80
             self._faiss.add(self.base)
-            self._faiss.hnsw.efSearch = 4 * fetch
-            self.parameters = {"M": 32, "efSearch": 4 * fetch}
+            self._faiss.hnsw.efSearch = 128
+            self.parameters = {"M": 32, "efSearch": 128}
             return
-        nlist = max(1, round(2 * math.sqrt(n)))
+        nlist = max(1, min(n // 39, round(2 * math.sqrt(n))))  # FAISS wants 39 training items a list
         quantizer = faiss.IndexFlatIP(dim) if self.metric == "ip" else faiss.IndexFlatL2(dim)
         self._faiss = faiss.IndexIVFFlat(quantizer, dim, nlist, metric)
         self._faiss.cp.seed = self.seed
@@ -345,9 +347,8 @@ class NeighbourIndex:
         training = self.base[np.sort(rng.choice(n, size=min(n, 40 * nlist), replace=False))]
         self._faiss.train(training)
         self._faiss.add(self.base)
-        self._tune(queries, k, fetch, exclude_self, nlist)
 
-    def _tune(self, queries: np.ndarray, k: int, fetch: int, exclude_self: bool, nlist: int) -> None:
+    def _tune(self, queries: np.ndarray, k: int, fetch: int, exclude_self: bool) -> None:
         """The smallest nprobe (8, 12, 18, 27, ...) whose recall@k on a tuning sample, drawn apart
         from the sample the search reports on, reaches :data:`IVF_TARGET_RECALL`."""
         reported = sample_rows(queries.shape[0], self.seed)
@@ -356,6 +357,7 @@ class NeighbourIndex:
         rng = np.random.default_rng(self.seed + 1)
         tuning = np.sort(rng.choice(pool, size=min(pool.size, _TUNING_SAMPLE), replace=False))
         exact, _ = exact_search(self.base, queries, k, metric=self.metric, exclude_self=exclude_self, rows=tuning)
+        nlist = self._faiss.nlist
         nprobe = min(8, nlist)
         while True:
             self._faiss.nprobe = nprobe
