@@ -33,6 +33,7 @@ import json
 import math
 import os
 import sys
+import time
 
 import _harness as h
 
@@ -86,10 +87,19 @@ def worker(payload: dict) -> None:
 
     common = dict(reference="reference", candidate="candidate", k=10, ks=(10,), n_bootstrap=0, seed=0)
     common["knn_index"] = index
+
+    def progress(line: str) -> None:  # visible while the worker runs (its stdout comes at the end)
+        if payload.get("progress"):
+            with open(payload["progress"], "a") as handle:
+                handle.write(f"{time.strftime('%H:%M:%S')} n={n} {index}: {line} (load {os.getloadavg()[0]:.1f})\n")
+
+    progress("vectors made, measuring")
     with h.Measure() as measure:
         rep = measure_representation(reference, candidate, **common)
-        middle = __import__("time").perf_counter()
+        middle = time.perf_counter()
+        progress(f"representation {middle - measure.start:.1f} s: {rep.details.get('neighbour_search')}")
         dist = measure_distribution(splits(reference), splits(candidate), **common)
+    progress(f"distribution {measure.seconds - (middle - measure.start):.1f} s: {dist.details.get('neighbour_search')}")
     result = measure.as_dict()
     result.update(
         inputs=int(reference.nbytes + candidate.nbytes),
@@ -119,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", default="auto", help="--knn-index for the approximate runs (default auto)")
     parser.add_argument("--exact-up-to", type=int, default=0, metavar="N", help="also run exact search for n <= N")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--progress", default=None, metavar="FILE", help="append each stage's time to FILE as it ends")
     args = parser.parse_args(argv)
     if args.worker:
         worker(json.loads(args.payload))
@@ -135,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         methods = (["exact"] if n <= args.exact_up_to else []) + [args.index]
         for method in methods:
             print(f"n={n:,} --knn-index {method} (load average before: {os.getloadavg()[0]:.2f}) ...", flush=True)
-            payload = dict(n=n, d=args.d, index=method, seed=args.seed)
+            payload = dict(n=n, d=args.d, index=method, seed=args.seed, progress=args.progress and str(args.progress))
             result = h.run_worker(__file__, ["--worker", "run", "--payload", json.dumps(payload)])
             result.update(n=n, method=method)
             runs.append(result)

@@ -214,6 +214,7 @@ def test_the_vectors_option_parses_name_role_and_file() -> None:
             opt.named_vectors(bad)
 
 
+@pytest.mark.slow
 def test_precomputed_vectors_replace_encoding_and_are_checked(tiny_models, tmp_path: Path) -> None:
     from miniature.core.cache import OutputCache
     from miniature.core.loading import ModelStore
