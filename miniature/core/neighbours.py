@@ -63,8 +63,9 @@ _RESCORE_CHUNK_ELEMENTS = 1 << 22
 #: ``ivf`` above), ``exact`` (FAISS flat index), ``ivf`` (FAISS ``IndexIVFFlat``) or ``hnsw``
 #: (FAISS ``IndexHNSWFlat``)
 KNN_INDEXES: tuple[str, ...] = ("auto", "exact", "ivf", "hnsw")
-#: ``auto`` searches exactly while the index holds at most this many items (exact search of
-#: 50,000 items against themselves, d = 384, takes about a minute on two cores)
+#: ``auto`` searches exactly while the index holds at most this many items (d = 384 on two
+#: shared cores: at 10,000 items IVF tuned for recall 0.99 scans every list and is 10x slower
+#: than exact search; at 100,000 it is about twice as fast; see docs/benchmarks.md)
 AUTO_EXACT_MAX = 50_000
 #: queries of an approximate search that are also searched exactly, to measure its recall
 RECALL_SAMPLE = 1000
