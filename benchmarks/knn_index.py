@@ -16,9 +16,10 @@ Each n runs in a fresh process with FAISS (OpenMP) limited to 2 threads; the tim
 ``measure_representation`` + ``measure_distribution`` with ``--knn-index`` as asked
 (no bootstrap, ``ks=(10,)``: the search is what is measured), the peak RSS of the two
 calls over the two matrices, each model's recall@10 of the approximate neighbour sets on
-the seeded sample of 1,000 queries, and the figure's deviation from exact on that
-sample. ``--exact-up-to N`` also runs exact search for n <= N, so the whole approximate
-figure can be compared with the exact one. The table ends with the cost growth: the
+the seeded sample of 1,000 queries, the figure's deviation from exact on that sample,
+and the CPU seconds (steadier than wall time on a shared machine). ``--exact-up-to N``
+also runs exact search for n <= N, so the whole approximate figure can be compared with
+the exact one. The table ends with the cost growth: the
 exponent b of time ~ n^b between successive sizes.
 
     python benchmarks/knn_index.py --quick                      # n = 10,000
@@ -94,14 +95,19 @@ def worker(payload: dict) -> None:
                 handle.write(f"{time.strftime('%H:%M:%S')} n={n} {index}: {line} (load {os.getloadavg()[0]:.1f})\n")
 
     progress("vectors made, measuring")
+    cpu = h.cpu_seconds()
     with h.Measure() as measure:
         rep = measure_representation(reference, candidate, **common)
         middle = time.perf_counter()
-        progress(f"representation {middle - measure.start:.1f} s: {rep.details.get('neighbour_search')}")
+        progress(
+            f"representation {middle - measure.start:.1f} s ({h.cpu_seconds() - cpu:.0f} CPU s): "
+            f"{rep.details.get('neighbour_search')}"
+        )
         dist = measure_distribution(splits(reference), splits(candidate), **common)
     progress(f"distribution {measure.seconds - (middle - measure.start):.1f} s: {dist.details.get('neighbour_search')}")
     result = measure.as_dict()
     result.update(
+        cpu_seconds=h.cpu_seconds() - cpu,
         inputs=int(reference.nbytes + candidate.nbytes),
         representation_seconds=middle - measure.start,
         distribution_seconds=measure.seconds - (middle - measure.start),
@@ -170,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['representation_seconds']:.1f}",
                 f"{r['distribution_seconds']:.1f}",
                 f"{r['seconds']:.1f}",
+                f"{r.get('cpu_seconds', float('nan')):.0f}",
                 f"{peak(r) / r['inputs']:.2f}x",
                 f"{r['representation']:.4f}",
                 "–" if not rep else f"{rep['reference_recall_at_10']:.3f}/{rep['candidate_recall_at_10']:.3f}",
@@ -188,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         "rep s",
         "dist s",
         "total s",
+        "CPU s",
         "peak/matrices",
         "kNN J",
         "rep recall@10 ref/cand",
