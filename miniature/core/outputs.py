@@ -6,6 +6,7 @@ A part of the gate, built on the :class:`~miniature.core.loading.ModelStore`:
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,9 @@ class OutputStore:
         """Per-item ``embeddings`` (and ``logits`` after fine-tuning) of one data set, cached."""
         data = self.data.role(role)
         stage = None if stage == ENCODER else stage
+        given = self._vector_file(name, role)
+        if given is not None and stage is None:
+            return {"embeddings": self.precomputed(given, name, role, len(data))}
         key = fingerprint(
             "outputs",
             self.models.model_fingerprint(name, stage),
@@ -90,6 +94,37 @@ class OutputStore:
             return WithoutVectors(arrays, reason=self.models.wrapper(name, stage=stage).hidden_problem or "")
         self.check_embeddings(arrays["embeddings"], where)
         return arrays
+
+    def _vector_file(self, name: str, role: str) -> str | None:
+        """The ``--vectors`` file of a model (by report name or as given) and role, if any."""
+        files = self.settings.vector_files
+        if not files:
+            return None
+        given = [model.given for model in self.models.named if model.name == name]
+        return files.get((name, role)) or (files.get((given[0], role)) if given else None)
+
+    def precomputed(self, file: str, name: str, role: str, items: int) -> np.ndarray:
+        """The vectors ``--vectors`` gives for a model and data role, checked: a 2-D array of
+        real numbers, one row per item, all finite (memory-mapped, not copied)."""
+        where = f"{opt.VECTORS} {name}:{role}={file}"
+        try:
+            vectors = np.load(Path(file).expanduser(), mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as error:
+            raise MiniatureError(
+                f"{where}: cannot read it as a .npy array ({error}); fix: save the vectors with numpy.save"
+            ) from None
+        if vectors.ndim != 2 or not np.issubdtype(vectors.dtype, np.number) or np.iscomplexobj(vectors):
+            raise MiniatureError(
+                f"{where}: holds a {vectors.dtype} array of shape {vectors.shape}, not a 2-D (items, "
+                "dimensions) array of real numbers; fix: save one vector per row"
+            )
+        if vectors.shape[0] != items:
+            raise MiniatureError(
+                f"{where}: {vectors.shape[0]} rows but the {role} data ({self.data.role(role).source}) has "
+                f"{items} items; fix: save one vector per item, in the data's order (and the same --data-limit)"
+            )
+        self.check_embeddings(vectors, where)
+        return vectors
 
     @staticmethod
     def check_embeddings(embeddings: np.ndarray, where: str) -> None:

@@ -35,6 +35,8 @@ LABEL_MAP = "--label-map"
 DATA_LIMIT = "--data-limit"
 K = "--k"
 K_SWEEP = "--k-sweep"
+KNN_INDEX = "--knn-index"
+VECTORS = "--vectors"
 THRESHOLDS = "--threshold"
 ATTACK_DROP_TOLERANCE = "--attack-drop-tolerance"
 THRESHOLD_ON = "--threshold-on"
@@ -88,6 +90,12 @@ TOKEN_SCORINGS = ("texts", "llama-cpp")
 THRESHOLD_ON_CHOICES = ("raw", "corrected", "ci_lower")
 #: where the encodings and attack shards run: this process, or Ray tasks (``pytest-miniature[ray]``)
 EXECUTORS = ("inprocess", "ray")
+#: neighbour search (miniature.core.neighbours.KNN_INDEXES; not imported: it loads FAISS)
+KNN_INDEXES = ("auto", "exact", "ivf", "hnsw")
+#: ``auto`` searches exactly up to this many indexed items (miniature.core.neighbours.AUTO_EXACT_MAX)
+AUTO_EXACT_MAX = 50_000
+#: the data roles precomputed vectors can stand for
+VECTOR_ROLES = ("test", "train", "holdout", "challenge")
 
 
 # -- parsers -------------------------------------------------------------------------------
@@ -168,6 +176,19 @@ def named_output(value: str) -> tuple[str, str]:
     if role.strip() not in ONNX_ROLES:
         raise argparse.ArgumentTypeError(f"{role.strip()!r} is not one of {', '.join(ONNX_ROLES)}")
     return role.strip(), name.strip()
+
+
+def named_vectors(value: str) -> tuple[str, str, str]:
+    """``NAME[:ROLE]=FILE.npy``: a model, the data role its vectors are of (default test), the file."""
+    target, sep, file = str(value).rpartition("=")
+    name, _, role = target.rpartition(":")
+    if role not in VECTOR_ROLES:
+        name, role = target, "test"
+    if not sep or not name.strip() or not file.strip().endswith(".npy"):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not NAME[:ROLE]=FILE.npy (e.g. my-int8-model=vectors.npy or my-model:train=train.npy)"
+        )
+    return name.strip(), role, file.strip()
 
 
 def open_fraction(value: str) -> float:
@@ -316,6 +337,22 @@ OPTIONS: tuple[Option, ...] = (
     Option(DATA_LIMIT, "use at most this many items of each data set", integer(1), metavar="N"),
     Option(K, "neighbours K for representation and OOD detection (the paper: 10)", integer(1), 10),
     Option(K_SWEEP, "values of K for the sensitivity figure", int_list, (1, 5, 10, 20, 50, 100), metavar="K,K,..."),
+    Option(
+        KNN_INDEX,
+        f"neighbour search of representation, distribution and mutual kNN: exact, ivf, hnsw (FAISS "
+        f"approximate indexes, checked against exact search on a sample) or auto (exact up to "
+        f"{AUTO_EXACT_MAX:,} items, ivf above)",
+        choice(*KNN_INDEXES),
+        "auto",
+    ),
+    Option(
+        VECTORS,
+        "precomputed sentence vectors of a model: NAME[:ROLE]=FILE.npy, one row per item of that data "
+        f"({', '.join(VECTOR_ROLES)}; default test), used instead of encoding; repeat for several",
+        named_vectors,
+        multiple=True,
+        metavar="NAME[:ROLE]=FILE.npy",
+    ),
     # one threshold option per built-in characteristic, from the registry
     *(
         Option(c.threshold_flag, c.threshold_help, fraction, c.default_threshold, metavar="J")
@@ -516,6 +553,8 @@ class Settings:
     data_limit: int | None = None
     k: int = 10
     k_sweep: tuple[int, ...] = (1, 5, 10, 20, 50, 100)
+    knn_index: str = "auto"
+    vectors: tuple[tuple[str, str, str], ...] = ()
     # the built-in characteristics' thresholds (their defaults are the registry's)
     threshold_errors: float | None = 0.5
     threshold_representation: float | None = 0.5
@@ -600,6 +639,11 @@ class Settings:
     def onnx_outputs(self) -> dict[str, str]:
         """``--onnx-output ROLE=NAME`` values by role."""
         return dict(self.onnx_output or ())
+
+    @property
+    def vector_files(self) -> dict[tuple[str, str], str]:
+        """``--vectors NAME[:ROLE]=FILE.npy`` files by (model, role)."""
+        return {(name, role): file for name, role, file in self.vectors or ()}
 
     @property
     def thresholds(self) -> dict[str, float]:

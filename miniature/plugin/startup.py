@@ -286,6 +286,7 @@ def check_start_up(settings: "opt.Settings") -> None:
             except MiniatureError as error:
                 raise pytest.UsageError(f"{flag}: {error}") from None
     check_outputs_outside_models(settings)
+    check_vector_files(settings)
     try:
         check_device(settings.device)
     except MiniatureError as error:
@@ -297,6 +298,26 @@ def check_start_up(settings: "opt.Settings") -> None:
 
         if importlib.util.find_spec("ray") is None:  # found, not imported: that waits for the first check
             raise pytest.UsageError(RAY_MISSING)
+
+
+def check_vector_files(settings: "opt.Settings") -> None:
+    """A usage error when ``--vectors`` names a model the run does not compare, or a file
+    that does not exist (its rows are checked against the data when it is read)."""
+    from miniature.core.model_table import given_models, name_models
+
+    if not settings.vectors:
+        return
+    models = name_models(given_models(settings), strict=False)
+    known = {model.name for model in models} | {model.given for model in models}
+    for name, role, file in settings.vectors:
+        if name not in known:
+            raise pytest.UsageError(
+                f"{opt.VECTORS} {name}:{role}={file}: {name!r} is not a model of this run "
+                f"({', '.join(model.name for model in models) or 'none'}); fix: name the model as "
+                f"{opt.REFERENCE} or {opt.CANDIDATE} gives it"
+            )
+        if not Path(file).expanduser().is_file():
+            raise pytest.UsageError(f"{opt.VECTORS} {name}:{role}={file}: no such file; fix: check the path")
 
 
 def check_outputs_outside_models(settings: "opt.Settings") -> None:

@@ -23,7 +23,16 @@ from scipy import stats as _scipy_stats
 
 from miniature.core.characteristics.base import Measurement, judged
 from miniature.core.checks import booleans, check_k, check_texts, check_whole
-from miniature.core.neighbours import DEFAULT_KS, exact_search, normalized_float32, usable_ks
+from miniature.core.neighbours import (
+    DEFAULT_KS,
+    NeighbourIndex,
+    Neighbours,
+    exact_search,
+    normalized_float32,
+    sample_rows,
+    search_details,
+    usable_ks,
+)
 from miniature.core.stats import informative, jaccard, set_agreement
 from miniature.errors import NotApplicable
 
@@ -142,6 +151,7 @@ def measure_distribution(
     challenge_is_ood: np.ndarray | None = None,
     item_texts: Sequence[str] | None = None,
     max_evidence: int = 20,
+    knn_index: str = "exact",
 ) -> Measurement:
     """Compare the two models' Deep-KNN OOD sets on the same challenge items (paper, section 5).
 
@@ -152,7 +162,11 @@ def measure_distribution(
     same sizes; the bootstrap interval resamples challenge items with thresholds held
     fixed. ``challenge_is_ood`` (optional ground truth per challenge item) adds each
     model's AUROC, with held-out and challenge ID items as the negatives. Evidence lists
-    items only one model flags, furthest past that model's threshold first.
+    items only one model flags, furthest past that model's threshold first. ``knn_index``
+    chooses the search of the training items (:data:`~miniature.core.neighbours.KNN_INDEXES`);
+    an approximate one adds ``neighbour_search`` to the details: each model's recall@k on a
+    ``seed``-ed sample of held-out and challenge items, and the figure computed on that
+    sample (thresholds fitted on the held-out sample) from approximate and exact distances.
     """
     _check_keep(keep)
     reference_splits = _check_splits(reference_features, "reference_features")
@@ -165,8 +179,10 @@ def measure_distribution(
     usable = usable_ks(ks, n_train)
     deepest = max([k, *usable])
 
-    reference_scores = _split_scores(reference_splits, deepest, "reference_features")
-    candidate_scores = _split_scores(candidate_splits, deepest, "candidate_features")
+    reference_searches = _split_searches(reference_splits, deepest, "reference_features", knn_index, seed)
+    candidate_searches = _split_searches(candidate_splits, deepest, "candidate_features", knn_index, seed)
+    reference_scores = _distances(*reference_searches)
+    candidate_scores = _distances(*candidate_searches)
     reference_flags, reference_threshold, reference_challenge = _flags_at(*reference_scores, k, keep)
     candidate_flags, candidate_threshold, candidate_challenge = _flags_at(*candidate_scores, k, keep)
 
@@ -182,6 +198,14 @@ def measure_distribution(
         "both_ood": int((reference_flags & candidate_flags).sum()),
         "keep": float(keep),
     }
+    if any(search.approximate for search in (*reference_searches, *candidate_searches)):
+        details["neighbour_search"] = _search_details(
+            {reference: reference_searches, candidate: candidate_searches},
+            k,
+            keep,
+            seed,
+            f"data distribution, {reference} vs {candidate}",
+        )
     if labels is not None:
         for name, (holdout, _), challenge in (
             ("reference", reference_scores, reference_challenge),
@@ -246,11 +270,81 @@ def _sorted_knn_distances(
 
 
 def _split_scores(splits: FeatureSplits, deepest: int, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted k-NN distances of the holdout and challenge items, up to ``deepest``."""
+    """Sorted k-NN distances of the holdout and challenge items, up to ``deepest`` (exact)."""
+    return _distances(*_split_searches(splits, deepest, name, "exact", 0))
+
+
+def _split_searches(
+    splits: FeatureSplits, deepest: int, name: str, knn_index: str, seed: int | None
+) -> tuple[Neighbours, Neighbours]:
+    """The ``deepest`` nearest training items (squared distances) of the holdout and the
+    challenge items, from one index of the training items."""
     train, holdout, challenge = splits
-    return (
-        _sorted_knn_distances(train, holdout, deepest, names=(f"{name} train", f"{name} holdout")),
-        _sorted_knn_distances(train, challenge, deepest, names=(f"{name} train", f"{name} challenge")),
+    base = normalized_float32(train, f"{name} train")
+    index: NeighbourIndex | None = None
+    searches = []
+    for role, part in (("holdout", holdout), ("challenge", challenge)):
+        queries = normalized_float32(part, f"{name} {role}")
+        if base.shape[1] != queries.shape[1]:
+            raise ValueError(
+                f"{name} train has {base.shape[1]} dimensions but {name} {role} has {queries.shape[1]}; "
+                f"use the same model (and layer) for both"
+            )
+        check_k(deepest, base.shape[0], TOO_FEW_TRAINING)
+        index = index or NeighbourIndex(base, metric="l2", index=knn_index, seed=seed)
+        searches.append(index.search(queries, int(deepest), exclude_self=False))
+    return searches[0], searches[1]
+
+
+def _distances(holdout: Neighbours, challenge: Neighbours) -> tuple[np.ndarray, np.ndarray]:
+    """Euclidean distances from the two searches' squared ones."""
+    return np.sqrt(np.maximum(holdout.scores, 0.0)), np.sqrt(np.maximum(challenge.scores, 0.0))
+
+
+def _search_details(
+    searches: dict[str, tuple[Neighbours, Neighbours]],
+    k: int,
+    keep: float,
+    seed: int | None,
+    what: str,
+) -> dict | None:
+    """:func:`~miniature.core.neighbours.search_details` of the four searches: recall on the
+    held-out and challenge samples together, the OOD-set Jaccard of the challenge sample
+    with thresholds fitted on the held-out sample, from approximate and exact distances."""
+    (reference, reference_searches), (candidate, candidate_searches) = searches.items()
+    holdout_sample = sample_rows(reference_searches[0].indices.shape[0], seed)
+    challenge_sample = sample_rows(reference_searches[1].indices.shape[0], seed)
+
+    def flags(searches: tuple[Neighbours, Neighbours], exact: bool) -> np.ndarray:
+        holdout, challenge = (
+            (search.exact_on(rows)[1] if exact else search.scores[rows])[:, k - 1]
+            for search, rows in zip(searches, (holdout_sample, challenge_sample))
+        )
+        return ood_flags(np.sqrt(np.maximum(challenge, 0)), fit_threshold(np.sqrt(np.maximum(holdout, 0)), keep))
+
+    return search_details(
+        {
+            "reference": (reference, _on_samples(reference_searches, holdout_sample, challenge_sample)),
+            "candidate": (candidate, _on_samples(candidate_searches, holdout_sample, challenge_sample)),
+        },
+        k,
+        figure=jaccard(flags(reference_searches, False), flags(candidate_searches, False)),
+        exact_figure=jaccard(flags(reference_searches, True), flags(candidate_searches, True)),
+        what=what,
+    )
+
+
+def _on_samples(searches: tuple[Neighbours, Neighbours], *samples: np.ndarray) -> Neighbours:
+    """The held-out and challenge searches' sampled rows as one search (for its recall)."""
+    exact = [search.exact_on(rows) for search, rows in zip(searches, samples)]
+    return Neighbours(
+        np.concatenate([search.indices[rows] for search, rows in zip(searches, samples)]),
+        np.concatenate([search.scores[rows] for search, rows in zip(searches, samples)]),
+        searches[0].method,
+        searches[0].parameters,
+        np.arange(sum(rows.size for rows in samples)),
+        np.concatenate([indices for indices, _ in exact]),
+        np.concatenate([scores for _, scores in exact]),
     )
 
 
@@ -359,6 +453,7 @@ def compare_in_gate(gate: "GateView", pair: "Pair", stage: str | None) -> Measur
         n_bootstrap=gate.settings.bootstrap,
         seed=gate.settings.seed,
         item_texts=gate.data.challenge.texts,
+        knn_index=gate.settings.knn_index,
     )
     if not informative(result.chance):
         challenge, train = gate.data.challenge, gate.data.train

@@ -18,13 +18,21 @@ if TYPE_CHECKING:  # pragma: no cover
 
 import warnings
 from collections import Counter
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from miniature.core.characteristics.base import Measurement, judged
 from miniature.core.checks import check_k, check_texts
-from miniature.core.neighbours import DEFAULT_KS, TOO_FEW_ITEMS, knn_indices, usable_ks
+from miniature.core.neighbours import (
+    DEFAULT_KS,
+    TOO_FEW_ITEMS,
+    knn_indices,
+    knn_search,
+    sample_rows,
+    search_details,
+    usable_ks,
+)
 from miniature.core.stats import chance_jaccard, informative, jaccard_rows, mean_agreement
 from miniature.errors import DataWarning, NotApplicable
 
@@ -75,6 +83,7 @@ def measure_representation(
     seed: int | None = 0,
     item_texts: Sequence[str] | None = None,
     max_evidence: int = 20,
+    knn_index: str = "exact",
 ) -> Measurement:
     """Compare two models' data representations through their kNN sets (paper, section 4).
 
@@ -83,15 +92,19 @@ def measure_representation(
     Jaccard of two random k-subsets of the n - 1 other items. The bootstrap interval
     resamples items with the neighbour lists held fixed. ``stage`` labels embeddings
     taken "before fine-tuning" or "after fine-tuning". Evidence lists the items whose
-    neighbourhoods disagree most, with both models' neighbours.
+    neighbourhoods disagree most, with both models' neighbours. ``knn_index`` chooses the
+    search (:data:`~miniature.core.neighbours.KNN_INDEXES`); an approximate one adds
+    ``neighbour_search`` to the details: each model's recall@k and the figure's deviation
+    from exact search on a ``seed``-ed sample of items.
     """
     n = _check_same_items(emb_ref, emb_cand)
     check_texts(item_texts, n)
     k = check_k(k, n, TOO_FEW_ITEMS)
     usable = usable_ks(ks, n)
     deepest = max([k, *usable])
-    neighbours_ref = knn_indices(emb_ref, deepest)
-    neighbours_cand = knn_indices(emb_cand, deepest)
+    search_ref = knn_search(emb_ref, deepest, index=knn_index, seed=seed)
+    search_cand = knn_search(emb_cand, deepest, index=knn_index, seed=seed)
+    neighbours_ref, neighbours_cand = search_ref.indices, search_cand.indices
     per_item = jaccard_rows(neighbours_ref[:, :k], neighbours_cand[:, :k])
 
     agreement = mean_agreement(per_item, chance_jaccard(n - 1, k, k), n_bootstrap=n_bootstrap, seed=seed)
@@ -111,18 +124,30 @@ def measure_representation(
             entry["candidate_neighbour_texts"] = [item_texts[j] for j in neighbours_cand[index, :k]]
         evidence.append(entry)
 
+    details: dict[str, Any] = {
+        "mean": figure,
+        "variance": float(per_item.var()),
+        "median": float(np.median(per_item)),
+        "min": float(per_item.min()),
+        "max": float(per_item.max()),
+    }
+    if search_ref.approximate or search_cand.approximate:
+        sample = sample_rows(n, seed)
+        exact_ref, exact_cand = search_ref.exact_on(sample)[0], search_cand.exact_on(sample)[0]
+        searched = search_details(
+            {"reference": (reference, search_ref), "candidate": (candidate, search_cand)},
+            k,
+            figure=float(per_item[sample].mean()),
+            exact_figure=float(jaccard_rows(exact_ref[:, :k], exact_cand[:, :k]).mean()),
+            what=f"data representation, {reference} vs {candidate}",
+        )
+        details["neighbour_search"] = searched
     return Measurement(
         figure_name="kNN Jaccard",
         n=n,
         **agreement.result_fields(),
         k=k,
-        details={
-            "mean": figure,
-            "variance": float(per_item.var()),
-            "median": float(np.median(per_item)),
-            "min": float(per_item.min()),
-            "max": float(per_item.max()),
-        },
+        details=details,
         sweep={str(K): value for K, value in _sweep_from_lists(neighbours_ref, neighbours_cand, usable).items()},
         evidence=evidence,
     )
@@ -209,4 +234,5 @@ def compare_in_gate(gate: "GateView", pair: "Pair", stage: str | None) -> Measur
         n_bootstrap=gate.settings.bootstrap,
         seed=gate.settings.seed,
         item_texts=gate.data.test.texts,
+        knn_index=gate.settings.knn_index,
     )

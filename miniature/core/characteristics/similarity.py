@@ -37,7 +37,7 @@ import numpy as np
 
 from miniature.core.characteristics.base import Measurement, judged
 from miniature.core.checks import check_2d, check_count, check_k, check_level, check_real_finite, check_texts
-from miniature.core.neighbours import knn_indices
+from miniature.core.neighbours import knn_search, sample_rows, search_details
 from miniature.core.stats import paired_bootstrap_ci
 from miniature.errors import NotApplicable
 
@@ -304,39 +304,51 @@ def cka_disagreement_per_item(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------- mutual kNN
 
 
-def mutual_knn_per_item(X: np.ndarray, Y: np.ndarray, k: int) -> np.ndarray:
+def mutual_knn_per_item(
+    X: np.ndarray, Y: np.ndarray, k: int, *, knn_index: str = "exact", seed: int | None = 0
+) -> np.ndarray:
     """Per item, |N_k^X(i) ∩ N_k^Y(i)| / k: the share of its k neighbours both models agree on.
 
     Neighbours by cosine similarity, the item itself excluded, exact and tie-broken by
-    lower index (``representation.knn_indices``). The mutual kNN alignment of Huh et al.
-    (2024) is the mean of this array; 1 means the same neighbourhoods.
+    lower index (``representation.knn_indices``), or searched as ``knn_index`` says. The
+    mutual kNN alignment of Huh et al. (2024) is the mean of this array; 1 means the same
+    neighbourhoods.
     """
     n = _check_pair(X, Y, min_items=2)
     k = check_k(k, n, TOO_FEW_ITEMS)
-    first, second = knn_indices(X, k), knn_indices(Y, k)
+    first = knn_search(X, k, index=knn_index, seed=seed).indices
+    second = knn_search(Y, k, index=knn_index, seed=seed).indices
+    return _shared_share(first, second)
+
+
+def _shared_share(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Per row, the share of its k entries that both (n, k) neighbour lists hold."""
     # Each row lists k distinct items, so shared items are the adjacent equal pairs of
     # the sorted concatenation.
     both = np.sort(np.concatenate([first, second], axis=1), axis=1)
     shared = np.count_nonzero(both[:, 1:] == both[:, :-1], axis=1)
-    return shared / k
+    return shared / first.shape[1]
 
 
-def mutual_knn(X: np.ndarray, Y: np.ndarray, k: int = 10) -> float:
+def mutual_knn(X: np.ndarray, Y: np.ndarray, k: int = 10, *, knn_index: str = "exact", seed: int | None = 0) -> float:
     """Mutual k-nearest-neighbour alignment (Huh et al. 2024): mean of :func:`mutual_knn_per_item`."""
-    return float(mutual_knn_per_item(X, Y, k).mean())
+    return float(mutual_knn_per_item(X, Y, k, knn_index=knn_index, seed=seed).mean())
 
 
 # ------------------------------------------------------------------------ evidence
 
 
-def similarity_evidence(X: np.ndarray, Y: np.ndarray, *, k: int = 10, max_items: int = 20) -> list[dict]:
+def similarity_evidence(
+    X: np.ndarray, Y: np.ndarray, *, k: int = 10, max_items: int = 20, overlap: np.ndarray | None = None
+) -> list[dict]:
     """The items that disagree most, worst first: each item's share of 1 - CKA and its mutual kNN.
 
     Sorted by decreasing ``cka_share`` (:func:`cka_disagreement_per_item`), then by
-    lower ``mutual_knn`` (:func:`mutual_knn_per_item`), then by index. ``k`` must be < n.
+    lower ``mutual_knn`` (:func:`mutual_knn_per_item`, or the ``overlap`` given), then by
+    index. ``k`` must be < n.
     """
     shares = cka_disagreement_per_item(X, Y)
-    overlap = mutual_knn_per_item(X, Y, k)
+    overlap = mutual_knn_per_item(X, Y, k) if overlap is None else overlap
     order = np.lexsort((np.arange(shares.size), overlap, -shares))[: max(0, int(max_items))]
     return [{"index": int(i), "cka_share": float(shares[i]), "mutual_knn": float(overlap[i])} for i in order]
 
@@ -563,12 +575,16 @@ def measure_similarity(
     seed: int | None = 0,
     item_texts: Sequence[str] | None = None,
     max_evidence: int = 20,
+    knn_index: str = "exact",
 ) -> Measurement:
     """Representation similarity of two models' sentence vectors on the same items: CKA
     (the figure, with a paired bootstrap interval), both estimators and mutual-kNN alignment
     (Huh et al. 2024) at K and over ``ks`` in the details, and the items that account for
     most of the dissimilarity as evidence. CKA has no chance baseline of the Jaccard kind:
     ``chance`` is None, and ``corrected`` is the debiased estimate (about 0 when unrelated).
+    ``knn_index`` chooses the neighbour search of mutual kNN; an approximate one adds
+    ``neighbour_search`` to the details (recall and mutual kNN on a sample, as
+    :func:`~miniature.core.neighbours.search_details` says).
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}; got {estimator!r}")
@@ -590,12 +606,29 @@ def measure_similarity(
             f"multiply-adds at this size"
         )
     usable = sorted({int(K) for K in ks if 0 < int(K) < n})
-    sweep = {str(K): mutual_knn(emb_ref, emb_cand, K) for K in usable}
     k = check_k(min(int(k), n - 1), n, TOO_FEW_ITEMS)  # the mutual-kNN detail only: CKA itself needs no K
-    evidence = similarity_evidence(emb_ref, emb_cand, k=k, max_items=max_evidence)
+    # One search per model at the deepest K, sliced: each list is sorted nearest first.
+    deepest = max([k, *usable])
+    search_ref = knn_search(emb_ref, deepest, index=knn_index, seed=seed)
+    search_cand = knn_search(emb_cand, deepest, index=knn_index, seed=seed)
+    sweep = {str(K): float(_shared_share(search_ref.indices[:, :K], search_cand.indices[:, :K]).mean()) for K in usable}
+    overlap = _shared_share(search_ref.indices[:, :k], search_cand.indices[:, :k])
+    evidence = similarity_evidence(emb_ref, emb_cand, k=k, max_items=max_evidence, overlap=overlap)
     if item_texts is not None:
         for entry in evidence:
             entry["text"] = item_texts[entry["index"]]
+    searched = None
+    if search_ref.approximate or search_cand.approximate:
+        sample = sample_rows(n, seed)
+        exact_ref, exact_cand = search_ref.exact_on(sample)[0], search_cand.exact_on(sample)[0]
+        searched = search_details(
+            {"reference": (reference, search_ref), "candidate": (candidate, search_cand)},
+            k,
+            figure=float(overlap[sample].mean()),
+            exact_figure=float(_shared_share(exact_ref[:, :k], exact_cand[:, :k]).mean()),
+            what=f"representation similarity (mutual kNN), {reference} vs {candidate}",
+            figure_name="mutual_knn",
+        )
     return Measurement(
         figure_name=f"{estimator} CKA" if estimator == "debiased" else "linear CKA",
         figure=float(figure),
@@ -608,9 +641,10 @@ def measure_similarity(
         details={
             "linear_cka": float(linear),
             "debiased_cka": float(debiased),
-            "mutual_knn": float(sweep.get(str(k), mutual_knn(emb_ref, emb_cand, k))),
+            "mutual_knn": float(overlap.mean()),
             "estimator": estimator,
             "interval": interval,
+            **({"neighbour_search": searched} if searched else {}),
         },
         sweep=sweep,
         evidence=evidence,
@@ -643,4 +677,5 @@ def compare_in_gate(gate: "GateView", pair: "Pair", stage: str | None) -> Measur
         n_bootstrap=settings.bootstrap,
         seed=settings.seed,
         item_texts=gate.data.test.texts,
+        knn_index=settings.knn_index,
     )
