@@ -241,7 +241,7 @@ def locate_models(settings: "opt.Settings") -> dict[str, Any]:
             named.append(NamedModel(unique_name(spec.name, [m.name for m in named]), reference, spec))
     if problems:
         raise pytest.UsageError("\n".join(dict.fromkeys(problems)))
-    return model_table(named, decoders=settings.decoders)
+    return model_table(named, decoders=settings.decoders, gguf_runtime=settings.gguf_runtime)
 
 
 def forced_decoder_problem(spec: Any) -> str | None:
@@ -250,7 +250,9 @@ def forced_decoder_problem(spec: Any) -> str | None:
     from miniature.core.models import causal_lm_problem
     from miniature.core.onnx_model import onnx_file
 
-    if not spec.is_local or onnx_file(spec.source) is not None:
+    from miniature.core.gguf_model import gguf_file
+
+    if not spec.is_local or onnx_file(spec.source) is not None or gguf_file(spec.source) is not None:
         return None
     return causal_lm_problem(read_model_config(spec), spec.name)
 
