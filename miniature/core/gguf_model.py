@@ -31,6 +31,7 @@ import os
 import signal
 import subprocess
 import sys
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,7 +60,7 @@ PROBE_CODE = """
 import sys
 import llama_cpp
 llm = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=16, n_batch=16, n_ubatch=16, logits_all=True,
-                      verbose=False, n_threads=1)
+                      verbose=False, n_threads=1, n_threads_batch=1)
 ids = [max(0, int(llm.token_bos()))] + [i % llm.n_vocab() for i in range(1, 8)]
 llm.eval(ids)
 llama_cpp.llama_set_embeddings(llm.ctx, True)
@@ -219,14 +220,14 @@ def vocabulary_problem(tokens: list[str], tokenizer: Any, name: str, reference: 
     ours = tokenizer.convert_ids_to_tokens(list(range(size)))
     if len(tokens) < size:
         return (
-            f"model {name!r}: its GGUF vocabulary has {len(tokens)} tokens but the reference "
-            f"{reference!r}'s tokenizer has {size}, so they see different token ids; fix: gate a GGUF "
+            f"model {name!r}: its GGUF vocabulary has {len(tokens)} tokens but the tokenizer of the "
+            f"reference {reference!r} has {size}, so they see different token ids; fix: gate a GGUF "
             "converted from the reference (or its family), with the reference's tokenizer"
         )
     for index, (theirs, mine) in enumerate(zip(tokens, ours)):
         if theirs != mine:
             return (
-                f"model {name!r}: its GGUF vocabulary differs from the reference {reference!r}'s tokenizer "
+                f"model {name!r}: its GGUF vocabulary differs from the tokenizer of the reference {reference!r} "
                 f"(token id {index} is {theirs!r} in the GGUF, {mine!r} in the tokenizer), so the two models "
                 "would read the same ids as different words; fix: gate a GGUF converted from the reference "
                 "(or its family), with the reference's tokenizer"
@@ -353,7 +354,8 @@ class GgufModel:
         them in one decode (so the embeddings of every position are read at once)."""
         import torch
 
-        self.llm = None  # free the old context first
+        if self.llm is not None:  # free the old context first
+            self.llm.close()
         self.llm = self.llama_cpp.Llama(
             model_path=str(self.file),
             n_ctx=n_ctx,
@@ -362,9 +364,14 @@ class GgufModel:
             logits_all=True,
             n_gpu_layers=self.gpu_layers,
             n_threads=torch.get_num_threads(),
+            n_threads_batch=torch.get_num_threads(),  # its default is every core
             verbose=False,
         )
         self.n_ctx = n_ctx
+        self.hidden = False  # a new context gives logits
+        # closed before the interpreter tears its modules down (llama-cpp-python's own
+        # finaliser then finds its C functions gone and prints a traceback)
+        weakref.finalize(self, self.llm.close)
 
     def to(self, device: Any) -> "GgufModel":
         """llama.cpp's offload is chosen at load; moving is a no-op (as ``eval``)."""
@@ -380,7 +387,9 @@ class GgufModel:
         if len(ids) > self.n_ctx:
             self._open(max(len(ids), 2 * self.n_ctx))
         llm = self.llm
-        self.llama_cpp.llama_set_embeddings(llm.ctx, hidden)
+        if hidden != self.hidden:  # switching makes llama.cpp plan its graph again: once per batch
+            self.llama_cpp.llama_set_embeddings(llm.ctx, hidden)
+            self.hidden = hidden
         llm.reset()
         llm.eval(ids)
         if not hidden:
@@ -396,14 +405,14 @@ class GgufModel:
         import torch
 
         ids = np.asarray(input_ids.cpu() if hasattr(input_ids, "cpu") else input_ids)
-        mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask.cpu())
+        mask = np.ones(ids.shape, dtype=bool) if attention_mask is None else np.asarray(attention_mask.cpu()) != 0
         width = self.config.hidden_size if output_hidden_states else self.config.vocab_size
         out = torch.zeros((ids.shape[0], ids.shape[1], width), dtype=torch.float32)
-        for row, length in enumerate(mask.sum(axis=1).tolist()):
-            if length:
-                out[row, :length] = torch.from_numpy(
-                    self.sequence([int(i) for i in ids[row, :length]], hidden=output_hidden_states)
-                )
+        for row in range(ids.shape[0]):
+            kept = np.flatnonzero(mask[row])  # the row's real tokens (the padding is left out)
+            if kept.size:
+                values = self.sequence([int(i) for i in ids[row, kept]], hidden=output_hidden_states)
+                out[row, torch.from_numpy(kept)] = torch.from_numpy(values)
         if output_hidden_states:
             return GgufOutput(last_hidden_state=out)
         return GgufOutput(logits=out)

@@ -559,17 +559,7 @@ def load_gguf(
             "model it was converted from as --reference (or save its tokenizer next to the GGUF "
             "with tokenizer.save_pretrained)"
         )
-    with model_file_boundary(source, tokenizer_file_name(source)):
-        tokenizer = transformers.AutoTokenizer.from_pretrained(source.source)
-    info = gguf_model.read_info(file, spec.name)
-    if info.is_encoder:
-        raise ModelReferenceError(
-            f"model {spec.name!r} is a GGUF of the encoder architecture {info.architecture!r}; "
-            "GGUF files are gated as decoder LMs only; fix: gate the encoder's PyTorch checkpoint"
-        )
-    problem = gguf_model.vocabulary_problem(info.tokens, tokenizer, spec.name, source.name)
-    if problem:
-        raise ModelReferenceError(problem)
+    tokenizer, info = _gguf_tokenizer(spec, file, source)
     fingerprint = gguf_model.runtime_fingerprint(fingerprint_files(Path(spec.source)), runtime)
     if runtime == gguf_model.LLAMA_CPP:
         gguf_model.require_llama_cpp()
@@ -583,6 +573,37 @@ def load_gguf(
     wrapper = DecoderWrapper(spec.name, model, tokenizer, fingerprint=fingerprint, device=device, **wrapper_options)
     wrapper.missing_head = []
     return wrapper
+
+
+def _gguf_tokenizer(spec: ModelSpec, file: Path, source: ModelSpec) -> tuple[Any, Any]:
+    """``source``'s tokenizer and the GGUF's header, once the GGUF is a decoder whose
+    vocabulary is that tokenizer's (else one line)."""
+    import transformers
+
+    from miniature.core import gguf_model
+
+    transformers.logging.set_verbosity_error()
+    with model_file_boundary(source, tokenizer_file_name(source)):
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source.source)
+    info = gguf_model.read_info(file, spec.name)
+    if info.is_encoder:
+        raise ModelReferenceError(
+            f"model {spec.name!r} is a GGUF of the encoder architecture {info.architecture!r}; "
+            "GGUF files are gated as decoder LMs only; fix: gate the encoder's PyTorch checkpoint"
+        )
+    problem = gguf_model.vocabulary_problem(info.tokens, tokenizer, spec.name, source.name)
+    if problem:
+        raise ModelReferenceError(problem)
+    return tokenizer, info
+
+
+def check_gguf_candidate(spec: ModelSpec, reference: ModelSpec) -> None:
+    """Refuse, before any work, a GGUF candidate that is an encoder or whose vocabulary is not
+    the reference tokenizer's (one line); nothing for other models. Reads the tokenizer and
+    the GGUF's header only."""
+    found = gguf_file(spec.source) if spec.is_local else None
+    if found is not None and reference.source != spec.source:
+        _gguf_tokenizer(spec, found, reference)
 
 
 def check_vocabulary(spec: ModelSpec, tokenizer: Any, config: Any) -> None:

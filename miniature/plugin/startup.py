@@ -214,7 +214,7 @@ def locate_models(settings: "opt.Settings") -> dict[str, Any]:
     """
     from miniature.errors import MiniatureError
     from miniature.core.model_table import NamedModel, model_table
-    from miniature.core.models import locate, resolve_model, unique_name
+    from miniature.core.models import check_gguf_candidate, locate, resolve_model, unique_name
 
     given = [
         (opt.REFERENCE, settings.reference),
@@ -224,11 +224,16 @@ def locate_models(settings: "opt.Settings") -> dict[str, Any]:
     ]
     problems = []
     named: list[NamedModel] = []
+    reference_spec = None
     for flag, reference in given:
         if not reference:
             continue
         try:
             spec = locate(resolve_model(reference))
+            if flag == opt.REFERENCE:
+                reference_spec = spec
+            elif flag == opt.CANDIDATE and reference_spec is not None:
+                check_gguf_candidate(spec, reference_spec)  # its vocabulary: the reference's tokenizer's
         except MiniatureError as error:
             problems.append(f"{flag}: {error}")
             continue
