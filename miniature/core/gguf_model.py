@@ -97,7 +97,9 @@ def check_gguf_header(file: Path, name: str) -> None:
         with open(file, "rb") as handle:
             start = handle.read(4)
     except OSError as error:
-        raise ModelReferenceError(f"model {name!r}: {str(file)!r} could not be read ({error}); fix: check the path") from None
+        raise ModelReferenceError(
+            f"model {name!r}: {str(file)!r} could not be read ({error}); fix: check the path"
+        ) from None
     if start != _MAGIC:
         raise ModelReferenceError(
             f"model {name!r}: {str(file)!r} is not a GGUF file (it does not start with b'GGUF'); "
@@ -276,9 +278,10 @@ def probe(file: Path, name: str) -> None:
         ) from None
     if done.returncode < 0:
         number = -done.returncode
+        elsewhere = "llama.cpp was built for CPU instructions this machine does not run"
         what = {
-            signal.SIGILL: "Illegal instruction: llama.cpp was built for CPU instructions this machine does not run",
-            signal.SIGSEGV: "a segmentation fault (often a llama.cpp build for CPU instructions this machine does not run)",
+            int(signal.SIGILL): f"Illegal instruction: {elsewhere}",
+            int(signal.SIGSEGV): f"a segmentation fault, often because {elsewhere}",
         }.get(number, "a crash")
         raise ModelReferenceError(
             f"model {name!r}: llama.cpp died running {str(file)!r} ({_signal_name(number)}, {what}); "
@@ -341,10 +344,11 @@ class GgufModel:
         self.llm: Any = None
         self.n_ctx = 0
         self._open(max(16, n_ctx))
+        llm: Any = self.llm
         self.config = GgufConfig(
-            vocab_size=int(self.llm.n_vocab()),
+            vocab_size=int(llm.n_vocab()),
             max_position_embeddings=info.context_length,
-            hidden_size=int(self.llm.n_embd()),
+            hidden_size=int(llm.n_embd()),
             model_type=info.architecture,
             architectures=[f"{info.architecture} (GGUF)"],
         )

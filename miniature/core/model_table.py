@@ -71,9 +71,9 @@ def model_table(
         if model.spec is None or not model.spec.is_local:
             continue
         try:
-            found = gguf_file(model.spec.source)
-            if found is not None:
-                quantization[model.name], architecture[model.name] = table_text(found, gguf_runtime)
+            gguf = gguf_file(model.spec.source)
+            if gguf is not None:
+                quantization[model.name], architecture[model.name] = table_text(gguf, gguf_runtime)
                 continue
         except Exception:  # noqa: BLE001 - the table only; a load error is reported by the run
             continue

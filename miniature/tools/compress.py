@@ -135,8 +135,7 @@ def compress(
     else:
         if method is None:
             raise CompressionError(
-                f"no compression method; fix: pass --method (method=) one of {', '.join(METHODS)}, "
-                "or --format gguf"
+                f"no compression method; fix: pass --method (method=) one of {', '.join(METHODS)}, or --format gguf"
             )
         settings = _check_settings(
             method,
@@ -221,9 +220,7 @@ def compress(
         if method == "gguf":
             measured, head, architecture = _build_gguf(spec, settings, built, llama_cpp=llama_cpp)
         else:
-            measured, head, architecture = _build(
-                spec, method, settings, built, progress=progress, distil_texts=texts
-            )
+            measured, head, architecture = _build(spec, method, settings, built, progress=progress, distil_texts=texts)
         record = _record(spec, source_print, method, settings, head, architecture, measured)
         atomic_write_text(built / RECORD_NAME, json.dumps(record, indent=2, sort_keys=True))
     return output
@@ -330,7 +327,9 @@ def _build_gguf(
         )
     try:
         check_architecture(architectures, converter_path(llama_cpp), spec.name)
-        measured = {"gguf": write_gguf(Path(spec.source), built, settings["quantization"], name=spec.name, llama_cpp=llama_cpp)}
+        measured = {
+            "gguf": write_gguf(Path(spec.source), built, settings["quantization"], name=spec.name, llama_cpp=llama_cpp)
+        }
     except GgufExportError as error:
         raise CompressionError(str(error)) from None
     with model_file_boundary(spec, tokenizer_file_name(spec)):

@@ -125,7 +125,9 @@ def _died(what: str, done: subprocess.CompletedProcess[str]) -> str:
     return f"{what} failed ({lines[-1][:300] if lines else f'exit status {done.returncode}'})"
 
 
-def write_gguf(source: Path, built: Path, quantization: str, *, name: str, llama_cpp: str | Path | None) -> dict[str, Any]:
+def write_gguf(
+    source: Path, built: Path, quantization: str, *, name: str, llama_cpp: str | Path | None
+) -> dict[str, Any]:
     """Convert the model folder ``source`` to f16 GGUF with llama.cpp's converter and, unless
     ``quantization`` is ``f16``, quantize it with llama.cpp's quantizer into
     ``built/model-QUANT.gguf``; what the file really holds (its file type, the tensor types
