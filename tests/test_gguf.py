@@ -308,3 +308,27 @@ def test_the_real_converter_knows_llama_and_gpt2(needs_llama_cpp) -> None:
     known = converted_architectures(converter_path())
     assert {"LlamaForCausalLM", "GPT2LMHeadModel", "Qwen2ForCausalLM", "MistralForCausalLM"} <= known
     assert "OPTForCausalLM" not in known
+
+
+def test_the_command_line_needs_a_method_unless_the_format_is_gguf(tiny_models, tmp_path: Path, capsys) -> None:
+    from miniature.tools.cli import main
+
+    assert main(["compress", str(tiny_models["reference"]), "--output-dir", str(tmp_path / "out")]) == 2
+    assert "no compression method" in capsys.readouterr().err
+    gguf = ["compress", str(tiny_models["reference"]), "--format", "gguf", "--output-dir", str(tmp_path / "out")]
+    assert main([*gguf, "--quantization", "q4_k_m"]) == 2  # parsed: refused as an encoder, in one line
+    err = capsys.readouterr().err
+    assert "writes decoder LMs" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_a_gguf_reference_without_a_tokenizer_beside_it_is_refused(ggufs, tmp_path: Path) -> None:
+    import shutil
+
+    from miniature.core.models import load_model
+
+    alone = tmp_path / "model-f16.gguf"
+    shutil.copy(ggufs["f16"] / "model-f16.gguf", alone)
+    with pytest.raises(ModelReferenceError, match="no tokenizer files beside it"):
+        load_model(str(alone))
+    assert load_model(str(ggufs["f16"])).decoder  # the folder compress wrote holds its tokenizer
