@@ -88,7 +88,7 @@ class ModelStore:
 
     def table(self) -> dict[str, Any]:
         """The report's model table (order, architecture, quantization) of these models."""
-        return model_table(self.named, decoders=self.settings.decoders)
+        return model_table(self.named, decoders=self.settings.decoders, gguf_runtime=self.settings.gguf_runtime)
 
     def spec(self, name: str, stage: str | None = None) -> ModelSpec:
         """Where a model's checkpoint for ``stage`` is: the base one before fine-tuning,
@@ -105,6 +105,12 @@ class ModelStore:
     def _finetune(self, name: str) -> ModelSpec:
         from miniature.core.finetune import finetune
 
+        if self.gguf(name) is not None:
+            raise MiniatureError(
+                f"model {name!r} is a GGUF file, which {opt.FINETUNE} cannot train; fix: fine-tune "
+                f"the PyTorch model, convert that (miniature compress --format gguf) and pass the "
+                f"GGUF without {opt.FINETUNE}"
+            )
         if self.onnx_export(name) is not None:
             raise MiniatureError(
                 f"model {name!r} is an ONNX export, which {opt.FINETUNE} cannot train; fix: "
@@ -147,7 +153,7 @@ class ModelStore:
         """Whether ``name`` is a decoder-only causal LM (told from its config.json)."""
         if name not in self._decoders:
             spec = self.specs[name]
-            forced = self.settings.decoders and spec.is_local
+            forced = self.settings.decoders and spec.is_local and self.gguf(name) is None
             if forced and self.onnx_export(name) is None:
                 problem = causal_lm_problem(read_model_config(spec), name)
                 if problem:
@@ -242,6 +248,8 @@ class ModelStore:
                 pooling=self.pooling_of(name),
                 onnx_outputs=self.settings.onnx_outputs,
                 decoder=self.settings.decoders,
+                gguf_runtime=self.settings.gguf_runtime,
+                tokenizer_from=self.spec(self.reference) if name != self.reference else None,
             )
             if self.is_decoder(name) and not headless and self.choice_problem() is None:
                 options.update(prompt_template=self.settings.prompt_template, choice_score=self.settings.choice_score)
@@ -273,6 +281,10 @@ class ModelStore:
             from miniature.core.cache import fingerprint
 
             found = fingerprint(found, sorted(self.settings.onnx_outputs.items()))
+        if self.gguf(name) is not None:  # the same file run by llama.cpp or dequantized by transformers
+            from miniature.core.gguf_model import runtime_fingerprint
+
+            found = runtime_fingerprint(found, self.settings.gguf_runtime)
         return found
 
     def missing_head(self, name: str) -> list[str]:
@@ -288,6 +300,13 @@ class ModelStore:
                 onnx_outputs=self.settings.onnx_outputs,
             )
         return self._missing_head[name] or []
+
+    def gguf(self, name: str) -> Any:
+        """The GGUF file ``name`` loads from (a Path), or None when it is no GGUF."""
+        from miniature.core.gguf_model import gguf_file
+
+        spec = self.specs[name]
+        return gguf_file(spec.source) if spec.is_local else None
 
     def onnx_export(self, name: str) -> Any:
         """The ONNX file ``name`` loads from (a Path), or None for a PyTorch checkpoint."""

@@ -49,12 +49,17 @@ def given_models(settings: Any) -> list[str]:
     return [str(v) for v in [values.get("--reference"), *(values.get("--candidate") or [])] if v]
 
 
-def model_table(models: Sequence[NamedModel], *, decoders: bool | None = None) -> dict[str, Any]:
+def model_table(
+    models: Sequence[NamedModel], *, decoders: bool | None = None, gguf_runtime: str = "llama.cpp"
+) -> dict[str, Any]:
     """The report's ``models`` entry: the reference, the candidates, their order, and for
     local models how each is quantized or exported and its architecture (e.g.
     ``LlamaForCausalLM, decoder``); what cannot be read is left out of those two.
-    ``decoders`` True: every PyTorch model is read as a decoder (``--task causal-lm``)."""
+    ``decoders`` True: every PyTorch model is read as a decoder (``--task causal-lm``). A GGUF
+    file says its file type, the tensor types it holds and how it ran (``gguf_runtime``: run
+    by llama.cpp, or dequantized by transformers), so the report says which was gated."""
     from miniature.core.formats import quantization_of
+    from miniature.core.gguf_model import gguf_file, table_text
     from miniature.core.model_files import read_model_config
     from miniature.core.models import is_decoder
     from miniature.core.onnx_model import onnx_file
@@ -64,6 +69,13 @@ def model_table(models: Sequence[NamedModel], *, decoders: bool | None = None) -
     architecture: dict[str, str] = {}
     for model in models:
         if model.spec is None or not model.spec.is_local:
+            continue
+        try:
+            gguf = gguf_file(model.spec.source)
+            if gguf is not None:
+                quantization[model.name], architecture[model.name] = table_text(gguf, gguf_runtime)
+                continue
+        except Exception:  # noqa: BLE001 - the table only; a load error is reported by the run
             continue
         try:
             text = quantization_of(model.spec.source)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from miniature.core.formats import load_quantized, read_record
+from miniature.core.gguf_model import gguf_file
 from miniature.core.onnx_model import onnx_file
 from miniature.core.model_files import (
     ModelSpec,
@@ -170,6 +171,12 @@ def resolve_model(reference: str) -> ModelSpec:
         check_model_dir(path, reference)
         return ModelSpec(name=key, source=str(path), is_local=True)
     path = Path(text).expanduser()
+    found = gguf_file(path)
+    if found is not None:  # a GGUF file (or a folder holding one): llama.cpp's format
+        from miniature.core.gguf_model import check_gguf_header
+
+        check_gguf_header(found, path.name or text)
+        return ModelSpec(name=path.name or text, source=str(path.resolve()), is_local=True)
     if path.is_dir():
         check_model_dir(path, reference)
         return ModelSpec(name=path.name or text, source=str(path.resolve()), is_local=True)
@@ -177,7 +184,7 @@ def resolve_model(reference: str) -> ModelSpec:
         what = "is a file, not a model directory" if path.exists() else "does not exist"
         raise ModelReferenceError(
             f"model {reference!r}: the path {str(path)!r} {what}; fix: pass a directory saved "
-            f"with save_pretrained (config.json + weights + tokenizer), an alias "
+            f"with save_pretrained (config.json + weights + tokenizer), a .gguf file, an alias "
             f"({', '.join(all_aliases())}) or a Hugging Face id"
         )
     if "/" in text and _HUB_ID.match(text):
@@ -309,10 +316,12 @@ def effective_max_length(config: Any, max_length: int, name: str) -> int:
 
 
 def fingerprint_files(path: Path) -> str:
-    """A content hash of every file in a model directory (names and bytes, sorted)."""
+    """A content hash of every file in a model directory (names and bytes, sorted), or of
+    one model file (a ``.gguf``)."""
     digest = hashlib.blake2b(digest_size=16)
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        rel = file.relative_to(path).as_posix()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        rel = file.name if file == path else file.relative_to(path).as_posix()
         if rel.startswith(".") or "/." in rel or rel == "README.md":
             continue
         digest.update(rel.encode() + b"\0")
@@ -398,6 +407,11 @@ def causal_lm_problem(config: dict[str, Any], name: str) -> str | None:
 def local_is_decoder(spec: ModelSpec) -> bool:
     """:func:`is_decoder` of a model folder (its config.json; a hub model's cached one), False
     when it cannot be read without the network."""
+    if spec.is_local and gguf_file(spec.source) is not None:  # llama.cpp's files are causal LMs
+        from miniature.core.gguf_model import read_info
+
+        found = gguf_file(spec.source)
+        return found is not None and not read_info(found, spec.name).is_encoder
     directory = _snapshot_dir(spec)
     if directory is None or not (directory / "config.json").is_file():
         return False
@@ -413,6 +427,8 @@ def load_model(
     device: str = "cpu",
     onnx_outputs: "dict[str, str] | None" = None,
     decoder: bool | None = None,
+    gguf_runtime: str = "llama.cpp",
+    tokenizer_from: ModelSpec | None = None,
     **wrapper_options: Any,
 ) -> "ModelWrapper":
     """Load a model and its tokenizer safely and wrap them.
@@ -429,11 +445,19 @@ def load_model(
     ``--onnx-output``), for exports that do not use optimum's names. ``decoder`` True reads
     the checkpoint as a causal LM although its config.json names no causal-LM architecture
     (``--task causal-lm``; refused for an encoder), None tells it from config.json.
+    A GGUF file (or a folder holding one) loads through :func:`load_gguf`: run by llama.cpp
+    or dequantized by transformers (``gguf_runtime``), tokenized by ``tokenizer_from`` (the
+    reference; default: tokenizer files beside the GGUF).
     """
     if isinstance(spec, str):
         spec = resolve_model(spec)
     if head not in TASK_HEADS:
         raise ValueError(f"head must be one of {TASK_HEADS}, got {head!r}")
+    found = gguf_file(spec.source) if spec.is_local else None
+    if found is not None:
+        return load_gguf(
+            spec, found, runtime=gguf_runtime, tokenizer_from=tokenizer_from, device=device, **wrapper_options
+        )
     import transformers
 
     transformers.logging.set_verbosity_error()
@@ -504,6 +528,83 @@ def load_model(
         wrapper = ModelWrapper(spec.name, model, tokenizer, fingerprint=fingerprint, device=device, **wrapper_options)
     wrapper.missing_head = missing_head if head != "encoder" else []
     return wrapper
+
+
+def load_gguf(
+    spec: ModelSpec,
+    file: Path,
+    *,
+    runtime: str = "llama.cpp",
+    tokenizer_from: ModelSpec | None = None,
+    device: str = "cpu",
+    **wrapper_options: Any,
+) -> "DecoderWrapper":
+    """A GGUF file as a :class:`DecoderWrapper`: run by llama.cpp
+    (:class:`~miniature.core.gguf_model.GgufModel`, after a probe in a child process), or
+    its weights dequantized by transformers (``runtime="transformers"``). The tokenizer is
+    ``tokenizer_from``'s (the reference's: both models see the same token ids), else the one
+    saved beside the GGUF; a GGUF vocabulary that differs from it is refused."""
+    import transformers
+
+    from miniature.core import gguf_model
+
+    if runtime not in gguf_model.RUNTIMES:
+        raise ValueError(f"gguf_runtime must be one of {gguf_model.RUNTIMES}, got {runtime!r}")
+    transformers.logging.set_verbosity_error()
+    folder = Path(spec.source) if Path(spec.source).is_dir() else file.parent
+    source = tokenizer_from or ModelSpec(spec.name, str(folder), True)
+    if tokenizer_from is None and not any((folder / f).is_file() for f in _TOKENIZER_FILES):
+        raise ModelReferenceError(
+            f"model {spec.name!r} is a GGUF file with no tokenizer files beside it, and it is the "
+            "reference, whose tokenizer gives the token ids every model sees; fix: pass the PyTorch "
+            "model it was converted from as --reference (or save its tokenizer next to the GGUF "
+            "with tokenizer.save_pretrained)"
+        )
+    tokenizer, info = _gguf_tokenizer(spec, file, source)
+    fingerprint = gguf_model.runtime_fingerprint(fingerprint_files(Path(spec.source)), runtime)
+    if runtime == gguf_model.LLAMA_CPP:
+        gguf_model.require_llama_cpp()
+        gguf_model.probe(file, spec.name)
+        length = max(int(wrapper_options.get("max_length", 128)), 16)
+        model: Any = gguf_model.GgufModel(file, info, name=spec.name, device=device, n_ctx=length)
+        device = "cpu"  # the batch stays on the CPU; llama.cpp offloads by itself
+    else:
+        model = gguf_model.load_gguf_transformers(file, spec.name).to(device).eval()
+    check_vocabulary(spec, tokenizer, model.config)
+    wrapper = DecoderWrapper(spec.name, model, tokenizer, fingerprint=fingerprint, device=device, **wrapper_options)
+    wrapper.missing_head = []
+    return wrapper
+
+
+def _gguf_tokenizer(spec: ModelSpec, file: Path, source: ModelSpec) -> tuple[Any, Any]:
+    """``source``'s tokenizer and the GGUF's header, once the GGUF is a decoder whose
+    vocabulary is that tokenizer's (else one line)."""
+    import transformers
+
+    from miniature.core import gguf_model
+
+    transformers.logging.set_verbosity_error()
+    with model_file_boundary(source, tokenizer_file_name(source)):
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source.source)
+    info = gguf_model.read_info(file, spec.name)
+    if info.is_encoder:
+        raise ModelReferenceError(
+            f"model {spec.name!r} is a GGUF of the encoder architecture {info.architecture!r}; "
+            "GGUF files are gated as decoder LMs only; fix: gate the encoder's PyTorch checkpoint"
+        )
+    problem = gguf_model.vocabulary_problem(info.tokens, tokenizer, spec.name, source.name)
+    if problem:
+        raise ModelReferenceError(problem)
+    return tokenizer, info
+
+
+def check_gguf_candidate(spec: ModelSpec, reference: ModelSpec) -> None:
+    """Refuse, before any work, a GGUF candidate that is an encoder or whose vocabulary is not
+    the reference tokenizer's (one line); nothing for other models. Reads the tokenizer and
+    the GGUF's header only."""
+    found = gguf_file(spec.source) if spec.is_local else None
+    if found is not None and reference.source != spec.source:
+        _gguf_tokenizer(spec, found, reference)
 
 
 def check_vocabulary(spec: ModelSpec, tokenizer: Any, config: Any) -> None:
@@ -1050,7 +1151,9 @@ def weight_check(spec: ModelSpec, head: str = "encoder") -> WeightCheck | None:
     tensors, which its backend checks on load), an architecture transformers cannot build
     from the config (loading says why)."""
     directory = _snapshot_dir(spec)
-    if directory is None or onnx_file(directory) is not None or read_record(directory, method="int8"):
+    if directory is None or gguf_file(directory) is not None:  # a GGUF is checked by llama.cpp's loader
+        return None
+    if onnx_file(directory) is not None or read_record(directory, method="int8"):
         return None
     config_json = read_model_config(spec if spec.is_local else directory)
     if config_json.get("auto_map") or config_json.get("quantization_config"):
@@ -1146,6 +1249,8 @@ def missing_head_weights(
     directory = _snapshot_dir(spec)
     if directory is None:
         return None
+    if gguf_file(directory) is not None:  # a GGUF holds its language-modelling head
+        return []
     exported = onnx_file(directory)
     if exported is not None:  # an ONNX export: the head is its outputs
         from miniature.core.onnx_model import export_roles, missing_outputs

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from miniature.core.gguf_model import RUNTIMES as GGUF_RUNTIMES
 from miniature.core.onnx_model import ROLES as ONNX_ROLES
 from miniature.core.registry import BUILTIN
 
@@ -57,6 +58,7 @@ COMPARE_TO = "--compare-to"
 TRUST_REMOTE_CODE = "--trust-remote-code"
 ALLOW_PICKLE = "--allow-pickle"
 ONNX_OUTPUT = "--onnx-output"
+GGUF_RUNTIME = "--gguf-runtime"
 FINETUNE = "--finetune"
 ATTACK_MODEL = "--attack-model"
 ATTACK_SIZE = "--attack-size"
@@ -464,6 +466,12 @@ OPTIONS: tuple[Option, ...] = (
         metavar="ROLE=NAME",
     ),
     Option(
+        GGUF_RUNTIME,
+        "how a .gguf model runs: llama.cpp (its kernels, through llama-cpp-python) or transformers (its weights dequantized to PyTorch)",
+        choice(*GGUF_RUNTIMES),
+        "llama.cpp",
+    ),
+    Option(
         FINETUNE, "fine-tune each model on --train-data first; compare before and after", boolean, False, switch=True
     ),
     Option(
@@ -588,6 +596,7 @@ class Settings:
     trust_remote_code: bool = False
     allow_pickle: bool = False
     onnx_output: tuple[tuple[str, str], ...] = ()
+    gguf_runtime: str = "llama.cpp"
     finetune: bool = False
     attack_model: str = "bert-base"
     attack_size: int = 200

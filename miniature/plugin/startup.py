@@ -214,7 +214,7 @@ def locate_models(settings: "opt.Settings") -> dict[str, Any]:
     """
     from miniature.errors import MiniatureError
     from miniature.core.model_table import NamedModel, model_table
-    from miniature.core.models import locate, resolve_model, unique_name
+    from miniature.core.models import check_gguf_candidate, locate, resolve_model, unique_name
 
     given = [
         (opt.REFERENCE, settings.reference),
@@ -224,11 +224,16 @@ def locate_models(settings: "opt.Settings") -> dict[str, Any]:
     ]
     problems = []
     named: list[NamedModel] = []
+    reference_spec = None
     for flag, reference in given:
         if not reference:
             continue
         try:
             spec = locate(resolve_model(reference))
+            if flag == opt.REFERENCE:
+                reference_spec = spec
+            elif flag == opt.CANDIDATE and reference_spec is not None:
+                check_gguf_candidate(spec, reference_spec)  # its vocabulary: the reference's tokenizer's
         except MiniatureError as error:
             problems.append(f"{flag}: {error}")
             continue
@@ -241,7 +246,7 @@ def locate_models(settings: "opt.Settings") -> dict[str, Any]:
             named.append(NamedModel(unique_name(spec.name, [m.name for m in named]), reference, spec))
     if problems:
         raise pytest.UsageError("\n".join(dict.fromkeys(problems)))
-    return model_table(named, decoders=settings.decoders)
+    return model_table(named, decoders=settings.decoders, gguf_runtime=settings.gguf_runtime)
 
 
 def forced_decoder_problem(spec: Any) -> str | None:
@@ -250,7 +255,9 @@ def forced_decoder_problem(spec: Any) -> str | None:
     from miniature.core.models import causal_lm_problem
     from miniature.core.onnx_model import onnx_file
 
-    if not spec.is_local or onnx_file(spec.source) is not None:
+    from miniature.core.gguf_model import gguf_file
+
+    if not spec.is_local or onnx_file(spec.source) is not None or gguf_file(spec.source) is not None:
         return None
     return causal_lm_problem(read_model_config(spec), spec.name)
 

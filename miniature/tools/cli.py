@@ -149,12 +149,13 @@ def _compress_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="the reference: a local model directory (or alias of a packaged model)")
     parser.add_argument(
         "--method",
-        required=True,
+        default=None,
         choices=("int8", "prune", "layers", "none"),
         help="int8: quantization of the Linear layers with torchao (see "
         "--quantization); prune: L1 magnitude pruning of the encoder's Linear "
         "weights; layers: keep a subset of the encoder layers; none: no "
-        "compression (with --format onnx: export the model as it is)",
+        "compression (with --format onnx: export the model as it is); required "
+        "unless --format gguf",
     )
     parser.add_argument("--output-dir", required=True, type=Path, help="folder of the compressed model (created)")
     parser.add_argument(
@@ -183,22 +184,31 @@ def _compress_arguments(parser: argparse.ArgumentParser) -> None:
         help="int8: one scale per output row, or one per matrix; default: %(default)s",
     )
     from miniature.core.formats import QUANTIZATIONS
+    from miniature.tools.gguf_export import ENVIRONMENT, GGUF_QUANTIZATIONS
 
     parser.add_argument(
         "--quantization",
-        choices=QUANTIZATIONS,
-        default="int8-dynamic",
+        choices=(*QUANTIZATIONS, *GGUF_QUANTIZATIONS),
+        default=None,
         help="int8: int8 weights with int8 activations quantized at run time, int8 "
-        "weights only, or int4 weights only (torchao); default: %(default)s",
+        "weights only, or int4 weights only (torchao; default int8-dynamic); --format gguf: "
+        "llama.cpp's type (default q8_0; f16 for none)",
     )
     parser.add_argument(
         "--format",
-        choices=("pytorch", "onnx"),
+        choices=("pytorch", "onnx", "gguf"),
         default="pytorch",
         dest="output_format",
         help="pytorch: a folder the PyTorch loader reads; onnx: model.onnx run by "
-        "onnxruntime (int8: onnxruntime's dynamic int8), the file you ship; "
-        "default: %(default)s",
+        "onnxruntime (int8: onnxruntime's dynamic int8), the file you ship; gguf: a decoder "
+        "converted and quantized by llama.cpp (model-QUANT.gguf); default: %(default)s",
+    )
+    parser.add_argument(
+        "--llama-cpp",
+        default=None,
+        metavar="DIR",
+        help=f"--format gguf: the llama.cpp source folder whose convert_hf_to_gguf.py converts "
+        f"(or the llama-cpp-python sdist); default: ${ENVIRONMENT}",
     )
     parser.add_argument(
         "--onnx-int8",
@@ -256,6 +266,7 @@ def compress_command(args: argparse.Namespace) -> int:
         quantization=args.quantization,
         output_format=args.output_format,
         onnx_int8=args.onnx_int8,
+        llama_cpp=args.llama_cpp,
         overwrite=args.overwrite,
         progress=not args.no_progress,
         distil=args.distil,

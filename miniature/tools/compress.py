@@ -20,6 +20,9 @@ onnxruntime instead (:mod:`miniature.tools.export`): for ``int8`` the fp32 model
 quantized by onnxruntime's ``quantize_dynamic`` (int8 weights and dynamic int8 activations);
 for the others the compressed fp32 model, int8-quantized the same way with ``onnx_int8``.
 So the gate checks exactly the file that ships.
+``output_format="gguf"`` (``--format gguf``) writes a decoder as a GGUF file run by llama.cpp
+(:mod:`miniature.tools.gguf_export`): llama.cpp's converter writes it in f16, llama.cpp's
+quantizer makes the ``quantization`` asked for (``q8_0``, ``q4_k_m``, ``iq4_xs``, ...).
 * ``prune``: unstructured L1 magnitude pruning of the encoder's Linear weights to a
   sparsity (``torch.nn.utils.prune``, over all layers at once or layer by layer), made
   permanent, saved as safetensors.
@@ -57,7 +60,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 METHODS = ("int8", "prune", "layers", "none")
-FORMATS = ("pytorch", "onnx")
+FORMATS = ("pytorch", "onnx", "gguf")
 PRUNE_SCOPES = ("global", "layer")
 QSCHEMES = ("per-channel", "per-tensor")
 #: ``--distil`` (layers): epochs and learning rate of the distillation, and its temperature.
@@ -82,14 +85,15 @@ def compress(
     reference_dir: str | Path,
     output_dir: str | Path,
     *,
-    method: str,
+    method: str | None = None,
     sparsity: float = 0.5,
     prune_scope: str = "global",
     keep_layers: Sequence[int] | None = None,
     qscheme: str = "per-channel",
-    quantization: str = "int8-dynamic",
+    quantization: str | None = None,
     output_format: str = "pytorch",
     onnx_int8: bool = False,
+    llama_cpp: str | Path | None = None,
     overwrite: bool = False,
     progress: bool = True,
     distil: bool = False,
@@ -98,6 +102,12 @@ def compress(
     distil_learning_rate: float = DISTIL_LEARNING_RATE,
 ) -> Path:
     """Compress the model in ``reference_dir`` with ``method``; the folder of the result.
+
+    ``output_format="gguf"`` needs no ``method``: the decoder is converted by llama.cpp and
+    quantized to ``quantization`` (default ``q8_0``; ``f16`` for none) into
+    ``model-QUANT.gguf``, with ``llama_cpp`` (or ``$MINIATURE_LLAMA_CPP``) naming the
+    llama.cpp source folder whose converter is used. ``quantization`` for ``int8`` is
+    torchao's scheme (default ``int8-dynamic``).
 
     ``distil`` (layers only, classifiers only) re-trains the smaller model after its layers
     are dropped, by distillation from the reference's logits on ``distil_texts`` (default:
@@ -120,15 +130,22 @@ def compress(
     """
     from miniature.core.models import fingerprint_files, resolve_model
 
-    settings = _check_settings(
-        method,
-        sparsity=sparsity,
-        prune_scope=prune_scope,
-        keep_layers=keep_layers,
-        qscheme=qscheme,
-        quantization=quantization,
-    )
-    settings.update(_check_format(method, output_format, onnx_int8, settings))
+    if output_format == "gguf":
+        method, settings = _check_gguf(method, quantization, onnx_int8, distil)
+    else:
+        if method is None:
+            raise CompressionError(
+                f"no compression method; fix: pass --method (method=) one of {', '.join(METHODS)}, or --format gguf"
+            )
+        settings = _check_settings(
+            method,
+            sparsity=sparsity,
+            prune_scope=prune_scope,
+            keep_layers=keep_layers,
+            qscheme=qscheme,
+            quantization=quantization or "int8-dynamic",
+        )
+        settings.update(_check_format(method, output_format, onnx_int8, settings))
     texts: list[str] = []
     if distil_texts is not None and not distil:
         raise CompressionError(
@@ -200,7 +217,10 @@ def compress(
     from miniature.core.folders import building
 
     with building(output, replace=True) as built:  # output is empty, or a compression to replace
-        measured, head, architecture = _build(spec, method, settings, built, progress=progress, distil_texts=texts)
+        if method == "gguf":
+            measured, head, architecture = _build_gguf(spec, settings, built, llama_cpp=llama_cpp)
+        else:
+            measured, head, architecture = _build(spec, method, settings, built, progress=progress, distil_texts=texts)
         record = _record(spec, source_print, method, settings, head, architecture, measured)
         atomic_write_text(built / RECORD_NAME, json.dumps(record, indent=2, sort_keys=True))
     return output
@@ -261,6 +281,60 @@ def _check_format(method: str, output_format: str, onnx_int8: bool, settings: di
             )
         onnx_int8 = True
     return {"format": "onnx", "onnx_int8": bool(onnx_int8)}
+
+
+def _check_gguf(
+    method: str | None, quantization: str | None, onnx_int8: bool, distil: bool
+) -> tuple[str, dict[str, Any]]:
+    """``--format gguf``'s settings: the llama.cpp quantization (default q8_0)."""
+    from miniature.tools.gguf_export import GGUF_QUANTIZATIONS
+
+    if method not in (None, "none"):
+        raise CompressionError(
+            f"--format gguf quantizes with llama.cpp (--quantization), not --method {method}; "
+            "fix: drop --method (method=)"
+        )
+    if onnx_int8 or distil:
+        raise CompressionError(
+            f"--{'onnx-int8' if onnx_int8 else 'distil'} does not apply to --format gguf; fix: drop it"
+        )
+    chosen = (quantization or "q8_0").lower()
+    if chosen not in GGUF_QUANTIZATIONS:
+        raise CompressionError(
+            f"--format gguf: quantization {quantization!r} is not one of llama.cpp's types here; fix: "
+            f"pass --quantization (quantization=) one of {', '.join(GGUF_QUANTIZATIONS)}"
+        )
+    return "gguf", {"format": "gguf", "quantization": chosen}
+
+
+def _build_gguf(
+    spec: Any, settings: dict[str, Any], built: Path, *, llama_cpp: str | Path | None
+) -> tuple[dict[str, Any], str, str]:
+    """A decoder converted and quantized by llama.cpp, its tokenizer beside the file."""
+    import transformers
+
+    from miniature.core.models import model_file_boundary, read_model_config, tokenizer_file_name
+    from miniature.tools.gguf_export import GgufExportError, check_architecture, converter_path, write_gguf
+
+    config = read_model_config(spec)
+    architectures = [str(a) for a in config.get("architectures") or []]
+    head = detect_head(transformers.PretrainedConfig(architectures=architectures))
+    if head != "causal-lm":
+        raise CompressionError(
+            f"reference {spec.name!r} is a {', '.join(architectures) or 'model'} ({head}), and --format gguf "
+            "writes decoder LMs (GGUF files are gated as causal LMs, as llama.cpp runs them); fix: "
+            "compress a *ForCausalLM / *LMHeadModel checkpoint, or use --format pytorch/onnx"
+        )
+    try:
+        check_architecture(architectures, converter_path(llama_cpp), spec.name)
+        measured = {
+            "gguf": write_gguf(Path(spec.source), built, settings["quantization"], name=spec.name, llama_cpp=llama_cpp)
+        }
+    except GgufExportError as error:
+        raise CompressionError(str(error)) from None
+    with model_file_boundary(spec, tokenizer_file_name(spec)):
+        transformers.AutoTokenizer.from_pretrained(spec.source).save_pretrained(str(built))
+    return measured, head, ", ".join(architectures)
 
 
 def _check_settings(
@@ -656,6 +730,8 @@ def _record(
             "python": platform.python_version(),
         },
     }
+    if method == "gguf":
+        record["backend"] = "llama.cpp"
     if method == "int8" and "quantized_modules" in measured:
         record["backend"] = "torchao"
         record["quantized_modules"] = measured.pop("quantized_modules")

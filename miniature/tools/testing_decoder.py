@@ -84,3 +84,56 @@ def make_tiny_decoders(root: Path) -> dict[str, Path]:
         tokenizer.save_pretrained(path)
         paths[name] = path
     return paths
+
+
+def sentencepiece_tokenizer(directory: Path, *, vocab_size: int = 512) -> Any:
+    """A SentencePiece BPE tokenizer trained on the built-in reviews (unk 0, BOS 1, EOS 2, as
+    Llama's), saved as a ``LlamaTokenizer``: llama.cpp's converter reads ``tokenizer.model``
+    (it cannot convert a word-level tokenizer). Deterministic (one thread)."""
+    import sentencepiece
+    from transformers import LlamaTokenizer
+
+    directory.mkdir(parents=True, exist_ok=True)
+    corpus = "\n".join(r.text for r in sentiment_reviews(600, seed=11))
+    corpus += "\nReview: Sentiment: Answer: positive negative\n"
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus.splitlines()),
+        model_prefix=str(directory / "sp"),
+        vocab_size=vocab_size,
+        model_type="bpe",
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        character_coverage=1.0,
+        num_threads=1,
+        minloglevel=2,
+    )
+    tokenizer = LlamaTokenizer(str(directory / "sp.model"), legacy=False)
+    for name in ("sp.model", "sp.vocab"):
+        (directory / name).unlink()
+    tokenizer.save_pretrained(directory)
+    return tokenizer
+
+
+def make_tiny_sentencepiece_llama(directory: Path, *, seed: int = 0) -> Path:
+    """A tiny random Llama with a SentencePiece tokenizer, saved under ``directory``: the
+    smallest checkpoint llama.cpp's ``convert_hf_to_gguf.py`` converts (for the GGUF tests)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = sentencepiece_tokenizer(directory)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    LlamaForCausalLM(config).eval().save_pretrained(directory, safe_serialization=True)
+    return directory
