@@ -54,9 +54,9 @@ DEFAULT_CANDIDATES = tuple(CANDIDATES)
 CANDIDATE_PACKAGES: dict[str, tuple[tuple[str, ...], str]] = {
     "int8": (("torchao",), "quantize"),
     "int4": (("torchao",), "quantize"),
-    "q8_0": (("llama_cpp",), "gguf"),
-    "q4_k_m": (("llama_cpp",), "gguf"),
 }
+#: The candidates written as GGUF by llama.cpp (they need llama-cpp-python).
+GGUF = ("q8_0", "q4_k_m")
 MODEL_NAMES = {
     "reference": "review-llama",
     "int8": "review-llama-int8",
@@ -239,17 +239,21 @@ def tables(results: Sequence[dict[str, Any]], reference: str = MODEL_NAMES["refe
 
 def available(candidate: str) -> bool:
     """Whether a candidate can be built here; if not, one line says why and what to install."""
-    if CANDIDATE_PACKAGES.get(candidate, ((), ""))[1] == "gguf":
+    if candidate in GGUF:
+        import importlib.util
+
         from miniature.tools import compress as compress_module
 
-        if "gguf" not in getattr(compress_module, "FORMATS", ()):
-            print(
-                f"miniature demo --decoder: skipping candidate {candidate!r}: this version of "
-                "`miniature compress` writes no GGUF (--format gguf)",
-                file=sys.stderr,
-                flush=True,
-            )
-            return False
+        why = (
+            "this version of `miniature compress` writes no GGUF (--format gguf)"
+            if "gguf" not in getattr(compress_module, "FORMATS", ())
+            else "it needs llama_cpp; fix: pip install llama-cpp-python"
+            if importlib.util.find_spec("llama_cpp") is None
+            else None
+        )
+        if why:
+            print(f"miniature demo --decoder: skipping candidate {candidate!r}: {why}", file=sys.stderr, flush=True)
+        return why is None
     return encoder_demo._available(candidate, CANDIDATE_PACKAGES)
 
 
