@@ -312,9 +312,7 @@ def default_cache_dir() -> Path:
     return Path(root).expanduser()
 
 
-def _available(
-    candidate: str, needs: dict[str, tuple[tuple[str, ...], str]] = CANDIDATE_PACKAGES
-) -> bool:
+def _available(candidate: str, needs: dict[str, tuple[tuple[str, ...], str]] = CANDIDATE_PACKAGES) -> bool:
     """Whether a candidate's optional packages (``needs``) are installed; if not, one line
     says which extra to install and the demo goes on without it."""
     import importlib.util

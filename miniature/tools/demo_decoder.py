@@ -85,9 +85,10 @@ TOKENIZER_SETTINGS: dict[str, Any] = {"vocab_size": 1024, "model_type": "bpe", "
 LEARNING_RATE = 2e-3
 #: The loss: the causal-LM loss over every token, plus this weight times the loss of the
 #: answer's tokens (the label word after ``Sentiment:``). With the plain LM loss alone the
-#: answer is one token in about 50 and the model stayed at chance (held-out 0.545 after 3
-#: epochs); weighted, it becomes a classifier in the same training time.
-ANSWER_WEIGHT = 1.0
+#: answer is one token in about 50 and the model stayed near chance (held-out accuracy 0.545
+#: after 3 epochs of the full size; weight 1: 0.63); with weight 5 it reached 0.847 in the
+#: same training time.
+ANSWER_WEIGHT = 5.0
 RECORD = "miniature_decoder_demo.json"
 FORMAT_VERSION = 1
 
@@ -295,7 +296,7 @@ def decoder_demo(
 
         for name in candidates:
             if name != "reference":
-                extra = (
+                extra: dict[str, Any] = (
                     {"distil_texts": training_texts(data.train), "distil_epochs": plan.distil_epochs}
                     if CANDIDATES[name].get("distil")
                     else {}
