@@ -208,8 +208,8 @@ def _compress_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--distil",
         action="store_true",
-        help="layers: re-train the smaller classifier after dropping layers, by "
-        "distillation from the reference's logits on --distil-data",
+        help="layers: re-train the smaller classifier or causal LM after dropping layers, by "
+        "distillation from the reference's outputs (label or next-token distributions) on --distil-data",
     )
     parser.add_argument(
         "--distil-data",

@@ -99,8 +99,9 @@ def compress(
 ) -> Path:
     """Compress the model in ``reference_dir`` with ``method``; the folder of the result.
 
-    ``distil`` (layers only, classifiers only) re-trains the smaller model after its layers
-    are dropped, by distillation from the reference's logits on ``distil_texts`` (default:
+    ``distil`` (layers only; classifiers and causal LMs) re-trains the smaller model after its
+    layers are dropped, by distillation from the reference's outputs (a classifier's label
+    distribution, a causal LM's next-token distribution at every token) on ``distil_texts`` (default:
     the built-in sentiment training texts; no labels are needed): ``distil_epochs`` of
     AdamW at ``distil_learning_rate``, batch 32, seeded, on the KL divergence between the
     reference's and the student's softened outputs (temperature 2). What it reached
