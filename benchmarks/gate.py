@@ -19,6 +19,7 @@ that command exists; ``--demo-only`` times just that.
     python benchmarks/gate.py --quick                 # 100 items, attack on 10
     python benchmarks/gate.py                         # 1,000 items, attack on 100
     python benchmarks/gate.py --demo-only             # `miniature demo`, cold then warm
+    python benchmarks/gate.py --demo-only --demo-args="--decoder --threads 2"   # the decoder demo
 """
 
 from __future__ import annotations
@@ -213,6 +214,7 @@ def time_demo(args: argparse.Namespace) -> list[list[str]]:
     rows = []
     print(f"\nminiature demo ({' '.join(command[1:])}), MINIATURE_CACHE_DIR={cache}")
     for run in ("cold", "warm"):
+        load_before = os.getloadavg()
         start = time.perf_counter()
         process = subprocess.run(
             ["/usr/bin/time", "-f", "%M", *command],
@@ -224,12 +226,16 @@ def time_demo(args: argparse.Namespace) -> list[list[str]]:
         wall = time.perf_counter() - start
         peak = process.stderr.strip().splitlines()[-1] if process.stderr.strip() else "?"
         peak_text = f"{int(peak) / 1024:.0f} MiB" if peak.isdigit() else "?"
-        print(f"  {run}: {wall:.1f} s, exit {process.returncode}, peak RSS {peak_text}")
+        load = f"load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after"
+        print(f"  {run}: {wall:.1f} s, exit {process.returncode}, peak RSS {peak_text}, {load}")
         if process.returncode not in (0, 1):
             print(process.stdout[-2000:] + process.stderr[-2000:])
-        rows.append([f"miniature demo ({run})", f"{wall:.1f} s", peak_text, f"exit {process.returncode}"])
+        rows.append([f"miniature demo ({run})", f"{wall:.1f} s", peak_text, f"exit {process.returncode}", load])
         lines = process.stdout.splitlines()
-        block = next((i for i, line in enumerate(lines) if "the paper's phenomenon" in line), None)
+        steps = [line for line in lines if "; seconds " in line]
+        if steps:  # the demo's own split: training, compression, attack model, gate
+            print("    " + steps[-1].split("; seconds ", 1)[1])
+        block = next((i for i, line in enumerate(lines) if "phenomenon" in line), None)
         if block is not None and run == "cold":  # the figures the timing came with (the demo's phenomenon goals)
             print("\n".join("    " + line for line in lines[block : block + 12] if line.strip()))
     return rows
@@ -277,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.demo_only:
         demo_rows = time_demo(args)
         if demo_rows:
-            print("\n" + h.table(["run", "wall", "peak RSS", "status"], demo_rows))
+            print("\n" + h.table(["run", "wall", "peak RSS", "status", "load"], demo_rows))
         h.write_json(args.json, {"machine": info, "demo": demo_rows})
         return 0
     root = args.models_dir or h.scratch_dir("miniature-bench-gate-")
@@ -368,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     demo_rows = time_demo(args) if args.demo else []
     if demo_rows:
-        print("\n" + h.table(["run", "wall", "peak RSS", "status"], demo_rows))
+        print("\n" + h.table(["run", "wall", "peak RSS", "status", "load"], demo_rows))
     h.write_json(args.json, {"machine": info, "settings": payload, "result": result, "demo": demo_rows})
     return 0
 

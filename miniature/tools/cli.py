@@ -218,8 +218,8 @@ def _compress_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--distil",
         action="store_true",
-        help="layers: re-train the smaller classifier after dropping layers, by "
-        "distillation from the reference's logits on --distil-data",
+        help="layers: re-train the smaller classifier or causal LM after dropping layers, by "
+        "distillation from the reference's outputs (label or next-token distributions) on --distil-data",
     )
     parser.add_argument(
         "--distil-data",
@@ -296,11 +296,20 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> None:
         dest="size",
         help=f"full (default: the whole built-in data, {SIZES['full'].attack_size} attacked items) or quick",
     )
+    from miniature.tools import demo_decoder
+
+    parser.add_argument(
+        "--decoder",
+        action="store_true",
+        help="the decoder demo: the demo's own small Llama, trained on the built-in reviews, vs its "
+        "torchao int8 and int4, GGUF Q8_0 and Q4_K_M (with llama-cpp-python) and distilled copies",
+    )
     parser.add_argument(
         "--candidates",
-        default=",".join(DEFAULT_CANDIDATES),
+        default=None,
         help=f"comma-separated, from {', '.join(CANDIDATES)} ('reference': the "
-        "reference against itself); default: %(default)s",
+        f"reference against itself; with --decoder from {', '.join(demo_decoder.CANDIDATES)}); "
+        f"default: all ({','.join(DEFAULT_CANDIDATES)})",
     )
     parser.add_argument(
         "--attack-size", type=int, default=None, metavar="N", help="items attacked per model (overrides the size's)"
@@ -314,8 +323,8 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--report-dir",
         type=Path,
-        default=Path("reports") / "demo",
-        help="where latest.json (and report.html) go; default: %(default)s",
+        default=None,
+        help="where latest.json (and report.html) go; default: reports/demo (--decoder: reports/demo-decoder)",
     )
     parser.add_argument("--no-html", action="store_true", help="skip the HTML report")
     parser.add_argument(
@@ -334,19 +343,25 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> None:
 @command(
     "demo",
     help="run the offline demo gate: fine-tuned all-MiniLM-L6-v2 vs its int8, "
-    "pruned and distilled 3-layer compressions",
+    "pruned and distilled 3-layer compressions (--decoder: a small Llama vs its quantized and distilled copies)",
     arguments=_demo_arguments,
 )
 def demo_command(args: argparse.Namespace) -> int:
     """Run the demo. Exit 0 when the gate ran and the reference matched itself; the
     candidates' verdicts are the demo's output (``--strict``: exit 1 if any fails)."""
-    from miniature.tools.demo import demo, result_passed
+    from miniature.tools import demo_decoder
+    from miniature.tools.demo import DEFAULT_CANDIDATES, demo, result_passed
 
-    candidates = [c.strip() for c in args.candidates.split(",") if c.strip()]
-    result = demo(
+    run = demo_decoder.decoder_demo if args.decoder else demo
+    if args.candidates is None:
+        candidates = list(demo_decoder.DEFAULT_CANDIDATES if args.decoder else DEFAULT_CANDIDATES)
+    else:
+        candidates = [c.strip() for c in args.candidates.split(",") if c.strip()]
+    report_dir = args.report_dir or Path("reports") / ("demo-decoder" if args.decoder else "demo")
+    result = run(
         size=args.size,
         cache_dir=args.cache_dir,
-        report_dir=args.report_dir,
+        report_dir=report_dir,
         candidates=candidates,
         attack_size=args.attack_size,
         html=not args.no_html,

@@ -109,8 +109,9 @@ def compress(
     llama.cpp source folder whose converter is used. ``quantization`` for ``int8`` is
     torchao's scheme (default ``int8-dynamic``).
 
-    ``distil`` (layers only, classifiers only) re-trains the smaller model after its layers
-    are dropped, by distillation from the reference's logits on ``distil_texts`` (default:
+    ``distil`` (layers only; classifiers and causal LMs) re-trains the smaller model after its
+    layers are dropped, by distillation from the reference's outputs (a classifier's label
+    distribution, a causal LM's next-token distribution at every token) on ``distil_texts`` (default:
     the built-in sentiment training texts; no labels are needed): ``distil_epochs`` of
     AdamW at ``distil_learning_rate``, batch 32, seeded, on the KL divergence between the
     reference's and the student's softened outputs (temperature 2). What it reached
@@ -428,9 +429,22 @@ def _check_distil(epochs: float, learning_rate: float, texts: Sequence[str]) -> 
 
 
 def _distil(
-    teacher: Any, student: Any, tokenizer: Any, texts: list[str], settings: dict[str, Any], *, progress: bool
+    teacher: Any,
+    student: Any,
+    tokenizer: Any,
+    texts: list[str],
+    settings: dict[str, Any],
+    *,
+    progress: bool,
+    causal_lm: bool = False,
 ) -> dict[str, Any]:
-    """Train ``student`` in place on the teacher's softened logits over ``texts``."""
+    """Train ``student`` in place on the teacher's softened outputs over ``texts``.
+
+    A classifier learns the teacher's label distribution of each text; a causal LM
+    (``causal_lm``) the teacher's next-token distribution at every real token of each text,
+    computed batch by batch (a vocabulary-wide target per token is too large to keep).
+    Agreement is on the predicted label, or on the most likely next token.
+    """
     import math
 
     import torch
@@ -440,25 +454,53 @@ def _distil(
     generator = torch.Generator().manual_seed(settings["seed"])
     encoded = tokenizer(texts, truncation=True, max_length=settings["max_length"])["input_ids"]
     size = settings["batch_size"]
+    # right-padded by hand: a causal LM's tokenizer often has no pad token (GPT-2, Llama)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def padded(rows: list[int]) -> dict[str, Any]:
+        if not causal_lm:
+            return dict(tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt"))
+        width = max(len(encoded[i]) for i in rows)
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for k, i in enumerate(rows):
+            ids[k, : len(encoded[i])] = torch.tensor(encoded[i])
+            mask[k, : len(encoded[i])] = 1
+        return {"input_ids": ids, "attention_mask": mask}
 
     def batches(order: list[int]) -> Iterator[tuple[list[int], dict[str, Any]]]:
         for start in range(0, len(order), size):
             rows = order[start : start + size]
-            yield rows, tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt")
+            yield rows, padded(rows)
+
+    def outputs(model: Any, batch: dict[str, Any]) -> Any:
+        """Logits per text (classifier) or per real token (causal LM)."""
+        logits = model(**batch).logits
+        return logits[batch["attention_mask"].bool()] if causal_lm else logits
+
+    by_length = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
 
     def logits_of(model: Any) -> Any:
         model.eval()
-        by_length = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
         out = torch.empty(len(texts), model.config.num_labels)
         with torch.inference_mode():
             for rows, batch in batches(by_length):
                 out[rows] = model(**batch).logits.float()
         return out
 
-    targets = logits_of(teacher)
-    agreement_before = float((logits_of(student).argmax(1) == targets.argmax(1)).float().mean())
+    def top_choices(model: Any) -> Any:
+        model.eval()
+        with torch.inference_mode():
+            return torch.cat([outputs(model, batch).argmax(-1) for _, batch in batches(by_length)])
+
     temperature = settings["temperature"]
-    soft = torch.softmax(targets / temperature, dim=-1)
+    if causal_lm:
+        reference_top = top_choices(teacher)
+        agreement_before = float((top_choices(student) == reference_top).float().mean())
+    else:
+        targets = logits_of(teacher)
+        agreement_before = float((logits_of(student).argmax(1) == targets.argmax(1)).float().mean())
+        soft = torch.softmax(targets / temperature, dim=-1)
     optimiser = torch.optim.AdamW(student.parameters(), lr=settings["learning_rate"])
     total = max(1, math.ceil(settings["epochs"] * len(texts) / size))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: 1 - step / total)
@@ -470,8 +512,13 @@ def _distil(
             for rows, batch in batches(order):
                 if len(losses) >= total:
                     break
-                log_probs = torch.log_softmax(student(**batch).logits / temperature, dim=-1)
-                loss = torch.nn.functional.kl_div(log_probs, soft[rows], reduction="batchmean")
+                if causal_lm:
+                    with torch.no_grad():  # not inference_mode: the target is saved for backward
+                        target = torch.softmax(outputs(teacher, batch).float() / temperature, dim=-1)
+                else:
+                    target = soft[rows]
+                log_probs = torch.log_softmax(outputs(student, batch) / temperature, dim=-1)
+                loss = torch.nn.functional.kl_div(log_probs, target, reduction="batchmean")
                 loss = loss * temperature**2
                 optimiser.zero_grad()
                 loss.backward()
@@ -480,10 +527,14 @@ def _distil(
                 losses.append(float(loss.detach()))
                 bar.update(1)
     student.eval()
-    agreement_after = float((logits_of(student).argmax(1) == targets.argmax(1)).float().mean())
+    if causal_lm:
+        agreement_after = float((top_choices(student) == reference_top).float().mean())
+    else:
+        agreement_after = float((logits_of(student).argmax(1) == targets.argmax(1)).float().mean())
     return {
         "steps": total,
         "loss_first_last": [losses[0], sum(losses[-10:]) / len(losses[-10:])],
+        "agreement": "next-token top choice" if causal_lm else "predicted label",
         "agreement_with_reference_before": round(agreement_before, 4),
         "agreement_with_reference_after": round(agreement_after, 4),
     }
@@ -535,15 +586,21 @@ def _build(
         )
         bar.update(1)
     if settings.get("distil"):
-        if head != "classification":
+        if head not in ("classification", "causal-lm"):
             raise CompressionError(
-                f"--distil re-trains a classifier from the reference's logits, "
+                f"--distil re-trains a classifier or a causal LM from the reference's outputs, "
                 f"but {spec.name!r} has a {head!r} head; fix: distil a "
-                "sequence-classification model, or drop --distil"
+                "sequence-classification model or a causal LM, or drop --distil"
             )
         teacher = load_model(spec, head=head).model
         measured["distillation"] = _distil(
-            teacher, model, tokenizer, list(distil_texts), settings["distil"], progress=progress
+            teacher,
+            model,
+            tokenizer,
+            list(distil_texts),
+            settings["distil"],
+            progress=progress,
+            causal_lm=head == "causal-lm",
         )
         model.save_pretrained(str(built), safe_serialization=True)
     measured["parameters_before"] = before

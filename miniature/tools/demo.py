@@ -126,6 +126,8 @@ class DemoResult:
     models: dict[str, Path]
     attack_model: Path
     seconds: dict[str, float] = field(default_factory=dict)
+    #: the reference's name in the results (the decoder demo's differs)
+    reference_name: str = MODEL_NAMES["reference"]
 
     def figures(self) -> list[dict[str, Any]]:
         """Every result of ``latest.json`` (empty if the gate wrote none)."""
@@ -139,7 +141,7 @@ class DemoResult:
 
     def self_check_passed(self) -> bool | None:
         """Did the reference pass every check against itself (None: not a candidate)?"""
-        reference = MODEL_NAMES["reference"]
+        reference = self.reference_name
         rows = [r for r in self.figures() if r["reference"] == reference and r["candidate"] == f"{reference}#2"]
         if not rows:
             return None
@@ -310,12 +312,12 @@ def default_cache_dir() -> Path:
     return Path(root).expanduser()
 
 
-def _available(candidate: str) -> bool:
-    """Whether a candidate's optional packages are installed; if not, one line says which
-    extra to install and the demo goes on without it."""
+def _available(candidate: str, needs: dict[str, tuple[tuple[str, ...], str]] = CANDIDATE_PACKAGES) -> bool:
+    """Whether a candidate's optional packages (``needs``) are installed; if not, one line
+    says which extra to install and the demo goes on without it."""
     import importlib.util
 
-    packages, extra = CANDIDATE_PACKAGES.get(candidate, ((), ""))
+    packages, extra = needs.get(candidate, ((), ""))
     missing = [p for p in packages if importlib.util.find_spec(p) is None]
     if missing:
         print(
@@ -348,25 +350,7 @@ def demo(
     ``pytest_args`` are appended to the gate's command line (e.g. ``["-k", "errors"]``).
     """
     started, wall_start = time.perf_counter(), time.time()
-    if size not in SIZES:
-        raise MiniatureError(
-            f"unknown demo size {size!r}; fix: pass one of {', '.join(SIZES)} (--quick for the small one)"
-        )
-    unknown = [c for c in candidates if c not in CANDIDATES]
-    if unknown or not candidates:
-        raise MiniatureError(
-            f"unknown demo candidate(s) {', '.join(map(repr, unknown)) or '(none)'}; "
-            f"fix: pass --candidates with some of {', '.join(CANDIDATES)}"
-        )
-    if attack_size is not None and attack_size < 1:
-        raise MiniatureError(f"attack_size={attack_size} must be >= 1; fix: pass --attack-size N")
-    if threads is not None:
-        if threads < 1:
-            raise MiniatureError(f"threads={threads} must be >= 1; fix: pass --threads N")
-        import torch
-
-        torch.set_num_threads(threads)
-    plan = SIZES[size]
+    plan = check_request(size, candidates, attack_size, threads)
     say = _printer(progress)
     candidates = [c for c in candidates if _available(c)]
     # absolute: the gate runs from a folder of its own (see gate_folder)
@@ -453,6 +437,38 @@ def demo(
         + ", ".join(f"{k} {v}" for k, v in result.seconds.items())
     )
     return result
+
+
+def check_request(
+    size: str,
+    candidates: Sequence[str],
+    attack_size: int | None,
+    threads: int | None,
+    *,
+    sizes: dict[str, DemoSize] = SIZES,
+    known: dict[str, dict[str, Any]] = CANDIDATES,
+) -> DemoSize:
+    """The size's plan, after checking a demo's request (one line with the fix if bad);
+    sets torch's threads when ``threads`` is given."""
+    if size not in sizes:
+        raise MiniatureError(
+            f"unknown demo size {size!r}; fix: pass one of {', '.join(sizes)} (--quick for the small one)"
+        )
+    unknown = [c for c in candidates if c not in known]
+    if unknown or not candidates:
+        raise MiniatureError(
+            f"unknown demo candidate(s) {', '.join(map(repr, unknown)) or '(none)'}; "
+            f"fix: pass --candidates with some of {', '.join(known)}"
+        )
+    if attack_size is not None and attack_size < 1:
+        raise MiniatureError(f"attack_size={attack_size} must be >= 1; fix: pass --attack-size N")
+    if threads is not None:
+        if threads < 1:
+            raise MiniatureError(f"threads={threads} must be >= 1; fix: pass --threads N")
+        import torch
+
+        torch.set_num_threads(threads)
+    return sizes[size]
 
 
 def gate_arguments(
