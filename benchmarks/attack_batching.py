@@ -110,12 +110,14 @@ def timing_worker(variant: str, payload: dict) -> None:
         for name, wrapper in zip(targets, wrappers):
             outcomes[name] = attack_model_outcomes(attacker, wrapper, texts, labels, settings=settings, progress=False)
     strip = {name: [{k: v for k, v in o.items() if k != "seconds"} for o in rows] for name, rows in outcomes.items()}
-    extra = {}
+    from miniature.core.attack.recipe import similarity_encoder
+
+    extra = {"encoded_texts": similarity_encoder(settings.similarity_encoder).forward_texts}
     if engine == "batched":
         from miniature.core.attack.engine import shared_outputs
 
         store = shared_outputs(attacker, settings, None)
-        extra = {"mlm_texts": store.mlm_texts, "mlm_calls": store.mlm_calls, "encoded_texts": store.encoded_texts}
+        extra.update(mlm_texts=store.mlm_texts, mlm_calls=store.mlm_calls)
     h.emit(
         {
             **measure.as_dict(),
@@ -123,6 +125,8 @@ def timing_worker(variant: str, payload: dict) -> None:
             **extra,
             "attacked": {n: sum(o["result"] != "skipped" for o in rows) for n, rows in strip.items()},
             "target_forward_calls": {n: w.forward_calls for n, w in zip(targets, wrappers)},
+            "target_texts": {n: w.forward_texts for n, w in zip(targets, wrappers)},
+            "queries": {n: sum(o["queries"] for o in rows) for n, rows in strip.items()},
         }
     )
 
@@ -203,7 +207,10 @@ def main(argv: list[str] | None = None) -> int:
                     h.mib(r["peak_rss"]),
                     f"{r['peak_rss'] / best[base]['peak_rss']:.2f}x" if base in best else "-",
                     sum(r["attacked"].values()),
+                    sum(r["queries"].values()),
+                    sum(r["target_texts"].values()),
                     sum(r["target_forward_calls"].values()),
+                    r["encoded_texts"],
                     r.get("mlm_texts", "-"),
                 ]
             )
@@ -213,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
                 "differ": differ,
                 "attacked": r["attacked"],
                 "mlm_texts": r.get("mlm_texts"),
+                "encoded_texts": r["encoded_texts"],
+                "queries": r["queries"],
+                "target_texts": r["target_texts"],
                 "target_forward_calls": r["target_forward_calls"],
             }
         print(
@@ -229,7 +239,10 @@ def main(argv: list[str] | None = None) -> int:
                     "peak RSS",
                     "RSS vs seq",
                     "attacked",
+                    "TextAttack queries",
+                    "target texts run",
                     "target passes",
+                    "texts encoded",
                     "MLM texts run",
                 ],
                 rows,

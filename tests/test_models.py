@@ -127,6 +127,8 @@ def test_batches_are_length_sorted_and_cover_every_item(tiny_models) -> None:
     assert sorted(i for batch in batches for i in batch) == list(range(len(TEXTS)))
     lengths = [len(features[i]["input_ids"]) for batch in batches for i in batch]
     assert lengths == sorted(lengths, reverse=True)
+    wrapper.encode(TEXTS)
+    assert (wrapper.forward_calls, wrapper.forward_texts) == (len(batches), len(TEXTS))
 
 
 def test_mean_pooling_differs_from_cls_and_truncation_is_counted(tiny_models) -> None:

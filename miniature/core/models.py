@@ -694,7 +694,7 @@ class ModelWrapper:
     Texts are tokenized once without padding, sorted by length, cut into batches padded
     only to their own longest item, and run under ``torch.inference_mode``; results come
     back in the input order. ``forward_calls`` counts forward passes (tests use it to
-    prove a cache hit computes nothing).
+    prove a cache hit computes nothing) and ``forward_texts`` the items they ran.
     """
 
     def __init__(
@@ -725,6 +725,7 @@ class ModelWrapper:
         self.pooling = self.default_pooling if pooling == "auto" else pooling
         self.progress = progress
         self.forward_calls = 0
+        self.forward_texts = 0
         self.truncated = 0
         #: task-head weights the checkpoint lacked, initialised at random (see load_model)
         self.missing_head: list[str] = []
@@ -819,6 +820,7 @@ class ModelWrapper:
                 batch = {k: v.to(self.device) for k, v in batch.items() if k in self.input_names}
                 outputs = self.model(**batch, output_hidden_states=True)
                 self.forward_calls += 1
+                self.forward_texts += len(index)
                 for field in PER_ITEM_OUTPUTS:
                     value = getattr(outputs, field, None)
                     if value is not None:
@@ -981,6 +983,7 @@ class DecoderWrapper(ModelWrapper):
             device=self.device,
         )
         self.forward_calls += -(-sum(map(len, per_item)) // self.batch_size)
+        self.forward_texts += sum(map(len, per_item))
         self.truncated = scores.truncated
         width = max(map(len, per_item))
         rows = np.full((len(texts), width), -np.inf)

@@ -28,6 +28,12 @@ Outcomes equal the sequential path's: the only difference a batch can make is in
 last bits of a float (a text padded beside others), which decides nothing unless two
 candidates tie to ~1e-6; ``benchmarks/attack_batching.py`` and
 ``tests/test_attack_batching.py`` compare item by item.
+
+The similarity constraint's encoder runs on every candidate the cheaper constraints keep,
+although the search keeps at most one per step: TextAttack's query count is the number of
+candidates that pass it, so an order that asks the target first and the encoder only until a
+step's choice is fixed finds the same adversarial texts but cannot report that count (and
+asks the target about more texts). ``benchmarks/attack_order.py`` measures both orders.
 """
 
 from __future__ import annotations
