@@ -217,20 +217,26 @@ def time_demo(args: argparse.Namespace) -> list[list[str]]:
         load_before = os.getloadavg()
         start = time.perf_counter()
         process = subprocess.run(
-            ["/usr/bin/time", "-f", "%M", *command],
+            ["/usr/bin/time", "-f", "%M %U %S", *command],
             capture_output=True,
             text=True,
             cwd=cache,
             env={**os.environ, **h.WORKER_ENV, "MINIATURE_CACHE_DIR": str(cache)},
         )
         wall = time.perf_counter() - start
-        peak = process.stderr.strip().splitlines()[-1] if process.stderr.strip() else "?"
+        last = process.stderr.strip().splitlines()[-1].split() if process.stderr.strip() else []
+        peak = last[0] if last else "?"
         peak_text = f"{int(peak) / 1024:.0f} MiB" if peak.isdigit() else "?"
+        # CPU seconds (user + system, the demo and its children): on a busy machine, the time a
+        # one-thread demo would take on an idle core, as near as this run can tell
+        cpu = sum(float(x) for x in last[1:3]) if len(last) == 3 else float("nan")
         load = f"load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after"
-        print(f"  {run}: {wall:.1f} s, exit {process.returncode}, peak RSS {peak_text}, {load}")
+        print(f"  {run}: {wall:.1f} s, {cpu:.1f} CPU s, exit {process.returncode}, peak RSS {peak_text}, {load}")
         if process.returncode not in (0, 1):
             print(process.stdout[-2000:] + process.stderr[-2000:])
-        rows.append([f"miniature demo ({run})", f"{wall:.1f} s", peak_text, f"exit {process.returncode}", load])
+        rows.append(
+            [f"miniature demo ({run})", f"{wall:.1f} s", f"{cpu:.1f} s", peak_text, f"exit {process.returncode}", load]
+        )
         lines = process.stdout.splitlines()
         steps = [line for line in lines if "; seconds " in line]
         if steps:  # the demo's own split: training, compression, attack model, gate
@@ -283,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.demo_only:
         demo_rows = time_demo(args)
         if demo_rows:
-            print("\n" + h.table(["run", "wall", "peak RSS", "status", "load"], demo_rows))
+            print("\n" + h.table(["run", "wall", "CPU", "peak RSS", "status", "load"], demo_rows))
         h.write_json(args.json, {"machine": info, "demo": demo_rows})
         return 0
     root = args.models_dir or h.scratch_dir("miniature-bench-gate-")
@@ -374,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     demo_rows = time_demo(args) if args.demo else []
     if demo_rows:
-        print("\n" + h.table(["run", "wall", "peak RSS", "status", "load"], demo_rows))
+        print("\n" + h.table(["run", "wall", "CPU", "peak RSS", "status", "load"], demo_rows))
     h.write_json(args.json, {"machine": info, "settings": payload, "result": result, "demo": demo_rows})
     return 0
 
