@@ -7,7 +7,9 @@ on many items in lockstep, their model calls batched across items, each target's
 predictions memoised, the attack model's masked-LM candidates and sentence vectors
 computed once per distinct text for all four targets), each in a fresh process with an
 empty cache (a first gate run), and compares every item's outcome (result, adversarial
-text, prediction, words changed, query count): the count that differs must be 0.
+text, prediction, words changed, query count): the count that differs must be 0. Beside
+TextAttack's query count the table shows the target texts each path actually ran (memo and
+cache hits are not run) and the texts the similarity constraint's encoder ran.
 
 Model sets (``--models``):
 
