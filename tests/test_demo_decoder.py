@@ -132,15 +132,25 @@ def test_bad_decoder_demo_requests_are_clear(tmp_path: Path) -> None:
         demo_decoder.decoder_demo(cache_dir=tmp_path, report_dir=tmp_path, size="huge", progress=False)
 
 
-def test_gguf_candidates_wait_for_the_gguf_export(capsys) -> None:
-    """Without ``--format gguf`` in compress (or without llama_cpp) a GGUF candidate is skipped in one line."""
-    from miniature.tools import compress
+def test_gguf_candidates_are_skipped_in_one_line_without_llama_cpp_or_its_converter(
+    capsys, monkeypatch, tmp_path
+) -> None:
+    """A GGUF candidate needs llama_cpp and llama.cpp's converter; without either it is
+    skipped with one line saying what to install or name."""
+    import importlib.util
 
-    expected = "gguf" in compress.FORMATS and __import__("importlib").util.find_spec("llama_cpp") is not None
-    assert demo_decoder.available("q4_k_m") is expected
-    if not expected:
-        assert "skipping candidate 'q4_k_m'" in capsys.readouterr().err
+    monkeypatch.delenv("MINIATURE_LLAMA_CPP", raising=False)
     assert demo_decoder.available("layers")
+    assert not demo_decoder.available("q4_k_m")
+    line = capsys.readouterr().err.strip()
+    assert "skipping candidate 'q4_k_m'" in line and len(line.splitlines()) == 1
+    if importlib.util.find_spec("llama_cpp") is None:
+        assert "pytest-miniature[gguf]" in line
+        return
+    assert "MINIATURE_LLAMA_CPP" in line
+    (tmp_path / "convert_hf_to_gguf.py").write_text("# llama.cpp's converter\n")
+    monkeypatch.setenv("MINIATURE_LLAMA_CPP", str(tmp_path))
+    assert demo_decoder.available("q4_k_m")
 
 
 def test_training_texts_are_the_prompt_then_the_label_word() -> None:

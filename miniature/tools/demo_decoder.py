@@ -248,14 +248,25 @@ def available(candidate: str) -> bool:
         why = (
             "this version of `miniature compress` writes no GGUF (--format gguf)"
             if "gguf" not in getattr(compress_module, "FORMATS", ())
-            else "it needs llama_cpp; fix: pip install llama-cpp-python"
+            else "it needs llama_cpp; fix: pip install 'pytest-miniature[gguf]'"
             if importlib.util.find_spec("llama_cpp") is None
-            else None
+            else _converter_problem()
         )
         if why:
             print(f"miniature demo --decoder: skipping candidate {candidate!r}: {why}", file=sys.stderr, flush=True)
         return why is None
     return encoder_demo._available(candidate, CANDIDATE_PACKAGES)
+
+
+def _converter_problem() -> str | None:
+    """Why llama.cpp's converter cannot be found (``$MINIATURE_LLAMA_CPP``), or None."""
+    from miniature.tools.gguf_export import GgufExportError, converter_path
+
+    try:
+        converter_path()
+    except GgufExportError as error:
+        return str(error)
+    return None
 
 
 def decoder_demo(
