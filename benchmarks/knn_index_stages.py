@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     del other
     unit = stage("normalise", lambda: nb.normalized_float32(vectors, "vectors"))
     index = nb.NeighbourIndex(unit, metric="ip", index="ivf")
-    fetch = 10 + 1 + 8  # what NeighbourIndex.search fetches for K = 10, itself excluded
+    fetch = index._fetch(10, True)  # what NeighbourIndex.search fetches for K = 10, itself excluded
     stage("build (train + add)", index._build)
     stage("tune nprobe", lambda: index._tune(unit, 10, fetch, True))
     print(f"  {index.parameters}")
