@@ -276,3 +276,17 @@ def test_the_search_is_in_the_json_and_on_the_page_escaped() -> None:
     page = evidence_html(result)
     assert "neighbour search: reference recall at 10" in page and "neighbour search: figure deviation" in page
     assert "ivf (nlist " in page and "<b>int8</b>" not in page and "&lt;b&gt;int8&lt;/b&gt;" in page
+
+
+def test_ivf_scans_8_bit_codes_and_rescoring_restores_exact_neighbours(monkeypatch: pytest.MonkeyPatch) -> None:
+    import faiss
+
+    monkeypatch.setattr(nb, "IVF_TARGET_RECALL", 1.01)  # never reached: every list is scanned
+    x = nb.normalized_float32(clustered(2000, 16, seed=11), "x")
+    index = nb.NeighbourIndex(x, metric="ip", index="ivf")
+    search = index.search(x, 10, exclude_self=True)
+    assert isinstance(index._faiss, faiss.IndexIVFScalarQuantizer)
+    assert search.parameters["nprobe"] == search.parameters["nlist"]
+    exact, _ = nb.exact_search(x, x, 10, metric="ip", exclude_self=True)
+    # the codes' error misorders near ties; re-scoring 4K candidates in float64 undoes it
+    assert np.array_equal(search.indices, exact)

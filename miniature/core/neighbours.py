@@ -60,11 +60,11 @@ TOO_FEW_ITEMS = (
 _RESCORE_CHUNK_ELEMENTS = 1 << 22
 
 #: how neighbours are searched: ``auto`` (exact up to :data:`AUTO_EXACT_MAX` indexed items,
-#: ``ivf`` above), ``exact`` (FAISS flat index), ``ivf`` (FAISS ``IndexIVFFlat``) or ``hnsw``
-#: (FAISS ``IndexHNSWFlat``)
+#: ``ivf`` above), ``exact`` (FAISS flat index), ``ivf`` (FAISS ``IndexIVFScalarQuantizer``, 8-bit
+#: codes) or ``hnsw`` (FAISS ``IndexHNSWFlat``)
 KNN_INDEXES: tuple[str, ...] = ("auto", "exact", "ivf", "hnsw")
 #: ``auto`` searches exactly while the index holds at most this many items (d = 384 on two
-#: shared cores: at 10,000 items IVF tuned for recall 0.99 scans every list and is 10x slower
+#: shared cores: at 10,000 items IVF tuned for recall 0.99 or more scans every list and is 10x slower
 #: than exact search; at 100,000 it is about twice as fast; see docs/benchmarks.md)
 AUTO_EXACT_MAX = 50_000
 #: queries of an approximate search that are also searched exactly, to measure its recall
@@ -73,8 +73,11 @@ RECALL_SAMPLE = 1000
 #: the sampling error of the check)
 RECALL_WARNING = 0.9
 #: the recall an IVF index is tuned for on a separate sample (see :meth:`NeighbourIndex._tune`)
-IVF_TARGET_RECALL = 0.99
+IVF_TARGET_RECALL = 0.995
 _TUNING_SAMPLE = 256
+# ivf fetches this many times k candidates (8-bit codes misorder near ties; the float64
+# re-scoring restores the order: at 100,000 items recall equals IndexIVFFlat's)
+_IVF_FETCH_PER_K = 4
 
 
 def resolve_index(index: str, n_base: int) -> str:
@@ -260,9 +263,10 @@ class NeighbourIndex:
     """Base vectors (C-contiguous float32, see :func:`normalized_float32`) and the search
     structure over them, built once for every query set searched against it.
 
-    ``exact`` runs :func:`exact_search`. ``ivf`` is FAISS ``IndexIVFFlat`` with
-    nlist = 2 sqrt(n) lists, trained by seeded k-means (10 iterations) on 40 items per
-    list, and nprobe tuned for each query set searched: raised by half from 8 until the
+    ``exact`` runs :func:`exact_search`. ``ivf`` is FAISS ``IndexIVFScalarQuantizer``
+    (8-bit codes: a quarter of float32's bytes to scan; :data:`_IVF_FETCH_PER_K` x k
+    candidates re-scored) with nlist = 2 sqrt(n) lists, trained by seeded k-means
+    (10 iterations) on 40 items per list, and nprobe tuned for each query set searched: raised by half from 8 until the
     recall@k of a separate seeded sample of :data:`_TUNING_SAMPLE` queries reaches
     :data:`IVF_TARGET_RECALL`. ``hnsw`` is FAISS ``IndexHNSWFlat`` (M 32, efConstruction
     80, efSearch 128); its graph, built on several threads, can
@@ -285,7 +289,7 @@ class NeighbourIndex:
                 self.base, queries, k, metric=self.metric, exclude_self=exclude_self, block_size=block_size
             )
             return Neighbours(indices, scores)
-        fetch = min(self.base.shape[0], k + int(exclude_self) + max(8, k // 4))
+        fetch = self._fetch(k, exclude_self)
         if self._faiss is None:
             self._build()
         if self.method == "ivf":
@@ -301,6 +305,12 @@ class NeighbourIndex:
             self.base, queries, k, metric=self.metric, exclude_self=exclude_self, block_size=block_size, rows=sample
         )
         return Neighbours(indices, scores, self.method, dict(self.parameters), sample, exact_indices, exact_scores)
+
+    def _fetch(self, k: int, exclude_self: bool) -> int:
+        """Candidates fetched per query: ``ivf`` scores 8-bit codes, so it fetches
+        :data:`_IVF_FETCH_PER_K` x k and lets the exact float64 re-scoring pick the k."""
+        wanted = _IVF_FETCH_PER_K * k if self.method == "ivf" else k + max(8, k // 4)
+        return min(self.base.shape[0], wanted + int(exclude_self))
 
     def _list_order(self) -> np.ndarray:
         """The base items list by list (IVF; else in order): searched in this order, the items
@@ -340,7 +350,7 @@ class NeighbourIndex:
             return
         nlist = max(1, min(n // 39, round(2 * math.sqrt(n))))  # FAISS wants 39 training items a list
         quantizer = faiss.IndexFlatIP(dim) if self.metric == "ip" else faiss.IndexFlatL2(dim)
-        self._faiss = faiss.IndexIVFFlat(quantizer, dim, nlist, metric)
+        self._faiss = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit, metric)
         self._faiss.cp.seed = self.seed
         self._faiss.cp.niter = 10
         self._faiss.cp.max_points_per_centroid = 40
