@@ -1167,6 +1167,9 @@ BAD_OPTION_VALUES: dict[str, list[tuple[str, str]]] = {
     opt.EXECUTOR: [("dask", "not one of")],
     opt.RAY_ADDRESS: [(" ", "empty value")],
     opt.RAY_WORKERS: [("0", "below the minimum 1"), ("two", "not a whole number")],
+    opt.KNN_INDEX: [("annoy", "not one of")],
+    opt.VECTORS: [("vectors.npy", "is not NAME[:ROLE]=FILE.npy"), ("model=vectors.txt", "is not NAME[:ROLE]=FILE.npy")],
+    opt.GGUF_RUNTIME: [("ollama", "not one of")],
 }
 
 
