@@ -447,13 +447,15 @@ def train_decoder(root: Path, data: Any, plan: DemoSize, *, progress: bool = Tru
     return target
 
 
-def _train_tokenizer(texts: Sequence[str], scratch: Path, out: Path) -> Any:
-    """A SentencePiece BPE model of ``texts`` (one thread: deterministic), as Llama's tokenizer."""
+def train_sentencepiece(texts: Sequence[str], scratch: Path, settings: dict[str, Any]) -> Any:
+    """A SentencePiece model of ``texts`` (unk 0, BOS 1, EOS 2 as Llama's; one thread:
+    deterministic) trained in ``scratch``, as a slow ``LlamaTokenizer``: llama.cpp's converter
+    reads its ``tokenizer.model`` (it cannot convert a word-level tokenizer)."""
     try:
         import sentencepiece
     except ImportError:
         raise MiniatureError(
-            "miniature demo --decoder trains a SentencePiece tokenizer; fix: pip install 'pytest-miniature[decoder]'"
+            "a SentencePiece tokenizer is trained here; fix: pip install 'pytest-miniature[decoder]'"
         ) from None
     import transformers
 
@@ -463,7 +465,7 @@ def _train_tokenizer(texts: Sequence[str], scratch: Path, out: Path) -> Any:
     sentencepiece.SentencePieceTrainer.train(
         input=str(corpus),
         model_prefix=str(scratch / "sp"),
-        **TOKENIZER_SETTINGS,
+        **settings,
         unk_id=0,
         bos_id=1,
         eos_id=2,
@@ -472,9 +474,16 @@ def _train_tokenizer(texts: Sequence[str], scratch: Path, out: Path) -> Any:
         num_threads=1,
         minloglevel=2,
     )
-    slow = transformers.LlamaTokenizer(str(scratch / "sp.model"), legacy=False)
+    return transformers.LlamaTokenizer(str(scratch / "sp.model"), legacy=False)
+
+
+def _train_tokenizer(texts: Sequence[str], scratch: Path, out: Path) -> Any:
+    """The demo's tokenizer (:data:`TOKENIZER_SETTINGS`), loaded fast, as the gate loads it."""
+    import transformers
+
+    slow = train_sentencepiece(texts, scratch, TOKENIZER_SETTINGS)
     slow.save_pretrained(str(scratch / "slow"))
-    return transformers.AutoTokenizer.from_pretrained(str(scratch / "slow"))  # the fast one, as the gate loads
+    return transformers.AutoTokenizer.from_pretrained(str(scratch / "slow"))
 
 
 def _train_model(tokenizer: Any, texts: list[str], settings: dict[str, Any], *, progress: bool) -> tuple[Any, list]:

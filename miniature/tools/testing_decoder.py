@@ -90,29 +90,15 @@ def sentencepiece_tokenizer(directory: Path, *, vocab_size: int = 512) -> Any:
     """A SentencePiece BPE tokenizer trained on the built-in reviews (unk 0, BOS 1, EOS 2, as
     Llama's), saved as a ``LlamaTokenizer``: llama.cpp's converter reads ``tokenizer.model``
     (it cannot convert a word-level tokenizer). Deterministic (one thread)."""
-    import sentencepiece
-    from transformers import LlamaTokenizer
+    import tempfile
+
+    from miniature.tools.demo_decoder import train_sentencepiece
 
     directory.mkdir(parents=True, exist_ok=True)
-    corpus = "\n".join(r.text for r in sentiment_reviews(600, seed=11))
-    corpus += "\nReview: Sentiment: Answer: positive negative\n"
-    sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus.splitlines()),
-        model_prefix=str(directory / "sp"),
-        vocab_size=vocab_size,
-        model_type="bpe",
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=-1,
-        character_coverage=1.0,
-        num_threads=1,
-        minloglevel=2,
-    )
-    tokenizer = LlamaTokenizer(str(directory / "sp.model"), legacy=False)
-    for name in ("sp.model", "sp.vocab"):
-        (directory / name).unlink()
-    tokenizer.save_pretrained(directory)
+    texts = [r.text for r in sentiment_reviews(600, seed=11)] + ["Review: Sentiment: Answer: positive negative"]
+    with tempfile.TemporaryDirectory() as scratch:
+        tokenizer = train_sentencepiece(texts, Path(scratch), {"vocab_size": vocab_size, "model_type": "bpe"})
+        tokenizer.save_pretrained(directory)
     return tokenizer
 
 
