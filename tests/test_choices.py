@@ -114,3 +114,25 @@ def test_bad_requests_are_refused(decoders) -> None:
     with pytest.raises(ValueError, match="no {text} field"):
         render_prompt("Review:", "good")
     assert render_prompt("Review: {text} {json}", "good") == "Review: good {json}"
+
+
+def test_choices_with_the_same_inputs_share_one_row(decoders) -> None:
+    """One-token choices of an item have the same inputs (the context): they run as one row,
+    scored as if each ran alone."""
+    model, tokenizer = load(decoders["llama"])
+    options = [
+        [w for w in ("good", "bad", "dull", "fine") if len(encode_pair(tokenizer, p, f" {w}")[1]) == 1] for p in PROMPTS
+    ]
+    assert all(len(o) >= 2 for o in options), "the tiny tokenizer should have one-token words"
+    rows: list[int] = []
+
+    def counted(**inputs):
+        rows.append(int(inputs["input_ids"].shape[0]))
+        return model(**inputs)
+
+    counted.eval = model.eval  # type: ignore[attr-defined]
+    scores = choice_loglikelihoods(counted, tokenizer, PROMPTS, options, max_length=128, batch_size=8)
+    assert sum(rows) == len(PROMPTS)
+    for item, (prompt, words) in enumerate(zip(PROMPTS, options)):
+        expected = [brute_force(model, tokenizer, prompt, w) for w in words]
+        np.testing.assert_allclose(scores.loglikelihoods[item], expected, rtol=1e-4, atol=1e-4)

@@ -92,9 +92,10 @@ def choice_loglikelihoods(
 ) -> ChoiceScores:
     """Score every choice of every item with ``model`` (a causal LM returning ``.logits``).
 
-    Requests are run longest first in batches of ``batch_size``, right-padded (each request's
-    scored positions are read before its padding, so padding changes nothing); the
-    continuation ``delimiter + choice`` is scored given the prompt.
+    Requests are run longest first in batches of ``batch_size`` distinct inputs, right-padded
+    (each request's scored positions are read before its padding, so padding changes
+    nothing); requests with the same inputs (the one-token choices of an item) share a row.
+    The continuation ``delimiter + choice`` is scored given the prompt.
     """
     import torch
 
@@ -118,31 +119,38 @@ def choice_loglikelihoods(
             if len(context_ids) + len(continuation_ids) > max_length + 1:
                 truncated.add(item)
             requests.append((item, index, ids, continuation_ids))
-    order = sorted(range(len(requests)), key=lambda i: -len(requests[i][2]))
+    # Requests with the same inputs run once: a one-token choice's inputs are the context
+    # alone, so every one-token choice of an item shares one row (exactly the same logits).
+    inputs: dict[tuple[int, ...], list[int]] = {}
+    for number, (_, _, ids, _) in enumerate(requests):
+        inputs.setdefault(tuple(ids), []).append(number)
+    rows = sorted(inputs, key=lambda ids: -len(ids))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     lls: dict[tuple[int, int], float] = {}
     greedy: dict[tuple[int, int], bool] = {}
     model.eval()
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            batch = [requests[i] for i in order[start : start + batch_size]]
-            width = max(len(r[2]) for r in batch)
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            width = max(len(ids) for ids in batch)
             input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, (_, _, ids, _) in enumerate(batch):
+            for row, ids in enumerate(batch):
                 input_ids[row, : len(ids)] = torch.tensor(ids)
                 mask[row, : len(ids)] = 1
-            logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
-            log_probs = torch.log_softmax(logits, dim=-1)
-            for row, (item, index, ids, continuation) in enumerate(batch):
-                # the logits at the last len(continuation) inputs predict the continuation
-                cont = torch.tensor(continuation)
-                positions = torch.arange(len(ids) - len(continuation), len(ids))
-                scores = log_probs[row, positions]
-                lls[(item, index)] = float(scores.gather(1, cont[:, None]).sum())
-                greedy[(item, index)] = bool((scores.argmax(dim=-1) == cont).all())
+            logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
+            for row, ids in enumerate(batch):
+                for number in inputs[ids]:
+                    item, index, _, continuation = requests[number]
+                    # the logits at the last len(continuation) inputs predict the continuation
+                    cont = torch.tensor(continuation)
+                    scores = torch.log_softmax(
+                        logits[row, len(ids) - len(continuation) : len(ids)].float().cpu(), dim=-1
+                    )
+                    lls[(item, index)] = float(scores.gather(1, cont[:, None]).sum())
+                    greedy[(item, index)] = bool((scores.argmax(dim=-1) == cont).all())
             if progress is not None:
-                progress.update(len(batch))
+                progress.update(sum(len(inputs[ids]) for ids in batch))
     out_ll, out_greedy = [], []
     for item, options in enumerate(choices):
         out_ll.append(np.array([lls[(item, i)] for i in range(len(options))]))
