@@ -221,6 +221,38 @@ def test_llama_cpp_scoring_scores_the_second_half_of_each_window(decoders) -> No
     assert set(values["position"].tolist()) == set(range(17, 32))  # targets at positions 17..31 of each window
 
 
+@pytest.mark.parametrize("scoring", ["texts", "llama-cpp"])
+def test_stored_logits_let_each_model_run_once_with_the_same_values(decoders, tmp_path: Path, scoring: str) -> None:
+    """A model's logits are kept in the cache: the next pair it is in reads them instead of
+    running it, and every value is the same as when both models run."""
+    from miniature.core.cache import OutputCache
+    from miniature.core.characteristics.token_distribution import token_values
+    from miniature.core.data import builtin_sentiment_data
+
+    texts = builtin_sentiment_data().test.head(20).texts
+    reference, int8, int4 = (load(decoders[name]) for name in ("llama", "llama-int8", "llama-int4"))
+    common = dict(scoring=scoring, n_ctx=32, batch_size=4)
+    cache = OutputCache(tmp_path / "cache")
+    plain = token_values(reference, int4, texts, **common)
+    calls = reference.forward_calls
+    first = token_values(reference, int8, texts, **common, cache=cache, model_keys=("ref", "int8"))
+    assert reference.forward_calls - calls == int8.forward_calls > 0  # both ran, both stored
+    assert len(list((tmp_path / "cache" / "token_logits").glob("*.npy"))) == 2
+    calls = reference.forward_calls
+    second = token_values(reference, int4, texts, **common, cache=cache, model_keys=("ref", "int4"))
+    assert reference.forward_calls == calls  # read from its file
+    for name in plain:
+        np.testing.assert_array_equal(second[name], plain[name], err_msg=name)
+    calls = (reference.forward_calls, int8.forward_calls)
+    again = token_values(reference, int8, texts, **common, cache=cache, model_keys=("ref", "int8"))
+    assert (reference.forward_calls, int8.forward_calls) == calls  # neither ran
+    for name in first:
+        np.testing.assert_array_equal(again[name], first[name], err_msg=name)
+    refreshed = OutputCache(tmp_path / "cache", refresh=True)
+    token_values(reference, int8, texts, **common, cache=refreshed, model_keys=("ref", "int8"))
+    assert reference.forward_calls > calls[0]  # --refresh-cache runs them again
+
+
 def test_encoders_skip_the_token_distribution_with_the_reason(tiny_models, tmp_path: Path) -> None:
     from miniature.core.gate import Gate
     from miniature.core.settings import make_settings

@@ -9,12 +9,13 @@ is reported as a :class:`~miniature.errors.CacheWarning` and recomputed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,11 +68,19 @@ def atomic_write_bytes(path: Path, write: Callable[[Any], None], *, exclusive: b
     ``exclusive``: never replace an existing ``path`` (FileExistsError instead), so two
     writers choosing one name cannot overwrite each other.
     """
+    with atomic_file(path, exclusive=exclusive) as handle:
+        write(handle)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, *, exclusive: bool = False) -> Iterator[Any]:
+    """A binary file handle on a temporary file beside ``path``, renamed into place when the
+    block ends without an error (removed otherwise); as :func:`atomic_write_bytes`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
     try:
         with handle:
-            write(handle)
+            yield handle
             handle.flush()
             if hasattr(os, "fchmod"):  # POSIX
                 os.fchmod(handle.fileno(), file_mode())

@@ -21,6 +21,7 @@ logits dropped; the per-token values are cached, so a warm run computes nothing.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,9 @@ if TYPE_CHECKING:  # pragma: no cover
 MIN_TOKENS = 100
 #: evidence rows: the positions of largest KL divergence
 EVIDENCE_ROWS = 10
+#: the largest :class:`StoredLogits` file written (bytes): 2 GiB, e.g. 16,000 positions of a
+#: 32,000-token vocabulary
+STORED_LOGITS_MAX_BYTES = 2 * 1024**3
 #: tokens of context shown before a position in the evidence
 CONTEXT_TOKENS = 12
 #: per-token arrays kept for each scored position
@@ -115,46 +119,127 @@ def text_windows(
         yield ids, mask, 0
 
 
+class StoredLogits:
+    """Each model's logits at the scored positions of one set of windows, as a float32 ``.npy``
+    in the cache (read memory-mapped), so a model in several pairs runs once: the base-logits
+    file of ``llama-perplexity --kl-divergence-base``, kept by miniature. Files larger than
+    :data:`STORED_LOGITS_MAX_BYTES` are not written (both models then run for each pair)."""
+
+    def __init__(self, cache: Any, windows: list[tuple[np.ndarray, np.ndarray, int]], vocab: int) -> None:
+        from miniature.core.cache import fingerprint
+
+        self.cache, self.vocab = cache, int(vocab)
+        self.total = sum(
+            max(0, int(mask.sum(axis=1)[row]) - 1 - first) for _, mask, first in windows for row in range(len(mask))
+        )
+        self.key = fingerprint("token-logits", [(ids.tolist(), mask.tolist(), first) for ids, mask, first in windows])
+        self.enabled = cache.root is not None and self.total * self.vocab * 4 <= STORED_LOGITS_MAX_BYTES
+
+    def path(self, model_key: str) -> Any:
+        from miniature.core.cache import fingerprint
+
+        return self.cache.path("token_logits", fingerprint(self.key, model_key), ".npy")
+
+    def load(self, model_key: str) -> np.ndarray | None:
+        """The model's stored logits (memory-mapped), or None when absent, refreshed or unfit."""
+        if not self.enabled or self.cache.refresh:
+            return None
+        path = self.path(model_key)
+        if not path.is_file():
+            return None
+        try:
+            stored = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        fits = stored.dtype == np.float32 and stored.shape == (self.total, self.vocab)
+        return stored if fits else None
+
+
 def token_values(
-    reference: "ModelWrapper", candidate: "ModelWrapper", texts: list[str], *, scoring: str, n_ctx: int, batch_size: int
+    reference: "ModelWrapper",
+    candidate: "ModelWrapper",
+    texts: list[str],
+    *,
+    scoring: str,
+    n_ctx: int,
+    batch_size: int,
+    cache: Any = None,
+    model_keys: tuple[str, str] | None = None,
 ) -> dict[str, np.ndarray]:
     """Per scored position: :func:`~miniature.core.token_stats.per_token`'s values, both
-    models' top tokens, the observed token, and where it is (batch row order)."""
+    models' top tokens, the observed token, and where it is (batch row order).
+
+    With a ``cache`` and the two models' fingerprints (``model_keys``), each model's logits
+    come from its :class:`StoredLogits` file when there is one, and are written there when
+    it runs; the values are the same either way."""
     import torch
 
+    windows = list(text_windows(reference, texts, scoring=scoring, n_ctx=n_ctx, batch_size=batch_size))
+    wrappers = (reference, candidate)
+    files = StoredLogits(cache, windows, int(reference.model.config.vocab_size)) if cache is not None else None
+    stored: list[np.ndarray | None] = [None, None]
+    paths: list[Any] = [None, None]
+    if files is not None and model_keys is not None:
+        stored = [files.load(key) for key in model_keys]
+        if files.enabled:
+            paths = [None if stored[i] is not None else files.path(model_keys[i]) for i in range(2)]
     parts: dict[str, list[np.ndarray]] = {name: [] for name in ARRAYS}
-    item = 0
-    with torch.inference_mode():
-        for ids, mask, first in text_windows(reference, texts, scoring=scoring, n_ctx=n_ctx, batch_size=batch_size):
-            inputs = {
-                "input_ids": torch.from_numpy(ids).to(reference.device),
-                "attention_mask": torch.from_numpy(mask).to(reference.device),
-            }
-            ref_logits = reference.model(**inputs).logits
-            inputs = {k: v.to(candidate.device) for k, v in inputs.items()}
-            cand_logits = candidate.model(**inputs).logits
-            reference.forward_calls += 1
-            candidate.forward_calls += 1
+    item, offset = 0, 0
+    with contextlib.ExitStack() as stack, torch.inference_mode():
+        writers = [
+            None if path is None or files is None else stack.enter_context(_npy_writer(path, files)) for path in paths
+        ]
+        for ids, mask, first in windows:
+            logits: list[Any] = [None, None]
+            for i, wrapper in enumerate(wrappers):
+                if stored[i] is None:
+                    inputs = {
+                        "input_ids": torch.from_numpy(ids).to(wrapper.device),
+                        "attention_mask": torch.from_numpy(mask).to(wrapper.device),
+                    }
+                    logits[i] = wrapper.model(**inputs).logits
+                    wrapper.forward_calls += 1
             # the logits at position t predict token t + 1: positions first … length − 2 of each
             # row (right padding: a slice of real tokens, read as a view, never copied)
             for row, length in enumerate(mask.sum(axis=1).tolist()):
                 if length - 1 <= first:
                     continue
-                span = slice(first, length - 1)
+                span, count = slice(first, length - 1), length - 1 - first
+                rows: list[Any] = []
+                for i in range(2):
+                    held = stored[i]
+                    if held is None:
+                        rows.append(logits[i][row, span].cpu())
+                        writer = writers[i]
+                        if writer is not None:
+                            writer.write(np.ascontiguousarray(rows[i].float().numpy()).tobytes())
+                    else:
+                        rows.append(torch.from_numpy(np.array(held[offset : offset + count])))
+                offset += count
                 targets = ids[row, first + 1 : length]
-                values = per_token_torch(
-                    ref_logits[row, span].cpu(), cand_logits[row, span].cpu(), torch.from_numpy(targets)
-                )
+                values = per_token_torch(rows[0], rows[1], torch.from_numpy(targets))
                 for name, column in values.items():
                     parts[name].append(column)
                 parts["target"].append(targets)
                 parts["item"].append(np.full(targets.size, item + row))
                 parts["position"].append(np.arange(first + 1, length))
-            del ref_logits, cand_logits  # one batch of logits at a time
+            del logits  # one batch of logits at a time
             item += len(ids)
     if not parts["kld"]:
         raise NotApplicable("token distribution: no text to score; fix: pass --text-data")
     return {name: np.concatenate(columns) for name, columns in parts.items()}
+
+
+@contextlib.contextmanager
+def _npy_writer(path: Any, files: StoredLogits) -> Iterator[Any]:
+    """A ``.npy`` of (files.total, files.vocab) float32 written row block by row block, in place
+    atomically when complete."""
+    from miniature.core.cache import atomic_file
+
+    with atomic_file(path) as handle:
+        header = {"descr": "<f4", "fortran_order": False, "shape": (files.total, files.vocab)}
+        np.lib.format.write_array_header_1_0(handle, header)
+        yield handle
 
 
 def evidence(values: dict[str, np.ndarray], tokenizer: Any, windows: dict[int, np.ndarray]) -> list[dict[str, Any]]:
@@ -205,7 +290,16 @@ def compare_in_gate(gate: "GateView", pair: "Pair", stage: str | None) -> Measur
     )
     values = gate.cache.load_arrays("token_distribution", key)
     if values is None or set(values) != set(ARRAYS):
-        values = token_values(reference, candidate, texts, scoring=scoring, n_ctx=n_ctx, batch_size=settings.batch_size)
+        values = token_values(
+            reference,
+            candidate,
+            texts,
+            scoring=scoring,
+            n_ctx=n_ctx,
+            batch_size=settings.batch_size,
+            cache=gate.cache,
+            model_keys=(gate.model_fingerprint(pair.reference, None), gate.model_fingerprint(pair.candidate, None)),
+        )
         gate.cache.save_arrays("token_distribution", key, values)
     n = int(values["kld"].size)
     if n < MIN_TOKENS:

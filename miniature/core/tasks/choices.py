@@ -124,7 +124,7 @@ def choice_loglikelihoods(
     inputs: dict[tuple[int, ...], list[int]] = {}
     for number, (_, _, ids, _) in enumerate(requests):
         inputs.setdefault(tuple(ids), []).append(number)
-    rows = sorted(inputs, key=lambda ids: -len(ids))
+    rows = sorted(inputs, key=lambda inp: -len(inp))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     lls: dict[tuple[int, int], float] = {}
     greedy: dict[tuple[int, int], bool] = {}
@@ -132,25 +132,25 @@ def choice_loglikelihoods(
     with torch.inference_mode():
         for start in range(0, len(rows), batch_size):
             batch = rows[start : start + batch_size]
-            width = max(len(ids) for ids in batch)
+            width = max(len(inp) for inp in batch)
             input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, ids in enumerate(batch):
-                input_ids[row, : len(ids)] = torch.tensor(ids)
-                mask[row, : len(ids)] = 1
+            for row, inp in enumerate(batch):
+                input_ids[row, : len(inp)] = torch.tensor(inp)
+                mask[row, : len(inp)] = 1
             logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
-            for row, ids in enumerate(batch):
-                for number in inputs[ids]:
+            for row, inp in enumerate(batch):
+                for number in inputs[inp]:
                     item, index, _, continuation = requests[number]
                     # the logits at the last len(continuation) inputs predict the continuation
                     cont = torch.tensor(continuation)
                     scores = torch.log_softmax(
-                        logits[row, len(ids) - len(continuation) : len(ids)].float().cpu(), dim=-1
+                        logits[row, len(inp) - len(continuation) : len(inp)].float().cpu(), dim=-1
                     )
                     lls[(item, index)] = float(scores.gather(1, cont[:, None]).sum())
                     greedy[(item, index)] = bool((scores.argmax(dim=-1) == cont).all())
             if progress is not None:
-                progress.update(sum(len(inputs[ids]) for ids in batch))
+                progress.update(sum(len(inputs[inp]) for inp in batch))
     out_ll, out_greedy = [], []
     for item, options in enumerate(choices):
         out_ll.append(np.array([lls[(item, i)] for i in range(len(options))]))
