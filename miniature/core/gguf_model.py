@@ -394,8 +394,16 @@ class GgufModel:
         if hidden != self.hidden:  # switching makes llama.cpp plan its graph again: once per batch
             self.llama_cpp.llama_set_embeddings(llm.ctx, hidden)
             self.hidden = hidden
-        llm.reset()
-        llm.eval(ids)
+            llm.reset()
+        # Logits: the tokens this sequence shares with the one before stay in llama.cpp's
+        # key/value cache, and their logits in llm.scores (the same tokens at the same
+        # positions); only the rest is decoded. Hidden states come from one whole decode.
+        keep = 0 if hidden or llm._is_recurrent or llm._is_hybrid else _shared_prefix(llm, ids)
+        if keep:
+            llm.n_tokens = keep
+        else:
+            llm.reset()
+        llm.eval(ids[keep:])
         if not hidden:
             return np.array(llm.scores[: len(ids)], dtype=np.float32)
         width = self.config.hidden_size
@@ -412,14 +420,25 @@ class GgufModel:
         mask = np.ones(ids.shape, dtype=bool) if attention_mask is None else np.asarray(attention_mask.cpu()) != 0
         width = self.config.hidden_size if output_hidden_states else self.config.vocab_size
         out = torch.zeros((ids.shape[0], ids.shape[1], width), dtype=torch.float32)
-        for row in range(ids.shape[0]):
-            kept = np.flatnonzero(mask[row])  # the row's real tokens (the padding is left out)
-            if kept.size:
-                values = self.sequence([int(i) for i in ids[row, kept]], hidden=output_hidden_states)
-                out[row, torch.from_numpy(kept)] = torch.from_numpy(values)
+        rows = {row: [int(i) for i in ids[row, mask[row]]] for row in range(ids.shape[0])}  # real tokens
+        for row in sorted(rows, key=lambda r: rows[r]):  # in token order: neighbours share prefixes
+            if rows[row]:
+                values = self.sequence(rows[row], hidden=output_hidden_states)
+                out[row, torch.from_numpy(np.flatnonzero(mask[row]))] = torch.from_numpy(values)
         if output_hidden_states:
             return GgufOutput(last_hidden_state=out)
         return GgufOutput(logits=out)
+
+
+def _shared_prefix(llm: Any, ids: list[int]) -> int:
+    """How many leading tokens of ``ids`` llama.cpp's context already holds (one at least is
+    left to decode)."""
+    held = llm.input_ids[: llm.n_tokens]
+    limit = min(len(held), len(ids) - 1)
+    same = 0
+    while same < limit and held[same] == ids[same]:
+        same += 1
+    return same
 
 
 def load_gguf_transformers(file: Path, name: str) -> Any:

@@ -935,6 +935,9 @@ class DecoderWrapper(ModelWrapper):
             tokenizer.pad_token = fill
         tokenizer.padding_side = "right"
         super().__init__(name, model, tokenizer, **options)
+        config = getattr(model, "config", None)
+        if config is not None and getattr(config, "use_cache", None):  # one pass per text: no key/value cache to build
+            config.use_cache = False
         if choice_score not in ("acc", "acc_norm"):
             raise ValueError(f"choice_score must be acc or acc_norm, got {choice_score!r}")
         self.choices = list(choices)
@@ -982,8 +985,8 @@ class DecoderWrapper(ModelWrapper):
             batch_size=self.batch_size,
             device=self.device,
         )
-        self.forward_calls += -(-sum(map(len, per_item)) // self.batch_size)
-        self.forward_texts += sum(map(len, per_item))
+        self.forward_calls += scores.batches
+        self.forward_texts += scores.rows
         self.truncated = scores.truncated
         width = max(map(len, per_item))
         rows = np.full((len(texts), width), -np.inf)

@@ -68,6 +68,9 @@ class ChoiceScores:
     greedy: list[np.ndarray]
     #: items whose prompt was cut from the left to fit the context
     truncated: int = 0
+    #: the model's forward passes and the rows they ran (requests with the same inputs share one)
+    batches: int = 0
+    rows: int = 0
 
 
 def normalised_by_length(loglikelihoods: np.ndarray, choices: Sequence[str]) -> np.ndarray:
@@ -155,4 +158,5 @@ def choice_loglikelihoods(
     for item, options in enumerate(choices):
         out_ll.append(np.array([lls[(item, i)] for i in range(len(options))]))
         out_greedy.append(np.array([greedy[(item, i)] for i in range(len(options))]))
-    return ChoiceScores(out_ll, out_greedy, truncated=len(truncated))
+    batches = -(-len(rows) // batch_size)
+    return ChoiceScores(out_ll, out_greedy, truncated=len(truncated), batches=batches, rows=len(rows))
