@@ -491,3 +491,39 @@ def test_task_causal_lm_keeps_the_decoder_characteristics_for_base_checkpoints(t
     registry = Registry(BUILTIN)
     assert "token_distribution" not in for_models(registry, [str(folder)]).names
     assert "token_distribution" in for_models(registry, [str(folder)], decoders=True).names
+
+
+@pytest.mark.slow
+def test_a_warm_attack_comparison_runs_no_model_and_another_prompt_attacks_again(
+    decoders, tiny_models, tmp_path: Path
+) -> None:
+    """The attack's outcomes and the transfer of the reference's adversarial texts to the
+    candidate are cached; a decoder's answers depend on its prompt, so the key holds it."""
+    from miniature.core.gate import Gate
+    from miniature.core.settings import make_settings
+
+    def gate(**extra: str) -> Gate:
+        settings = make_settings(
+            reference=str(decoders["llama"]),
+            candidate=[str(decoders["llama-int4"])],
+            attack_model=str(tiny_models["attacker"]),
+            cache_dir=tmp_path / "cache",
+            data_limit=N_ITEMS,
+            attack_size=ATTACK_SIZE,
+            bootstrap=0,
+            **extra,
+        )
+        return Gate(settings)
+
+    def runs(gate: Gate) -> int:
+        return sum(w.forward_calls for w in gate.models.loaded().values())
+
+    first = gate()
+    figure = first.compare("adversarial_vulnerability", first.pairs()[0]).figure
+    assert runs(first) > 0
+    warm = gate()
+    assert warm.compare("adversarial_vulnerability", warm.pairs()[0]).figure == figure
+    assert runs(warm) == 0
+    other = gate(prompt_template="Text: {text}\nAnswer:")
+    other.compare("adversarial_vulnerability", other.pairs()[0])
+    assert runs(other) > 0

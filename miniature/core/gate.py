@@ -208,6 +208,9 @@ class Gate:
     def model_fingerprint(self, name: str, stage: str | None) -> str:
         return self.models.model_fingerprint(name, stage)
 
+    def answer_signature(self, name: str) -> tuple[Any, ...]:
+        return self.models.decoder_signature(name)
+
     def require_heads(self, pair: Pair) -> None:
         """Raise NotApplicable when either model of ``pair`` lacks a usable task head."""
         for name in (pair.reference, pair.candidate):

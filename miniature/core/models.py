@@ -949,6 +949,11 @@ class DecoderWrapper(ModelWrapper):
         return len(self.choices)
 
     @property
+    def answer_signature(self) -> tuple[Any, ...]:
+        """What the answers depend on beyond the weights (for cache keys)."""
+        return (self.prompt_template, tuple(self.choices), self.choice_score)
+
+    @property
     def is_classifier(self) -> bool:
         return bool(self.choices) or self.multiple_choice
 

@@ -114,6 +114,7 @@ def attack_model_outcomes(
         attack_model_wrapper.max_length,
         target_wrapper.fingerprint,
         target_wrapper.max_length,
+        *([signature] if (signature := getattr(target_wrapper, "answer_signature", ())) else []),
         fingerprint_texts(texts),
         labels,
         settings_key(settings),

@@ -16,6 +16,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from miniature.core.attack import RESULTS, transfer_predictions
 from miniature.core.attack.runner import check_outcomes
 from miniature.core.checks import MIN_ITEMS  # fewest items attacked against both models
@@ -280,7 +282,7 @@ def compare_in_gate(gate: "GateView", pair: "Pair", stage: str | None) -> Measur
             f"by both {pair.reference!r} and {pair.candidate!r}, so only they were attacked; at "
             f"least {least} are needed for a broken-set Jaccard; fix: {fix}"
         )
-    transfer = transfer_predictions(reference, gate.wrapper(pair.candidate))
+    transfer = _cached_transfer(gate, pair, reference)
     translation = gate.label_translation(pair.candidate)  # the candidate's ids as the data's
     if translation is not None:
         transfer = {i: int(translation[p]) for i, p in transfer.items()}
@@ -294,3 +296,27 @@ def compare_in_gate(gate: "GateView", pair: "Pair", stage: str | None) -> Measur
         n_bootstrap=gate.settings.bootstrap,
         seed=gate.settings.seed,
     )
+
+
+def _cached_transfer(gate: "GateView", pair: "Pair", reference: list[dict[str, Any]]) -> dict[int, int]:
+    """:func:`transfer_predictions` of the candidate, kept in the cache by the candidate's
+    fingerprint and the adversarial texts, so a warm run neither loads nor runs it."""
+    from miniature.core.cache import fingerprint, fingerprint_texts
+
+    texts = [str(o.get("perturbed_text")) for o in reference if o["result"] == "successful"]
+    key = fingerprint(
+        "attack-transfer",
+        gate.model_fingerprint(pair.candidate, None),
+        gate.answer_signature(pair.candidate),
+        gate.settings.max_length,
+        fingerprint_texts(texts),
+    )
+    stored = gate.cache.load_arrays("outputs", key)
+    if stored is not None and set(stored) == {"items", "predicted"}:
+        return dict(zip(stored["items"].tolist(), stored["predicted"].tolist()))
+    transfer = transfer_predictions(reference, gate.wrapper(pair.candidate))
+    items = np.array(sorted(transfer), dtype=np.int64)
+    gate.cache.save_arrays(
+        "outputs", key, {"items": items, "predicted": np.array([transfer[i] for i in items.tolist()], dtype=np.int64)}
+    )
+    return transfer

@@ -48,6 +48,8 @@ class Options(Protocol):
     @property
     def batch_size(self) -> int: ...
     @property
+    def max_length(self) -> int: ...
+    @property
     def n_ctx(self) -> int: ...
     @property
     def token_scoring(self) -> str: ...
@@ -90,6 +92,10 @@ class GateView(Protocol):
 
     def token_texts(self) -> tuple[list[str], str]:
         """The plain text the token distribution scores, and where it came from."""
+
+    def answer_signature(self, name: str) -> tuple[Any, ...]:
+        """What the model's answers depend on beyond its weights (a decoder's prompt template,
+        label words and choice score; ``()`` for other models): part of a cache key."""
 
     def model_fingerprint(self, name: str, stage: str | None) -> str:
         """What the model's outputs depend on (its weights), for cache keys."""
