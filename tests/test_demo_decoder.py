@@ -209,3 +209,30 @@ def test_quick_decoder_demo_end_to_end(tmp_path: Path) -> None:
     text = (tmp_path / "reports" / "tables.md").read_text()
     assert "Table 2" in text and "Token distribution" in text and MODEL_NAMES["layers"] in text
     assert "the phenomenon" in completed.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "size"),
+    [
+        (["demo", "--decoder"], "quick"),
+        (["demo"], "full"),
+        (["demo", "--decoder", "--size", "full"], "full"),
+        (["demo", "--quick"], "quick"),
+    ],
+)
+def test_the_decoder_demo_defaults_to_its_300_item_size(monkeypatch, argv: list[str], size: str) -> None:
+    """`miniature demo --decoder` runs the size that fits its time budget; the encoder demo
+    keeps the whole data."""
+    from miniature.tools import cli, demo, demo_decoder
+
+    seen: dict[str, str] = {}
+
+    def fake_run(**kwargs):
+        seen["size"] = kwargs["size"]
+        raise SystemExit(0)
+
+    monkeypatch.setattr(demo_decoder, "decoder_demo", fake_run)
+    monkeypatch.setattr(demo, "demo", fake_run)
+    with pytest.raises(SystemExit):
+        cli.main(argv)
+    assert seen["size"] == size

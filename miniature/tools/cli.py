@@ -286,15 +286,16 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_const",
         const="quick",
         dest="size",
-        default="full",
-        help=f"the small size for CI: {SIZES['quick'].data_limit} items per data "
-        f"set, {SIZES['quick'].attack_size} attacked items",
+        default=None,
+        help=f"the small size: {SIZES['quick'].data_limit} items per data "
+        f"set, {SIZES['quick'].attack_size} attacked items (the decoder demo's default)",
     )
     parser.add_argument(
         "--size",
         choices=tuple(SIZES),
         dest="size",
-        help=f"full (default: the whole built-in data, {SIZES['full'].attack_size} attacked items) or quick",
+        help=f"full (the whole built-in data, {SIZES['full'].attack_size} attacked items; the default, "
+        "except with --decoder) or quick",
     )
     from miniature.tools import demo_decoder
 
@@ -359,7 +360,7 @@ def demo_command(args: argparse.Namespace) -> int:
         candidates = [c.strip() for c in args.candidates.split(",") if c.strip()]
     report_dir = args.report_dir or Path("reports") / ("demo-decoder" if args.decoder else "demo")
     result = run(
-        size=args.size,
+        size=args.size or ("quick" if args.decoder else "full"),
         cache_dir=args.cache_dir,
         report_dir=report_dir,
         candidates=candidates,

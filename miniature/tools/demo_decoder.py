@@ -93,7 +93,8 @@ RECORD = "miniature_decoder_demo.json"
 FORMAT_VERSION = 1
 
 SIZES: dict[str, DemoSize] = {
-    # the whole built-in data: train 1,000 / held-out 300 / test 500 / challenge 450
+    # the whole built-in data: train 1,000 / held-out 300 / test 500 / challenge 450 (about
+    # 6 minutes cold on 2 idle cores; "quick", the default, about 4)
     "full": DemoSize(
         "full", None, finetune_epochs=3.0, attack_size=20, lm_head_steps=300, lm_mask_rounds=1, bootstrap=1000
     ),
@@ -271,7 +272,7 @@ def _converter_problem() -> str | None:
 
 def decoder_demo(
     *,
-    size: str = "full",
+    size: str = "quick",
     cache_dir: str | Path | None = None,
     report_dir: str | Path = Path("reports") / "demo-decoder",
     candidates: Sequence[str] = DEFAULT_CANDIDATES,
