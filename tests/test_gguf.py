@@ -405,6 +405,7 @@ def test_a_gpt2_gguf_from_llama_cpps_converter_has_the_reference_vocabulary(gpt2
     file = gpt2_ggufs["f16"] / "model-f16.gguf"
     info = gguf_model.read_info(file)
     assert info.architecture == "gpt2" and len(info.tokens) == 50257
+    assert gguf_model.read_info(file) is info  # parsed once per process (50257 tokens take seconds)
     tokenizer = AutoTokenizer.from_pretrained(gpt2_ggufs["gpt2"])
     assert gguf_model.vocabulary_problem(info.tokens, tokenizer, "f16", "gpt2") is None  # id for id
     assert gguf_model.vocabulary_problem(info.tokens[::-1], tokenizer, "f16", "gpt2") is not None
@@ -436,17 +437,16 @@ def test_a_gpt2_f16_gguf_run_by_llama_cpp_agrees_with_pytorch_within_the_toleran
 
 
 @pytest.mark.slow
-def test_gpt2_gguf_quants_are_gated_against_the_pytorch_original(
+def test_a_gpt2_q8_0_gguf_is_gated_against_the_pytorch_original(
     gate_checks: pytest.Pytester, gpt2_ggufs, tiny_models
 ) -> None:
     where = gate_checks.path
     result = gate_checks.runpytest(
         f"--reference={gpt2_ggufs['gpt2']}",
-        f"--candidate={gpt2_ggufs['f16']}",
         f"--candidate={gpt2_ggufs['q8_0']}",
         f"--attack-model={tiny_models['attacker']}",
         "--data-limit=24",
-        "--attack-size=24",
+        "--attack-size=32",
         "--bootstrap=0",
         f"--cache-dir={where / 'cache'}",
         f"--report-dir={where / 'reports'}",
@@ -455,18 +455,18 @@ def test_gpt2_gguf_quants_are_gated_against_the_pytorch_original(
         "no:cacheprovider",
     )
     payload = json.loads((where / "reports" / "latest.json").read_text())
-    f16, q8 = gpt2_ggufs["f16"].name, gpt2_ggufs["q8_0"].name
-    results = {(r["candidate"], r["characteristic"]): r for r in payload["results"] if r["reference"] == "gpt2"}
-    for candidate in (f16, q8):
-        assert len({c for n, c in results if n == candidate}) == 6
-        not_computed = {c: r["reason"] for (n, c), r in results.items() if n == candidate and r["status"] != "computed"}
-        assert not not_computed, not_computed
+    q8 = gpt2_ggufs["q8_0"].name
+    results = {r["characteristic"]: r for r in payload["results"] if (r["reference"], r["candidate"]) == ("gpt2", q8)}
+    assert len(results) == 6
+    not_computed = {c: r["reason"] for c, r in results.items() if r["status"] != "computed"}
+    assert not not_computed, not_computed
     assert payload["models"]["architecture"][q8] == "gpt2 (GGUF), decoder"
     assert payload["models"]["quantization"][q8].startswith("GGUF Q8_0 (")
-    tokens = results[(f16, "token_distribution")]
-    assert tokens["figure"] > 0.99 and tokens["details"]["mean_kld"] < F16_MEAN_KLD
-    assert results[(q8, "token_distribution")]["details"]["mean_kld"] > tokens["details"]["mean_kld"]
-    assert result.ret in (0, 1)
+    assert payload["models"]["quantization"][q8].endswith(", run by llama.cpp")
+    # Q8_0 changes the tiny GPT-2's next-token distribution a little (mean KLD about 5e-7); a
+    # mis-converted tensor (GPT-2's transposed Conv1D weights) would change it by orders more
+    assert 0 < results["token_distribution"]["details"]["mean_kld"] < 1e-4
+    assert result.ret in (0, 1)  # random tiny weights: whether a check passes is not the point
 
 
 @pytest.mark.slow

@@ -71,6 +71,9 @@ print("ok")
 #: how long the probe may take to load and run the file once
 PROBE_TIMEOUT_S = 600.0
 _PROBED: dict[tuple[str, int, int], None] = {}
+#: headers read (:func:`read_info`), by file: a run reads each several times, and a large
+#: vocabulary (GPT-2's 50257 tokens and 50000 merges) takes the gguf package seconds to parse
+_INFOS: dict[tuple[str, int, int], "GgufInfo"] = {}
 
 
 def gguf_file(source: str | Path) -> Path | None:
@@ -173,9 +176,21 @@ def file_type_name(value: Any) -> str:
     return name
 
 
+def _file_key(file: Path) -> tuple[str, int, int]:
+    """A file's identity for this process's caches: its path, size and modification time."""
+    stat = file.stat()
+    return (str(file.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
 def read_info(file: Path, name: str | None = None) -> GgufInfo:
-    """A GGUF file's :class:`GgufInfo`, read without loading its weights (the gguf package);
-    an unreadable file is one line naming it."""
+    """A GGUF file's :class:`GgufInfo`, read without loading its weights (the gguf package),
+    once per file per process; an unreadable file is one line naming it."""
+    try:
+        key = _file_key(file)
+    except OSError:
+        key = None  # not there: the reader below says so in one line
+    if key is not None and key in _INFOS:
+        return _INFOS[key]
     try:
         reader = _reader(file)
         architecture = str(_field(reader, "general.architecture") or "?")
@@ -195,7 +210,7 @@ def read_info(file: Path, name: str | None = None) -> GgufInfo:
         file_type_text = counts.most_common(1)[0][0] if counts else "?"
     else:
         file_type_text = file_type_name(file_type)
-    return GgufInfo(
+    info = GgufInfo(
         architecture=architecture,
         file_type=file_type_text,
         tensor_types=dict(counts.most_common()),
@@ -203,6 +218,9 @@ def read_info(file: Path, name: str | None = None) -> GgufInfo:
         context_length=int(context) if context is not None else None,
         embedding_length=int(width) if width is not None else None,
     )
+    if key is not None:
+        _INFOS[key] = info
+    return info
 
 
 def table_text(file: Path, runtime: str) -> tuple[str, str]:
@@ -262,8 +280,7 @@ def probe(file: Path, name: str) -> None:
     does not grant (llama-cpp-python's default native build on a machine that advertises
     AVX-512 or AMX it cannot run) dies with SIGILL or SIGSEGV, which would kill the run. A
     death by signal is one line naming the file, the signal and the fix."""
-    stat = file.stat()
-    key = (str(file.resolve()), stat.st_size, stat.st_mtime_ns)
+    key = _file_key(file)
     if key in _PROBED:
         return
     env = dict(os.environ, OMP_NUM_THREADS="1")
