@@ -121,6 +121,8 @@ def converter_input(source: Path, scratch: Path) -> Path:
     converter reads under an old name (a GPT-2 saved by transformers has ``n_positions`` but
     no ``n_ctx``, and the converter stops with ``KeyError: 'n_ctx'``), a folder in ``scratch``
     linking ``source``'s files with a config.json that has both."""
+    if not (source / "config.json").is_file():
+        return source  # the converter says what it lacks
     config = json.loads((source / "config.json").read_text("utf-8"))
     missing = {
         old: config[new]
