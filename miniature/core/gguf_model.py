@@ -122,7 +122,7 @@ def require_llama_cpp() -> Any:
     return llama_cpp
 
 
-def _reader(file: Path) -> Any:
+def gguf_reader(file: Path) -> Any:
     try:
         from gguf import GGUFReader
     except ImportError:
@@ -132,7 +132,7 @@ def _reader(file: Path) -> Any:
     return GGUFReader(str(file))
 
 
-def _field(reader: Any, key: str) -> Any:
+def metadata_value(reader: Any, key: str) -> Any:
     """A metadata value of a GGUF file (a number, a string, a list of either), None when absent."""
     found = reader.fields.get(key)
     if found is None:
@@ -192,13 +192,13 @@ def read_info(file: Path, name: str | None = None) -> GgufInfo:
     if key is not None and key in _INFOS:
         return _INFOS[key]
     try:
-        reader = _reader(file)
-        architecture = str(_field(reader, "general.architecture") or "?")
+        reader = gguf_reader(file)
+        architecture = str(metadata_value(reader, "general.architecture") or "?")
         counts = collections.Counter(t.tensor_type.name for t in reader.tensors)
-        tokens = [str(t) for t in (_field(reader, "tokenizer.ggml.tokens") or [])]
-        context = _field(reader, f"{architecture}.context_length")
-        width = _field(reader, f"{architecture}.embedding_length")
-        file_type = _field(reader, "general.file_type")
+        tokens = [str(t) for t in (metadata_value(reader, "tokenizer.ggml.tokens") or [])]
+        context = metadata_value(reader, f"{architecture}.context_length")
+        width = metadata_value(reader, f"{architecture}.embedding_length")
+        file_type = metadata_value(reader, "general.file_type")
     except ModelReferenceError:
         raise
     except Exception as error:  # noqa: BLE001 - any parse error of the header: one line
@@ -444,7 +444,7 @@ def load_gguf_transformers(file: Path, name: str) -> Any:
     PyTorch architecture; an architecture transformers cannot read is one line."""
     import transformers
 
-    _reader(file)  # the gguf package is there (transformers needs it too)
+    gguf_reader(file)  # the gguf package is there (transformers needs it too)
     try:
         return transformers.AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name)
     except Exception as error:  # noqa: BLE001 - transformers' reasons vary: one line

@@ -162,11 +162,11 @@ def gpt2_tokenizer(directory: Path, llama_cpp: str | Path | None = None) -> Any:
 
     from transformers import GPT2TokenizerFast
 
-    from miniature.core.gguf_model import _field, _reader
+    from miniature.core.gguf_model import gguf_reader, metadata_value
 
-    reader = _reader(gpt2_vocab_file(llama_cpp))
-    tokens = [str(t) for t in _field(reader, "tokenizer.ggml.tokens")]
-    merges = [str(m) for m in _field(reader, "tokenizer.ggml.merges")]
+    reader = gguf_reader(gpt2_vocab_file(llama_cpp))
+    tokens = [str(t) for t in metadata_value(reader, "tokenizer.ggml.tokens")]
+    merges = [str(m) for m in metadata_value(reader, "tokenizer.ggml.merges")]
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}, ensure_ascii=False), "utf-8")
     (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", "utf-8")
