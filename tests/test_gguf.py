@@ -1,6 +1,8 @@
 """GGUF candidates as llama.cpp runs them, and GGUF quants made with llama.cpp's converter and
 quantizer: a tiny Llama with a SentencePiece tokenizer, written as f16, Q8_0 and Q4_0 GGUF by
-``compress --format gguf``, gated against its PyTorch original from an empty folder.
+``compress --format gguf``, gated against its PyTorch original from an empty folder; and a
+tiny GPT-2 with GPT-2's real byte-level BPE tokenizer (rebuilt from llama.cpp's vocab file),
+written as f16 and Q8_0.
 
 They need llama-cpp-python and a llama.cpp source folder (``$MINIATURE_LLAMA_CPP``, for its
 converter); without them they skip, except where ``MINIATURE_REQUIRE_GGUF=1`` (CI), where a
@@ -28,6 +30,10 @@ F16_MEAN_KLD = 1e-5
 F16_LOG_PROB = 1e-2
 F16_HIDDEN = 1e-2
 N_ITEMS = 40
+#: positions where the PyTorch model's two most likely tokens are closer than this (nats) are
+#: near-ties the f16 rounding may swap: a tiny random GPT-2 spreads its probability over
+#: 50257 tokens, so a few in a hundred positions are such ties (docs/gguf.md)
+NEAR_TIE = 1e-3
 
 
 def _missing() -> str | None:
@@ -156,6 +162,30 @@ def test_an_f16_gguf_run_by_llama_cpp_agrees_with_pytorch_within_the_tolerance(g
     alone = np.stack([candidate.encode([t])[0] for t in texts])
     assert np.allclose(candidate.encode(texts), alone, atol=1e-6)
     assert np.allclose(candidate.encode(texts), reference.encode(texts), atol=F16_HIDDEN * np.abs(alone).max())
+
+
+def agreement(reference, candidate, texts) -> dict[str, float]:
+    """How closely ``candidate`` computes ``reference``'s log-probabilities and final hidden
+    states on ``texts`` (each text alone, the reference's token ids)."""
+    klds, same, ties, log_prob, state = [], [], [], 0.0, 0.0
+    for text in texts:
+        ids = reference.tokenizer(text)["input_ids"]
+        p, q = log_probs(reference, ids), log_probs(candidate, ids)
+        log_prob = max(log_prob, float(np.abs(p - q).max()))
+        klds.extend((np.exp(p) * (p - q)).sum(-1))
+        top_two = np.sort(p, -1)[:, -2:]
+        decided = top_two[:, 1] - top_two[:, 0] > NEAR_TIE
+        same.extend((p.argmax(-1) == q.argmax(-1))[decided])
+        ties.extend(~decided)
+        h, g = hidden(reference, ids), hidden(candidate, ids)
+        state = max(state, float(np.abs(h - g).max() / np.abs(h).max()))
+    return {
+        "same_top": float(np.mean(same)),
+        "near_ties": float(np.mean(ties)),
+        "mean_kld": float(np.mean(klds)),
+        "log_prob": log_prob,
+        "hidden": state,
+    }
 
 
 def reference_spec(ggufs):
@@ -332,3 +362,159 @@ def test_a_gguf_reference_without_a_tokenizer_beside_it_is_refused(ggufs, tmp_pa
     with pytest.raises(ModelReferenceError, match="no tokenizer files beside it"):
         load_model(str(alone))
     assert load_model(str(ggufs["f16"])).decoder  # the folder compress wrote holds its tokenizer
+
+
+# -- GPT-2: a byte-level BPE tokenizer ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def gpt2_ggufs(tmp_path_factory: pytest.TempPathFactory, needs_llama_cpp) -> dict[str, Path]:
+    """A tiny PyTorch GPT-2 with GPT-2's tokenizer and its f16 and Q8_0 GGUF folders, written by compress."""
+    from miniature.tools.compress import compress
+    from miniature.tools.testing_decoder import make_tiny_gpt2
+
+    root = tmp_path_factory.mktemp("gguf-gpt2")
+    paths = {"gpt2": make_tiny_gpt2(root / "gpt2")}
+    assert "n_ctx" not in json.loads((paths["gpt2"] / "config.json").read_text())  # as transformers saves GPT-2
+    for quantization in ("f16", "q8_0"):
+        paths[quantization] = compress(
+            paths["gpt2"], root / f"gpt2-{quantization}", output_format="gguf", quantization=quantization
+        )
+    return paths
+
+
+@pytest.mark.slow
+def test_the_gpt2_tokenizer_rebuilt_from_llama_cpps_vocab_gives_its_expected_tokenizations(gpt2_ggufs) -> None:
+    from transformers import AutoTokenizer
+
+    from miniature.tools.testing_decoder import gpt2_vocab_file, vocab_test_cases
+
+    tokenizer = AutoTokenizer.from_pretrained(gpt2_ggufs["gpt2"])
+    cases = vocab_test_cases(gpt2_vocab_file())
+    assert len(cases) > 40 and len(tokenizer) == 50257
+    for text, expected in cases:
+        assert tokenizer(text, add_special_tokens=False)["input_ids"] == expected, text
+    assert tokenizer("hello world")["input_ids"] == [31373, 995]  # GPT-2 adds no BOS
+
+
+@pytest.mark.slow
+def test_a_gpt2_gguf_from_llama_cpps_converter_has_the_reference_vocabulary(gpt2_ggufs) -> None:
+    import llama_cpp
+    from transformers import AutoTokenizer
+
+    from miniature.tools.testing_decoder import gpt2_vocab_file, vocab_test_cases
+
+    file = gpt2_ggufs["f16"] / "model-f16.gguf"
+    info = gguf_model.read_info(file)
+    assert info.architecture == "gpt2" and len(info.tokens) == 50257
+    assert gguf_model.read_info(file) is info  # parsed once per process (50257 tokens take seconds)
+    tokenizer = AutoTokenizer.from_pretrained(gpt2_ggufs["gpt2"])
+    assert gguf_model.vocabulary_problem(info.tokens, tokenizer, "f16", "gpt2") is None  # id for id
+    assert gguf_model.vocabulary_problem(info.tokens[::-1], tokenizer, "f16", "gpt2") is not None
+    # llama.cpp's own tokenizer, reading the file, splits text as GPT-2 does
+    llm = llama_cpp.Llama(model_path=str(file), vocab_only=True, verbose=False)
+    assert llm.metadata["tokenizer.ggml.pre"] == "gpt-2"  # the converter recognised the tokenizer
+    for text, expected in vocab_test_cases(gpt2_vocab_file()):
+        assert llm.tokenize(text.encode(), add_bos=False, special=False) == expected, text
+    llm.close()
+
+
+@pytest.mark.slow
+def test_a_gpt2_f16_gguf_run_by_llama_cpp_agrees_with_pytorch_within_the_tolerance(gpt2_ggufs) -> None:
+    from miniature.core.data import builtin_sentiment_data
+    from miniature.core.models import load_model, resolve_model
+
+    reference = load_model(str(gpt2_ggufs["gpt2"]), head="encoder")
+    source = resolve_model(str(gpt2_ggufs["gpt2"]))
+    f16 = load_model(str(gpt2_ggufs["f16"]), head="encoder", tokenizer_from=source)
+    assert isinstance(f16.model, gguf_model.GgufModel) and f16.decoder
+    texts = builtin_sentiment_data().test.head(10).texts
+    found = agreement(reference, f16, texts)
+    assert found["same_top"] == 1.0 and found["near_ties"] < 0.05
+    assert found["mean_kld"] < F16_MEAN_KLD and found["log_prob"] < F16_LOG_PROB and found["hidden"] < F16_HIDDEN
+    alone = np.stack([f16.encode([t])[0] for t in texts[:6]])
+    assert np.allclose(f16.encode(texts[:6]), alone, atol=1e-6)  # padded with EOS: no pad token in GPT-2
+    q8 = agreement(reference, load_model(str(gpt2_ggufs["q8_0"]), head="encoder", tokenizer_from=source), texts)
+    assert q8["mean_kld"] > found["mean_kld"] and q8["log_prob"] > found["log_prob"]
+
+
+@pytest.mark.slow
+def test_a_gpt2_q8_0_gguf_is_gated_against_the_pytorch_original(
+    gate_checks: pytest.Pytester, gpt2_ggufs, tiny_models
+) -> None:
+    where = gate_checks.path
+    result = gate_checks.runpytest(
+        f"--reference={gpt2_ggufs['gpt2']}",
+        f"--candidate={gpt2_ggufs['q8_0']}",
+        "--data-limit=24",
+        "--bootstrap=0",
+        f"--cache-dir={where / 'cache'}",
+        f"--report-dir={where / 'reports'}",
+        "--threshold-token-top=0",
+        # the attack scores every query over GPT-2's 50257 tokens, minutes for the tiny model;
+        # the Llama's gate run above attacks a GGUF run by llama.cpp
+        "-k",
+        "not adversarial",
+        "-p",
+        "no:cacheprovider",
+    )
+    payload = json.loads((where / "reports" / "latest.json").read_text())
+    q8 = gpt2_ggufs["q8_0"].name
+    results = {r["characteristic"]: r for r in payload["results"] if (r["reference"], r["candidate"]) == ("gpt2", q8)}
+    assert set(results) == {
+        "prediction_errors",
+        "data_representation",
+        "data_distribution",
+        "representation_similarity",
+        "token_distribution",
+    }
+    not_computed = {c: r["reason"] for c, r in results.items() if r["status"] != "computed"}
+    assert not not_computed, not_computed
+    assert payload["models"]["architecture"][q8] == "gpt2 (GGUF), decoder"
+    assert payload["models"]["quantization"][q8].startswith("GGUF Q8_0 (")
+    assert payload["models"]["quantization"][q8].endswith(", run by llama.cpp")
+    # Q8_0 changes the tiny GPT-2's next-token distribution a little (mean KLD about 5e-7); a
+    # mis-converted tensor (GPT-2's transposed Conv1D weights) would change it by orders more
+    assert 0 < results["token_distribution"]["details"]["mean_kld"] < 1e-4
+    assert result.ret in (0, 1)  # random tiny weights: whether a check passes is not the point
+
+
+@pytest.mark.slow
+def test_a_bpe_tokenizer_the_converter_does_not_know_is_refused_in_one_line(needs_llama_cpp, tmp_path: Path) -> None:
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2TokenizerFast
+
+    from miniature.core.builtin_data import sentiment_reviews
+    from miniature.tools.compress import CompressionError, compress
+    from miniature.tools.testing_decoder import make_tiny_gpt2
+
+    trained = ByteLevelBPETokenizer()  # a team's own byte-level BPE, trained offline
+    trained.train_from_iterator(
+        [r.text for r in sentiment_reviews(200, seed=3)], vocab_size=400, special_tokens=["<|endoftext|>"]
+    )
+    trained.save_model(str(tmp_path))
+    tokenizer = GPT2TokenizerFast(vocab_file=str(tmp_path / "vocab.json"), merges_file=str(tmp_path / "merges.txt"))
+    model = make_tiny_gpt2(tmp_path / "own-gpt2", tokenizer=tokenizer)
+    with pytest.raises(CompressionError) as caught:
+        compress(model, tmp_path / "out", output_format="gguf", quantization="q8_0")
+    message = str(caught.value)
+    assert "\n" not in message and "'own-gpt2'" in message
+    assert "does not recognise its BPE tokenizer (chkhsh " in message
+    assert "fix: convert the model with the published tokenizer" in message and "--llama-cpp" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_gpt2_config_gets_the_context_length_key_the_converter_reads(tmp_path: Path) -> None:
+    from miniature.tools.gguf_export import converter_input
+
+    source = tmp_path / "gpt2"
+    source.mkdir()
+    (source / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_positions": 256}))
+    (source / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "scratch").mkdir()
+    given = converter_input(source, tmp_path / "scratch")
+    assert given != source and json.loads((given / "config.json").read_text())["n_ctx"] == 256
+    assert (given / "model.safetensors").read_bytes() == b"weights"
+    assert "n_ctx" not in json.loads((source / "config.json").read_text())  # the model itself is untouched
+    (source / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_positions": 256, "n_ctx": 128}))
+    assert converter_input(source, tmp_path / "scratch") == source
+    (source / "config.json").write_text(json.dumps({"model_type": "llama", "max_position_embeddings": 256}))
+    assert converter_input(source, tmp_path / "scratch") == source

@@ -71,6 +71,9 @@ print("ok")
 #: how long the probe may take to load and run the file once
 PROBE_TIMEOUT_S = 600.0
 _PROBED: dict[tuple[str, int, int], None] = {}
+#: headers read (:func:`read_info`), by file: a run reads each several times, and a large
+#: vocabulary (GPT-2's 50257 tokens and 50000 merges) takes the gguf package seconds to parse
+_INFOS: dict[tuple[str, int, int], "GgufInfo"] = {}
 
 
 def gguf_file(source: str | Path) -> Path | None:
@@ -119,7 +122,7 @@ def require_llama_cpp() -> Any:
     return llama_cpp
 
 
-def _reader(file: Path) -> Any:
+def gguf_reader(file: Path) -> Any:
     try:
         from gguf import GGUFReader
     except ImportError:
@@ -129,7 +132,7 @@ def _reader(file: Path) -> Any:
     return GGUFReader(str(file))
 
 
-def _field(reader: Any, key: str) -> Any:
+def metadata_value(reader: Any, key: str) -> Any:
     """A metadata value of a GGUF file (a number, a string, a list of either), None when absent."""
     found = reader.fields.get(key)
     if found is None:
@@ -173,17 +176,29 @@ def file_type_name(value: Any) -> str:
     return name
 
 
+def _file_key(file: Path) -> tuple[str, int, int]:
+    """A file's identity for this process's caches: its path, size and modification time."""
+    stat = file.stat()
+    return (str(file.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
 def read_info(file: Path, name: str | None = None) -> GgufInfo:
-    """A GGUF file's :class:`GgufInfo`, read without loading its weights (the gguf package);
-    an unreadable file is one line naming it."""
+    """A GGUF file's :class:`GgufInfo`, read without loading its weights (the gguf package),
+    once per file per process; an unreadable file is one line naming it."""
     try:
-        reader = _reader(file)
-        architecture = str(_field(reader, "general.architecture") or "?")
+        key = _file_key(file)
+    except OSError:
+        key = None  # not there: the reader below says so in one line
+    if key is not None and key in _INFOS:
+        return _INFOS[key]
+    try:
+        reader = gguf_reader(file)
+        architecture = str(metadata_value(reader, "general.architecture") or "?")
         counts = collections.Counter(t.tensor_type.name for t in reader.tensors)
-        tokens = [str(t) for t in (_field(reader, "tokenizer.ggml.tokens") or [])]
-        context = _field(reader, f"{architecture}.context_length")
-        width = _field(reader, f"{architecture}.embedding_length")
-        file_type = _field(reader, "general.file_type")
+        tokens = [str(t) for t in (metadata_value(reader, "tokenizer.ggml.tokens") or [])]
+        context = metadata_value(reader, f"{architecture}.context_length")
+        width = metadata_value(reader, f"{architecture}.embedding_length")
+        file_type = metadata_value(reader, "general.file_type")
     except ModelReferenceError:
         raise
     except Exception as error:  # noqa: BLE001 - any parse error of the header: one line
@@ -195,7 +210,7 @@ def read_info(file: Path, name: str | None = None) -> GgufInfo:
         file_type_text = counts.most_common(1)[0][0] if counts else "?"
     else:
         file_type_text = file_type_name(file_type)
-    return GgufInfo(
+    info = GgufInfo(
         architecture=architecture,
         file_type=file_type_text,
         tensor_types=dict(counts.most_common()),
@@ -203,6 +218,9 @@ def read_info(file: Path, name: str | None = None) -> GgufInfo:
         context_length=int(context) if context is not None else None,
         embedding_length=int(width) if width is not None else None,
     )
+    if key is not None:
+        _INFOS[key] = info
+    return info
 
 
 def table_text(file: Path, runtime: str) -> tuple[str, str]:
@@ -262,8 +280,7 @@ def probe(file: Path, name: str) -> None:
     does not grant (llama-cpp-python's default native build on a machine that advertises
     AVX-512 or AMX it cannot run) dies with SIGILL or SIGSEGV, which would kill the run. A
     death by signal is one line naming the file, the signal and the fix."""
-    stat = file.stat()
-    key = (str(file.resolve()), stat.st_size, stat.st_mtime_ns)
+    key = _file_key(file)
     if key in _PROBED:
         return
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -446,7 +463,7 @@ def load_gguf_transformers(file: Path, name: str) -> Any:
     PyTorch architecture; an architecture transformers cannot read is one line."""
     import transformers
 
-    _reader(file)  # the gguf package is there (transformers needs it too)
+    gguf_reader(file)  # the gguf package is there (transformers needs it too)
     try:
         return transformers.AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name)
     except Exception as error:  # noqa: BLE001 - transformers' reasons vary: one line

@@ -14,6 +14,7 @@ sdist (its ``vendor/llama.cpp``).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -54,6 +55,13 @@ params = llama_cpp.llama_model_quantize_default_params()
 params.ftype = getattr(llama_cpp, sys.argv[3])
 sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(params)))
 """
+
+
+#: config.json keys llama.cpp's converter reads under an old name that transformers no longer
+#: writes: model type -> {old name: current name} (GPT-2's ``n_ctx``, its ``n_positions``)
+LEGACY_CONFIG_KEYS: dict[str, dict[str, str]] = {"gpt2": {"n_ctx": "n_positions"}}
+#: the last line of the converter's refusal of a BPE tokenizer whose pre-tokenizer it does not know
+UNKNOWN_BPE = "BPE pre-tokenizer was not recognized"
 
 
 class GgufExportError(MiniatureError, ValueError):
@@ -108,6 +116,47 @@ def check_architecture(architectures: list[str], converter: Path, name: str) -> 
         )
 
 
+def converter_input(source: Path, scratch: Path) -> Path:
+    """The folder the converter reads: ``source``, or, where its config.json lacks a key the
+    converter reads under an old name (a GPT-2 saved by transformers has ``n_positions`` but
+    no ``n_ctx``, and the converter stops with ``KeyError: 'n_ctx'``), a folder in ``scratch``
+    linking ``source``'s files with a config.json that has both."""
+    if not (source / "config.json").is_file():
+        return source  # the converter says what it lacks
+    config = json.loads((source / "config.json").read_text("utf-8"))
+    missing = {
+        old: config[new]
+        for old, new in LEGACY_CONFIG_KEYS.get(str(config.get("model_type")), {}).items()
+        if old not in config and new in config
+    }
+    if not missing:
+        return source
+    folder = scratch / "model"
+    folder.mkdir()
+    for file in source.iterdir():
+        if file.name != "config.json":
+            (folder / file.name).symlink_to(file.resolve())
+    (folder / "config.json").write_text(json.dumps({**config, **missing}, indent=2), "utf-8")
+    return folder
+
+
+def unknown_tokenizer(name: str, converter: Path, stderr: str) -> str | None:
+    """One line for the converter's refusal of a BPE tokenizer it does not recognise (its own
+    message is a box of warnings), None for other failures."""
+    if UNKNOWN_BPE not in (stderr or ""):
+        return None
+    found = re.search(r"chkhsh:\s*([0-9a-f]{64})", stderr)
+    digest = f" (chkhsh {found.group(1)})" if found else ""
+    return (
+        f"reference {name!r}: llama.cpp's converter {converter} does not recognise its BPE tokenizer{digest}: "
+        "it knows a BPE tokenizer's pre-tokenizer only by the hash of the token ids it gives a check text, "
+        "and a tokenizer trained or changed since its publication has a hash it does not know; fix: convert "
+        "the model with the published tokenizer it was trained from, unchanged, or add this hash to "
+        "get_vocab_base_pre in the converter of a llama.cpp checkout (mapped to the pre-tokenizer it uses, "
+        "e.g. 'gpt-2') and pass that checkout with --llama-cpp"
+    )
+
+
 def _died(what: str, done: subprocess.CompletedProcess[str]) -> str:
     """One line for a child process that failed: its signal, else its last stderr line."""
     if done.returncode < 0:
@@ -142,13 +191,17 @@ def write_gguf(
     target = built / f"model-{quantization}.gguf"
     with tempfile.TemporaryDirectory(prefix="miniature-gguf-") as scratch:
         f16 = Path(scratch) / "model-f16.gguf"
+        model = converter_input(source, Path(scratch))
         done = subprocess.run(
-            [sys.executable, str(converter), str(source), "--outfile", str(f16), "--outtype", "f16"],
+            [sys.executable, str(converter), str(model), "--outfile", str(f16), "--outtype", "f16"],
             capture_output=True,
             text=True,
             check=False,
         )
         if done.returncode != 0 or not f16.is_file():
+            refused = unknown_tokenizer(name, converter, done.stderr) if done.returncode > 0 else None
+            if refused:
+                raise GgufExportError(refused)
             raise GgufExportError(
                 f"reference {name!r}: {_died(f'llama.cpp converter {converter}', done)}; fix: check that its "
                 "architecture and tokenizer are ones the converter reads (a SentencePiece or a known BPE "

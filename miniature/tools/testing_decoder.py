@@ -123,3 +123,80 @@ def make_tiny_sentencepiece_llama(directory: Path, *, seed: int = 0) -> Path:
     )
     LlamaForCausalLM(config).eval().save_pretrained(directory, safe_serialization=True)
     return directory
+
+
+#: llama.cpp's vocab-only GGUF of GPT-2's tokenizer (with ``.inp``/``.out`` test cases), in its ``models/``
+GPT2_VOCAB = "ggml-vocab-gpt-2.gguf"
+
+
+def gpt2_vocab_file(llama_cpp: str | Path | None = None) -> Path:
+    """llama.cpp's ``models/ggml-vocab-gpt-2.gguf`` beside the converter of ``llama_cpp``
+    (else ``$MINIATURE_LLAMA_CPP``): GPT-2's real vocabulary and merges, offline."""
+    from miniature.tools.gguf_export import GgufExportError, converter_path
+
+    file = converter_path(llama_cpp).parent / "models" / GPT2_VOCAB
+    if not file.is_file():
+        raise GgufExportError(f"{str(file.parent)!r} holds no {GPT2_VOCAB}; fix: name a llama.cpp source folder")
+    return file
+
+
+def vocab_test_cases(vocab_file: Path) -> list[tuple[str, list[int]]]:
+    """llama.cpp's expected tokenizations of a vocab GGUF (``FILE.inp``: texts separated by
+    ``__ggml_vocab_test__`` lines; ``FILE.out``: one line of token ids each), read as its
+    test-tokenizer-0 reads them."""
+    texts = Path(f"{vocab_file}.inp").read_text("utf-8").split("\n__ggml_vocab_test__\n")
+    if texts and texts[-1] == "":
+        texts.pop()  # the file ends with a separator
+    ids = [[int(i) for i in line.split()] for line in Path(f"{vocab_file}.out").read_text("utf-8").splitlines()]
+    if len(texts) != len(ids):
+        raise ValueError(f"{vocab_file}: {len(texts)} test texts but {len(ids)} tokenizations")
+    return list(zip(texts, ids))
+
+
+def gpt2_tokenizer(directory: Path, llama_cpp: str | Path | None = None) -> Any:
+    """GPT-2's byte-level BPE tokenizer (50257 tokens, ``<|endoftext|>`` as BOS, EOS and
+    unk), rebuilt from llama.cpp's vocab GGUF as ``vocab.json`` + ``merges.txt`` and saved
+    under ``directory`` as a ``GPT2TokenizerFast``: the tokenizer llama.cpp's converter
+    recognises as ``gpt-2``, with no hub."""
+    import json
+
+    from transformers import GPT2TokenizerFast
+
+    from miniature.core.gguf_model import gguf_reader, metadata_value
+
+    reader = gguf_reader(gpt2_vocab_file(llama_cpp))
+    tokens = [str(t) for t in metadata_value(reader, "tokenizer.ggml.tokens")]
+    merges = [str(m) for m in metadata_value(reader, "tokenizer.ggml.merges")]
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}, ensure_ascii=False), "utf-8")
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", "utf-8")
+    tokenizer = GPT2TokenizerFast(vocab_file=str(directory / "vocab.json"), merges_file=str(directory / "merges.txt"))
+    tokenizer.save_pretrained(directory)
+    return tokenizer
+
+
+def make_tiny_gpt2(
+    directory: Path, *, tokenizer: Any = None, seed: int = 0, llama_cpp: str | Path | None = None
+) -> Path:
+    """A tiny random GPT-2 (2 layers, width 32, tied head) with GPT-2's real tokenizer (or
+    ``tokenizer``), saved under ``directory`` as safetensors: the smallest checkpoint
+    llama.cpp's converter reads as GPT-2 with a BPE tokenizer (for the GGUF tests)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    if tokenizer is None:
+        tokenizer = gpt2_tokenizer(directory, llama_cpp)
+    else:
+        tokenizer.save_pretrained(directory)
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        n_positions=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    GPT2LMHeadModel(config).eval().save_pretrained(directory, safe_serialization=True)
+    return directory
