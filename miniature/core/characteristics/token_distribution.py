@@ -129,9 +129,7 @@ class StoredLogits:
         from miniature.core.cache import fingerprint
 
         self.cache, self.vocab = cache, int(vocab)
-        self.total = sum(
-            max(0, int(mask.sum(axis=1)[row]) - 1 - first) for _, mask, first in windows for row in range(len(mask))
-        )
+        self.total = sum(max(0, int(n) - 1 - first) for _, mask, first in windows for n in mask.sum(axis=1))
         self.key = fingerprint("token-logits", [(ids.tolist(), mask.tolist(), first) for ids, mask, first in windows])
         self.enabled = cache.root is not None and self.total * self.vocab * 4 <= STORED_LOGITS_MAX_BYTES
 
